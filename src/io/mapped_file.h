@@ -1,0 +1,51 @@
+// Read-only memory-mapped file. Weights are used in place from the mapping (zero copy).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "core/result.h"
+
+namespace mixtral {
+
+class MappedFile {
+ public:
+  static Result<MappedFile> open(const std::string& path);
+  MappedFile() = default;
+  MappedFile(MappedFile&& o) noexcept;
+  MappedFile& operator=(MappedFile&& o) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Writable mapping of a new file of a fixed size (the writers fill tensors in place, so a
+// full-width model is written without holding it in memory).
+class OutputMapping {
+ public:
+  static Result<OutputMapping> create(const std::string& path, size_t size);
+  OutputMapping() = default;
+  OutputMapping(OutputMapping&& o) noexcept;
+  OutputMapping& operator=(OutputMapping&& o) noexcept;
+  ~OutputMapping();
+  uint8_t* data() { return data_; }
+  size_t size() const { return size_; }
+  Status close();  // msync + munmap; the destructor closes too, silently
+
+ private:
+  std::string path_;
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace mixtral

@@ -1,0 +1,48 @@
+// Element types. Numeric values are GGML's type ids, so GGUF files map directly.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace mixtral {
+
+enum class DType : uint32_t {
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  BF16 = 30,
+};
+
+struct DTypeTraits {
+  std::string_view name;  // "f32", "q8_0", ...
+  int64_t block_size;     // elements per block (1 for plain floats)
+  size_t block_bytes;     // bytes per block
+  bool supported;         // this build can load and compute with it
+};
+
+// Traits of a known GGML type id; nullopt for ids this build has never heard of.
+std::optional<DTypeTraits> dtype_traits(uint32_t ggml_type);
+const DTypeTraits& traits(DType t);
+std::string_view dtype_name(DType t);
+std::optional<DType> dtype_from_name(std::string_view name);  // "f32", "q4_0", ... (case-insensitive)
+
+// Bytes taken by n elements of type t; n must be a multiple of the block size.
+inline size_t row_bytes(DType t, int64_t n) {
+  const auto& tr = traits(t);
+  return static_cast<size_t>(n / tr.block_size) * tr.block_bytes;
+}
+
+}  // namespace mixtral
