@@ -11,7 +11,8 @@ namespace mixtral::detail {
 [[noreturn]] void check_failed(const char* file, int line, const char* cond);
 }  // namespace mixtral::detail
 
-#define MX_CHECK(cond, ...)                                                            \
-  do {                                                                                 \
-    if (__builtin_expect(!(cond), 0)) ::mixtral::detail::check_failed(__FILE__, __LINE__, #cond __VA_OPT__(, ) __VA_ARGS__); \
+#define MX_CHECK(cond, ...)                                                                  \
+  do {                                                                                       \
+    if (__builtin_expect(!(cond), 0))                                                        \
+      ::mixtral::detail::check_failed(__FILE__, __LINE__, #cond __VA_OPT__(, ) __VA_ARGS__); \
   } while (0)

@@ -35,8 +35,8 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable cv_;
   const std::function<void(int, int)>* job_ = nullptr;
-  uint64_t generation_ = 0;       // guarded by mu_; bumps once per run()
-  std::atomic<int> pending_{0};   // workers still busy with the current job
+  uint64_t generation_ = 0;      // guarded by mu_; bumps once per run()
+  std::atomic<int> pending_{0};  // workers still busy with the current job
   std::atomic<uint64_t> published_{0};
   bool stop_ = false;
 };

@@ -47,7 +47,9 @@ const DTypeTraits& traits(DType t) {
   MX_CHECK(false, "unknown dtype id %u", static_cast<unsigned>(t));
 }
 
-std::string_view dtype_name(DType t) { return traits(t).name; }
+std::string_view dtype_name(DType t) {
+  return traits(t).name;
+}
 
 std::optional<DType> dtype_from_name(std::string_view name) {
   std::string lower(name);

@@ -39,7 +39,7 @@ uint16_t f32_to_fp16(float f) {
   std::memcpy(&u, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t absu = u & 0x7fffffffu;
-  if (absu > 0x7f800000u) return sign | 0x7e00u;  // NaN
+  if (absu > 0x7f800000u) return sign | 0x7e00u;   // NaN
   if (absu >= 0x477ff000u) return sign | 0x7c00u;  // overflows to inf after rounding
   if (absu < 0x38800000u) {                        // subnormal half or zero
     if (absu < 0x33000000u) return sign;           // below half of the smallest subnormal

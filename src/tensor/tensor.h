@@ -8,14 +8,10 @@
 #include <string>
 
 #include "core/check.h"
+#include "mixtral/config.h"  // RopeLayout
 #include "tensor/dtype.h"
 
 namespace mixtral {
-
-// How q/k rows are ordered within a head, which decides how RoPE pairs dimensions.
-//  kInterleaved: pairs (2i, 2i+1)          -- GGUF and Mistral's consolidated files
-//  kHalf:        pairs (i, i + head_dim/2) -- Hugging Face ("rotate_half")
-enum class RopeLayout { kInterleaved, kHalf };
 
 struct TensorView {
   const void* data = nullptr;
@@ -37,7 +33,8 @@ struct TensorView {
   }
   // The i-th slice along the outermost dimension (e.g. one expert of a [E, rows, cols] tensor).
   TensorView slice(int64_t i) const {
-    MX_CHECK(ndim >= 2 && i >= 0 && i < shape[0], "slice %lld of a %d-d tensor", static_cast<long long>(i), ndim);
+    MX_CHECK(ndim >= 2 && i >= 0 && i < shape[0], "slice %lld of a %d-d tensor", static_cast<long long>(i),
+             ndim);
     TensorView v;
     v.dtype = dtype;
     v.ndim = ndim - 1;
