@@ -1,0 +1,260 @@
+// `mixtral`: one binary, one subcommand per job. Exit status: 0 ok, 1 data error, 2 usage error.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "mixtral/engine.h"
+
+namespace {
+
+using mixtral::Error;
+using mixtral::Status;
+
+int fail(const Error& e) {
+  std::fprintf(stderr, "mixtral: error: %s\n", e.message.c_str());
+  return e.exit_code();
+}
+
+// "1,2,3" (spaces allowed) -> ids; an Error naming the flag on anything else.
+mixtral::Result<std::vector<int32_t>> parse_ids(const std::string& text, const char* flag) {
+  std::vector<int32_t> ids;
+  std::string item;
+  std::stringstream ss(text);
+  while (std::getline(ss, item, ',')) {
+    const size_t b = item.find_first_not_of(" \t\n"), e = item.find_last_not_of(" \t\n");
+    if (b == std::string::npos) return Error::usage(std::string(flag) + ": empty item in '" + text + "'");
+    item = item.substr(b, e - b + 1);
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (...) {
+      used = 0;
+    }
+    if (used != item.size() || v < 0 || v > INT32_MAX)
+      return Error::usage(std::string(flag) + ": '" + item + "' is not a token id");
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  if (ids.empty()) return Error::usage(std::string(flag) + ": no token ids given (empty prompt)");
+  return ids;
+}
+
+std::string json_ids(const std::vector<int32_t>& ids) {
+  std::string s = "[";
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+  return s + "]";
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::string item;
+  std::stringstream ss(s);
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+struct ModelArgs {
+  std::string model;
+  int threads = 0;
+  int64_t ctx_size = 0;
+  void add(CLI::App* app) {
+    app->add_option("-m,--model", model,
+                    "GGUF file, Hugging Face directory or Mistral consolidated directory")
+        ->required();
+    app->add_option("-t,--threads", threads, "worker threads (default: all cores)");
+    app->add_option("-c,--ctx-size", ctx_size, "context size in tokens (default: min(trained, 4096))");
+  }
+  mixtral::Result<std::unique_ptr<mixtral::Engine>> load() const {
+    mixtral::EngineOptions o;
+    o.model_path = model;
+    o.threads = threads;
+    o.ctx_size = ctx_size;
+    return mixtral::Engine::load(o);
+  }
+};
+
+int cmd_run(const ModelArgs& ma, const std::string& prompt, const std::string& prompt_tokens,
+            const mixtral::GenerateOptions& go, bool ids_only) {
+  if (!prompt.empty() && prompt_tokens.empty())
+    return fail(
+        Error::usage("--prompt: text prompts need the tokenizer, which this build does not have yet; "
+                     "use --prompt-tokens"));
+  auto ids = parse_ids(prompt_tokens, "--prompt-tokens");
+  if (!ids) return fail(ids.error());
+  auto engine = ma.load();
+  if (!engine) return fail(engine.error());
+  mixtral::Engine& e = **engine;
+  const bool text = !ids_only && e.has_vocab();
+  auto out = e.generate(*ids, go, [&](int32_t tok) {
+    if (ids_only) return;
+    if (text) {
+      std::fputs(e.token_text(tok).c_str(), stdout);
+    } else {
+      std::printf("%d ", tok);
+    }
+    std::fflush(stdout);
+  });
+  if (!out) return fail(out.error());
+  if (ids_only) {
+    std::printf("%s\n", json_ids(*out).c_str());
+  } else {
+    std::printf("\n");
+  }
+  return 0;
+}
+
+int cmd_score(const ModelArgs& ma, const std::string& tokens, const std::string& logits_out,
+              bool one_by_one) {
+  auto ids = parse_ids(tokens, "--tokens");
+  if (!ids) return fail(ids.error());
+  auto engine = ma.load();
+  if (!engine) return fail(engine.error());
+  auto logits = (*engine)->score(*ids, one_by_one);
+  if (!logits) return fail(logits.error());
+  const int64_t n = static_cast<int64_t>(ids->size()), V = (*engine)->config().vocab_size;
+  if (!logits_out.empty()) {
+    Status st = mixtral::write_npy(logits_out, logits->data(), {n, V});
+    if (!st) return fail(st.error());
+  }
+  // log p(token[i+1] | token[0..i]) from a float64 log-sum-exp of row i.
+  double total = 0.0;
+  for (int64_t i = 0; i + 1 < n; ++i) {
+    const float* row = logits->data() + i * V;
+    double mx = row[0];
+    for (int64_t j = 1; j < V; ++j) mx = std::max(mx, static_cast<double>(row[j]));
+    double sum = 0.0;
+    for (int64_t j = 0; j < V; ++j) sum += std::exp(row[j] - mx);
+    const double lp = row[(*ids)[static_cast<size_t>(i + 1)]] - mx - std::log(sum);
+    total += lp;
+    std::printf("%lld\t%d\t%.6f\n", static_cast<long long>(i + 1), (*ids)[static_cast<size_t>(i + 1)], lp);
+  }
+  const int64_t np = n > 1 ? n - 1 : 0;
+  std::printf("total\t%lld\t%.6f\tppl %.4f\n", static_cast<long long>(np), total,
+              np ? std::exp(-total / static_cast<double>(np)) : 1.0);
+  return 0;
+}
+
+int cmd_info(const ModelArgs& ma, int64_t ctx) {
+  mixtral::EngineOptions o;
+  o.model_path = ma.model;
+  o.threads = 1;
+  o.ctx_size = 1;  // info allocates no real cache
+  auto engine = mixtral::Engine::load(o);
+  if (!engine) return fail(engine.error());
+  if (ctx <= 0) {
+    const int64_t trained = (*engine)->config().max_seq_len;
+    ctx = trained > 0 ? std::min<int64_t>(trained, 4096) : 4096;
+  }
+  std::fputs((*engine)->describe(ctx).c_str(), stdout);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"mixtral.cpp: fast, exact inference for Mixtral mixture-of-experts models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "mixtral 0.1.0");
+
+  // run
+  ModelArgs run_m;
+  std::string prompt, prompt_tokens;
+  mixtral::GenerateOptions go;
+  bool ids_only = false;
+  auto* run = app.add_subcommand("run", "generate a continuation of a prompt");
+  run_m.add(run);
+  auto* p_opt = run->add_option("-p,--prompt", prompt, "prompt text");
+  auto* pt_opt = run->add_option("--prompt-tokens", prompt_tokens, "prompt as token ids: 1,2,3");
+  p_opt->excludes(pt_opt);
+  run->add_option("-n,--n-predict", go.max_tokens, "tokens to generate")->capture_default_str();
+  run->add_option("--temp", go.temperature, "temperature (0: greedy)")->capture_default_str();
+  run->add_option("--top-k", go.top_k, "top-k (0: off)")->capture_default_str();
+  run->add_option("--top-p", go.top_p, "top-p (1: off)")->capture_default_str();
+  run->add_option("--seed", go.seed, "random seed")->capture_default_str();
+  run->add_flag("--ids", ids_only, "print the generated ids as one JSON array on the last line");
+
+  // score
+  ModelArgs score_m;
+  std::string score_tokens, logits_out;
+  bool one_by_one = false;
+  auto* score = app.add_subcommand("score", "one prefill: per-position log-probabilities and logits");
+  score_m.add(score);
+  score->add_option("--tokens", score_tokens, "token ids: 1,2,3")->required();
+  score->add_option("--logits-out", logits_out, "write logits [n_tokens, vocab] as float32 .npy");
+  score->add_flag("--decode-one-by-one", one_by_one, "evaluate one token at a time (decode path)");
+
+  // info
+  ModelArgs info_m;
+  int64_t info_ctx = 0;
+  auto* info = app.add_subcommand("info", "layout, hyper-parameters, tensors and memory of a model");
+  info_m.add(info);
+  info->add_option("--ctx", info_ctx, "context size for the memory estimate");
+
+  // make-test-model
+  mixtral::TestModelOptions tm;
+  tm.config.dim = 256;
+  tm.config.ffn_dim = 512;
+  tm.config.n_layers = 2;
+  tm.config.n_heads = 8;
+  tm.config.n_kv_heads = 2;
+  tm.config.n_experts = 8;
+  tm.config.n_experts_used = 2;
+  tm.config.vocab_size = 320;
+  tm.config.max_seq_len = 4096;
+  tm.config.rope_theta = 1e6f;
+  std::string types = "f32,f16,bf16,q8_0,q4_0",
+              layouts = "hf,hf-sharded,consolidated,gguf-merged,gguf-legacy";
+  auto* mk =
+      app.add_subcommand("make-test-model", "write a random Mixtral in every layout (tests, benchmarks)");
+  mk->add_option("out_dir", tm.out_dir, "output directory")->required();
+  mk->add_option("--dim", tm.config.dim)->capture_default_str();
+  mk->add_option("--ffn", tm.config.ffn_dim)->capture_default_str();
+  mk->add_option("--layers", tm.config.n_layers)->capture_default_str();
+  mk->add_option("--heads", tm.config.n_heads)->capture_default_str();
+  mk->add_option("--kv-heads", tm.config.n_kv_heads)->capture_default_str();
+  mk->add_option("--head-dim", tm.config.head_dim, "default: dim / heads");
+  mk->add_option("--experts", tm.config.n_experts)->capture_default_str();
+  mk->add_option("--top-k", tm.config.n_experts_used)->capture_default_str();
+  mk->add_option("--vocab", tm.config.vocab_size)->capture_default_str();
+  mk->add_option("--ctx", tm.config.max_seq_len, "trained context written to the config")
+      ->capture_default_str();
+  mk->add_option("--rope-theta", tm.config.rope_theta)->capture_default_str();
+  mk->add_option("--sliding-window", tm.config.sliding_window, "0: none")->capture_default_str();
+  mk->add_flag("--tie-embeddings", tm.config.tie_embeddings);
+  mk->add_option("--seed", tm.seed)->capture_default_str();
+  mk->add_option("--types", types, "weight types")->capture_default_str();
+  mk->add_option("--layouts", layouts, "layouts")->capture_default_str();
+  mk->add_option("-t,--threads", tm.threads, "worker threads");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+
+  if (run->parsed()) {
+    if (prompt.empty() && prompt_tokens.empty())
+      return fail(Error::usage("run: give --prompt or --prompt-tokens"));
+    return cmd_run(run_m, prompt, prompt_tokens, go, ids_only);
+  }
+  if (score->parsed()) return cmd_score(score_m, score_tokens, logits_out, one_by_one);
+  if (info->parsed()) return cmd_info(info_m, info_ctx);
+  if (mk->parsed()) {
+    if (tm.config.head_dim == 0 && tm.config.n_heads > 0)
+      tm.config.head_dim = tm.config.dim / tm.config.n_heads;
+    tm.types = split_list(types);
+    tm.layouts = split_list(layouts);
+    tm.progress = isatty(fileno(stderr));
+    Status st = mixtral::make_test_model(tm);
+    if (!st) return fail(st.error());
+    return 0;
+  }
+  return 2;
+}

@@ -1,0 +1,88 @@
+// Public API of mixtral.cpp: what the apps (cli, server) see.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mixtral/config.h"
+#include "mixtral/result.h"
+
+namespace mixtral {
+
+struct EngineOptions {
+  std::string model_path;
+  int threads = 0;           // 0: all cores
+  int64_t ctx_size = 0;      // KV cache positions; 0: min(trained context, 4096)
+  int64_t batch_size = 256;  // prompt tokens per forward step
+};
+
+struct GenerateOptions {
+  int64_t max_tokens = 128;
+  float temperature = 0.8f;  // 0: greedy
+  int64_t top_k = 40;
+  float top_p = 0.95f;
+  uint64_t seed = 0;
+  bool stop_at_eos = true;
+};
+
+// Per layer and token: the experts chosen and their weights (introspection).
+struct RoutingRecord {
+  int64_t layer;
+  int64_t position;
+  std::vector<int32_t> experts;
+  std::vector<float> weights;
+};
+
+class Engine {
+ public:
+  static Result<std::unique_ptr<Engine>> load(const EngineOptions& opts);
+  ~Engine();
+
+  const ModelConfig& config() const;
+  int64_t ctx_size() const;
+  int threads() const;
+
+  // Logits of every position of one prefill of `tokens`: [n, vocab] row-major. With
+  // one_by_one, the same sequence is evaluated a token at a time (decode path).
+  Result<std::vector<float>> score(const std::vector<int32_t>& tokens, bool one_by_one = false,
+                                   std::vector<RoutingRecord>* routing = nullptr);
+
+  // Prefills the prompt, then samples up to max_tokens tokens, calling on_token for each as it
+  // is produced. Returns the generated ids.
+  Result<std::vector<int32_t>> generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
+                                        const std::function<void(int32_t)>& on_token);
+
+  // Text of one token as the file's vocabulary spells it (empty when the file has none).
+  std::string token_text(int32_t id) const;
+  bool has_vocab() const;
+
+  // Human-readable report for `mixtral info`: layout, hyper-parameters, tensors by type,
+  // memory for a context of ctx positions.
+  std::string describe(int64_t ctx) const;
+
+ private:
+  struct Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+struct TestModelOptions {
+  ModelConfig config;
+  uint64_t seed = 1;
+  std::vector<std::string> types;    // "f32", "f16", "bf16", "q8_0", "q4_0"
+  std::vector<std::string> layouts;  // "hf", "hf-sharded", "consolidated", "gguf-merged", "gguf-legacy"
+  std::string out_dir;
+  int threads = 0;
+  bool progress = false;
+};
+Status make_test_model(const TestModelOptions& opts);
+
+}  // namespace mixtral
+
+namespace mixtral {
+// Writes a float32 NumPy array (row-major), e.g. logits [n_tokens, vocab].
+Status write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape);
+}  // namespace mixtral

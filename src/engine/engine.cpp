@@ -1,0 +1,212 @@
+#include "mixtral/engine.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "model/test_model.h"
+#include "runtime/runtime.h"
+#include "sampler/sampler.h"
+
+namespace mixtral {
+
+struct Engine::Impl {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<Runtime> runtime;
+  int threads = 1;
+};
+
+namespace {
+int resolve_threads(int t) {
+  if (t > 0) return t;
+  const unsigned hc = std::thread::hardware_concurrency();
+  return hc == 0 ? 1 : static_cast<int>(hc);
+}
+constexpr int32_t kEosId = 2;
+}  // namespace
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+Result<std::unique_ptr<Engine>> Engine::load(const EngineOptions& opts) {
+  if (opts.threads < 0) return Error::usage("--threads must be positive");
+  if (opts.ctx_size < 0) return Error::usage("--ctx-size must be positive");
+  if (opts.batch_size <= 0) return Error::usage("--batch-size must be positive");
+  auto impl = std::make_unique<Impl>();
+  MX_ASSIGN_OR_RETURN(impl->model, load_model(opts.model_path));
+  impl->threads = resolve_threads(opts.threads);
+  impl->pool = std::make_unique<ThreadPool>(impl->threads);
+  const ModelConfig& c = impl->model->config;
+  int64_t ctx = opts.ctx_size;
+  if (ctx == 0) ctx = c.max_seq_len > 0 ? std::min<int64_t>(c.max_seq_len, 4096) : 4096;
+  RuntimeOptions ro;
+  ro.n_ctx = ctx;
+  ro.max_batch = std::min(opts.batch_size, ctx);
+  impl->runtime = std::make_unique<Runtime>(*impl->model, ro, *impl->pool);
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+const ModelConfig& Engine::config() const {
+  return impl_->model->config;
+}
+int64_t Engine::ctx_size() const {
+  return impl_->runtime->n_ctx();
+}
+int Engine::threads() const {
+  return impl_->threads;
+}
+bool Engine::has_vocab() const {
+  return !impl_->model->vocab.empty();
+}
+
+std::string Engine::token_text(int32_t id) const {
+  const auto& vocab = impl_->model->vocab;
+  if (id < 0 || static_cast<size_t>(id) >= vocab.size()) return "";
+  std::string piece = vocab[static_cast<size_t>(id)];
+  // "<0xAB>" byte pieces and the "▁" word marker, as SentencePiece writes them.
+  if (piece.size() == 6 && piece.rfind("<0x", 0) == 0 && piece[5] == '>')
+    return std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
+  std::string out;
+  for (size_t i = 0; i < piece.size(); ++i) {
+    if (piece.compare(i, 3, "\xe2\x96\x81") == 0) {
+      out += ' ';
+      i += 2;
+    } else {
+      out += piece[i];
+    }
+  }
+  return out;
+}
+
+Result<std::vector<float>> Engine::score(const std::vector<int32_t>& tokens, bool one_by_one,
+                                         std::vector<RoutingRecord>* routing) {
+  const int64_t n = static_cast<int64_t>(tokens.size()), V = config().vocab_size;
+  std::vector<float> logits(static_cast<size_t>(n * V));  // [n, vocab]
+  Runtime& rt = *impl_->runtime;
+  if (routing) {
+    rt.set_routing_sink([routing](int64_t layer, int64_t n_past, const Routing& r) {
+      const int64_t nt = static_cast<int64_t>(r.experts.size()) / r.k;
+      for (int64_t t = 0; t < nt; ++t) {
+        RoutingRecord rec{layer, n_past + t, {}, {}};
+        rec.experts.assign(r.experts.begin() + t * r.k, r.experts.begin() + (t + 1) * r.k);
+        rec.weights.assign(r.weights.begin() + t * r.k, r.weights.begin() + (t + 1) * r.k);
+        routing->push_back(std::move(rec));
+      }
+    });
+  }
+  Status st;
+  if (one_by_one) {
+    for (int64_t i = 0; i < n && st.ok(); ++i)
+      st = rt.forward(tokens.data() + i, 1, i, logits.data() + i * V, true);
+    if (n == 0) st = rt.forward(tokens.data(), 0, 0, logits.data(), true);
+  } else {
+    st = rt.forward(tokens.data(), n, 0, logits.data(), true);
+  }
+  rt.set_routing_sink(nullptr);
+  if (!st.ok()) return st.error();
+  return logits;
+}
+
+Result<std::vector<int32_t>> Engine::generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
+                                              const std::function<void(int32_t)>& on_token) {
+  if (opts.max_tokens < 0) return Error::usage("-n must not be negative");
+  if (!(opts.temperature >= 0.0f)) return Error::usage("--temp must not be negative");
+  if (opts.top_k < 0) return Error::usage("--top-k must not be negative");
+  if (!(opts.top_p > 0.0f && opts.top_p <= 1.0f)) return Error::usage("--top-p must be in (0, 1]");
+  Runtime& rt = *impl_->runtime;
+  const int64_t n = static_cast<int64_t>(prompt.size()), V = config().vocab_size;
+  if (n + opts.max_tokens > rt.n_ctx())
+    return Error::usage("prompt of " + std::to_string(n) + " tokens plus " + std::to_string(opts.max_tokens) +
+                        " new tokens exceeds the context of " + std::to_string(rt.n_ctx()) + " (--ctx-size)");
+  std::vector<float> logits(static_cast<size_t>(V));  // [vocab] of the last position
+  MX_TRY_STATUS(rt.forward(prompt.data(), n, 0, logits.data(), false));
+  Sampler sampler({opts.temperature, opts.top_k, opts.top_p, opts.seed});
+  std::vector<int32_t> out;
+  for (int64_t i = 0; i < opts.max_tokens; ++i) {
+    const int32_t tok = sampler.sample(logits.data(), V);
+    out.push_back(tok);
+    if (on_token) on_token(tok);
+    if (opts.stop_at_eos && tok == kEosId) break;
+    if (i + 1 == opts.max_tokens) break;
+    MX_TRY_STATUS(rt.forward(&tok, 1, n + i, logits.data(), false));
+  }
+  return out;
+}
+
+std::string Engine::describe(int64_t ctx) const {
+  const Model& m = *impl_->model;
+  const ModelConfig& c = m.config;
+  std::ostringstream s;
+  s << "model:        " << m.path << "\n";
+  s << "layout:       " << layout_name(m.layout) << "\n";
+  s << "dim:          " << c.dim << "\n";
+  s << "layers:       " << c.n_layers << "\n";
+  s << "heads:        " << c.n_heads << " query, " << c.n_kv_heads << " key/value, head_dim " << c.head_dim
+    << "\n";
+  s << "ffn:          " << c.ffn_dim << "\n";
+  s << "experts:      " << c.n_experts << " (top-" << c.n_experts_used << ")\n";
+  s << "vocab:        " << c.vocab_size << "\n";
+  s << "norm_eps:     " << c.norm_eps << "\n";
+  s << "rope_theta:   " << c.rope_theta << " ("
+    << (c.rope_layout == RopeLayout::kHalf ? "rotate-half" : "interleaved") << " q/k rows)\n";
+  s << "sliding_window: " << (c.sliding_window ? std::to_string(c.sliding_window) : std::string("none"))
+    << "\n";
+  s << "context:      " << (c.max_seq_len ? std::to_string(c.max_seq_len) : std::string("unknown"))
+    << " (trained)\n";
+  s << "tied_embeddings: " << (c.tie_embeddings ? "yes" : "no") << "\n";
+  std::map<std::string, std::pair<int64_t, size_t>> by_type;
+  size_t total = 0;
+  for (const auto& t : m.tensors) {
+    auto& e = by_type[std::string(dtype_name(t.dtype))];
+    ++e.first;
+    e.second += t.nbytes;
+    total += t.nbytes;
+  }
+  s << "tensors:      " << m.tensors.size() << " (" << total << " bytes)\n";
+  for (const auto& [name, e] : by_type)
+    s << "  " << name << ": " << e.first << " tensors, " << e.second << " bytes\n";
+  const size_t kv = 2 * sizeof(float) * static_cast<size_t>(ctx * c.n_layers * c.n_kv_heads * c.head_dim);
+  s << "memory for a context of " << ctx << ": weights " << total << " bytes (mapped) + KV cache " << kv
+    << " bytes (f32) = " << (total + kv) << " bytes\n";
+  // Bytes one decode step reads: attention, router, output head and top-k of n experts.
+  size_t expert_bytes = 0, other = 0;
+  for (const auto& L : m.layers) {
+    for (size_t e = 0; e < L.w1.size(); ++e)
+      expert_bytes += L.w1[e].nbytes() + L.w2[e].nbytes() + L.w3[e].nbytes();
+    other += L.wq.nbytes() + L.wk.nbytes() + L.wv.nbytes() + L.wo.nbytes() + 4 * L.router.size();
+  }
+  other += m.output.nbytes();
+  const size_t per_token =
+      other + expert_bytes * static_cast<size_t>(c.n_experts_used) / static_cast<size_t>(c.n_experts);
+  s << "bytes read per decoded token: " << per_token << "\n";
+  return s.str();
+}
+
+Status make_test_model(const TestModelOptions& opts) {
+  TestModelSpec spec;
+  spec.config = opts.config;
+  spec.seed = opts.seed;
+  for (const auto& t : opts.types) {
+    auto d = dtype_from_name(t);
+    if (!d || !traits(*d).supported) return Error::usage("--types: unknown or unsupported type '" + t + "'");
+    spec.types.push_back(*d);
+  }
+  spec.layouts = opts.layouts;
+  spec.out_dir = opts.out_dir;
+  spec.progress = opts.progress;
+  ThreadPool pool(resolve_threads(opts.threads));
+  return make_test_model(spec, pool);
+}
+
+}  // namespace mixtral
+
+#include "io/npy.h"
+
+namespace mixtral {
+Status write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape) {
+  return write_npy_f32(path, data, shape);
+}
+}  // namespace mixtral

@@ -1,0 +1,54 @@
+// A loaded model: its config and views of every weight, by canonical name, into the mapped files.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/result.h"
+#include "model/config.h"
+#include "tensor/tensor.h"
+
+namespace mixtral {
+
+enum class Layout { kHuggingFace, kConsolidated, kGgufMerged, kGgufLegacy };
+const char* layout_name(Layout layout);
+
+struct LayerWeights {
+  std::vector<float> attn_norm;  // [dim] (norms and router are small: kept as f32 copies)
+  TensorView wq;                 // [n_heads * head_dim, dim]
+  TensorView wk;                 // [n_kv_heads * head_dim, dim]
+  TensorView wv;                 // [n_kv_heads * head_dim, dim]
+  TensorView wo;                 // [dim, n_heads * head_dim]
+  std::vector<float> ffn_norm;   // [dim]
+  std::vector<float> router;     // [n_experts, dim] f32; empty for a dense model (one expert, weight 1)
+  std::vector<TensorView> w1;    // per expert [ffn_dim, dim]  (gate)
+  std::vector<TensorView> w3;    // per expert [ffn_dim, dim]  (up)
+  std::vector<TensorView> w2;    // per expert [dim, ffn_dim]  (down)
+};
+
+struct TensorRecord {  // what `info` reports
+  std::string name;    // as stored in the file
+  DType dtype;
+  std::string shape;
+  size_t nbytes;
+};
+
+struct Model {
+  ModelConfig config;
+  Layout layout = Layout::kGgufMerged;
+  std::string path;
+  TensorView tok_embd;  // [vocab, dim]
+  std::vector<LayerWeights> layers;
+  std::vector<float> out_norm;     // [dim]
+  TensorView output;               // [vocab, dim] (tok_embd when tied)
+  std::vector<std::string> vocab;  // token pieces when the file carries them (GGUF), else empty
+  std::vector<TensorRecord> tensors;
+  std::vector<std::shared_ptr<const void>> keep_alive;  // the mapped files behind the views
+};
+
+// Loads any supported layout, recognised by content: a GGUF file, a Hugging Face directory
+// (config.json + safetensors) or a Mistral consolidated directory (params.json + safetensors).
+Result<std::unique_ptr<Model>> load_model(const std::string& path);
+
+}  // namespace mixtral
