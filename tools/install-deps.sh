@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what building and testing mixtral.cpp needs on Debian 12 (as root or with sudo).
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+PKGS="g++ cmake ninja-build pkg-config libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
+      python3 python3-numpy clang libclang-rt-dev nodejs npm"
+missing=""
+for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
+fi
+# llama.cpp (prebuilt, CPU) for the independent logits reference; the install works offline of any model hub.
+if [ "${1:-}" != "--no-npm" ] && [ ! -d tests/reference/node_modules/node-llama-cpp ]; then
+  (cd tests/reference && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --no-audit --no-fund --omit=optional \
+     node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1 >/dev/null)
+fi
