@@ -155,6 +155,34 @@ int cmd_info(const ModelArgs& ma, int64_t ctx) {
   return 0;
 }
 
+int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bool json, bool no_bw) {
+  mixtral::EngineOptions o;
+  o.model_path = ma.model;
+  o.threads = ma.threads;
+  o.ctx_size = ma.ctx_size > 0 ? ma.ctx_size : std::max<int64_t>(std::max(n_prompt, n_gen), 1);
+  o.batch_size = std::max<int64_t>(n_prompt, 1);
+  auto engine = mixtral::Engine::load(o);
+  if (!engine) return fail(engine.error());
+  auto r = (*engine)->bench(n_prompt, n_gen, reps, !no_bw);
+  if (!r) return fail(r.error());
+  const double roofline = r->bandwidth > 0 ? r->bandwidth / r->bytes_per_token : 0;
+  std::printf("model: %s, %d threads, %d reps\n", ma.model.c_str(), r->threads, r->reps);
+  if (n_prompt > 0) std::printf("pp%lld: %.2f tokens/s\n", static_cast<long long>(n_prompt), r->pp_tps);
+  if (n_gen > 0) std::printf("tg%lld: %.2f tokens/s\n", static_cast<long long>(n_gen), r->tg_tps);
+  std::printf("bytes read per generated token: %.1f MB\n", r->bytes_per_token / 1e6);
+  if (roofline > 0)
+    std::printf("read bandwidth now: %.2f GB/s -> decode roofline %.2f tokens/s; tg is %.1f%% of it\n",
+                r->bandwidth / 1e9, roofline, 100.0 * r->tg_tps / roofline);
+  if (json)
+    std::printf(
+        "{\"pp_tps\": %.4f, \"tg_tps\": %.4f, \"threads\": %d, \"n_prompt\": %lld, \"n_gen\": %lld, "
+        "\"reps\": %d, \"bytes_per_token\": %.0f, \"bandwidth_bytes_per_s\": %.0f, \"roofline_fraction\": "
+        "%.4f}\n",
+        r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt), static_cast<long long>(n_gen),
+        r->reps, r->bytes_per_token, r->bandwidth, roofline > 0 ? r->tg_tps / roofline : 0.0);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -195,6 +223,19 @@ int main(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "layout, hyper-parameters, tensors and memory of a model");
   info_m.add(info);
   info->add_option("--ctx", info_ctx, "context size for the memory estimate");
+
+  // bench
+  ModelArgs bench_m;
+  int64_t bench_p = 512, bench_n = 128;
+  int bench_r = 3;
+  bool bench_json = false, bench_no_bw = false;
+  auto* bench = app.add_subcommand("bench", "prompt-processing and generation speed (llama-bench style)");
+  bench_m.add(bench);
+  bench->add_option("-p,--n-prompt", bench_p, "prompt tokens")->capture_default_str();
+  bench->add_option("-n,--n-gen", bench_n, "generated tokens")->capture_default_str();
+  bench->add_option("-r,--reps", bench_r, "repetitions")->capture_default_str();
+  bench->add_flag("--json", bench_json, "print one JSON object on the last line");
+  bench->add_flag("--no-bandwidth", bench_no_bw, "skip measuring the memory bandwidth");
 
   // make-test-model
   mixtral::TestModelOptions tm;
@@ -247,6 +288,7 @@ int main(int argc, char** argv) {
   }
   if (score->parsed()) return cmd_score(score_m, score_tokens, logits_out, one_by_one);
   if (info->parsed()) return cmd_info(info_m, info_ctx);
+  if (bench->parsed()) return cmd_bench(bench_m, bench_p, bench_n, bench_r, bench_json, bench_no_bw);
   if (mk->parsed()) {
     if (tm.config.head_dim == 0 && tm.config.n_heads > 0)
       tm.config.head_dim = tm.config.dim / tm.config.n_heads;

@@ -59,6 +59,18 @@ class Engine {
   std::string token_text(int32_t id) const;
   bool has_vocab() const;
 
+  struct BenchResult {
+    int64_t n_prompt = 0, n_gen = 0;
+    int threads = 0, reps = 0;
+    double pp_tps = 0, tg_tps = 0;  // mean over reps
+    double bytes_per_token = 0;     // weight bytes one decode step reads
+    double bandwidth = 0;           // measured read bandwidth, bytes/s (0 if not measured)
+  };
+  // llama-bench style: a prefill of n_prompt tokens from an empty cache, and n_gen single-token
+  // decode steps, each repeated reps times.
+  Result<BenchResult> bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth);
+  double bytes_per_token() const;
+
   // Human-readable report for `mixtral info`: layout, hyper-parameters, tensors by type,
   // memory for a context of ctx positions.
   std::string describe(int64_t ctx) const;

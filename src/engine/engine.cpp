@@ -1,11 +1,13 @@
 #include "mixtral/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <map>
 #include <sstream>
 #include <thread>
 
+#include "core/membw.h"
 #include "model/test_model.h"
 #include "runtime/runtime.h"
 #include "sampler/sampler.h"
@@ -171,18 +173,66 @@ std::string Engine::describe(int64_t ctx) const {
   const size_t kv = 2 * sizeof(float) * static_cast<size_t>(ctx * c.n_layers * c.n_kv_heads * c.head_dim);
   s << "memory for a context of " << ctx << ": weights " << total << " bytes (mapped) + KV cache " << kv
     << " bytes (f32) = " << (total + kv) << " bytes\n";
-  // Bytes one decode step reads: attention, router, output head and top-k of n experts.
-  size_t expert_bytes = 0, other = 0;
+  s << "bytes read per decoded token: " << static_cast<size_t>(bytes_per_token()) << "\n";
+  return s.str();
+}
+
+double Engine::bytes_per_token() const {
+  // One decode step reads attention, router and output head, and top-k of n experts per layer.
+  const Model& m = *impl_->model;
+  const ModelConfig& c = m.config;
+  double experts = 0, other = 0;
   for (const auto& L : m.layers) {
     for (size_t e = 0; e < L.w1.size(); ++e)
-      expert_bytes += L.w1[e].nbytes() + L.w2[e].nbytes() + L.w3[e].nbytes();
-    other += L.wq.nbytes() + L.wk.nbytes() + L.wv.nbytes() + L.wo.nbytes() + 4 * L.router.size();
+      experts += static_cast<double>(L.w1[e].nbytes() + L.w2[e].nbytes() + L.w3[e].nbytes());
+    other += static_cast<double>(L.wq.nbytes() + L.wk.nbytes() + L.wv.nbytes() + L.wo.nbytes() +
+                                 4 * L.router.size());
   }
-  other += m.output.nbytes();
-  const size_t per_token =
-      other + expert_bytes * static_cast<size_t>(c.n_experts_used) / static_cast<size_t>(c.n_experts);
-  s << "bytes read per decoded token: " << per_token << "\n";
-  return s.str();
+  other += static_cast<double>(m.output.nbytes());
+  return other + experts * static_cast<double>(c.n_experts_used) / static_cast<double>(c.n_experts);
+}
+
+Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth) {
+  using clock = std::chrono::steady_clock;
+  Runtime& rt = *impl_->runtime;
+  const int64_t V = config().vocab_size;
+  if (n_prompt < 0 || n_gen < 0 || reps <= 0) return Error::usage("bench: -p, -n must be >= 0 and -r > 0");
+  if (std::max(n_prompt, n_gen) > rt.n_ctx())
+    return Error::usage("bench: " + std::to_string(std::max(n_prompt, n_gen)) +
+                        " tokens exceed the context of " + std::to_string(rt.n_ctx()) + " (--ctx-size)");
+  BenchResult r;
+  r.n_prompt = n_prompt;
+  r.n_gen = n_gen;
+  r.threads = impl_->threads;
+  r.reps = reps;
+  r.bytes_per_token = bytes_per_token();
+  std::vector<int32_t> toks(static_cast<size_t>(std::max<int64_t>(n_prompt, 1)));
+  for (size_t i = 0; i < toks.size(); ++i)
+    toks[i] = static_cast<int32_t>((i * 7919 + 13) % static_cast<size_t>(V));
+  std::vector<float> logits(static_cast<size_t>(V));  // [vocab]
+  // Warm-up: touch the mapped weights once so page faults are not timed.
+  MX_TRY_STATUS(rt.forward(toks.data(), 1, 0, logits.data(), false));
+  double pp = 0, tg = 0;
+  for (int rep = 0; rep < reps; ++rep) {
+    if (n_prompt > 0) {
+      const auto t0 = clock::now();
+      MX_TRY_STATUS(rt.forward(toks.data(), n_prompt, 0, logits.data(), false));
+      pp += std::chrono::duration<double>(clock::now() - t0).count();
+    }
+    if (n_gen > 0) {
+      int32_t tok = toks[0];
+      const auto t0 = clock::now();
+      for (int64_t i = 0; i < n_gen; ++i) {
+        MX_TRY_STATUS(rt.forward(&tok, 1, i, logits.data(), false));
+        tok = static_cast<int32_t>((tok + 1) % V);
+      }
+      tg += std::chrono::duration<double>(clock::now() - t0).count();
+    }
+  }
+  if (n_prompt > 0) r.pp_tps = static_cast<double>(n_prompt * reps) / pp;
+  if (n_gen > 0) r.tg_tps = static_cast<double>(n_gen * reps) / tg;
+  if (measure_bandwidth) r.bandwidth = measure_read_bandwidth(*impl_->pool);
+  return r;
 }
 
 Status make_test_model(const TestModelOptions& opts) {
