@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "core/result.h"
@@ -47,5 +48,10 @@ class OutputMapping {
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
 };
+
+// Creates `path` with `size` bytes that `fill` writes in place through an OutputMapping. The bytes go
+// to a temporary file beside it ("<path>.tmp") that is synced and then renamed, so an interrupted
+// write never leaves a partial file under the final name.
+Status write_file_in_place(const std::string& path, size_t size, const std::function<void(uint8_t* dst)>& fill);
 
 }  // namespace mixtral
