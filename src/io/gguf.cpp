@@ -21,7 +21,7 @@ constexpr uint32_t kMaxDims = 4;
 constexpr uint64_t kDefaultAlignment = 32;
 constexpr uint64_t kMaxAlignment = uint64_t{1} << 31;  // the largest power of two a u32 holds
 const char* const kAlignmentKey = "general.alignment";
-constexpr uint64_t kMaxDataBytes = uint64_t{1} << 62;  // writer's bound; keeps offset arithmetic exact
+constexpr uint64_t kMaxDataBytes = uint64_t{1} << 62;  // bound on tensor and data sizes; keeps sums exact
 
 // Smallest encodings, used to reject counts that cannot fit in the bytes that remain:
 // a kv pair is key length (8) + type (4) + at least one value byte; a tensor info is name length (8)
@@ -354,8 +354,9 @@ Result<GgufFile> GgufFile::parse(const uint8_t* data, size_t size, const std::st
     if (row % tr->block_size != 0)
       return p.fail_here("row of " + std::to_string(row) + " elements is not a multiple of " +
                          std::string(tr->name) + "'s block size " + std::to_string(tr->block_size));
-    if (__builtin_mul_overflow(static_cast<uint64_t>(numel / tr->block_size), tr->block_bytes, &t.nbytes))
-      return p.fail_here("byte size overflows");
+    if (__builtin_mul_overflow(static_cast<uint64_t>(numel / tr->block_size), tr->block_bytes, &t.nbytes) ||
+        t.nbytes > kMaxDataBytes)
+      return p.fail_here("data size overflows 2^62 bytes");
   }
 
   // The data section starts at the end of the tensor infos, rounded up to the alignment.
@@ -368,12 +369,14 @@ Result<GgufFile> GgufFile::parse(const uint8_t* data, size_t size, const std::st
     if (t.offset % f.alignment_ != 0)
       return p.fail_here("offset " + std::to_string(t.offset) + " is not a multiple of the alignment " +
                          std::to_string(f.alignment_));
-    uint64_t begin = 0, end = 0;
-    if (__builtin_add_overflow(data_start, t.offset, &begin) || __builtin_add_overflow(begin, t.nbytes, &end) ||
-        end > size)
-      return p.fail("tensor " + quote_name(t.name) + " data [" + std::to_string(data_start) + " + " +
-                    std::to_string(t.offset) + ", +" + std::to_string(t.nbytes) +
-                    " bytes) runs past the end of the file (size " + std::to_string(size) + ")");
+    uint64_t begin = 0;
+    if (__builtin_add_overflow(data_start, t.offset, &begin) || begin > size)
+      return p.fail("tensor " + quote_name(t.name) + " data offset " + std::to_string(t.offset) +
+                    " runs past the end of the file (size " + std::to_string(size) + ")");
+    if (t.nbytes > size - begin)  // begin + nbytes < 2^63 + 2^62: no overflow
+      return p.fail("tensor " + quote_name(t.name) + " data [" + std::to_string(begin) + ", " +
+                    std::to_string(begin + t.nbytes) + ") runs past the end of the file (size " +
+                    std::to_string(size) + ")");
     t.data = data + begin;
     by_offset.emplace_back(begin, i);
   }

@@ -121,11 +121,11 @@ Result<Placed> parse_entry(const std::string& file, const std::string& name, con
     return Error::data(where + " data [" + std::to_string(*begin) + ", " + std::to_string(*end) +
                        ") runs past the end of the data region (" + std::to_string(region) + " bytes)");
   uint64_t nbytes = 0;
-  if (__builtin_mul_overflow(numel, traits(t.dtype).block_bytes, &nbytes) ||
-      nbytes != static_cast<uint64_t>(*end - *begin))
+  if (__builtin_mul_overflow(numel, traits(t.dtype).block_bytes, &nbytes))
+    return Error::data(where + ": shape " + shape_text(t.shape) + " of " + t.dtype_name + " is too large");
+  if (nbytes != static_cast<uint64_t>(*end - *begin))
     return Error::data(where + ": shape " + shape_text(t.shape) + " of " + t.dtype_name + " needs " +
-                       (nbytes ? std::to_string(nbytes) : std::string("too many")) + " bytes, data_offsets hold " +
-                       std::to_string(*end - *begin));
+                       std::to_string(nbytes) + " bytes, data_offsets hold " + std::to_string(*end - *begin));
   t.nbytes = static_cast<size_t>(nbytes);
   p.begin = static_cast<uint64_t>(*begin);
   return p;
@@ -191,10 +191,12 @@ Result<SafetensorsFile> SafetensorsFile::parse(const uint8_t* data, size_t size,
   std::sort(placed.begin(), placed.end(), [](const Placed& a, const Placed& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.tensor.name < b.tensor.name;
   });
-  for (size_t i = 0; i < placed.size(); ++i) {
-    if (i > 0 && placed[i - 1].begin + placed[i - 1].tensor.nbytes > placed[i].begin)
+  for (size_t i = 1; i < placed.size(); ++i) {
+    if (placed[i - 1].begin + placed[i - 1].tensor.nbytes > placed[i].begin)
       return Error::data(name + ": tensors " + quote_name(placed[i - 1].tensor.name) + " and " +
                          quote_name(placed[i].tensor.name) + " overlap");
+  }
+  for (size_t i = 0; i < placed.size(); ++i) {
     placed[i].tensor.data = base + placed[i].begin;
     f.index_.emplace(placed[i].tensor.name, i);
     f.tensors_.push_back(std::move(placed[i].tensor));
