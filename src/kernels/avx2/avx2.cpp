@@ -1,0 +1,400 @@
+// AVX2 + FMA + F16C kernels. Compiled with its own -m flags (kernels/CMakeLists.txt) and only called
+// after dispatch.cpp has checked the CPU; helpers stay in an anonymous namespace and no std:: template
+// is instantiated here (see internal.h).
+//
+// Quantized matmul: one 32-value block per 256-bit step with vpmaddubsw (unsigned x signed bytes to
+// int16 pairs) and vpmaddwd by ones (to int32):
+//   Q8_0 x Q8_0: |w| . (x with w's sign)   (|w| <= 128 and |x| <= 127 keep the int16 pairs exact);
+//   Q4_0 x Q8_0: nibbles . x - 8 . x        (the correction computed once per activation block).
+// The 8 int32 lanes are widened to f32 and scaled by d_w * d_x per block, then summed at the end.
+#include "kernels/internal.h"
+
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "tensor/quant.h"
+
+namespace mixtral::kernels::detail {
+namespace {
+
+inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float hmax256(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float sqrt_ss(float v) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v))); }
+
+inline __m256 abs256(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+
+// ---------------------------------------------------------------------------------------------------
+// Tiling (see avx512.cpp): K<R, T>::run computes an R-row x T-token micro-tile over all columns.
+
+template <template <int, int> class K, int R, int T>
+void row_pass(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  int64_t rr = 0;
+  for (; rr + R <= nr; rr += R) K<R, T>::run(a, r0 + rr, t0, y + rr, ldy);
+  for (; rr < nr; ++rr) K<1, T>::run(a, r0 + rr, t0, y + rr, ldy);
+}
+
+template <template <int, int> class K, int R, int T>
+void token_rest(int64_t ct, const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  if (ct == T) {
+    row_pass<K, R, T>(a, r0, nr, t0, y, ldy);
+  } else if constexpr (T > 1) {
+    token_rest<K, R, T - 1>(ct, a, r0, nr, t0, y, ldy);
+  }
+}
+
+template <template <int, int> class K, int RD, int RP, int T>
+void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  if (nt == 1) return row_pass<K, RD, 1>(a, r0, nr, t0, y, ldy);
+  for (int64_t tt = 0; tt < nt; tt += T) {
+    const int64_t ct = nt - tt < T ? nt - tt : T;
+    token_rest<K, RP, T>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Quantized weights.
+
+template <int R, int T>
+struct Q8Kernel {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols, nb = cols / kQK8_0;
+    const BlockQ8_0* w[R];
+    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const BlockQ8_0*>(a.w + (r0 + r) * a.w_stride);
+    const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
+    const float* xd = a.xd + t0 * nb;     // [T, nb]
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i wq[R], wabs[R];
+      __m256 dw[R];
+      for (int r = 0; r < R; ++r) {
+        wq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r][b].qs));
+        wabs[r] = _mm256_abs_epi8(wq[r]);
+        dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(w[r][b].d)));
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
+        const __m256 dx = _mm256_set1_ps(xd[t * nb + b]);
+        for (int r = 0; r < R; ++r) {
+          const __m256i p16 = _mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(x, wq[r]));
+          const __m256i dot = _mm256_madd_epi16(p16, ones);
+          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[r], dx), acc[r][t]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+  }
+};
+
+template <int R, int T>
+struct Q4Kernel {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols, nb = cols / kQK4_0;
+    const BlockQ4_0* w[R];
+    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + r) * a.w_stride);
+    const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
+    const float* xd = a.xd + t0 * nb;     // [T, nb]
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i k8 = _mm256_set1_epi8(8);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i wq[R];
+      __m256 dw[R];
+      for (int r = 0; r < R; ++r) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[r][b].qs));
+        // elements 0..15 from the low nibbles, 16..31 from the high ones
+        wq[r] = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1),
+                                 low4);
+        dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(w[r][b].d)));
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
+        const __m256i corr = _mm256_maddubs_epi16(k8, x);  // 8 x, as int16 pairs
+        const __m256 dx = _mm256_set1_ps(xd[t * nb + b]);
+        for (int r = 0; r < R; ++r) {
+          const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], x), corr);
+          const __m256i dot = _mm256_madd_epi16(p16, ones);
+          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[r], dx), acc[r][t]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Float weights: 8 columns per step; the last partial step goes through zero-padded copies.
+
+struct LoadF32 {
+  static __m256 full(const uint8_t* row, int64_t c) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + c);
+  }
+  static float one(const uint8_t* row, int64_t c) { return reinterpret_cast<const float*>(row)[c]; }
+};
+struct LoadF16 {
+  static __m256 full(const uint8_t* row, int64_t c) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * c)));
+  }
+  static float one(const uint8_t* row, int64_t c) {
+    return _cvtsh_ss(reinterpret_cast<const uint16_t*>(row)[c]);
+  }
+};
+struct LoadBF16 {
+  static __m256 full(const uint8_t* row, int64_t c) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * c));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static float one(const uint8_t* row, int64_t c) {
+    const __m128i u = _mm_slli_epi32(_mm_cvtsi32_si128(reinterpret_cast<const uint16_t*>(row)[c]), 16);
+    return _mm_cvtss_f32(_mm_castsi128_ps(u));
+  }
+};
+
+template <class Load, int R, int T>
+struct FloatKernel {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols;
+    const uint8_t* w[R];
+    for (int r = 0; r < R; ++r) w[r] = a.w + (r0 + r) * a.w_stride;
+    const float* x = a.x + t0 * cols;  // [T, cols]
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) {
+      __m256 wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = Load::full(w[r], c);
+      for (int t = 0; t < T; ++t) {
+        const __m256 xv = _mm256_loadu_ps(x + t * cols + c);
+        for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+      }
+    }
+    if (c < cols) {
+      alignas(32) float wt[R][8] = {};  // [R, 8] zero-padded tail of the weight rows
+      alignas(32) float xt[T][8] = {};  // [T, 8] zero-padded tail of the activations
+      for (int64_t i = c; i < cols; ++i) {
+        for (int r = 0; r < R; ++r) wt[r][i - c] = Load::one(w[r], i);
+        for (int t = 0; t < T; ++t) xt[t][i - c] = x[t * cols + i];
+      }
+      for (int t = 0; t < T; ++t)
+        for (int r = 0; r < R; ++r)
+          acc[r][t] = _mm256_fmadd_ps(_mm256_load_ps(wt[r]), _mm256_load_ps(xt[t]), acc[r][t]);
+    }
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+  }
+};
+template <int R, int T>
+using F32Kernel = FloatKernel<LoadF32, R, T>;
+template <int R, int T>
+using F16Kernel = FloatKernel<LoadF16, R, T>;
+template <int R, int T>
+using BF16Kernel = FloatKernel<LoadBF16, R, T>;
+
+// ---------------------------------------------------------------------------------------------------
+// Activation quantization, bit-identical to quantize_row(Q8_0) (see avx512.cpp).
+
+inline __m256 round_half_away(__m256 v) {
+  const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m256 frac = abs256(_mm256_sub_ps(v, t));  // exact
+  const __m256 up = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+  const __m256 one = _mm256_or_ps(_mm256_and_ps(v, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(1.0f));  // +-1
+  return _mm256_add_ps(t, _mm256_and_ps(up, one));
+}
+
+void quantize_q8(const float* x, int64_t cols, int8_t* qs, float* d) {
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t b = 0; b < cols / kQK8_0; ++b) {
+    __m256 v[4];
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(x + b * kQK8_0 + 8 * i);
+    const float amax =
+        hmax256(_mm256_max_ps(_mm256_max_ps(abs256(v[0]), abs256(v[1])), _mm256_max_ps(abs256(v[2]), abs256(v[3]))));
+    const float scale = amax / 127.0f;
+    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    d[b] = _cvtsh_ss(_cvtss_sh(scale, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256 vi = _mm256_set1_ps(inv);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[i], vi)));
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * kQK8_0), _mm256_permutevar8x32_epi32(p, order));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Element-wise ops.
+
+// exp(x) to ~1 ulp for x in [-87.3, 88.3] (0 below; clamped above): x = k ln2 + r, |r| <= ln2/2,
+// degree-7 Taylor polynomial, 2^k built in the exponent field.
+inline __m256 exp256(__m256 x) {
+  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);  // also -inf
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3f)), _mm256_set1_ps(-87.3f));
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.42860682030941723212e-6f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+inline __m256 silu256(__m256 x) {
+  return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+void silu_mul(float* x, const float* g, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(x + i, _mm256_mul_ps(silu256(_mm256_loadu_ps(x + i)), _mm256_loadu_ps(g + i)));
+  if (i < n) {
+    alignas(32) float xt[8] = {}, gt[8] = {};  // zero-padded tail
+    for (int64_t j = i; j < n; ++j) xt[j - i] = x[j], gt[j - i] = g[j];
+    _mm256_store_ps(xt, _mm256_mul_ps(silu256(_mm256_load_ps(xt)), _mm256_load_ps(gt)));
+    for (int64_t j = i; j < n; ++j) x[j] = xt[j - i];
+  }
+}
+
+void softmax(float* x, int64_t n) {
+  if (n <= 0) return;
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+  float mx = hmax256(vmax);
+  for (; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  const __m256 vm = _mm256_set1_ps(mx);
+  __m256 vsum = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= n; i += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+    _mm256_storeu_ps(x + i, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  if (i < n) {
+    alignas(32) float t[8];  // tail, padded with -inf (exp -> 0)
+    for (int j = 0; j < 8; ++j) t[j] = i + j < n ? x[i + j] : -INFINITY;
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_load_ps(t), vm));
+    _mm256_store_ps(t, e);
+    vsum = _mm256_add_ps(vsum, e);
+    for (int64_t j = i; j < n; ++j) x[j] = t[j - i];
+  }
+  const float inv = 1.0f / hsum256(vsum);
+  const __m256 vi = _mm256_set1_ps(inv);
+  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
+  for (; i < n; ++i) x[i] *= inv;
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m256 s = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s);
+  float sum = hsum256(s);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float* xr = x + t * dim;
+    float* o = out + t * dim;
+    const float inv = 1.0f / sqrt_ss(dot(xr, xr, dim) / static_cast<float>(dim) + eps);
+    const __m256 vi = _mm256_set1_ps(inv);
+    int64_t i = 0;
+    for (; i + 8 <= dim; i += 8)
+      _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vi), _mm256_loadu_ps(w + i)));
+    for (; i < dim; ++i) o[i] = xr[i] * inv * w[i];
+  }
+}
+
+// Attention for the heads sharing one kv head: scores (each key row read once for all heads), softmax,
+// then P V with up to 4 heads x 16 dims in registers per value pass.
+void attn_group(const AttnGroupArgs& a) {
+  const int64_t hd = a.head_dim, len = a.j1 - a.j0;
+  for (int64_t j = 0; j < len; ++j) {
+    const float* kj = a.k + (a.j0 + j) * a.kv_stride;
+    for (int64_t g = 0; g < a.g; ++g) a.scratch[g * len + j] = dot(a.q + g * hd, kj, hd) * a.scale;
+  }
+  for (int64_t g = 0; g < a.g; ++g) softmax(a.scratch + g * len, len);
+  const int64_t hd16 = hd / 16 * 16;
+  for (int64_t g0 = 0; g0 < a.g; g0 += 4) {
+    const int64_t ng = a.g - g0 < 4 ? a.g - g0 : 4;
+    for (int64_t c = 0; c < hd16; c += 16) {
+      __m256 acc[4][2];
+      for (int g = 0; g < 4; ++g) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < len; ++j) {
+        const float* vj = a.v + (a.j0 + j) * a.kv_stride + c;
+        const __m256 v0 = _mm256_loadu_ps(vj), v1 = _mm256_loadu_ps(vj + 8);
+        for (int g = 0; g < 4; ++g) {
+          if (g < ng) {
+            const __m256 p = _mm256_set1_ps(a.scratch[(g0 + g) * len + j]);
+            acc[g][0] = _mm256_fmadd_ps(p, v0, acc[g][0]);
+            acc[g][1] = _mm256_fmadd_ps(p, v1, acc[g][1]);
+          }
+        }
+      }
+      for (int g = 0; g < ng; ++g) {
+        _mm256_storeu_ps(a.out + (g0 + g) * hd + c, acc[g][0]);
+        _mm256_storeu_ps(a.out + (g0 + g) * hd + c + 8, acc[g][1]);
+      }
+    }
+    for (int64_t g = g0; g < g0 + ng; ++g) {
+      for (int64_t c = hd16; c < hd; ++c) {
+        float s = 0.0f;
+        for (int64_t j = 0; j < len; ++j) s += a.scratch[g * len + j] * a.v[(a.j0 + j) * a.kv_stride + c];
+        a.out[g * hd + c] = s;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const KernelTable* avx2_table() {
+  static const KernelTable table = {
+      "avx2",
+      {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>, tiles<Q8Kernel, 4, 2, 3>,
+       tiles<Q4Kernel, 4, 2, 3>},
+      quantize_q8,
+      attn_group,
+      rmsnorm,
+      silu_mul,
+      softmax,
+  };
+  return &table;
+}
+
+}  // namespace mixtral::kernels::detail
+
+#else
+
+namespace mixtral::kernels::detail {
+const KernelTable* avx2_table() { return nullptr; }
+}  // namespace mixtral::kernels::detail
+
+#endif

@@ -1,0 +1,472 @@
+// AVX-512 (F/BW/VL/DQ + VNNI) kernels. Compiled with its own -m flags (kernels/CMakeLists.txt) and only
+// called after dispatch.cpp has checked the CPU. Helpers stay in an anonymous namespace and no std::
+// template is instantiated here, so no AVX-512 code can leak into a generic caller through the linker.
+//
+// Quantized matmul: one 32-value block per 256-bit VNNI step. vpdpbusd multiplies unsigned by signed
+// bytes, so
+//   Q8_0 x Q8_0: (x + 128) . w - 128 * sum(w) = x . w, the correction computed once per weight block
+//                and used as the accumulator's starting value;
+//   Q4_0 x Q8_0: nibbles (0..15) . x - 8 * sum(x), the correction computed once per activation block.
+// The 8 int32 lanes are widened to f32 and scaled by d_w * d_x per block, then summed at the end.
+#include "kernels/internal.h"
+
+#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512DQ__) && defined(__AVX512VNNI__) && defined(__FMA__) && defined(__F16C__)
+
+// GCC 12's AVX-512 intrinsics seed unused lanes with _mm512_undefined_ps() (__Y = __Y), which its own
+// -Wmaybe-uninitialized flags once inlined; a false positive, silenced for this file only.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "tensor/quant.h"
+
+namespace mixtral::kernels::detail {
+namespace {
+
+inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Horizontal sum / max (own versions: GCC 12's _mm512_reduce_* trip -Wuninitialized).
+inline float hsum512(__m512 v) {
+  const __m512 hi = _mm512_shuffle_f32x4(v, v, 0xee);  // upper 256 bits in the lower half
+  return hsum256(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_castps512_ps256(hi)));
+}
+inline float hmax512(__m512 v) {
+  const __m512 hi = _mm512_shuffle_f32x4(v, v, 0xee);
+  __m256 m = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_castps512_ps256(hi));
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+
+inline float sqrt_ss(float v) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v))); }
+
+// ---------------------------------------------------------------------------------------------------
+// Tiling: K<R, T>::run computes an R-row x T-token micro-tile over all columns. Tokens outer (a T-token
+// activation slice stays in L1), rows inner (the driver's row chunk stays in L2).
+
+using MicroFn = void (*)(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy);
+
+template <template <int, int> class K, int R, int T>
+void row_pass(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  int64_t rr = 0;
+  for (; rr + R <= nr; rr += R) K<R, T>::run(a, r0 + rr, t0, y + rr, ldy);
+  for (; rr < nr; ++rr) K<1, T>::run(a, r0 + rr, t0, y + rr, ldy);
+}
+
+template <template <int, int> class K, int R, int T>
+void token_rest(int64_t ct, const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  if (ct == T) {
+    row_pass<K, R, T>(a, r0, nr, t0, y, ldy);
+  } else if constexpr (T > 1) {
+    token_rest<K, R, T - 1>(ct, a, r0, nr, t0, y, ldy);
+  }
+}
+
+// RD rows per micro-tile when decoding (one token), RP x T when there are more.
+template <template <int, int> class K, int RD, int RP, int T>
+void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  if (nt == 1) return row_pass<K, RD, 1>(a, r0, nr, t0, y, ldy);
+  for (int64_t tt = 0; tt < nt; tt += T) {
+    const int64_t ct = nt - tt < T ? nt - tt : T;
+    token_rest<K, RP, T>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Quantized weights.
+
+template <int R, int T>
+struct Q8Kernel {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols, nb = cols / kQK8_0;
+    const BlockQ8_0* w[R];
+    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const BlockQ8_0*>(a.w + (r0 + r) * a.w_stride);
+    const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
+    const float* xd = a.xd + t0 * nb;     // [T, nb]
+    const __m256i k128 = _mm256_set1_epi8(static_cast<char>(0x80));
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i wq[R], corr[R];
+      __m256 dw[R];
+      for (int r = 0; r < R; ++r) {
+        wq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r][b].qs));
+        corr[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                   _mm256_dpbusd_epi32(_mm256_setzero_si256(), k128, wq[r]));  // -128 sum(w)
+        dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(w[r][b].d)));
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m256i xu =  // x + 128 as unsigned bytes
+            _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0)), k128);
+        const __m256 dx = _mm256_set1_ps(xd[t * nb + b]);
+        for (int r = 0; r < R; ++r) {
+          const __m256i dot = _mm256_dpbusd_epi32(corr[r], xu, wq[r]);
+          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[r], dx), acc[r][t]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+  }
+};
+
+template <int R, int T>
+struct Q4Kernel {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols, nb = cols / kQK4_0;
+    const BlockQ4_0* w[R];
+    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + r) * a.w_stride);
+    const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
+    const float* xd = a.xd + t0 * nb;     // [T, nb]
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i k8 = _mm256_set1_epi8(8);
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i wq[R];
+      __m256 dw[R];
+      for (int r = 0; r < R; ++r) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[r][b].qs));
+        // elements 0..15 from the low nibbles, 16..31 from the high ones
+        wq[r] = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1),
+                                 low4);
+        dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(w[r][b].d)));
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
+        const __m256i corr = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                              _mm256_dpbusd_epi32(_mm256_setzero_si256(), k8, x));  // -8 sum(x)
+        const __m256 dx = _mm256_set1_ps(xd[t * nb + b]);
+        for (int r = 0; r < R; ++r) {
+          const __m256i dot = _mm256_dpbusd_epi32(corr, wq[r], x);
+          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[r], dx), acc[r][t]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Float weights: 16 columns per step, weights widened to f32, one FMA per (row, token).
+
+struct LoadF32 {
+  static __m512 full(const uint8_t* row, int64_t c) {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + c);
+  }
+  static __m512 part(const uint8_t* row, int64_t c, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + c);
+  }
+};
+struct LoadF16 {
+  static __m512 full(const uint8_t* row, int64_t c) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c)));
+  }
+  static __m512 part(const uint8_t* row, int64_t c, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * c));
+  }
+};
+struct LoadBF16 {
+  static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static __m512 full(const uint8_t* row, int64_t c) {
+    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c)));
+  }
+  static __m512 part(const uint8_t* row, int64_t c, __mmask16 m) {
+    return widen(_mm256_maskz_loadu_epi16(m, row + 2 * c));
+  }
+};
+
+template <class Load, int R, int T>
+struct FloatKernel {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols;
+    const uint8_t* w[R];
+    for (int r = 0; r < R; ++r) w[r] = a.w + (r0 + r) * a.w_stride;
+    const float* x = a.x + t0 * cols;  // [T, cols]
+    __m512 acc[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 16 <= cols; c += 16) {
+      __m512 wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = Load::full(w[r], c);
+      for (int t = 0; t < T; ++t) {
+        const __m512 xv = _mm512_loadu_ps(x + t * cols + c);
+        for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+      }
+    }
+    if (c < cols) {
+      const __mmask16 m = tail_mask(cols - c);
+      __m512 wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = Load::part(w[r], c, m);
+      for (int t = 0; t < T; ++t) {
+        const __m512 xv = _mm512_maskz_loadu_ps(m, x + t * cols + c);
+        for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum512(acc[r][t]);
+  }
+};
+template <int R, int T>
+using F32Kernel = FloatKernel<LoadF32, R, T>;
+template <int R, int T>
+using F16Kernel = FloatKernel<LoadF16, R, T>;
+template <int R, int T>
+using BF16Kernel = FloatKernel<LoadBF16, R, T>;
+
+// ---------------------------------------------------------------------------------------------------
+// Activation quantization, bit-identical to quantize_row(Q8_0): d = amax / 127 rounded to fp16,
+// q = round-half-away-from-zero(x / d) with the unrounded 1 / d.
+
+inline __m512 round_half_away(__m512 v) {
+  const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m512 frac = _mm512_abs_ps(_mm512_sub_ps(v, t));  // exact
+  const __mmask16 up = _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+  const __m512 one = _mm512_or_ps(_mm512_and_ps(v, _mm512_set1_ps(-0.0f)), _mm512_set1_ps(1.0f));  // +-1
+  return _mm512_mask_add_ps(t, up, t, one);
+}
+
+void quantize_q8(const float* x, int64_t cols, int8_t* qs, float* d) {
+  for (int64_t b = 0; b < cols / kQK8_0; ++b) {
+    const __m512 v0 = _mm512_loadu_ps(x + b * kQK8_0), v1 = _mm512_loadu_ps(x + b * kQK8_0 + 16);
+    const float amax = hmax512(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float scale = amax / 127.0f;
+    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    d[b] = _cvtsh_ss(_cvtss_sh(scale, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m512 vi = _mm512_set1_ps(inv);
+    const __m512i q0 = _mm512_cvttps_epi32(round_half_away(_mm512_mul_ps(v0, vi)));
+    const __m512i q1 = _mm512_cvttps_epi32(round_half_away(_mm512_mul_ps(v1, vi)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(qs + b * kQK8_0), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(qs + b * kQK8_0 + 16), _mm512_cvtepi32_epi8(q1));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Element-wise ops.
+
+// exp(x) to ~1 ulp: x = k ln2 + r with |r| <= ln2/2, degree-7 Taylor polynomial, scalef by 2^k
+// (which also gives 0 and inf at the ends of the range).
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.0f)), _mm512_set1_ps(-104.0f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, k);
+}
+
+inline __m512 silu512(__m512 x) {
+  return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+void silu_mul(float* x, const float* g, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(x + i, _mm512_mul_ps(silu512(_mm512_loadu_ps(x + i)), _mm512_loadu_ps(g + i)));
+  if (i < n) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(silu512(_mm512_maskz_loadu_ps(m, x + i)), _mm512_maskz_loadu_ps(m, g + i)));
+  }
+}
+
+void softmax(float* x, int64_t n) {
+  if (n <= 0) return;
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
+  if (i < n) vmax = _mm512_mask_max_ps(vmax, tail_mask(n - i), vmax, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
+  const __m512 mx = _mm512_set1_ps(hmax512(vmax));
+  __m512 vsum = _mm512_setzero_ps();
+  for (i = 0; i + 16 <= n; i += 16) {
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), mx));
+    _mm512_storeu_ps(x + i, e);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  if (i < n) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mx)));
+    _mm512_mask_storeu_ps(x + i, m, e);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / hsum512(vsum));
+  for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+  if (i < n) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+  }
+}
+
+void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float* xr = x + t * dim;
+    float* o = out + t * dim;
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= dim; i += 32) {
+      const __m512 a = _mm512_loadu_ps(xr + i), b = _mm512_loadu_ps(xr + i + 16);
+      s0 = _mm512_fmadd_ps(a, a, s0);
+      s1 = _mm512_fmadd_ps(b, b, s1);
+    }
+    for (; i < dim; i += 16) {
+      const __m512 a = _mm512_maskz_loadu_ps(tail_mask(dim - i < 16 ? dim - i : 16), xr + i);
+      s0 = _mm512_fmadd_ps(a, a, s0);
+    }
+    const float ss = hsum512(_mm512_add_ps(s0, s1));
+    const __m512 inv = _mm512_set1_ps(1.0f / sqrt_ss(ss / static_cast<float>(dim) + eps));
+    for (i = 0; i < dim; i += 16) {
+      const __mmask16 m = tail_mask(dim - i < 16 ? dim - i : 16);
+      _mm512_mask_storeu_ps(o + i, m,
+                            _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + i), inv),
+                                          _mm512_maskz_loadu_ps(m, w + i)));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Attention for the heads sharing one kv head. Scores of up to 4 heads per key pass (each key row read
+// once), softmax per head, then P V with 4 heads x 4 vectors of 16 dims in registers per value pass.
+
+template <int NG>
+void scores(const AttnGroupArgs& a, int64_t g0, int64_t len) {
+  const int64_t hd = a.head_dim;
+  for (int64_t j = 0; j < len; ++j) {
+    const float* kj = a.k + (a.j0 + j) * a.kv_stride;
+    __m512 acc[NG];
+    for (int g = 0; g < NG; ++g) acc[g] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < hd; c += 16) {
+      const __mmask16 m = tail_mask(hd - c < 16 ? hd - c : 16);
+      const __m512 kv = _mm512_maskz_loadu_ps(m, kj + c);
+      for (int g = 0; g < NG; ++g)
+        acc[g] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a.q + (g0 + g) * hd + c), kv, acc[g]);
+    }
+    for (int g = 0; g < NG; ++g) a.scratch[(g0 + g) * len + j] = hsum512(acc[g]) * a.scale;
+  }
+}
+
+template <int NG, int NC>
+void weighted_values(const AttnGroupArgs& a, int64_t g0, int64_t c0, int64_t len) {
+  const int64_t hd = a.head_dim;
+  __mmask16 m[NC];
+  for (int c = 0; c < NC; ++c) {
+    const int64_t left = hd - c0 - 16 * c;
+    m[c] = tail_mask(left < 16 ? left : 16);
+  }
+  __m512 acc[NG][NC];
+  for (int g = 0; g < NG; ++g)
+    for (int c = 0; c < NC; ++c) acc[g][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < len; ++j) {
+    const float* vj = a.v + (a.j0 + j) * a.kv_stride + c0;
+    __m512 vv[NC];
+    for (int c = 0; c < NC; ++c) vv[c] = _mm512_maskz_loadu_ps(m[c], vj + 16 * c);
+    for (int g = 0; g < NG; ++g) {
+      const __m512 p = _mm512_set1_ps(a.scratch[(g0 + g) * len + j]);
+      for (int c = 0; c < NC; ++c) acc[g][c] = _mm512_fmadd_ps(p, vv[c], acc[g][c]);
+    }
+  }
+  for (int g = 0; g < NG; ++g)
+    for (int c = 0; c < NC; ++c) _mm512_mask_storeu_ps(a.out + (g0 + g) * hd + c0 + 16 * c, m[c], acc[g][c]);
+}
+
+template <int NG>
+void weighted_values_heads(const AttnGroupArgs& a, int64_t g0, int64_t len) {
+  const int64_t nvec = (a.head_dim + 15) / 16;
+  int64_t v = 0;
+  for (; v + 4 <= nvec; v += 4) weighted_values<NG, 4>(a, g0, 16 * v, len);
+  switch (nvec - v) {
+    case 3:
+      return weighted_values<NG, 3>(a, g0, 16 * v, len);
+    case 2:
+      return weighted_values<NG, 2>(a, g0, 16 * v, len);
+    case 1:
+      return weighted_values<NG, 1>(a, g0, 16 * v, len);
+    default:
+      return;
+  }
+}
+
+void attn_group(const AttnGroupArgs& a) {
+  const int64_t len = a.j1 - a.j0;
+  for (int64_t g0 = 0; g0 < a.g; g0 += 4) {
+    switch (a.g - g0 < 4 ? a.g - g0 : 4) {
+      case 4:
+        scores<4>(a, g0, len);
+        break;
+      case 3:
+        scores<3>(a, g0, len);
+        break;
+      case 2:
+        scores<2>(a, g0, len);
+        break;
+      default:
+        scores<1>(a, g0, len);
+    }
+  }
+  for (int64_t g = 0; g < a.g; ++g) softmax(a.scratch + g * len, len);
+  for (int64_t g0 = 0; g0 < a.g; g0 += 4) {
+    switch (a.g - g0 < 4 ? a.g - g0 : 4) {
+      case 4:
+        weighted_values_heads<4>(a, g0, len);
+        break;
+      case 3:
+        weighted_values_heads<3>(a, g0, len);
+        break;
+      case 2:
+        weighted_values_heads<2>(a, g0, len);
+        break;
+      default:
+        weighted_values_heads<1>(a, g0, len);
+    }
+  }
+}
+
+}  // namespace
+
+const KernelTable* avx512_table() {
+  static const KernelTable table = {
+      "avx512",
+      {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>, tiles<Q8Kernel, 4, 4, 4>,
+       tiles<Q4Kernel, 4, 4, 4>},
+      quantize_q8,
+      attn_group,
+      rmsnorm,
+      silu_mul,
+      softmax,
+  };
+  return &table;
+}
+
+}  // namespace mixtral::kernels::detail
+
+#else
+
+namespace mixtral::kernels::detail {
+const KernelTable* avx512_table() { return nullptr; }
+}  // namespace mixtral::kernels::detail
+
+#endif

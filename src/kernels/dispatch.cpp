@@ -1,0 +1,332 @@
+// Run-time dispatch and the threaded drivers. The instruction set is chosen once (CPUID, or MIXTRAL_ISA)
+// and picks a table of function pointers; the drivers here check arguments, prepare activations, split
+// the work over the thread pool and call the table's kernels on tiles.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "kernels/internal.h"
+#include "kernels/kernels.h"
+#include "tensor/quant.h"
+
+namespace mixtral::kernels {
+namespace {
+
+using detail::KernelTable;
+
+bool cpu_has(Isa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::kScalar:
+      return true;
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case Isa::kAvx512:
+      // avx512dq as well: the compiler may use DQ forms (e.g. 256-bit extracts) in this file's code.
+      return cpu_has(Isa::kAvx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512vnni");
+  }
+  return false;
+#else
+  return isa == Isa::kScalar;
+#endif
+}
+
+const KernelTable* table_of(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return detail::avx512_table();
+    case Isa::kAvx2:
+      return detail::avx2_table();
+    case Isa::kScalar:
+      break;
+  }
+  return &detail::generic_table();
+}
+
+bool usable(Isa isa) { return cpu_has(isa) && table_of(isa) != nullptr; }
+
+Isa clamp_isa(Isa want) {
+  for (int i = static_cast<int>(want); i > 0; --i)
+    if (usable(static_cast<Isa>(i))) return static_cast<Isa>(i);
+  return Isa::kScalar;
+}
+
+struct Active {
+  std::atomic<Isa> isa;
+  std::atomic<const KernelTable*> table;
+};
+
+Active& active() {
+  static Active* a = [] {
+    Isa isa = detect_isa();
+    if (const char* env = std::getenv("MIXTRAL_ISA"); env != nullptr && *env != '\0') {
+      if (std::strcmp(env, "scalar") == 0) {
+        isa = Isa::kScalar;
+      } else if (std::strcmp(env, "avx2") == 0) {
+        isa = clamp_isa(Isa::kAvx2);
+      } else if (std::strcmp(env, "avx512") == 0) {
+        isa = clamp_isa(Isa::kAvx512);
+      } else {
+        std::fprintf(stderr, "mixtral: MIXTRAL_ISA=%s is not one of scalar, avx2, avx512; using %s\n", env,
+                     isa_name(isa));
+      }
+    }
+    auto* s = new Active;
+    s->isa.store(isa);
+    s->table.store(table_of(isa));
+    return s;
+  }();
+  return *a;
+}
+
+const KernelTable& table() { return *active().table.load(std::memory_order_relaxed); }
+
+detail::WeightKind weight_kind(const TensorView& w) {
+  switch (w.dtype) {
+    case DType::F32:
+      return detail::kWF32;
+    case DType::F16:
+      return detail::kWF16;
+    case DType::BF16:
+      return detail::kWBF16;
+    case DType::Q8_0:
+      return detail::kWQ8_0;
+    case DType::Q4_0:
+      return detail::kWQ4_0;
+    default:
+      MX_CHECK(false, "matmul: weight dtype %s has no kernel", std::string(dtype_name(w.dtype)).c_str());
+  }
+}
+
+bool is_quantized(detail::WeightKind k) { return k == detail::kWQ8_0 || k == detail::kWQ4_0; }
+
+// The calling thread's Q8_0 activation buffers (grown as needed, reused across calls).
+struct QuantizedActs {
+  std::vector<int8_t> qs;  // [n, cols]
+  std::vector<float> d;    // [n, cols / 32]
+};
+QuantizedActs& quantized_acts() {
+  thread_local QuantizedActs b;
+  return b;
+}
+
+// Activations in the dot format of weight kind `kind`: Q8_0 blocks for quantized weights (in parallel
+// over tokens when there are several), x itself otherwise.
+detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, detail::WeightKind kind, const float* x,
+                           int64_t n, ThreadPool& pool) {
+  detail::MatmulArgs a;
+  a.w = static_cast<const uint8_t*>(w.data);
+  a.w_stride = w.row_stride();
+  a.cols = w.cols();
+  a.x = x;
+  if (!is_quantized(kind)) return a;
+  const int64_t cols = a.cols, nb = cols / kQK8_0;
+  QuantizedActs& q = quantized_acts();
+  if (q.qs.size() < static_cast<size_t>(n * cols)) q.qs.resize(static_cast<size_t>(n * cols));
+  if (q.d.size() < static_cast<size_t>(n * nb)) q.d.resize(static_cast<size_t>(n * nb));
+  int8_t* qs = q.qs.data();
+  float* d = q.d.data();
+  auto rows = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) k.quantize_q8(x + t * cols, cols, qs + t * cols, d + t * nb);
+  };
+  if (pool.size() > 1 && n >= 2 && n * cols >= (1 << 15)) {
+    pool.run([&](int ith, int nth) { rows(n * ith / nth, n * (ith + 1) / nth); });
+  } else {
+    rows(0, n);
+  }
+  a.xq = qs;
+  a.xd = d;
+  return a;
+}
+
+constexpr int64_t kRowAlign = 16;           // thread row ranges start at multiples of this
+constexpr size_t kChunkBytes = 256 * 1024;  // weight rows per L2-resident chunk (prefill)
+
+// Splits rows [0, rows) over the pool in contiguous, aligned ranges, each walked in chunks of about
+// kChunkBytes of weights: fn(r0, nr) per chunk.
+template <class Fn>
+void run_rows(ThreadPool& pool, int64_t rows, size_t row_bytes, const Fn& fn) {
+  const int64_t chunk = std::clamp<int64_t>(
+      static_cast<int64_t>(kChunkBytes / std::max<size_t>(row_bytes, 1)) / kRowAlign * kRowAlign, kRowAlign, 256);
+  auto range = [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r += chunk) fn(r, std::min(chunk, e - r));
+  };
+  const int64_t blocks = (rows + kRowAlign - 1) / kRowAlign;
+  if (pool.size() == 1 || blocks < 2) {
+    range(0, rows);
+    return;
+  }
+  pool.run([&](int ith, int nth) {
+    const int64_t b = blocks * ith / nth * kRowAlign, e = std::min(rows, blocks * (ith + 1) / nth * kRowAlign);
+    if (b < e) range(b, e);
+  });
+}
+
+void check_matmul(const TensorView& w, const float* x, int64_t n, const float* y) {
+  MX_CHECK(w.data != nullptr && w.ndim >= 1, "matmul: empty weight view");
+  MX_CHECK(n >= 0, "matmul: n = %lld", static_cast<long long>(n));
+  MX_CHECK(n == 0 || (x != nullptr && y != nullptr), "matmul: null activations or output");
+  const DTypeTraits& tr = traits(w.dtype);
+  MX_CHECK(w.cols() % tr.block_size == 0, "matmul: %lld columns are not whole %s blocks",
+           static_cast<long long>(w.cols()), std::string(tr.name).c_str());
+}
+
+}  // namespace
+
+Isa detect_isa() {
+  static const Isa best = clamp_isa(Isa::kAvx512);
+  return best;
+}
+
+Isa active_isa() { return active().isa.load(std::memory_order_relaxed); }
+
+void set_isa(Isa isa) {
+  const Isa got = clamp_isa(isa);
+  active().table.store(table_of(got));
+  active().isa.store(got);
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return "scalar";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kAvx512:
+      return "avx512";
+  }
+  return "?";
+}
+
+void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool) {
+  check_matmul(w, x, n, y);
+  const int64_t rows = w.rows();
+  MX_CHECK(ldy >= rows, "matmul: ldy %lld < rows %lld", static_cast<long long>(ldy), static_cast<long long>(rows));
+  if (n == 0 || rows == 0) return;
+  const KernelTable& k = table();
+  const detail::WeightKind kind = weight_kind(w);
+  const detail::MatmulArgs a = prepare(k, w, kind, x, n, pool);
+  const detail::MatmulTileFn tile = k.matmul[kind];
+  run_rows(pool, rows, a.w_stride, [&](int64_t r0, int64_t nr) { tile(a, r0, nr, 0, n, y + r0, ldy); });
+}
+
+void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, int64_t n, float* out,
+                   ThreadPool& pool) {
+  check_matmul(w1, x, n, out);
+  check_matmul(w3, x, n, out);
+  const int64_t ffn = w1.rows();
+  MX_CHECK(w3.rows() == ffn && w3.cols() == w1.cols(), "matmul_swiglu: w1 %s and w3 %s differ in shape",
+           shape_string(w1).c_str(), shape_string(w3).c_str());
+  if (n == 0 || ffn == 0) return;
+  const KernelTable& k = table();
+  const detail::WeightKind k1 = weight_kind(w1), k3 = weight_kind(w3);
+  detail::MatmulArgs a1 = prepare(k, w1, k1, x, n, pool);
+  detail::MatmulArgs a3 = a1;
+  a3.w = static_cast<const uint8_t*>(w3.data);
+  a3.w_stride = w3.row_stride();
+  if (is_quantized(k1) != is_quantized(k3)) {
+    MX_CHECK(false, "matmul_swiglu: w1 (%s) and w3 (%s) need different activation formats",
+             std::string(dtype_name(w1.dtype)).c_str(), std::string(dtype_name(w3.dtype)).c_str());
+  }
+  const detail::MatmulTileFn t1 = k.matmul[k1], t3 = k.matmul[k3];
+  constexpr int64_t kTokenBlock = 64;
+  run_rows(pool, ffn, std::max(a1.w_stride, a3.w_stride), [&](int64_t r0, int64_t nr) {
+    thread_local std::vector<float> up;  // [kTokenBlock, nr] W3 x for this tile
+    if (up.size() < static_cast<size_t>(kTokenBlock * nr)) up.resize(static_cast<size_t>(kTokenBlock * nr));
+    for (int64_t t0 = 0; t0 < n; t0 += kTokenBlock) {
+      const int64_t nt = std::min(kTokenBlock, n - t0);
+      float* gate = out + t0 * ffn + r0;  // W1 x lands in place, then becomes silu(W1 x) * (W3 x)
+      t1(a1, r0, nr, t0, nt, gate, ffn);
+      t3(a3, r0, nr, t0, nt, up.data(), nr);
+      for (int64_t t = 0; t < nt; ++t) k.silu_mul(gate + t * ffn, up.data() + t * nr, nr);
+    }
+  });
+}
+
+void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out) {
+  MX_CHECK(n >= 0 && dim > 0, "rmsnorm: n = %lld, dim = %lld", static_cast<long long>(n),
+           static_cast<long long>(dim));
+  table().rmsnorm(x, w, n, dim, eps, out);
+}
+
+void rope(float* x, const int32_t* pos, int64_t n, const RopeParams& p) {
+  MX_CHECK(p.head_dim > 0 && p.head_dim % 2 == 0, "rope: head_dim %lld is not even",
+           static_cast<long long>(p.head_dim));
+  const int64_t hd = p.head_dim, half = hd / 2;
+  thread_local std::vector<double> freq;  // [half] theta^(-2i/hd)
+  thread_local std::vector<float> cs;     // [2, half] cos, sin of one position
+  freq.resize(static_cast<size_t>(half));
+  cs.resize(static_cast<size_t>(2 * half));
+  for (int64_t i = 0; i < half; ++i)
+    freq[i] = std::pow(static_cast<double>(p.theta), -2.0 * static_cast<double>(i) / hd);
+  const int64_t i_step = p.layout == RopeLayout::kInterleaved ? 2 : 1;  // first element of pair i
+  const int64_t pair_off = p.layout == RopeLayout::kInterleaved ? 1 : half;
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = static_cast<double>(pos[t]) * freq[i];
+      cs[i] = static_cast<float>(std::cos(angle));
+      cs[half + i] = static_cast<float>(std::sin(angle));
+    }
+    for (int64_t h = 0; h < p.n_heads; ++h) {
+      float* v = x + (t * p.n_heads + h) * hd;
+      for (int64_t i = 0; i < half; ++i) {
+        float* e0 = v + i * i_step;
+        float* e1 = e0 + pair_off;
+        const float a = *e0, b = *e1, c = cs[i], s = cs[half + i];
+        *e0 = a * c - b * s;
+        *e1 = a * s + b * c;
+      }
+    }
+  }
+}
+
+void attention(const float* q, const float* k, const float* v, const int32_t* pos, int64_t n, int64_t n_ctx,
+               const AttentionParams& p, float* out, ThreadPool& pool) {
+  MX_CHECK(p.n_heads > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
+           "attention: %lld query heads do not split over %lld kv heads", static_cast<long long>(p.n_heads),
+           static_cast<long long>(p.n_kv_heads));
+  MX_CHECK(p.head_dim > 0 && p.window >= 0, "attention: head_dim %lld, window %lld",
+           static_cast<long long>(p.head_dim), static_cast<long long>(p.window));
+  for (int64_t t = 0; t < n; ++t)
+    MX_CHECK(pos[t] >= 0 && pos[t] < n_ctx, "attention: query %lld at position %d outside the cache [0, %lld)",
+             static_cast<long long>(t), pos[t], static_cast<long long>(n_ctx));
+  const int64_t hd = p.head_dim, g = p.n_heads / p.n_kv_heads, kv_stride = p.n_kv_heads * hd;
+  const detail::AttnGroupFn fn = table().attn_group;
+  // One item per (query, kv head): the g query heads sharing that kv head read each key and value once.
+  pool.parallel_for(n * p.n_kv_heads, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> scratch;  // [g, keys] scores
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t t = item / p.n_kv_heads, kvh = item % p.n_kv_heads;
+      const int64_t hi = pos[t] + 1, lo = p.window > 0 ? std::max<int64_t>(0, hi - p.window) : 0;
+      if (scratch.size() < static_cast<size_t>(g * (hi - lo))) scratch.resize(static_cast<size_t>(g * (hi - lo)));
+      detail::AttnGroupArgs a;
+      a.q = q + (t * p.n_heads + kvh * g) * hd;
+      a.k = k + kvh * hd;
+      a.v = v + kvh * hd;
+      a.kv_stride = kv_stride;
+      a.g = g;
+      a.head_dim = hd;
+      a.j0 = lo;
+      a.j1 = hi;
+      a.scale = p.scale;
+      a.out = out + (t * p.n_heads + kvh * g) * hd;
+      a.scratch = scratch.data();
+      fn(a);
+    }
+  });
+}
+
+void silu_mul(float* x, const float* g, int64_t n) { table().silu_mul(x, g, n); }
+
+void softmax(float* x, int64_t n) { table().softmax(x, n); }
+
+}  // namespace mixtral::kernels

@@ -1,0 +1,501 @@
+// Every dispatched kernel against the scalar reference (kernels::ref) for every instruction set this CPU
+// has, and the references against independent float64 computations.
+//
+// Error measure: normalised error = max over a row of |fast - ref| / max over the same row of |ref|
+// (a "row" being one token's outputs). Tolerances per type are stated where they are used.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "kernels/internal.h"
+#include "kernels/kernels.h"
+#include "tensor/quant.h"
+
+namespace mixtral::kernels {
+namespace {
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> v;
+  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512})
+    if (static_cast<int>(i) <= static_cast<int>(detect_isa())) v.push_back(i);
+  return v;
+}
+
+// Restores the best ISA when a test ends.
+struct IsaGuard {
+  ~IsaGuard() { set_isa(detect_isa()); }
+};
+
+std::vector<float> randn(int64_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// A weight matrix [rows, cols] in dtype t, encoded from Gaussian values by the reference quantizer.
+struct Weights {
+  std::vector<uint8_t> bytes;  // [rows, row_bytes(t, cols)]
+  TensorView view;
+  std::vector<double> deq;  // [rows, cols] the decoded values, for float64 checks
+};
+
+Weights make_weights(DType t, int64_t rows, int64_t cols, uint32_t seed) {
+  Weights w;
+  const std::vector<float> f = randn(rows * cols, seed, 0.05f);
+  const size_t rb = row_bytes(t, cols);
+  w.bytes.resize(rb * static_cast<size_t>(rows));
+  std::vector<float> tmp(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    quantize_row(t, f.data() + r * cols, w.bytes.data() + r * rb, cols);
+    dequantize_row(t, w.bytes.data() + r * rb, tmp.data(), cols);
+    w.deq.insert(w.deq.end(), tmp.begin(), tmp.end());
+  }
+  w.view.data = w.bytes.data();
+  w.view.dtype = t;
+  w.view.ndim = 2;
+  w.view.shape = {rows, cols, 1, 1};
+  return w;
+}
+
+// max over tokens of (max_r |a - b| / max_r |b|); a, b: [n, ld] with `rows` valid columns.
+// With `scale`, the denominator is max_r scale instead (e.g. sum |w x|, what rounding errors scale with,
+// which a single output that happens to cancel does not shrink).
+double norm_err(const float* a, const float* b, int64_t n, int64_t rows, int64_t ld,
+                const float* scale = nullptr) {
+  double worst = 0.0;
+  for (int64_t t = 0; t < n; ++t) {
+    double num = 0.0, den = 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+      num = std::max(num, std::fabs(static_cast<double>(a[t * ld + r]) - b[t * ld + r]));
+      den = std::max(den, std::fabs(static_cast<double>(scale ? scale[t * ld + r] : b[t * ld + r])));
+    }
+    worst = std::max(worst, den > 0 ? num / den : num);
+  }
+  return worst;
+}
+
+// Tolerances for matmul, by weight type.
+struct MatmulTol {
+  double vs_ref;  // fast vs ref, relative to sum |w x|: same dot inputs, only the f32 summation order differs
+  double vs_f64;  // fast vs float64 dot of the decoded weights with the unrounded f32 activations
+};
+MatmulTol tol_for(DType t) {
+  switch (t) {
+    case DType::Q8_0:
+    case DType::Q4_0:
+      // vs_ref: integer block dots are exact; the f32 sum of the scaled block terms runs in another order
+      // (8 lanes per block, then a horizontal sum): observed <= 1e-7.
+      // vs_f64: dominated by rounding the activations to Q8_0: observed <= 1.4% of the largest output for
+      // >= 8 blocks of Gaussian data (checked with >= 16 rows); the rigorous per-output bound is quant_bound.
+      return {2e-6, 2.5e-2};
+    default:
+      // f32 accumulation of up to 4096 products in another order (8/16 lanes + FMA vs serial), both
+      // relative to sum |w x|: observed <= 2.4e-7 vs ref and vs float64.
+      return {2e-6, 2e-6};
+  }
+}
+
+// For quantized weights, a rigorous per-output bound on |y - y64|: rounding x to Q8_0 moves each element
+// by at most d/2 + 127 |d - fp16(d)| (d = block amax / 127; q uses the unrounded 1/d, the dot the fp16
+// d), plus f32 rounding of the block products and their sum (1e-6 of sum |w x|, far above (nb+2) eps).
+// Empty for float weights.
+std::vector<double> quant_bound(DType t, const Weights& w, const std::vector<float>& x, int64_t n, int64_t ldy) {
+  if (t != DType::Q8_0 && t != DType::Q4_0) return {};
+  const int64_t rows = w.view.rows(), cols = w.view.cols();
+  std::vector<double> bound(static_cast<size_t>(n * ldy), 0.0);
+  for (int64_t tk = 0; tk < n; ++tk) {
+    for (int64_t b = 0; b < cols / 32; ++b) {
+      const float* xb = x.data() + tk * cols + b * 32;
+      float amax = 0.0f;
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      const double d = amax / 127.0f, e = d / 2 + 127 * std::fabs(d - fp16_to_f32(f32_to_fp16(amax / 127.0f)));
+      for (int64_t r = 0; r < rows; ++r)
+        for (int j = 0; j < 32; ++j) {
+          const double wv = std::fabs(w.deq[r * cols + b * 32 + j]);
+          bound[tk * ldy + r] += wv * e + 1e-6 * wv * std::fabs(xb[j]);
+        }
+    }
+  }
+  return bound;
+}
+
+const char* dname(DType t) { return dtype_name(t).data(); }
+
+class MatmulTest : public ::testing::Test {
+ protected:
+  ThreadPool pool1_{1};
+  ThreadPool pool2_{2};
+  IsaGuard guard_;
+
+  void check(DType t, int64_t rows, int64_t cols, int64_t n, int64_t ldy_pad = 0) {
+    SCOPED_TRACE(std::string(dname(t)) + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
+                 " n=" + std::to_string(n) + " ldy=rows+" + std::to_string(ldy_pad));
+    const Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(rows * 131 + cols * 7 + n));
+    std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 17));  // [n, cols]
+    if (cols >= 64) std::fill(x.begin(), x.begin() + 32, 0.0f);  // an all-zero block: d = 0
+    const int64_t ldy = rows + ldy_pad;
+    std::vector<float> ref(static_cast<size_t>(n * ldy), 0.0f);  // [n, ldy]
+    ref::matmul(w.view, x.data(), n, ref.data(), ldy);
+
+    // Float64 of the decoded weights with the f32 activations.
+    std::vector<float> y64(static_cast<size_t>(n * ldy), 0.0f);  // [n, ldy]
+    std::vector<float> mag(y64.size(), 0.0f);                   // [n, ldy] sum_c |W[r, c] x[t, c]|
+    for (int64_t tk = 0; tk < n; ++tk)
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0.0, m = 0.0;
+        for (int64_t c = 0; c < cols; ++c) {
+          s += w.deq[r * cols + c] * static_cast<double>(x[tk * cols + c]);
+          m += std::fabs(w.deq[r * cols + c] * static_cast<double>(x[tk * cols + c]));
+        }
+        y64[tk * ldy + r] = static_cast<float>(s);
+        mag[tk * ldy + r] = static_cast<float>(m);
+      }
+    const MatmulTol tol = tol_for(t);
+    const std::vector<double> bound = quant_bound(t, w, x, n, ldy);
+    // The normalised float64 check needs enough rows for max |y| to be typical, and for quantized weights
+    // enough blocks for the activation rounding errors to average; below that only quant_bound applies.
+    // Float weights: the error relative to sum |w x| (no cancellation can inflate it).
+    const bool check_f64 = bound.empty() || (rows >= 16 && cols >= 256);
+    const float* f64_scale = bound.empty() ? mag.data() : nullptr;
+    if (check_f64) {
+      EXPECT_LE(norm_err(ref.data(), y64.data(), n, rows, ldy, f64_scale), tol.vs_f64)
+          << "ref::matmul vs float64: error bound " << tol.vs_f64;
+    }
+    for (size_t i = 0; i < bound.size(); ++i)
+      if (static_cast<int64_t>(i) % ldy < rows) {
+        ASSERT_LE(std::fabs(static_cast<double>(ref[i]) - y64[i]), bound[i])
+            << "ref vs float64 outside the Q8_0 activation rounding bound";
+      }
+
+    for (Isa isa : supported_isas()) {
+      set_isa(isa);
+      SCOPED_TRACE(isa_name(isa));
+      std::vector<float> y1(static_cast<size_t>(n * ldy), -7.0f), y2(y1);  // [n, ldy]
+      matmul(w.view, x.data(), n, y1.data(), ldy, pool1_);
+      matmul(w.view, x.data(), n, y2.data(), ldy, pool2_);
+      EXPECT_LE(norm_err(y1.data(), ref.data(), n, rows, ldy, mag.data()), tol.vs_ref)
+          << "fast vs ref: error relative to sum |w x|, bound " << tol.vs_ref;
+      if (check_f64) {
+        EXPECT_LE(norm_err(y1.data(), y64.data(), n, rows, ldy, f64_scale), tol.vs_f64)
+            << "fast vs float64: error bound " << tol.vs_f64;
+      }
+      if (!bound.empty()) {
+        for (int64_t i = 0; i < n * ldy; ++i)
+          if (i % ldy < rows) {
+            ASSERT_LE(std::fabs(static_cast<double>(y1[i]) - y64[i]), bound[i])
+                << "fast vs float64 outside the Q8_0 activation rounding bound at token " << i / ldy << " row "
+                << i % ldy;
+          }
+      }
+      // Each output is computed in the same order whatever the split: thread counts agree bit for bit.
+      EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float))) << "1 vs 2 threads differ";
+      for (int64_t tk = 0; tk < n; ++tk)
+        for (int64_t r = rows; r < ldy; ++r) ASSERT_EQ(y1[tk * ldy + r], -7.0f) << "wrote past rows";
+    }
+  }
+};
+
+constexpr DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0};
+
+TEST_F(MatmulTest, SmallShapesAllTypes) {
+  const int64_t shapes[][2] = {{1, 32}, {5, 64}, {17, 96}, {67, 256}, {20, 512}};
+  for (DType t : kAllTypes)
+    for (const auto& s : shapes)
+      for (int64_t n : {1, 2, 3, 7, 16, 33}) check(t, s[0], s[1], n);
+}
+
+TEST_F(MatmulTest, OddColumnsFloatTypes) {
+  // Column tails that are not a multiple of the 8/16-lane steps.
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (int64_t cols : {1, 7, 40, 100, 129})
+      for (int64_t n : {1, 3, 5}) check(t, 9, cols, n);
+}
+
+TEST_F(MatmulTest, LargeColumns) {
+  for (DType t : kAllTypes) {
+    check(t, 35, 4096, 1);
+    check(t, 19, 4096, 7, 3);
+  }
+}
+
+TEST_F(MatmulTest, RowStrideAndManyRows) {
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::F16}) check(t, 301, 128, 9, 5);
+}
+
+TEST_F(MatmulTest, ZeroTokensIsANoOp) {
+  const Weights w = make_weights(DType::Q8_0, 4, 32, 1);
+  float y = 3.0f;
+  matmul(w.view, nullptr, 0, &y, 4, pool2_);
+  EXPECT_EQ(y, 3.0f);
+}
+
+// silu(W1 x) * (W3 x) vs the reference matmuls and silu_mul. Tolerance: the matmul's vs_ref bound
+// (silu is 1-Lipschitz-ish; its own error is ~1e-7 relative).
+TEST_F(MatmulTest, SwigluMatchesReference) {
+  for (DType t : kAllTypes) {
+    for (int64_t n : {1, 3, 33, 70}) {
+      SCOPED_TRACE(std::string(dname(t)) + " n=" + std::to_string(n));
+      const int64_t ffn = 83, cols = 128;
+      const Weights w1 = make_weights(t, ffn, cols, 5), w3 = make_weights(t, ffn, cols, 6);
+      const std::vector<float> x = randn(n * cols, 9, 3.0f);  // [n, cols]
+      std::vector<float> g(static_cast<size_t>(n * ffn)), u(g.size());  // [n, ffn]
+      ref::matmul(w1.view, x.data(), n, g.data(), ffn);
+      ref::matmul(w3.view, x.data(), n, u.data(), ffn);
+      ref::silu_mul(g.data(), u.data(), n * ffn);
+      for (Isa isa : supported_isas()) {
+        set_isa(isa);
+        SCOPED_TRACE(isa_name(isa));
+        for (ThreadPool* pool : {&pool1_, &pool2_}) {
+          std::vector<float> out(g.size());  // [n, ffn]
+          matmul_swiglu(w1.view, w3.view, x.data(), n, out.data(), *pool);
+          EXPECT_LE(norm_err(out.data(), g.data(), n, ffn, ffn), 5e-5) << "normalised error bound 5e-5";
+          // Same as the unfused dispatched ops, bit for bit.
+          std::vector<float> g2(g.size()), u2(g.size());
+          matmul(w1.view, x.data(), n, g2.data(), ffn, *pool);
+          matmul(w3.view, x.data(), n, u2.data(), ffn, *pool);
+          silu_mul(g2.data(), u2.data(), n * ffn);
+          EXPECT_EQ(0, std::memcmp(out.data(), g2.data(), out.size() * sizeof(float)));
+        }
+      }
+    }
+  }
+}
+
+// The SIMD activation quantizers must round exactly like quantize_row (ties away from zero with the
+// unrounded 1/d, d rounded to fp16 to the nearest even), including the tie cases.
+TEST(QuantizeActivations, BitIdenticalToQuantizeRow) {
+  std::vector<float> x = randn(32 * 64, 3, 2.0f);  // [64 blocks of 32]
+  for (int j = 0; j < 32; ++j) {
+    x[j] = j == 0 ? 127.0f : static_cast<float>(j % 7) - 3.5f + (j % 2 ? 0.0f : 0.49999997f);  // d = 1: ties
+    x[32 + j] = 0.0f;                                                                       // d = 0
+    x[64 + j] = (j % 2 ? -1.0f : 1.0f) * 1e-30f * static_cast<float>(j + 1);              // tiny scale
+    x[96 + j] = (j - 16) * 1e4f;                                                            // large values
+  }
+  std::vector<BlockQ8_0> want(64);
+  quantize_row(DType::Q8_0, x.data(), want.data(), static_cast<int64_t>(x.size()));
+  const detail::KernelTable* tables[] = {&detail::generic_table(), detail::avx2_table(), detail::avx512_table()};
+  for (Isa isa : supported_isas()) {
+    const detail::KernelTable* k = tables[static_cast<int>(isa)];
+    ASSERT_NE(k, nullptr);
+    SCOPED_TRACE(k->name);
+    std::vector<int8_t> qs(x.size());  // [cols]
+    std::vector<float> d(64);          // [blocks]
+    k->quantize_q8(x.data(), static_cast<int64_t>(x.size()), qs.data(), d.data());
+    for (int b = 0; b < 64; ++b) {
+      ASSERT_EQ(d[b], fp16_to_f32(want[b].d)) << "block " << b;
+      for (int j = 0; j < 32; ++j) ASSERT_EQ(qs[b * 32 + j], want[b].qs[j]) << "block " << b << " element " << j;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Element-wise ops. Tolerance: 2e-6 relative per element (vector exp ~1-2 ulp, reciprocal vs division,
+// f32 lane sums vs a double sum in rmsnorm).
+
+double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0.0;
+  for (size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]) / std::max(1e-30, std::fabs(1.0 * b[i])));
+  return worst;
+}
+
+TEST(Elementwise, RmsnormSiluSoftmaxMatchReference) {
+  IsaGuard guard;
+  for (Isa isa : supported_isas()) {
+    set_isa(isa);
+    SCOPED_TRACE(isa_name(isa));
+    for (int64_t dim : {1, 5, 16, 33, 4096}) {
+      SCOPED_TRACE("dim=" + std::to_string(dim));
+      const int64_t n = 3;
+      const std::vector<float> x = randn(n * dim, 1, 4.0f), w = randn(dim, 2);  // x: [n, dim]; w: [dim]
+      std::vector<float> want(x.size()), got(x.size()), inplace = x;
+      ref::rmsnorm(x.data(), w.data(), n, dim, 1e-5f, want.data());
+      rmsnorm(x.data(), w.data(), n, dim, 1e-5f, got.data());
+      EXPECT_LE(max_rel(got, want), 2e-6) << "rmsnorm relative error bound 2e-6";
+      rmsnorm(inplace.data(), w.data(), n, dim, 1e-5f, inplace.data());
+      EXPECT_EQ(0, std::memcmp(inplace.data(), got.data(), got.size() * sizeof(float))) << "in place differs";
+
+      std::vector<float> s_want = x, s_got = x;
+      ref::silu_mul(s_want.data(), w.data(), dim);
+      silu_mul(s_got.data(), w.data(), dim);
+      s_want.resize(dim);
+      s_got.resize(dim);
+      EXPECT_LE(max_rel(s_got, s_want), 2e-6) << "silu_mul relative error bound 2e-6";
+
+      std::vector<float> m_want(x.begin(), x.begin() + dim), m_got = m_want;
+      ref::softmax(m_want.data(), dim);
+      softmax(m_got.data(), dim);
+      // softmax: the f32 lane sums of up to 4096 terms add ~sqrt(n) eps of relative error.
+      EXPECT_LE(max_rel(m_got, m_want), 5e-6) << "softmax relative error bound 5e-6";
+    }
+    // Extremes: silu of large |x| and softmax with a huge spread.
+    std::vector<float> big = {-200.0f, -90.0f, -30.0f, 0.0f, 30.0f, 90.0f, 200.0f}, ones(7, 1.0f);
+    std::vector<float> want = big, got = big;
+    ref::silu_mul(want.data(), ones.data(), 7);
+    silu_mul(got.data(), ones.data(), 7);
+    for (size_t i = 0; i < 7; ++i) EXPECT_NEAR(got[i], want[i], 1e-6 * std::fabs(want[i]) + 1e-30) << big[i];
+    std::vector<float> sm = {0.0f, -1000.0f, -INFINITY, 5.0f};
+    softmax(sm.data(), 4);
+    EXPECT_NEAR(sm[0], 1.0 / (1.0 + std::exp(5.0)), 1e-7);
+    EXPECT_EQ(sm[1], 0.0f);
+    EXPECT_EQ(sm[2], 0.0f);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// RoPE.
+
+TEST(Rope, MatchesReferenceAndFloat64) {
+  for (RopeLayout layout : {RopeLayout::kInterleaved, RopeLayout::kHalf}) {
+    SCOPED_TRACE(layout == RopeLayout::kHalf ? "half" : "interleaved");
+    const RopeParams p{3, 128, 1e6f, layout};
+    const std::vector<int32_t> pos = {0, 1, 7, 4095, 32767};
+    const int64_t n = static_cast<int64_t>(pos.size());
+    const std::vector<float> x = randn(n * p.n_heads * p.head_dim, 11);  // [n, heads, head_dim]
+    std::vector<float> want = x, got = x;
+    ref::rope(want.data(), pos.data(), n, p);
+    rope(got.data(), pos.data(), n, p);
+    // Same double-precision angles and the same f32 rotation: identical up to FMA contraction.
+    EXPECT_LE(max_rel(got, want), 1e-6);
+    // Float64 rotation with angle = pos * theta^(-2i/hd): |err| <= ~1e-6 * |x| (cos/sin rounded to f32).
+    const int64_t hd = p.head_dim, half = hd / 2;
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t h = 0; h < p.n_heads; ++h)
+        for (int64_t i = 0; i < half; ++i) {
+          const int64_t i0 = layout == RopeLayout::kHalf ? i : 2 * i, i1 = layout == RopeLayout::kHalf ? i + half : 2 * i + 1;
+          const size_t base = static_cast<size_t>((t * p.n_heads + h) * hd);
+          const double ang = pos[t] * std::pow(1e6, -2.0 * i / hd);
+          const double a = x[base + i0], b = x[base + i1];
+          ASSERT_NEAR(want[base + i0], a * std::cos(ang) - b * std::sin(ang), 1e-6 * (std::fabs(a) + std::fabs(b)));
+          ASSERT_NEAR(want[base + i1], a * std::sin(ang) + b * std::cos(ang), 1e-6 * (std::fabs(a) + std::fabs(b)));
+        }
+  }
+}
+
+// kHalf on a vector == permute to interleaved order, kInterleaved, permute back (exactly).
+TEST(Rope, LayoutsAreAPermutationOfEachOther) {
+  const RopeParams half{4, 64, 1e6f, RopeLayout::kHalf};
+  RopeParams inter = half;
+  inter.layout = RopeLayout::kInterleaved;
+  const int64_t hd = half.head_dim, n = 3;
+  const std::vector<int32_t> pos = {3, 100, 9999};
+  const std::vector<float> x = randn(n * half.n_heads * hd, 12);  // [n, heads, head_dim], rotate-half order
+  std::vector<float> perm(x.size());  // interleaved order: perm[2i] = x[i], perm[2i+1] = x[i + hd/2]
+  for (size_t v = 0; v < x.size() / hd; ++v)
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      perm[v * hd + 2 * i] = x[v * hd + i];
+      perm[v * hd + 2 * i + 1] = x[v * hd + i + hd / 2];
+    }
+  for (bool use_ref : {true, false}) {
+    std::vector<float> a = x, b = perm;
+    if (use_ref) {
+      ref::rope(a.data(), pos.data(), n, half);
+      ref::rope(b.data(), pos.data(), n, inter);
+    } else {
+      rope(a.data(), pos.data(), n, half);
+      rope(b.data(), pos.data(), n, inter);
+    }
+    for (size_t v = 0; v < x.size() / hd; ++v)
+      for (int64_t i = 0; i < hd / 2; ++i) {
+        ASSERT_EQ(a[v * hd + i], b[v * hd + 2 * i]) << (use_ref ? "ref" : "fast");
+        ASSERT_EQ(a[v * hd + i + hd / 2], b[v * hd + 2 * i + 1]) << (use_ref ? "ref" : "fast");
+      }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Attention. Tolerance vs ref: 2e-5 normalised (per (token, head) output vector); vs float64: 2e-5.
+
+void attention_f64(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                   const std::vector<int32_t>& pos, const AttentionParams& p, std::vector<float>& out) {
+  const int64_t hd = p.head_dim, grp = p.n_heads / p.n_kv_heads, n = static_cast<int64_t>(pos.size());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t h = 0; h < p.n_heads; ++h) {
+      std::vector<double> s;
+      const int64_t lo = p.window > 0 ? std::max<int64_t>(0, pos[t] - p.window + 1) : 0;
+      for (int64_t j = lo; j <= pos[t]; ++j) {
+        double d = 0;
+        for (int64_t i = 0; i < hd; ++i)
+          d += static_cast<double>(q[(t * p.n_heads + h) * hd + i]) * k[(j * p.n_kv_heads + h / grp) * hd + i];
+        s.push_back(d * p.scale);
+      }
+      const double mx = *std::max_element(s.begin(), s.end());
+      double sum = 0;
+      for (double& e : s) sum += (e = std::exp(e - mx));
+      for (int64_t i = 0; i < hd; ++i) {
+        double o = 0;
+        for (int64_t j = lo; j <= pos[t]; ++j) o += s[j - lo] / sum * v[(j * p.n_kv_heads + h / grp) * hd + i];
+        out[(t * p.n_heads + h) * hd + i] = static_cast<float>(o);
+      }
+    }
+}
+
+TEST(Attention, MatchesReferenceGqaWindowsCache) {
+  IsaGuard guard;
+  ThreadPool pool(2);
+  struct Case {
+    int64_t heads, kv_heads, hd, window, n, n_ctx;
+  };
+  const Case cases[] = {
+      {4, 4, 64, 0, 5, 5},      // ratio 1, prefill from empty
+      {8, 2, 128, 0, 7, 40},    // ratio 4, cached prefix of 33
+      {8, 1, 128, 0, 1, 300},   // ratio 8, decode
+      {16, 2, 40, 0, 3, 20},    // ratio 8, head_dim tail
+      {4, 1, 64, 3, 9, 12},     // window 3
+      {8, 2, 128, 16, 20, 50},  // window 16 with cache
+      {6, 2, 24, 0, 4, 4},      // ratio 3, odd sizes
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE("heads " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " hd " +
+                 std::to_string(c.hd) + " window " + std::to_string(c.window) + " n " + std::to_string(c.n) +
+                 " n_ctx " + std::to_string(c.n_ctx));
+    const AttentionParams p{c.heads, c.kv_heads, c.hd, c.window, 1.0f / std::sqrt(static_cast<float>(c.hd))};
+    const std::vector<float> q = randn(c.n * c.heads * c.hd, 21, 2.0f);         // [n, heads, hd]
+    const std::vector<float> k = randn(c.n_ctx * c.kv_heads * c.hd, 22, 2.0f);  // [n_ctx, kv_heads, hd]
+    const std::vector<float> v = randn(c.n_ctx * c.kv_heads * c.hd, 23);        // [n_ctx, kv_heads, hd]
+    std::vector<int32_t> pos(static_cast<size_t>(c.n));
+    for (int64_t t = 0; t < c.n; ++t) pos[t] = static_cast<int32_t>(c.n_ctx - c.n + t);
+    std::vector<float> want(q.size()), f64(q.size());
+    ref::attention(q.data(), k.data(), v.data(), pos.data(), c.n, c.n_ctx, p, want.data());
+    attention_f64(q, k, v, pos, p, f64);
+    EXPECT_LE(norm_err(want.data(), f64.data(), c.n * c.heads, c.hd, c.hd), 2e-5) << "ref vs float64";
+    for (Isa isa : supported_isas()) {
+      set_isa(isa);
+      SCOPED_TRACE(isa_name(isa));
+      std::vector<float> got(q.size(), -1.0f);
+      attention(q.data(), k.data(), v.data(), pos.data(), c.n, c.n_ctx, p, got.data(), pool);
+      EXPECT_LE(norm_err(got.data(), want.data(), c.n * c.heads, c.hd, c.hd), 2e-5) << "normalised bound 2e-5";
+      EXPECT_LE(norm_err(got.data(), f64.data(), c.n * c.heads, c.hd, c.hd), 2e-5) << "vs float64";
+    }
+  }
+}
+
+TEST(Dispatch, SetIsaClampsAndNames) {
+  IsaGuard guard;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    set_isa(isa);
+    EXPECT_LE(static_cast<int>(active_isa()), static_cast<int>(detect_isa()));
+    if (static_cast<int>(isa) <= static_cast<int>(detect_isa())) {
+      EXPECT_EQ(active_isa(), isa);
+    }
+  }
+  EXPECT_STREQ(isa_name(Isa::kScalar), "scalar");
+  EXPECT_STREQ(isa_name(Isa::kAvx2), "avx2");
+  EXPECT_STREQ(isa_name(Isa::kAvx512), "avx512");
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) {
+    EXPECT_EQ(detect_isa(), Isa::kAvx512);
+  }
+#endif
+}
+
+}  // namespace
+}  // namespace mixtral::kernels
