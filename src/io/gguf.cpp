@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <new>
 #include <set>
 
 #include "io/quote.h"
@@ -276,6 +277,14 @@ Result<GgufFile> GgufFile::open(const std::string& path) {
 // value), tensor infos (name string, n_dims u32, ne[n_dims] u64, ggml type u32, offset u64), padding
 // to the alignment, data section. Strings are a u64 length and the bytes, no terminator.
 Result<GgufFile> GgufFile::parse(const uint8_t* data, size_t size, const std::string& name) {
+  try {
+    return parse_bytes(data, size, name);
+  } catch (const std::bad_alloc&) {  // counts are bounded by the file size, but a huge file can still claim a lot
+    return Error::data(name + ": out of memory while reading the header");
+  }
+}
+
+Result<GgufFile> GgufFile::parse_bytes(const uint8_t* data, size_t size, const std::string& name) {
   GgufFile f;
   f.name_ = name;
   Parser p(data, size, name);

@@ -70,6 +70,8 @@ class GgufFile {
   Result<std::optional<std::vector<int64_t>>> get_int_array(const std::string& key) const;
 
  private:
+  static Result<GgufFile> parse_bytes(const uint8_t* data, size_t size, const std::string& name);
+
   std::shared_ptr<MappedFile> file_;  // keeps the mapping alive for views
   std::string name_;
   uint32_t version_ = 0;

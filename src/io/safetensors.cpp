@@ -4,6 +4,7 @@
 #include <bit>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -185,6 +186,8 @@ Result<SafetensorsFile> SafetensorsFile::parse(const uint8_t* data, size_t size,
     }
   } catch (const json::exception& e) {
     return Error::data(name + ": header is not valid JSON: " + one_line(e.what()));
+  } catch (const std::bad_alloc&) {
+    return Error::data(name + ": out of memory while reading the header");
   }
 
   // File order; tensors may leave gaps but must not share bytes.
