@@ -126,6 +126,19 @@ std::string fill_pattern(std::string_view pat, int64_t layer, int64_t expert) {
   return out;
 }
 
+// Joins message parts with append (GCC 12's -Wrestrict misfires on chains of operator+).
+template <class... Parts>
+std::string cat(const Parts&... parts) {
+  std::string out;
+  (out.append(parts), ...);
+  return out;
+}
+
+std::string dims(int64_t rows, int64_t cols) {
+  return rows == 1 ? cat("[", std::to_string(cols), "]")
+                   : cat("[", std::to_string(rows), ", ", std::to_string(cols), "]");
+}
+
 struct Source {
   TensorView view;
   std::string file;  // for messages
@@ -411,16 +424,11 @@ class Builder {
   // A small tensor (norm, router) converted to f32.
   Result<std::vector<float>> small(const std::string& canon, int64_t rows, int64_t cols) {
     const Source* s = src_.find(canon);
-    if (!s) return Error::data(file_ + ": missing tensor '" + canon + "'" + hint(canon));
+    if (!s) return missing(canon);
     const TensorView& v = s->view;
     const bool shape_ok = rows == 1 ? (v.ndim == 1 && v.shape[0] == cols)
                                     : (v.ndim == 2 && v.shape[0] == rows && v.shape[1] == cols);
-    if (!shape_ok) {
-      const std::string want = rows == 1 ? "[" + std::to_string(cols) + "]"
-                                         : "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
-      return Error::data(s->file + ": tensor '" + s->name + "' has shape " + shape_string(v) + ", expected " +
-                         want);
-    }
+    if (!shape_ok) return misshapen(*s, dims(rows, cols));
     MX_TRY_STATUS(check_dtype(*s));
     std::vector<float> out(static_cast<size_t>(rows * cols));  // [rows, cols]
     for (int64_t r = 0; r < rows; ++r) dequantize_row(v.dtype, v.row(r), out.data() + r * cols, cols);
@@ -428,6 +436,14 @@ class Builder {
   }
 
  private:
+  Error missing(const std::string& canon) const {
+    return Error::data(cat(file_, ": missing tensor '", canon, "'", hint(canon)));
+  }
+  static Error misshapen(const Source& s, const std::string& want) {
+    return Error::data(
+        cat(s.file, ": tensor '", s.name, "' has shape ", shape_string(s.view), ", expected ", want));
+  }
+
   // The file-side spelling of a canonical name, so the message names what the user can look for.
   std::string hint(const std::string& canon) const {
     std::string names;
@@ -435,10 +451,11 @@ class Builder {
       const char* pat = rule_pattern(rule, family_);
       int64_t layer = -1, expert = -1;
       if (!pat || !match_pattern(rule.canonical, canon, &layer, &expert)) continue;
-      names += names.empty() ? "" : " or ";
-      names += "'" + fill_pattern(pat, layer, expert) + "'";
+      if (!names.empty()) names.append(" or ");
+      names.append("'").append(fill_pattern(pat, layer, expert)).append("'");
     }
-    return names.empty() ? "" : " (stored as " + names + ")";
+    if (names.empty()) return names;
+    return std::string(" (stored as ").append(names).append(")");
   }
   SourceMap& src_;
   Family family_;
@@ -464,7 +481,7 @@ Status build_weights(SourceMap& src, Family family, Model& m) {
       MX_ASSIGN_OR_RETURN(L.router, b.small(p + "ffn_gate_inp", c.n_experts, c.dim));
     }
     for (int64_t e = 0; e < c.n_experts; ++e) {
-      const std::string es = "." + std::to_string(e);
+      const std::string es = cat(".", std::to_string(e));
       MX_ASSIGN_OR_RETURN(auto w1, b.matrix(p + "ffn_gate" + es, c.ffn_dim, c.dim));
       MX_ASSIGN_OR_RETURN(auto w3, b.matrix(p + "ffn_up" + es, c.ffn_dim, c.dim));
       MX_ASSIGN_OR_RETURN(auto w2, b.matrix(p + "ffn_down" + es, c.dim, c.ffn_dim));
