@@ -20,6 +20,10 @@
 namespace mixtral::kernels::detail {
 namespace {
 
+// Fully unrolls the loops over a micro-tile's rows/tokens/vectors so its accumulators live in registers
+// (GCC does not unroll them at -O2 and would keep the arrays on the stack).
+#define MX_UNROLL _Pragma("GCC unroll 16")
+
 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -69,37 +73,74 @@ void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, 
 // ---------------------------------------------------------------------------------------------------
 // Quantized weights.
 
+// d_w * d_x of every (row, token) for the kb <= 8 blocks from b0: one fp16 -> f32 conversion and one
+// multiply per (row, token) per 8 blocks; the block loop then broadcasts its scale from memory.
+//   w: R row pointers; xd: [T, nb] activation scales; scale: [R, T, 8]
+template <class Block, int R, int T>
+inline void block_scales(const Block* const* w, const float* xd, int64_t nb, int64_t b0, int kb,
+                         float (*scale)[T][8]) {
+  __m256 dx[T];
+  MX_UNROLL
+  for (int t = 0; t < T; ++t) {
+    if (kb == 8) {
+      dx[t] = _mm256_loadu_ps(xd + t * nb + b0);
+    } else {
+      alignas(32) float tmp[8] = {};
+      for (int k = 0; k < kb; ++k) tmp[k] = xd[t * nb + b0 + k];
+      dx[t] = _mm256_load_ps(tmp);
+    }
+  }
+  MX_UNROLL
+  for (int r = 0; r < R; ++r) {
+    alignas(16) uint16_t dh[8] = {};  // the fp16 scales of 8 blocks of row r
+    for (int k = 0; k < kb; ++k) dh[k] = w[r][b0 + k].d;
+    const __m256 dw = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dh)));
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) _mm256_store_ps(scale[r][t], _mm256_mul_ps(dw, dx[t]));
+  }
+}
+
 template <int R, int T>
 struct Q8Kernel {
   static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols, nb = cols / kQK8_0;
     const BlockQ8_0* w[R];
+    MX_UNROLL
     for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const BlockQ8_0*>(a.w + (r0 + r) * a.w_stride);
     const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
-    const float* xd = a.xd + t0 * nb;     // [T, nb]
     const __m256i ones = _mm256_set1_epi16(1);
+    alignas(32) float scale[R][T][8];  // [R, T, 8 blocks] d_w * d_x
     __m256 acc[R][T];
+    MX_UNROLL
     for (int r = 0; r < R; ++r)
+      MX_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      __m256i wq[R], wabs[R];
-      __m256 dw[R];
-      for (int r = 0; r < R; ++r) {
-        wq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r][b].qs));
-        wabs[r] = _mm256_abs_epi8(wq[r]);
-        dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(w[r][b].d)));
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
-        const __m256 dx = _mm256_set1_ps(xd[t * nb + b]);
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) {
+      const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
+      block_scales<BlockQ8_0, R, T>(w, a.xd + t0 * nb, nb, b0, kb, scale);
+      for (int k = 0; k < kb; ++k) {
+        const int64_t b = b0 + k;
+        __m256i wq[R], wabs[R];
+        MX_UNROLL
         for (int r = 0; r < R; ++r) {
-          const __m256i p16 = _mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(x, wq[r]));
-          const __m256i dot = _mm256_madd_epi16(p16, ones);
-          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[r], dx), acc[r][t]);
+          wq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r][b].qs));
+          wabs[r] = _mm256_abs_epi8(wq[r]);
+        }
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) {
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
+          MX_UNROLL
+          for (int r = 0; r < R; ++r) {
+            const __m256i p16 = _mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(x, wq[r]));
+            const __m256i dot = _mm256_madd_epi16(p16, ones);
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
+          }
         }
       }
     }
+    MX_UNROLL
     for (int r = 0; r < R; ++r)
+      MX_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
   }
 };
@@ -109,37 +150,47 @@ struct Q4Kernel {
   static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols, nb = cols / kQK4_0;
     const BlockQ4_0* w[R];
+    MX_UNROLL
     for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + r) * a.w_stride);
     const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
-    const float* xd = a.xd + t0 * nb;     // [T, nb]
     const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);  // high 128-bit lane: high nibbles
     const __m256i k8 = _mm256_set1_epi8(8);
     const __m256i ones = _mm256_set1_epi16(1);
+    alignas(32) float scale[R][T][8];  // [R, T, 8 blocks] d_w * d_x
     __m256 acc[R][T];
+    MX_UNROLL
     for (int r = 0; r < R; ++r)
+      MX_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      __m256i wq[R];
-      __m256 dw[R];
-      for (int r = 0; r < R; ++r) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[r][b].qs));
-        // elements 0..15 from the low nibbles, 16..31 from the high ones
-        wq[r] = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1),
-                                 low4);
-        dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(w[r][b].d)));
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
-        const __m256i corr = _mm256_maddubs_epi16(k8, x);  // 8 x, as int16 pairs
-        const __m256 dx = _mm256_set1_ps(xd[t * nb + b]);
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) {
+      const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
+      block_scales<BlockQ4_0, R, T>(w, a.xd + t0 * nb, nb, b0, kb, scale);
+      for (int k = 0; k < kb; ++k) {
+        const int64_t b = b0 + k;
+        __m256i wq[R];
+        MX_UNROLL
         for (int r = 0; r < R; ++r) {
-          const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], x), corr);
-          const __m256i dot = _mm256_madd_epi16(p16, ones);
-          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[r], dx), acc[r][t]);
+          // the 16 bytes in both halves; elements 0..15 = low nibbles, 16..31 = high nibbles
+          const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[r][b].qs)));
+          wq[r] = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), low4);
+        }
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) {
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
+          const __m256i corr = _mm256_maddubs_epi16(k8, x);  // 8 x, as int16 pairs
+          MX_UNROLL
+          for (int r = 0; r < R; ++r) {
+            const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], x), corr);
+            const __m256i dot = _mm256_madd_epi16(p16, ones);
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
+          }
         }
       }
     }
+    MX_UNROLL
     for (int r = 0; r < R; ++r)
+      MX_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
   }
 };
@@ -177,17 +228,23 @@ struct FloatKernel {
   static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols;
     const uint8_t* w[R];
+    MX_UNROLL
     for (int r = 0; r < R; ++r) w[r] = a.w + (r0 + r) * a.w_stride;
     const float* x = a.x + t0 * cols;  // [T, cols]
     __m256 acc[R][T];
+    MX_UNROLL
     for (int r = 0; r < R; ++r)
+      MX_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
     int64_t c = 0;
     for (; c + 8 <= cols; c += 8) {
       __m256 wv[R];
+      MX_UNROLL
       for (int r = 0; r < R; ++r) wv[r] = Load::full(w[r], c);
+      MX_UNROLL
       for (int t = 0; t < T; ++t) {
         const __m256 xv = _mm256_loadu_ps(x + t * cols + c);
+        MX_UNROLL
         for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
       }
     }
@@ -195,14 +252,20 @@ struct FloatKernel {
       alignas(32) float wt[R][8] = {};  // [R, 8] zero-padded tail of the weight rows
       alignas(32) float xt[T][8] = {};  // [T, 8] zero-padded tail of the activations
       for (int64_t i = c; i < cols; ++i) {
+        MX_UNROLL
         for (int r = 0; r < R; ++r) wt[r][i - c] = Load::one(w[r], i);
+        MX_UNROLL
         for (int t = 0; t < T; ++t) xt[t][i - c] = x[t * cols + i];
       }
+      MX_UNROLL
       for (int t = 0; t < T; ++t)
+        MX_UNROLL
         for (int r = 0; r < R; ++r)
           acc[r][t] = _mm256_fmadd_ps(_mm256_load_ps(wt[r]), _mm256_load_ps(xt[t]), acc[r][t]);
     }
+    MX_UNROLL
     for (int r = 0; r < R; ++r)
+      MX_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
   }
 };
@@ -228,6 +291,7 @@ void quantize_q8(const float* x, int64_t cols, int8_t* qs, float* d) {
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t b = 0; b < cols / kQK8_0; ++b) {
     __m256 v[4];
+    MX_UNROLL
     for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(x + b * kQK8_0 + 8 * i);
     const float amax =
         hmax256(_mm256_max_ps(_mm256_max_ps(abs256(v[0]), abs256(v[1])), _mm256_max_ps(abs256(v[2]), abs256(v[3]))));
@@ -236,6 +300,7 @@ void quantize_q8(const float* x, int64_t cols, int8_t* qs, float* d) {
     d[b] = _cvtsh_ss(_cvtss_sh(scale, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     const __m256 vi = _mm256_set1_ps(inv);
     __m256i q[4];
+    MX_UNROLL
     for (int i = 0; i < 4; ++i) q[i] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[i], vi)));
     const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * kQK8_0), _mm256_permutevar8x32_epi32(p, order));
@@ -346,10 +411,12 @@ void attn_group(const AttnGroupArgs& a) {
     const int64_t ng = a.g - g0 < 4 ? a.g - g0 : 4;
     for (int64_t c = 0; c < hd16; c += 16) {
       __m256 acc[4][2];
+      MX_UNROLL
       for (int g = 0; g < 4; ++g) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
       for (int64_t j = 0; j < len; ++j) {
         const float* vj = a.v + (a.j0 + j) * a.kv_stride + c;
         const __m256 v0 = _mm256_loadu_ps(vj), v1 = _mm256_loadu_ps(vj + 8);
+        MX_UNROLL
         for (int g = 0; g < 4; ++g) {
           if (g < ng) {
             const __m256 p = _mm256_set1_ps(a.scratch[(g0 + g) * len + j]);
@@ -372,6 +439,8 @@ void attn_group(const AttnGroupArgs& a) {
     }
   }
 }
+
+#undef MX_UNROLL
 
 }  // namespace
 

@@ -2,11 +2,11 @@
 // called after dispatch.cpp has checked the CPU. Helpers stay in an anonymous namespace and no std::
 // template is instantiated here, so no AVX-512 code can leak into a generic caller through the linker.
 //
-// Quantized matmul: one 32-value block per 256-bit VNNI step. vpdpbusd multiplies unsigned by signed
-// bytes, so
-//   Q8_0 x Q8_0: (x + 128) . w - 128 * sum(w) = x . w, the correction computed once per weight block
-//                and used as the accumulator's starting value;
-//   Q4_0 x Q8_0: nibbles (0..15) . x - 8 * sum(x), the correction computed once per activation block.
+// Quantized matmul: one 32-value block per 256-bit VNNI step (Zen 4 runs 512-bit ops on 256-bit units,
+// so wider steps would not add throughput there). vpdpbusd multiplies unsigned by signed bytes, so
+//   Q8_0 x Q8_0: (w + 128) . x - 128 * sum(x) = w . x,
+//   Q4_0 x Q8_0: nibbles (0..15) . x - 8 * sum(x),
+// the correction computed once per activation block and used as the accumulators' starting value.
 // The 8 int32 lanes are widened to f32 and scaled by d_w * d_x per block, then summed at the end.
 #include "kernels/internal.h"
 
@@ -28,6 +28,10 @@
 
 namespace mixtral::kernels::detail {
 namespace {
+
+// Fully unrolls the loops over a micro-tile's rows/tokens/vectors so its accumulators live in registers
+// (GCC does not unroll them at -O2 and would keep the arrays on the stack).
+#define MX_UNROLL _Pragma("GCC unroll 16")
 
 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -89,80 +93,95 @@ void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, 
 // ---------------------------------------------------------------------------------------------------
 // Quantized weights.
 
-template <int R, int T>
-struct Q8Kernel {
-  static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
-    const int64_t cols = a.cols, nb = cols / kQK8_0;
-    const BlockQ8_0* w[R];
-    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const BlockQ8_0*>(a.w + (r0 + r) * a.w_stride);
-    const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
-    const float* xd = a.xd + t0 * nb;     // [T, nb]
-    const __m256i k128 = _mm256_set1_epi8(static_cast<char>(0x80));
-    __m256 acc[R][T];
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      __m256i wq[R], corr[R];
-      __m256 dw[R];
-      for (int r = 0; r < R; ++r) {
-        wq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r][b].qs));
-        corr[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                   _mm256_dpbusd_epi32(_mm256_setzero_si256(), k128, wq[r]));  // -128 sum(w)
-        dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(w[r][b].d)));
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m256i xu =  // x + 128 as unsigned bytes
-            _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0)), k128);
-        const __m256 dx = _mm256_set1_ps(xd[t * nb + b]);
-        for (int r = 0; r < R; ++r) {
-          const __m256i dot = _mm256_dpbusd_epi32(corr[r], xu, wq[r]);
-          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[r], dx), acc[r][t]);
-        }
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+// d_w * d_x of every (row, token) for the kb <= 8 blocks from b0: one fp16 -> f32 conversion and one
+// multiply per (row, token) per 8 blocks; the block loop then broadcasts its scale from memory.
+//   w: R row pointers; xd: [T, nb] activation scales; scale: [R, T, 8]
+template <class Block, int R, int T>
+inline void block_scales(const Block* const* w, const float* xd, int64_t nb, int64_t b0, int kb,
+                         float (*scale)[T][8]) {
+  const __mmask8 m = static_cast<__mmask8>((1u << kb) - 1u);
+  __m256 dx[T];
+  MX_UNROLL
+  for (int t = 0; t < T; ++t) dx[t] = _mm256_maskz_loadu_ps(m, xd + t * nb + b0);
+  MX_UNROLL
+  for (int r = 0; r < R; ++r) {
+    alignas(16) uint16_t dh[8] = {};  // the fp16 scales of 8 blocks of row r
+    for (int k = 0; k < kb; ++k) dh[k] = w[r][b0 + k].d;
+    const __m256 dw = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dh)));
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) _mm256_store_ps(scale[r][t], _mm256_mul_ps(dw, dx[t]));
+  }
+}
+
+// The two quantized kernels differ only in how a weight block becomes 32 unsigned bytes u and which
+// constant c makes u . x - c . x the signed dot product:
+//   Q8_0: u = w + 128 (w xor 0x80), c = 128;   Q4_0: u = the nibbles (0..15), c = 8.
+struct Q8Unpack {
+  using Block = BlockQ8_0;
+  static constexpr int kC = 128;
+  static __m256i run(const BlockQ8_0& b) {
+    return _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)),
+                            _mm256_set1_epi8(static_cast<char>(0x80)));
+  }
+};
+struct Q4Unpack {
+  using Block = BlockQ4_0;
+  static constexpr int kC = 8;
+  static __m256i run(const BlockQ4_0& b) {
+    // the 16 bytes in both halves; elements 0..15 = low nibbles, 16..31 = high nibbles
+    const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)));
+    return _mm256_and_si256(_mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                            _mm256_set1_epi8(0x0f));
   }
 };
 
-template <int R, int T>
-struct Q4Kernel {
+template <class Unpack, int R, int T>
+struct QuantKernel {
+  using Block = typename Unpack::Block;
   static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
-    const int64_t cols = a.cols, nb = cols / kQK4_0;
-    const BlockQ4_0* w[R];
-    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + r) * a.w_stride);
+    const int64_t cols = a.cols, nb = cols / kQK8_0;
+    const Block* w[R];
+    MX_UNROLL
+    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const Block*>(a.w + (r0 + r) * a.w_stride);
     const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
-    const float* xd = a.xd + t0 * nb;     // [T, nb]
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    const __m256i k8 = _mm256_set1_epi8(8);
+    const __m256i kc = _mm256_set1_epi8(static_cast<char>(Unpack::kC));
+    alignas(32) float scale[R][T][8];  // [R, T, 8 blocks] d_w * d_x
     __m256 acc[R][T];
+    MX_UNROLL
     for (int r = 0; r < R; ++r)
+      MX_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      __m256i wq[R];
-      __m256 dw[R];
-      for (int r = 0; r < R; ++r) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[r][b].qs));
-        // elements 0..15 from the low nibbles, 16..31 from the high ones
-        wq[r] = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1),
-                                 low4);
-        dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(w[r][b].d)));
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
-        const __m256i corr = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                              _mm256_dpbusd_epi32(_mm256_setzero_si256(), k8, x));  // -8 sum(x)
-        const __m256 dx = _mm256_set1_ps(xd[t * nb + b]);
-        for (int r = 0; r < R; ++r) {
-          const __m256i dot = _mm256_dpbusd_epi32(corr, wq[r], x);
-          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[r], dx), acc[r][t]);
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) {
+      const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
+      block_scales<Block, R, T>(w, a.xd + t0 * nb, nb, b0, kb, scale);
+      for (int k = 0; k < kb; ++k) {
+        const int64_t b = b0 + k;
+        __m256i wu[R];
+        MX_UNROLL
+        for (int r = 0; r < R; ++r) wu[r] = Unpack::run(w[r][b]);
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) {
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
+          const __m256i corr =  // -c . x, the accumulators' starting value
+              _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), kc, x));
+          MX_UNROLL
+          for (int r = 0; r < R; ++r) {
+            const __m256i dot = _mm256_dpbusd_epi32(corr, wu[r], x);
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
+          }
         }
       }
     }
+    MX_UNROLL
     for (int r = 0; r < R; ++r)
+      MX_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
   }
 };
+template <int R, int T>
+using Q8Kernel = QuantKernel<Q8Unpack, R, T>;
+template <int R, int T>
+using Q4Kernel = QuantKernel<Q4Unpack, R, T>;
 
 // ---------------------------------------------------------------------------------------------------
 // Float weights: 16 columns per step, weights widened to f32, one FMA per (row, token).
@@ -198,30 +217,41 @@ struct FloatKernel {
   static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols;
     const uint8_t* w[R];
+    MX_UNROLL
     for (int r = 0; r < R; ++r) w[r] = a.w + (r0 + r) * a.w_stride;
     const float* x = a.x + t0 * cols;  // [T, cols]
     __m512 acc[R][T];
+    MX_UNROLL
     for (int r = 0; r < R; ++r)
+      MX_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
     int64_t c = 0;
     for (; c + 16 <= cols; c += 16) {
       __m512 wv[R];
+      MX_UNROLL
       for (int r = 0; r < R; ++r) wv[r] = Load::full(w[r], c);
+      MX_UNROLL
       for (int t = 0; t < T; ++t) {
         const __m512 xv = _mm512_loadu_ps(x + t * cols + c);
+        MX_UNROLL
         for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
       }
     }
     if (c < cols) {
       const __mmask16 m = tail_mask(cols - c);
       __m512 wv[R];
+      MX_UNROLL
       for (int r = 0; r < R; ++r) wv[r] = Load::part(w[r], c, m);
+      MX_UNROLL
       for (int t = 0; t < T; ++t) {
         const __m512 xv = _mm512_maskz_loadu_ps(m, x + t * cols + c);
+        MX_UNROLL
         for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
       }
     }
+    MX_UNROLL
     for (int r = 0; r < R; ++r)
+      MX_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum512(acc[r][t]);
   }
 };
@@ -358,13 +388,16 @@ void scores(const AttnGroupArgs& a, int64_t g0, int64_t len) {
   for (int64_t j = 0; j < len; ++j) {
     const float* kj = a.k + (a.j0 + j) * a.kv_stride;
     __m512 acc[NG];
+    MX_UNROLL
     for (int g = 0; g < NG; ++g) acc[g] = _mm512_setzero_ps();
     for (int64_t c = 0; c < hd; c += 16) {
       const __mmask16 m = tail_mask(hd - c < 16 ? hd - c : 16);
       const __m512 kv = _mm512_maskz_loadu_ps(m, kj + c);
+      MX_UNROLL
       for (int g = 0; g < NG; ++g)
         acc[g] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a.q + (g0 + g) * hd + c), kv, acc[g]);
     }
+    MX_UNROLL
     for (int g = 0; g < NG; ++g) a.scratch[(g0 + g) * len + j] = hsum512(acc[g]) * a.scale;
   }
 }
@@ -373,23 +406,31 @@ template <int NG, int NC>
 void weighted_values(const AttnGroupArgs& a, int64_t g0, int64_t c0, int64_t len) {
   const int64_t hd = a.head_dim;
   __mmask16 m[NC];
+  MX_UNROLL
   for (int c = 0; c < NC; ++c) {
     const int64_t left = hd - c0 - 16 * c;
     m[c] = tail_mask(left < 16 ? left : 16);
   }
   __m512 acc[NG][NC];
+  MX_UNROLL
   for (int g = 0; g < NG; ++g)
+    MX_UNROLL
     for (int c = 0; c < NC; ++c) acc[g][c] = _mm512_setzero_ps();
   for (int64_t j = 0; j < len; ++j) {
     const float* vj = a.v + (a.j0 + j) * a.kv_stride + c0;
     __m512 vv[NC];
+    MX_UNROLL
     for (int c = 0; c < NC; ++c) vv[c] = _mm512_maskz_loadu_ps(m[c], vj + 16 * c);
+    MX_UNROLL
     for (int g = 0; g < NG; ++g) {
       const __m512 p = _mm512_set1_ps(a.scratch[(g0 + g) * len + j]);
+      MX_UNROLL
       for (int c = 0; c < NC; ++c) acc[g][c] = _mm512_fmadd_ps(p, vv[c], acc[g][c]);
     }
   }
+  MX_UNROLL
   for (int g = 0; g < NG; ++g)
+    MX_UNROLL
     for (int c = 0; c < NC; ++c) _mm512_mask_storeu_ps(a.out + (g0 + g) * hd + c0 + 16 * c, m[c], acc[g][c]);
 }
 
@@ -444,6 +485,8 @@ void attn_group(const AttnGroupArgs& a) {
     }
   }
 }
+
+#undef MX_UNROLL
 
 }  // namespace
 

@@ -1,0 +1,224 @@
+// Kernel benchmarks. Decode mat-vecs report bytes/s of weights streamed (compare with BM_ReadBandwidth,
+// the machine's own streaming-read roofline); prefill matmuls and attention report FLOP/s.
+// Weights are replicated over >= 256 MiB and rotated per iteration so every call reads them from DRAM,
+// as in a real forward pass. MIXTRAL_ISA=scalar|avx2|avx512 forces an instruction set.
+//
+//   mixtral_bench_kernels --benchmark_filter=Decode
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "kernels/kernels.h"
+#include "tensor/quant.h"
+
+namespace mixtral::kernels {
+namespace {
+
+constexpr size_t kColdBytes = size_t{256} << 20;
+
+// Random bytes that decode to sane values: fp16 / bf16 in about [-1, 1], block scales 2^-8.
+void fill_weights(DType t, uint8_t* p, size_t nbytes, uint64_t seed) {
+  uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+  auto next = [&] {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+  };
+  for (size_t i = 0; i + 8 <= nbytes; i += 8) {
+    const uint64_t v = next();
+    std::memcpy(p + i, &v, 8);
+  }
+  if (t == DType::F16 || t == DType::BF16) {
+    auto* h = reinterpret_cast<uint16_t*>(p);
+    const uint16_t keep = t == DType::F16 ? 0x83ff : 0x807f, one = t == DType::F16 ? 0x3800 : 0x3f00;
+    for (size_t i = 0; i < nbytes / 2; ++i) h[i] = static_cast<uint16_t>((h[i] & keep) | one);
+  } else if (t == DType::F32) {
+    auto* f = reinterpret_cast<uint32_t*>(p);
+    for (size_t i = 0; i < nbytes / 4; ++i) f[i] = (f[i] & 0x807fffffu) | 0x3f000000u;
+  } else {
+    const size_t bb = traits(t).block_bytes;
+    for (size_t b = 0; b + bb <= nbytes; b += bb) {
+      const uint16_t d = f32_to_fp16(1.0f / 256);
+      std::memcpy(p + b, &d, 2);
+    }
+  }
+}
+
+// Enough copies of a [rows, cols] weight matrix to exceed the caches; view(i) rotates through them.
+struct ColdWeights {
+  ColdWeights(DType t, int64_t rows, int64_t cols) {
+    one.dtype = t;
+    one.ndim = 2;
+    one.shape = {rows, cols, 1, 1};
+    bytes = one.nbytes();
+    copies = std::max<size_t>(1, (kColdBytes + bytes - 1) / bytes);
+    data.reset(new uint8_t[bytes * copies]);
+    for (size_t c = 0; c < copies; ++c) fill_weights(t, data.get() + c * bytes, bytes, c + 1);
+  }
+  TensorView view(size_t i) const {
+    TensorView v = one;
+    v.data = data.get() + (i % copies) * bytes;
+    return v;
+  }
+  TensorView one;
+  size_t bytes = 0, copies = 0;
+  std::unique_ptr<uint8_t[]> data;
+};
+
+std::vector<float> randn(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d;
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// args: dtype, rows, cols, threads
+void BM_MatmulDecode(benchmark::State& st) {
+  const auto t = static_cast<DType>(st.range(0));
+  const int64_t rows = st.range(1), cols = st.range(2);
+  ThreadPool pool(static_cast<int>(st.range(3)));
+  const ColdWeights w(t, rows, cols);
+  const std::vector<float> x = randn(cols, 1);  // [1, cols]
+  std::vector<float> y(static_cast<size_t>(rows));  // [1, rows]
+  size_t i = 0;
+  for (auto _ : st) {
+    matmul(w.view(i++), x.data(), 1, y.data(), rows, pool);
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.SetBytesProcessed(static_cast<int64_t>(st.iterations() * w.bytes));
+  st.SetLabel(std::string(dtype_name(t)) + " " + isa_name(active_isa()));
+}
+
+// args: dtype, rows, cols, n, threads
+void BM_MatmulPrefill(benchmark::State& st) {
+  const auto t = static_cast<DType>(st.range(0));
+  const int64_t rows = st.range(1), cols = st.range(2), n = st.range(3);
+  ThreadPool pool(static_cast<int>(st.range(4)));
+  const ColdWeights w(t, rows, cols);
+  const std::vector<float> x = randn(n * cols, 2);  // [n, cols]
+  std::vector<float> y(static_cast<size_t>(n * rows));  // [n, rows]
+  size_t i = 0;
+  for (auto _ : st) {
+    matmul(w.view(i++), x.data(), n, y.data(), rows, pool);
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * static_cast<double>(rows * cols * n) * static_cast<double>(st.iterations()),
+                         benchmark::Counter::kIsRate);
+  st.SetLabel(std::string(dtype_name(t)) + " " + isa_name(active_isa()));
+}
+
+// Mixtral 8x7B expert FFN up-projection, fused: args dtype, n, threads
+void BM_SwigluDecode(benchmark::State& st) {
+  const auto t = static_cast<DType>(st.range(0));
+  const int64_t n = st.range(1), ffn = 14336, dim = 4096;
+  ThreadPool pool(static_cast<int>(st.range(2)));
+  const ColdWeights w1(t, ffn, dim), w3(t, ffn, dim);
+  const std::vector<float> x = randn(n * dim, 3);    // [n, dim]
+  std::vector<float> out(static_cast<size_t>(n * ffn));  // [n, ffn]
+  size_t i = 0;
+  for (auto _ : st) {
+    matmul_swiglu(w1.view(i), w3.view(i + 1), x.data(), n, out.data(), pool);
+    i += 2;
+    benchmark::DoNotOptimize(out.data());
+  }
+  st.SetBytesProcessed(static_cast<int64_t>(st.iterations() * 2 * w1.bytes));
+  st.SetLabel(std::string(dtype_name(t)) + " " + isa_name(active_isa()));
+}
+
+// Mixtral 8x7B attention (32 heads, 8 kv heads, head dim 128): args n, n_ctx, threads
+void BM_Attention(benchmark::State& st) {
+  const int64_t n = st.range(0), n_ctx = st.range(1), heads = 32, kv = 8, hd = 128;
+  ThreadPool pool(static_cast<int>(st.range(2)));
+  const std::vector<float> q = randn(n * heads * hd, 4);     // [n, heads, hd]
+  const std::vector<float> k = randn(n_ctx * kv * hd, 5);    // [n_ctx, kv, hd]
+  const std::vector<float> v = randn(n_ctx * kv * hd, 6);    // [n_ctx, kv, hd]
+  std::vector<float> out(q.size());                          // [n, heads, hd]
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  double keys = 0;  // (query, key) pairs per call
+  for (int64_t t = 0; t < n; ++t) {
+    pos[t] = static_cast<int32_t>(n_ctx - n + t);
+    keys += pos[t] + 1;
+  }
+  const AttentionParams p{heads, kv, hd, 0, 1.0f / std::sqrt(static_cast<float>(hd))};
+  for (auto _ : st) {
+    attention(q.data(), k.data(), v.data(), pos.data(), n, n_ctx, p, out.data(), pool);
+    benchmark::DoNotOptimize(out.data());
+  }
+  // 2 FLOPs per multiply-add, q.k and p.v: 4 hd FLOPs per (query head, key)
+  st.counters["FLOP/s"] = benchmark::Counter(4.0 * hd * heads * keys * static_cast<double>(st.iterations()),
+                                             benchmark::Counter::kIsRate);
+  st.SetLabel(isa_name(active_isa()));
+}
+
+// The streaming-read roofline: sum a cold buffer with the pool's threads.
+void BM_ReadBandwidth(benchmark::State& st) {
+  ThreadPool pool(static_cast<int>(st.range(0)));
+  const size_t n = kColdBytes / 8;
+  std::unique_ptr<uint64_t[]> buf(new uint64_t[n]);
+  for (size_t i = 0; i < n; ++i) buf[i] = i;
+  std::vector<uint64_t> sums(static_cast<size_t>(pool.size()) * 8);
+  for (auto _ : st) {
+    pool.run([&](int ith, int nth) {
+      const size_t b = n * ith / nth, e = n * (ith + 1) / nth;
+      uint64_t s[8] = {};
+      for (size_t i = b; i + 8 <= e; i += 8)
+        for (int l = 0; l < 8; ++l) s[l] += buf[i + l];
+      for (int l = 0; l < 8; ++l) sums[ith * 8 + l] = s[l];
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  st.SetBytesProcessed(static_cast<int64_t>(st.iterations() * n * 8));
+}
+
+constexpr int64_t kQ8 = static_cast<int64_t>(DType::Q8_0), kQ4 = static_cast<int64_t>(DType::Q4_0),
+                  kF16 = static_cast<int64_t>(DType::F16), kBF16 = static_cast<int64_t>(DType::BF16);
+
+BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+BENCHMARK(BM_MatmulDecode)
+    ->ArgNames({"dtype", "rows", "cols", "threads"})
+    ->ArgsProduct({{kQ8, kQ4, kF16, kBF16}, {14336}, {4096}, {1, 2}})
+    ->ArgsProduct({{kQ8, kQ4, kF16, kBF16}, {4096}, {14336}, {1, 2}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK(BM_SwigluDecode)
+    ->ArgNames({"dtype", "n", "threads"})
+    ->ArgsProduct({{kQ8, kQ4}, {1}, {1, 2}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK(BM_MatmulPrefill)
+    ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
+    ->ArgsProduct({{kQ8, kQ4}, {14336}, {4096}, {64, 512}, {1, 2}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK(BM_Attention)
+    ->ArgNames({"n", "n_ctx", "threads"})
+    ->ArgsProduct({{1}, {4096}, {1, 2}})
+    ->ArgsProduct({{512}, {512}, {1, 2}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace mixtral::kernels
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("kernels_isa", mixtral::kernels::isa_name(mixtral::kernels::active_isa()));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
