@@ -8,6 +8,7 @@
 #include <memory>
 #include <new>
 #include <set>
+#include <utility>
 
 #include "io/quote.h"
 
@@ -32,19 +33,32 @@ constexpr uint64_t kMinTensorInfoBytes = 24;
 
 std::string type_name(GgufType t) {
   switch (t) {
-    case GgufType::kU8: return "u8";
-    case GgufType::kI8: return "i8";
-    case GgufType::kU16: return "u16";
-    case GgufType::kI16: return "i16";
-    case GgufType::kU32: return "u32";
-    case GgufType::kI32: return "i32";
-    case GgufType::kF32: return "f32";
-    case GgufType::kBool: return "bool";
-    case GgufType::kString: return "string";
-    case GgufType::kArray: return "array";
-    case GgufType::kU64: return "u64";
-    case GgufType::kI64: return "i64";
-    case GgufType::kF64: return "f64";
+    case GgufType::kU8:
+      return "u8";
+    case GgufType::kI8:
+      return "i8";
+    case GgufType::kU16:
+      return "u16";
+    case GgufType::kI16:
+      return "i16";
+    case GgufType::kU32:
+      return "u32";
+    case GgufType::kI32:
+      return "i32";
+    case GgufType::kF32:
+      return "f32";
+    case GgufType::kBool:
+      return "bool";
+    case GgufType::kString:
+      return "string";
+    case GgufType::kArray:
+      return "array";
+    case GgufType::kU64:
+      return "u64";
+    case GgufType::kI64:
+      return "i64";
+    case GgufType::kF64:
+      return "f64";
   }
   return "type " + std::to_string(static_cast<uint32_t>(t));
 }
@@ -53,7 +67,9 @@ std::string value_type_name(const GgufValue& v) {
   return v.type == GgufType::kArray ? "array of " + type_name(v.array_type) : type_name(v.type);
 }
 
-bool is_known_type(uint32_t t) { return t <= static_cast<uint32_t>(GgufType::kF64); }
+bool is_known_type(uint32_t t) {
+  return t <= static_cast<uint32_t>(GgufType::kF64);
+}
 
 bool is_signed_int(GgufType t) {
   return t == GgufType::kI8 || t == GgufType::kI16 || t == GgufType::kI32 || t == GgufType::kI64;
@@ -61,22 +77,41 @@ bool is_signed_int(GgufType t) {
 bool is_unsigned_int(GgufType t) {
   return t == GgufType::kU8 || t == GgufType::kU16 || t == GgufType::kU32 || t == GgufType::kU64;
 }
-bool is_int(GgufType t) { return is_signed_int(t) || is_unsigned_int(t); }
-bool is_float(GgufType t) { return t == GgufType::kF32 || t == GgufType::kF64; }
+bool is_int(GgufType t) {
+  return is_signed_int(t) || is_unsigned_int(t);
+}
+bool is_float(GgufType t) {
+  return t == GgufType::kF32 || t == GgufType::kF64;
+}
 
 // Encoded size of a scalar of type t (strings: their length prefix only).
 size_t scalar_bytes(GgufType t) {
   switch (t) {
-    case GgufType::kU8: case GgufType::kI8: case GgufType::kBool: return 1;
-    case GgufType::kU16: case GgufType::kI16: return 2;
-    case GgufType::kU32: case GgufType::kI32: case GgufType::kF32: return 4;
-    case GgufType::kU64: case GgufType::kI64: case GgufType::kF64: case GgufType::kString: return 8;
-    case GgufType::kArray: return 12;  // element type + count
+    case GgufType::kU8:
+    case GgufType::kI8:
+    case GgufType::kBool:
+      return 1;
+    case GgufType::kU16:
+    case GgufType::kI16:
+      return 2;
+    case GgufType::kU32:
+    case GgufType::kI32:
+    case GgufType::kF32:
+      return 4;
+    case GgufType::kU64:
+    case GgufType::kI64:
+    case GgufType::kF64:
+    case GgufType::kString:
+      return 8;
+    case GgufType::kArray:
+      return 12;  // element type + count
   }
   return 1;
 }
 
-uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
+uint64_t align_up(uint64_t x, uint64_t a) {
+  return (x + a - 1) & ~(a - 1);
+}
 
 // Bounds-checked little-endian reads over the input bytes; errors name the file and `where_`
 // (the key or tensor being read).
@@ -119,15 +154,24 @@ class Parser {
   template <class Out>
   Status read_int(GgufType t, Out& out) {
     switch (t) {
-      case GgufType::kU8: return read_as<uint8_t>(out);
-      case GgufType::kI8: return read_as<int8_t>(out);
-      case GgufType::kU16: return read_as<uint16_t>(out);
-      case GgufType::kI16: return read_as<int16_t>(out);
-      case GgufType::kU32: return read_as<uint32_t>(out);
-      case GgufType::kI32: return read_as<int32_t>(out);
-      case GgufType::kU64: return read_as<uint64_t>(out);
-      case GgufType::kI64: return read_as<int64_t>(out);
-      default: MX_CHECK(false, "read_int of a non-integer type");
+      case GgufType::kU8:
+        return read_as<uint8_t>(out);
+      case GgufType::kI8:
+        return read_as<int8_t>(out);
+      case GgufType::kU16:
+        return read_as<uint16_t>(out);
+      case GgufType::kI16:
+        return read_as<int16_t>(out);
+      case GgufType::kU32:
+        return read_as<uint32_t>(out);
+      case GgufType::kI32:
+        return read_as<int32_t>(out);
+      case GgufType::kU64:
+        return read_as<uint64_t>(out);
+      case GgufType::kI64:
+        return read_as<int64_t>(out);
+      default:
+        MX_CHECK(false, "read_int of a non-integer type");
     }
   }
 
@@ -273,17 +317,18 @@ Result<GgufFile> GgufFile::open(const std::string& path) {
   return f;
 }
 
-// Layout: magic "GGUF", version u32, tensor count u64, kv count u64, kv pairs (key string, type u32,
-// value), tensor infos (name string, n_dims u32, ne[n_dims] u64, ggml type u32, offset u64), padding
-// to the alignment, data section. Strings are a u64 length and the bytes, no terminator.
 Result<GgufFile> GgufFile::parse(const uint8_t* data, size_t size, const std::string& name) {
+  // Counts are checked against the bytes left, but a huge file can still claim more memory than there is.
   try {
     return parse_bytes(data, size, name);
-  } catch (const std::bad_alloc&) {  // counts are bounded by the file size, but a huge file can still claim a lot
+  } catch (const std::bad_alloc&) {
     return Error::data(name + ": out of memory while reading the header");
   }
 }
 
+// Layout: magic "GGUF", version u32, tensor count u64, kv count u64, kv pairs (key string, type u32,
+// value), tensor infos (name string, n_dims u32, ne[n_dims] u64, ggml type u32, offset u64), padding
+// to the alignment, data section. Strings are a u64 length and the bytes, no terminator.
 Result<GgufFile> GgufFile::parse_bytes(const uint8_t* data, size_t size, const std::string& name) {
   GgufFile f;
   f.name_ = name;
@@ -341,7 +386,7 @@ Result<GgufFile> GgufFile::parse_bytes(const uint8_t* data, size_t size, const s
     uint32_t n_dims{};
     MX_TRY_STATUS(p.read(n_dims, "n_dims"));
     if (n_dims > kMaxDims)
-      return p.fail_here("has " + std::to_string(n_dims) + " dimensions, at most " + std::to_string(kMaxDims) +
+      return p.fail_here("n_dims " + std::to_string(n_dims) + ", at most " + std::to_string(kMaxDims) +
                          " are supported");
     t.ne.resize(n_dims);
     int64_t numel = 1;
@@ -351,8 +396,7 @@ Result<GgufFile> GgufFile::parse_bytes(const uint8_t* data, size_t size, const s
       if (ne == 0 || ne > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
         return p.fail_here("ne[" + std::to_string(d) + "] = " + std::to_string(ne) + " is not a valid size");
       t.ne[d] = static_cast<int64_t>(ne);
-      if (__builtin_mul_overflow(numel, t.ne[d], &numel))
-        return p.fail_here("element count overflows");
+      if (__builtin_mul_overflow(numel, t.ne[d], &numel)) return p.fail_here("element count overflows");
     }
     MX_TRY_STATUS(p.read(t.ggml_type, "type"));
     MX_TRY_STATUS(p.read(t.offset, "offset"));
@@ -421,7 +465,8 @@ Result<std::optional<int64_t>> GgufFile::get_int(const std::string& key) const {
   if (!is_unsigned_int(v.type)) return wrong_type(name_, key, v, "an integer");
   const uint64_t u = std::get<uint64_t>(v.v);
   if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-    return Error::data(name_ + ": key " + quote_name(key) + " value " + std::to_string(u) + " is out of range");
+    return Error::data(name_ + ": key " + quote_name(key) + " value " + std::to_string(u) +
+                       " is out of range");
   return std::optional<int64_t>(static_cast<int64_t>(u));
 }
 
@@ -475,7 +520,8 @@ Result<std::optional<std::vector<int64_t>>> GgufFile::get_int_array(const std::s
   const auto it = kv_.find(key);
   if (it == kv_.end()) return std::optional<std::vector<int64_t>>();
   const GgufValue& v = it->second;
-  if (v.type != GgufType::kArray || !is_int(v.array_type)) return wrong_type(name_, key, v, "array of integers");
+  if (v.type != GgufType::kArray || !is_int(v.array_type))
+    return wrong_type(name_, key, v, "array of integers");
   return std::optional<std::vector<int64_t>>(std::get<std::vector<int64_t>>(v.v));
 }
 
@@ -491,10 +537,18 @@ void GgufWriter::set(const std::string& key, GgufValue value) {
   kv_.emplace_back(key, std::move(value));
 }
 
-void GgufWriter::set_u32(const std::string& key, uint32_t v) { set(key, {GgufType::kU32, GgufType::kU32, uint64_t{v}}); }
-void GgufWriter::set_i32(const std::string& key, int32_t v) { set(key, {GgufType::kI32, GgufType::kU32, int64_t{v}}); }
-void GgufWriter::set_f32(const std::string& key, float v) { set(key, {GgufType::kF32, GgufType::kU32, double{v}}); }
-void GgufWriter::set_bool(const std::string& key, bool v) { set(key, {GgufType::kBool, GgufType::kU32, v}); }
+void GgufWriter::set_u32(const std::string& key, uint32_t v) {
+  set(key, {GgufType::kU32, GgufType::kU32, uint64_t{v}});
+}
+void GgufWriter::set_i32(const std::string& key, int32_t v) {
+  set(key, {GgufType::kI32, GgufType::kU32, int64_t{v}});
+}
+void GgufWriter::set_f32(const std::string& key, float v) {
+  set(key, {GgufType::kF32, GgufType::kU32, double{v}});
+}
+void GgufWriter::set_bool(const std::string& key, bool v) {
+  set(key, {GgufType::kBool, GgufType::kU32, v});
+}
 void GgufWriter::set_string(const std::string& key, const std::string& v) {
   set(key, {GgufType::kString, GgufType::kU32, v});
 }
@@ -507,7 +561,9 @@ void GgufWriter::set_f32_array(const std::string& key, const std::vector<float>&
 void GgufWriter::set_i32_array(const std::string& key, const std::vector<int32_t>& v) {
   set(key, {GgufType::kArray, GgufType::kI32, std::vector<int64_t>(v.begin(), v.end())});
 }
-void GgufWriter::add_tensor(GgufTensorSpec spec) { tensors_.push_back(std::move(spec)); }
+void GgufWriter::add_tensor(GgufTensorSpec spec) {
+  tensors_.push_back(std::move(spec));
+}
 
 namespace {
 
@@ -569,21 +625,30 @@ class HeaderBuilder {
     const auto* u = std::get_if<uint64_t>(&v);
     if (!s && !u) return bad(key, "value does not hold an integer for type " + type_name(t));
     if (s ? !std::in_range<T>(*s) : !std::in_range<T>(*u))
-      return bad(key, "value " + (s ? std::to_string(*s) : std::to_string(*u)) + " does not fit in " + type_name(t));
+      return bad(
+          key, "value " + (s ? std::to_string(*s) : std::to_string(*u)) + " does not fit in " + type_name(t));
     put<T>(s ? static_cast<T>(*s) : static_cast<T>(*u));
     return {};
   }
 
   Status put_scalar(const std::string& key, GgufType t, const Scalar& v) {
     switch (t) {
-      case GgufType::kU8: return put_int<uint8_t>(key, t, v);
-      case GgufType::kI8: return put_int<int8_t>(key, t, v);
-      case GgufType::kU16: return put_int<uint16_t>(key, t, v);
-      case GgufType::kI16: return put_int<int16_t>(key, t, v);
-      case GgufType::kU32: return put_int<uint32_t>(key, t, v);
-      case GgufType::kI32: return put_int<int32_t>(key, t, v);
-      case GgufType::kU64: return put_int<uint64_t>(key, t, v);
-      case GgufType::kI64: return put_int<int64_t>(key, t, v);
+      case GgufType::kU8:
+        return put_int<uint8_t>(key, t, v);
+      case GgufType::kI8:
+        return put_int<int8_t>(key, t, v);
+      case GgufType::kU16:
+        return put_int<uint16_t>(key, t, v);
+      case GgufType::kI16:
+        return put_int<int16_t>(key, t, v);
+      case GgufType::kU32:
+        return put_int<uint32_t>(key, t, v);
+      case GgufType::kI32:
+        return put_int<int32_t>(key, t, v);
+      case GgufType::kU64:
+        return put_int<uint64_t>(key, t, v);
+      case GgufType::kI64:
+        return put_int<int64_t>(key, t, v);
       case GgufType::kF32:
       case GgufType::kF64: {
         const auto* d = std::get_if<double>(&v);
@@ -608,7 +673,8 @@ class HeaderBuilder {
         put_string(*s);
         return {};
       }
-      case GgufType::kArray: break;
+      case GgufType::kArray:
+        break;
     }
     return bad(key, "cannot write a value of " + type_name(t));
   }
@@ -629,7 +695,8 @@ Result<TensorPlacement> place_tensor(const std::string& path, const GgufTensorSp
   if (spec.name.empty()) return Error::data(path + ": a tensor has an empty name");
   if (!spec.fill) return Error::usage(where + "no fill callback");
   const auto tr = dtype_traits(static_cast<uint32_t>(spec.dtype));
-  if (!tr) return Error::data(where + "unknown GGML type " + std::to_string(static_cast<uint32_t>(spec.dtype)));
+  if (!tr)
+    return Error::data(where + "unknown GGML type " + std::to_string(static_cast<uint32_t>(spec.dtype)));
   if (spec.shape.size() > kMaxDims)
     return Error::data(where + std::to_string(spec.shape.size()) + " dimensions, at most 4 are supported");
   TensorPlacement pl;
@@ -657,15 +724,15 @@ Status GgufWriter::write(const std::string& path, uint32_t version, uint64_t ali
   if (alignment == 0 || alignment > kMaxAlignment || !std::has_single_bit(alignment))
     return Error::usage(path + ": alignment " + std::to_string(alignment) + " is not a power of two");
 
-  auto kv = kv_;
-  const auto al = std::find_if(kv.begin(), kv.end(), [](const auto& e) { return e.first == kAlignmentKey; });
-  if (al == kv.end() && alignment != kDefaultAlignment) {
-    kv.emplace_back(kAlignmentKey, GgufValue{GgufType::kU32, GgufType::kU32, alignment});
-  } else if (al != kv.end()) {
+  // A non-default alignment must be recorded in the file; a recorded one must match.
+  const auto al =
+      std::find_if(kv_.begin(), kv_.end(), [](const auto& e) { return e.first == kAlignmentKey; });
+  const bool add_alignment_key = al == kv_.end() && alignment != kDefaultAlignment;
+  if (al != kv_.end()) {
     const auto* u = std::get_if<uint64_t>(&al->second.v);
     const auto* s = std::get_if<int64_t>(&al->second.v);
-    const bool same = is_int(al->second.type) && ((u && *u == alignment) || (s && *s >= 0 &&
-                                                                            static_cast<uint64_t>(*s) == alignment));
+    const bool same = is_int(al->second.type) &&
+                      ((u && *u == alignment) || (s && *s >= 0 && static_cast<uint64_t>(*s) == alignment));
     if (!same)
       return Error::usage(path + ": key '" + kAlignmentKey + "' disagrees with the alignment " +
                           std::to_string(alignment) + " being written");
@@ -675,18 +742,21 @@ Status GgufWriter::write(const std::string& path, uint32_t version, uint64_t ali
   h.put_bytes("GGUF", 4);
   h.put<uint32_t>(version);
   h.put<uint64_t>(tensors_.size());
-  h.put<uint64_t>(kv.size());
-  for (const auto& [key, value] : kv) MX_TRY_STATUS(h.put_kv(key, value));
+  h.put<uint64_t>(kv_.size() + (add_alignment_key ? 1 : 0));
+  for (const auto& [key, value] : kv_) MX_TRY_STATUS(h.put_kv(key, value));
+  if (add_alignment_key) MX_TRY_STATUS(h.put_kv(kAlignmentKey, {GgufType::kU32, GgufType::kU32, alignment}));
 
   std::vector<TensorPlacement> placements;
   placements.reserve(tensors_.size());
   std::set<std::string> names;
   uint64_t data_size = 0;
   for (const auto& spec : tensors_) {
-    if (!names.insert(spec.name).second) return Error::data(path + ": duplicate tensor name " + quote_name(spec.name));
+    if (!names.insert(spec.name).second)
+      return Error::data(path + ": duplicate tensor name " + quote_name(spec.name));
     MX_ASSIGN_OR_RETURN(TensorPlacement pl, place_tensor(path, spec, data_size));
     if (pl.nbytes > kMaxDataBytes - data_size)
-      return Error::data(path + ": tensor " + quote_name(spec.name) + " makes the file larger than 2^62 bytes");
+      return Error::data(path + ": tensor " + quote_name(spec.name) +
+                         " makes the file larger than 2^62 bytes");
     data_size = align_up(data_size + pl.nbytes, alignment);
     h.put_string(spec.name);
     h.put<uint32_t>(static_cast<uint32_t>(pl.ne.size()));

@@ -20,8 +20,19 @@
 namespace mixtral {
 
 enum class GgufType : uint32_t {
-  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
-  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
+  kU8 = 0,
+  kI8 = 1,
+  kU16 = 2,
+  kI16 = 3,
+  kU32 = 4,
+  kI32 = 5,
+  kF32 = 6,
+  kBool = 7,
+  kString = 8,
+  kArray = 9,
+  kU64 = 10,
+  kI64 = 11,
+  kF64 = 12,
 };
 
 // One metadata value. Scalars of every integer width are held as int64/uint64; arrays keep
@@ -42,7 +53,7 @@ struct GgufTensorInfo {
   uint64_t offset = 0;         // relative to the data section
   const void* data = nullptr;  // into the mapping
   size_t nbytes = 0;
-  TensorView view() const;     // shape reversed to row-major
+  TensorView view() const;  // shape reversed to row-major
 };
 
 class GgufFile {

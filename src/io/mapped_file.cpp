@@ -102,7 +102,9 @@ OutputMapping& OutputMapping::operator=(OutputMapping&& o) noexcept {
   return *this;
 }
 
-OutputMapping::~OutputMapping() { (void)close(); }
+OutputMapping::~OutputMapping() {
+  (void)close();
+}
 
 Status OutputMapping::close() {
   if (!data_) return {};
@@ -117,7 +119,8 @@ Status OutputMapping::close() {
   return {};
 }
 
-Status write_file_in_place(const std::string& path, size_t size, const std::function<void(uint8_t* dst)>& fill) {
+Status write_file_in_place(const std::string& path, size_t size,
+                           const std::function<void(uint8_t* dst)>& fill) {
   const std::string tmp = path + ".tmp";
   Status st = [&]() -> Status {
     MX_ASSIGN_OR_RETURN(OutputMapping out, OutputMapping::create(tmp, size));

@@ -52,6 +52,7 @@ class OutputMapping {
 // Creates `path` with `size` bytes that `fill` writes in place through an OutputMapping. The bytes go
 // to a temporary file beside it ("<path>.tmp") that is synced and then renamed, so an interrupted
 // write never leaves a partial file under the final name.
-Status write_file_in_place(const std::string& path, size_t size, const std::function<void(uint8_t* dst)>& fill);
+Status write_file_in_place(const std::string& path, size_t size,
+                           const std::function<void(uint8_t* dst)>& fill);
 
 }  // namespace mixtral

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cctype>
 #include <cstring>
 #include <limits>
 #include <new>
@@ -33,17 +34,22 @@ std::optional<DType> dtype_from_safetensors(const std::string& s) {
 
 const char* safetensors_dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    default: return nullptr;
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    default:
+      return nullptr;
   }
 }
 
 // A dtype string as written when it is plain (e.g. I64), quoted and escaped otherwise.
 std::string dtype_for_message(const std::string& s) {
-  const bool plain = !s.empty() && s.size() <= 16 &&
-                     std::all_of(s.begin(), s.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)); });
+  const bool plain = !s.empty() && s.size() <= 16 && std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c));
+  });
   return plain ? s : quote_name(s);
 }
 
@@ -99,7 +105,8 @@ Result<Placed> parse_entry(const std::string& file, const std::string& name, con
   uint64_t numel = 1;
   for (const json& d : *sh) {
     if (d.is_number_integer() && !d.is_number_unsigned())
-      return Error::data(where + ": negative dimension " + std::to_string(d.get<int64_t>()) + " in \"shape\"");
+      return Error::data(where + ": negative dimension " + std::to_string(d.get<int64_t>()) +
+                         " in \"shape\"");
     const auto dim = as_index(d);
     if (!dim) return Error::data(where + ": \"shape\" holds a value that is not a valid dimension");
     t.shape.push_back(*dim);
@@ -107,14 +114,16 @@ Result<Placed> parse_entry(const std::string& file, const std::string& name, con
       return Error::data(where + ": shape " + shape_text(t.shape) + " overflows");
   }
   if (numel == 0)
-    return Error::data(where + ": shape " + shape_text(t.shape) + " is empty; empty tensors are not supported");
+    return Error::data(where + ": shape " + shape_text(t.shape) +
+                       " is empty; empty tensors are not supported");
 
   const auto off = e.find("data_offsets");
   if (off == e.end() || !off->is_array() || off->size() != 2)
     return Error::data(where + ": \"data_offsets\" must be an array of two offsets");
   const auto begin = as_index((*off)[0]);
   const auto end = as_index((*off)[1]);
-  if (!begin || !end) return Error::data(where + ": \"data_offsets\" holds a value that is not a valid offset");
+  if (!begin || !end)
+    return Error::data(where + ": \"data_offsets\" holds a value that is not a valid offset");
   if (*begin > *end)
     return Error::data(where + ": data_offsets [" + std::to_string(*begin) + ", " + std::to_string(*end) +
                        "] end before they begin");
@@ -176,7 +185,8 @@ Result<SafetensorsFile> SafetensorsFile::parse(const uint8_t* data, size_t size,
       if (key == kMetadataKey) {
         if (!value.is_object()) return Error::data(name + ": \"__metadata__\" is not an object");
         for (const auto& [mk, mv] : value.items()) {
-          if (!mv.is_string()) return Error::data(name + ": __metadata__ key " + quote_name(mk) + " is not a string");
+          if (!mv.is_string())
+            return Error::data(name + ": __metadata__ key " + quote_name(mk) + " is not a string");
           f.metadata_.emplace(mk, mv.get<std::string>());
         }
         continue;

@@ -31,7 +31,8 @@ void walk_metadata(const GgufFile& g) {
     probe(g.get_string_array(key), [&](const auto& v) { sink += v.size(); });
     probe(g.get_float_array(key), [&](const auto& v) { sink += v.size(); });
     probe(g.get_int_array(key), [&](const auto& v) { sink += v.size(); });
-    fuzz::require(value.type != GgufType::kArray || value.array_type != GgufType::kArray, "nested array kept");
+    fuzz::require(value.type != GgufType::kArray || value.array_type != GgufType::kArray,
+                  "nested array kept");
   }
   fuzz::require(!g.get_int("fuzz.absent.key").value().has_value(), "absent key found");
   volatile size_t keep = sink;

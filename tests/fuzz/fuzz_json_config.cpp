@@ -30,10 +30,10 @@ void read_field(const json& obj, const char* key, size_t& sink) {
 
 void read_config(const json& j, size_t& sink) {
   if (!j.is_object()) return;
-  for (const char* k : {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                        "num_key_value_heads", "num_local_experts", "num_experts_per_tok", "vocab_size",
-                        "max_position_embeddings", "sliding_window", "head_dim", "bos_token_id", "eos_token_id",
-                        "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim"})
+  for (const char* k :
+       {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "num_local_experts", "num_experts_per_tok", "vocab_size", "max_position_embeddings", "sliding_window",
+        "head_dim", "bos_token_id", "eos_token_id", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim"})
     read_field<int64_t>(j, k, sink);
   for (const char* k : {"rope_theta", "rms_norm_eps", "norm_eps"}) read_field<double>(j, k, sink);
   for (const char* k : {"model_type", "torch_dtype", "hidden_act"}) read_field<std::string>(j, k, sink);

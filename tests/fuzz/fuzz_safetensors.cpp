@@ -19,8 +19,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     fuzz::require(r->find(t.name) == &t, "find disagrees with tensors()");
     fuzz::require(t.dtype == DType::F32 || t.dtype == DType::F16 || t.dtype == DType::BF16, "dtype");
     const auto* p = static_cast<const uint8_t*>(t.data);
-    fuzz::require(t.nbytes > 0 && p >= data && t.nbytes <= size && p - data <= static_cast<ptrdiff_t>(size - t.nbytes),
-                  "tensor data outside the input");
+    fuzz::require(
+        t.nbytes > 0 && p >= data && t.nbytes <= size && p - data <= static_cast<ptrdiff_t>(size - t.nbytes),
+        "tensor data outside the input");
     fuzz::require(prev_end == nullptr || p >= prev_end, "tensors overlap or are out of file order");
     prev_end = p + t.nbytes;
     const TensorView v = t.view();

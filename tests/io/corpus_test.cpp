@@ -13,7 +13,9 @@ namespace {
 
 using testing::FailsWith;
 
-std::string seed(const std::string& rel) { return std::string(MIXTRAL_FUZZ_CORPUS) + "/" + rel; }
+std::string seed(const std::string& rel) {
+  return std::string(MIXTRAL_FUZZ_CORPUS) + "/" + rel;
+}
 
 // make_corpus.py fills byte j of its i-th GGUF tensor with (31 i + 7 j) mod 256.
 void expect_gguf_pattern(const GgufTensorInfo& t, int i) {
@@ -62,7 +64,9 @@ TEST(SeedCorpus, GgufAlignment64AndBlockTypes) {
   ASSERT_TRUE(g.ok()) << g.error().message;
   EXPECT_EQ(g->alignment(), 64u);
   const std::vector<std::tuple<std::string, DType, uint64_t, size_t>> want = {
-      {"f16", DType::F16, 0, 16}, {"bf16", DType::BF16, 64, 16}, {"q4_0", DType::Q4_0, 128, 36},
+      {"f16", DType::F16, 0, 16},
+      {"bf16", DType::BF16, 64, 16},
+      {"q4_0", DType::Q4_0, 128, 36},
       {"q4_k", DType::Q4_K, 192, 144}};
   for (size_t i = 0; i < want.size(); ++i) {
     const auto& [name, dtype, offset, nbytes] = want[i];
@@ -105,7 +109,8 @@ TEST(SeedCorpus, Safetensors) {
     EXPECT_EQ(t->shape, shape);
     ASSERT_EQ(t->nbytes, nbytes);
     const auto* p = static_cast<const uint8_t*>(t->data);
-    for (size_t j = 0; j < nbytes; ++j) ASSERT_EQ(p[j], static_cast<uint8_t>(13 * i + j)) << name << " byte " << j;
+    for (size_t j = 0; j < nbytes; ++j)
+      ASSERT_EQ(p[j], static_cast<uint8_t>(13 * i + j)) << name << " byte " << j;
   }
   EXPECT_EQ(f->tensors()[0].name, "w");  // file order
   auto bad = SafetensorsFile::open(seed("safetensors/unsupported_dtype.safetensors"));

@@ -242,8 +242,9 @@ TEST(GgufWriter, RefusesBadSpecs) {
   {
     GgufWriter w;
     w.add_tensor({"X", DType::Q8_0, {4, 100}, fill});
-    EXPECT_TRUE(FailsWith(w.write(path),
-                          {path + ": tensor 'X': row of 100 elements is not a multiple of q8_0's block size 32"}));
+    EXPECT_TRUE(
+        FailsWith(w.write(path),
+                  {path + ": tensor 'X': row of 100 elements is not a multiple of q8_0's block size 32"}));
   }
   {
     GgufWriter w;
@@ -387,12 +388,14 @@ TEST(GgufReader, RefusesBadHeaders) {
   EXPECT_TRUE(FailsWith(parse(two), {"x.gguf: not a GGUF file (magic 47 47,"}));
   EXPECT_TRUE(FailsWith(parse(header(0, 0, 1)), {"x.gguf: unsupported GGUF version 1"}));
   EXPECT_TRUE(FailsWith(parse(header(0, 0, 4)), {"x.gguf: unsupported GGUF version 4"}));
-  EXPECT_TRUE(FailsWith(parse(header(0, 0, 0x03000000)), {"x.gguf: big-endian GGUF files are not supported"}));
+  EXPECT_TRUE(
+      FailsWith(parse(header(0, 0, 0x03000000)), {"x.gguf: big-endian GGUF files are not supported"}));
   Bytes cut;
   cut.text("GGUF").u32(3).u32(0);
   EXPECT_TRUE(FailsWith(parse(cut), {"x.gguf: truncated file", "tensor count"}));
   EXPECT_TRUE(FailsWith(parse(header(0, uint64_t{1} << 60)), {"x.gguf: metadata count 1152921504606846976"}));
-  EXPECT_TRUE(FailsWith(parse(header(1000, 0)), {"x.gguf: tensor count 1000 is larger than the file could hold"}));
+  EXPECT_TRUE(
+      FailsWith(parse(header(1000, 0)), {"x.gguf: tensor count 1000 is larger than the file could hold"}));
 }
 
 TEST(GgufReader, RefusesBadMetadata) {
@@ -424,7 +427,8 @@ TEST(GgufReader, RefusesBadMetadata) {
   {
     Bytes b = header(0, 1);
     b.str("tokens").u32(9).u32(8).u64(uint64_t{1} << 61).zeros(16);
-    EXPECT_TRUE(FailsWith(parse(b), {"x.gguf: key 'tokens': array of 2305843009213693952 string elements runs past"}));
+    EXPECT_TRUE(FailsWith(parse(b),
+                          {"x.gguf: key 'tokens': array of 2305843009213693952 string elements runs past"}));
   }
   {
     Bytes b = header(0, 1);
@@ -453,8 +457,8 @@ TEST(GgufReader, RefusesBadAlignment) {
   for (uint32_t a : {0u, 3u, 48u}) {
     Bytes b = header(0, 1);
     b.str("general.alignment").u32(4).u32(a);
-    EXPECT_TRUE(FailsWith(parse(b), {"x.gguf: key 'general.alignment' is " + std::to_string(a),
-                                     "nonzero power of two"}));
+    EXPECT_TRUE(FailsWith(
+        parse(b), {"x.gguf: key 'general.alignment' is " + std::to_string(a), "nonzero power of two"}));
   }
   Bytes s = header(0, 1);
   s.str("general.alignment").u32(8).str("32");
@@ -480,24 +484,27 @@ Bytes one_tensor(std::string_view name, std::vector<uint64_t> ne, uint32_t type,
 TEST(GgufReader, RefusesBadTensorInfos) {
   EXPECT_TRUE(FailsWith(parse(one_tensor("blk.0.attn_q.weight", {32, 2}, 99, 0, 64)),
                         {"x.gguf: tensor 'blk.0.attn_q.weight': unknown GGML type 99"}));
-  EXPECT_TRUE(FailsWith(parse(one_tensor("X", {100, 2}, kQ8_0, 0, 1000)),
-                        {"x.gguf: tensor 'X': row of 100 elements is not a multiple of q8_0's block size 32"}));
+  EXPECT_TRUE(
+      FailsWith(parse(one_tensor("X", {100, 2}, kQ8_0, 0, 1000)),
+                {"x.gguf: tensor 'X': row of 100 elements is not a multiple of q8_0's block size 32"}));
   EXPECT_TRUE(FailsWith(parse(one_tensor("X", {256, 1}, 12, 0, 10)),
                         {"x.gguf: tensor 'X' data [", "runs past the end of the file (size"}));
   EXPECT_TRUE(FailsWith(parse(one_tensor("X", {4}, kF32, 16, 64)),
                         {"x.gguf: tensor 'X': offset 16 is not a multiple of the alignment 32"}));
   EXPECT_TRUE(FailsWith(parse(one_tensor("X", {4}, kF32, 32, 40)),
                         {"x.gguf: tensor 'X' data [", "runs past the end of the file (size"}));
-  EXPECT_TRUE(FailsWith(parse(one_tensor("X", {4}, kF32, ~uint64_t{31}, 40)),
-                        {"x.gguf: tensor 'X' data offset 18446744073709551584 runs past the end of the file"}));
+  EXPECT_TRUE(
+      FailsWith(parse(one_tensor("X", {4}, kF32, ~uint64_t{31}, 40)),
+                {"x.gguf: tensor 'X' data offset 18446744073709551584 runs past the end of the file"}));
   EXPECT_TRUE(FailsWith(parse(one_tensor("X", {4, 0}, kF32, 0, 16)), {"x.gguf: tensor 'X': ne[1] = 0"}));
-  EXPECT_TRUE(FailsWith(parse(one_tensor("X", {~uint64_t{0}}, kF32, 0, 16)), {"x.gguf: tensor 'X': ne[0] ="}));
+  EXPECT_TRUE(
+      FailsWith(parse(one_tensor("X", {~uint64_t{0}}, kF32, 0, 16)), {"x.gguf: tensor 'X': ne[0] ="}));
   EXPECT_TRUE(FailsWith(parse(one_tensor("X", {uint64_t{1} << 40, uint64_t{1} << 40}, kF32, 0, 16)),
                         {"x.gguf: tensor 'X': element count overflows"}));
   EXPECT_TRUE(FailsWith(parse(one_tensor("X", {uint64_t{1} << 62}, kF32, 0, 16)),
                         {"x.gguf: tensor 'X': data size overflows 2^62 bytes"}));
   EXPECT_TRUE(FailsWith(parse(one_tensor("X", {1, 1, 1, 1, 1}, kF32, 0, 16)),
-                        {"x.gguf: tensor 'X': has 5 dimensions, at most 4 are supported"}));
+                        {"x.gguf: tensor 'X': n_dims 5, at most 4 are supported"}));
   // Known types this build cannot compute with still parse; the model loader refuses them.
   auto k = parse(one_tensor("K", {256}, 14, 0, 210));
   ASSERT_TRUE(k.ok()) << k.error().message;
@@ -536,12 +543,15 @@ TEST(GgufReader, WrongTypeGettersNameFileAndKey) {
   EXPECT_TRUE(FailsWith(g->get_int("general.architecture"),
                         {path + ": key 'general.architecture' has type string, expected an integer"}));
   EXPECT_TRUE(FailsWith(g->get_int("t.f64"), {path, "key 't.f64' has type f64"}));
-  EXPECT_TRUE(FailsWith(g->get_int("t.u64big"), {path, "key 't.u64big' value 18446744073709551615 is out of range"}));
-  EXPECT_TRUE(FailsWith(g->get_float("general.flag"), {path, "key 'general.flag' has type bool, expected a number"}));
+  EXPECT_TRUE(
+      FailsWith(g->get_int("t.u64big"), {path, "key 't.u64big' value 18446744073709551615 is out of range"}));
+  EXPECT_TRUE(
+      FailsWith(g->get_float("general.flag"), {path, "key 'general.flag' has type bool, expected a number"}));
   EXPECT_TRUE(FailsWith(g->get_string("llama.block_count"), {path, "key 'llama.block_count' has type u32"}));
   EXPECT_TRUE(FailsWith(g->get_bool("t.u8"), {path, "key 't.u8' has type u8, expected bool"}));
-  EXPECT_TRUE(FailsWith(g->get_string_array("tokenizer.ggml.scores"),
-                        {path, "key 'tokenizer.ggml.scores' has type array of f32, expected array of string"}));
+  EXPECT_TRUE(
+      FailsWith(g->get_string_array("tokenizer.ggml.scores"),
+                {path, "key 'tokenizer.ggml.scores' has type array of f32, expected array of string"}));
   EXPECT_TRUE(FailsWith(g->get_float_array("tokenizer.ggml.tokens"), {path, "key 'tokenizer.ggml.tokens'"}));
   EXPECT_TRUE(FailsWith(g->get_int_array("tokenizer.ggml.scores"), {path, "key 'tokenizer.ggml.scores'"}));
   EXPECT_TRUE(FailsWith(g->get_int_array("llama.block_count"), {path, "expected array of integers"}));

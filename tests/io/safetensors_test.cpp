@@ -15,8 +15,8 @@ using testing::Bytes;
 using testing::FailsWith;
 using testing::ScratchDir;
 
-SafetensorsTensorSpec pattern_spec(const std::string& name, DType dtype, std::vector<int64_t> shape, uint32_t seed,
-                                   std::map<std::string, std::vector<uint8_t>>* written) {
+SafetensorsTensorSpec pattern_spec(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                                   uint32_t seed, std::map<std::string, std::vector<uint8_t>>* written) {
   return {name, dtype, shape, [=](uint8_t* dst, size_t n) {
             testing::fill_pattern(dst, n, seed);
             (*written)[name] = std::vector<uint8_t>(dst, dst + n);
@@ -46,7 +46,8 @@ TEST(Safetensors, RoundTrip) {
   auto f = SafetensorsFile::open(path);
   ASSERT_TRUE(f.ok()) << f.error().message;
   EXPECT_EQ(f->path(), path);
-  EXPECT_EQ(f->metadata(), (std::map<std::string, std::string>{{"format", "pt"}, {"note", "a \"quoted\" value"}}));
+  EXPECT_EQ(f->metadata(),
+            (std::map<std::string, std::string>{{"format", "pt"}, {"note", "a \"quoted\" value"}}));
   ASSERT_EQ(f->tensors().size(), specs.size());
   const auto* data_base = static_cast<const uint8_t*>(f->tensors()[0].data);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(data_base) % 8, 0u);
@@ -83,7 +84,10 @@ TEST(Safetensors, ValuesSurviveBf16AndF16) {
   const std::string path = dir.file("v.safetensors");
   const std::vector<float> src = {1.0f, -2.5f, 0.15625f, 65504.0f};
   std::vector<SafetensorsTensorSpec> specs = {
-      {"h", DType::F16, {4}, [&](uint8_t* d, size_t n) { quantize_row(DType::F16, src.data(), d, 4), (void)n; }},
+      {"h",
+       DType::F16,
+       {4},
+       [&](uint8_t* d, size_t n) { quantize_row(DType::F16, src.data(), d, 4), (void)n; }},
       {"b", DType::BF16, {2, 2}, [&](uint8_t* d, size_t) { quantize_row(DType::BF16, src.data(), d, 4); }},
   };
   ASSERT_TRUE(write_safetensors(path, specs, {}).ok());
@@ -112,9 +116,11 @@ TEST(Safetensors, WriterRefusesBadSpecs) {
                         {path, "invalid tensor name"}));
   EXPECT_TRUE(FailsWith(write_safetensors(path, {{"z", DType::F32, {2, 0}, fill}}),
                         {path, "tensor 'z': dimension of size 0"}));
-  EXPECT_TRUE(FailsWith(write_safetensors(path, {{"n", DType::F32, {1}, nullptr}}), {path, "no fill callback"}));
-  EXPECT_TRUE(FailsWith(write_safetensors(path, {{"big", DType::F32, {int64_t{1} << 40, int64_t{1} << 40}, fill}}),
-                        {path, "tensor 'big'", "overflows"}));
+  EXPECT_TRUE(
+      FailsWith(write_safetensors(path, {{"n", DType::F32, {1}, nullptr}}), {path, "no fill callback"}));
+  EXPECT_TRUE(
+      FailsWith(write_safetensors(path, {{"big", DType::F32, {int64_t{1} << 40, int64_t{1} << 40}, fill}}),
+                {path, "tensor 'big'", "overflows"}));
   EXPECT_TRUE(FailsWith(write_safetensors(path, {{"bad\xff", DType::F32, {1}, fill}}), {path, "UTF-8"}));
   EXPECT_FALSE(std::filesystem::exists(path));
   EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
@@ -127,17 +133,19 @@ Bytes file_with_header(const std::string& json, size_t data_bytes) {
   return b;
 }
 
-Result<SafetensorsFile> parse(const Bytes& b) { return SafetensorsFile::parse(b.b.data(), b.size(), "x.safetensors"); }
+Result<SafetensorsFile> parse(const Bytes& b) {
+  return SafetensorsFile::parse(b.b.data(), b.size(), "x.safetensors");
+}
 
 Result<SafetensorsFile> parse_header(const std::string& json, size_t data_bytes = 64) {
   return parse(file_with_header(json, data_bytes));
 }
 
 TEST(Safetensors, ParsesHandWrittenHeader) {
-  auto f = parse_header(
-      R"({"b":{"dtype":"F16","shape":[2],"data_offsets":[8,12]},"a":{"dtype":"F32","shape":[2],)"
-      R"("data_offsets":[0,8]},"__metadata__":{"format":"pt"}}   )",
-      16);
+  auto f =
+      parse_header(R"({"b":{"dtype":"F16","shape":[2],"data_offsets":[8,12]},"a":{"dtype":"F32","shape":[2],)"
+                   R"("data_offsets":[0,8]},"__metadata__":{"format":"pt"}}   )",
+                   16);
   ASSERT_TRUE(f.ok()) << f.error().message;
   ASSERT_EQ(f->tensors().size(), 2u);
   EXPECT_EQ(f->tensors()[0].name, "a");
@@ -164,7 +172,8 @@ TEST(Safetensors, RefusesBadFraming) {
   EXPECT_TRUE(FailsWith(parse(huge), {"x.safetensors: header length 100000000 is not below 100 MB"}));
   Bytes past;
   past.u64(50).text("{}");
-  EXPECT_TRUE(FailsWith(parse(past), {"x.safetensors: header length 50 runs past the end of the file (size 10)"}));
+  EXPECT_TRUE(
+      FailsWith(parse(past), {"x.safetensors: header length 50 runs past the end of the file (size 10)"}));
 }
 
 TEST(Safetensors, RefusesBadJson) {
@@ -172,8 +181,10 @@ TEST(Safetensors, RefusesBadJson) {
   EXPECT_TRUE(FailsWith(parse_header("{\"a\": \x01\n}"), {"x.safetensors: header is not valid JSON"}));
   EXPECT_TRUE(FailsWith(parse_header(""), {"x.safetensors: header is not valid JSON"}));
   EXPECT_TRUE(FailsWith(parse_header("[1, 2]"), {"x.safetensors: header is not a JSON object"}));
-  EXPECT_TRUE(FailsWith(parse_header(R"({"a": 3})"), {"x.safetensors: tensor 'a': header entry is not an object"}));
-  EXPECT_TRUE(FailsWith(parse_header(R"({"__metadata__": []})"), {"x.safetensors: \"__metadata__\" is not an object"}));
+  EXPECT_TRUE(
+      FailsWith(parse_header(R"({"a": 3})"), {"x.safetensors: tensor 'a': header entry is not an object"}));
+  EXPECT_TRUE(FailsWith(parse_header(R"({"__metadata__": []})"),
+                        {"x.safetensors: \"__metadata__\" is not an object"}));
   EXPECT_TRUE(FailsWith(parse_header(R"({"__metadata__": {"k": 1}})"),
                         {"x.safetensors: __metadata__ key 'k' is not a string"}));
 }
@@ -184,7 +195,8 @@ TEST(Safetensors, RefusesBadEntries) {
                         {"x.safetensors: tensor 'w' has dtype I64, only F32/F16/BF16 are supported"}));
   EXPECT_TRUE(FailsWith(entry(R"("dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2])"),
                         {"x.safetensors: tensor 'w' has dtype 'F8_E4M3', only F32/F16/BF16 are supported"}));
-  EXPECT_TRUE(FailsWith(entry(R"("shape":[2],"data_offsets":[0,8])"), {"x.safetensors: tensor 'w'", "dtype"}));
+  EXPECT_TRUE(
+      FailsWith(entry(R"("shape":[2],"data_offsets":[0,8])"), {"x.safetensors: tensor 'w'", "dtype"}));
   EXPECT_TRUE(FailsWith(entry(R"("dtype":5,"shape":[2],"data_offsets":[0,8])"), {"tensor 'w'", "dtype"}));
   EXPECT_TRUE(FailsWith(entry(R"("dtype":"F32","data_offsets":[0,8])"), {"tensor 'w'", "\"shape\""}));
   EXPECT_TRUE(FailsWith(entry(R"("dtype":"F32","shape":[2,-3],"data_offsets":[0,8])"),
