@@ -1,8 +1,11 @@
 // libFuzzer target: nlohmann::json on arbitrary bytes as a model config (config.json / params.json),
 // reading the fields a loader reads. Exceptions are the library's error channel and are caught;
-// anything else (a crash, a sanitizer report, an uncaught exception) is a finding.
+// anything else (a crash, a sanitizer report, an uncaught exception) is a finding. Field reads check the
+// JSON type first, so nothing here throws after the parse.
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -12,20 +15,26 @@ namespace {
 
 using nlohmann::json;
 
-// Reads `key` of an object as T when present with a compatible type.
-template <class T>
-void read_field(const json& obj, const char* key, size_t& sink) {
+// Integer fields as a loader must read them: only JSON integers. (get<int64_t>() on a float such as
+// 1e40 is an out-of-range float-to-integer conversion, undefined behaviour; the first fuzz run found it.)
+void read_int(const json& obj, const char* key, size_t& sink) {
   const auto it = obj.find(key);
-  if (it == obj.end() || it->is_null()) return;
-  try {
-    const T v = it->get<T>();
-    if constexpr (std::is_same_v<T, std::string>) {
-      sink += v.size();
-    } else {
-      sink += static_cast<size_t>(v != v ? 1 : 0);
-    }
-  } catch (const json::exception&) {
-  }
+  if (it != obj.end() && it->is_number_integer()) sink += static_cast<size_t>(it->get<int64_t>());
+}
+
+// Float fields: read as double, narrowed to float only when in range (standard C++ leaves an out-of-range
+// double -> float conversion undefined too).
+void read_float(const json& obj, const char* key, size_t& sink) {
+  const auto it = obj.find(key);
+  if (it == obj.end() || !it->is_number()) return;
+  const double d = it->get<double>();
+  if (std::isfinite(d) && std::fabs(d) <= std::numeric_limits<float>::max())
+    sink += static_cast<float>(d) > 0.0f;
+}
+
+void read_string(const json& obj, const char* key, size_t& sink) {
+  const auto it = obj.find(key);
+  if (it != obj.end() && it->is_string()) sink += it->get_ref<const std::string&>().size();
 }
 
 void read_config(const json& j, size_t& sink) {
@@ -34,15 +43,15 @@ void read_config(const json& j, size_t& sink) {
        {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
         "num_local_experts", "num_experts_per_tok", "vocab_size", "max_position_embeddings", "sliding_window",
         "head_dim", "bos_token_id", "eos_token_id", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim"})
-    read_field<int64_t>(j, k, sink);
-  for (const char* k : {"rope_theta", "rms_norm_eps", "norm_eps"}) read_field<double>(j, k, sink);
-  for (const char* k : {"model_type", "torch_dtype", "hidden_act"}) read_field<std::string>(j, k, sink);
-  read_field<bool>(j, "tie_word_embeddings", sink);
+    read_int(j, k, sink);
+  for (const char* k : {"rope_theta", "rms_norm_eps", "norm_eps"}) read_float(j, k, sink);
+  for (const char* k : {"model_type", "torch_dtype", "hidden_act"}) read_string(j, k, sink);
+  if (const auto t = j.find("tie_word_embeddings"); t != j.end() && t->is_boolean()) sink += t->get<bool>();
   if (const auto a = j.find("architectures"); a != j.end() && a->is_array())
     for (const auto& e : *a) sink += e.is_string() ? e.get_ref<const std::string&>().size() : 0;
   if (const auto moe = j.find("moe"); moe != j.end() && moe->is_object()) {
-    read_field<int64_t>(*moe, "num_experts", sink);
-    read_field<int64_t>(*moe, "num_experts_per_tok", sink);
+    read_int(*moe, "num_experts", sink);
+    read_int(*moe, "num_experts_per_tok", sink);
   }
   if (const auto wm = j.find("weight_map"); wm != j.end() && wm->is_object())
     for (const auto& [tensor, file] : wm->items()) sink += tensor.size() + (file.is_string() ? 1 : 0);

@@ -135,8 +135,11 @@ def json_seeds():
              "weight_map": {"lm_head.weight": "model-00019-of-00019.safetensors",
                             "model.embed_tokens.weight": "model-00001-of-00019.safetensors"}}
     odd = '{"a": [1, -2.5e-3, 1E+9, true, null, "\\u00e9\\ud83d\\ude00"], "nested": {"x": [[[]]]}, "hidden_size": "4096"}'
+    # Numbers out of every target range (the first fuzz run found get<int64_t>() of a float is UB).
+    huge = '{"head_dim": 1e40, "hidden_size": 18446744073709551615, "rope_theta": 1e39, "n_layers": -1}'
     return {
         "config.json": json.dumps(hf, indent=2).encode(),
+        "huge_numbers.json": huge.encode(),
         "params.json": json.dumps(params, indent=2).encode(),
         "index.json": json.dumps(index, indent=2).encode(),
         "odd.json": odd.encode(),
