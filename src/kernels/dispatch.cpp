@@ -296,33 +296,89 @@ void attention(const float* q, const float* k, const float* v, const int32_t* po
            static_cast<long long>(p.n_kv_heads));
   MX_CHECK(p.head_dim > 0 && p.window >= 0, "attention: head_dim %lld, window %lld",
            static_cast<long long>(p.head_dim), static_cast<long long>(p.window));
-  for (int64_t t = 0; t < n; ++t)
+  if (n <= 0) return;
+  const int64_t heads = p.n_heads, hd = p.head_dim;
+  auto key_range = [&](int64_t t, int64_t* lo, int64_t* hi) {  // keys [lo, hi) that query t sees
+    *hi = pos[t] + 1;
+    *lo = p.window > 0 ? std::max<int64_t>(0, *hi - p.window) : 0;
+  };
+  int64_t max_len = 0;
+  for (int64_t t = 0; t < n; ++t) {
     MX_CHECK(pos[t] >= 0 && pos[t] < n_ctx, "attention: query %lld at position %d outside the cache [0, %lld)",
              static_cast<long long>(t), pos[t], static_cast<long long>(n_ctx));
-  const int64_t hd = p.head_dim, g = p.n_heads / p.n_kv_heads, kv_stride = p.n_kv_heads * hd;
-  const detail::AttnGroupFn fn = table().attn_group;
-  // One item per (query, kv head): the g query heads sharing that kv head read each key and value once.
-  pool.parallel_for(n * p.n_kv_heads, 1, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> scratch;  // [g, keys] scores
+    int64_t lo, hi;
+    key_range(t, &lo, &hi);
+    max_len = std::max(max_len, hi - lo);
+  }
+  // Work items are (query, chunk of its keys), all heads each. Few queries (decode): split the keys so
+  // every thread has work, chunks of at least kMinChunk keys, merged below by their (max, sum).
+  constexpr int64_t kMinChunk = 256;
+  const int64_t nth = pool.size();
+  const int64_t chunks =
+      n >= 4 * nth ? 1 : std::clamp<int64_t>((4 * nth + n - 1) / n, 1, std::max<int64_t>(1, max_len / kMinChunk));
+  thread_local std::vector<float> part;  // [n, chunks, heads, hd + 2]: unnormalised out, then m, l
+  if (chunks > 1) part.resize(static_cast<size_t>(n * chunks * heads * (hd + 2)));
+  const detail::AttnChunkFn fn = table().attn_chunk;
+  pool.parallel_for(n * chunks, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> scratch;  // [heads, chunk keys] scores
+    thread_local std::vector<float> ml;       // [2, heads] m, l when writing straight to out
     for (int64_t item = b; item < e; ++item) {
-      const int64_t t = item / p.n_kv_heads, kvh = item % p.n_kv_heads;
-      const int64_t hi = pos[t] + 1, lo = p.window > 0 ? std::max<int64_t>(0, hi - p.window) : 0;
-      if (scratch.size() < static_cast<size_t>(g * (hi - lo))) scratch.resize(static_cast<size_t>(g * (hi - lo)));
-      detail::AttnGroupArgs a;
-      a.q = q + (t * p.n_heads + kvh * g) * hd;
-      a.k = k + kvh * hd;
-      a.v = v + kvh * hd;
-      a.kv_stride = kv_stride;
-      a.g = g;
+      const int64_t t = item / chunks, c = item % chunks;
+      int64_t lo, hi;
+      key_range(t, &lo, &hi);
+      const int64_t step = (hi - lo + chunks - 1) / chunks;
+      detail::AttnChunkArgs a;
+      a.q = q + t * heads * hd;
+      a.k = k;
+      a.v = v;
+      a.n_heads = heads;
+      a.n_kv_heads = p.n_kv_heads;
       a.head_dim = hd;
-      a.j0 = lo;
-      a.j1 = hi;
+      a.j0 = lo + c * step;
+      a.j1 = std::min(hi, a.j0 + step);
       a.scale = p.scale;
-      a.out = out + (t * p.n_heads + kvh * g) * hd;
+      float* slot = chunks > 1 ? part.data() + item * heads * (hd + 2) : nullptr;
+      if (a.j1 <= a.j0) {  // an empty chunk (only when chunks > 1): weight 0 in the merge
+        std::fill(slot, slot + heads * (hd + 2), 0.0f);
+        std::fill(slot + heads * hd, slot + heads * (hd + 1), -INFINITY);
+        continue;
+      }
+      if (scratch.size() < static_cast<size_t>(heads * (a.j1 - a.j0)))
+        scratch.resize(static_cast<size_t>(heads * (a.j1 - a.j0)));
+      ml.resize(static_cast<size_t>(2 * heads));
+      a.out = chunks > 1 ? slot : out + t * heads * hd;
+      a.m = chunks > 1 ? slot + heads * hd : ml.data();
+      a.l = a.m + heads;
       a.scratch = scratch.data();
       fn(a);
+      if (chunks == 1) {
+        for (int64_t h = 0; h < heads; ++h) {
+          const float inv = 1.0f / a.l[h];
+          for (int64_t i = 0; i < hd; ++i) a.out[h * hd + i] *= inv;
+        }
+      }
     }
   });
+  if (chunks == 1) return;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* tp = part.data() + t * chunks * heads * (hd + 2);  // [chunks, heads, hd + 2]
+    for (int64_t h = 0; h < heads; ++h) {
+      float mx = -INFINITY;
+      for (int64_t c = 0; c < chunks; ++c) mx = std::max(mx, tp[c * heads * (hd + 2) + heads * hd + h]);
+      float* o = out + (t * heads + h) * hd;
+      std::fill(o, o + hd, 0.0f);
+      float sum = 0.0f;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float* slot = tp + c * heads * (hd + 2);
+        const float w = std::exp(slot[heads * hd + h] - mx);  // 0 for empty chunks (m = -inf)
+        if (w == 0.0f) continue;
+        sum += w * slot[heads * (hd + 1) + h];
+        for (int64_t i = 0; i < hd; ++i) o[i] += w * slot[h * hd + i];
+      }
+      const float inv = 1.0f / sum;
+      for (int64_t i = 0; i < hd; ++i) o[i] *= inv;
+    }
+  }
 }
 
 void silu_mul(float* x, const float* g, int64_t n) { table().silu_mul(x, g, n); }

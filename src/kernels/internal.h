@@ -37,22 +37,25 @@ using MatmulTileFn = void (*)(const MatmulArgs& a, int64_t r0, int64_t nr, int64
 //   x: [cols] (cols % 32 == 0); qs: [cols]; d: [cols / 32]
 using QuantizeQ8Fn = void (*)(const float* x, int64_t cols, int8_t* qs, float* d);
 
-// Attention of the g query heads sharing one kv head, for one query, over keys [j0, j1).
-//   q: [g, head_dim]; key j at k + j * kv_stride, value j at v + j * kv_stride (head_dim floats each);
-//   out: [g, head_dim]; scratch: [g, j1 - j0] floats.
-struct AttnGroupArgs {
-  const float* q;
-  const float* k;
-  const float* v;
-  int64_t kv_stride;
-  int64_t g;
-  int64_t head_dim;
-  int64_t j0, j1;
+// Attention of one query (all heads) over the keys [j0, j1) of the cache, unnormalised, so chunks of one
+// query's keys can run on different threads and be merged (flash-decoding):
+//   out[h, :] = sum_j e^(s[h, j] - m[h]) v[j, kv(h), :],  l[h] = sum_j e^(s[h, j] - m[h]),  m[h] = max_j s[h, j]
+// with s[h, j] = scale * q[h, :] . k[j, kv(h), :] and kv(h) = h / (n_heads / n_kv_heads).
+// Keys are walked in blocks with the kv heads inner, so each cache row (all kv heads of a position,
+// contiguous) is read whole while its block is in cache.
+struct AttnChunkArgs {
+  const float* q;  // [n_heads, head_dim]
+  const float* k;  // [n_ctx, n_kv_heads, head_dim]
+  const float* v;  // [n_ctx, n_kv_heads, head_dim]
+  int64_t n_heads, n_kv_heads, head_dim;
+  int64_t j0, j1;  // keys [j0, j1), j1 > j0
   float scale;
-  float* out;
-  float* scratch;
+  float* out;      // [n_heads, head_dim]
+  float* m;        // [n_heads]
+  float* l;        // [n_heads]
+  float* scratch;  // [n_heads, j1 - j0] scores, then their exponentials
 };
-using AttnGroupFn = void (*)(const AttnGroupArgs& a);
+using AttnChunkFn = void (*)(const AttnChunkArgs& a);
 
 // out[t, :] = x[t, :] * inv_rms * w for n rows of dim (x may alias out).
 using RmsnormFn = void (*)(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out);
@@ -63,7 +66,7 @@ struct KernelTable {
   const char* name;
   MatmulTileFn matmul[kNumWeightKinds];
   QuantizeQ8Fn quantize_q8;
-  AttnGroupFn attn_group;
+  AttnChunkFn attn_chunk;
   RmsnormFn rmsnorm;
   SiluMulFn silu_mul;
   SoftmaxFn softmax;

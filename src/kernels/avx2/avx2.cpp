@@ -347,16 +347,21 @@ void silu_mul(float* x, const float* g, int64_t n) {
   }
 }
 
-void softmax(float* x, int64_t n) {
-  if (n <= 0) return;
+float row_max(const float* x, int64_t n) {
   __m256 vmax = _mm256_set1_ps(-INFINITY);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
   float mx = hmax256(vmax);
   for (; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  return mx;
+}
+
+// x[i] = exp(x[i] - mx); returns the sum.
+float exp_sum(float* x, int64_t n, float mx) {
   const __m256 vm = _mm256_set1_ps(mx);
   __m256 vsum = _mm256_setzero_ps();
-  for (i = 0; i + 8 <= n; i += 8) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
     const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
     _mm256_storeu_ps(x + i, e);
     vsum = _mm256_add_ps(vsum, e);
@@ -369,9 +374,15 @@ void softmax(float* x, int64_t n) {
     vsum = _mm256_add_ps(vsum, e);
     for (int64_t j = i; j < n; ++j) x[j] = t[j - i];
   }
-  const float inv = 1.0f / hsum256(vsum);
+  return hsum256(vsum);
+}
+
+void softmax(float* x, int64_t n) {
+  if (n <= 0) return;
+  const float inv = 1.0f / exp_sum(x, n, row_max(x, n));
   const __m256 vi = _mm256_set1_ps(inv);
-  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
   for (; i < n; ++i) x[i] *= inv;
 }
 
@@ -397,46 +408,113 @@ void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, 
   }
 }
 
-// Attention for the heads sharing one kv head: scores (each key row read once for all heads), softmax,
-// then P V with up to 4 heads x 16 dims in registers per value pass.
-void attn_group(const AttnGroupArgs& a) {
-  const int64_t hd = a.head_dim, len = a.j1 - a.j0;
-  for (int64_t j = 0; j < len; ++j) {
-    const float* kj = a.k + (a.j0 + j) * a.kv_stride;
-    for (int64_t g = 0; g < a.g; ++g) a.scratch[g * len + j] = dot(a.q + g * hd, kj, hd) * a.scale;
-  }
-  for (int64_t g = 0; g < a.g; ++g) softmax(a.scratch + g * len, len);
-  const int64_t hd16 = hd / 16 * 16;
-  for (int64_t g0 = 0; g0 < a.g; g0 += 4) {
-    const int64_t ng = a.g - g0 < 4 ? a.g - g0 : 4;
-    for (int64_t c = 0; c < hd16; c += 16) {
-      __m256 acc[4][2];
+// Attention over one chunk of keys (see AttnChunkArgs and avx512.cpp): keys in blocks of kKeyBlock with
+// the kv heads inner; scores for up to 4 query heads per key row read, P V with 4 heads x 16 dims in
+// registers per pass over the block's value rows.
+constexpr int64_t kKeyBlock = 32;
+
+struct HeadGroup {
+  const float* q;  // [g, hd]
+  const float* k;  // chunk key j at k + j * stride
+  const float* v;  // chunk value j at v + j * stride
+  int64_t stride;  // floats per cache position
+  int64_t hd;
+  int64_t len;  // keys in the chunk (row length of s)
+  float scale;
+  float* s;    // [g, len] scores, then exponentials
+  float* out;  // [g, hd]
+};
+
+void scores(const HeadGroup& h, int64_t g0, int64_t ng, int64_t jb, int64_t je) {
+  const int64_t hd = h.hd, hd8 = hd / 8 * 8;
+  for (int64_t j = jb; j < je; ++j) {
+    const float* kj = h.k + j * h.stride;
+    __m256 acc[4];
+    MX_UNROLL
+    for (int g = 0; g < 4; ++g) acc[g] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < hd8; c += 8) {
+      const __m256 kv = _mm256_loadu_ps(kj + c);
       MX_UNROLL
-      for (int g = 0; g < 4; ++g) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
-      for (int64_t j = 0; j < len; ++j) {
-        const float* vj = a.v + (a.j0 + j) * a.kv_stride + c;
-        const __m256 v0 = _mm256_loadu_ps(vj), v1 = _mm256_loadu_ps(vj + 8);
-        MX_UNROLL
-        for (int g = 0; g < 4; ++g) {
-          if (g < ng) {
-            const __m256 p = _mm256_set1_ps(a.scratch[(g0 + g) * len + j]);
-            acc[g][0] = _mm256_fmadd_ps(p, v0, acc[g][0]);
-            acc[g][1] = _mm256_fmadd_ps(p, v1, acc[g][1]);
-          }
+      for (int g = 0; g < 4; ++g)
+        if (g < ng) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(h.q + (g0 + g) * hd + c), kv, acc[g]);
+    }
+    for (int64_t g = 0; g < ng; ++g) {
+      float dot = hsum256(acc[g]);
+      for (int64_t c = hd8; c < hd; ++c) dot += h.q[(g0 + g) * hd + c] * kj[c];
+      h.s[(g0 + g) * h.len + j] = dot * h.scale;
+    }
+  }
+}
+
+void weighted_values(const HeadGroup& h, int64_t g0, int64_t ng, int64_t jb, int64_t je) {
+  const int64_t hd = h.hd, hd16 = hd / 16 * 16;
+  for (int64_t c = 0; c < hd16; c += 16) {
+    __m256 acc[4][2];
+    MX_UNROLL
+    for (int g = 0; g < 4; ++g) {
+      if (g < ng && jb > 0) {
+        acc[g][0] = _mm256_loadu_ps(h.out + (g0 + g) * hd + c);
+        acc[g][1] = _mm256_loadu_ps(h.out + (g0 + g) * hd + c + 8);
+      } else {
+        acc[g][0] = acc[g][1] = _mm256_setzero_ps();
+      }
+    }
+    for (int64_t j = jb; j < je; ++j) {
+      const float* vj = h.v + j * h.stride + c;
+      const __m256 v0 = _mm256_loadu_ps(vj), v1 = _mm256_loadu_ps(vj + 8);
+      MX_UNROLL
+      for (int g = 0; g < 4; ++g) {
+        if (g < ng) {
+          const __m256 p = _mm256_broadcast_ss(h.s + (g0 + g) * h.len + j);
+          acc[g][0] = _mm256_fmadd_ps(p, v0, acc[g][0]);
+          acc[g][1] = _mm256_fmadd_ps(p, v1, acc[g][1]);
         }
       }
-      for (int g = 0; g < ng; ++g) {
-        _mm256_storeu_ps(a.out + (g0 + g) * hd + c, acc[g][0]);
-        _mm256_storeu_ps(a.out + (g0 + g) * hd + c + 8, acc[g][1]);
-      }
     }
-    for (int64_t g = g0; g < g0 + ng; ++g) {
-      for (int64_t c = hd16; c < hd; ++c) {
-        float s = 0.0f;
-        for (int64_t j = 0; j < len; ++j) s += a.scratch[g * len + j] * a.v[(a.j0 + j) * a.kv_stride + c];
-        a.out[g * hd + c] = s;
-      }
+    for (int g = 0; g < ng; ++g) {
+      _mm256_storeu_ps(h.out + (g0 + g) * hd + c, acc[g][0]);
+      _mm256_storeu_ps(h.out + (g0 + g) * hd + c + 8, acc[g][1]);
     }
+  }
+  for (int64_t g = g0; g < g0 + ng; ++g) {
+    for (int64_t c = hd16; c < hd; ++c) {
+      float sum = jb > 0 ? h.out[g * hd + c] : 0.0f;
+      for (int64_t j = jb; j < je; ++j) sum += h.s[g * h.len + j] * h.v[j * h.stride + c];
+      h.out[g * hd + c] = sum;
+    }
+  }
+}
+
+void attn_chunk(const AttnChunkArgs& a) {
+  const int64_t g = a.n_heads / a.n_kv_heads, hd = a.head_dim, len = a.j1 - a.j0, stride = a.n_kv_heads * hd;
+  auto group = [&](int64_t kvh) {
+    HeadGroup h;
+    h.q = a.q + kvh * g * hd;
+    h.k = a.k + a.j0 * stride + kvh * hd;
+    h.v = a.v + a.j0 * stride + kvh * hd;
+    h.stride = stride;
+    h.hd = hd;
+    h.len = len;
+    h.scale = a.scale;
+    h.s = a.scratch + kvh * g * len;
+    h.out = a.out + kvh * g * hd;
+    return h;
+  };
+  for (int64_t jb = 0; jb < len; jb += kKeyBlock) {
+    const int64_t je = len - jb < kKeyBlock ? len : jb + kKeyBlock;
+    for (int64_t j = jb; j < je; ++j)  // each cache row read front to back
+      for (int64_t kvh = 0; kvh < a.n_kv_heads; ++kvh)
+        for (int64_t g0 = 0; g0 < g; g0 += 4) scores(group(kvh), g0, g - g0 < 4 ? g - g0 : 4, j, j + 1);
+  }
+  for (int64_t h = 0; h < a.n_heads; ++h) {
+    float* s = a.scratch + h * len;
+    a.m[h] = row_max(s, len);
+    a.l[h] = exp_sum(s, len, a.m[h]);
+  }
+  for (int64_t jb = 0; jb < len; jb += kKeyBlock) {
+    const int64_t je = len - jb < kKeyBlock ? len : jb + kKeyBlock;
+    for (int64_t kvh = 0; kvh < a.n_kv_heads; ++kvh)
+      for (int64_t g0 = 0; g0 < g; g0 += 4) weighted_values(group(kvh), g0, g - g0 < 4 ? g - g0 : 4, jb, je);
   }
 }
 
@@ -450,7 +528,7 @@ const KernelTable* avx2_table() {
       {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>, tiles<Q8Kernel, 4, 2, 3>,
        tiles<Q4Kernel, 4, 2, 3>},
       quantize_q8,
-      attn_group,
+      attn_chunk,
       rmsnorm,
       silu_mul,
       softmax,

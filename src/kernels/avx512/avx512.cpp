@@ -325,27 +325,38 @@ void silu_mul(float* x, const float* g, int64_t n) {
   }
 }
 
-void softmax(float* x, int64_t n) {
-  if (n <= 0) return;
+float row_max(const float* x, int64_t n) {
   __m512 vmax = _mm512_set1_ps(-INFINITY);
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
   if (i < n) vmax = _mm512_mask_max_ps(vmax, tail_mask(n - i), vmax, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
-  const __m512 mx = _mm512_set1_ps(hmax512(vmax));
+  return hmax512(vmax);
+}
+
+// x[i] = exp(x[i] - mx); returns the sum.
+float exp_sum(float* x, int64_t n, float mx) {
+  const __m512 vm = _mm512_set1_ps(mx);
   __m512 vsum = _mm512_setzero_ps();
-  for (i = 0; i + 16 <= n; i += 16) {
-    const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), mx));
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
     _mm512_storeu_ps(x + i, e);
     vsum = _mm512_add_ps(vsum, e);
   }
   if (i < n) {
     const __mmask16 m = tail_mask(n - i);
-    const __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mx)));
+    const __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vm)));
     _mm512_mask_storeu_ps(x + i, m, e);
     vsum = _mm512_add_ps(vsum, e);
   }
-  const __m512 inv = _mm512_set1_ps(1.0f / hsum512(vsum));
-  for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+  return hsum512(vsum);
+}
+
+void softmax(float* x, int64_t n) {
+  if (n <= 0) return;
+  const __m512 inv = _mm512_set1_ps(1.0f / exp_sum(x, n, row_max(x, n)));
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
   if (i < n) {
     const __mmask16 m = tail_mask(n - i);
     _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
@@ -379,51 +390,68 @@ void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, 
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Attention for the heads sharing one kv head. Scores of up to 4 heads per key pass (each key row read
-// once), softmax per head, then P V with 4 heads x 4 vectors of 16 dims in registers per value pass.
+// Attention over one chunk of keys (see AttnChunkArgs). Keys go in blocks of kKeyBlock, kv heads inner:
+// a block's cache rows (all kv heads of kKeyBlock positions) are read whole and stay in cache while
+// every head uses them. Scores: up to 4 query heads per key row read; P V: up to 4 heads x 4 vectors
+// of 16 dims in registers per pass over the block's value rows.
+
+constexpr int64_t kKeyBlock = 32;
+
+// One kv head's share of a chunk: its query heads, its column of the cache, its scores and outputs.
+struct HeadGroup {
+  const float* q;  // [g, hd]
+  const float* k;  // chunk key j at k + j * stride
+  const float* v;  // chunk value j at v + j * stride
+  int64_t stride;  // floats per cache position
+  int64_t hd;
+  int64_t len;  // keys in the chunk (row length of s)
+  float scale;
+  float* s;    // [g, len] scores, then exponentials
+  float* out;  // [g, hd]
+};
 
 template <int NG>
-void scores(const AttnGroupArgs& a, int64_t g0, int64_t len) {
-  const int64_t hd = a.head_dim;
-  for (int64_t j = 0; j < len; ++j) {
-    const float* kj = a.k + (a.j0 + j) * a.kv_stride;
+void scores(const HeadGroup& h, int64_t g0, int64_t jb, int64_t je) {
+  for (int64_t j = jb; j < je; ++j) {
+    const float* kj = h.k + j * h.stride;
     __m512 acc[NG];
     MX_UNROLL
     for (int g = 0; g < NG; ++g) acc[g] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < hd; c += 16) {
-      const __mmask16 m = tail_mask(hd - c < 16 ? hd - c : 16);
+    for (int64_t c = 0; c < h.hd; c += 16) {
+      const __mmask16 m = tail_mask(h.hd - c < 16 ? h.hd - c : 16);
       const __m512 kv = _mm512_maskz_loadu_ps(m, kj + c);
       MX_UNROLL
       for (int g = 0; g < NG; ++g)
-        acc[g] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a.q + (g0 + g) * hd + c), kv, acc[g]);
+        acc[g] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, h.q + (g0 + g) * h.hd + c), kv, acc[g]);
     }
     MX_UNROLL
-    for (int g = 0; g < NG; ++g) a.scratch[(g0 + g) * len + j] = hsum512(acc[g]) * a.scale;
+    for (int g = 0; g < NG; ++g) h.s[(g0 + g) * h.len + j] = hsum512(acc[g]) * h.scale;
   }
 }
 
+// out[g0 + g, c0 + 16 c ...] (+)= sum_{j in [jb, je)} p[g, j] v[j, ...] for NG heads, NC vectors of dims.
 template <int NG, int NC>
-void weighted_values(const AttnGroupArgs& a, int64_t g0, int64_t c0, int64_t len) {
-  const int64_t hd = a.head_dim;
+void weighted_values(const HeadGroup& h, int64_t g0, int64_t c0, int64_t jb, int64_t je) {
   __mmask16 m[NC];
   MX_UNROLL
   for (int c = 0; c < NC; ++c) {
-    const int64_t left = hd - c0 - 16 * c;
+    const int64_t left = h.hd - c0 - 16 * c;
     m[c] = tail_mask(left < 16 ? left : 16);
   }
   __m512 acc[NG][NC];
   MX_UNROLL
   for (int g = 0; g < NG; ++g)
     MX_UNROLL
-    for (int c = 0; c < NC; ++c) acc[g][c] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < len; ++j) {
-    const float* vj = a.v + (a.j0 + j) * a.kv_stride + c0;
+    for (int c = 0; c < NC; ++c)
+      acc[g][c] = jb == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m[c], h.out + (g0 + g) * h.hd + c0 + 16 * c);
+  for (int64_t j = jb; j < je; ++j) {
+    const float* vj = h.v + j * h.stride + c0;
     __m512 vv[NC];
     MX_UNROLL
     for (int c = 0; c < NC; ++c) vv[c] = _mm512_maskz_loadu_ps(m[c], vj + 16 * c);
     MX_UNROLL
     for (int g = 0; g < NG; ++g) {
-      const __m512 p = _mm512_set1_ps(a.scratch[(g0 + g) * len + j]);
+      const __m512 p = _mm512_set1_ps(h.s[(g0 + g) * h.len + j]);
       MX_UNROLL
       for (int c = 0; c < NC; ++c) acc[g][c] = _mm512_fmadd_ps(p, vv[c], acc[g][c]);
     }
@@ -431,58 +459,84 @@ void weighted_values(const AttnGroupArgs& a, int64_t g0, int64_t c0, int64_t len
   MX_UNROLL
   for (int g = 0; g < NG; ++g)
     MX_UNROLL
-    for (int c = 0; c < NC; ++c) _mm512_mask_storeu_ps(a.out + (g0 + g) * hd + c0 + 16 * c, m[c], acc[g][c]);
+    for (int c = 0; c < NC; ++c) _mm512_mask_storeu_ps(h.out + (g0 + g) * h.hd + c0 + 16 * c, m[c], acc[g][c]);
 }
 
 template <int NG>
-void weighted_values_heads(const AttnGroupArgs& a, int64_t g0, int64_t len) {
-  const int64_t nvec = (a.head_dim + 15) / 16;
+void weighted_values_dims(const HeadGroup& h, int64_t g0, int64_t jb, int64_t je) {
+  const int64_t nvec = (h.hd + 15) / 16;
   int64_t v = 0;
-  for (; v + 4 <= nvec; v += 4) weighted_values<NG, 4>(a, g0, 16 * v, len);
+  for (; v + 4 <= nvec; v += 4) weighted_values<NG, 4>(h, g0, 16 * v, jb, je);
   switch (nvec - v) {
     case 3:
-      return weighted_values<NG, 3>(a, g0, 16 * v, len);
+      return weighted_values<NG, 3>(h, g0, 16 * v, jb, je);
     case 2:
-      return weighted_values<NG, 2>(a, g0, 16 * v, len);
+      return weighted_values<NG, 2>(h, g0, 16 * v, jb, je);
     case 1:
-      return weighted_values<NG, 1>(a, g0, 16 * v, len);
+      return weighted_values<NG, 1>(h, g0, 16 * v, jb, je);
     default:
       return;
   }
 }
 
-void attn_group(const AttnGroupArgs& a) {
-  const int64_t len = a.j1 - a.j0;
-  for (int64_t g0 = 0; g0 < a.g; g0 += 4) {
-    switch (a.g - g0 < 4 ? a.g - g0 : 4) {
+// The heads of one group in fours: f<NG>(h, g0, jb, je).
+template <template <int> class F>
+void for_head_quads(const HeadGroup& h, int64_t g, int64_t jb, int64_t je) {
+  for (int64_t g0 = 0; g0 < g; g0 += 4) {
+    switch (g - g0 < 4 ? g - g0 : 4) {
       case 4:
-        scores<4>(a, g0, len);
+        F<4>::run(h, g0, jb, je);
         break;
       case 3:
-        scores<3>(a, g0, len);
+        F<3>::run(h, g0, jb, je);
         break;
       case 2:
-        scores<2>(a, g0, len);
+        F<2>::run(h, g0, jb, je);
         break;
       default:
-        scores<1>(a, g0, len);
+        F<1>::run(h, g0, jb, je);
     }
   }
-  for (int64_t g = 0; g < a.g; ++g) softmax(a.scratch + g * len, len);
-  for (int64_t g0 = 0; g0 < a.g; g0 += 4) {
-    switch (a.g - g0 < 4 ? a.g - g0 : 4) {
-      case 4:
-        weighted_values_heads<4>(a, g0, len);
-        break;
-      case 3:
-        weighted_values_heads<3>(a, g0, len);
-        break;
-      case 2:
-        weighted_values_heads<2>(a, g0, len);
-        break;
-      default:
-        weighted_values_heads<1>(a, g0, len);
-    }
+}
+template <int NG>
+struct Scores {
+  static void run(const HeadGroup& h, int64_t g0, int64_t jb, int64_t je) { scores<NG>(h, g0, jb, je); }
+};
+template <int NG>
+struct WeightedValues {
+  static void run(const HeadGroup& h, int64_t g0, int64_t jb, int64_t je) {
+    weighted_values_dims<NG>(h, g0, jb, je);
+  }
+};
+
+void attn_chunk(const AttnChunkArgs& a) {
+  const int64_t g = a.n_heads / a.n_kv_heads, hd = a.head_dim, len = a.j1 - a.j0, stride = a.n_kv_heads * hd;
+  auto group = [&](int64_t kvh) {
+    HeadGroup h;
+    h.q = a.q + kvh * g * hd;
+    h.k = a.k + a.j0 * stride + kvh * hd;
+    h.v = a.v + a.j0 * stride + kvh * hd;
+    h.stride = stride;
+    h.hd = hd;
+    h.len = len;
+    h.scale = a.scale;
+    h.s = a.scratch + kvh * g * len;
+    h.out = a.out + kvh * g * hd;
+    return h;
+  };
+  for (int64_t jb = 0; jb < len; jb += kKeyBlock) {
+    const int64_t je = len - jb < kKeyBlock ? len : jb + kKeyBlock;
+    for (int64_t j = jb; j < je; ++j)  // each cache row read front to back
+      for (int64_t kvh = 0; kvh < a.n_kv_heads; ++kvh) for_head_quads<Scores>(group(kvh), g, j, j + 1);
+  }
+  for (int64_t h = 0; h < a.n_heads; ++h) {
+    float* s = a.scratch + h * len;
+    a.m[h] = row_max(s, len);
+    a.l[h] = exp_sum(s, len, a.m[h]);
+  }
+  for (int64_t jb = 0; jb < len; jb += kKeyBlock) {
+    const int64_t je = len - jb < kKeyBlock ? len : jb + kKeyBlock;
+    for (int64_t kvh = 0; kvh < a.n_kv_heads; ++kvh) for_head_quads<WeightedValues>(group(kvh), g, jb, je);
   }
 }
 
@@ -496,7 +550,7 @@ const KernelTable* avx512_table() {
       {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>, tiles<Q8Kernel, 4, 4, 4>,
        tiles<Q4Kernel, 4, 4, 4>},
       quantize_q8,
-      attn_group,
+      attn_chunk,
       rmsnorm,
       silu_mul,
       softmax,

@@ -177,19 +177,31 @@ void softmax(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-void attn_group(const AttnGroupArgs& a) {
-  const int64_t hd = a.head_dim, len = a.j1 - a.j0;
-  for (int64_t g = 0; g < a.g; ++g) {
-    float* s = a.scratch + g * len;  // [len] scores, then probabilities
-    const float* qg = a.q + g * hd;
-    for (int64_t j = 0; j < len; ++j) s[j] = dot_f32(qg, a.k + (a.j0 + j) * a.kv_stride, hd) * a.scale;
-    softmax(s, len);
-    float* o = a.out + g * hd;
-    for (int64_t i = 0; i < hd; ++i) o[i] = 0.0f;
-    for (int64_t j = 0; j < len; ++j) {
-      const float* vj = a.v + (a.j0 + j) * a.kv_stride;
-      const float p = s[j];
-      for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
+// Attention over one chunk of keys (see AttnChunkArgs): cache rows read in key order, all heads per row.
+void attn_chunk(const AttnChunkArgs& a) {
+  const int64_t g = a.n_heads / a.n_kv_heads, hd = a.head_dim, len = a.j1 - a.j0, stride = a.n_kv_heads * hd;
+  for (int64_t j = 0; j < len; ++j) {
+    const float* row = a.k + (a.j0 + j) * stride;  // [n_kv_heads, hd]
+    for (int64_t h = 0; h < a.n_heads; ++h)
+      a.scratch[h * len + j] = dot_f32(a.q + h * hd, row + h / g * hd, hd) * a.scale;
+  }
+  for (int64_t h = 0; h < a.n_heads; ++h) {
+    float* s = a.scratch + h * len;
+    float mx = s[0];
+    for (int64_t j = 1; j < len; ++j) mx = std::max(mx, s[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < len; ++j) sum += (s[j] = std::exp(s[j] - mx));
+    a.m[h] = mx;
+    a.l[h] = sum;
+  }
+  std::fill(a.out, a.out + a.n_heads * hd, 0.0f);
+  for (int64_t j = 0; j < len; ++j) {
+    const float* row = a.v + (a.j0 + j) * stride;  // [n_kv_heads, hd]
+    for (int64_t h = 0; h < a.n_heads; ++h) {
+      const float p = a.scratch[h * len + j];
+      const float* vr = row + h / g * hd;
+      float* o = a.out + h * hd;
+      for (int64_t i = 0; i < hd; ++i) o[i] += p * vr[i];
     }
   }
 }
@@ -216,7 +228,7 @@ const KernelTable& generic_table() {
       {float_tile<widen_f32>, float_tile<widen_f16>, float_tile<widen_bf16>, quant_tile<unpack_q8>,
        quant_tile<unpack_q4>},
       quantize_q8,
-      attn_group,
+      attn_chunk,
       rmsnorm,
       silu_mul,
       softmax,
