@@ -1,0 +1,419 @@
+#!/usr/bin/python3
+"""An independent float64 NumPy reference of Hugging Face's MixtralForCausalLM.
+
+It shares nothing with mixtral.cpp: its own safetensors and GGUF parsers, its own dequantisers
+(Q8_0, Q4_0, F16, BF16, F32) and its own forward pass, written from the Hugging Face semantics:
+
+    h = embed(tokens)
+    per layer:  x = rms(h) * w_in;  q, k, v = Wq x, Wk x, Wv x;  RoPE (rotate-half) on q, k;
+                h += Wo softmax(q k^T / sqrt(hd) + causal mask) v        (GQA: k, v repeated)
+                x = rms(h) * w_post;  p = softmax(gate x) over all experts;  top-k, renormalised;
+                h += sum_e p_e * W2_e (silu(W1_e x) * W3_e x)
+    logits = lm_head(rms(h) * w_norm)
+
+Model paths: a Hugging Face directory (config.json and one or many safetensors shards, f32/f16/bf16),
+a Mistral consolidated directory (params.json; wq/wk rows interleaved, un-permuted here), or a GGUF
+file (merged or per-expert experts; attn_q/attn_k interleaved, un-permuted here).
+
+CLI:
+  reference.py logits   --model PATH --tokens 1,2,3 --out FILE.npy [--routing-out FILE.json]
+  reference.py generate --model PATH --tokens 1,2,3 -n 32
+Uses only the Python standard library and NumPy.
+"""
+import argparse
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+
+# ------------------------------------------------------------------------------------------------
+# safetensors
+
+
+def _st_read(path):
+    """Returns {name: float64 array} for one .safetensors file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack_from("<Q", raw, 0)
+    header = json.loads(raw[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = info["data_offsets"]
+        buf = raw[base + b:base + e]
+        shape = tuple(info["shape"])
+        dt = info["dtype"]
+        if dt == "F32":
+            a = np.frombuffer(buf, dtype="<f4")
+        elif dt == "F16":
+            a = np.frombuffer(buf, dtype="<f2")
+        elif dt == "BF16":
+            a = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            raise ValueError(f"{path}: tensor {name}: dtype {dt} not supported by the reference")
+        out[name] = a.astype(np.float64).reshape(shape)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# GGUF
+
+_GGUF_SCALARS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1",
+                 10: "<u8", 11: "<i8", 12: "<f8"}
+GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 8, 30
+
+
+class _Reader:
+    def __init__(self, raw):
+        self.raw, self.pos = raw, 0
+
+    def scalar(self, fmt):
+        v = np.frombuffer(self.raw, dtype=fmt, count=1, offset=self.pos)[0]
+        self.pos += np.dtype(fmt).itemsize
+        return v.item()
+
+    def string(self):
+        n = self.scalar("<u8")
+        s = self.raw[self.pos:self.pos + n].decode("utf-8")
+        self.pos += n
+        return s
+
+    def value(self, t):
+        if t == 8:
+            return self.string()
+        if t == 9:
+            et, n = self.scalar("<u4"), self.scalar("<u8")
+            if et in _GGUF_SCALARS:
+                fmt = _GGUF_SCALARS[et]
+                a = np.frombuffer(self.raw, dtype=fmt, count=n, offset=self.pos)
+                self.pos += n * np.dtype(fmt).itemsize
+                return a.tolist()
+            return [self.value(et) for _ in range(n)]
+        v = self.scalar(_GGUF_SCALARS[t])
+        return bool(v) if t == 7 else v
+
+
+def _dequantize(ggml_type, buf, n):
+    """n elements of GGML type `ggml_type` from bytes `buf`, as float64."""
+    if ggml_type == GGML_F32:
+        return np.frombuffer(buf, dtype="<f4", count=n).astype(np.float64)
+    if ggml_type == GGML_F16:
+        return np.frombuffer(buf, dtype="<f2", count=n).astype(np.float64)
+    if ggml_type == GGML_BF16:
+        u = np.frombuffer(buf, dtype="<u2", count=n).astype(np.uint32) << 16
+        return u.view(np.float32).astype(np.float64)
+    if ggml_type == GGML_Q8_0:  # blocks of 32: f16 scale d, 32 int8 q; x = d * q
+        blk = np.dtype([("d", "<f2"), ("qs", "i1", 32)])
+        b = np.frombuffer(buf, dtype=blk, count=n // 32)
+        return (b["d"].astype(np.float64)[:, None] * b["qs"].astype(np.float64)).reshape(n)
+    if ggml_type == GGML_Q4_0:  # blocks of 32: f16 d, 16 bytes; low nibbles 0..15, high 16..31
+        blk = np.dtype([("d", "<f2"), ("qs", "u1", 16)])
+        b = np.frombuffer(buf, dtype=blk, count=n // 32)
+        q = np.concatenate([b["qs"] & 0x0F, b["qs"] >> 4], axis=1).astype(np.float64) - 8.0
+        return (b["d"].astype(np.float64)[:, None] * q).reshape(n)
+    raise ValueError(f"GGML type {ggml_type} not supported by the reference")
+
+
+_GGML_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_BF16: (1, 2), GGML_Q8_0: (32, 34), GGML_Q4_0: (32, 18)}
+
+
+def gguf_read(path):
+    """Returns (metadata dict, {name: float64 array in row-major shape}, {name: ggml type})."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    r = _Reader(raw)
+    if raw[:4] != b"GGUF":
+        raise ValueError(f"{path}: not a GGUF file")
+    r.pos = 4
+    version = r.scalar("<u4")
+    if version not in (2, 3):
+        raise ValueError(f"{path}: GGUF version {version}")
+    n_tensors, n_kv = r.scalar("<u8"), r.scalar("<u8")
+    meta = {}
+    for _ in range(n_kv):
+        key = r.string()
+        meta[key] = r.value(r.scalar("<u4"))
+    infos = []
+    for _ in range(n_tensors):
+        name = r.string()
+        nd = r.scalar("<u4")
+        ne = [r.scalar("<u8") for _ in range(nd)]
+        infos.append((name, ne, r.scalar("<u4"), r.scalar("<u8")))
+    align = meta.get("general.alignment", 32)
+    data_start = (r.pos + align - 1) // align * align
+    tensors, types = {}, {}
+    for name, ne, t, off in infos:
+        n = int(np.prod(ne))
+        bs, bb = _GGML_BLOCK[t]
+        nbytes = n // bs * bb
+        start = data_start + off
+        tensors[name] = _dequantize(t, raw[start:start + nbytes], n).reshape(tuple(reversed(ne)))
+        types[name] = t
+    return meta, tensors, types
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading any layout into {config, HF-named float64 weights}
+
+
+def unpermute_interleaved(w, n_heads, head_dim):
+    """Rows in interleaved RoPE order (GGUF, consolidated) back to HF rotate-half order:
+    interleaved row 2i + j of a head holds HF row j * hd/2 + i."""
+    cols = w.shape[1]
+    return w.reshape(n_heads, head_dim // 2, 2, cols).transpose(0, 2, 1, 3).reshape(n_heads * head_dim, cols)
+
+
+def _hf_config(c):
+    heads = c["num_attention_heads"]
+    return dict(
+        dim=c["hidden_size"], ffn=c["intermediate_size"], n_layers=c["num_hidden_layers"], n_heads=heads,
+        n_kv_heads=c.get("num_key_value_heads", heads), head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+        eps=c.get("rms_norm_eps", 1e-5), theta=c.get("rope_theta", 1e6), n_experts=c["num_local_experts"],
+        top_k=c["num_experts_per_tok"], vocab=c["vocab_size"], sliding_window=c.get("sliding_window") or 0,
+        tie=bool(c.get("tie_word_embeddings", False)))
+
+
+def load_hf(path):
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = _hf_config(json.load(f))
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = sorted(p for p in os.listdir(path) if p.endswith(".safetensors"))
+    w = {}
+    for fn in files:
+        w.update(_st_read(os.path.join(path, fn)))
+    return cfg, w
+
+
+def load_consolidated(path):
+    with open(os.path.join(path, "params.json")) as f:
+        p = json.load(f)
+    heads = p["n_heads"]
+    hd = p.get("head_dim") or p["dim"] // heads
+    cfg = dict(dim=p["dim"], ffn=p["hidden_dim"], n_layers=p["n_layers"], n_heads=heads,
+               n_kv_heads=p.get("n_kv_heads", heads), head_dim=hd, eps=p.get("norm_eps", 1e-5),
+               theta=p.get("rope_theta", 1e6), n_experts=p["moe"]["num_experts"],
+               top_k=p["moe"]["num_experts_per_tok"], vocab=p["vocab_size"],
+               sliding_window=p.get("sliding_window") or 0, tie=False)
+    src = {}
+    for fn in sorted(os.listdir(path)):
+        if fn.endswith(".safetensors"):
+            src.update(_st_read(os.path.join(path, fn)))
+    w = {"model.embed_tokens.weight": src["tok_embeddings.weight"], "model.norm.weight": src["norm.weight"],
+         "lm_head.weight": src["output.weight"]}
+    for l in range(cfg["n_layers"]):
+        s, d = f"layers.{l}.", f"model.layers.{l}."
+        w[d + "input_layernorm.weight"] = src[s + "attention_norm.weight"]
+        w[d + "post_attention_layernorm.weight"] = src[s + "ffn_norm.weight"]
+        w[d + "self_attn.q_proj.weight"] = unpermute_interleaved(src[s + "attention.wq.weight"], heads, hd)
+        w[d + "self_attn.k_proj.weight"] = unpermute_interleaved(src[s + "attention.wk.weight"],
+                                                                 cfg["n_kv_heads"], hd)
+        w[d + "self_attn.v_proj.weight"] = src[s + "attention.wv.weight"]
+        w[d + "self_attn.o_proj.weight"] = src[s + "attention.wo.weight"]
+        w[d + "block_sparse_moe.gate.weight"] = src[s + "feed_forward.gate.weight"]
+        for e in range(cfg["n_experts"]):
+            for k in ("w1", "w2", "w3"):
+                w[d + f"block_sparse_moe.experts.{e}.{k}.weight"] = src[s + f"feed_forward.experts.{e}.{k}.weight"]
+    return cfg, w
+
+
+def load_gguf(path):
+    meta, src, _ = gguf_read(path)
+    a = meta["general.architecture"]
+    heads = meta[f"{a}.attention.head_count"]
+    dim = meta[f"{a}.embedding_length"]
+    hd = meta.get(f"{a}.attention.key_length", dim // heads)
+    cfg = dict(dim=dim, ffn=meta[f"{a}.feed_forward_length"], n_layers=meta[f"{a}.block_count"], n_heads=heads,
+               n_kv_heads=meta.get(f"{a}.attention.head_count_kv", heads), head_dim=hd,
+               eps=meta[f"{a}.attention.layer_norm_rms_epsilon"], theta=meta.get(f"{a}.rope.freq_base", 10000.0),
+               n_experts=meta[f"{a}.expert_count"], top_k=meta[f"{a}.expert_used_count"],
+               vocab=src["token_embd.weight"].shape[0],
+               sliding_window=meta.get(f"{a}.attention.sliding_window", 0), tie="output.weight" not in src)
+    w = {"model.embed_tokens.weight": src["token_embd.weight"], "model.norm.weight": src["output_norm.weight"]}
+    if not cfg["tie"]:
+        w["lm_head.weight"] = src["output.weight"]
+    for l in range(cfg["n_layers"]):
+        s, d = f"blk.{l}.", f"model.layers.{l}."
+        w[d + "input_layernorm.weight"] = src[s + "attn_norm.weight"]
+        w[d + "post_attention_layernorm.weight"] = src[s + "ffn_norm.weight"]
+        w[d + "self_attn.q_proj.weight"] = unpermute_interleaved(src[s + "attn_q.weight"], heads, hd)
+        w[d + "self_attn.k_proj.weight"] = unpermute_interleaved(src[s + "attn_k.weight"], cfg["n_kv_heads"], hd)
+        w[d + "self_attn.v_proj.weight"] = src[s + "attn_v.weight"]
+        w[d + "self_attn.o_proj.weight"] = src[s + "attn_output.weight"]
+        w[d + "block_sparse_moe.gate.weight"] = src[s + "ffn_gate_inp.weight"]
+        for k, g in (("w1", "ffn_gate"), ("w3", "ffn_up"), ("w2", "ffn_down")):
+            merged = src.get(s + g + "_exps.weight")  # [E, rows, cols]
+            for e in range(cfg["n_experts"]):
+                w[d + f"block_sparse_moe.experts.{e}.{k}.weight"] = (
+                    merged[e] if merged is not None else src[s + f"{g}.{e}.weight"])
+    return cfg, w
+
+
+def load_model(path):
+    """(config dict, HF-named float64 weights) of any supported layout."""
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "config.json")):
+            return load_hf(path)
+        if os.path.exists(os.path.join(path, "params.json")):
+            return load_consolidated(path)
+        raise ValueError(f"{path}: neither config.json nor params.json")
+    return load_gguf(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Forward pass (float64, Hugging Face semantics)
+
+
+def rms_norm(x, w, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def rope_half(x, pos, theta):
+    """x [n, heads, hd] rotated the rotate-half way at positions pos [n]."""
+    hd = x.shape[-1]
+    inv_freq = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)  # [hd/2]
+    freqs = pos[:, None].astype(np.float64) * inv_freq[None, :]              # [n, hd/2]
+    emb = np.concatenate([freqs, freqs], axis=-1)                            # [n, hd]
+    cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]
+    x1, x2 = x[..., :hd // 2], x[..., hd // 2:]
+    rotated = np.concatenate([-x2, x1], axis=-1)
+    return x * cos + rotated * sin
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+class Model:
+    def __init__(self, path):
+        self.path = path
+        self.cfg, self.w = load_model(path)
+
+    def forward(self, tokens):
+        """Logits [n, vocab] (float64) of every position, and routing records per layer and token:
+        {"layer", "pos", "experts", "weights", "margin"} with margin = k-th largest router logit minus
+        the (k+1)-th (inf when every expert is used)."""
+        c, w = self.cfg, self.w
+        tokens = np.asarray(tokens, dtype=np.int64)
+        n = len(tokens)
+        H, KV, hd, E, K = c["n_heads"], c["n_kv_heads"], c["head_dim"], c["n_experts"], c["top_k"]
+        h = w["model.embed_tokens.weight"][tokens].copy()  # [n, dim]
+        pos = np.arange(n)
+        # mask[i, j]: key j visible to query i
+        mask = pos[None, :] <= pos[:, None]
+        if c["sliding_window"]:
+            mask &= pos[None, :] > pos[:, None] - c["sliding_window"]
+        routing = []
+        for l in range(c["n_layers"]):
+            p = f"model.layers.{l}."
+            x = rms_norm(h, w[p + "input_layernorm.weight"], c["eps"])
+            q = (x @ w[p + "self_attn.q_proj.weight"].T).reshape(n, H, hd)
+            k = (x @ w[p + "self_attn.k_proj.weight"].T).reshape(n, KV, hd)
+            v = (x @ w[p + "self_attn.v_proj.weight"].T).reshape(n, KV, hd)
+            q, k = rope_half(q, pos, c["theta"]), rope_half(k, pos, c["theta"])
+            k = np.repeat(k, H // KV, axis=1)  # repeat_kv: query head i uses kv head i // (H / KV)
+            v = np.repeat(v, H // KV, axis=1)
+            scores = np.einsum("ihd,jhd->hij", q, k) / np.sqrt(hd)  # [H, n, n]
+            scores = np.where(mask[None], scores, -np.inf)
+            scores -= scores.max(axis=-1, keepdims=True)
+            probs = np.exp(scores)
+            probs /= probs.sum(axis=-1, keepdims=True)
+            att = np.einsum("hij,jhd->ihd", probs, v).reshape(n, H * hd)
+            h = h + att @ w[p + "self_attn.o_proj.weight"].T
+
+            x = rms_norm(h, w[p + "post_attention_layernorm.weight"], c["eps"])
+            logits = x @ w[p + "block_sparse_moe.gate.weight"].T  # [n, E]
+            pr = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            pr /= pr.sum(axis=-1, keepdims=True)
+            order = np.argsort(-logits, axis=-1, kind="stable")  # experts by decreasing logit
+            top = order[:, :K]
+            tw = np.take_along_axis(pr, top, axis=-1)
+            tw /= tw.sum(axis=-1, keepdims=True)
+            srt = np.take_along_axis(logits, order, axis=-1)
+            margins = srt[:, K - 1] - srt[:, K] if K < E else np.full(n, np.inf)
+            out = np.zeros_like(h)
+            for e in range(E):
+                rows, slot = np.nonzero(top == e)
+                if len(rows) == 0:
+                    continue
+                xe = x[rows]
+                pe = p + f"block_sparse_moe.experts.{e}."
+                y = silu(xe @ w[pe + "w1.weight"].T) * (xe @ w[pe + "w3.weight"].T)
+                out[rows] += tw[rows, slot][:, None] * (y @ w[pe + "w2.weight"].T)
+            h = h + out
+            for i in range(n):
+                routing.append({"layer": l, "pos": i, "experts": top[i].tolist(), "weights": tw[i].tolist(),
+                                "margin": float(margins[i])})
+        x = rms_norm(h, w["model.norm.weight"], c["eps"])
+        head = w["model.embed_tokens.weight"] if c["tie"] else w["lm_head.weight"]
+        return x @ head.T, routing
+
+    def generate(self, tokens, n_new):
+        """Greedy continuation: (ids, top-1 minus top-2 logit of each step)."""
+        seq, ids, margins = list(tokens), [], []
+        for _ in range(n_new):
+            logits, _ = self.forward(seq)
+            last = logits[-1]
+            o = np.argsort(-last, kind="stable")
+            ids.append(int(o[0]))
+            margins.append(float(last[o[0]] - last[o[1]]))
+            seq.append(int(o[0]))
+        return ids, margins
+
+
+def min_margin(routing):
+    return min(r["margin"] for r in routing) if routing else float("inf")
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _tokens(s):
+    try:
+        return [int(t) for t in s.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tokens: not a comma-separated list of ids: {s!r}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    lg = sub.add_parser("logits", help="logits of every position")
+    lg.add_argument("--model", required=True)
+    lg.add_argument("--tokens", required=True, type=_tokens)
+    lg.add_argument("--out", required=True, help=".npy file, float64 [n, vocab]")
+    lg.add_argument("--routing-out", help="JSON file: experts, weights and margin per layer and token")
+    gn = sub.add_parser("generate", help="greedy continuation; prints a JSON array of ids")
+    gn.add_argument("--model", required=True)
+    gn.add_argument("--tokens", required=True, type=_tokens)
+    gn.add_argument("-n", type=int, default=32)
+    a = ap.parse_args(argv)
+
+    m = Model(a.model)
+    bad = [t for t in a.tokens if not 0 <= t < m.cfg["vocab"]]
+    if bad or not a.tokens:
+        ap.error(f"--tokens: ids must be in [0, {m.cfg['vocab']}), got {bad or 'none'}")
+    if a.cmd == "logits":
+        logits, routing = m.forward(a.tokens)
+        np.save(a.out, logits)
+        if a.routing_out:
+            with open(a.routing_out, "w") as f:
+                json.dump(routing, f)
+        print(f"min router margin: {min_margin(routing):.6f}")
+    else:
+        ids, margins = m.generate(a.tokens, a.n)
+        print(f"min top-1 margin: {min(margins):.6f}", file=sys.stderr)
+        print(json.dumps(ids))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
