@@ -316,8 +316,9 @@ void attention(const float* q, const float* k, const float* v, const int32_t* po
   const int64_t nth = pool.size();
   const int64_t chunks =
       n >= 4 * nth ? 1 : std::clamp<int64_t>((4 * nth + n - 1) / n, 1, std::max<int64_t>(1, max_len / kMinChunk));
-  thread_local std::vector<float> part;  // [n, chunks, heads, hd + 2]: unnormalised out, then m, l
-  if (chunks > 1) part.resize(static_cast<size_t>(n * chunks * heads * (hd + 2)));
+  thread_local std::vector<float> part_buf;  // [n, chunks, heads, hd + 2]: unnormalised out, then m, l
+  if (chunks > 1) part_buf.resize(static_cast<size_t>(n * chunks * heads * (hd + 2)));
+  float* const part = part_buf.data();  // the caller's buffer (a thread_local named in the lambda would not be)
   const detail::AttnChunkFn fn = table().attn_chunk;
   pool.parallel_for(n * chunks, 1, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> scratch;  // [heads, chunk keys] scores
@@ -337,7 +338,7 @@ void attention(const float* q, const float* k, const float* v, const int32_t* po
       a.j0 = lo + c * step;
       a.j1 = std::min(hi, a.j0 + step);
       a.scale = p.scale;
-      float* slot = chunks > 1 ? part.data() + item * heads * (hd + 2) : nullptr;
+      float* slot = chunks > 1 ? part + item * heads * (hd + 2) : nullptr;
       if (a.j1 <= a.j0) {  // an empty chunk (only when chunks > 1): weight 0 in the merge
         std::fill(slot, slot + heads * (hd + 2), 0.0f);
         std::fill(slot + heads * hd, slot + heads * (hd + 1), -INFINITY);
@@ -361,7 +362,7 @@ void attention(const float* q, const float* k, const float* v, const int32_t* po
   });
   if (chunks == 1) return;
   for (int64_t t = 0; t < n; ++t) {
-    const float* tp = part.data() + t * chunks * heads * (hd + 2);  // [chunks, heads, hd + 2]
+    const float* tp = part + t * chunks * heads * (hd + 2);  // [chunks, heads, hd + 2]
     for (int64_t h = 0; h < heads; ++h) {
       float mx = -INFINITY;
       for (int64_t c = 0; c < chunks; ++c) mx = std::max(mx, tp[c * heads * (hd + 2) + heads * hd + h]);

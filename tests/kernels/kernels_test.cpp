@@ -440,7 +440,7 @@ void attention_f64(const std::vector<float>& q, const std::vector<float>& k, con
 
 TEST(Attention, MatchesReferenceGqaWindowsCache) {
   IsaGuard guard;
-  ThreadPool pool(2);
+  ThreadPool pool1(1), pool(2);
   struct Case {
     int64_t heads, kv_heads, hd, window, n, n_ctx;
   };
@@ -452,6 +452,9 @@ TEST(Attention, MatchesReferenceGqaWindowsCache) {
       {4, 1, 64, 3, 9, 12},     // window 3
       {8, 2, 128, 16, 20, 50},  // window 16 with cache
       {6, 2, 24, 0, 4, 4},      // ratio 3, odd sizes
+      {32, 8, 128, 0, 1, 1100}, // Mixtral shape, decode: keys split over threads and merged
+      {8, 2, 64, 0, 3, 900},    // few queries: split keys
+      {8, 1, 64, 500, 2, 1600}, // split keys inside a window
   };
   for (const Case& c : cases) {
     SCOPED_TRACE("heads " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " hd " +
@@ -463,6 +466,7 @@ TEST(Attention, MatchesReferenceGqaWindowsCache) {
     const std::vector<float> v = randn(c.n_ctx * c.kv_heads * c.hd, 23);        // [n_ctx, kv_heads, hd]
     std::vector<int32_t> pos(static_cast<size_t>(c.n));
     for (int64_t t = 0; t < c.n; ++t) pos[t] = static_cast<int32_t>(c.n_ctx - c.n + t);
+    if (c.n == 3) pos = {0, 1, static_cast<int32_t>(c.n_ctx - 1)};  // lengths 1, 2, n_ctx: empty chunks
     std::vector<float> want(q.size()), f64(q.size());
     ref::attention(q.data(), k.data(), v.data(), pos.data(), c.n, c.n_ctx, p, want.data());
     attention_f64(q, k, v, pos, p, f64);
@@ -470,10 +474,12 @@ TEST(Attention, MatchesReferenceGqaWindowsCache) {
     for (Isa isa : supported_isas()) {
       set_isa(isa);
       SCOPED_TRACE(isa_name(isa));
-      std::vector<float> got(q.size(), -1.0f);
-      attention(q.data(), k.data(), v.data(), pos.data(), c.n, c.n_ctx, p, got.data(), pool);
-      EXPECT_LE(norm_err(got.data(), want.data(), c.n * c.heads, c.hd, c.hd), 2e-5) << "normalised bound 2e-5";
-      EXPECT_LE(norm_err(got.data(), f64.data(), c.n * c.heads, c.hd, c.hd), 2e-5) << "vs float64";
+      for (ThreadPool* pl : {&pool1, &pool}) {
+        std::vector<float> got(q.size(), -1.0f);
+        attention(q.data(), k.data(), v.data(), pos.data(), c.n, c.n_ctx, p, got.data(), *pl);
+        EXPECT_LE(norm_err(got.data(), want.data(), c.n * c.heads, c.hd, c.hd), 2e-5) << "normalised bound 2e-5";
+        EXPECT_LE(norm_err(got.data(), f64.data(), c.n * c.heads, c.hd, c.hd), 2e-5) << "vs float64";
+      }
     }
   }
 }
