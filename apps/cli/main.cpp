@@ -1,4 +1,7 @@
 // `mixtral`: one binary, one subcommand per job. Exit status: 0 ok, 1 data error, 2 usage error.
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cmath>
@@ -173,13 +176,19 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
   if (roofline > 0)
     std::printf("read bandwidth now: %.2f GB/s -> decode roofline %.2f tokens/s; tg is %.1f%% of it\n",
                 r->bandwidth / 1e9, roofline, 100.0 * r->tg_tps / roofline);
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  const double rss = static_cast<double>(ru.ru_maxrss) * 1024.0;
+  std::printf("peak RSS: %.1f MB\n", rss / 1e6);
   if (json)
     std::printf(
-        "{\"pp_tps\": %.4f, \"tg_tps\": %.4f, \"threads\": %d, \"n_prompt\": %lld, \"n_gen\": %lld, "
+        "{\"peak_rss_bytes\": %.0f, \"pp_tps\": %.4f, \"tg_tps\": %.4f, \"threads\": %d, \"n_prompt\": %lld, "
+        "\"n_gen\": %lld, "
         "\"reps\": %d, \"bytes_per_token\": %.0f, \"bandwidth_bytes_per_s\": %.0f, \"roofline_fraction\": "
         "%.4f}\n",
-        r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt), static_cast<long long>(n_gen),
-        r->reps, r->bytes_per_token, r->bandwidth, roofline > 0 ? r->tg_tps / roofline : 0.0);
+        rss, r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt),
+        static_cast<long long>(n_gen), r->reps, r->bytes_per_token, r->bandwidth,
+        roofline > 0 ? r->tg_tps / roofline : 0.0);
   return 0;
 }
 

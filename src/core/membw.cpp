@@ -1,5 +1,8 @@
 #include "core/membw.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -37,6 +40,34 @@ double measure_read_bandwidth(ThreadPool& pool, size_t bytes, int reps) {
   for (uint64_t v : sink) keep = keep ^ v;
   (void)keep;
   return best;
+}
+
+double measure_read_bandwidth_isolated(int threads) {
+  int fds[2];
+  if (pipe(fds) != 0) return 0.0;
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(fds[0]);
+    close(fds[1]);
+    return 0.0;
+  }
+  if (pid == 0) {  // child: measure, report, leave without running the parent's atexit handlers
+    close(fds[0]);
+    double bw = 0.0;
+    {
+      ThreadPool pool(threads);
+      bw = measure_read_bandwidth(pool);
+    }
+    const ssize_t w = write(fds[1], &bw, sizeof(bw));
+    _exit(w == static_cast<ssize_t>(sizeof(bw)) ? 0 : 1);
+  }
+  close(fds[1]);
+  double bw = 0.0;
+  const ssize_t r = read(fds[0], &bw, sizeof(bw));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return r == static_cast<ssize_t>(sizeof(bw)) ? bw : 0.0;
 }
 
 }  // namespace mixtral

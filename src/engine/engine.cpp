@@ -231,7 +231,7 @@ Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int r
   }
   if (n_prompt > 0) r.pp_tps = static_cast<double>(n_prompt * reps) / pp;
   if (n_gen > 0) r.tg_tps = static_cast<double>(n_gen * reps) / tg;
-  if (measure_bandwidth) r.bandwidth = measure_read_bandwidth(*impl_->pool);
+  if (measure_bandwidth) r.bandwidth = measure_read_bandwidth_isolated(impl_->threads);
   return r;
 }
 
