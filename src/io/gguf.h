@@ -35,8 +35,10 @@ enum class GgufType : uint32_t {
   kF64 = 12,
 };
 
-// One metadata value. Scalars of every integer width are held as int64/uint64; arrays keep
-// their element type and hold their elements in the matching vector.
+// One metadata value. Scalars: signed integers as int64, unsigned as uint64, f32/f64 as double.
+// Arrays keep their element type: integer and bool elements (0/1) in vector<int64_t> (u64 elements
+// above INT64_MAX are refused when parsing), floats in vector<double>, strings in vector<string>.
+// Arrays of arrays are refused when parsing (as llama.cpp does) and cannot be written.
 struct GgufValue {
   GgufType type = GgufType::kU32;
   GgufType array_type = GgufType::kU32;  // element type when type == kArray
@@ -58,7 +60,10 @@ struct GgufTensorInfo {
 
 class GgufFile {
  public:
-  // Maps and parses a file; every error names the file and the key or tensor.
+  // Maps and parses a file; every error names the file and the key or tensor. Accepted: versions 2
+  // and 3; 0 to 4 dims, each > 0; every type id dtype_traits() knows, whether or not this build computes
+  // with it (the model loader decides); ne[0] a multiple of the block size; offsets aligned; tensor data
+  // inside the file and not overlapping. tensors() keeps the file's order.
   static Result<GgufFile> open(const std::string& path);
   // Parses bytes already in memory (used by the fuzzer); `name` is used in messages.
   // The bytes must outlive the returned object.
@@ -71,7 +76,10 @@ class GgufFile {
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* find_tensor(const std::string& name) const;
 
-  // Typed metadata lookups: nullopt when absent; an Error when present with a wrong type.
+  // Typed metadata lookups: nullopt when absent; an Error naming file and key when present with a
+  // wrong type. get_int takes any integer type (u64 above INT64_MAX is an error); get_float takes
+  // f32/f64 and integers; get_int_array takes integer arrays (not bool); get_float_array takes float and
+  // integer arrays.
   Result<std::optional<int64_t>> get_int(const std::string& key) const;
   Result<std::optional<double>> get_float(const std::string& key) const;
   Result<std::optional<std::string>> get_string(const std::string& key) const;
@@ -103,6 +111,7 @@ struct GgufTensorSpec {
 
 class GgufWriter {
  public:
+  // Keys are written in the order first set; setting a key again replaces its value in place.
   void set(const std::string& key, GgufValue value);
   void set_u32(const std::string& key, uint32_t v);
   void set_i32(const std::string& key, int32_t v);
@@ -113,6 +122,9 @@ class GgufWriter {
   void set_f32_array(const std::string& key, const std::vector<float>& v);
   void set_i32_array(const std::string& key, const std::vector<int32_t>& v);
   void add_tensor(GgufTensorSpec spec);
+  // Writes `path` (through "<path>.tmp", renamed when complete): header, tensor infos and data in
+  // add_tensor order, each tensor at an aligned offset. A non-default alignment is recorded as
+  // general.alignment. Specs and values are validated first; errors name the file and tensor or key.
   Status write(const std::string& path, uint32_t version = 3, uint64_t alignment = 32) const;
 
  private:

@@ -12,6 +12,8 @@ namespace mixtral {
 
 class MappedFile {
  public:
+  // Maps a regular file read-only (MAP_PRIVATE). Errors are Error::io naming the path ("x: cannot open:
+  // No such file or directory", "x: is a directory"). An empty file opens with data() null and size() 0.
   static Result<MappedFile> open(const std::string& path);
   MappedFile() = default;
   MappedFile(MappedFile&& o) noexcept;
@@ -34,6 +36,8 @@ class MappedFile {
 // full-width model is written without holding it in memory).
 class OutputMapping {
  public:
+  // Creates (or truncates) `path`, reserves `size` bytes on disk (so a full disk is an error here, not
+  // a SIGBUS later) and maps them read-write, MAP_SHARED.
   static Result<OutputMapping> create(const std::string& path, size_t size);
   OutputMapping() = default;
   OutputMapping(OutputMapping&& o) noexcept;

@@ -28,6 +28,9 @@ struct SafetensorsTensor {
 
 class SafetensorsFile {
  public:
+  // Maps and parses a file; every error names the file and the tensor. Accepted: a header below 100 MB
+  // that is a JSON object; dtypes F32/F16/BF16; 0 to 4 dims, none 0; data_offsets matching the shape,
+  // inside the data region and not overlapping (gaps are allowed). tensors() is in file (offset) order.
   static Result<SafetensorsFile> open(const std::string& path);
   static Result<SafetensorsFile> parse(const uint8_t* data, size_t size, const std::string& name);
 
@@ -51,10 +54,13 @@ struct SafetensorsTensorSpec {
   std::function<void(uint8_t* dst, size_t nbytes)> fill;
 };
 
+// Writes `path` (through "<path>.tmp", renamed when complete). The header is padded with spaces to a
+// multiple of 8 bytes and the data is packed back to back, larger element types first, so every tensor
+// is aligned to its element size. An empty `metadata` omits "__metadata__".
 Status write_safetensors(const std::string& path, const std::vector<SafetensorsTensorSpec>& tensors,
                          const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
-// Reads a whole small text file (config.json, params.json, index files).
+// Reads a whole small text file (config.json, params.json, index files); at most 256 MiB.
 Result<std::string> read_text_file(const std::string& path);
 
 }  // namespace mixtral
