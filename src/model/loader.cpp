@@ -1,6 +1,7 @@
 // Model loading: recognise the layout, read its config, map every tensor to its canonical name
 // through one table, then check names, dtypes and shapes against the config.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -230,7 +231,7 @@ Status validate_config(const ModelConfig& c, const std::string& file) {
     return bad("experts per token (" + std::to_string(c.n_experts_used) + ") must be in [1, expert count " +
                std::to_string(c.n_experts) + "]");
   if (!(c.norm_eps > 0.0f) || !(c.norm_eps < 1.0f)) return bad("norm epsilon must be in (0, 1)");
-  if (!(c.rope_theta > 0.0f)) return bad("rope theta must be positive");
+  if (!(c.rope_theta > 0.0f) || !std::isfinite(c.rope_theta)) return bad("rope theta must be positive and finite");
   if (c.sliding_window < 0) return bad("sliding window must not be negative");
   const int64_t kMax = int64_t{1} << 24;  // sizes beyond this are corrupt, not models
   for (int64_t v : {c.dim, c.n_layers, c.n_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.n_experts})
