@@ -87,7 +87,7 @@ void BM_MatmulDecode(benchmark::State& st) {
   const int64_t rows = st.range(1), cols = st.range(2);
   ThreadPool pool(static_cast<int>(st.range(3)));
   const ColdWeights w(t, rows, cols);
-  const std::vector<float> x = randn(cols, 1);  // [1, cols]
+  const std::vector<float> x = randn(cols, 1);      // [1, cols]
   std::vector<float> y(static_cast<size_t>(rows));  // [1, rows]
   size_t i = 0;
   for (auto _ : st) {
@@ -104,7 +104,7 @@ void BM_MatmulPrefill(benchmark::State& st) {
   const int64_t rows = st.range(1), cols = st.range(2), n = st.range(3);
   ThreadPool pool(static_cast<int>(st.range(4)));
   const ColdWeights w(t, rows, cols);
-  const std::vector<float> x = randn(n * cols, 2);  // [n, cols]
+  const std::vector<float> x = randn(n * cols, 2);      // [n, cols]
   std::vector<float> y(static_cast<size_t>(n * rows));  // [n, rows]
   size_t i = 0;
   for (auto _ : st) {
@@ -123,7 +123,7 @@ void BM_SwigluDecode(benchmark::State& st) {
   const int64_t n = st.range(1), ffn = 14336, dim = 4096;
   ThreadPool pool(static_cast<int>(st.range(2)));
   const ColdWeights w1(t, ffn, dim), w3(t, ffn, dim);
-  const std::vector<float> x = randn(n * dim, 3);    // [n, dim]
+  const std::vector<float> x = randn(n * dim, 3);        // [n, dim]
   std::vector<float> out(static_cast<size_t>(n * ffn));  // [n, ffn]
   size_t i = 0;
   for (auto _ : st) {
@@ -139,10 +139,10 @@ void BM_SwigluDecode(benchmark::State& st) {
 void BM_Attention(benchmark::State& st) {
   const int64_t n = st.range(0), n_ctx = st.range(1), heads = 32, kv = 8, hd = 128;
   ThreadPool pool(static_cast<int>(st.range(2)));
-  const std::vector<float> q = randn(n * heads * hd, 4);     // [n, heads, hd]
-  const std::vector<float> k = randn(n_ctx * kv * hd, 5);    // [n_ctx, kv, hd]
-  const std::vector<float> v = randn(n_ctx * kv * hd, 6);    // [n_ctx, kv, hd]
-  std::vector<float> out(q.size());                          // [n, heads, hd]
+  const std::vector<float> q = randn(n * heads * hd, 4);   // [n, heads, hd]
+  const std::vector<float> k = randn(n_ctx * kv * hd, 5);  // [n_ctx, kv, hd]
+  const std::vector<float> v = randn(n_ctx * kv * hd, 6);  // [n_ctx, kv, hd]
+  std::vector<float> out(q.size());                        // [n, heads, hd]
   std::vector<int32_t> pos(static_cast<size_t>(n));
   double keys = 0;  // (query, key) pairs per call
   for (int64_t t = 0; t < n; ++t) {

@@ -27,7 +27,8 @@ bool cpu_has(Isa isa) {
     case Isa::kScalar:
       return true;
     case Isa::kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
     case Isa::kAvx512:
       // avx512dq as well: the compiler may use DQ forms (e.g. 256-bit extracts) in this file's code.
       return cpu_has(Isa::kAvx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -52,7 +53,9 @@ const KernelTable* table_of(Isa isa) {
   return &detail::generic_table();
 }
 
-bool usable(Isa isa) { return cpu_has(isa) && table_of(isa) != nullptr; }
+bool usable(Isa isa) {
+  return cpu_has(isa) && table_of(isa) != nullptr;
+}
 
 Isa clamp_isa(Isa want) {
   for (int i = static_cast<int>(want); i > 0; --i)
@@ -88,7 +91,9 @@ Active& active() {
   return *a;
 }
 
-const KernelTable& table() { return *active().table.load(std::memory_order_relaxed); }
+const KernelTable& table() {
+  return *active().table.load(std::memory_order_relaxed);
+}
 
 detail::WeightKind weight_kind(const TensorView& w) {
   switch (w.dtype) {
@@ -107,7 +112,9 @@ detail::WeightKind weight_kind(const TensorView& w) {
   }
 }
 
-bool is_quantized(detail::WeightKind k) { return k == detail::kWQ8_0 || k == detail::kWQ4_0; }
+bool is_quantized(detail::WeightKind k) {
+  return k == detail::kWQ8_0 || k == detail::kWQ4_0;
+}
 
 // The calling thread's Q8_0 activation buffers (grown as needed, reused across calls).
 struct QuantizedActs {
@@ -156,7 +163,8 @@ constexpr size_t kChunkBytes = 256 * 1024;  // weight rows per L2-resident chunk
 template <class Fn>
 void run_rows(ThreadPool& pool, int64_t rows, size_t row_bytes, const Fn& fn) {
   const int64_t chunk = std::clamp<int64_t>(
-      static_cast<int64_t>(kChunkBytes / std::max<size_t>(row_bytes, 1)) / kRowAlign * kRowAlign, kRowAlign, 256);
+      static_cast<int64_t>(kChunkBytes / std::max<size_t>(row_bytes, 1)) / kRowAlign * kRowAlign, kRowAlign,
+      256);
   auto range = [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; r += chunk) fn(r, std::min(chunk, e - r));
   };
@@ -166,7 +174,8 @@ void run_rows(ThreadPool& pool, int64_t rows, size_t row_bytes, const Fn& fn) {
     return;
   }
   pool.run([&](int ith, int nth) {
-    const int64_t b = blocks * ith / nth * kRowAlign, e = std::min(rows, blocks * (ith + 1) / nth * kRowAlign);
+    const int64_t b = blocks * ith / nth * kRowAlign,
+                  e = std::min(rows, blocks * (ith + 1) / nth * kRowAlign);
     if (b < e) range(b, e);
   });
 }
@@ -187,7 +196,9 @@ Isa detect_isa() {
   return best;
 }
 
-Isa active_isa() { return active().isa.load(std::memory_order_relaxed); }
+Isa active_isa() {
+  return active().isa.load(std::memory_order_relaxed);
+}
 
 void set_isa(Isa isa) {
   const Isa got = clamp_isa(isa);
@@ -210,7 +221,8 @@ const char* isa_name(Isa isa) {
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool) {
   check_matmul(w, x, n, y);
   const int64_t rows = w.rows();
-  MX_CHECK(ldy >= rows, "matmul: ldy %lld < rows %lld", static_cast<long long>(ldy), static_cast<long long>(rows));
+  MX_CHECK(ldy >= rows, "matmul: ldy %lld < rows %lld", static_cast<long long>(ldy),
+           static_cast<long long>(rows));
   if (n == 0 || rows == 0) return;
   const KernelTable& k = table();
   const detail::WeightKind kind = weight_kind(w);
@@ -304,8 +316,9 @@ void attention(const float* q, const float* k, const float* v, const int32_t* po
   };
   int64_t max_len = 0;
   for (int64_t t = 0; t < n; ++t) {
-    MX_CHECK(pos[t] >= 0 && pos[t] < n_ctx, "attention: query %lld at position %d outside the cache [0, %lld)",
-             static_cast<long long>(t), pos[t], static_cast<long long>(n_ctx));
+    MX_CHECK(pos[t] >= 0 && pos[t] < n_ctx,
+             "attention: query %lld at position %d outside the cache [0, %lld)", static_cast<long long>(t),
+             pos[t], static_cast<long long>(n_ctx));
     int64_t lo, hi;
     key_range(t, &lo, &hi);
     max_len = std::max(max_len, hi - lo);
@@ -315,10 +328,12 @@ void attention(const float* q, const float* k, const float* v, const int32_t* po
   constexpr int64_t kMinChunk = 256;
   const int64_t nth = pool.size();
   const int64_t chunks =
-      n >= 4 * nth ? 1 : std::clamp<int64_t>((4 * nth + n - 1) / n, 1, std::max<int64_t>(1, max_len / kMinChunk));
+      n >= 4 * nth ? 1
+                   : std::clamp<int64_t>((4 * nth + n - 1) / n, 1, std::max<int64_t>(1, max_len / kMinChunk));
   thread_local std::vector<float> part_buf;  // [n, chunks, heads, hd + 2]: unnormalised out, then m, l
   if (chunks > 1) part_buf.resize(static_cast<size_t>(n * chunks * heads * (hd + 2)));
-  float* const part = part_buf.data();  // the caller's buffer (a thread_local named in the lambda would not be)
+  float* const part =
+      part_buf.data();  // the caller's buffer (a thread_local named in the lambda would not be)
   const detail::AttnChunkFn fn = table().attn_chunk;
   pool.parallel_for(n * chunks, 1, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> scratch;  // [heads, chunk keys] scores
@@ -382,8 +397,12 @@ void attention(const float* q, const float* k, const float* v, const int32_t* po
   }
 }
 
-void silu_mul(float* x, const float* g, int64_t n) { table().silu_mul(x, g, n); }
+void silu_mul(float* x, const float* g, int64_t n) {
+  table().silu_mul(x, g, n);
+}
 
-void softmax(float* x, int64_t n) { table().softmax(x, n); }
+void softmax(float* x, int64_t n) {
+  table().softmax(x, n);
+}
 
 }  // namespace mixtral::kernels

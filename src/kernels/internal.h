@@ -39,7 +39,8 @@ using QuantizeQ8Fn = void (*)(const float* x, int64_t cols, int8_t* qs, float* d
 
 // Attention of one query (all heads) over the keys [j0, j1) of the cache, unnormalised, so chunks of one
 // query's keys can run on different threads and be merged (flash-decoding):
-//   out[h, :] = sum_j e^(s[h, j] - m[h]) v[j, kv(h), :],  l[h] = sum_j e^(s[h, j] - m[h]),  m[h] = max_j s[h, j]
+//   out[h, :] = sum_j e^(s[h, j] - m[h]) v[j, kv(h), :],  l[h] = sum_j e^(s[h, j] - m[h]),  m[h] = max_j s[h,
+//   j]
 // with s[h, j] = scale * q[h, :] . k[j, kv(h), :] and kv(h) = h / (n_heads / n_kv_heads).
 // Keys are walked in blocks with the kv heads inner, so each cache row (all kv heads of a position,
 // contiguous) is read whole while its block is in cache.

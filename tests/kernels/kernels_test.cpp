@@ -3,6 +3,8 @@
 //
 // Error measure: normalised error = max over a row of |fast - ref| / max over the same row of |ref|
 // (a "row" being one token's outputs). Tolerances per type are stated where they are used.
+#include "kernels/kernels.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,7 +16,6 @@
 
 #include "core/thread_pool.h"
 #include "kernels/internal.h"
-#include "kernels/kernels.h"
 #include "tensor/quant.h"
 
 namespace mixtral::kernels {
@@ -107,7 +108,8 @@ MatmulTol tol_for(DType t) {
 // by at most d/2 + 127 |d - fp16(d)| (d = block amax / 127; q uses the unrounded 1/d, the dot the fp16
 // d), plus f32 rounding of the block products and their sum (1e-6 of sum |w x|, far above (nb+2) eps).
 // Empty for float weights.
-std::vector<double> quant_bound(DType t, const Weights& w, const std::vector<float>& x, int64_t n, int64_t ldy) {
+std::vector<double> quant_bound(DType t, const Weights& w, const std::vector<float>& x, int64_t n,
+                                int64_t ldy) {
   if (t != DType::Q8_0 && t != DType::Q4_0) return {};
   const int64_t rows = w.view.rows(), cols = w.view.cols();
   std::vector<double> bound(static_cast<size_t>(n * ldy), 0.0);
@@ -116,7 +118,8 @@ std::vector<double> quant_bound(DType t, const Weights& w, const std::vector<flo
       const float* xb = x.data() + tk * cols + b * 32;
       float amax = 0.0f;
       for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
-      const double d = amax / 127.0f, e = d / 2 + 127 * std::fabs(d - fp16_to_f32(f32_to_fp16(amax / 127.0f)));
+      const double d = amax / 127.0f,
+                   e = d / 2 + 127 * std::fabs(d - fp16_to_f32(f32_to_fp16(amax / 127.0f)));
       for (int64_t r = 0; r < rows; ++r)
         for (int j = 0; j < 32; ++j) {
           const double wv = std::fabs(w.deq[r * cols + b * 32 + j]);
@@ -127,7 +130,9 @@ std::vector<double> quant_bound(DType t, const Weights& w, const std::vector<flo
   return bound;
 }
 
-const char* dname(DType t) { return dtype_name(t).data(); }
+const char* dname(DType t) {
+  return dtype_name(t).data();
+}
 
 class MatmulTest : public ::testing::Test {
  protected:
@@ -140,14 +145,14 @@ class MatmulTest : public ::testing::Test {
                  " n=" + std::to_string(n) + " ldy=rows+" + std::to_string(ldy_pad));
     const Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(rows * 131 + cols * 7 + n));
     std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 17));  // [n, cols]
-    if (cols >= 64) std::fill(x.begin(), x.begin() + 32, 0.0f);  // an all-zero block: d = 0
+    if (cols >= 64) std::fill(x.begin(), x.begin() + 32, 0.0f);             // an all-zero block: d = 0
     const int64_t ldy = rows + ldy_pad;
     std::vector<float> ref(static_cast<size_t>(n * ldy), 0.0f);  // [n, ldy]
     ref::matmul(w.view, x.data(), n, ref.data(), ldy);
 
     // Float64 of the decoded weights with the f32 activations.
     std::vector<float> y64(static_cast<size_t>(n * ldy), 0.0f);  // [n, ldy]
-    std::vector<float> mag(y64.size(), 0.0f);                   // [n, ldy] sum_c |W[r, c] x[t, c]|
+    std::vector<float> mag(y64.size(), 0.0f);                    // [n, ldy] sum_c |W[r, c] x[t, c]|
     for (int64_t tk = 0; tk < n; ++tk)
       for (int64_t r = 0; r < rows; ++r) {
         double s = 0.0, m = 0.0;
@@ -191,8 +196,8 @@ class MatmulTest : public ::testing::Test {
         for (int64_t i = 0; i < n * ldy; ++i)
           if (i % ldy < rows) {
             ASSERT_LE(std::fabs(static_cast<double>(y1[i]) - y64[i]), bound[i])
-                << "fast vs float64 outside the Q8_0 activation rounding bound at token " << i / ldy << " row "
-                << i % ldy;
+                << "fast vs float64 outside the Q8_0 activation rounding bound at token " << i / ldy
+                << " row " << i % ldy;
           }
       }
       // Each output is computed in the same order whatever the split: thread counts agree bit for bit.
@@ -245,7 +250,7 @@ TEST_F(MatmulTest, SwigluMatchesReference) {
       SCOPED_TRACE(std::string(dname(t)) + " n=" + std::to_string(n));
       const int64_t ffn = 83, cols = 128;
       const Weights w1 = make_weights(t, ffn, cols, 5), w3 = make_weights(t, ffn, cols, 6);
-      const std::vector<float> x = randn(n * cols, 9, 3.0f);  // [n, cols]
+      const std::vector<float> x = randn(n * cols, 9, 3.0f);            // [n, cols]
       std::vector<float> g(static_cast<size_t>(n * ffn)), u(g.size());  // [n, ffn]
       ref::matmul(w1.view, x.data(), n, g.data(), ffn);
       ref::matmul(w3.view, x.data(), n, u.data(), ffn);
@@ -275,13 +280,14 @@ TEST(QuantizeActivations, BitIdenticalToQuantizeRow) {
   std::vector<float> x = randn(32 * 64, 3, 2.0f);  // [64 blocks of 32]
   for (int j = 0; j < 32; ++j) {
     x[j] = j == 0 ? 127.0f : static_cast<float>(j % 7) - 3.5f + (j % 2 ? 0.0f : 0.49999997f);  // d = 1: ties
-    x[32 + j] = 0.0f;                                                                       // d = 0
-    x[64 + j] = (j % 2 ? -1.0f : 1.0f) * 1e-30f * static_cast<float>(j + 1);              // tiny scale
-    x[96 + j] = (j - 16) * 1e4f;                                                            // large values
+    x[32 + j] = 0.0f;                                                                          // d = 0
+    x[64 + j] = (j % 2 ? -1.0f : 1.0f) * 1e-30f * static_cast<float>(j + 1);                   // tiny scale
+    x[96 + j] = (j - 16) * 1e4f;                                                               // large values
   }
   std::vector<BlockQ8_0> want(64);
   quantize_row(DType::Q8_0, x.data(), want.data(), static_cast<int64_t>(x.size()));
-  const detail::KernelTable* tables[] = {&detail::generic_table(), detail::avx2_table(), detail::avx512_table()};
+  const detail::KernelTable* tables[] = {&detail::generic_table(), detail::avx2_table(),
+                                         detail::avx512_table()};
   for (Isa isa : supported_isas()) {
     const detail::KernelTable* k = tables[static_cast<int>(isa)];
     ASSERT_NE(k, nullptr);
@@ -291,7 +297,8 @@ TEST(QuantizeActivations, BitIdenticalToQuantizeRow) {
     k->quantize_q8(x.data(), static_cast<int64_t>(x.size()), qs.data(), d.data());
     for (int b = 0; b < 64; ++b) {
       ASSERT_EQ(d[b], fp16_to_f32(want[b].d)) << "block " << b;
-      for (int j = 0; j < 32; ++j) ASSERT_EQ(qs[b * 32 + j], want[b].qs[j]) << "block " << b << " element " << j;
+      for (int j = 0; j < 32; ++j)
+        ASSERT_EQ(qs[b * 32 + j], want[b].qs[j]) << "block " << b << " element " << j;
     }
   }
 }
@@ -303,7 +310,8 @@ TEST(QuantizeActivations, BitIdenticalToQuantizeRow) {
 double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
   double worst = 0.0;
   for (size_t i = 0; i < a.size(); ++i)
-    worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]) / std::max(1e-30, std::fabs(1.0 * b[i])));
+    worst =
+        std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]) / std::max(1e-30, std::fabs(1.0 * b[i])));
   return worst;
 }
 
@@ -370,12 +378,15 @@ TEST(Rope, MatchesReferenceAndFloat64) {
     for (int64_t t = 0; t < n; ++t)
       for (int64_t h = 0; h < p.n_heads; ++h)
         for (int64_t i = 0; i < half; ++i) {
-          const int64_t i0 = layout == RopeLayout::kHalf ? i : 2 * i, i1 = layout == RopeLayout::kHalf ? i + half : 2 * i + 1;
+          const int64_t i0 = layout == RopeLayout::kHalf ? i : 2 * i,
+                        i1 = layout == RopeLayout::kHalf ? i + half : 2 * i + 1;
           const size_t base = static_cast<size_t>((t * p.n_heads + h) * hd);
           const double ang = pos[t] * std::pow(1e6, -2.0 * i / hd);
           const double a = x[base + i0], b = x[base + i1];
-          ASSERT_NEAR(want[base + i0], a * std::cos(ang) - b * std::sin(ang), 1e-6 * (std::fabs(a) + std::fabs(b)));
-          ASSERT_NEAR(want[base + i1], a * std::sin(ang) + b * std::cos(ang), 1e-6 * (std::fabs(a) + std::fabs(b)));
+          ASSERT_NEAR(want[base + i0], a * std::cos(ang) - b * std::sin(ang),
+                      1e-6 * (std::fabs(a) + std::fabs(b)));
+          ASSERT_NEAR(want[base + i1], a * std::sin(ang) + b * std::cos(ang),
+                      1e-6 * (std::fabs(a) + std::fabs(b)));
         }
   }
 }
@@ -424,7 +435,8 @@ void attention_f64(const std::vector<float>& q, const std::vector<float>& k, con
       for (int64_t j = lo; j <= pos[t]; ++j) {
         double d = 0;
         for (int64_t i = 0; i < hd; ++i)
-          d += static_cast<double>(q[(t * p.n_heads + h) * hd + i]) * k[(j * p.n_kv_heads + h / grp) * hd + i];
+          d +=
+              static_cast<double>(q[(t * p.n_heads + h) * hd + i]) * k[(j * p.n_kv_heads + h / grp) * hd + i];
         s.push_back(d * p.scale);
       }
       const double mx = *std::max_element(s.begin(), s.end());
@@ -432,7 +444,8 @@ void attention_f64(const std::vector<float>& q, const std::vector<float>& k, con
       for (double& e : s) sum += (e = std::exp(e - mx));
       for (int64_t i = 0; i < hd; ++i) {
         double o = 0;
-        for (int64_t j = lo; j <= pos[t]; ++j) o += s[j - lo] / sum * v[(j * p.n_kv_heads + h / grp) * hd + i];
+        for (int64_t j = lo; j <= pos[t]; ++j)
+          o += s[j - lo] / sum * v[(j * p.n_kv_heads + h / grp) * hd + i];
         out[(t * p.n_heads + h) * hd + i] = static_cast<float>(o);
       }
     }
@@ -445,16 +458,16 @@ TEST(Attention, MatchesReferenceGqaWindowsCache) {
     int64_t heads, kv_heads, hd, window, n, n_ctx;
   };
   const Case cases[] = {
-      {4, 4, 64, 0, 5, 5},      // ratio 1, prefill from empty
-      {8, 2, 128, 0, 7, 40},    // ratio 4, cached prefix of 33
-      {8, 1, 128, 0, 1, 300},   // ratio 8, decode
-      {16, 2, 40, 0, 3, 20},    // ratio 8, head_dim tail
-      {4, 1, 64, 3, 9, 12},     // window 3
-      {8, 2, 128, 16, 20, 50},  // window 16 with cache
-      {6, 2, 24, 0, 4, 4},      // ratio 3, odd sizes
-      {32, 8, 128, 0, 1, 1100}, // Mixtral shape, decode: keys split over threads and merged
-      {8, 2, 64, 0, 3, 900},    // few queries: split keys
-      {8, 1, 64, 500, 2, 1600}, // split keys inside a window
+      {4, 4, 64, 0, 5, 5},       // ratio 1, prefill from empty
+      {8, 2, 128, 0, 7, 40},     // ratio 4, cached prefix of 33
+      {8, 1, 128, 0, 1, 300},    // ratio 8, decode
+      {16, 2, 40, 0, 3, 20},     // ratio 8, head_dim tail
+      {4, 1, 64, 3, 9, 12},      // window 3
+      {8, 2, 128, 16, 20, 50},   // window 16 with cache
+      {6, 2, 24, 0, 4, 4},       // ratio 3, odd sizes
+      {32, 8, 128, 0, 1, 1100},  // Mixtral shape, decode: keys split over threads and merged
+      {8, 2, 64, 0, 3, 900},     // few queries: split keys
+      {8, 1, 64, 500, 2, 1600},  // split keys inside a window
   };
   for (const Case& c : cases) {
     SCOPED_TRACE("heads " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " hd " +
@@ -477,7 +490,8 @@ TEST(Attention, MatchesReferenceGqaWindowsCache) {
       for (ThreadPool* pl : {&pool1, &pool}) {
         std::vector<float> got(q.size(), -1.0f);
         attention(q.data(), k.data(), v.data(), pos.data(), c.n, c.n_ctx, p, got.data(), *pl);
-        EXPECT_LE(norm_err(got.data(), want.data(), c.n * c.heads, c.hd, c.hd), 2e-5) << "normalised bound 2e-5";
+        EXPECT_LE(norm_err(got.data(), want.data(), c.n * c.heads, c.hd, c.hd), 2e-5)
+            << "normalised bound 2e-5";
         EXPECT_LE(norm_err(got.data(), f64.data(), c.n * c.heads, c.hd, c.hd), 2e-5) << "vs float64";
       }
     }

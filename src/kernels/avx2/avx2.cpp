@@ -56,9 +56,13 @@ inline float hmax256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-inline float sqrt_ss(float v) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v))); }
+inline float sqrt_ss(float v) {
+  return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v)));
+}
 
-inline __m256 abs256(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+inline __m256 abs256(__m256 v) {
+  return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Tiling (see avx512.cpp): K<R, T>::run computes an R-row x T-token micro-tile over all columns.
@@ -69,7 +73,8 @@ void row_pass(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y,
   for (; rr + R <= nr; rr += R) {
     // Start the next tile's rows too: a row of a few KB is too short a stream for the hardware to ramp up.
     MX_UNROLL
-    for (int r = R; r < 2 * R; ++r) prefetch_bytes(a.w, (r0 + rr + r) * static_cast<int64_t>(a.w_stride), kPrefetchBytes);
+    for (int r = R; r < 2 * R; ++r)
+      prefetch_bytes(a.w, (r0 + rr + r) * static_cast<int64_t>(a.w_stride), kPrefetchBytes);
     K<R, T>::run(a, r0 + rr, t0, y + rr, ldy);
   }
   for (; rr < nr; ++rr) K<1, T>::run(a, r0 + rr, t0, y + rr, ldy);
@@ -104,8 +109,9 @@ template <class Block, int R, int T>
 inline void block_scales(const Block* const* w, const float* xd, int64_t nb, int64_t b0, int kb,
                          float (*scale)[T][8]) {
   // byte offsets of blocks b0 .. b0+7; lanes past the row's end repeat its last block
-  const __m256i off = _mm256_mullo_epi32(_mm256_min_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(kb - 1)),
-                                         _mm256_set1_epi32(static_cast<int>(sizeof(Block))));
+  const __m256i off = _mm256_mullo_epi32(
+      _mm256_min_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(kb - 1)),
+      _mm256_set1_epi32(static_cast<int>(sizeof(Block))));
   // the low 16 bits of each 32-bit lane into the lane's low 8 bytes, then the two lanes' halves together
   const __m256i pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,  //
                                         0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
@@ -144,9 +150,10 @@ struct Q8Kernel {
     alignas(32) float scale[R][T][8];  // [R, T, 8 blocks] d_w * d_x
     __m256 acc[R][T];
     MX_UNROLL
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
       MX_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    }
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
       const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
       block_scales<BlockQ8_0, R, T>(w, a.xd + t0 * nb, nb, b0, kb, scale);
@@ -165,15 +172,17 @@ struct Q8Kernel {
           for (int r = 0; r < R; ++r) {
             const __m256i p16 = _mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(x, wq[r]));
             const __m256i dot = _mm256_madd_epi16(p16, ones);
-            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
+            acc[r][t] =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
           }
         }
       }
     }
     MX_UNROLL
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
       MX_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+    }
   }
 };
 
@@ -192,9 +201,10 @@ struct Q4Kernel {
     alignas(32) float scale[R][T][8];  // [R, T, 8 blocks] d_w * d_x
     __m256 acc[R][T];
     MX_UNROLL
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
       MX_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    }
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
       const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
       block_scales<BlockQ4_0, R, T>(w, a.xd + t0 * nb, nb, b0, kb, scale);
@@ -204,7 +214,8 @@ struct Q4Kernel {
         MX_UNROLL
         for (int r = 0; r < R; ++r) {
           // the 16 bytes in both halves; elements 0..15 = low nibbles, 16..31 = high nibbles
-          const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[r][b].qs)));
+          const __m256i raw =
+              _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[r][b].qs)));
           wq[r] = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), low4);
         }
         MX_UNROLL
@@ -215,15 +226,17 @@ struct Q4Kernel {
           for (int r = 0; r < R; ++r) {
             const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], x), corr);
             const __m256i dot = _mm256_madd_epi16(p16, ones);
-            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
+            acc[r][t] =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
           }
         }
       }
     }
     MX_UNROLL
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
       MX_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+    }
   }
 };
 
@@ -268,9 +281,10 @@ struct FloatKernel {
     const float* x = a.x + t0 * cols;  // [T, cols]
     __m256 acc[R][T];
     MX_UNROLL
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
       MX_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    }
     int64_t c = 0;
     for (; c + 8 <= cols; c += 8) {
       __m256 wv[R];
@@ -296,15 +310,17 @@ struct FloatKernel {
         for (int t = 0; t < T; ++t) xt[t][i - c] = x[t * cols + i];
       }
       MX_UNROLL
-      for (int t = 0; t < T; ++t)
+      for (int t = 0; t < T; ++t) {
         MX_UNROLL
         for (int r = 0; r < R; ++r)
           acc[r][t] = _mm256_fmadd_ps(_mm256_load_ps(wt[r]), _mm256_load_ps(xt[t]), acc[r][t]);
+      }
     }
     MX_UNROLL
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
       MX_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+    }
   }
 };
 template <int R, int T>
@@ -331,8 +347,8 @@ void quantize_q8(const float* x, int64_t cols, int8_t* qs, float* d) {
     __m256 v[4];
     MX_UNROLL
     for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(x + b * kQK8_0 + 8 * i);
-    const float amax =
-        hmax256(_mm256_max_ps(_mm256_max_ps(abs256(v[0]), abs256(v[1])), _mm256_max_ps(abs256(v[2]), abs256(v[3]))));
+    const float amax = hmax256(
+        _mm256_max_ps(_mm256_max_ps(abs256(v[0]), abs256(v[1])), _mm256_max_ps(abs256(v[2]), abs256(v[3]))));
     const float scale = amax / 127.0f;
     const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
     d[b] = _cvtsh_ss(_cvtss_sh(scale, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -441,7 +457,8 @@ void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, 
     const __m256 vi = _mm256_set1_ps(inv);
     int64_t i = 0;
     for (; i + 8 <= dim; i += 8)
-      _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vi), _mm256_loadu_ps(w + i)));
+      _mm256_storeu_ps(o + i,
+                       _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vi), _mm256_loadu_ps(w + i)));
     for (; i < dim; ++i) o[i] = xr[i] * inv * w[i];
   }
 }
@@ -563,8 +580,8 @@ void attn_chunk(const AttnChunkArgs& a) {
 const KernelTable* avx2_table() {
   static const KernelTable table = {
       "avx2",
-      {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>, tiles<Q8Kernel, 4, 2, 3>,
-       tiles<Q4Kernel, 4, 2, 3>},
+      {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>,
+       tiles<Q8Kernel, 4, 2, 3>, tiles<Q4Kernel, 4, 2, 3>},
       quantize_q8,
       attn_chunk,
       rmsnorm,
@@ -579,7 +596,9 @@ const KernelTable* avx2_table() {
 #else
 
 namespace mixtral::kernels::detail {
-const KernelTable* avx2_table() { return nullptr; }
+const KernelTable* avx2_table() {
+  return nullptr;
+}
 }  // namespace mixtral::kernels::detail
 
 #endif

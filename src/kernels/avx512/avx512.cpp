@@ -72,9 +72,13 @@ inline float hmax512(__m512 v) {
   return _mm_cvtss_f32(s);
 }
 
-inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+inline __mmask16 tail_mask(int64_t n) {
+  return static_cast<__mmask16>((1u << n) - 1u);
+}
 
-inline float sqrt_ss(float v) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v))); }
+inline float sqrt_ss(float v) {
+  return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v)));
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Tiling: K<R, T>::run computes an R-row x T-token micro-tile over all columns. Tokens outer (a T-token
@@ -88,7 +92,8 @@ void row_pass(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y,
   for (; rr + R <= nr; rr += R) {
     // Start the next tile's rows too: a row of a few KB is too short a stream for the hardware to ramp up.
     MX_UNROLL
-    for (int r = R; r < 2 * R; ++r) prefetch_bytes(a.w, (r0 + rr + r) * static_cast<int64_t>(a.w_stride), kPrefetchBytes);
+    for (int r = R; r < 2 * R; ++r)
+      prefetch_bytes(a.w, (r0 + rr + r) * static_cast<int64_t>(a.w_stride), kPrefetchBytes);
     K<R, T>::run(a, r0 + rr, t0, y + rr, ldy);
   }
   for (; rr < nr; ++rr) K<1, T>::run(a, r0 + rr, t0, y + rr, ldy);
@@ -125,8 +130,9 @@ inline void block_scales(const Block* const* w, const float* xd, int64_t nb, int
                          float (*scale)[T][8]) {
   const __mmask8 m = static_cast<__mmask8>((1u << kb) - 1u);
   // byte offsets of blocks b0 .. b0+7; lanes past the row's end repeat its last block
-  const __m256i off = _mm256_mullo_epi32(_mm256_min_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(kb - 1)),
-                                         _mm256_set1_epi32(static_cast<int>(sizeof(Block))));
+  const __m256i off = _mm256_mullo_epi32(
+      _mm256_min_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(kb - 1)),
+      _mm256_set1_epi32(static_cast<int>(sizeof(Block))));
   __m256 dx[T];
   MX_UNROLL
   for (int t = 0; t < T; ++t) dx[t] = _mm256_maskz_loadu_ps(m, xd + t * nb + b0);
@@ -176,9 +182,10 @@ struct QuantKernel {
     alignas(32) float scale[R][T][8];  // [R, T, 8 blocks] d_w * d_x
     __m256 acc[R][T];
     MX_UNROLL
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
       MX_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    }
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
       const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
       block_scales<Block, R, T>(w, a.xd + t0 * nb, nb, b0, kb, scale);
@@ -195,15 +202,17 @@ struct QuantKernel {
           MX_UNROLL
           for (int r = 0; r < R; ++r) {
             const __m256i dot = _mm256_dpbusd_epi32(corr, wu[r], x);
-            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
+            acc[r][t] =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
           }
         }
       }
     }
     MX_UNROLL
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
       MX_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+    }
   }
 };
 template <int R, int T>
@@ -234,7 +243,9 @@ struct LoadF16 {
 };
 struct LoadBF16 {
   static constexpr int kBytes = 2;
-  static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static __m512 widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
   static __m512 full(const uint8_t* row, int64_t c) {
     return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c)));
   }
@@ -253,9 +264,10 @@ struct FloatKernel {
     const float* x = a.x + t0 * cols;  // [T, cols]
     __m512 acc[R][T];
     MX_UNROLL
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
       MX_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    }
     int64_t c = 0;
     for (; c + 16 <= cols; c += 16) {
       __m512 wv[R];
@@ -284,9 +296,10 @@ struct FloatKernel {
       }
     }
     MX_UNROLL
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
       MX_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum512(acc[r][t]);
+    }
   }
 };
 template <int R, int T>
@@ -355,7 +368,8 @@ void silu_mul(float* x, const float* g, int64_t n) {
     _mm512_storeu_ps(x + i, _mm512_mul_ps(silu512(_mm512_loadu_ps(x + i)), _mm512_loadu_ps(g + i)));
   if (i < n) {
     const __mmask16 m = tail_mask(n - i);
-    _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(silu512(_mm512_maskz_loadu_ps(m, x + i)), _mm512_maskz_loadu_ps(m, g + i)));
+    _mm512_mask_storeu_ps(
+        x + i, m, _mm512_mul_ps(silu512(_mm512_maskz_loadu_ps(m, x + i)), _mm512_maskz_loadu_ps(m, g + i)));
   }
 }
 
@@ -363,7 +377,8 @@ float row_max(const float* x, int64_t n) {
   __m512 vmax = _mm512_set1_ps(-INFINITY);
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
-  if (i < n) vmax = _mm512_mask_max_ps(vmax, tail_mask(n - i), vmax, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
+  if (i < n)
+    vmax = _mm512_mask_max_ps(vmax, tail_mask(n - i), vmax, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
   return hmax512(vmax);
 }
 
@@ -474,10 +489,12 @@ void weighted_values(const HeadGroup& h, int64_t g0, int64_t c0, int64_t jb, int
   }
   __m512 acc[NG][NC];
   MX_UNROLL
-  for (int g = 0; g < NG; ++g)
+  for (int g = 0; g < NG; ++g) {
     MX_UNROLL
     for (int c = 0; c < NC; ++c)
-      acc[g][c] = jb == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m[c], h.out + (g0 + g) * h.hd + c0 + 16 * c);
+      acc[g][c] =
+          jb == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m[c], h.out + (g0 + g) * h.hd + c0 + 16 * c);
+  }
   for (int64_t j = jb; j < je; ++j) {
     const float* vj = h.v + j * h.stride + c0;
     __m512 vv[NC];
@@ -491,9 +508,11 @@ void weighted_values(const HeadGroup& h, int64_t g0, int64_t c0, int64_t jb, int
     }
   }
   MX_UNROLL
-  for (int g = 0; g < NG; ++g)
+  for (int g = 0; g < NG; ++g) {
     MX_UNROLL
-    for (int c = 0; c < NC; ++c) _mm512_mask_storeu_ps(h.out + (g0 + g) * h.hd + c0 + 16 * c, m[c], acc[g][c]);
+    for (int c = 0; c < NC; ++c)
+      _mm512_mask_storeu_ps(h.out + (g0 + g) * h.hd + c0 + 16 * c, m[c], acc[g][c]);
+  }
 }
 
 template <int NG>
@@ -581,8 +600,8 @@ void attn_chunk(const AttnChunkArgs& a) {
 const KernelTable* avx512_table() {
   static const KernelTable table = {
       "avx512",
-      {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>, tiles<Q8Kernel, 4, 4, 4>,
-       tiles<Q4Kernel, 4, 4, 4>},
+      {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,
+       tiles<Q8Kernel, 4, 4, 4>, tiles<Q4Kernel, 4, 4, 4>},
       quantize_q8,
       attn_chunk,
       rmsnorm,
@@ -597,7 +616,9 @@ const KernelTable* avx512_table() {
 #else
 
 namespace mixtral::kernels::detail {
-const KernelTable* avx512_table() { return nullptr; }
+const KernelTable* avx512_table() {
+  return nullptr;
+}
 }  // namespace mixtral::kernels::detail
 
 #endif

@@ -132,7 +132,8 @@ void quant_tile(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t
           const float* xd = a.xd + (t0 + tt + t) * nb + b0;
           for (int r = 0; r < cr; ++r)
             for (int64_t b = 0; b < kb; ++b)
-              acc[r][t] += static_cast<float>(dot32(wq[r] + b * kQK8_0, xq + b * kQK8_0)) * (wd[r][b] * xd[b]);
+              acc[r][t] +=
+                  static_cast<float>(dot32(wq[r] + b * kQK8_0, xq + b * kQK8_0)) * (wd[r][b] * xd[b]);
         }
       }
       for (int r = 0; r < cr; ++r)
