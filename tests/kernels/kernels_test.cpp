@@ -1,10 +1,12 @@
 // Every dispatched kernel against the scalar reference (kernels::ref) for every instruction set this CPU
-// has, and the references against independent float64 computations.
+// has (set_isa over kScalar, kAvx2, kAvx512), and the references against independent float64
+// computations.
 //
-// Error measure: normalised error = max over a row of |fast - ref| / max over the same row of |ref|
-// (a "row" being one token's outputs). Tolerances per type are stated where they are used.
-#include "kernels/kernels.h"
-
+// Error measures (bounds stated where used):
+//  - normalised error: max over a token's outputs of |fast - ref| / max over the same outputs of |ref|;
+//  - for matmul, errors relative to max sum_c |W[r, c] x[t, c]| instead, which a single output that
+//    happens to cancel cannot inflate, plus a rigorous per-output bound for the Q8_0 rounding of the
+//    activations (quant_bound).
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -16,19 +16,17 @@ constexpr int kT = 4;     // tokens per micro-tile
 constexpr int kL = 8;     // accumulator lanes per (row, token)
 constexpr int kKC = 256;  // columns widened per chunk
 
-// IEEE half to float without branches on the common path (exact; subnormals via the 2^112 rescale).
+// IEEE half to float, exact and branch-free so widening loops vectorise: the 15 magnitude bits shifted
+// into place and rescaled by 2^112 give normals and subnormals; inf/NaN keep an all-ones exponent.
 inline float half_to_float(uint16_t h) {
-  uint32_t o = static_cast<uint32_t>(h & 0x7fffu) << 13;
+  const uint32_t o = static_cast<uint32_t>(h & 0x7fffu) << 13;
   float f;
-  if ((h & 0x7c00u) == 0x7c00u) {  // inf / NaN
-    o |= 0x7f800000u;
-    std::memcpy(&f, &o, 4);
-  } else {
-    std::memcpy(&f, &o, 4);
-    f *= 0x1p112f;
-  }
+  std::memcpy(&f, &o, 4);
+  f *= 0x1p112f;
   uint32_t u;
   std::memcpy(&u, &f, 4);
+  const uint32_t special = 0u - static_cast<uint32_t>((h & 0x7c00u) == 0x7c00u);  // all ones for inf/NaN
+  u = (u & ~special) | ((o | 0x7f800000u) & special);
   u |= static_cast<uint32_t>(h & 0x8000u) << 16;
   std::memcpy(&f, &u, 4);
   return f;
