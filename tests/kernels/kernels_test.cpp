@@ -7,6 +7,8 @@
 //  - for matmul, errors relative to max sum_c |W[r, c] x[t, c]| instead, which a single output that
 //    happens to cancel cannot inflate, plus a rigorous per-output bound for the Q8_0 rounding of the
 //    activations (quant_bound).
+#include "kernels/kernels.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
