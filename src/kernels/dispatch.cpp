@@ -158,13 +158,17 @@ detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, detail::We
 constexpr int64_t kRowAlign = 16;           // thread row ranges start at multiples of this
 constexpr size_t kChunkBytes = 256 * 1024;  // weight rows per L2-resident chunk (prefill)
 
-// Splits rows [0, rows) over the pool in contiguous, aligned ranges, each walked in chunks of about
-// kChunkBytes of weights: fn(r0, nr) per chunk.
+// Splits rows [0, rows) over the pool in contiguous, aligned ranges: fn(r0, nr) per piece. With several
+// tokens each range is walked in chunks of about kChunkBytes of weights (re-read from L2 for every token
+// tile); a single token (decode) takes its whole range at once, which the kernels stream in a few
+// long sequential runs.
 template <class Fn>
-void run_rows(ThreadPool& pool, int64_t rows, size_t row_bytes, const Fn& fn) {
-  const int64_t chunk = std::clamp<int64_t>(
-      static_cast<int64_t>(kChunkBytes / std::max<size_t>(row_bytes, 1)) / kRowAlign * kRowAlign, kRowAlign,
-      256);
+void run_rows(ThreadPool& pool, int64_t rows, size_t row_bytes, int64_t n, const Fn& fn) {
+  const int64_t chunk =
+      n == 1 ? rows
+             : std::clamp<int64_t>(
+                   static_cast<int64_t>(kChunkBytes / std::max<size_t>(row_bytes, 1)) / kRowAlign * kRowAlign,
+                   kRowAlign, 256);
   auto range = [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; r += chunk) fn(r, std::min(chunk, e - r));
   };
@@ -228,7 +232,7 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ld
   const detail::WeightKind kind = weight_kind(w);
   const detail::MatmulArgs a = prepare(k, w, kind, x, n, pool);
   const detail::MatmulTileFn tile = k.matmul[kind];
-  run_rows(pool, rows, a.w_stride, [&](int64_t r0, int64_t nr) { tile(a, r0, nr, 0, n, y + r0, ldy); });
+  run_rows(pool, rows, a.w_stride, n, [&](int64_t r0, int64_t nr) { tile(a, r0, nr, 0, n, y + r0, ldy); });
 }
 
 void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, int64_t n, float* out,
@@ -251,9 +255,10 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, i
   }
   const detail::MatmulTileFn t1 = k.matmul[k1], t3 = k.matmul[k3];
   constexpr int64_t kTokenBlock = 64;
-  run_rows(pool, ffn, std::max(a1.w_stride, a3.w_stride), [&](int64_t r0, int64_t nr) {
-    thread_local std::vector<float> up;  // [kTokenBlock, nr] W3 x for this tile
-    if (up.size() < static_cast<size_t>(kTokenBlock * nr)) up.resize(static_cast<size_t>(kTokenBlock * nr));
+  run_rows(pool, ffn, std::max(a1.w_stride, a3.w_stride), n, [&](int64_t r0, int64_t nr) {
+    thread_local std::vector<float> up;  // [min(n, kTokenBlock), nr] W3 x for this piece
+    const size_t up_size = static_cast<size_t>(std::min(n, kTokenBlock) * nr);
+    if (up.size() < up_size) up.resize(up_size);
     for (int64_t t0 = 0; t0 < n; t0 += kTokenBlock) {
       const int64_t nt = std::min(kTokenBlock, n - t0);
       float* gate = out + t0 * ffn + r0;  // W1 x lands in place, then becomes silu(W1 x) * (W3 x)

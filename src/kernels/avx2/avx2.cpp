@@ -65,19 +65,24 @@ inline __m256 abs256(__m256 v) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Tiling (see avx512.cpp): K<R, T>::run computes an R-row x T-token micro-tile over all columns.
+// Tiling (see avx512.cpp): K<R, T>::run computes an R-row x T-token micro-tile over all columns
+// (rows r0 + r * rstep).
 
 template <template <int, int> class K, int R, int T>
 void row_pass(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
   int64_t rr = 0;
-  for (; rr + R <= nr; rr += R) {
-    // Start the next tile's rows too: a row of a few KB is too short a stream for the hardware to ramp up.
-    MX_UNROLL
-    for (int r = R; r < 2 * R; ++r)
-      prefetch_bytes(a.w, (r0 + rr + r) * static_cast<int64_t>(a.w_stride), kPrefetchBytes);
-    K<R, T>::run(a, r0 + rr, t0, y + rr, ldy);
-  }
-  for (; rr < nr; ++rr) K<1, T>::run(a, r0 + rr, t0, y + rr, ldy);
+  for (; rr + R <= nr; rr += R) K<R, T>::run(a, r0 + rr, 1, t0, y + rr, ldy);
+  for (; rr < nr; ++rr) K<1, T>::run(a, r0 + rr, 1, t0, y + rr, ldy);
+}
+
+// Decoding (one token): micro-tile k takes row k of each of R contiguous parts of the rows, so each of
+// the R streams it reads runs on through consecutive rows (one long sequential stream per part)
+// instead of R short ones per tile.
+template <template <int, int> class K, int R>
+void row_pass_decode(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  const int64_t part = nr / R;
+  for (int64_t k = 0; k < part; ++k) K<R, 1>::run(a, r0 + k, part, t0, y + k, ldy);
+  for (int64_t r = R * part; r < nr; ++r) K<1, 1>::run(a, r0 + r, 1, t0, y + r, ldy);
 }
 
 template <template <int, int> class K, int R, int T>
@@ -91,7 +96,7 @@ void token_rest(int64_t ct, const MatmulArgs& a, int64_t r0, int64_t nr, int64_t
 
 template <template <int, int> class K, int RD, int RP, int T>
 void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
-  if (nt == 1) return row_pass<K, RD, 1>(a, r0, nr, t0, y, ldy);
+  if (nt == 1) return row_pass_decode<K, RD>(a, r0, nr, t0, y, ldy);
   for (int64_t tt = 0; tt < nt; tt += T) {
     const int64_t ct = nt - tt < T ? nt - tt : T;
     token_rest<K, RP, T>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
@@ -101,20 +106,30 @@ void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, 
 // ---------------------------------------------------------------------------------------------------
 // Quantized weights.
 
-// d_w * d_x of every (row, token) for the kb <= 8 blocks from b0: one gather of the 8 fp16 block scales
-// of each row (kept in registers: 16-bit stores reloaded as a vector would stall store forwarding),
-// one conversion and one multiply per (row, token); the block loop broadcasts its scale from memory.
+// The fp16 scales of blocks b0 .. b0+kb-1 (kb <= 8) of a row, packed into 8 x 16 bits with scalar
+// loads and shifts: the integer units are idle here, whereas a gather is slow on some cores (Zen 4) and
+// 16-bit stores reloaded as one vector would stall store forwarding.
+template <class Block>
+inline __m128i load_scales8(const Block* w, int64_t b0, int kb) {
+  uint64_t lo = 0, hi = 0;
+  if (kb == 8) {
+    MX_UNROLL
+    for (int k = 0; k < 4; ++k) {
+      lo |= static_cast<uint64_t>(w[b0 + k].d) << (16 * k);
+      hi |= static_cast<uint64_t>(w[b0 + 4 + k].d) << (16 * k);
+    }
+  } else {
+    for (int k = 0; k < kb; ++k) (k < 4 ? lo : hi) |= static_cast<uint64_t>(w[b0 + k].d) << (16 * (k & 3));
+  }
+  return _mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo));
+}
+
+// d_w * d_x of every (row, token) for the kb <= 8 blocks from b0: one conversion and one multiply per
+// (row, token) per 8 blocks; the block loop then broadcasts its scale from memory.
 //   w: R row pointers; xd: [T, nb] activation scales; scale: [R, T, 8]
 template <class Block, int R, int T>
 inline void block_scales(const Block* const* w, const float* xd, int64_t nb, int64_t b0, int kb,
                          float (*scale)[T][8]) {
-  // byte offsets of blocks b0 .. b0+7; lanes past the row's end repeat its last block
-  const __m256i off = _mm256_mullo_epi32(
-      _mm256_min_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(kb - 1)),
-      _mm256_set1_epi32(static_cast<int>(sizeof(Block))));
-  // the low 16 bits of each 32-bit lane into the lane's low 8 bytes, then the two lanes' halves together
-  const __m256i pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,  //
-                                        0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
   __m256 dx[T];
   MX_UNROLL
   for (int t = 0; t < T; ++t) {
@@ -129,10 +144,7 @@ inline void block_scales(const Block* const* w, const float* xd, int64_t nb, int
   MX_UNROLL
   for (int r = 0; r < R; ++r) {
     prefetch_bytes(w[r] + b0, kPrefetchBytes, 8 * static_cast<int64_t>(sizeof(Block)));
-    // 32 bits at each block start: d in the low half
-    const __m256i raw = _mm256_i32gather_epi32(reinterpret_cast<const int*>(w[r] + b0), off, 1);
-    const __m256i h = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(raw, pick), 0x08);
-    const __m256 dw = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    const __m256 dw = _mm256_cvtph_ps(load_scales8(w[r], b0, kb));
     MX_UNROLL
     for (int t = 0; t < T; ++t) _mm256_store_ps(scale[r][t], _mm256_mul_ps(dw, dx[t]));
   }
@@ -140,11 +152,12 @@ inline void block_scales(const Block* const* w, const float* xd, int64_t nb, int
 
 template <int R, int T>
 struct Q8Kernel {
-  static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols, nb = cols / kQK8_0;
     const BlockQ8_0* w[R];
     MX_UNROLL
-    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const BlockQ8_0*>(a.w + (r0 + r) * a.w_stride);
+    for (int r = 0; r < R; ++r)
+      w[r] = reinterpret_cast<const BlockQ8_0*>(a.w + (r0 + r * rstep) * a.w_stride);
     const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
     const __m256i ones = _mm256_set1_epi16(1);
     alignas(32) float scale[R][T][8];  // [R, T, 8 blocks] d_w * d_x
@@ -181,18 +194,19 @@ struct Q8Kernel {
     MX_UNROLL
     for (int r = 0; r < R; ++r) {
       MX_UNROLL
-      for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+      for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum256(acc[r][t]);
     }
   }
 };
 
 template <int R, int T>
 struct Q4Kernel {
-  static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols, nb = cols / kQK4_0;
     const BlockQ4_0* w[R];
     MX_UNROLL
-    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + r) * a.w_stride);
+    for (int r = 0; r < R; ++r)
+      w[r] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + r * rstep) * a.w_stride);
     const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);  // high 128-bit lane: high nibbles
@@ -235,7 +249,7 @@ struct Q4Kernel {
     MX_UNROLL
     for (int r = 0; r < R; ++r) {
       MX_UNROLL
-      for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+      for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum256(acc[r][t]);
     }
   }
 };
@@ -273,11 +287,11 @@ struct LoadBF16 {
 
 template <class Load, int R, int T>
 struct FloatKernel {
-  static void run(const MatmulArgs& a, int64_t r0, int64_t t0, float* y, int64_t ldy) {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols;
     const uint8_t* w[R];
     MX_UNROLL
-    for (int r = 0; r < R; ++r) w[r] = a.w + (r0 + r) * a.w_stride;
+    for (int r = 0; r < R; ++r) w[r] = a.w + (r0 + r * rstep) * a.w_stride;
     const float* x = a.x + t0 * cols;  // [T, cols]
     __m256 acc[R][T];
     MX_UNROLL
@@ -319,7 +333,7 @@ struct FloatKernel {
     MX_UNROLL
     for (int r = 0; r < R; ++r) {
       MX_UNROLL
-      for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+      for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum256(acc[r][t]);
     }
   }
 };
