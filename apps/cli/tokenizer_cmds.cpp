@@ -1,0 +1,408 @@
+// `mixtral tokenize | detokenize | chat` and text prompts for `mixtral run`.
+#include "tokenizer_cmds.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "mixtral/tokenizer.h"
+
+namespace mixtral::cli {
+namespace {
+
+using json = nlohmann::json;
+
+int fail(const Error& e) {
+  std::fprintf(stderr, "mixtral: error: %s\n", e.message.c_str());
+  return e.exit_code();
+}
+
+std::string json_ids(const std::vector<int32_t>& ids) {
+  std::string s = "[";
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+  return s + "]";
+}
+
+Result<std::string> read_file(const std::string& path, const char* flag) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return Error::io(std::string(flag) + ": " + path + ": cannot open file");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) return Error::io(std::string(flag) + ": " + path + ": read error");
+  return ss.str();
+}
+
+// User text quoted in a one-line message: control characters escaped, long text shortened.
+std::string quoted(const std::string& s) {
+  std::string out = "'";
+  for (size_t i = 0; i < s.size() && i < 80; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + (s.size() > 80 ? "...'" : "'");
+}
+
+// "1,2,3" (spaces allowed) -> ids; an Error naming the flag on anything else.
+Result<std::vector<int32_t>> parse_ids(const std::string& text, const char* flag) {
+  std::vector<int32_t> ids;
+  std::string item;
+  std::stringstream ss(text);
+  while (std::getline(ss, item, ',')) {
+    const size_t b = item.find_first_not_of(" \t\n"), e = item.find_last_not_of(" \t\n");
+    if (b == std::string::npos) return Error::usage(std::string(flag) + ": empty item in " + quoted(text));
+    item = item.substr(b, e - b + 1);
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(item, &used);
+    } catch (...) {
+      used = 0;
+    }
+    if (used != item.size() || v < 0 || v > INT32_MAX)
+      return Error::usage(std::string(flag) + ": " + quoted(item) + " is not a token id");
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  if (ids.empty()) return Error::usage(std::string(flag) + ": no token ids given");
+  return ids;
+}
+
+// {"messages": [{"role": ..., "content": ...}, ...]}; content may also be OpenAI's [{"type": "text", "text":
+// ...}].
+Result<std::vector<ChatMessage>> read_chat_file(const std::string& path) {
+  MX_ASSIGN_OR_RETURN(std::string text, read_file(path, "--chat"));
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    return Error::data(path + ": invalid JSON: " + e.what());
+  }
+  if (!j.is_object() || !j.contains("messages") || !j["messages"].is_array())
+    return Error::data(path + ": expected {\"messages\": [...]}");
+  std::vector<ChatMessage> msgs;
+  for (size_t i = 0; i < j["messages"].size(); ++i) {
+    const json& m = j["messages"][i];
+    const std::string at = path + ": messages[" + std::to_string(i) + "]";
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+      return Error::data(at + ".role must be a string");
+    ChatMessage msg{m["role"].get<std::string>(), ""};
+    const json c = m.value("content", json());
+    if (c.is_string()) {
+      msg.content = c.get<std::string>();
+    } else if (c.is_array()) {
+      for (const json& part : c) {
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+            !part["text"].is_string())
+          return Error::data(at +
+                             ".content: only text parts ({\"type\": \"text\", \"text\": ...}) are supported");
+        msg.content += part["text"].get<std::string>();
+      }
+    } else {
+      return Error::data(at + ".content must be a string");
+    }
+    msgs.push_back(std::move(msg));
+  }
+  return msgs;
+}
+
+Result<ChatFormat> chat_format(const Tokenizer& tok, const std::string& name) {
+  if (name == "auto") return tok.default_chat_format();
+  return parse_chat_format(name, "--chat-template");
+}
+
+// The tokenizer of a model (GGUF file, HF or consolidated directory) or a tokenizer file.
+struct TokenizerArgs {
+  std::string model, tokenizer;
+  void add(CLI::App* app) {
+    auto* m =
+        app->add_option("-m,--model", model, "GGUF file, Hugging Face directory or consolidated directory");
+    auto* t = app->add_option("--tokenizer", tokenizer, "tokenizer.model[.v3], tokenizer.json or .gguf file");
+    m->excludes(t);
+  }
+  Result<std::unique_ptr<Tokenizer>> load() const {
+    if (model.empty() && tokenizer.empty()) return Error::usage("give --model or --tokenizer");
+    return Tokenizer::load(model.empty() ? tokenizer : model);
+  }
+};
+
+struct TokenizeArgs {
+  TokenizerArgs src;
+  std::string text, text_file, jsonl, chat, chat_template = "auto";
+  bool text_given = false, no_bos = false, special = false;
+};
+
+int cmd_tokenize(const TokenizeArgs& a) {
+  const int n_inputs = (a.text_given ? 1 : 0) + !a.text_file.empty() + !a.jsonl.empty() + !a.chat.empty();
+  if (n_inputs != 1)
+    return fail(Error::usage("tokenize: give exactly one of --text, --text-file, --jsonl, --chat"));
+  if (a.chat_template != "auto") {
+    auto f = parse_chat_format(a.chat_template, "--chat-template");
+    if (!f.ok()) return fail(f.error());
+  }
+  auto tok = a.src.load();
+  if (!tok.ok()) return fail(tok.error());
+  const Tokenizer& t = **tok;
+  auto encode = [&](std::string_view s) -> Result<std::vector<int32_t>> {
+    MX_ASSIGN_OR_RETURN(auto ids, t.encode(s, t.add_bos() && !a.no_bos, a.special));
+    if (t.add_eos() && t.eos_id() >= 0) ids.push_back(t.eos_id());
+    return ids;
+  };
+  if (!a.chat.empty()) {
+    auto msgs = read_chat_file(a.chat);
+    if (!msgs.ok()) return fail(msgs.error());
+    auto fmt = chat_format(t, a.chat_template);
+    if (!fmt.ok()) return fail(fmt.error());
+    auto ids = t.apply_chat(*msgs, *fmt);
+    if (!ids.ok()) return fail(Error::data(a.chat + ": " + ids.error().message));
+    if (a.no_bos && !ids->empty() && ids->front() == t.bos_id()) ids->erase(ids->begin());
+    std::printf("%s\n", json_ids(*ids).c_str());
+    return 0;
+  }
+  if (!a.jsonl.empty()) {
+    std::ifstream f(a.jsonl, std::ios::binary);
+    if (!f) return fail(Error::io("--jsonl: " + a.jsonl + ": cannot open file"));
+    std::string line, out;
+    for (size_t n = 1; std::getline(f, line); ++n) {
+      json j;
+      try {
+        j = json::parse(line);
+      } catch (const json::exception& e) {
+        return fail(Error::data(a.jsonl + ":" + std::to_string(n) + ": not a JSON string: " + e.what()));
+      }
+      if (!j.is_string()) return fail(Error::data(a.jsonl + ":" + std::to_string(n) + ": not a JSON string"));
+      auto ids = encode(j.get_ref<const std::string&>());
+      if (!ids.ok()) return fail(ids.error());
+      out += json_ids(*ids);
+      out += '\n';
+    }
+    std::fputs(out.c_str(), stdout);
+    return 0;
+  }
+  std::string input = a.text;
+  if (!a.text_file.empty()) {
+    auto data = read_file(a.text_file, "--text-file");
+    if (!data.ok()) return fail(data.error());
+    input = std::move(*data);
+  }
+  auto ids = encode(input);
+  if (!ids.ok()) return fail(ids.error());
+  std::printf("%s\n", json_ids(*ids).c_str());
+  return 0;
+}
+
+int cmd_detokenize(const TokenizerArgs& src, const std::string& ids_text) {
+  auto ids = parse_ids(ids_text, "--ids");
+  if (!ids.ok()) return fail(ids.error());
+  auto tok = src.load();
+  if (!tok.ok()) return fail(tok.error());
+  auto text = (*tok)->decode(*ids);
+  if (!text.ok()) return fail(Error::usage("--ids: " + text.error().message));
+  std::fwrite(text->data(), 1, text->size(), stdout);
+  std::fputc('\n', stdout);
+  return 0;
+}
+
+// Loads the engine and the tokenizer of the same model; the tokenizer must not exceed the model's vocabulary.
+struct Loaded {
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<Tokenizer> tok;
+};
+Result<Loaded> load_model(const EngineOptions& eo) {
+  Loaded l;
+  MX_ASSIGN_OR_RETURN(l.tok, Tokenizer::load(eo.model_path));
+  MX_ASSIGN_OR_RETURN(l.engine, Engine::load(eo));
+  if (l.tok->n_vocab() > l.engine->config().vocab_size)
+    return Error::data(l.tok->source() + ": the tokenizer has " + std::to_string(l.tok->n_vocab()) +
+                       " pieces but the model's vocabulary has " +
+                       std::to_string(l.engine->config().vocab_size));
+  return l;
+}
+
+struct ChatArgs {
+  std::string model, system, chat_template = "auto";
+  int threads = 0;
+  int64_t ctx_size = 0;
+  GenerateOptions go;
+};
+
+int cmd_chat(ChatArgs a) {
+  if (a.chat_template != "auto") {
+    auto f = parse_chat_format(a.chat_template, "--chat-template");
+    if (!f.ok()) return fail(f.error());
+  }
+  EngineOptions eo;
+  eo.model_path = a.model;
+  eo.threads = a.threads;
+  eo.ctx_size = a.ctx_size;
+  auto loaded = load_model(eo);
+  if (!loaded.ok()) return fail(loaded.error());
+  Engine& engine = *loaded->engine;
+  const Tokenizer& tok = *loaded->tok;
+  auto fmt = chat_format(tok, a.chat_template);
+  if (!fmt.ok()) return fail(fmt.error());
+  a.go.stop_at_eos = true;
+  const bool tty = isatty(fileno(stdin));
+  if (tty)
+    std::fprintf(stderr, "mixtral chat (%s): type a message; /reset starts over, /exit or Ctrl-D quits\n",
+                 chat_format_name(*fmt));
+  std::vector<ChatMessage> history;
+  if (!a.system.empty()) history.push_back({"system", a.system});
+  const size_t n_fixed = history.size();
+  std::string line;
+  while (true) {
+    if (tty) {
+      std::fputs("\n> ", stdout);
+      std::fflush(stdout);
+    }
+    if (!std::getline(std::cin, line)) break;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line == "/exit" || line == "/quit") break;
+    if (line == "/reset") {
+      history.resize(n_fixed);
+      continue;
+    }
+    if (line.empty()) continue;
+    history.push_back({"user", line});
+    // Build the prompt; drop the oldest exchanges while it does not leave room for the answer.
+    Result<std::vector<int32_t>> prompt = tok.apply_chat(history, *fmt);
+    while (prompt.ok() && static_cast<int64_t>(prompt->size()) + a.go.max_tokens > engine.ctx_size() &&
+           history.size() >= n_fixed + 3) {
+      history.erase(history.begin() + static_cast<std::ptrdiff_t>(n_fixed),
+                    history.begin() + static_cast<std::ptrdiff_t>(n_fixed) + 2);
+      prompt = tok.apply_chat(history, *fmt);
+    }
+    if (!prompt.ok()) return fail(prompt.error());
+    if (static_cast<int64_t>(prompt->size()) + a.go.max_tokens > engine.ctx_size()) {
+      std::fprintf(
+          stderr,
+          "mixtral: error: this message (%zu prompt tokens + -n %lld) does not fit the context of %lld "
+          "tokens (--ctx-size)\n",
+          prompt->size(), static_cast<long long>(a.go.max_tokens), static_cast<long long>(engine.ctx_size()));
+      history.pop_back();
+      if (!tty) return 2;
+      continue;
+    }
+    StreamingDecoder dec(tok, true);
+    std::string answer;
+    Status bad;
+    auto out = engine.generate(*prompt, a.go, [&](int32_t id) {
+      if (id == tok.eos_id() || !bad.ok()) return;
+      auto piece = dec.push(id);
+      if (!piece.ok()) {
+        bad = piece.error();
+        return;
+      }
+      answer += *piece;
+      std::fputs(piece->c_str(), stdout);
+      std::fflush(stdout);
+    });
+    if (!out.ok()) return fail(out.error());
+    if (!bad.ok()) return fail(bad.error());
+    const std::string tail = dec.finish();
+    answer += tail;
+    std::fputs(tail.c_str(), stdout);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+    if (answer.empty()) {  // an immediate EOS: keep the history a valid alternation
+      history.pop_back();
+      continue;
+    }
+    a.go.seed += 1;  // a fresh sample stream per answer
+    history.push_back({"assistant", answer});
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_text_prompt(const EngineOptions& eo, const std::string& prompt, const GenerateOptions& go,
+                    bool ids_only) {
+  auto loaded = load_model(eo);
+  if (!loaded.ok()) return fail(loaded.error());
+  const Tokenizer& tok = *loaded->tok;
+  auto ids = tok.encode(prompt, tok.add_bos(), false);
+  if (!ids.ok()) return fail(ids.error());
+  StreamingDecoder dec(tok, false);  // the continuation of the prompt: leading spaces are kept
+  Status bad;
+  auto out = loaded->engine->generate(*ids, go, [&](int32_t id) {
+    if (ids_only || !bad.ok()) return;
+    auto piece = dec.push(id);
+    if (!piece.ok()) {
+      bad = piece.error();
+      return;
+    }
+    std::fputs(piece->c_str(), stdout);
+    std::fflush(stdout);
+  });
+  if (!out.ok()) return fail(out.error());
+  if (!bad.ok()) return fail(bad.error());
+  if (ids_only) {
+    std::printf("%s\n", json_ids(*out).c_str());
+  } else {
+    std::printf("%s\n", dec.finish().c_str());
+  }
+  return 0;
+}
+
+std::function<std::optional<int>()> add_tokenizer_commands(CLI::App& app) {
+  auto ta = std::make_shared<TokenizeArgs>();
+  auto* tk = app.add_subcommand("tokenize", "text -> token ids (JSON array)");
+  ta->src.add(tk);
+  tk->add_option("--text", ta->text, "text to encode");
+  tk->add_option("--text-file", ta->text_file,
+                 "file whose bytes are the text (invalid UTF-8: U+FFFD per byte)");
+  tk->add_option("--jsonl", ta->jsonl, "one JSON string per line -> one JSON array per line");
+  tk->add_option("--chat", ta->chat, "{\"messages\": [...]} -> ids of the prompt ready for the answer");
+  tk->add_flag("--no-bos", ta->no_bos, "do not add the BOS token");
+  tk->add_flag("--special", ta->special, "parse control tokens written in the text (<s>, [INST], ...)");
+  tk->add_option("--chat-template", ta->chat_template, "auto, mistral-v1, mistral-v3 or jinja")
+      ->capture_default_str();
+
+  auto da = std::make_shared<TokenizerArgs>();
+  auto ids = std::make_shared<std::string>();
+  auto* dt = app.add_subcommand("detokenize", "token ids -> text");
+  da->add(dt);
+  dt->add_option("--ids", *ids, "token ids: 1,2,3")->required();
+
+  auto ca = std::make_shared<ChatArgs>();
+  ca->go.max_tokens = 512;
+  ca->go.temperature = 0.7f;
+  auto* ch = app.add_subcommand("chat",
+                                "interactive chat in the terminal (streams answers, keeps the conversation)");
+  ch->add_option("-m,--model", ca->model, "GGUF file, Hugging Face directory or consolidated directory")
+      ->required();
+  ch->add_option("-t,--threads", ca->threads, "worker threads (default: all cores)");
+  ch->add_option("-c,--ctx-size", ca->ctx_size, "context size in tokens (default: min(trained, 4096))");
+  ch->add_option("-n,--n-predict", ca->go.max_tokens, "most tokens per answer")->capture_default_str();
+  ch->add_option("--temp", ca->go.temperature, "temperature (0: greedy)")->capture_default_str();
+  ch->add_option("--top-k", ca->go.top_k, "top-k (0: off)")->capture_default_str();
+  ch->add_option("--top-p", ca->go.top_p, "top-p (1: off)")->capture_default_str();
+  ch->add_option("--seed", ca->go.seed, "random seed")->capture_default_str();
+  ch->add_option("--system", ca->system, "system prompt");
+  ch->add_option("--chat-template", ca->chat_template, "auto, mistral-v1, mistral-v3 or jinja")
+      ->capture_default_str();
+
+  return [=]() -> std::optional<int> {
+    if (tk->parsed()) {
+      ta->text_given = tk->count("--text") > 0;
+      return cmd_tokenize(*ta);
+    }
+    if (dt->parsed()) return cmd_detokenize(*da, *ids);
+    if (ch->parsed()) return cmd_chat(*ca);
+    return std::nullopt;
+  };
+}
+
+}  // namespace mixtral::cli
