@@ -210,6 +210,11 @@ void set_isa(Isa isa) {
   active().isa.store(got);
 }
 
+void detail::set_table_for_testing(Isa isa, const KernelTable* t) {
+  active().table.store(t);
+  active().isa.store(isa);
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kScalar:

@@ -10,6 +10,10 @@
 #include <cstddef>
 #include <cstdint>
 
+namespace mixtral::kernels {
+enum class Isa;  // kernels.h
+}  // namespace mixtral::kernels
+
 namespace mixtral::kernels::detail {
 
 // Weight dtypes the matmul kernels handle, as table indices.
@@ -78,5 +82,11 @@ struct KernelTable {
 const KernelTable& generic_table();
 const KernelTable* avx2_table();
 const KernelTable* avx512_table();
+
+// Tests only: makes the dispatched ops use `table`, reported as `isa`, whatever the CPU has (for the
+// AVX-512 kernels built over SIMDe on machines without AVX-512, see avx512_emulated_table()).
+void set_table_for_testing(Isa isa, const KernelTable* table);
+// Defined only in the SIMDe test build of avx512/avx512.cpp.
+const KernelTable* avx512_emulated_table();
 
 }  // namespace mixtral::kernels::detail

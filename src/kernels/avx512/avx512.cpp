@@ -10,8 +10,11 @@
 // The 8 int32 lanes are widened to f32 and scaled by d_w * d_x per block, then summed at the end.
 #include "kernels/internal.h"
 
-#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
-    defined(__AVX512DQ__) && defined(__AVX512VNNI__) && defined(__FMA__) && defined(__F16C__)
+// MX_KERNELS_AVX512_SIMDE: a test build for CPUs without AVX-512, the intrinsics emulated by SIMDe
+// (tests/kernels/avx512_simde.h); the table is then avx512_emulated_table().
+#if (defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+     defined(__AVX512DQ__) && defined(__AVX512VNNI__) && defined(__FMA__) && defined(__F16C__)) ||    \
+    defined(MX_KERNELS_AVX512_SIMDE)
 
 // GCC 12's AVX-512 intrinsics seed unused lanes with _mm512_undefined_ps() (__Y = __Y), which its own
 // -Wmaybe-uninitialized flags once inlined; a false positive, silenced for this file only.
@@ -20,7 +23,13 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
+#if defined(MX_KERNELS_AVX512_SIMDE)
+#include "avx512_simde.h"
+#define MX_AVX512_TABLE avx512_emulated_table
+#else
 #include <immintrin.h>
+#define MX_AVX512_TABLE avx512_table
+#endif
 
 #include <cmath>
 
@@ -610,7 +619,7 @@ void attn_chunk(const AttnChunkArgs& a) {
 
 }  // namespace
 
-const KernelTable* avx512_table() {
+const KernelTable* MX_AVX512_TABLE() {
   static const KernelTable table = {
       "avx512",
       {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,

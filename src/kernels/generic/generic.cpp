@@ -167,11 +167,10 @@ void softmax(float* x, int64_t n) {
   if (n <= 0) return;
   float mx = x[0];
   for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  float part[kL] = {};  // lane-split sums: shorter rounding chains than one serial sum
+  for (int64_t i = 0; i < n; ++i) part[i % kL] += (x[i] = std::exp(x[i] - mx));
   float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - mx);
-    sum += x[i];
-  }
+  for (int l = 0; l < kL; ++l) sum += part[l];
   const float inv = 1.0f / sum;
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
