@@ -131,6 +131,7 @@ bool is_quantized(detail::WeightKind k) {
 struct QuantizedActs {
   std::vector<int8_t> qs;  // [n, cols]
   std::vector<float> d;    // [n, cols / 32]
+  std::vector<float> s;    // [n, cols / 32] d * sum(qs) per block
 };
 QuantizedActs& quantized_acts() {
   thread_local QuantizedActs b;
@@ -151,10 +152,19 @@ detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, detail::We
   QuantizedActs& q = quantized_acts();
   if (q.qs.size() < static_cast<size_t>(n * cols)) q.qs.resize(static_cast<size_t>(n * cols));
   if (q.d.size() < static_cast<size_t>(n * nb)) q.d.resize(static_cast<size_t>(n * nb));
+  if (q.s.size() < static_cast<size_t>(n * nb)) q.s.resize(static_cast<size_t>(n * nb));
   int8_t* qs = q.qs.data();
   float* d = q.d.data();
+  float* bs = q.s.data();
   auto rows = [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) k.quantize_q8(x + t * cols, cols, qs + t * cols, d + t * nb);
+    for (int64_t t = t0; t < t1; ++t) {
+      k.quantize_q8(x + t * cols, cols, qs + t * cols, d + t * nb);
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t sum = 0;  // exact; the product below rounds once, the same on every path
+        for (int j = 0; j < kQK8_0; ++j) sum += qs[(t * nb + b) * kQK8_0 + j];
+        bs[t * nb + b] = d[t * nb + b] * static_cast<float>(sum);
+      }
+    }
   };
   if (pool.size() > 1 && n >= 2 && n * cols >= (1 << 15)) {
     pool.run([&](int ith, int nth) { rows(n * ith / nth, n * (ith + 1) / nth); });
@@ -163,6 +173,7 @@ detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, detail::We
   }
   a.xq = qs;
   a.xd = d;
+  a.xs = bs;
   return a;
 }
 

@@ -29,6 +29,7 @@ struct MatmulArgs {
   // Q8_0/Q4_0 weights: the activations rounded to Q8_0 (quantize_row's rule), values and scales apart.
   const int8_t* xq = nullptr;  // [n, cols]
   const float* xd = nullptr;   // [n, cols / 32], the fp16 block scales widened to f32
+  const float* xs = nullptr;   // [n, cols / 32], d_x * sum(q_x) per block (for u . x - c . x kernels)
 };
 
 // y[t, r] = sum_c W[r, c] x[t, c] for rows [r0, r0 + nr) and tokens [t0, t0 + nt).

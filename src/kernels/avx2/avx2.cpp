@@ -5,7 +5,8 @@
 // Quantized matmul: one 32-value block per 256-bit step with vpmaddubsw (unsigned x signed bytes to
 // int16 pairs) and vpmaddwd by ones (to int32):
 //   Q8_0 x Q8_0: |w| . (x with w's sign)   (|w| <= 128 and |x| <= 127 keep the int16 pairs exact);
-//   Q4_0 x Q8_0: nibbles . x - 8 . x        (the correction computed once per activation block).
+//   Q4_0 x Q8_0: nibbles . x - 8 sum(x), the second term summed in f32 per 8 blocks from the
+//                activations' d_x * sum(q_x) (MatmulArgs::xs) instead of in every block's integer dot.
 // The 8 int32 lanes are widened to f32 and scaled by d_w * d_x per block, then summed at the end.
 #include "kernels/internal.h"
 
@@ -126,19 +127,26 @@ inline __m128i load_scales8(const Block* w, int64_t b0, int kb) {
 
 // d_w * d_x of every (row, token) for the kb <= 8 blocks from b0: one conversion and one multiply per
 // (row, token) per 8 blocks; the block loop then broadcasts its scale from memory.
-//   w: R row pointers; xd: [T, nb] activation scales; scale: [R, T, 8]
-template <class Block, int R, int T>
-inline void block_scales(const Block* const* w, const float* xd, int64_t nb, int64_t b0, int kb,
-                         float (*scale)[T][8]) {
-  __m256 dx[T];
+// With corr (kernels that compute u . x and subtract c . x): corr[r][t] += d_w * d_x * sum(q_x), per
+// block lane, so the block loop needs no correction and the kernel subtracts c * sum(corr) at the end.
+//   w: R row pointers; xd, xs: [T, nb] activation scales and scaled sums; scale, corr: [R, T, 8]
+template <class Block, int R, int T, bool kCorr>
+inline void block_scales(const Block* const* w, const float* xd, const float* xs, int64_t nb, int64_t b0,
+                         int kb, float (*scale)[T][8], float (*corr)[T][8]) {
+  __m256 dx[T], sx[T];
   MX_UNROLL
   for (int t = 0; t < T; ++t) {
     if (kb == 8) {
       dx[t] = _mm256_loadu_ps(xd + t * nb + b0);
+      if constexpr (kCorr) sx[t] = _mm256_loadu_ps(xs + t * nb + b0);
     } else {
-      alignas(32) float tmp[8] = {};
-      for (int k = 0; k < kb; ++k) tmp[k] = xd[t * nb + b0 + k];
-      dx[t] = _mm256_load_ps(tmp);
+      alignas(32) float tmp[2][8] = {};  // zero-padded tails
+      for (int k = 0; k < kb; ++k) {
+        tmp[0][k] = xd[t * nb + b0 + k];
+        if constexpr (kCorr) tmp[1][k] = xs[t * nb + b0 + k];
+      }
+      dx[t] = _mm256_load_ps(tmp[0]);
+      sx[t] = _mm256_load_ps(tmp[1]);
     }
   }
   MX_UNROLL
@@ -146,7 +154,11 @@ inline void block_scales(const Block* const* w, const float* xd, int64_t nb, int
     prefetch_bytes(w[r] + b0, kPrefetchBytes, 8 * static_cast<int64_t>(sizeof(Block)));
     const __m256 dw = _mm256_cvtph_ps(load_scales8(w[r], b0, kb));
     MX_UNROLL
-    for (int t = 0; t < T; ++t) _mm256_store_ps(scale[r][t], _mm256_mul_ps(dw, dx[t]));
+    for (int t = 0; t < T; ++t) {
+      _mm256_store_ps(scale[r][t], _mm256_mul_ps(dw, dx[t]));
+      if constexpr (kCorr)
+        _mm256_store_ps(corr[r][t], _mm256_fmadd_ps(dw, sx[t], _mm256_load_ps(corr[r][t])));
+    }
   }
 }
 
@@ -169,7 +181,7 @@ struct Q8Kernel {
     }
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
       const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
-      block_scales<BlockQ8_0, R, T>(w, a.xd + t0 * nb, nb, b0, kb, scale);
+      block_scales<BlockQ8_0, R, T, false>(w, a.xd + t0 * nb, nullptr, nb, b0, kb, scale, nullptr);
       for (int k = 0; k < kb; ++k) {
         const int64_t b = b0 + k;
         __m256i wq[R], wabs[R];
@@ -210,9 +222,9 @@ struct Q4Kernel {
     const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);  // high 128-bit lane: high nibbles
-    const __m256i k8 = _mm256_set1_epi8(8);
     const __m256i ones = _mm256_set1_epi16(1);
-    alignas(32) float scale[R][T][8];  // [R, T, 8 blocks] d_w * d_x
+    alignas(32) float scale[R][T][8];      // [R, T, 8 blocks] d_w * d_x
+    alignas(32) float corr[R][T][8] = {};  // [R, T, 8 lanes] sum of d_w * d_x * sum(q_x)
     __m256 acc[R][T];
     MX_UNROLL
     for (int r = 0; r < R; ++r) {
@@ -221,7 +233,7 @@ struct Q4Kernel {
     }
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
       const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
-      block_scales<BlockQ4_0, R, T>(w, a.xd + t0 * nb, nb, b0, kb, scale);
+      block_scales<BlockQ4_0, R, T, true>(w, a.xd + t0 * nb, a.xs + t0 * nb, nb, b0, kb, scale, corr);
       for (int k = 0; k < kb; ++k) {
         const int64_t b = b0 + k;
         __m256i wq[R];
@@ -235,11 +247,9 @@ struct Q4Kernel {
         MX_UNROLL
         for (int t = 0; t < T; ++t) {
           const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
-          const __m256i corr = _mm256_maddubs_epi16(k8, x);  // 8 x, as int16 pairs
           MX_UNROLL
           for (int r = 0; r < R; ++r) {
-            const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], x), corr);
-            const __m256i dot = _mm256_madd_epi16(p16, ones);
+            const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], x), ones);  // nibbles . x
             acc[r][t] =
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
           }
@@ -249,7 +259,8 @@ struct Q4Kernel {
     MX_UNROLL
     for (int r = 0; r < R; ++r) {
       MX_UNROLL
-      for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum256(acc[r][t]);
+      for (int t = 0; t < T; ++t)
+        y[t * ldy + r * rstep] = hsum256(acc[r][t]) - 8.0f * hsum256(_mm256_load_ps(corr[r][t]));
     }
   }
 };

@@ -6,7 +6,8 @@
 // so wider steps would not add throughput there). vpdpbusd multiplies unsigned by signed bytes, so
 //   Q8_0 x Q8_0: (w + 128) . x - 128 * sum(x) = w . x,
 //   Q4_0 x Q8_0: nibbles (0..15) . x - 8 * sum(x),
-// the correction computed once per activation block and used as the accumulators' starting value.
+// the second term summed in f32 per 8 blocks from the activations' d_x * sum(q_x) (MatmulArgs::xs)
+// rather than in every block's integer dot.
 // The 8 int32 lanes are widened to f32 and scaled by d_w * d_x per block, then summed at the end.
 #include "kernels/internal.h"
 
@@ -150,22 +151,29 @@ inline __m128i load_scales8(const Block* w, int64_t b0, int kb) {
   return _mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo));
 }
 
-// d_w * d_x of every (row, token) for the kb <= 8 blocks from b0: one conversion and one multiply per
-// (row, token) per 8 blocks; the block loop then broadcasts its scale from memory.
-//   w: R row pointers; xd: [T, nb] activation scales; scale: [R, T, 8]
+// d_w * d_x of every (row, token) for the kb <= 8 blocks from b0, and corr[r][t] += d_w * d_x * sum(q_x)
+// per block lane (the kernels compute u . x and subtract c * sum(corr) at the end): one conversion,
+// one multiply and one FMA per (row, token) per 8 blocks; the block loop broadcasts its scale from memory.
+//   w: R row pointers; xd, xs: [T, nb] activation scales and scaled sums; scale, corr: [R, T, 8]
 template <class Block, int R, int T>
-inline void block_scales(const Block* const* w, const float* xd, int64_t nb, int64_t b0, int kb,
-                         float (*scale)[T][8]) {
+inline void block_scales(const Block* const* w, const float* xd, const float* xs, int64_t nb, int64_t b0,
+                         int kb, float (*scale)[T][8], float (*corr)[T][8]) {
   const __mmask8 m = static_cast<__mmask8>((1u << kb) - 1u);
-  __m256 dx[T];
+  __m256 dx[T], sx[T];
   MX_UNROLL
-  for (int t = 0; t < T; ++t) dx[t] = _mm256_maskz_loadu_ps(m, xd + t * nb + b0);
+  for (int t = 0; t < T; ++t) {
+    dx[t] = _mm256_maskz_loadu_ps(m, xd + t * nb + b0);
+    sx[t] = _mm256_maskz_loadu_ps(m, xs + t * nb + b0);
+  }
   MX_UNROLL
   for (int r = 0; r < R; ++r) {
     prefetch_bytes(w[r] + b0, kPrefetchBytes, 8 * static_cast<int64_t>(sizeof(Block)));
     const __m256 dw = _mm256_cvtph_ps(load_scales8(w[r], b0, kb));
     MX_UNROLL
-    for (int t = 0; t < T; ++t) _mm256_store_ps(scale[r][t], _mm256_mul_ps(dw, dx[t]));
+    for (int t = 0; t < T; ++t) {
+      _mm256_store_ps(scale[r][t], _mm256_mul_ps(dw, dx[t]));
+      _mm256_store_ps(corr[r][t], _mm256_fmadd_ps(dw, sx[t], _mm256_load_ps(corr[r][t])));
+    }
   }
 }
 
@@ -199,9 +207,9 @@ struct QuantKernel {
     const Block* w[R];
     MX_UNROLL
     for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const Block*>(a.w + (r0 + r * rstep) * a.w_stride);
-    const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
-    const __m256i kc = _mm256_set1_epi8(static_cast<char>(Unpack::kC));
-    alignas(32) float scale[R][T][8];  // [R, T, 8 blocks] d_w * d_x
+    const int8_t* xq = a.xq + t0 * cols;   // [T, cols]
+    alignas(32) float scale[R][T][8];      // [R, T, 8 blocks] d_w * d_x
+    alignas(32) float corr[R][T][8] = {};  // [R, T, 8 lanes] sum of d_w * d_x * sum(q_x)
     __m256 acc[R][T];
     MX_UNROLL
     for (int r = 0; r < R; ++r) {
@@ -210,7 +218,7 @@ struct QuantKernel {
     }
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
       const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
-      block_scales<Block, R, T>(w, a.xd + t0 * nb, nb, b0, kb, scale);
+      block_scales<Block, R, T>(w, a.xd + t0 * nb, a.xs + t0 * nb, nb, b0, kb, scale, corr);
       for (int k = 0; k < kb; ++k) {
         const int64_t b = b0 + k;
         __m256i wu[R];
@@ -219,11 +227,9 @@ struct QuantKernel {
         MX_UNROLL
         for (int t = 0; t < T; ++t) {
           const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
-          const __m256i corr =  // -c . x, the accumulators' starting value
-              _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), kc, x));
           MX_UNROLL
           for (int r = 0; r < R; ++r) {
-            const __m256i dot = _mm256_dpbusd_epi32(corr, wu[r], x);
+            const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu[r], x);  // u . x
             acc[r][t] =
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
           }
@@ -233,7 +239,9 @@ struct QuantKernel {
     MX_UNROLL
     for (int r = 0; r < R; ++r) {
       MX_UNROLL
-      for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum256(acc[r][t]);
+      for (int t = 0; t < T; ++t)
+        y[t * ldy + r * rstep] =
+            hsum256(acc[r][t]) - static_cast<float>(Unpack::kC) * hsum256(_mm256_load_ps(corr[r][t]));
     }
   }
 };
