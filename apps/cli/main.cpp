@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "mixtral/engine.h"
+#include "tokenizer_cmds.h"
 
 namespace {
 
@@ -84,10 +85,13 @@ struct ModelArgs {
 
 int cmd_run(const ModelArgs& ma, const std::string& prompt, const std::string& prompt_tokens,
             const mixtral::GenerateOptions& go, bool ids_only) {
-  if (!prompt.empty() && prompt_tokens.empty())
-    return fail(
-        Error::usage("--prompt: text prompts need the tokenizer, which this build does not have yet; "
-                     "use --prompt-tokens"));
+  if (!prompt.empty() && prompt_tokens.empty()) {
+    mixtral::EngineOptions o;
+    o.model_path = ma.model;
+    o.threads = ma.threads;
+    o.ctx_size = ma.ctx_size;
+    return mixtral::cli::run_text_prompt(o, prompt, go, ids_only);
+  }
   auto ids = parse_ids(prompt_tokens, "--prompt-tokens");
   if (!ids) return fail(ids.error());
   auto engine = ma.load();
@@ -282,6 +286,8 @@ int main(int argc, char** argv) {
   mk->add_option("--layouts", layouts, "layouts")->capture_default_str();
   mk->add_option("-t,--threads", tm.threads, "worker threads");
 
+  auto run_tokenizer_command = mixtral::cli::add_tokenizer_commands(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -290,6 +296,7 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (auto rc = run_tokenizer_command()) return *rc;
   if (run->parsed()) {
     if (prompt.empty() && prompt_tokens.empty())
       return fail(Error::usage("run: give --prompt or --prompt-tokens"));
