@@ -40,7 +40,7 @@ Result<std::string> read_file(const std::string& path, const char* flag) {
 }
 
 // User text quoted in a one-line message: control characters escaped, long text shortened.
-std::string quoted(const std::string& s) {
+std::string quote_text(const std::string& s) {
   std::string out = "'";
   for (size_t i = 0; i < s.size() && i < 80; ++i) {
     const auto c = static_cast<unsigned char>(s[i]);
@@ -62,7 +62,8 @@ Result<std::vector<int32_t>> parse_ids(const std::string& text, const char* flag
   std::stringstream ss(text);
   while (std::getline(ss, item, ',')) {
     const size_t b = item.find_first_not_of(" \t\n"), e = item.find_last_not_of(" \t\n");
-    if (b == std::string::npos) return Error::usage(std::string(flag) + ": empty item in " + quoted(text));
+    if (b == std::string::npos)
+      return Error::usage(std::string(flag) + ": empty item in " + quote_text(text));
     item = item.substr(b, e - b + 1);
     size_t used = 0;
     long long v = -1;
@@ -72,7 +73,7 @@ Result<std::vector<int32_t>> parse_ids(const std::string& text, const char* flag
       used = 0;
     }
     if (used != item.size() || v < 0 || v > INT32_MAX)
-      return Error::usage(std::string(flag) + ": " + quoted(item) + " is not a token id");
+      return Error::usage(std::string(flag) + ": " + quote_text(item) + " is not a token id");
     ids.push_back(static_cast<int32_t>(v));
   }
   if (ids.empty()) return Error::usage(std::string(flag) + ": no token ids given");

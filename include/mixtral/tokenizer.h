@@ -124,6 +124,7 @@ class StreamingDecoder {
  public:
   // at_sequence_start: the ids begin a sequence, so a leading dummy-prefix space is dropped (as decode
   // does); false for a continuation of text already shown (e.g. generated tokens after a prompt).
+  // `tok` must outlive the decoder.
   explicit StreamingDecoder(const Tokenizer& tok, bool at_sequence_start = true);
   // Text completed by this id (possibly empty). An id out of range is an error and changes nothing.
   Result<std::string> push(int32_t id);

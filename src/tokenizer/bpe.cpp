@@ -2,7 +2,7 @@
 #include "tokenizer/bpe.h"
 
 #include <algorithm>
-#include <cstring>
+#include <cstdio>
 
 #include "tokenizer/utf8.h"
 
