@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_util.h"
 #include "mixtral/engine.h"
 #include "tokenizer_cmds.h"
 
@@ -18,41 +19,9 @@ namespace {
 
 using mixtral::Error;
 using mixtral::Status;
-
-int fail(const Error& e) {
-  std::fprintf(stderr, "mixtral: error: %s\n", e.message.c_str());
-  return e.exit_code();
-}
-
-// "1,2,3" (spaces allowed) -> ids; an Error naming the flag on anything else.
-mixtral::Result<std::vector<int32_t>> parse_ids(const std::string& text, const char* flag) {
-  std::vector<int32_t> ids;
-  std::string item;
-  std::stringstream ss(text);
-  while (std::getline(ss, item, ',')) {
-    const size_t b = item.find_first_not_of(" \t\n"), e = item.find_last_not_of(" \t\n");
-    if (b == std::string::npos) return Error::usage(std::string(flag) + ": empty item in '" + text + "'");
-    item = item.substr(b, e - b + 1);
-    size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(item, &used);
-    } catch (...) {
-      used = 0;
-    }
-    if (used != item.size() || v < 0 || v > INT32_MAX)
-      return Error::usage(std::string(flag) + ": '" + item + "' is not a token id");
-    ids.push_back(static_cast<int32_t>(v));
-  }
-  if (ids.empty()) return Error::usage(std::string(flag) + ": no token ids given (empty prompt)");
-  return ids;
-}
-
-std::string json_ids(const std::vector<int32_t>& ids) {
-  std::string s = "[";
-  for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
-  return s + "]";
-}
+using mixtral::cli::fail;
+using mixtral::cli::json_ids;
+using mixtral::cli::parse_ids;
 
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;

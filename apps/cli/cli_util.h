@@ -1,0 +1,21 @@
+// Small helpers shared by the CLI's subcommands.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mixtral/result.h"
+
+namespace mixtral::cli {
+
+// Prints "mixtral: error: MESSAGE" and returns the error's exit status (1 data, 2 usage).
+int fail(const Error& e);
+// "1,2,3" (spaces allowed) -> ids; an Error naming the flag on anything else.
+Result<std::vector<int32_t>> parse_ids(const std::string& text, const char* flag);
+// ids -> "[1,2,3]"
+std::string json_ids(const std::vector<int32_t>& ids);
+// User text quoted in a one-line message: control characters escaped, long text shortened.
+std::string quote_text(const std::string& s);
+
+}  // namespace mixtral::cli
