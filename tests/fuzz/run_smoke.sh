@@ -15,21 +15,34 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=${FUZZ_WORK_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/mixtral-fuzz.XXXXXX")}
 mkdir -p "$WORK"
 
+ROOT=$(cd "$HERE/../.." && pwd)
+# target : seed corpus (relative to the repo) : dictionary ("" for none)
+TARGETS=(
+  "fuzz_gguf:tests/fuzz/corpus/gguf:tests/fuzz/gguf.dict"
+  "fuzz_safetensors:tests/fuzz/corpus/safetensors:tests/fuzz/safetensors.dict"
+  "fuzz_json_config:tests/fuzz/corpus/json:tests/fuzz/json.dict"
+  "fuzz_sp_model:tests/tokenizer/fuzz/corpus/sp_model:"
+  "fuzz_chat_template:tests/tokenizer/fuzz/corpus/chat_template:"
+  "fuzz_tokenizer_encode:tests/tokenizer/fuzz/corpus/tokenizer_encode:"
+)
+
 failed=()
-for pair in fuzz_gguf:gguf fuzz_safetensors:safetensors fuzz_json_config:json; do
-  target=${pair%%:*}
-  corpus=${pair#*:}
+for entry in "${TARGETS[@]}"; do
+  IFS=: read -r target corpus dict <<<"$entry"
   exe=$BIN_DIR/$target
   if [[ ! -x $exe ]]; then
     echo "$target: not built at $exe" >&2
     failed+=("$target")
     continue
   fi
-  mkdir -p "$WORK/$corpus"
-  echo "== $target: ${SECONDS_PER_TARGET}s on corpus/$corpus (log: $WORK/$target.log)"
+  scratch=$WORK/${target#fuzz_}
+  mkdir -p "$scratch"
+  dict_arg=()
+  [[ -n $dict ]] && dict_arg=(-dict="$ROOT/$dict")
+  echo "== $target: ${SECONDS_PER_TARGET}s on $corpus (log: $WORK/$target.log)"
   if "$exe" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
-      -print_final_stats=1 -dict="$HERE/$corpus.dict" -artifact_prefix="$WORK/$target-" \
-      "$WORK/$corpus" "$HERE/corpus/$corpus" >"$WORK/$target.log" 2>&1; then
+      -print_final_stats=1 "${dict_arg[@]}" -artifact_prefix="$WORK/$target-" \
+      "$scratch" "$ROOT/$corpus" >"$WORK/$target.log" 2>&1; then
     grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb)|^Done " "$WORK/$target.log" || true
   else
     echo "$target: FAILED, see $WORK/$target.log and $WORK/$target-*" >&2
