@@ -55,7 +55,8 @@ AsymFit fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* 
     return {0.0f, -lo};
   }
   auto round_l = [&](float iscale, float offset, uint8_t* out) {
-    for (int i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(std::clamp(nearest(iscale * (x[i] + offset)), 0, nmax));
+    for (int i = 0; i < n; ++i)
+      out[i] = static_cast<uint8_t>(std::clamp(nearest(iscale * (x[i] + offset)), 0, nmax));
   };
   auto error = [&](float scale, float min, const uint8_t* l) {
     double e = 0.0;
@@ -175,7 +176,8 @@ struct AsymSuper {
   uint16_t d, dmin;
   uint8_t sc[16], mn[16];  // [n_sub] quantized scales and mins
 };
-AsymSuper quantize_asym_super(const float* x, int sub, int nmax, int scale_max, bool weight_by_rms, uint8_t* L) {
+AsymSuper quantize_asym_super(const float* x, int sub, int nmax, int scale_max, bool weight_by_rms,
+                              uint8_t* L) {
   const int n_sub = kQK_K / sub;
   float scales[16], mins[16];  // [n_sub]
   float w[32];                 // [sub]
@@ -259,7 +261,8 @@ void pack_2bit(const uint8_t* L, uint8_t* q) {
   for (int h = 0; h < 2; ++h)
     for (int l = 0; l < 32; ++l) {
       const uint8_t* e = L + 128 * h + l;
-      q[32 * h + l] = static_cast<uint8_t>((e[0] & 3) | (e[32] & 3) << 2 | (e[64] & 3) << 4 | (e[96] & 3) << 6);
+      q[32 * h + l] =
+          static_cast<uint8_t>((e[0] & 3) | (e[32] & 3) << 2 | (e[64] & 3) << 4 | (e[96] & 3) << 6);
     }
 }
 
@@ -408,7 +411,7 @@ void dequantize_q4_k(const void* src, float* dst, int64_t n) {
   const auto* b = static_cast<const BlockQ4_K*>(src);
   for (int64_t i = 0; i < n / kQK_K; ++i) {
     const float d = half(b[i].d), dmin = half(b[i].dmin);
-    float* y = dst + i * kQK_K;  // [256]
+    float* y = dst + i * kQK_K;    // [256]
     for (int j = 0; j < 8; ++j) {  // sub-block j: elements 32j..32j+31
       int sc, mn;
       k_scale_min(j, b[i].scales, &sc, &mn);
@@ -537,10 +540,12 @@ void quantize_q5_k(const float* src, void* dst, int64_t n) {
     b[i].d = s.d;
     b[i].dmin = s.dmin;
     for (int j = 0; j < 8; ++j)
-      for (int l = 0; l < 32; ++l) b[i].qh[l] = static_cast<uint8_t>(b[i].qh[l] | ((L[32 * j + l] >> 4) << j));
+      for (int l = 0; l < 32; ++l)
+        b[i].qh[l] = static_cast<uint8_t>(b[i].qh[l] | ((L[32 * j + l] >> 4) << j));
     for (int j = 0; j < 4; ++j)
       for (int l = 0; l < 32; ++l)
-        b[i].qs[32 * j + l] = static_cast<uint8_t>((L[64 * j + l] & 0x0f) | ((L[64 * j + 32 + l] & 0x0f) << 4));
+        b[i].qs[32 * j + l] =
+            static_cast<uint8_t>((L[64 * j + l] & 0x0f) | ((L[64 * j + 32 + l] & 0x0f) << 4));
   }
 }
 

@@ -524,10 +524,10 @@ TEST(GgufReader, BlockTypesCheckRowsAndDataSize) {
                      T{11, "q3_k", 256, 110}, T{12, "q4_k", 256, 144}, T{13, "q5_k", 256, 176},
                      T{14, "q6_k", 256, 210}, T{15, "q8_k", 256, 292}}) {
     const uint64_t row = 2 * t.block, rows = 3, need = rows * row / t.block * t.bytes;
-    EXPECT_TRUE(FailsWith(parse(one_tensor("blk.1.ffn_up.weight", {row - t.block / 2, rows}, t.id, 0, 4096)),
-                          {"x.gguf: tensor 'blk.1.ffn_up.weight': row of " + std::to_string(row - t.block / 2) +
-                           " elements is not a multiple of " + t.name + "'s block size " +
-                           std::to_string(t.block)}))
+    EXPECT_TRUE(
+        FailsWith(parse(one_tensor("blk.1.ffn_up.weight", {row - t.block / 2, rows}, t.id, 0, 4096)),
+                  {"x.gguf: tensor 'blk.1.ffn_up.weight': row of " + std::to_string(row - t.block / 2) +
+                   " elements is not a multiple of " + t.name + "'s block size " + std::to_string(t.block)}))
         << t.name;
     EXPECT_TRUE(FailsWith(parse(one_tensor("W", {row, rows}, t.id, 0, need - 1)),
                           {"x.gguf: tensor 'W' data [", "runs past the end of the file"}))

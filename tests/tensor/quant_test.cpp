@@ -1,17 +1,17 @@
 // Quantizers of every block type: sizes, round-trip error bounds, edge cases. The bit layouts themselves
 // are checked against the independent NumPy dequantisers (test_quant_layouts.py) and, end to end,
 // against llama.cpp (tests/model/test_fidelity.py).
+#include "tensor/quant.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <random>
 #include <string>
 #include <utility>
-#include <random>
 #include <vector>
-
-#include "tensor/quant.h"
 
 namespace mixtral {
 namespace {
@@ -71,10 +71,10 @@ struct Bound {
 // block, ~0.26 sigma for 32 gaussians, 0.076 -- the types land where their bits put them.)
 // Bounds: about 1.1x the measured value (the data and the quantisers are deterministic).
 const Bound kBounds[] = {
-    {DType::Q8_0, 0.006, 0.0047},  {DType::Q8_K, 0.0078, 0.0049}, {DType::Q6_K, 0.0195, 0.016},
-    {DType::Q5_1, 0.042, 0.0245},  {DType::Q5_0, 0.048, 0.037},   {DType::Q5_K, 0.040, 0.023},
-    {DType::Q4_1, 0.087, 0.051},   {DType::Q4_0, 0.096, 0.075},   {DType::Q4_K, 0.080, 0.046},
-    {DType::Q3_K, 0.165, 0.128},   {DType::Q2_K, 0.32, 0.19},
+    {DType::Q8_0, 0.006, 0.0047}, {DType::Q8_K, 0.0078, 0.0049}, {DType::Q6_K, 0.0195, 0.016},
+    {DType::Q5_1, 0.042, 0.0245}, {DType::Q5_0, 0.048, 0.037},   {DType::Q5_K, 0.040, 0.023},
+    {DType::Q4_1, 0.087, 0.051},  {DType::Q4_0, 0.096, 0.075},   {DType::Q4_K, 0.080, 0.046},
+    {DType::Q3_K, 0.165, 0.128},  {DType::Q2_K, 0.32, 0.19},
 };
 
 TEST(Quant, RoundTripErrorPerType) {
@@ -132,7 +132,8 @@ TEST(Quant, ZeroAndConstantBlocks) {
     const auto z = round_trip(b.type, std::vector<float>(n, 0.0f));
     for (size_t i = 0; i < n; ++i) ASSERT_EQ(z[i], 0.0f) << dtype_name(b.type) << " elem " << i;
     const auto c = round_trip(b.type, std::vector<float>(n, -0.75f));
-    for (size_t i = 0; i < n; ++i) ASSERT_NEAR(c[i], -0.75f, 0.75f * 2e-3f) << dtype_name(b.type) << " elem " << i;
+    for (size_t i = 0; i < n; ++i)
+      ASSERT_NEAR(c[i], -0.75f, 0.75f * 2e-3f) << dtype_name(b.type) << " elem " << i;
   }
 }
 
@@ -187,7 +188,8 @@ TEST(Quant, KScaleMinPacking) {
     std::vector<float> x(256);
     for (int j = 0; j < 8; ++j)
       for (int l = 0; l < 32; ++l)
-        x[32 * j + l] = -static_cast<float>(j + 1) * static_cast<float>(l % (nmax + 1)) / static_cast<float>(nmax);
+        x[32 * j + l] =
+            -static_cast<float>(j + 1) * static_cast<float>(l % (nmax + 1)) / static_cast<float>(nmax);
     const auto q = encode(t, x);
     const uint8_t* scales = q.data() + 4;  // after d and dmin in both layouts
     for (int j = 0; j < 8; ++j) {
