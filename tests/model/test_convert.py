@@ -142,14 +142,17 @@ class Runner:
                  "--threads", "2"])
         return np.load(out)
 
-    def llamacpp(self, path):
-        out = os.path.join(self.tmp, "llamacpp.npy")
-        script = os.path.join(HERE, "..", "reference", "llamacpp_logits.mjs")
-        p = subprocess.run([self.a.node, script, "--model", path, "--tokens", ",".join(map(str, PROMPT)),
-                            "--out", out, "--threads", "2"], capture_output=True, text=True, timeout=120)
+    def llamacpp(self, paths):
+        """llama.cpp's logits on each of `paths` (one node process for all of them)."""
+        script = os.path.join(HERE, "llamacpp_many.mjs")
+        outs = [os.path.join(self.tmp, f"llamacpp-{i}.npy") for i in range(len(paths))]
+        args = [self.a.node, script, "--tokens", ",".join(map(str, PROMPT)), "--threads", "2"]
+        for p, o in zip(paths, outs):
+            args += [p, o]
+        p = subprocess.run(args, capture_output=True, text=True, timeout=300)
         if p.returncode != 0:
-            raise RuntimeError(f"llama.cpp on {path}: exit {p.returncode}: {p.stderr.strip()[-800:]}")
-        return np.load(out)
+            raise RuntimeError(f"llama.cpp: exit {p.returncode}: {p.stderr.strip()[-800:]}")
+        return [np.load(o) for o in outs]
 
 
 def write_tokenizer(d, vocab):
@@ -233,9 +236,42 @@ def check_types(path, tname, n_layers=2, moe=True, pure=False):
 
 # ------------------------------------------------------------------------------------------------
 
+# Weight types the engine multiplies as llama.cpp does (float weights; q8_0/q4_0 with q8_0 activations).
+EXACT_LIKE_LLAMACPP = ("f32", "f16", "bf16", "q8_0", "q4_0")
+
+
+def compare_llamacpp(r, items, ref_logits):
+    """items: (label, path, type name). llama.cpp loads every file (one process) and its logits agree with
+    the engine's on the same file. Types the engine computes as llama.cpp does (float weights; q8_0/q4_0
+    with q8_0 activations): the largest error over all positions <= TOL_VS_LLAMACPP. Other types: llama.cpp
+    quantises the activations (q8_1/q8_K) where the engine computes exactly in f32 (engine vs the float64
+    reference on these files: < 1e-6), and on these weights a few positions have router margins far below
+    that difference (Q3_K 0.0075), so one token may route to another expert there: asserted, at least 90% of
+    the positions within TOL_LC and the median well inside it; the worst position is reported."""
+    lcs = r.llamacpp([path for _, path, _ in items])
+    scale = np.abs(ref_logits).max()
+    for (label, path, tname), lc in zip(items, lcs):
+        eng = r.score(path)
+        if lc.shape != eng.shape:
+            check(False, f"{label}: llama.cpp logits shape {lc.shape}, engine {eng.shape}")
+            continue
+        t = tname.lower()
+        if t in EXACT_LIKE_LLAMACPP:
+            err = rel_err(eng, lc, ref_logits)
+            check(err <= TOL_VS_LLAMACPP[t], f"{label}: llama.cpp vs engine {err:.3g} (bound {TOL_VS_LLAMACPP[t]:g})")
+        else:
+            per_pos = np.abs(eng.astype(np.float64) - lc).max(axis=1) / scale
+            within = float(np.mean(per_pos <= TOL_LC[t]))
+            med = float(np.median(per_pos))
+            check(within >= 0.9 and med <= TOL_LC[t] / 2,
+                  f"{label}: llama.cpp vs engine per position: median {med:.3g}, {100 * within:.0f}% within "
+                  f"{TOL_LC[t]:g} (need 90% and median <= {TOL_LC[t] / 2:g}); worst {per_pos.max():.3g}")
+
+
 def test_convert(r, w):
     ref_hf = reference.Model(os.path.join(w, "hf-f32"))
     ref_logits, _ = ref_hf.forward(PROMPT)
+    lc_items = []
     for layout in ("hf-f32", "hf-f32-sharded", "consolidated-f32"):
         src = os.path.join(w, layout)
         out = os.path.join(r.tmp, f"conv-{layout}.gguf")
@@ -252,81 +288,91 @@ def test_convert(r, w):
         check(hp == want and meta.get("general.architecture") == "llama" and
               abs(meta.get("llama.rope.freq_base", 0) - c["rope_theta"]) <= 1e-6 * c["rope_theta"] and
               abs(meta.get("llama.attention.layer_norm_rms_epsilon", 0) - c["rms_norm_eps"]) < 1e-9 and
-              meta.get("llama.attention.key_length") == c["head_dim"] and "llama.context_length" in meta,
+              meta.get("llama.attention.key_length") == c["head_dim"] and
+              meta.get("llama.context_length") == (32768 if layout.startswith("consolidated")
+                                                   else c["max_position_embeddings"]),
               f"{layout}: llama.* hyper-parameters {hp}")
         check_tokenizer(r, out, src)
         # The independent reference reads the output as the same model as the HF directory.
         rerr = rel_err(reference.Model(out).forward(PROMPT)[0], ref_logits, ref_logits)
         check(rerr <= 1e-9, f"{layout} -> gguf: reference reads the same model as hf-f32 (difference {rerr:.3g})")
-        eng_src, eng_out = r.score(src), r.score(out)
-        err = rel_err(eng_out, eng_src, ref_logits)
+        err = rel_err(r.score(out), r.score(src), ref_logits)
         check(err <= 1e-5, f"{layout} -> gguf: engine logits on the output vs on the source {err:.3g} (bound 1e-5)")
         if layout != "hf-f32-sharded":
-            lc = r.llamacpp(out)
-            err = rel_err(eng_out, lc, ref_logits)
-            check(err <= TOL_VS_LLAMACPP["f32"],
-                  f"{layout} -> gguf: llama.cpp vs engine {err:.3g} (bound {TOL_VS_LLAMACPP['f32']:g})")
-    # --type f16: weights F16, norms/router F32; llama.cpp agrees within the f16 bound.
+            lc_items.append((f"{layout} -> gguf", out, "f32"))
+    # --type f16: weights F16, norms/router F32.
     out = os.path.join(r.tmp, "conv-f16.gguf")
     r.ok(["convert", os.path.join(w, "hf-f32"), "-o", out, "--type", "f16"])
     check_types(out, "F16")
-    err = rel_err(r.score(out), r.llamacpp(out), ref_logits)
-    check(err <= TOL_VS_LLAMACPP["f16"], f"hf-f32 -> f16 gguf: llama.cpp vs engine {err:.3g} "
-                                         f"(bound {TOL_VS_LLAMACPP['f16']:g})")
+    lc_items.append(("hf-f32 -> F16 gguf", out, "f16"))
+    # A mix straight from the HF directory.
+    out = os.path.join(r.tmp, "conv-q4km.gguf")
+    r.ok(["convert", os.path.join(w, "hf-f32"), "-o", out, "--type", "q4_k_m"])
+    check_types(out, "Q4_K_M")
+    lc_items.append(("hf-f32 -> Q4_K_M gguf", out, "Q4_K_M"))
+    compare_llamacpp(r, lc_items, ref_logits)
     # The default type is the source's: BF16 stays BF16.
     out = os.path.join(r.tmp, "conv-bf16.gguf")
-    r.ok(["convert", os.path.join(w, "hf-bf16"), "-o", out])
+    src = os.path.join(w, "bf16", "hf-bf16")
+    r.ok(["convert", src, "-o", out])
     check_types(out, "BF16")
-    err = rel_err(r.score(out), r.score(os.path.join(w, "hf-bf16")), ref_logits)
+    err = rel_err(r.score(out), r.score(src), ref_logits)
     check(err <= 1e-5, f"hf-bf16 -> gguf (default type): engine output vs source {err:.3g} (bound 1e-5)")
 
 
-def writable_types(r, w):
-    """(types this build writes, types it refuses with the 'cannot write yet' error)."""
-    ok, refused = [], []
-    src = os.path.join(w, "gguf-merged-f32.gguf")
-    for tname in FILE_TYPE:
-        out = os.path.join(r.tmp, f"q-{tname}.gguf")
-        p = r.mixtral(["quantize", src, out, tname.lower() if len(ok) % 2 else tname])
-        if p.returncode == 0:
-            ok.append(tname)
-        else:
-            refused.append(tname)
-            check(p.returncode == 2 and "cannot write" in p.stderr and p.stderr.count("\n") == 1,
-                  f"quantize {tname}: refused with exit 2 and one line saying what this build cannot write "
-                  f"({p.returncode}: {p.stderr.strip()})")
-    return ok, refused
+def weight_errors(out, src_tensors):
+    """Per output type: the largest relative RMS error (||deq - src|| / ||src|| over one tensor) of the
+    output's weights, decoded by the reference's own dequantisers, against the f32 source."""
+    _, got, types = reference.gguf_read(out)
+    worst = {}
+    for name, w in got.items():
+        e = float(np.sqrt(np.mean((w - src_tensors[name]) ** 2) / np.mean(src_tensors[name] ** 2)))
+        t = TNAME[types[name]]
+        worst[t] = max(worst.get(t, 0.0), e)
+    return worst
+
+
+# Relative RMS weight error bounds per stored type (uniform weights, as make-test-model writes them).
+# Measured on shape a (worst tensor): f16 2.2e-4, bf16 1.8e-3, q8_0 3.8e-3, q4_0 6.5e-2, q4_1 6.1e-2,
+# q5_0 3.1e-2, q5_1 3.0e-2, q2_k 0.23, q3_k 0.12, q4_k 5.5e-2, q5_k 2.8e-2, q6_k 1.3e-2. Bounds: 1.5x.
+TOL_WEIGHTS = dict(f32=0.0, f16=3.3e-4, bf16=2.7e-3, q8_0=5.7e-3, q4_0=9.8e-2, q4_1=9.2e-2, q5_0=4.7e-2,
+                   q5_1=4.5e-2, q2_k=0.35, q3_k=0.18, q4_k=8.3e-2, q5_k=4.2e-2, q6_k=2.0e-2)
 
 
 def test_quantize(r, w):
     src = os.path.join(w, "gguf-merged-f32.gguf")
     ref_logits, _ = reference.Model(src).forward(PROMPT)
     src_meta, _ = gguf_header(src)
-    ok, refused = writable_types(r, w)
-    print(f"info types written: {ok}; not yet in this build: {refused}")
-    check(all(t in ok for t in ("F32", "F16", "BF16", "Q8_0", "Q4_0")), "F32, F16, BF16, Q8_0, Q4_0 are written")
-    for tname in ok:
+    _, src_tensors, _ = reference.gguf_read(src)
+    lc_items = []
+    for i, tname in enumerate(FILE_TYPE):
         out = os.path.join(r.tmp, f"q-{tname}.gguf")
+        p = r.mixtral(["quantize", src, out, tname.lower() if i % 2 else tname])  # any case
+        check(p.returncode == 0, f"quantize {tname}: exit {p.returncode} {p.stderr.strip()[-300:]}")
+        if p.returncode != 0:
+            continue
         meta, _ = check_types(out, tname)
         carried = {k: v for k, v in src_meta.items() if k != "general.file_type"}
         got = {k: v for k, v in meta.items() if k in carried}
         check(got == carried and set(meta) - set(src_meta) <= {"general.quantization_version"},
               f"q-{tname}: all metadata carried")
-        eng = r.score(out)
-        lc = r.llamacpp(out)
-        err = rel_err(eng, lc, ref_logits)
-        tol = TOL_LC[tname.lower()]
-        check(err <= tol, f"q-{tname}: llama.cpp vs engine {err:.3g} (bound {tol:g})")
-        if tname.lower() in TOL_VS_REFERENCE:
+        worst = weight_errors(out, src_tensors)
+        bad = {t: e for t, e in worst.items() if e > TOL_WEIGHTS[t]}
+        check(not bad, f"q-{tname}: weights decoded by the reference vs the f32 source, worst relative RMS "
+                       + ", ".join(f"{t} {e:.2g} (bound {TOL_WEIGHTS[t]:g})" for t, e in sorted(worst.items())))
+        if tname in ("Q8_0", "Q4_0", "Q4_K_M"):
             ref_q, _ = reference.Model(out).forward(PROMPT)
-            err = rel_err(eng, ref_q, ref_q)
-            tol = TOL_VS_REFERENCE[tname.lower()]
+            err = rel_err(r.score(out), ref_q, ref_q)
+            tol = TOL_VS_REFERENCE.get(tname.lower(), TOL_VS_REFERENCE["q4_k"])
             check(err <= tol, f"q-{tname}: engine vs reference on the output {err:.3g} (bound {tol:g})")
+        # llama.cpp: every type outside the mixes, and every mix (which hold q2_k..q6_k and q8_0).
+        if tname not in ("F32", "BF16", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):
+            lc_items.append((f"q-{tname}", out, tname))
+    compare_llamacpp(r, lc_items, ref_logits)
     # --pure on a mix: the base type everywhere but router/norms.
-    if "Q4_K_M" in ok:
-        out = os.path.join(r.tmp, "q-pure.gguf")
-        r.ok(["quantize", src, out, "Q4_K_M", "--pure"])
-        check_types(out, "Q4_K_M", pure=True)
+    out = os.path.join(r.tmp, "q-pure.gguf")
+    r.ok(["quantize", src, out, "Q4_K_M", "--pure"])
+    check_types(out, "Q4_K_M", pure=True)
     # Requantising a quantised input: a warning, and the result is still right.
     out = os.path.join(r.tmp, "q-requant.gguf")
     p = r.ok(["quantize", os.path.join(r.tmp, "q-Q8_0.gguf"), out, "Q4_0"])
@@ -431,17 +477,21 @@ def main():
     ap.add_argument("--mixtral", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--node", default="node")
-    ap.add_argument("--check", action="append", choices=["convert", "quantize", "legacy", "fallback", "bad"])
+    ap.add_argument("--check", action="append",
+                    choices=["make", "convert", "quantize", "legacy", "fallback", "bad"])
     a = ap.parse_args()
-    checks = a.check or ["convert", "quantize", "legacy", "fallback", "bad"]
+    checks = a.check or ["make", "convert", "quantize", "legacy", "fallback", "bad"]
     r = Runner(a)
     w = a.workdir
     try:
-        shutil.rmtree(w, ignore_errors=True)
-        r.ok(["make-test-model", w] + SHAPE["args"] +
-             ["--types", "f32,bf16", "--layouts", "hf,hf-sharded,consolidated,gguf-merged,gguf-legacy"])
-        for d in ("hf-f32", "hf-f32-sharded", "consolidated-f32", "hf-bf16"):
-            write_tokenizer(os.path.join(w, d), int(SHAPE["args"][SHAPE["args"].index("--vocab") + 1]))
+        if "make" in checks:
+            shutil.rmtree(w, ignore_errors=True)
+            r.ok(["make-test-model", w] + SHAPE["args"] +
+                 ["--types", "f32", "--layouts", "hf,hf-sharded,consolidated,gguf-merged,gguf-legacy"])
+            r.ok(["make-test-model", os.path.join(w, "bf16")] + SHAPE["args"] + ["--types", "bf16", "--layouts", "hf"])
+            vocab = int(SHAPE["args"][SHAPE["args"].index("--vocab") + 1])
+            for d in ("hf-f32", "hf-f32-sharded", "consolidated-f32", "bf16/hf-bf16"):
+                write_tokenizer(os.path.join(w, d), vocab)
         if "convert" in checks:
             test_convert(r, w)
         if "quantize" in checks:
