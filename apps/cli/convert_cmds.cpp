@@ -49,7 +49,7 @@ std::function<std::optional<int>()> add_convert_commands(CLI::App& app) {
   c->add_option("--type", st->convert.type, "TYPE (default: the source's float type: F32, F16 or BF16)");
   c->add_flag("--pure", st->convert.pure, "mixes: every weight in the base type (router and norms stay F32)");
   c->add_option("--ctx", st->convert.context_length,
-                "llama.context_length to write when the config has none (default 32768)");
+                "llama.context_length to write (default: the config's max_position_embeddings, else 32768)");
   c->add_flag("--no-vocab", st->convert.no_vocab,
               "allow a directory without a tokenizer (llama.cpp needs one)");
   c->add_option("-t,--threads", st->convert.threads, "worker threads (default: all cores)");

@@ -22,7 +22,7 @@ struct ConvertOptions {
   std::string type;       // a name from quant_type_names(); empty (convert only): the source's float type
   bool pure = false;      // mixes: every weight in the mix's base type (router and norms still F32)
   bool no_vocab = false;  // convert: write no tokenizer when the directory has none
-  int64_t context_length = 0;  // convert: llama.context_length when the source has none (0: 32768)
+  int64_t context_length = 0;  // convert: llama.context_length (0: the config's, else 32768)
   int threads = 0;             // 0: all cores
   bool progress = true;        // a progress bar when stderr is a terminal
   // Notes for the user (fallback types, requantisation, defaults taken); default: stderr lines.
