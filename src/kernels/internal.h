@@ -30,7 +30,21 @@ struct MatmulArgs {
   const int8_t* xq = nullptr;  // [n, cols]
   const float* xd = nullptr;   // [n, cols / 32], the fp16 block scales widened to f32
   const float* xs = nullptr;   // [n, cols / 32], d_x * sum(q_x) per block (for u . x - c . x kernels)
+  const int32_t* xsum = nullptr;  // [n, cols / 32], sum(q_x) per block (exact, for integer corrections)
+  // xq is in the kernel table's grouped order (see ArrangeQ8Fn) rather than in column order: set when the
+  // table has an arrange function for the weight kind and the call has more than one token.
+  bool x_grouped = false;
 };
+
+// Grouped activation order, the layout of the prefill kernels that add the integer dots of 8 blocks
+// before converting them (one int32 lane per block): each full group of 8 blocks (256 values) becomes
+// 8 vectors of 32 bytes, vector 2k + h (k = 0..3, h = 0..1) holding at bytes 4j..4j+3 the values
+// 16h + 4k .. 16h + 4k + 3 of block j of the group (j = 0..7). Blocks after the last full group stay in
+// column order. This is a 4x4 dword transpose per 128-bit half, so a weight group transposed the same
+// way lines up with it.
+constexpr int kGroupBlocks = 8;
+// Rearranges one quantized activation row in place: qs: [cols] (cols % 32 == 0).
+using ArrangeQ8Fn = void (*)(int8_t* qs, int64_t cols);
 
 // y[t, r] = sum_c W[r, c] x[t, c] for rows [r0, r0 + nr) and tokens [t0, t0 + nt).
 // y points at element (t0, r0); ldy is its row stride. Every (t, r) is computed in the same order
@@ -72,6 +86,7 @@ struct KernelTable {
   const char* name;
   MatmulTileFn matmul[kNumWeightKinds];
   QuantizeQ8Fn quantize_q8;
+  ArrangeQ8Fn arrange_q8[kNumWeightKinds];  // per weight kind: grouped order for prefill, or nullptr
   AttnChunkFn attn_chunk;
   RmsnormFn rmsnorm;
   SiluMulFn silu_mul;

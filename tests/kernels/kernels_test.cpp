@@ -261,6 +261,14 @@ TEST_F(MatmulTest, LargeColumns) {
   }
 }
 
+// Prefill kernels that read the activations in groups of 8 blocks (internal.h): whole groups, groups
+// followed by 1..7 column-order tail blocks, and every token-tile remainder.
+TEST_F(MatmulTest, GroupedPrefillGroupsAndTails) {
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (int64_t cols : {256, 288, 480, 800, 2272})
+      for (int64_t n : {2, 3, 4, 5, 6, 8, 9}) check(t, 21, cols, n, 2);
+}
+
 TEST_F(MatmulTest, RowStrideAndManyRows) {
   for (DType t : {DType::Q8_0, DType::Q4_0, DType::F16}) check(t, 301, 128, 9, 5);
 }

@@ -266,6 +266,206 @@ struct Q4Kernel {
 };
 
 // ---------------------------------------------------------------------------------------------------
+// Prefill over grouped activations (MatmulArgs::x_grouped, internal.h): 8 blocks per group, one int32
+// lane per block, so each (row, token) pays one conversion, one scale multiply and one FMA per 8 blocks
+// instead of per block. A weight row's group is transposed once (4x4 dwords per 128-bit half, the same
+// transpose that arranged the activations) and kept in registers for kGroupTokens tokens.
+//   Q4_0: nibbles (0..15) . x summed in int16 over the 8 vectors of a group (16 products of at most
+//         15 * 127 per lane: 30480 < 2^15), one vpmaddwd to int32, minus 8 sum(x) per block (exact);
+//   Q8_0: |w| . (x with w's sign) per vector (int16 pairs would overflow if added), vpmaddwd each, the
+//         int32 lanes added.
+constexpr int kGroupTokens = 4;
+
+// c[k] bytes 4j..4j+3 = p[j * stride + 4k .. 4k + 3] for the 8 pieces j of 16 bytes at p + j * stride
+// (pieces 0..3 in the low 128-bit half, 4..7 in the high half).
+inline void transpose_group(const uint8_t* p, int64_t stride, __m256i c[4]) {
+  __m256i v[4];
+  MX_UNROLL
+  for (int i = 0; i < 4; ++i)
+    v[i] = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i * stride))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + (i + 4) * stride)), 1);
+  const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+  c[0] = _mm256_unpacklo_epi64(t0, t2);
+  c[1] = _mm256_unpackhi_epi64(t0, t2);
+  c[2] = _mm256_unpacklo_epi64(t1, t3);
+  c[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// ArrangeQ8Fn: one activation row into grouped order.
+void arrange_q8(int8_t* qs, int64_t cols) {
+  const int64_t groups = cols / (kQK8_0 * kGroupBlocks);
+  for (int64_t g = 0; g < groups; ++g) {
+    uint8_t* p = reinterpret_cast<uint8_t*>(qs) + g * kQK8_0 * kGroupBlocks;  // [8 blocks, 32]
+    __m256i c[2][4];                                                          // [h, k]
+    transpose_group(p, kQK8_0, c[0]);
+    transpose_group(p + 16, kQK8_0, c[1]);
+    MX_UNROLL
+    for (int k = 0; k < 4; ++k) {
+      MX_UNROLL
+      for (int h = 0; h < 2; ++h) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 32 * (2 * k + h)), c[h][k]);
+    }
+  }
+}
+
+// Blocks after the last full group (column order): y_t += sum over blocks of d_w d_x (w . x), one
+// block at a time. y: [T] partial sums.
+template <class Block, int T>
+inline void tail_blocks(const MatmulArgs& a, const Block* w, int64_t b_begin, int64_t t0, float* y) {
+  const int64_t cols = a.cols, nb = cols / kQK8_0;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = b_begin; b < nb; ++b) {
+    const float dw = _cvtsh_ss(w[b].d);
+    __m256i u, sgn;  // unsigned weights and the sign to give x (Q8_0), or the nibbles (Q4_0)
+    if constexpr (sizeof(Block) == sizeof(BlockQ8_0)) {
+      sgn = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs));
+      u = _mm256_abs_epi8(sgn);
+    } else {
+      const __m256i raw =
+          _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs)));
+      u = _mm256_and_si256(_mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                           _mm256_set1_epi8(0x0f));
+      sgn = _mm256_setzero_si256();
+    }
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) {
+      __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (t0 + t) * cols + b * kQK8_0));
+      if constexpr (sizeof(Block) == sizeof(BlockQ8_0)) x = _mm256_sign_epi8(x, sgn);
+      const __m256i d32 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
+      __m128i s = _mm_add_epi32(_mm256_castsi256_si128(d32), _mm256_extracti128_si256(d32, 1));
+      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+      int32_t dot = _mm_cvtsi128_si32(s);
+      if constexpr (sizeof(Block) != sizeof(BlockQ8_0)) dot -= 8 * a.xsum[(t0 + t) * nb + b];
+      y[t] += static_cast<float>(dot) * (dw * a.xd[(t0 + t) * nb + b]);
+    }
+  }
+}
+
+// One weight row x T tokens over grouped activations.
+template <int T>
+struct Q4Group {
+  static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
+    const auto* w = reinterpret_cast<const BlockQ4_0*>(a.w + r * a.w_stride);
+    const int8_t* xq = a.xq + t0 * cols;    // [T, cols] grouped
+    const float* xd = a.xd + t0 * nb;       // [T, nb]
+    const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
+    const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc[T];
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t b0 = g * kGroupBlocks;
+      __m256i c[4], u[8];  // u[2k + h]: the nibbles of c[k], low (h = 0) or high (h = 1)
+      transpose_group(w[b0].qs, sizeof(BlockQ4_0), c);
+      MX_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        u[2 * k] = _mm256_and_si256(c[k], low4);
+        u[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(c[k], 4), low4);
+      }
+      const __m256 dw = _mm256_cvtph_ps(load_scales8(w, b0, kGroupBlocks));
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
+        __m256i s16 = _mm256_maddubs_epi16(u[0], _mm256_loadu_si256(xv));
+        MX_UNROLL
+        for (int v = 1; v < 8; ++v) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u[v], _mm256_loadu_si256(xv + v)));
+        const __m256i corr = _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
+        const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), corr);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)),
+                                 acc[t]);
+      }
+    }
+    float tail[T] = {};
+    tail_blocks<BlockQ4_0, T>(a, w, ng * kGroupBlocks, t0, tail);
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) y[t * ldy] = hsum256(acc[t]) + tail[t];
+  }
+};
+
+template <int T>
+struct Q8Group {
+  static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols, nb = cols / kQK8_0, ng = nb / kGroupBlocks;
+    const auto* w = reinterpret_cast<const BlockQ8_0*>(a.w + r * a.w_stride);
+    const int8_t* xq = a.xq + t0 * cols;  // [T, cols] grouped
+    const float* xd = a.xd + t0 * nb;     // [T, nb]
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[T];
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t b0 = g * kGroupBlocks;
+      __m256i c[2][4];           // [h, k] the weights, vector 2k + h of the group
+      alignas(32) __m256i sw[8];  // [8] the same, read as memory operands by vpsignb
+      __m256i u[8];               // [8] their absolute values
+      transpose_group(reinterpret_cast<const uint8_t*>(w[b0].qs), sizeof(BlockQ8_0), c[0]);
+      transpose_group(reinterpret_cast<const uint8_t*>(w[b0].qs) + 16, sizeof(BlockQ8_0), c[1]);
+      MX_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        MX_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          _mm256_store_si256(&sw[2 * k + h], c[h][k]);
+          u[2 * k + h] = _mm256_abs_epi8(c[h][k]);
+        }
+      }
+      const __m256 dw = _mm256_cvtph_ps(load_scales8(w, b0, kGroupBlocks));
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
+        __m256i dot = _mm256_setzero_si256();
+        MX_UNROLL
+        for (int v = 0; v < 8; ++v) {
+          const __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256(xv + v), _mm256_load_si256(&sw[v]));
+          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(u[v], sx), ones));
+        }
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)),
+                                 acc[t]);
+      }
+    }
+    float tail[T] = {};
+    tail_blocks<BlockQ8_0, T>(a, w, ng * kGroupBlocks, t0, tail);
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) y[t * ldy] = hsum256(acc[t]) + tail[t];
+  }
+};
+
+// Token tiles of kGroupTokens (the last one shorter), each over all rows [r0, r0 + nr) so the row
+// chunk stays in L2 while the tile's activations stay in L1.
+template <template <int> class K>
+void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  for (int64_t tt = 0; tt < nt; tt += kGroupTokens) {
+    const int64_t ct = nt - tt < kGroupTokens ? nt - tt : kGroupTokens;
+    float* yt = y + tt * ldy;
+    for (int64_t r = 0; r < nr; ++r) {
+      switch (ct) {
+        case 4:
+          K<4>::run(a, r0 + r, t0 + tt, yt + r, ldy);
+          break;
+        case 3:
+          K<3>::run(a, r0 + r, t0 + tt, yt + r, ldy);
+          break;
+        case 2:
+          K<2>::run(a, r0 + r, t0 + tt, yt + r, ldy);
+          break;
+        default:
+          K<1>::run(a, r0 + r, t0 + tt, yt + r, ldy);
+          break;
+      }
+    }
+  }
+}
+
+// The table's quantized entries: grouped activations (prefill) or the column-order tiles (decode).
+template <template <int> class G, template <int, int> class K>
+void quant_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  if (a.x_grouped) return group_tiles<G>(a, r0, nr, t0, nt, y, ldy);
+  tiles<K, 4, 2, 3>(a, r0, nr, t0, nt, y, ldy);
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Float weights: 8 columns per step; the last partial step goes through zero-padded copies.
 
 struct LoadF32 {
@@ -606,8 +806,9 @@ const KernelTable* avx2_table() {
   static const KernelTable table = {
       "avx2",
       {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>,
-       tiles<Q8Kernel, 4, 2, 3>, tiles<Q4Kernel, 4, 2, 3>},
+       quant_matmul<Q8Group, Q8Kernel>, quant_matmul<Q4Group, Q4Kernel>},
       quantize_q8,
+      {nullptr, nullptr, nullptr, arrange_q8, arrange_q8},
       attn_chunk,
       rmsnorm,
       silu_mul,

@@ -633,6 +633,7 @@ const KernelTable* MX_AVX512_TABLE() {
       {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,
        tiles<Q8Kernel, 4, 4, 4>, tiles<Q4Kernel, 4, 4, 4>},
       quantize_q8,
+      {nullptr, nullptr, nullptr, nullptr, nullptr},
       attn_chunk,
       rmsnorm,
       silu_mul,

@@ -226,6 +226,7 @@ const KernelTable& generic_table() {
       {float_tile<widen_f32>, float_tile<widen_f16>, float_tile<widen_bf16>, quant_tile<unpack_q8>,
        quant_tile<unpack_q4>},
       quantize_q8,
+      {nullptr, nullptr, nullptr, nullptr, nullptr},  // column order throughout
       attn_chunk,
       rmsnorm,
       silu_mul,
