@@ -119,6 +119,12 @@ detail::WeightKind weight_kind(const TensorView& w) {
       return detail::kWQ8_0;
     case DType::Q4_0:
       return detail::kWQ4_0;
+    case DType::Q4_K:
+      return detail::kWQ4_K;
+    case DType::Q5_K:
+      return detail::kWQ5_K;
+    case DType::Q6_K:
+      return detail::kWQ6_K;
     default:
       MX_CHECK(false, "matmul: weight dtype %s has no kernel", std::string(dtype_name(w.dtype)).c_str());
   }
@@ -126,6 +132,16 @@ detail::WeightKind weight_kind(const TensorView& w) {
 
 bool is_quantized(detail::WeightKind k) {
   return k == detail::kWQ8_0 || k == detail::kWQ4_0;
+}
+
+bool is_k_quant(detail::WeightKind k) {
+  return k == detail::kWQ4_K || k == detail::kWQ5_K || k == detail::kWQ6_K;
+}
+
+// The calling thread's Q8_K activation buffer (grown as needed, reused across calls).
+std::vector<BlockQ8_K>& k_acts() {
+  thread_local std::vector<BlockQ8_K> b;  // [n, cols / 256]
+  return b;
 }
 
 // The calling thread's Q8_0 activation buffers (grown as needed, reused across calls); a second set
@@ -151,6 +167,22 @@ detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, detail::We
   a.w_stride = w.row_stride();
   a.cols = w.cols();
   a.x = x;
+  if (is_k_quant(kind)) {  // Q8_K blocks (scalar quantize_row: one pass over x, small beside the weights)
+    const int64_t cols = a.cols, nb = cols / kQK_K;
+    std::vector<BlockQ8_K>& xk = k_acts();
+    if (xk.size() < static_cast<size_t>(n * nb)) xk.resize(static_cast<size_t>(n * nb));
+    BlockQ8_K* xb = xk.data();
+    auto rows = [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) quantize_row(DType::Q8_K, x + t * cols, xb + t * nb, cols);
+    };
+    if (pool.size() > 1 && n >= 2 && n * cols >= (1 << 15)) {
+      pool.run([&](int ith, int nth) { rows(n * ith / nth, n * (ith + 1) / nth); });
+    } else {
+      rows(0, n);
+    }
+    a.xk = xb;
+    return a;
+  }
   if (!is_quantized(kind)) return a;
   const int64_t cols = a.cols, nb = cols / kQK8_0;
   const detail::ArrangeQ8Fn arrange = n > 1 ? k.arrange_q8[kind] : nullptr;
@@ -232,7 +264,8 @@ void check_matmul(const TensorView& w, const float* x, int64_t n, const float* y
 namespace fallback {
 
 bool has_kernel(DType t) {
-  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0;
+  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
+         t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
 }
 
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool) {
@@ -333,10 +366,9 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, i
     return fallback::matmul_swiglu(w1, w3, x, n, out, pool);
   const KernelTable& k = table();
   const detail::WeightKind k1 = weight_kind(w1), k3 = weight_kind(w3);
-  if (is_quantized(k1) != is_quantized(k3)) {
-    MX_CHECK(false, "matmul_swiglu: w1 (%s) and w3 (%s) need different activation formats",
-             std::string(dtype_name(w1.dtype)).c_str(), std::string(dtype_name(w3.dtype)).c_str());
-  }
+  // Weights that want different activation formats (e.g. Q4_K with Q8_0): two separate matmuls.
+  if (is_quantized(k1) != is_quantized(k3) || is_k_quant(k1) != is_k_quant(k3))
+    return fallback::matmul_swiglu(w1, w3, x, n, out, pool);
   const detail::MatmulArgs a1 = prepare(k, w1, k1, x, n, pool, quantized_acts(0));
   detail::MatmulArgs a3 = a1;
   a3.w = static_cast<const uint8_t*>(w3.data);

@@ -10,6 +10,10 @@
 #include <cstddef>
 #include <cstdint>
 
+namespace mixtral {
+struct BlockQ8_K;  // tensor/quant.h
+}  // namespace mixtral
+
 namespace mixtral::kernels {
 enum class Isa;  // kernels.h
 }  // namespace mixtral::kernels
@@ -17,7 +21,17 @@ enum class Isa;  // kernels.h
 namespace mixtral::kernels::detail {
 
 // Weight dtypes the matmul kernels handle, as table indices.
-enum WeightKind { kWF32 = 0, kWF16 = 1, kWBF16 = 2, kWQ8_0 = 3, kWQ4_0 = 4, kNumWeightKinds = 5 };
+enum WeightKind {
+  kWF32 = 0,
+  kWF16 = 1,
+  kWBF16 = 2,
+  kWQ8_0 = 3,
+  kWQ4_0 = 4,
+  kWQ4_K = 5,
+  kWQ5_K = 6,
+  kWQ6_K = 7,
+  kNumWeightKinds = 8
+};
 
 // Everything one matmul call's tiles share.
 struct MatmulArgs {
@@ -31,6 +45,8 @@ struct MatmulArgs {
   const float* xd = nullptr;   // [n, cols / 32], the fp16 block scales widened to f32
   const float* xs = nullptr;   // [n, cols / 32], d_x * sum(q_x) per block (for u . x - c . x kernels)
   const int32_t* xsum = nullptr;  // [n, cols / 32], sum(q_x) per block (exact, for integer corrections)
+  // K-quant weights: the activations rounded to Q8_K (quantize_row's rule), with their 16-value sums.
+  const BlockQ8_K* xk = nullptr;  // [n, cols / 256]
   // xq is in the kernel table's grouped order (see ArrangeQ8Fn) rather than in column order: set when the
   // table has an arrange function for the weight kind and the call has more than one token.
   bool x_grouped = false;

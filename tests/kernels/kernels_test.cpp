@@ -269,6 +269,59 @@ TEST_F(MatmulTest, GroupedPrefillGroupsAndTails) {
       for (int64_t n : {2, 3, 4, 5, 6, 8, 9}) check(t, 21, cols, n, 2);
 }
 
+// K-quant weights with Q8_K activations, every ISA vs two oracles:
+//  - float64 of the decoded weights with the Q8_K-decoded activations (the same dot inputs): only the f32
+//    scaling and summation of exact int32 group dots differ; bound 1e-5 relative to sum |w x|
+//    (observed about 1e-7);
+//  - ref::matmul (decoded weights times the f32 activations): differs by the Q8_K rounding of x, at most
+//    half a step (amax / 254) per value; bound 2e-2 relative to sum |w x| (observed below 4e-3 for
+//    Gaussian data).
+TEST_F(MatmulTest, KQuantsMatchReference) {
+  const int64_t shapes[][2] = {{1, 256}, {7, 512}, {21, 768}, {37, 4096}};
+  for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K})
+    for (const auto& s : shapes)
+      for (int64_t n : {1, 2, 3, 4, 5, 9}) {
+        const int64_t rows = s[0], cols = s[1], ldy = rows + 1;
+        SCOPED_TRACE(std::string(dname(t)) + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
+                     " n=" + std::to_string(n));
+        const Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(rows * 31 + cols + n));
+        const std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 5));  // [n, cols]
+        std::vector<float> xr(x.size());  // [n, cols] x through Q8_K and back
+        std::vector<BlockQ8_K> xb(static_cast<size_t>(cols / kQK_K));
+        for (int64_t tk = 0; tk < n; ++tk) {
+          quantize_row(DType::Q8_K, x.data() + tk * cols, xb.data(), cols);
+          dequantize_row(DType::Q8_K, xb.data(), xr.data() + tk * cols, cols);
+        }
+        std::vector<float> y64(static_cast<size_t>(n * ldy), 0.0f), mag(y64.size(), 0.0f);  // [n, ldy]
+        for (int64_t tk = 0; tk < n; ++tk)
+          for (int64_t r = 0; r < rows; ++r) {
+            double sum = 0.0, m = 0.0;
+            for (int64_t c = 0; c < cols; ++c) {
+              const double p = w.deq[r * cols + c] * static_cast<double>(xr[tk * cols + c]);
+              sum += p;
+              m += std::fabs(p);
+            }
+            y64[tk * ldy + r] = static_cast<float>(sum);
+            mag[tk * ldy + r] = static_cast<float>(m);
+          }
+        std::vector<float> ref(y64.size(), 0.0f);  // [n, ldy]
+        ref::matmul(w.view, x.data(), n, ref.data(), ldy);
+        for (Isa isa : supported_isas()) {
+          use_isa(isa);
+          SCOPED_TRACE(isa_name(isa));
+          std::vector<float> y1(y64.size(), -7.0f), y2(y1);  // [n, ldy]
+          matmul(w.view, x.data(), n, y1.data(), ldy, pool1_);
+          matmul(w.view, x.data(), n, y2.data(), ldy, pool2_);
+          EXPECT_LE(norm_err(y1.data(), y64.data(), n, rows, ldy, mag.data()), 1e-5)
+              << "fast vs float64 with the Q8_K activations: bound 1e-5";
+          EXPECT_LE(norm_err(y1.data(), ref.data(), n, rows, ldy, mag.data()), 2e-2)
+              << "fast vs ref::matmul (f32 activations): bound 2e-2";
+          EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float))) << "1 vs 2 threads differ";
+          for (int64_t tk = 0; tk < n; ++tk) ASSERT_EQ(y1[tk * ldy + rows], -7.0f) << "wrote past rows";
+        }
+      }
+}
+
 TEST_F(MatmulTest, RowStrideAndManyRows) {
   for (DType t : {DType::Q8_0, DType::Q4_0, DType::F16}) check(t, 301, 128, 9, 5);
 }

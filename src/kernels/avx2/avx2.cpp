@@ -466,6 +466,162 @@ void quant_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64
 }
 
 // ---------------------------------------------------------------------------------------------------
+// K-quants with Q8_K activations (MatmulArgs::xk). A super-block (256 values) is unpacked to 8 vectors
+// of unsigned values (32 consecutive values each), an int16 scale sc and offset mi per 16 values and two
+// float factors, with w[16g + i] = d * sc[g] * q[16g + i] - dm * mi[g]; then per token
+//   w . x = d_x * (d * sum_g sc[g] (q . x_q)_g - dm * sum_g mi[g] bsums[g]),
+// the first sum as vpmaddubsw (q <= 63, |x| <= 127: no saturation) then vpmaddwd by the scales, in int32
+// over the super-block; the second one vpmaddwd of the offsets with the activations' 16-value sums.
+struct KBlock {
+  __m256i q[8];                // [8] values 32v .. 32v + 31
+  alignas(32) int16_t sc[16];  // [16] scale per 16 values
+  alignas(32) int16_t mi[16];  // [16] offset per 16 values
+  float d, dm;
+};
+
+// The 6-bit scale and min of sub-block j of the Q4_K/Q5_K packing (tensor/quant.h k_scale_min, copied
+// so no inline function from a shared header is emitted with this file's flags).
+inline void scale_min_k(int j, const uint8_t* q, int* sc, int* mn) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *mn = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+    *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+inline void k_scales_mins(const uint8_t* scales, KBlock& u) {
+  for (int s = 0; s < 8; ++s) {
+    int sc, mn;
+    scale_min_k(s, scales, &sc, &mn);
+    u.sc[2 * s] = u.sc[2 * s + 1] = static_cast<int16_t>(sc);
+    u.mi[2 * s] = u.mi[2 * s + 1] = static_cast<int16_t>(mn);
+  }
+}
+
+struct Q4KUnpack {
+  using Block = BlockQ4_K;
+  static void run(const BlockQ4_K& b, KBlock& u) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    MX_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * j));
+      u.q[2 * j] = _mm256_and_si256(raw, low4);
+      u.q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+    }
+    k_scales_mins(b.scales, u);
+    u.d = _cvtsh_ss(b.d);
+    u.dm = _cvtsh_ss(b.dmin);
+  }
+};
+
+struct Q5KUnpack {
+  using Block = BlockQ5_K;
+  static void run(const BlockQ5_K& b, KBlock& u) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
+    MX_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * j));
+      // bit 2j (2j + 1) of each qh byte to bit 4
+      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j), one), 4);
+      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j + 1), one), 4);
+      u.q[2 * j] = _mm256_or_si256(_mm256_and_si256(raw, low4), h0);
+      u.q[2 * j + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), h1);
+    }
+    k_scales_mins(b.scales, u);
+    u.d = _cvtsh_ss(b.d);
+    u.dm = _cvtsh_ss(b.dmin);
+  }
+};
+
+struct Q6KUnpack {
+  using Block = BlockQ6_K;
+  static void run(const BlockQ6_K& b, KBlock& u) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
+    MX_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * h));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * h));
+      const __m256i lo[4] = {_mm256_and_si256(l0, low4), _mm256_and_si256(l1, low4),
+                             _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                             _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4)};
+      MX_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), two), 4);
+        u.q[4 * h + k] = _mm256_or_si256(lo[k], hi);
+      }
+    }
+    const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(u.sc), sc);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(u.mi), _mm256_slli_epi16(sc, 5));  // 32 sc
+    u.d = _cvtsh_ss(b.d);
+    u.dm = u.d;
+  }
+};
+
+// One weight row x T tokens (T <= 4) of K-quant weights.
+template <class Unpack, int T>
+struct KKernel {
+  using Block = typename Unpack::Block;
+  static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
+    const int64_t nb = a.cols / kQK_K;
+    const auto* w = reinterpret_cast<const Block*>(a.w + r * a.w_stride);
+    const BlockQ8_K* xk = a.xk + t0 * nb;  // [T, nb]
+    // vpshufb masks: the low 128-bit half repeats int16 0 of a dword, the high half int16 1
+    const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  //
+                                          2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    __m256 acc[T];
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    KBlock u;
+    alignas(32) __m256i scv[8];  // [8] scales of vector v: sc[2v] in the low half, sc[2v + 1] in the high
+    for (int64_t b = 0; b < nb; ++b) {
+      prefetch_bytes(w + b, kPrefetchBytes, static_cast<int64_t>(sizeof(Block)));
+      Unpack::run(w[b], u);
+      MX_UNROLL
+      for (int v = 0; v < 8; ++v) {
+        int32_t pair;
+        __builtin_memcpy(&pair, u.sc + 2 * v, 4);
+        scv[v] = _mm256_shuffle_epi8(_mm256_set1_epi32(pair), pick);
+      }
+      const __m256i mi = _mm256_load_si256(reinterpret_cast<const __m256i*>(u.mi));
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const BlockQ8_K& x = xk[t * nb + b];
+        __m256i sq = _mm256_setzero_si256();
+        MX_UNROLL
+        for (int v = 0; v < 8; ++v) {
+          const __m256i p16 =
+              _mm256_maddubs_epi16(u.q[v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * v)));
+          sq = _mm256_add_epi32(sq, _mm256_madd_epi16(p16, _mm256_load_si256(&scv[v])));
+        }
+        const __m256i sm =
+            _mm256_madd_epi16(mi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums)));
+        const float dq = x.d * u.d, dmn = x.d * u.dm;
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sq), _mm256_set1_ps(dq), acc[t]);
+        acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sm), _mm256_set1_ps(dmn), acc[t]);
+      }
+    }
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) y[t * ldy] = hsum256(acc[t]);
+  }
+};
+template <int T>
+using Q4KKernel = KKernel<Q4KUnpack, T>;
+template <int T>
+using Q5KKernel = KKernel<Q5KUnpack, T>;
+template <int T>
+using Q6KKernel = KKernel<Q6KUnpack, T>;
+
+template <template <int> class K>
+void k_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  group_tiles<K>(a, r0, nr, t0, nt, y, ldy);
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Float weights: 8 columns per step; the last partial step goes through zero-padded copies.
 
 struct LoadF32 {
@@ -806,9 +962,10 @@ const KernelTable* avx2_table() {
   static const KernelTable table = {
       "avx2",
       {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>,
-       quant_matmul<Q8Group, Q8Kernel>, quant_matmul<Q4Group, Q4Kernel>},
+       quant_matmul<Q8Group, Q8Kernel>, quant_matmul<Q4Group, Q4Kernel>, k_matmul<Q4KKernel>,
+       k_matmul<Q5KKernel>, k_matmul<Q6KKernel>},
       quantize_q8,
-      {nullptr, nullptr, nullptr, arrange_q8, arrange_q8},
+      {nullptr, nullptr, nullptr, arrange_q8, arrange_q8, nullptr, nullptr, nullptr},
       attn_chunk,
       rmsnorm,
       silu_mul,
