@@ -274,7 +274,7 @@ struct Q4Kernel {
 //         15 * 127 per lane: 30480 < 2^15), one vpmaddwd to int32, minus 8 sum(x) per block (exact);
 //   Q8_0: |w| . (x with w's sign) per vector (int16 pairs would overflow if added), vpmaddwd each, the
 //         int32 lanes added.
-constexpr int kGroupTokens = 4;
+constexpr int kGroupTokens = 6;
 
 // c[k] bytes 4j..4j+3 = p[j * stride + 4k .. 4k + 3] for the 8 pieces j of 16 bytes at p + j * stride
 // (pieces 0..3 in the low 128-bit half, 4..7 in the high half).
@@ -432,29 +432,23 @@ struct Q8Group {
   }
 };
 
-// Token tiles of kGroupTokens (the last one shorter), each over all rows [r0, r0 + nr) so the row
-// chunk stays in L2 while the tile's activations stay in L1.
-template <template <int> class K>
+// Rows [r0, r0 + nr) of a token tile of exactly CT tokens (CT <= T found by recursion).
+template <template <int> class K, int T>
+void group_rows(int64_t ct, const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  if (ct == T) {
+    for (int64_t r = 0; r < nr; ++r) K<T>::run(a, r0 + r, t0, y + r, ldy);
+  } else if constexpr (T > 1) {
+    group_rows<K, T - 1>(ct, a, r0, nr, t0, y, ldy);
+  }
+}
+
+// Token tiles of T (the last one shorter), each over all rows [r0, r0 + nr) so the row chunk stays in
+// L2 while the tile's activations stay in L1.
+template <template <int> class K, int T = kGroupTokens>
 void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
-  for (int64_t tt = 0; tt < nt; tt += kGroupTokens) {
-    const int64_t ct = nt - tt < kGroupTokens ? nt - tt : kGroupTokens;
-    float* yt = y + tt * ldy;
-    for (int64_t r = 0; r < nr; ++r) {
-      switch (ct) {
-        case 4:
-          K<4>::run(a, r0 + r, t0 + tt, yt + r, ldy);
-          break;
-        case 3:
-          K<3>::run(a, r0 + r, t0 + tt, yt + r, ldy);
-          break;
-        case 2:
-          K<2>::run(a, r0 + r, t0 + tt, yt + r, ldy);
-          break;
-        default:
-          K<1>::run(a, r0 + r, t0 + tt, yt + r, ldy);
-          break;
-      }
-    }
+  for (int64_t tt = 0; tt < nt; tt += T) {
+    const int64_t ct = nt - tt < T ? nt - tt : T;
+    group_rows<K, T>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
   }
 }
 
