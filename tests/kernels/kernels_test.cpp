@@ -282,8 +282,8 @@ TEST_F(MatmulTest, KQuantsMatchReference) {
     for (const auto& s : shapes)
       for (int64_t n : {1, 2, 3, 4, 5, 9}) {
         const int64_t rows = s[0], cols = s[1], ldy = rows + 1;
-        SCOPED_TRACE(std::string(dname(t)) + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
-                     " n=" + std::to_string(n));
+        SCOPED_TRACE(std::string(dname(t)) + " rows=" + std::to_string(rows) +
+                     " cols=" + std::to_string(cols) + " n=" + std::to_string(n));
         const Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(rows * 31 + cols + n));
         const std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 5));  // [n, cols]
         std::vector<float> xr(x.size());  // [n, cols] x through Q8_K and back
@@ -316,7 +316,8 @@ TEST_F(MatmulTest, KQuantsMatchReference) {
               << "fast vs float64 with the Q8_K activations: bound 1e-5";
           EXPECT_LE(norm_err(y1.data(), ref.data(), n, rows, ldy, mag.data()), 2e-2)
               << "fast vs ref::matmul (f32 activations): bound 2e-2";
-          EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float))) << "1 vs 2 threads differ";
+          EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float)))
+              << "1 vs 2 threads differ";
           for (int64_t tk = 0; tk < n; ++tk) ASSERT_EQ(y1[tk * ldy + rows], -7.0f) << "wrote past rows";
         }
       }

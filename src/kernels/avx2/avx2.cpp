@@ -304,7 +304,8 @@ void arrange_q8(int8_t* qs, int64_t cols) {
     MX_UNROLL
     for (int k = 0; k < 4; ++k) {
       MX_UNROLL
-      for (int h = 0; h < 2; ++h) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 32 * (2 * k + h)), c[h][k]);
+      for (int h = 0; h < 2; ++h)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 32 * (2 * k + h)), c[h][k]);
     }
   }
 }
@@ -349,8 +350,8 @@ struct Q4Group {
   static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
     const auto* w = reinterpret_cast<const BlockQ4_0*>(a.w + r * a.w_stride);
-    const int8_t* xq = a.xq + t0 * cols;    // [T, cols] grouped
-    const float* xd = a.xd + t0 * nb;       // [T, nb]
+    const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
+    const float* xd = a.xd + t0 * nb;      // [T, nb]
     const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
     const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256 acc[T];
@@ -371,11 +372,13 @@ struct Q4Group {
         const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
         __m256i s16 = _mm256_maddubs_epi16(u[0], _mm256_loadu_si256(xv));
         MX_UNROLL
-        for (int v = 1; v < 8; ++v) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u[v], _mm256_loadu_si256(xv + v)));
-        const __m256i corr = _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
+        for (int v = 1; v < 8; ++v)
+          s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u[v], _mm256_loadu_si256(xv + v)));
+        const __m256i corr =
+            _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
         const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), corr);
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)),
-                                 acc[t]);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                                 _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)), acc[t]);
       }
     }
     float tail[T] = {};
@@ -398,7 +401,7 @@ struct Q8Group {
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
       const int64_t b0 = g * kGroupBlocks;
-      __m256i c[2][4];           // [h, k] the weights, vector 2k + h of the group
+      __m256i c[2][4];            // [h, k] the weights, vector 2k + h of the group
       alignas(32) __m256i sw[8];  // [8] the same, read as memory operands by vpsignb
       __m256i u[8];               // [8] their absolute values
       transpose_group(reinterpret_cast<const uint8_t*>(w[b0].qs), sizeof(BlockQ8_0), c[0]);
@@ -421,8 +424,8 @@ struct Q8Group {
           const __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256(xv + v), _mm256_load_si256(&sw[v]));
           dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(u[v], sx), ones));
         }
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)),
-                                 acc[t]);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                                 _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)), acc[t]);
       }
     }
     float tail[T] = {};
@@ -454,7 +457,8 @@ void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_
 
 // The table's quantized entries: grouped activations (prefill) or the column-order tiles (decode).
 template <template <int> class G, template <int, int> class K>
-void quant_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+void quant_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
+                  int64_t ldy) {
   if (a.x_grouped) return group_tiles<G>(a, r0, nr, t0, nt, y, ldy);
   tiles<K, 4, 2, 3>(a, r0, nr, t0, nt, y, ldy);
 }
@@ -588,8 +592,8 @@ struct KKernel {
         __m256i sq = _mm256_setzero_si256();
         MX_UNROLL
         for (int v = 0; v < 8; ++v) {
-          const __m256i p16 =
-              _mm256_maddubs_epi16(u.q[v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * v)));
+          const __m256i p16 = _mm256_maddubs_epi16(
+              u.q[v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * v)));
           sq = _mm256_add_epi32(sq, _mm256_madd_epi16(p16, _mm256_load_si256(&scv[v])));
         }
         const __m256i sm =

@@ -331,8 +331,8 @@ struct QuantGroupKernel {
   static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols, nb = cols / kQK8_0, ng = nb / kGroupBlocks;
     const auto* w = reinterpret_cast<const Block*>(a.w + r * a.w_stride);
-    const int8_t* xq = a.xq + t0 * cols;     // [T, cols] grouped
-    const float* xd = a.xd + t0 * nb;        // [T, nb]
+    const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
+    const float* xd = a.xd + t0 * nb;      // [T, nb]
     const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
     __m256 acc[T];
     MX_UNROLL
@@ -405,7 +405,8 @@ void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_
 
 // The table's quantized entries: grouped activations (prefill) or the column-order tiles (decode).
 template <template <int> class G, template <int, int> class K>
-void quant_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+void quant_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
+                  int64_t ldy) {
   if (a.x_grouped) return group_tiles<G>(a, r0, nr, t0, nt, y, ldy);
   tiles<K, 4, 4, 4>(a, r0, nr, t0, nt, y, ldy);
 }

@@ -175,7 +175,8 @@ void unpack_q5_k(const uint8_t* src, KUnpacked& u) {
   for (int j = 0; j < 4; ++j)
     for (int l = 0; l < 32; ++l) {
       u.q[64 * j + l] = static_cast<uint8_t>((b.qs[32 * j + l] & 0x0f) | ((b.qh[l] >> (2 * j)) & 1) << 4);
-      u.q[64 * j + 32 + l] = static_cast<uint8_t>((b.qs[32 * j + l] >> 4) | ((b.qh[l] >> (2 * j + 1)) & 1) << 4);
+      u.q[64 * j + 32 + l] =
+          static_cast<uint8_t>((b.qs[32 * j + l] >> 4) | ((b.qh[l] >> (2 * j + 1)) & 1) << 4);
     }
   for (int s = 0; s < 8; ++s) {
     int sc, mn;
@@ -321,8 +322,8 @@ const KernelTable& generic_table() {
   static const KernelTable table = {
       "scalar",
       {float_tile<widen_f32>, float_tile<widen_f16>, float_tile<widen_bf16>, quant_tile<unpack_q8>,
-       quant_tile<unpack_q4>, k_tile<BlockQ4_K, unpack_q4_k>,
-       k_tile<BlockQ5_K, unpack_q5_k>, k_tile<BlockQ6_K, unpack_q6_k>},
+       quant_tile<unpack_q4>, k_tile<BlockQ4_K, unpack_q4_k>, k_tile<BlockQ5_K, unpack_q5_k>,
+       k_tile<BlockQ6_K, unpack_q6_k>},
       quantize_q8,
       {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr},  // column order throughout
       attn_chunk,
