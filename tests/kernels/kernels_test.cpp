@@ -16,6 +16,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -336,6 +337,31 @@ TEST_F(MatmulTest, ZeroTokensIsANoOp) {
 
 // silu(W1 x) * (W3 x) vs the reference matmuls and silu_mul. Tolerance: the matmul's vs_ref bound
 // (silu is 1-Lipschitz-ish; its own error is ~1e-7 relative).
+// Fused SwiGLU over K-quant weights (both share the Q8_K activations; Q4_K with Q6_K as in Q4_K_M
+// files) and over weights that want different activation formats (Q4_K with Q8_0: two separate
+// matmuls): bit for bit the unfused dispatched ops.
+TEST_F(MatmulTest, SwigluKQuantsAndMixedFormats) {
+  const std::pair<DType, DType> pairs[] = {{DType::Q4_K, DType::Q4_K}, {DType::Q4_K, DType::Q6_K},
+                                           {DType::Q5_K, DType::Q4_K}, {DType::Q4_K, DType::Q8_0}};
+  for (const auto& [t1, t3] : pairs)
+    for (int64_t n : {1, 5, 70}) {
+      SCOPED_TRACE(std::string(dname(t1)) + "/" + dname(t3) + " n=" + std::to_string(n));
+      const int64_t ffn = 37, cols = 512;
+      const Weights w1 = make_weights(t1, ffn, cols, 15), w3 = make_weights(t3, ffn, cols, 16);
+      const std::vector<float> x = randn(n * cols, 19);  // [n, cols]
+      for (Isa isa : supported_isas()) {
+        use_isa(isa);
+        SCOPED_TRACE(isa_name(isa));
+        std::vector<float> out(static_cast<size_t>(n * ffn)), g(out.size()), u(out.size());  // [n, ffn]
+        matmul_swiglu(w1.view, w3.view, x.data(), n, out.data(), pool2_);
+        matmul(w1.view, x.data(), n, g.data(), ffn, pool2_);
+        matmul(w3.view, x.data(), n, u.data(), ffn, pool2_);
+        silu_mul(g.data(), u.data(), n * ffn);
+        EXPECT_EQ(0, std::memcmp(out.data(), g.data(), g.size() * sizeof(float))) << "fused != unfused";
+      }
+    }
+}
+
 TEST_F(MatmulTest, SwigluMatchesReference) {
   for (DType t : kAllTypes) {
     for (int64_t n : {1, 3, 33, 70}) {
