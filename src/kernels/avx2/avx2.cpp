@@ -477,25 +477,22 @@ struct KBlock {
   float d, dm;
 };
 
-// The 6-bit scale and min of sub-block j of the Q4_K/Q5_K packing (tensor/quant.h k_scale_min, copied
-// so no inline function from a shared header is emitted with this file's flags).
-inline void scale_min_k(int j, const uint8_t* q, int* sc, int* mn) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *mn = q[j + 4] & 63;
-  } else {
-    *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-    *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
-inline void k_scales_mins(const uint8_t* scales, KBlock& u) {
-  for (int s = 0; s < 8; ++s) {
-    int sc, mn;
-    scale_min_k(s, scales, &sc, &mn);
-    u.sc[2 * s] = u.sc[2 * s + 1] = static_cast<int16_t>(sc);
-    u.mi[2 * s] = u.mi[2 * s + 1] = static_cast<int16_t>(mn);
-  }
+// The 6-bit scales and mins of the 8 sub-blocks of the Q4_K/Q5_K packing (tensor/quant.h k_scale_min),
+// four at a time in 32-bit words: with a, b, c the bytes 0..3, 4..7, 8..11, sub-blocks 0..3 have scale
+// a & 63, min b & 63; sub-blocks 4..7 scale (c & 15) | (a >> 6) << 4, min (c >> 4) | (b >> 6) << 4.
+// Widened to one int16 per 16 values.
+inline void k_scales_mins(const uint8_t* q, KBlock& u) {
+  uint32_t a, b, c;
+  __builtin_memcpy(&a, q, 4);
+  __builtin_memcpy(&b, q + 4, 4);
+  __builtin_memcpy(&c, q + 8, 4);
+  const uint32_t sc_lo = a & 0x3f3f3f3fu, mn_lo = b & 0x3f3f3f3fu;
+  const uint32_t sc_hi = (c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u);
+  const uint32_t mn_hi = ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u);
+  const __m128i sc8 = _mm_set_epi32(0, 0, static_cast<int>(sc_hi), static_cast<int>(sc_lo));
+  const __m128i mn8 = _mm_set_epi32(0, 0, static_cast<int>(mn_hi), static_cast<int>(mn_lo));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(u.sc), _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sc8, sc8)));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(u.mi), _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8)));
 }
 
 struct Q4KUnpack {
