@@ -185,7 +185,7 @@ detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, detail::We
   }
   if (!is_quantized(kind)) return a;
   const int64_t cols = a.cols, nb = cols / kQK8_0;
-  const detail::ArrangeQ8Fn arrange = n > 1 ? k.arrange_q8[kind] : nullptr;
+  const detail::ArrangeQ8Fn arrange = k.arrange_q8[kind];
   if (q.qs.size() < static_cast<size_t>(n * cols)) q.qs.resize(static_cast<size_t>(n * cols));
   if (q.d.size() < static_cast<size_t>(n * nb)) q.d.resize(static_cast<size_t>(n * nb));
   if (q.s.size() < static_cast<size_t>(n * nb)) q.s.resize(static_cast<size_t>(n * nb));
@@ -374,7 +374,7 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, i
   detail::MatmulArgs a3 = a1;
   a3.w = static_cast<const uint8_t*>(w3.data);
   a3.w_stride = w3.row_stride();
-  if (n > 1 && k.arrange_q8[k1] != k.arrange_q8[k3])  // the activations in w3's order as well
+  if (k.arrange_q8[k1] != k.arrange_q8[k3])  // the activations in w3's order as well
     a3 = prepare(k, w3, k3, x, n, pool, quantized_acts(1));
   const detail::MatmulTileFn t1 = k.matmul[k1], t3 = k.matmul[k3];
   constexpr int64_t kTokenBlock = 64;

@@ -48,7 +48,8 @@ struct MatmulArgs {
   // K-quant weights: the activations rounded to Q8_K (quantize_row's rule), with their 16-value sums.
   const BlockQ8_K* xk = nullptr;  // [n, cols / 256]
   // xq is in the kernel table's grouped order (see ArrangeQ8Fn) rather than in column order: set when the
-  // table has an arrange function for the weight kind and the call has more than one token.
+  // table has an arrange function for the weight kind (for every token count, so that decode and prefill
+  // of the same kernel sum in the same order).
   bool x_grouped = false;
 };
 

@@ -345,48 +345,79 @@ inline void tail_blocks(const MatmulArgs& a, const Block* w, int64_t b_begin, in
 }
 
 // One weight row x T tokens over grouped activations.
-template <int T>
-struct Q4Group {
-  static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
+// R weight rows (r0 + i * rstep) x T tokens over grouped activations. Each (row, token) runs the same
+// operations whatever R and T, so decode (R rows in lockstep, one token) and prefill (one row, T tokens)
+// give bit-identical results.
+template <int R, int T>
+struct Q4GroupRT {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
-    const auto* w = reinterpret_cast<const BlockQ4_0*>(a.w + r * a.w_stride);
+    const BlockQ4_0* w[R];
+    MX_UNROLL
+    for (int i = 0; i < R; ++i) w[i] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + i * rstep) * a.w_stride);
     const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
     const float* xd = a.xd + t0 * nb;      // [T, nb]
     const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
     const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    __m256 acc[T];
+    __m256 acc[R][T];
     MX_UNROLL
-    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int i = 0; i < R; ++i) {
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+    }
     for (int64_t g = 0; g < ng; ++g) {
       const int64_t b0 = g * kGroupBlocks;
-      __m256i c[4], u[8];  // u[2k + h]: the nibbles of c[k], low (h = 0) or high (h = 1)
-      transpose_group(w[b0].qs, sizeof(BlockQ4_0), c);
       MX_UNROLL
-      for (int k = 0; k < 4; ++k) {
-        u[2 * k] = _mm256_and_si256(c[k], low4);
-        u[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(c[k], 4), low4);
-      }
-      const __m256 dw = _mm256_cvtph_ps(load_scales8(w, b0, kGroupBlocks));
-      MX_UNROLL
-      for (int t = 0; t < T; ++t) {
-        const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
-        __m256i s16 = _mm256_maddubs_epi16(u[0], _mm256_loadu_si256(xv));
+      for (int i = 0; i < R; ++i) {
+        if constexpr (R > 1)
+          prefetch_bytes(w[i] + b0, kPrefetchBytes, kGroupBlocks * static_cast<int64_t>(sizeof(BlockQ4_0)));
+        __m256i c[4], u[8];  // u[2k + h]: the nibbles of c[k], low (h = 0) or high (h = 1)
+        transpose_group(w[i][b0].qs, sizeof(BlockQ4_0), c);
         MX_UNROLL
-        for (int v = 1; v < 8; ++v)
-          s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u[v], _mm256_loadu_si256(xv + v)));
-        const __m256i corr =
-            _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
-        const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), corr);
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
-                                 _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)), acc[t]);
+        for (int k = 0; k < 4; ++k) {
+          u[2 * k] = _mm256_and_si256(c[k], low4);
+          u[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(c[k], 4), low4);
+        }
+        const __m256 dw = _mm256_cvtph_ps(load_scales8(w[i], b0, kGroupBlocks));
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) {
+          const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
+          __m256i s16 = _mm256_maddubs_epi16(u[0], _mm256_loadu_si256(xv));
+          MX_UNROLL
+          for (int v = 1; v < 8; ++v)
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u[v], _mm256_loadu_si256(xv + v)));
+          const __m256i corr =
+              _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
+          const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), corr);
+          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                                      _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)), acc[i][t]);
+        }
       }
     }
-    float tail[T] = {};
-    tail_blocks<BlockQ4_0, T>(a, w, ng * kGroupBlocks, t0, tail);
     MX_UNROLL
-    for (int t = 0; t < T; ++t) y[t * ldy] = hsum256(acc[t]) + tail[t];
+    for (int i = 0; i < R; ++i) {
+      float tail[T] = {};
+      tail_blocks<BlockQ4_0, T>(a, w[i], ng * kGroupBlocks, t0, tail);
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) y[t * ldy + i * rstep] = hsum256(acc[i][t]) + tail[t];
+    }
   }
 };
+template <int T>
+struct Q4Group {
+  static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
+    Q4GroupRT<1, T>::run(a, r, 1, t0, y, ldy);
+  }
+};
+
+// One token over grouped activations: row k of each of 4 contiguous parts in lockstep, so four
+// sequential weight streams are in flight (see row_pass_decode).
+void q4_group_decode(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  constexpr int kR = 4;
+  const int64_t part = nr / kR;
+  for (int64_t k = 0; k < part; ++k) Q4GroupRT<kR, 1>::run(a, r0 + k, part, t0, y + k, ldy);
+  for (int64_t r = kR * part; r < nr; ++r) Q4GroupRT<1, 1>::run(a, r0 + r, 1, t0, y + r, ldy);
+}
 
 template <int T>
 struct Q8Group {
@@ -455,12 +486,12 @@ void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_
   }
 }
 
-// The table's quantized entries: grouped activations (prefill) or the column-order tiles (decode).
-template <template <int> class G, template <int, int> class K>
-void quant_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
-                  int64_t ldy) {
-  if (a.x_grouped) return group_tiles<G>(a, r0, nr, t0, nt, y, ldy);
-  tiles<K, 4, 2, 3>(a, r0, nr, t0, nt, y, ldy);
+// Q4_0: grouped activations for every token count (prefill tiles, or four rows in lockstep for one
+// token); column order only if a caller passed them so.
+void q4_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  if (!a.x_grouped) return tiles<Q4Kernel, 4, 2, 3>(a, r0, nr, t0, nt, y, ldy);
+  if (nt == 1) return q4_group_decode(a, r0, nr, t0, y, ldy);
+  group_tiles<Q4Group>(a, r0, nr, t0, nt, y, ldy);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -957,10 +988,10 @@ const KernelTable* avx2_table() {
   static const KernelTable table = {
       "avx2",
       {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>,
-       quant_matmul<Q8Group, Q8Kernel>, quant_matmul<Q4Group, Q4Kernel>, k_matmul<Q4KKernel>,
+       tiles<Q8Kernel, 4, 2, 3>, q4_matmul, k_matmul<Q4KKernel>,
        k_matmul<Q5KKernel>, k_matmul<Q6KKernel>},
       quantize_q8,
-      {nullptr, nullptr, nullptr, arrange_q8, arrange_q8, nullptr, nullptr, nullptr},
+      {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr},
       attn_chunk,
       rmsnorm,
       silu_mul,

@@ -407,7 +407,7 @@ void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_
 template <template <int> class G, template <int, int> class K>
 void quant_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
                   int64_t ldy) {
-  if (a.x_grouped) return group_tiles<G>(a, r0, nr, t0, nt, y, ldy);
+  if (a.x_grouped) return group_tiles<G>(a, r0, nr, t0, nt, y, ldy);  // one token: K<1> row by row
   tiles<K, 4, 4, 4>(a, r0, nr, t0, nt, y, ldy);
 }
 
@@ -794,10 +794,10 @@ const KernelTable* MX_AVX512_TABLE() {
   static const KernelTable table = {
       "avx512",
       {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,
-       quant_matmul<Q8Group, Q8Kernel>, quant_matmul<Q4Group, Q4Kernel>, k_from->matmul[kWQ4_K],
+       tiles<Q8Kernel, 4, 4, 4>, quant_matmul<Q4Group, Q4Kernel>, k_from->matmul[kWQ4_K],
        k_from->matmul[kWQ5_K], k_from->matmul[kWQ6_K]},
       quantize_q8,
-      {nullptr, nullptr, nullptr, arrange_q8, arrange_q8, nullptr, nullptr, nullptr},
+      {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr},
       attn_chunk,
       rmsnorm,
       silu_mul,
