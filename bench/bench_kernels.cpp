@@ -188,14 +188,16 @@ void BM_ReadBandwidth(benchmark::State& st) {
 }
 
 constexpr int64_t kQ8 = static_cast<int64_t>(DType::Q8_0), kQ4 = static_cast<int64_t>(DType::Q4_0),
-                  kF16 = static_cast<int64_t>(DType::F16), kBF16 = static_cast<int64_t>(DType::BF16);
+                  kF16 = static_cast<int64_t>(DType::F16), kBF16 = static_cast<int64_t>(DType::BF16),
+                  kQ4K = static_cast<int64_t>(DType::Q4_K), kQ5K = static_cast<int64_t>(DType::Q5_K),
+                  kQ6K = static_cast<int64_t>(DType::Q6_K);
 
 BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 BENCHMARK(BM_MatmulDecode)
     ->ArgNames({"dtype", "rows", "cols", "threads"})
-    ->ArgsProduct({{kQ8, kQ4, kF16, kBF16}, {14336}, {4096}, {1, 2}})
-    ->ArgsProduct({{kQ8, kQ4, kF16, kBF16}, {4096}, {14336}, {1, 2}})
+    ->ArgsProduct({{kQ8, kQ4, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {14336}, {4096}, {1, 2}})
+    ->ArgsProduct({{kQ8, kQ4, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {4096}, {14336}, {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
@@ -207,7 +209,7 @@ BENCHMARK(BM_SwigluDecode)
 
 BENCHMARK(BM_MatmulPrefill)
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ8, kQ4}, {14336}, {4096}, {64, 512}, {1, 2}})
+    ->ArgsProduct({{kQ8, kQ4, kQ4K, kQ6K}, {14336}, {4096}, {64, 512}, {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -119,6 +119,12 @@ detail::WeightKind weight_kind(const TensorView& w) {
       return detail::kWQ8_0;
     case DType::Q4_0:
       return detail::kWQ4_0;
+    case DType::Q4_K:
+      return detail::kWQ4_K;
+    case DType::Q5_K:
+      return detail::kWQ5_K;
+    case DType::Q6_K:
+      return detail::kWQ6_K;
     default:
       MX_CHECK(false, "matmul: weight dtype %s has no kernel", std::string(dtype_name(w.dtype)).c_str());
   }
@@ -128,43 +134,76 @@ bool is_quantized(detail::WeightKind k) {
   return k == detail::kWQ8_0 || k == detail::kWQ4_0;
 }
 
-// The calling thread's Q8_0 activation buffers (grown as needed, reused across calls).
-struct QuantizedActs {
-  std::vector<int8_t> qs;  // [n, cols]
-  std::vector<float> d;    // [n, cols / 32]
-  std::vector<float> s;    // [n, cols / 32] d * sum(qs) per block
-};
-QuantizedActs& quantized_acts() {
-  thread_local QuantizedActs b;
+bool is_k_quant(detail::WeightKind k) {
+  return k == detail::kWQ4_K || k == detail::kWQ5_K || k == detail::kWQ6_K;
+}
+
+// The calling thread's Q8_K activation buffer (grown as needed, reused across calls).
+std::vector<BlockQ8_K>& k_acts() {
+  thread_local std::vector<BlockQ8_K> b;  // [n, cols / 256]
   return b;
 }
 
+// The calling thread's Q8_0 activation buffers (grown as needed, reused across calls); a second set
+// for matmul_swiglu when its two weights want the activations in different orders.
+struct QuantizedActs {
+  std::vector<int8_t> qs;    // [n, cols]
+  std::vector<float> d;      // [n, cols / 32]
+  std::vector<float> s;      // [n, cols / 32] d * sum(qs) per block
+  std::vector<int32_t> sum;  // [n, cols / 32] sum(qs) per block
+};
+QuantizedActs& quantized_acts(int which = 0) {
+  thread_local QuantizedActs b[2];
+  return b[which];
+}
+
 // Activations in the dot format of weight kind `kind`: Q8_0 blocks for quantized weights (in parallel
-// over tokens when there are several), x itself otherwise.
+// over tokens when there are several; in the table's grouped order for prefill where it has one), x
+// itself otherwise.
 detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, detail::WeightKind kind, const float* x,
-                           int64_t n, ThreadPool& pool) {
+                           int64_t n, ThreadPool& pool, QuantizedActs& q) {
   detail::MatmulArgs a;
   a.w = static_cast<const uint8_t*>(w.data);
   a.w_stride = w.row_stride();
   a.cols = w.cols();
   a.x = x;
+  if (is_k_quant(kind)) {  // Q8_K blocks (scalar quantize_row: one pass over x, small beside the weights)
+    const int64_t cols = a.cols, nb = cols / kQK_K;
+    std::vector<BlockQ8_K>& xk = k_acts();
+    if (xk.size() < static_cast<size_t>(n * nb)) xk.resize(static_cast<size_t>(n * nb));
+    BlockQ8_K* xb = xk.data();
+    auto rows = [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) quantize_row(DType::Q8_K, x + t * cols, xb + t * nb, cols);
+    };
+    if (pool.size() > 1 && n >= 2 && n * cols >= (1 << 15)) {
+      pool.run([&](int ith, int nth) { rows(n * ith / nth, n * (ith + 1) / nth); });
+    } else {
+      rows(0, n);
+    }
+    a.xk = xb;
+    return a;
+  }
   if (!is_quantized(kind)) return a;
   const int64_t cols = a.cols, nb = cols / kQK8_0;
-  QuantizedActs& q = quantized_acts();
+  const detail::ArrangeQ8Fn arrange = k.arrange_q8[kind];
   if (q.qs.size() < static_cast<size_t>(n * cols)) q.qs.resize(static_cast<size_t>(n * cols));
   if (q.d.size() < static_cast<size_t>(n * nb)) q.d.resize(static_cast<size_t>(n * nb));
   if (q.s.size() < static_cast<size_t>(n * nb)) q.s.resize(static_cast<size_t>(n * nb));
+  if (q.sum.size() < static_cast<size_t>(n * nb)) q.sum.resize(static_cast<size_t>(n * nb));
   int8_t* qs = q.qs.data();
   float* d = q.d.data();
   float* bs = q.s.data();
+  int32_t* bsum = q.sum.data();
   auto rows = [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       k.quantize_q8(x + t * cols, cols, qs + t * cols, d + t * nb);
       for (int64_t b = 0; b < nb; ++b) {
         int32_t sum = 0;  // exact; the product below rounds once, the same on every path
         for (int j = 0; j < kQK8_0; ++j) sum += qs[(t * nb + b) * kQK8_0 + j];
+        bsum[t * nb + b] = sum;
         bs[t * nb + b] = d[t * nb + b] * static_cast<float>(sum);
       }
+      if (arrange != nullptr) arrange(qs + t * cols, cols);
     }
   };
   if (pool.size() > 1 && n >= 2 && n * cols >= (1 << 15)) {
@@ -175,6 +214,8 @@ detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, detail::We
   a.xq = qs;
   a.xd = d;
   a.xs = bs;
+  a.xsum = bsum;
+  a.x_grouped = arrange != nullptr;
   return a;
 }
 
@@ -223,7 +264,8 @@ void check_matmul(const TensorView& w, const float* x, int64_t n, const float* y
 namespace fallback {
 
 bool has_kernel(DType t) {
-  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0;
+  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
+         t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
 }
 
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool) {
@@ -308,7 +350,7 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ld
   if (!fallback::has_kernel(w.dtype)) return fallback::matmul(w, x, n, y, ldy, pool);
   const KernelTable& k = table();
   const detail::WeightKind kind = weight_kind(w);
-  const detail::MatmulArgs a = prepare(k, w, kind, x, n, pool);
+  const detail::MatmulArgs a = prepare(k, w, kind, x, n, pool, quantized_acts());
   const detail::MatmulTileFn tile = k.matmul[kind];
   run_rows(pool, rows, a.w_stride, n, [&](int64_t r0, int64_t nr) { tile(a, r0, nr, 0, n, y + r0, ldy); });
 }
@@ -325,14 +367,15 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, i
     return fallback::matmul_swiglu(w1, w3, x, n, out, pool);
   const KernelTable& k = table();
   const detail::WeightKind k1 = weight_kind(w1), k3 = weight_kind(w3);
-  detail::MatmulArgs a1 = prepare(k, w1, k1, x, n, pool);
+  // Weights that want different activation formats (e.g. Q4_K with Q8_0): two separate matmuls.
+  if (is_quantized(k1) != is_quantized(k3) || is_k_quant(k1) != is_k_quant(k3))
+    return fallback::matmul_swiglu(w1, w3, x, n, out, pool);
+  const detail::MatmulArgs a1 = prepare(k, w1, k1, x, n, pool, quantized_acts(0));
   detail::MatmulArgs a3 = a1;
   a3.w = static_cast<const uint8_t*>(w3.data);
   a3.w_stride = w3.row_stride();
-  if (is_quantized(k1) != is_quantized(k3)) {
-    MX_CHECK(false, "matmul_swiglu: w1 (%s) and w3 (%s) need different activation formats",
-             std::string(dtype_name(w1.dtype)).c_str(), std::string(dtype_name(w3.dtype)).c_str());
-  }
+  if (k.arrange_q8[k1] != k.arrange_q8[k3])  // the activations in w3's order as well
+    a3 = prepare(k, w3, k3, x, n, pool, quantized_acts(1));
   const detail::MatmulTileFn t1 = k.matmul[k1], t3 = k.matmul[k3];
   constexpr int64_t kTokenBlock = 64;
   run_rows(pool, ffn, std::max(a1.w_stride, a3.w_stride), n, [&](int64_t r0, int64_t nr) {

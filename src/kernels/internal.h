@@ -10,6 +10,10 @@
 #include <cstddef>
 #include <cstdint>
 
+namespace mixtral {
+struct BlockQ8_K;  // tensor/quant.h
+}  // namespace mixtral
+
 namespace mixtral::kernels {
 enum class Isa;  // kernels.h
 }  // namespace mixtral::kernels
@@ -17,7 +21,17 @@ enum class Isa;  // kernels.h
 namespace mixtral::kernels::detail {
 
 // Weight dtypes the matmul kernels handle, as table indices.
-enum WeightKind { kWF32 = 0, kWF16 = 1, kWBF16 = 2, kWQ8_0 = 3, kWQ4_0 = 4, kNumWeightKinds = 5 };
+enum WeightKind {
+  kWF32 = 0,
+  kWF16 = 1,
+  kWBF16 = 2,
+  kWQ8_0 = 3,
+  kWQ4_0 = 4,
+  kWQ4_K = 5,
+  kWQ5_K = 6,
+  kWQ6_K = 7,
+  kNumWeightKinds = 8
+};
 
 // Everything one matmul call's tiles share.
 struct MatmulArgs {
@@ -30,7 +44,24 @@ struct MatmulArgs {
   const int8_t* xq = nullptr;  // [n, cols]
   const float* xd = nullptr;   // [n, cols / 32], the fp16 block scales widened to f32
   const float* xs = nullptr;   // [n, cols / 32], d_x * sum(q_x) per block (for u . x - c . x kernels)
+  const int32_t* xsum = nullptr;  // [n, cols / 32], sum(q_x) per block (exact, for integer corrections)
+  // K-quant weights: the activations rounded to Q8_K (quantize_row's rule), with their 16-value sums.
+  const BlockQ8_K* xk = nullptr;  // [n, cols / 256]
+  // xq is in the kernel table's grouped order (see ArrangeQ8Fn) rather than in column order: set when the
+  // table has an arrange function for the weight kind (for every token count, so that decode and prefill
+  // of the same kernel sum in the same order).
+  bool x_grouped = false;
 };
+
+// Grouped activation order, the layout of the prefill kernels that add the integer dots of 8 blocks
+// before converting them (one int32 lane per block): each full group of 8 blocks (256 values) becomes
+// 8 vectors of 32 bytes, vector 2k + h (k = 0..3, h = 0..1) holding at bytes 4j..4j+3 the values
+// 16h + 4k .. 16h + 4k + 3 of block j of the group (j = 0..7). Blocks after the last full group stay in
+// column order. This is a 4x4 dword transpose per 128-bit half, so a weight group transposed the same
+// way lines up with it.
+constexpr int kGroupBlocks = 8;
+// Rearranges one quantized activation row in place: qs: [cols] (cols % 32 == 0).
+using ArrangeQ8Fn = void (*)(int8_t* qs, int64_t cols);
 
 // y[t, r] = sum_c W[r, c] x[t, c] for rows [r0, r0 + nr) and tokens [t0, t0 + nt).
 // y points at element (t0, r0); ldy is its row stride. Every (t, r) is computed in the same order
@@ -72,6 +103,7 @@ struct KernelTable {
   const char* name;
   MatmulTileFn matmul[kNumWeightKinds];
   QuantizeQ8Fn quantize_q8;
+  ArrangeQ8Fn arrange_q8[kNumWeightKinds];  // per weight kind: grouped order for prefill, or nullptr
   AttnChunkFn attn_chunk;
   RmsnormFn rmsnorm;
   SiluMulFn silu_mul;

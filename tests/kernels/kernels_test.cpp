@@ -16,6 +16,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -261,6 +262,68 @@ TEST_F(MatmulTest, LargeColumns) {
   }
 }
 
+// Prefill kernels that read the activations in groups of 8 blocks (internal.h): whole groups, groups
+// followed by 1..7 column-order tail blocks, and every token-tile remainder.
+TEST_F(MatmulTest, GroupedPrefillGroupsAndTails) {
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (int64_t cols : {256, 288, 480, 800, 2272})
+      for (int64_t n : {2, 3, 4, 5, 6, 8, 9}) check(t, 21, cols, n, 2);
+}
+
+// K-quant weights with Q8_K activations, every ISA vs two oracles:
+//  - float64 of the decoded weights with the Q8_K-decoded activations (the same dot inputs): only the f32
+//    scaling and summation of exact int32 group dots differ; bound 1e-5 relative to sum |w x|
+//    (observed about 1e-7);
+//  - ref::matmul (decoded weights times the f32 activations): differs by the Q8_K rounding of x, at most
+//    half a step (amax / 254) per value; bound 2e-2 relative to sum |w x| (observed below 4e-3 for
+//    Gaussian data).
+TEST_F(MatmulTest, KQuantsMatchReference) {
+  const int64_t shapes[][2] = {{1, 256}, {7, 512}, {21, 768}, {37, 4096}};
+  for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K})
+    for (const auto& s : shapes)
+      for (int64_t n : {1, 2, 3, 4, 5, 9}) {
+        const int64_t rows = s[0], cols = s[1], ldy = rows + 1;
+        SCOPED_TRACE(std::string(dname(t)) + " rows=" + std::to_string(rows) +
+                     " cols=" + std::to_string(cols) + " n=" + std::to_string(n));
+        const Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(rows * 31 + cols + n));
+        const std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 5));  // [n, cols]
+        std::vector<float> xr(x.size());  // [n, cols] x through Q8_K and back
+        std::vector<BlockQ8_K> xb(static_cast<size_t>(cols / kQK_K));
+        for (int64_t tk = 0; tk < n; ++tk) {
+          quantize_row(DType::Q8_K, x.data() + tk * cols, xb.data(), cols);
+          dequantize_row(DType::Q8_K, xb.data(), xr.data() + tk * cols, cols);
+        }
+        std::vector<float> y64(static_cast<size_t>(n * ldy), 0.0f), mag(y64.size(), 0.0f);  // [n, ldy]
+        for (int64_t tk = 0; tk < n; ++tk)
+          for (int64_t r = 0; r < rows; ++r) {
+            double sum = 0.0, m = 0.0;
+            for (int64_t c = 0; c < cols; ++c) {
+              const double p = w.deq[r * cols + c] * static_cast<double>(xr[tk * cols + c]);
+              sum += p;
+              m += std::fabs(p);
+            }
+            y64[tk * ldy + r] = static_cast<float>(sum);
+            mag[tk * ldy + r] = static_cast<float>(m);
+          }
+        std::vector<float> ref(y64.size(), 0.0f);  // [n, ldy]
+        ref::matmul(w.view, x.data(), n, ref.data(), ldy);
+        for (Isa isa : supported_isas()) {
+          use_isa(isa);
+          SCOPED_TRACE(isa_name(isa));
+          std::vector<float> y1(y64.size(), -7.0f), y2(y1);  // [n, ldy]
+          matmul(w.view, x.data(), n, y1.data(), ldy, pool1_);
+          matmul(w.view, x.data(), n, y2.data(), ldy, pool2_);
+          EXPECT_LE(norm_err(y1.data(), y64.data(), n, rows, ldy, mag.data()), 1e-5)
+              << "fast vs float64 with the Q8_K activations: bound 1e-5";
+          EXPECT_LE(norm_err(y1.data(), ref.data(), n, rows, ldy, mag.data()), 2e-2)
+              << "fast vs ref::matmul (f32 activations): bound 2e-2";
+          EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float)))
+              << "1 vs 2 threads differ";
+          for (int64_t tk = 0; tk < n; ++tk) ASSERT_EQ(y1[tk * ldy + rows], -7.0f) << "wrote past rows";
+        }
+      }
+}
+
 TEST_F(MatmulTest, RowStrideAndManyRows) {
   for (DType t : {DType::Q8_0, DType::Q4_0, DType::F16}) check(t, 301, 128, 9, 5);
 }
@@ -274,6 +337,31 @@ TEST_F(MatmulTest, ZeroTokensIsANoOp) {
 
 // silu(W1 x) * (W3 x) vs the reference matmuls and silu_mul. Tolerance: the matmul's vs_ref bound
 // (silu is 1-Lipschitz-ish; its own error is ~1e-7 relative).
+// Fused SwiGLU over K-quant weights (both share the Q8_K activations; Q4_K with Q6_K as in Q4_K_M
+// files) and over weights that want different activation formats (Q4_K with Q8_0: two separate
+// matmuls): bit for bit the unfused dispatched ops.
+TEST_F(MatmulTest, SwigluKQuantsAndMixedFormats) {
+  const std::pair<DType, DType> pairs[] = {{DType::Q4_K, DType::Q4_K}, {DType::Q4_K, DType::Q6_K},
+                                           {DType::Q5_K, DType::Q4_K}, {DType::Q4_K, DType::Q8_0}};
+  for (const auto& [t1, t3] : pairs)
+    for (int64_t n : {1, 5, 70}) {
+      SCOPED_TRACE(std::string(dname(t1)) + "/" + dname(t3) + " n=" + std::to_string(n));
+      const int64_t ffn = 37, cols = 512;
+      const Weights w1 = make_weights(t1, ffn, cols, 15), w3 = make_weights(t3, ffn, cols, 16);
+      const std::vector<float> x = randn(n * cols, 19);  // [n, cols]
+      for (Isa isa : supported_isas()) {
+        use_isa(isa);
+        SCOPED_TRACE(isa_name(isa));
+        std::vector<float> out(static_cast<size_t>(n * ffn)), g(out.size()), u(out.size());  // [n, ffn]
+        matmul_swiglu(w1.view, w3.view, x.data(), n, out.data(), pool2_);
+        matmul(w1.view, x.data(), n, g.data(), ffn, pool2_);
+        matmul(w3.view, x.data(), n, u.data(), ffn, pool2_);
+        silu_mul(g.data(), u.data(), n * ffn);
+        EXPECT_EQ(0, std::memcmp(out.data(), g.data(), g.size() * sizeof(float))) << "fused != unfused";
+      }
+    }
+}
+
 TEST_F(MatmulTest, SwigluMatchesReference) {
   for (DType t : kAllTypes) {
     for (int64_t n : {1, 3, 33, 70}) {

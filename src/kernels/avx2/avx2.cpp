@@ -266,6 +266,388 @@ struct Q4Kernel {
 };
 
 // ---------------------------------------------------------------------------------------------------
+// Prefill over grouped activations (MatmulArgs::x_grouped, internal.h): 8 blocks per group, one int32
+// lane per block, so each (row, token) pays one conversion, one scale multiply and one FMA per 8 blocks
+// instead of per block. A weight row's group is transposed once (4x4 dwords per 128-bit half, the same
+// transpose that arranged the activations) and kept in registers for kGroupTokens tokens.
+//   Q4_0: nibbles (0..15) . x summed in int16 over the 8 vectors of a group (16 products of at most
+//         15 * 127 per lane: 30480 < 2^15), one vpmaddwd to int32, minus 8 sum(x) per block (exact);
+//   Q8_0: |w| . (x with w's sign) per vector (int16 pairs would overflow if added), vpmaddwd each, the
+//         int32 lanes added.
+constexpr int kGroupTokens = 6;
+
+// c[k] bytes 4j..4j+3 = p[j * stride + 4k .. 4k + 3] for the 8 pieces j of 16 bytes at p + j * stride
+// (pieces 0..3 in the low 128-bit half, 4..7 in the high half).
+inline void transpose_group(const uint8_t* p, int64_t stride, __m256i c[4]) {
+  __m256i v[4];
+  MX_UNROLL
+  for (int i = 0; i < 4; ++i)
+    v[i] = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i * stride))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + (i + 4) * stride)), 1);
+  const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+  c[0] = _mm256_unpacklo_epi64(t0, t2);
+  c[1] = _mm256_unpackhi_epi64(t0, t2);
+  c[2] = _mm256_unpacklo_epi64(t1, t3);
+  c[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// ArrangeQ8Fn: one activation row into grouped order.
+void arrange_q8(int8_t* qs, int64_t cols) {
+  const int64_t groups = cols / (kQK8_0 * kGroupBlocks);
+  for (int64_t g = 0; g < groups; ++g) {
+    uint8_t* p = reinterpret_cast<uint8_t*>(qs) + g * kQK8_0 * kGroupBlocks;  // [8 blocks, 32]
+    __m256i c[2][4];                                                          // [h, k]
+    transpose_group(p, kQK8_0, c[0]);
+    transpose_group(p + 16, kQK8_0, c[1]);
+    MX_UNROLL
+    for (int k = 0; k < 4; ++k) {
+      MX_UNROLL
+      for (int h = 0; h < 2; ++h)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 32 * (2 * k + h)), c[h][k]);
+    }
+  }
+}
+
+// Blocks after the last full group (column order): y_t += sum over blocks of d_w d_x (w . x), one
+// block at a time. y: [T] partial sums.
+template <class Block, int T>
+inline void tail_blocks(const MatmulArgs& a, const Block* w, int64_t b_begin, int64_t t0, float* y) {
+  const int64_t cols = a.cols, nb = cols / kQK8_0;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = b_begin; b < nb; ++b) {
+    const float dw = _cvtsh_ss(w[b].d);
+    __m256i u, sgn;  // unsigned weights and the sign to give x (Q8_0), or the nibbles (Q4_0)
+    if constexpr (sizeof(Block) == sizeof(BlockQ8_0)) {
+      sgn = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs));
+      u = _mm256_abs_epi8(sgn);
+    } else {
+      const __m256i raw =
+          _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs)));
+      u = _mm256_and_si256(_mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                           _mm256_set1_epi8(0x0f));
+      sgn = _mm256_setzero_si256();
+    }
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) {
+      __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (t0 + t) * cols + b * kQK8_0));
+      if constexpr (sizeof(Block) == sizeof(BlockQ8_0)) x = _mm256_sign_epi8(x, sgn);
+      const __m256i d32 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
+      __m128i s = _mm_add_epi32(_mm256_castsi256_si128(d32), _mm256_extracti128_si256(d32, 1));
+      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+      int32_t dot = _mm_cvtsi128_si32(s);
+      if constexpr (sizeof(Block) != sizeof(BlockQ8_0)) dot -= 8 * a.xsum[(t0 + t) * nb + b];
+      y[t] += static_cast<float>(dot) * (dw * a.xd[(t0 + t) * nb + b]);
+    }
+  }
+}
+
+// One weight row x T tokens over grouped activations.
+// R weight rows (r0 + i * rstep) x T tokens over grouped activations. Each (row, token) runs the same
+// operations whatever R and T, so decode (R rows in lockstep, one token) and prefill (one row, T tokens)
+// give bit-identical results.
+template <int R, int T>
+struct Q4GroupRT {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
+    const BlockQ4_0* w[R];
+    MX_UNROLL
+    for (int i = 0; i < R; ++i) w[i] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + i * rstep) * a.w_stride);
+    const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
+    const float* xd = a.xd + t0 * nb;      // [T, nb]
+    const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
+    const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc[R][T];
+    MX_UNROLL
+    for (int i = 0; i < R; ++i) {
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+    }
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t b0 = g * kGroupBlocks;
+      MX_UNROLL
+      for (int i = 0; i < R; ++i) {
+        if constexpr (R > 1)
+          prefetch_bytes(w[i] + b0, kPrefetchBytes, kGroupBlocks * static_cast<int64_t>(sizeof(BlockQ4_0)));
+        __m256i c[4], u[8];  // u[2k + h]: the nibbles of c[k], low (h = 0) or high (h = 1)
+        transpose_group(w[i][b0].qs, sizeof(BlockQ4_0), c);
+        MX_UNROLL
+        for (int k = 0; k < 4; ++k) {
+          u[2 * k] = _mm256_and_si256(c[k], low4);
+          u[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(c[k], 4), low4);
+        }
+        const __m256 dw = _mm256_cvtph_ps(load_scales8(w[i], b0, kGroupBlocks));
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) {
+          const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
+          __m256i s16 = _mm256_maddubs_epi16(u[0], _mm256_loadu_si256(xv));
+          MX_UNROLL
+          for (int v = 1; v < 8; ++v)
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u[v], _mm256_loadu_si256(xv + v)));
+          const __m256i corr =
+              _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
+          const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), corr);
+          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                                      _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)), acc[i][t]);
+        }
+      }
+    }
+    MX_UNROLL
+    for (int i = 0; i < R; ++i) {
+      float tail[T] = {};
+      tail_blocks<BlockQ4_0, T>(a, w[i], ng * kGroupBlocks, t0, tail);
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) y[t * ldy + i * rstep] = hsum256(acc[i][t]) + tail[t];
+    }
+  }
+};
+template <int T>
+struct Q4Group {
+  static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
+    Q4GroupRT<1, T>::run(a, r, 1, t0, y, ldy);
+  }
+};
+
+// One token over grouped activations: row k of each of 4 contiguous parts in lockstep, so four
+// sequential weight streams are in flight (see row_pass_decode).
+void q4_group_decode(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  constexpr int kR = 4;
+  const int64_t part = nr / kR;
+  for (int64_t k = 0; k < part; ++k) Q4GroupRT<kR, 1>::run(a, r0 + k, part, t0, y + k, ldy);
+  for (int64_t r = kR * part; r < nr; ++r) Q4GroupRT<1, 1>::run(a, r0 + r, 1, t0, y + r, ldy);
+}
+
+template <int T>
+struct Q8Group {
+  static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols, nb = cols / kQK8_0, ng = nb / kGroupBlocks;
+    const auto* w = reinterpret_cast<const BlockQ8_0*>(a.w + r * a.w_stride);
+    const int8_t* xq = a.xq + t0 * cols;  // [T, cols] grouped
+    const float* xd = a.xd + t0 * nb;     // [T, nb]
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[T];
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t b0 = g * kGroupBlocks;
+      __m256i c[2][4];            // [h, k] the weights, vector 2k + h of the group
+      alignas(32) __m256i sw[8];  // [8] the same, read as memory operands by vpsignb
+      __m256i u[8];               // [8] their absolute values
+      transpose_group(reinterpret_cast<const uint8_t*>(w[b0].qs), sizeof(BlockQ8_0), c[0]);
+      transpose_group(reinterpret_cast<const uint8_t*>(w[b0].qs) + 16, sizeof(BlockQ8_0), c[1]);
+      MX_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        MX_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          _mm256_store_si256(&sw[2 * k + h], c[h][k]);
+          u[2 * k + h] = _mm256_abs_epi8(c[h][k]);
+        }
+      }
+      const __m256 dw = _mm256_cvtph_ps(load_scales8(w, b0, kGroupBlocks));
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
+        __m256i dot = _mm256_setzero_si256();
+        MX_UNROLL
+        for (int v = 0; v < 8; ++v) {
+          const __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256(xv + v), _mm256_load_si256(&sw[v]));
+          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(u[v], sx), ones));
+        }
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                                 _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)), acc[t]);
+      }
+    }
+    float tail[T] = {};
+    tail_blocks<BlockQ8_0, T>(a, w, ng * kGroupBlocks, t0, tail);
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) y[t * ldy] = hsum256(acc[t]) + tail[t];
+  }
+};
+
+// Rows [r0, r0 + nr) of a token tile of exactly CT tokens (CT <= T found by recursion).
+template <template <int> class K, int T>
+void group_rows(int64_t ct, const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  if (ct == T) {
+    for (int64_t r = 0; r < nr; ++r) K<T>::run(a, r0 + r, t0, y + r, ldy);
+  } else if constexpr (T > 1) {
+    group_rows<K, T - 1>(ct, a, r0, nr, t0, y, ldy);
+  }
+}
+
+// Token tiles of T (the last one shorter), each over all rows [r0, r0 + nr) so the row chunk stays in
+// L2 while the tile's activations stay in L1.
+template <template <int> class K, int T = kGroupTokens>
+void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  for (int64_t tt = 0; tt < nt; tt += T) {
+    const int64_t ct = nt - tt < T ? nt - tt : T;
+    group_rows<K, T>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
+  }
+}
+
+// Q4_0: grouped activations for every token count (prefill tiles, or four rows in lockstep for one
+// token); column order only if a caller passed them so.
+void q4_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  if (!a.x_grouped) return tiles<Q4Kernel, 4, 2, 3>(a, r0, nr, t0, nt, y, ldy);
+  if (nt == 1) return q4_group_decode(a, r0, nr, t0, y, ldy);
+  group_tiles<Q4Group>(a, r0, nr, t0, nt, y, ldy);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// K-quants with Q8_K activations (MatmulArgs::xk). A super-block (256 values) is unpacked to 8 vectors
+// of unsigned values (32 consecutive values each), an int16 scale sc and offset mi per 16 values and two
+// float factors, with w[16g + i] = d * sc[g] * q[16g + i] - dm * mi[g]; then per token
+//   w . x = d_x * (d * sum_g sc[g] (q . x_q)_g - dm * sum_g mi[g] bsums[g]),
+// the first sum as vpmaddubsw (q <= 63, |x| <= 127: no saturation) then vpmaddwd by the scales, in int32
+// over the super-block; the second one vpmaddwd of the offsets with the activations' 16-value sums.
+struct KBlock {
+  __m256i q[8];                // [8] values 32v .. 32v + 31
+  alignas(32) int16_t sc[16];  // [16] scale per 16 values
+  alignas(32) int16_t mi[16];  // [16] offset per 16 values
+  float d, dm;
+};
+
+// The 6-bit scales and mins of the 8 sub-blocks of the Q4_K/Q5_K packing (tensor/quant.h k_scale_min),
+// four at a time in 32-bit words: with a, b, c the bytes 0..3, 4..7, 8..11, sub-blocks 0..3 have scale
+// a & 63, min b & 63; sub-blocks 4..7 scale (c & 15) | (a >> 6) << 4, min (c >> 4) | (b >> 6) << 4.
+// Widened to one int16 per 16 values.
+inline void k_scales_mins(const uint8_t* q, KBlock& u) {
+  uint32_t a, b, c;
+  __builtin_memcpy(&a, q, 4);
+  __builtin_memcpy(&b, q + 4, 4);
+  __builtin_memcpy(&c, q + 8, 4);
+  const uint32_t sc_lo = a & 0x3f3f3f3fu, mn_lo = b & 0x3f3f3f3fu;
+  const uint32_t sc_hi = (c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u);
+  const uint32_t mn_hi = ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u);
+  const __m128i sc8 = _mm_set_epi32(0, 0, static_cast<int>(sc_hi), static_cast<int>(sc_lo));
+  const __m128i mn8 = _mm_set_epi32(0, 0, static_cast<int>(mn_hi), static_cast<int>(mn_lo));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(u.sc), _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sc8, sc8)));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(u.mi), _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8)));
+}
+
+struct Q4KUnpack {
+  using Block = BlockQ4_K;
+  static void run(const BlockQ4_K& b, KBlock& u) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    MX_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * j));
+      u.q[2 * j] = _mm256_and_si256(raw, low4);
+      u.q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+    }
+    k_scales_mins(b.scales, u);
+    u.d = _cvtsh_ss(b.d);
+    u.dm = _cvtsh_ss(b.dmin);
+  }
+};
+
+struct Q5KUnpack {
+  using Block = BlockQ5_K;
+  static void run(const BlockQ5_K& b, KBlock& u) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
+    MX_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * j));
+      // bit 2j (2j + 1) of each qh byte to bit 4
+      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j), one), 4);
+      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j + 1), one), 4);
+      u.q[2 * j] = _mm256_or_si256(_mm256_and_si256(raw, low4), h0);
+      u.q[2 * j + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), h1);
+    }
+    k_scales_mins(b.scales, u);
+    u.d = _cvtsh_ss(b.d);
+    u.dm = _cvtsh_ss(b.dmin);
+  }
+};
+
+struct Q6KUnpack {
+  using Block = BlockQ6_K;
+  static void run(const BlockQ6_K& b, KBlock& u) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
+    MX_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * h));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * h));
+      const __m256i lo[4] = {_mm256_and_si256(l0, low4), _mm256_and_si256(l1, low4),
+                             _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                             _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4)};
+      MX_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), two), 4);
+        u.q[4 * h + k] = _mm256_or_si256(lo[k], hi);
+      }
+    }
+    const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(u.sc), sc);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(u.mi), _mm256_slli_epi16(sc, 5));  // 32 sc
+    u.d = _cvtsh_ss(b.d);
+    u.dm = u.d;
+  }
+};
+
+// One weight row x T tokens (T <= 4) of K-quant weights.
+template <class Unpack, int T>
+struct KKernel {
+  using Block = typename Unpack::Block;
+  static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
+    const int64_t nb = a.cols / kQK_K;
+    const auto* w = reinterpret_cast<const Block*>(a.w + r * a.w_stride);
+    const BlockQ8_K* xk = a.xk + t0 * nb;  // [T, nb]
+    // vpshufb masks: the low 128-bit half repeats int16 0 of a dword, the high half int16 1
+    const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  //
+                                          2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    __m256 acc[T];
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    KBlock u;
+    alignas(32) __m256i scv[8];  // [8] scales of vector v: sc[2v] in the low half, sc[2v + 1] in the high
+    for (int64_t b = 0; b < nb; ++b) {
+      prefetch_bytes(w + b, kPrefetchBytes, static_cast<int64_t>(sizeof(Block)));
+      Unpack::run(w[b], u);
+      MX_UNROLL
+      for (int v = 0; v < 8; ++v) {
+        int32_t pair;
+        __builtin_memcpy(&pair, u.sc + 2 * v, 4);
+        scv[v] = _mm256_shuffle_epi8(_mm256_set1_epi32(pair), pick);
+      }
+      const __m256i mi = _mm256_load_si256(reinterpret_cast<const __m256i*>(u.mi));
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const BlockQ8_K& x = xk[t * nb + b];
+        __m256i sq = _mm256_setzero_si256();
+        MX_UNROLL
+        for (int v = 0; v < 8; ++v) {
+          const __m256i p16 = _mm256_maddubs_epi16(
+              u.q[v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * v)));
+          sq = _mm256_add_epi32(sq, _mm256_madd_epi16(p16, _mm256_load_si256(&scv[v])));
+        }
+        const __m256i sm =
+            _mm256_madd_epi16(mi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums)));
+        const float dq = x.d * u.d, dmn = x.d * u.dm;
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sq), _mm256_set1_ps(dq), acc[t]);
+        acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sm), _mm256_set1_ps(dmn), acc[t]);
+      }
+    }
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) y[t * ldy] = hsum256(acc[t]);
+  }
+};
+template <int T>
+using Q4KKernel = KKernel<Q4KUnpack, T>;
+template <int T>
+using Q5KKernel = KKernel<Q5KUnpack, T>;
+template <int T>
+using Q6KKernel = KKernel<Q6KUnpack, T>;
+
+template <template <int> class K>
+void k_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  group_tiles<K>(a, r0, nr, t0, nt, y, ldy);
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Float weights: 8 columns per step; the last partial step goes through zero-padded copies.
 
 struct LoadF32 {
@@ -606,8 +988,10 @@ const KernelTable* avx2_table() {
   static const KernelTable table = {
       "avx2",
       {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>,
-       tiles<Q8Kernel, 4, 2, 3>, tiles<Q4Kernel, 4, 2, 3>},
+       tiles<Q8Kernel, 4, 2, 3>, q4_matmul, k_matmul<Q4KKernel>,
+       k_matmul<Q5KKernel>, k_matmul<Q6KKernel>},
       quantize_q8,
+      {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr},
       attn_chunk,
       rmsnorm,
       silu_mul,

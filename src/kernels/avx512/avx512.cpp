@@ -251,6 +251,167 @@ template <int R, int T>
 using Q4Kernel = QuantKernel<Q4Unpack, R, T>;
 
 // ---------------------------------------------------------------------------------------------------
+// Prefill over grouped activations (MatmulArgs::x_grouped, internal.h): a weight row's group of 8
+// blocks is transposed once (4x4 dwords per 128-bit half, as the activations were) and kept in
+// registers for kGroupTokens tokens; each (row, token) then runs 8 vpdpbusd into one int32 vector (one
+// lane per block), subtracts c * sum(x) per block exactly in int32, and pays one conversion, one scale
+// multiply and one FMA per 8 blocks instead of per block.
+constexpr int kGroupTokens = 8;
+
+// c[k] bytes 4j..4j+3 = p[j * stride + 4k .. 4k + 3] for the 8 pieces j of 16 bytes at p + j * stride
+// (pieces 0..3 in the low 128-bit half, 4..7 in the high half).
+inline void transpose_group(const uint8_t* p, int64_t stride, __m256i c[4]) {
+  __m256i v[4];
+  MX_UNROLL
+  for (int i = 0; i < 4; ++i)
+    v[i] = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i * stride))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + (i + 4) * stride)), 1);
+  const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+  c[0] = _mm256_unpacklo_epi64(t0, t2);
+  c[1] = _mm256_unpackhi_epi64(t0, t2);
+  c[2] = _mm256_unpacklo_epi64(t1, t3);
+  c[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// ArrangeQ8Fn: one activation row into grouped order.
+void arrange_q8(int8_t* qs, int64_t cols) {
+  const int64_t groups = cols / (kQK8_0 * kGroupBlocks);
+  for (int64_t g = 0; g < groups; ++g) {
+    uint8_t* p = reinterpret_cast<uint8_t*>(qs) + g * kQK8_0 * kGroupBlocks;  // [8 blocks, 32]
+    __m256i c[2][4];                                                          // [h, k]
+    transpose_group(p, kQK8_0, c[0]);
+    transpose_group(p + 16, kQK8_0, c[1]);
+    MX_UNROLL
+    for (int k = 0; k < 4; ++k) {
+      MX_UNROLL
+      for (int h = 0; h < 2; ++h)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 32 * (2 * k + h)), c[h][k]);
+    }
+  }
+}
+
+// A weight group as 8 vectors of unsigned bytes u in grouped order, with u . x - kC sum(x) = w . x.
+struct Q8GroupUnpack {
+  using Block = BlockQ8_0;
+  static constexpr int kShift = 7;  // kC = 128
+  static void run(const BlockQ8_0* w, __m256i u[8]) {
+    __m256i c[2][4];  // [h, k]
+    transpose_group(reinterpret_cast<const uint8_t*>(w[0].qs), sizeof(BlockQ8_0), c[0]);
+    transpose_group(reinterpret_cast<const uint8_t*>(w[0].qs) + 16, sizeof(BlockQ8_0), c[1]);
+    const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+    MX_UNROLL
+    for (int k = 0; k < 4; ++k) {
+      MX_UNROLL
+      for (int h = 0; h < 2; ++h) u[2 * k + h] = _mm256_xor_si256(c[h][k], bias);
+    }
+  }
+};
+struct Q4GroupUnpack {
+  using Block = BlockQ4_0;
+  static constexpr int kShift = 3;  // kC = 8
+  static void run(const BlockQ4_0* w, __m256i u[8]) {
+    __m256i c[4];
+    transpose_group(w[0].qs, sizeof(BlockQ4_0), c);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    MX_UNROLL
+    for (int k = 0; k < 4; ++k) {
+      u[2 * k] = _mm256_and_si256(c[k], low4);
+      u[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(c[k], 4), low4);
+    }
+  }
+};
+
+// One weight row x T tokens over grouped activations; blocks after the last full group one at a time
+// in column order.
+template <class Unpack, int T>
+struct QuantGroupKernel {
+  using Block = typename Unpack::Block;
+  static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols, nb = cols / kQK8_0, ng = nb / kGroupBlocks;
+    const auto* w = reinterpret_cast<const Block*>(a.w + r * a.w_stride);
+    const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
+    const float* xd = a.xd + t0 * nb;      // [T, nb]
+    const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
+    __m256 acc[T];
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t b0 = g * kGroupBlocks;
+      __m256i u[8];
+      Unpack::run(w + b0, u);
+      const __m256 dw = _mm256_cvtph_ps(load_scales8(w, b0, kGroupBlocks));
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
+        __m256i dot = _mm256_setzero_si256();
+        MX_UNROLL
+        for (int v = 0; v < 8; ++v) dot = _mm256_dpbusd_epi32(dot, u[v], _mm256_loadu_si256(xv + v));
+        const __m256i corr = _mm256_slli_epi32(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), Unpack::kShift);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(dot, corr)),
+                                 _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)), acc[t]);
+      }
+    }
+    float tail[T] = {};  // [T] blocks after the last full group
+    for (int64_t b = ng * kGroupBlocks; b < nb; ++b) {
+      const float dw = _cvtsh_ss(w[b].d);
+      __m256i u;
+      if constexpr (Unpack::kShift == 7) {
+        u = Q8Unpack::run(w[b]);
+      } else {
+        u = Q4Unpack::run(w[b]);
+      }
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
+        const __m256i d32 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(d32), _mm256_extracti128_si256(d32, 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+        const int32_t dot = _mm_cvtsi128_si32(s) - (xs[t * nb + b] << Unpack::kShift);
+        tail[t] += static_cast<float>(dot) * (dw * xd[t * nb + b]);
+      }
+    }
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) y[t * ldy] = hsum256(acc[t]) + tail[t];
+  }
+};
+template <int T>
+using Q8Group = QuantGroupKernel<Q8GroupUnpack, T>;
+template <int T>
+using Q4Group = QuantGroupKernel<Q4GroupUnpack, T>;
+
+// Rows [r0, r0 + nr) of a token tile of exactly CT tokens (CT <= T found by recursion).
+template <template <int> class K, int T>
+void group_rows(int64_t ct, const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  if (ct == T) {
+    for (int64_t r = 0; r < nr; ++r) K<T>::run(a, r0 + r, t0, y + r, ldy);
+  } else if constexpr (T > 1) {
+    group_rows<K, T - 1>(ct, a, r0, nr, t0, y, ldy);
+  }
+}
+
+// Token tiles of kGroupTokens (the last one shorter), each over all rows [r0, r0 + nr) so the row
+// chunk stays in L2 while the tile's activations stay in L1.
+template <template <int> class K>
+void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  for (int64_t tt = 0; tt < nt; tt += kGroupTokens) {
+    const int64_t ct = nt - tt < kGroupTokens ? nt - tt : kGroupTokens;
+    group_rows<K, kGroupTokens>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
+  }
+}
+
+// The table's quantized entries: grouped activations (prefill) or the column-order tiles (decode).
+template <template <int> class G, template <int, int> class K>
+void quant_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
+                  int64_t ldy) {
+  if (a.x_grouped) return group_tiles<G>(a, r0, nr, t0, nt, y, ldy);  // one token: K<1> row by row
+  tiles<K, 4, 4, 4>(a, r0, nr, t0, nt, y, ldy);
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Float weights: 16 columns per step, weights widened to f32, one FMA per (row, token).
 
 struct LoadF32 {
@@ -628,11 +789,15 @@ void attn_chunk(const AttnChunkArgs& a) {
 }  // namespace
 
 const KernelTable* MX_AVX512_TABLE() {
+  // The K-quants run the AVX2 kernels (every AVX-512 CPU has AVX2), the portable ones without them.
+  static const KernelTable* const k_from = avx2_table() != nullptr ? avx2_table() : &generic_table();
   static const KernelTable table = {
       "avx512",
       {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,
-       tiles<Q8Kernel, 4, 4, 4>, tiles<Q4Kernel, 4, 4, 4>},
+       tiles<Q8Kernel, 4, 4, 4>, quant_matmul<Q4Group, Q4Kernel>, k_from->matmul[kWQ4_K],
+       k_from->matmul[kWQ5_K], k_from->matmul[kWQ6_K]},
       quantize_q8,
+      {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr},
       attn_chunk,
       rmsnorm,
       silu_mul,

@@ -140,6 +140,104 @@ void quant_tile(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t
   }
 }
 
+// ---------------------------------------------------------------------------------------------------
+// K-quants with Q8_K activations. A super-block (256 values) is unpacked to unsigned values q, an
+// integer scale sc and offset mi per 16 values and two float factors, so that
+//   w[16g + i] = d * sc[g] * q[16g + i] - dm * mi[g],
+//   w . x = d_x * (d * sum_g sc[g] * (q . x_q)_g - dm * sum_g mi[g] * bsums[g]),
+// exact in int32 up to the final float scaling (|q . x| per group <= 16 * 63 * 127).
+struct KUnpacked {
+  uint8_t q[kQK_K];  // [256] unsigned values
+  int32_t sc[16];    // [16] scale per 16 values
+  int32_t mi[16];    // [16] offset per 16 values
+  float d, dm;
+};
+
+void unpack_q4_k(const uint8_t* src, KUnpacked& u) {
+  const auto& b = *reinterpret_cast<const BlockQ4_K*>(src);
+  for (int j = 0; j < 4; ++j)
+    for (int l = 0; l < 32; ++l) {
+      u.q[64 * j + l] = b.qs[32 * j + l] & 0x0f;
+      u.q[64 * j + 32 + l] = b.qs[32 * j + l] >> 4;
+    }
+  for (int s = 0; s < 8; ++s) {
+    int sc, mn;
+    k_scale_min(s, b.scales, &sc, &mn);
+    u.sc[2 * s] = u.sc[2 * s + 1] = sc;
+    u.mi[2 * s] = u.mi[2 * s + 1] = mn;
+  }
+  u.d = half_to_float(b.d);
+  u.dm = half_to_float(b.dmin);
+}
+
+void unpack_q5_k(const uint8_t* src, KUnpacked& u) {
+  const auto& b = *reinterpret_cast<const BlockQ5_K*>(src);
+  for (int j = 0; j < 4; ++j)
+    for (int l = 0; l < 32; ++l) {
+      u.q[64 * j + l] = static_cast<uint8_t>((b.qs[32 * j + l] & 0x0f) | ((b.qh[l] >> (2 * j)) & 1) << 4);
+      u.q[64 * j + 32 + l] =
+          static_cast<uint8_t>((b.qs[32 * j + l] >> 4) | ((b.qh[l] >> (2 * j + 1)) & 1) << 4);
+    }
+  for (int s = 0; s < 8; ++s) {
+    int sc, mn;
+    k_scale_min(s, b.scales, &sc, &mn);
+    u.sc[2 * s] = u.sc[2 * s + 1] = sc;
+    u.mi[2 * s] = u.mi[2 * s + 1] = mn;
+  }
+  u.d = half_to_float(b.d);
+  u.dm = half_to_float(b.dmin);
+}
+
+void unpack_q6_k(const uint8_t* src, KUnpacked& u) {
+  const auto& b = *reinterpret_cast<const BlockQ6_K*>(src);
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t lb = b.ql[64 * h + l + 32 * (k & 1)];
+        const int low = k < 2 ? lb & 0x0f : lb >> 4;
+        const int high = (b.qh[32 * h + l] >> (2 * k)) & 3;
+        u.q[128 * h + 32 * k + l] = static_cast<uint8_t>(low | high << 4);
+      }
+  for (int g = 0; g < 16; ++g) {
+    u.sc[g] = b.scales[g];
+    u.mi[g] = 32 * b.scales[g];
+  }
+  u.d = half_to_float(b.d);
+  u.dm = u.d;
+}
+
+using UnpackKFn = void (*)(const uint8_t* src, KUnpacked& u);
+
+template <class Block, UnpackKFn Unpack>
+void k_tile(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  const int64_t nb = a.cols / kQK_K;
+  constexpr int64_t bytes = sizeof(Block);
+  KUnpacked u;
+  for (int64_t r = 0; r < nr; ++r) {
+    const uint8_t* w = a.w + (r0 + r) * a.w_stride;
+    float acc[kT] = {};
+    for (int64_t tt = 0; tt < nt; tt += kT) {
+      const int ct = static_cast<int>(std::min<int64_t>(kT, nt - tt));
+      for (int t = 0; t < ct; ++t) acc[t] = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        Unpack(w + b * bytes, u);
+        for (int t = 0; t < ct; ++t) {
+          const BlockQ8_K& x = a.xk[(t0 + tt + t) * nb + b];
+          int32_t sq = 0, sm = 0;
+          for (int g = 0; g < 16; ++g) {
+            int32_t dot = 0;
+            for (int i = 0; i < 16; ++i) dot += u.q[16 * g + i] * x.qs[16 * g + i];
+            sq += u.sc[g] * dot;
+            sm += u.mi[g] * x.bsums[g];
+          }
+          acc[t] += x.d * (u.d * static_cast<float>(sq) - u.dm * static_cast<float>(sm));
+        }
+      }
+      for (int t = 0; t < ct; ++t) y[(tt + t) * ldy + r] = acc[t];
+    }
+  }
+}
+
 void quantize_q8(const float* x, int64_t cols, int8_t* qs, float* d) {
   for (int64_t b = 0; b < cols / kQK8_0; ++b) {
     const float* xb = x + b * kQK8_0;
@@ -224,8 +322,10 @@ const KernelTable& generic_table() {
   static const KernelTable table = {
       "scalar",
       {float_tile<widen_f32>, float_tile<widen_f16>, float_tile<widen_bf16>, quant_tile<unpack_q8>,
-       quant_tile<unpack_q4>},
+       quant_tile<unpack_q4>, k_tile<BlockQ4_K, unpack_q4_k>, k_tile<BlockQ5_K, unpack_q5_k>,
+       k_tile<BlockQ6_K, unpack_q6_k>},
       quantize_q8,
+      {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr},  // column order throughout
       attn_chunk,
       rmsnorm,
       silu_mul,

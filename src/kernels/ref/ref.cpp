@@ -77,7 +77,11 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ld
     case DType::Q4_0:
       return matmul_quant<BlockQ4_0>(w, x, n, y, ldy);
     default:
-      MX_CHECK(false, "ref::matmul: unsupported weight dtype %s", std::string(dtype_name(w.dtype)).c_str());
+      // Every other supported type (Q4_1, Q5_0, Q5_1, the K-quants): the decoded weight rows times the
+      // f32 activations. The fast K-quant paths round the activations to Q8_K; their tests bound that.
+      MX_CHECK(traits(w.dtype).supported, "ref::matmul: unsupported weight dtype %s",
+               std::string(dtype_name(w.dtype)).c_str());
+      return matmul_float(w, x, n, y, ldy);
   }
 }
 
