@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -215,6 +216,54 @@ void check_matmul(const TensorView& w, const float* x, int64_t n, const float* y
            static_cast<long long>(w.cols()), std::string(tr.name).c_str());
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Fallback for weight types without a kernel-table entry (Q4_1, Q5_0, Q5_1, the K-quants): each thread
+// dequantizes tiles of weight rows to f32 with the scalar dequantize_row and runs the table's f32 tile on
+// them. Correct for every supported type; the fast paths replace it type by type.
+namespace fallback {
+
+bool has_kernel(DType t) {
+  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0;
+}
+
+void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool) {
+  const KernelTable& k = table();
+  const int64_t rows = w.rows(), cols = w.cols();
+  constexpr int64_t kTileRows = 16;
+  run_rows(pool, rows, w.row_stride(), n, [&](int64_t r0, int64_t nr) {
+    thread_local std::vector<float> tile;  // [kTileRows, cols] dequantized weight rows
+    if (tile.size() < static_cast<size_t>(kTileRows * cols)) tile.resize(static_cast<size_t>(kTileRows * cols));
+    detail::MatmulArgs a;
+    a.w = reinterpret_cast<const uint8_t*>(tile.data());
+    a.w_stride = static_cast<size_t>(cols) * sizeof(float);
+    a.cols = cols;
+    a.x = x;
+    for (int64_t r = r0; r < r0 + nr; r += kTileRows) {
+      const int64_t m = std::min(kTileRows, r0 + nr - r);
+      for (int64_t i = 0; i < m; ++i) dequantize_row(w.dtype, w.row(r + i), tile.data() + i * cols, cols);
+      k.matmul[detail::kWF32](a, 0, m, 0, n, y + r, ldy);
+    }
+  });
+}
+
+void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, int64_t n, float* out,
+                   ThreadPool& pool) {
+  const int64_t ffn = w1.rows();
+  thread_local std::vector<float> up;  // [n, ffn] W3 x
+  if (up.size() < static_cast<size_t>(n * ffn)) up.resize(static_cast<size_t>(n * ffn));
+  float* u = up.data();
+  for (const auto& [w, dst] : {std::pair{&w1, out}, std::pair{&w3, u}}) {
+    if (has_kernel(w->dtype)) {
+      kernels::matmul(*w, x, n, dst, ffn, pool);
+    } else {
+      fallback::matmul(*w, x, n, dst, ffn, pool);
+    }
+  }
+  for (int64_t t = 0; t < n; ++t) table().silu_mul(out + t * ffn, u + t * ffn, ffn);
+}
+
+}  // namespace fallback
+
 }  // namespace
 
 Isa detect_isa() {
@@ -255,6 +304,7 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ld
   MX_CHECK(ldy >= rows, "matmul: ldy %lld < rows %lld", static_cast<long long>(ldy),
            static_cast<long long>(rows));
   if (n == 0 || rows == 0) return;
+  if (!fallback::has_kernel(w.dtype)) return fallback::matmul(w, x, n, y, ldy, pool);
   const KernelTable& k = table();
   const detail::WeightKind kind = weight_kind(w);
   const detail::MatmulArgs a = prepare(k, w, kind, x, n, pool);
@@ -270,6 +320,8 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, i
   MX_CHECK(w3.rows() == ffn && w3.cols() == w1.cols(), "matmul_swiglu: w1 %s and w3 %s differ in shape",
            shape_string(w1).c_str(), shape_string(w3).c_str());
   if (n == 0 || ffn == 0) return;
+  if (!fallback::has_kernel(w1.dtype) || !fallback::has_kernel(w3.dtype))
+    return fallback::matmul_swiglu(w1, w3, x, n, out, pool);
   const KernelTable& k = table();
   const detail::WeightKind k1 = weight_kind(w1), k3 = weight_kind(w3);
   detail::MatmulArgs a1 = prepare(k, w1, k1, x, n, pool);

@@ -447,8 +447,25 @@ uint32_t gguf_file_type(DType t) {
       return 7;
     case DType::BF16:
       return 32;
+    // llama.cpp's LLAMA_FTYPE_MOSTLY_* (the _S variants: every matrix in the one type).
+    case DType::Q4_1:
+      return 3;
+    case DType::Q5_0:
+      return 8;
+    case DType::Q5_1:
+      return 9;
+    case DType::Q2_K:
+      return 10;
+    case DType::Q3_K:
+      return 11;
+    case DType::Q4_K:
+      return 14;
+    case DType::Q5_K:
+      return 16;
+    case DType::Q6_K:
+      return 18;
     default:
-      return 0;
+      return 1024;  // LLAMA_FTYPE_GUESSED: no file type names it (q8_k)
   }
 }
 
@@ -581,9 +598,9 @@ Status validate(const TestModelSpec& spec) {
   if (spec.layouts.empty()) return Error::usage("make-test-model: layouts: none given");
   bool any_float = false;
   for (DType t : spec.types) {
-    if (t != DType::F32 && t != DType::F16 && t != DType::BF16 && t != DType::Q8_0 && t != DType::Q4_0)
+    if (!traits(t).supported)
       return Error::usage("make-test-model: types: cannot write type '" + std::string(dtype_name(t)) +
-                          "' (f32, f16, bf16, q8_0, q4_0)");
+                          "' (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, q8_k)");
     any_float |= is_float(t);
     const int64_t block = traits(t).block_size;
     if (block > 1) {

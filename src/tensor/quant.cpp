@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/check.h"
+#include "tensor/quant_k.h"
 
 namespace mixtral {
 
@@ -59,6 +60,8 @@ uint16_t f32_to_fp16(float f) {
 }
 
 void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
+  MX_CHECK(n % traits(t).block_size == 0, "dequantize_row: %lld elements are not whole %s blocks",
+           static_cast<long long>(n), std::string(dtype_name(t)).c_str());
   switch (t) {
     case DType::F32:
       std::memcpy(dst, src, static_cast<size_t>(n) * 4);
@@ -92,12 +95,32 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
       }
       return;
     }
+    case DType::Q4_1:
+      return detail::dequantize_q4_1(src, dst, n);
+    case DType::Q5_0:
+      return detail::dequantize_q5_0(src, dst, n);
+    case DType::Q5_1:
+      return detail::dequantize_q5_1(src, dst, n);
+    case DType::Q2_K:
+      return detail::dequantize_q2_k(src, dst, n);
+    case DType::Q3_K:
+      return detail::dequantize_q3_k(src, dst, n);
+    case DType::Q4_K:
+      return detail::dequantize_q4_k(src, dst, n);
+    case DType::Q5_K:
+      return detail::dequantize_q5_k(src, dst, n);
+    case DType::Q6_K:
+      return detail::dequantize_q6_k(src, dst, n);
+    case DType::Q8_K:
+      return detail::dequantize_q8_k(src, dst, n);
     default:
       MX_CHECK(false, "dequantize_row: unsupported dtype %s", std::string(dtype_name(t)).c_str());
   }
 }
 
 void quantize_row(DType t, const float* src, void* dst, int64_t n) {
+  MX_CHECK(n % traits(t).block_size == 0, "quantize_row: %lld elements are not whole %s blocks",
+           static_cast<long long>(n), std::string(dtype_name(t)).c_str());
   switch (t) {
     case DType::F32:
       std::memcpy(dst, src, static_cast<size_t>(n) * 4);
@@ -149,6 +172,24 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
       }
       return;
     }
+    case DType::Q4_1:
+      return detail::quantize_q4_1(src, dst, n);
+    case DType::Q5_0:
+      return detail::quantize_q5_0(src, dst, n);
+    case DType::Q5_1:
+      return detail::quantize_q5_1(src, dst, n);
+    case DType::Q2_K:
+      return detail::quantize_q2_k(src, dst, n);
+    case DType::Q3_K:
+      return detail::quantize_q3_k(src, dst, n);
+    case DType::Q4_K:
+      return detail::quantize_q4_k(src, dst, n);
+    case DType::Q5_K:
+      return detail::quantize_q5_k(src, dst, n);
+    case DType::Q6_K:
+      return detail::quantize_q6_k(src, dst, n);
+    case DType::Q8_K:
+      return detail::quantize_q8_k(src, dst, n);
     default:
       MX_CHECK(false, "quantize_row: unsupported dtype %s", std::string(dtype_name(t)).c_str());
   }

@@ -44,9 +44,117 @@ struct BlockQ4_0 {
 };
 static_assert(sizeof(BlockQ4_0) == 18);
 
+constexpr int kQK4_1 = 32;
+constexpr int kQK5_0 = 32;
+constexpr int kQK5_1 = 32;
+constexpr int kQK_K = 256;  // elements per K-quant super-block
+constexpr int kKScaleBytes = 12;
+
+// Q4_1: x[i] = d * nibble + m; low nibbles hold elements 0..15, high nibbles 16..31.
+struct BlockQ4_1 {
+  uint16_t d;  // fp16 scale
+  uint16_t m;  // fp16 offset (the block minimum)
+  uint8_t qs[kQK4_1 / 2];
+};
+static_assert(sizeof(BlockQ4_1) == 20);
+
+// Q5_0: x[i] = d * (q - 16), q = nibble | (bit i of qh) << 4 (qh little-endian u32); nibbles as in Q4_0.
+struct BlockQ5_0 {
+  uint16_t d;  // fp16 scale
+  uint8_t qh[4];
+  uint8_t qs[kQK5_0 / 2];
+};
+static_assert(sizeof(BlockQ5_0) == 22);
+
+// Q5_1: x[i] = d * q + m, q as in Q5_0.
+struct BlockQ5_1 {
+  uint16_t d;  // fp16 scale
+  uint16_t m;  // fp16 offset
+  uint8_t qh[4];
+  uint8_t qs[kQK5_1 / 2];
+};
+static_assert(sizeof(BlockQ5_1) == 24);
+
+// Q2_K: 16 sub-blocks of 16. scales[s] = sc | mn << 4 (4 bits each); x = d*sc*q - dmin*mn, q 2 bits.
+// Each half (128 elements) uses 32 bytes of qs: element 128h + 32k + l (l < 32) sits in bits 2k..2k+1 of
+// qs[32h + l]; sub-block s covers elements 16s..16s+15.
+struct BlockQ2_K {
+  uint8_t scales[kQK_K / 16];
+  uint8_t qs[kQK_K / 4];
+  uint16_t d;     // fp16 super-block scale of the scales
+  uint16_t dmin;  // fp16 super-block scale of the mins
+};
+static_assert(sizeof(BlockQ2_K) == 84);
+
+// Q3_K: 16 sub-blocks of 16, 6-bit signed scales (stored +32), x = d * (sc - 32) * (q - 4), q 3 bits:
+// low 2 bits as in Q2_K, the third bit of element 128h + 32k + l is bit (4h + k) of hmask[l].
+// Scale s: low 4 bits in scales[s % 8] (low nibble for s < 8, high for s >= 8), high 2 bits in bits
+// 2*(s/4)..2*(s/4)+1 of scales[8 + s % 4].
+struct BlockQ3_K {
+  uint8_t hmask[kQK_K / 8];
+  uint8_t qs[kQK_K / 4];
+  uint8_t scales[kKScaleBytes];
+  uint16_t d;  // fp16 super-block scale
+};
+static_assert(sizeof(BlockQ3_K) == 110);
+
+// Q4_K: 8 sub-blocks of 32, 6-bit scale sc and min mn each (packed in 12 bytes, see k_scale_min);
+// x = d*sc*q - dmin*mn, q 4 bits. Elements 64j..64j+31 are the low nibbles of qs[32j..32j+31],
+// 64j+32..64j+63 the high nibbles.
+struct BlockQ4_K {
+  uint16_t d;     // fp16
+  uint16_t dmin;  // fp16
+  uint8_t scales[kKScaleBytes];
+  uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(BlockQ4_K) == 144);
+
+// Q5_K: Q4_K plus a fifth bit: element 64j + l (l < 32) has bit 2j of qh[l], 64j + 32 + l bit 2j + 1.
+struct BlockQ5_K {
+  uint16_t d;     // fp16
+  uint16_t dmin;  // fp16
+  uint8_t scales[kKScaleBytes];
+  uint8_t qh[kQK_K / 8];
+  uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(BlockQ5_K) == 176);
+
+// Q6_K: 16 sub-blocks of 16, int8 scales, x = d * sc * (q - 32), q 6 bits. In each half h (128 elements,
+// 64 bytes of ql, 32 of qh): element 128h + 32k + l (l < 32) has low 4 bits from ql[64h + l + 32(k&1)]
+// (low nibble for k < 2, high for k >= 2) and high 2 bits from bits 2k..2k+1 of qh[32h + l].
+struct BlockQ6_K {
+  uint8_t ql[kQK_K / 2];
+  uint8_t qh[kQK_K / 4];
+  int8_t scales[kQK_K / 16];
+  uint16_t d;  // fp16
+};
+static_assert(sizeof(BlockQ6_K) == 210);
+
+// Q8_K: the activation format of the K-quant integer dots. x = d * qs; bsums[g] = sum of qs[16g..16g+15].
+struct BlockQ8_K {
+  float d;
+  int8_t qs[kQK_K];
+  int16_t bsums[kQK_K / 16];
+};
+static_assert(sizeof(BlockQ8_K) == 292);
+
+// Scale and min of sub-block j (0..7) from the 12-byte 6-bit packing of Q4_K/Q5_K: j < 4: low 6 bits of
+// q[j] (scale) and q[j + 4] (min); j >= 4: low nibble of q[j + 4] plus the top two bits of q[j - 4]
+// (scale), high nibble of q[j + 4] plus the top two bits of q[j] (min).
+inline void k_scale_min(int j, const uint8_t* q, int* sc, int* mn) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *mn = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+    *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
 // Scalar reference: n elements of row `src` (encoded as t) to floats. n is a multiple of the block size.
 void dequantize_row(DType t, const void* src, float* dst, int64_t n);
-// Scalar reference: floats to the encoding of t (F32, F16, BF16, Q8_0, Q4_0), GGML's rounding rules.
+// Scalar reference: floats to the encoding of t (every supported type). F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q8_K
+// round as GGML does; the K-quants choose sub-block scales (and mins) by a weighted least-squares search.
 void quantize_row(DType t, const float* src, void* dst, int64_t n);
 
 }  // namespace mixtral

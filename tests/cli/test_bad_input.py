@@ -131,8 +131,8 @@ def main():
     expect("unknown ggml type", mx, ["info", "--model", p], 1, p, "blk.0.attn_q.weight", "77")
     d16 = open(gguf16, "rb").read()
     off = gguf_tensor_infos(d16)["token_embd.weight"]
-    p = variant("q4_1.gguf", d16[:off] + struct.pack("<I", 3) + d16[off + 4:])  # q4_1 rows fit in f16's bytes
-    expect("known but unsupported type", mx, ["info", "--model", p], 1, p, "token_embd.weight", "q4_1")
+    p = variant("q8_1.gguf", d16[:off] + struct.pack("<I", 9) + d16[off + 4:])  # q8_1 rows fit in f16's bytes
+    expect("known but unsupported type", mx, ["info", "--model", p], 1, p, "token_embd.weight", "q8_1")
 
     # Hugging Face directory damage.
     def hf_variant(name, edit_config=None, edit_header=None):

@@ -63,7 +63,12 @@ SHAPES = {
               window=24),
 }
 FLOAT_TYPES = ["f32", "f16", "bf16"]
-ALL_TYPES = FLOAT_TYPES + ["q8_0", "q4_0"]
+# The GGML block types added after q8_0/q4_0 (every dimension of both shapes is a multiple of 256, so the
+# K-quants fit). q8_k is the K-quant dot's activation format: the engine computes with it as a weight type,
+# llama.cpp does not (no dot product for q8_k weights), so it is checked against the reference only.
+NEW_QUANT_TYPES = ["q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k"]
+ALL_TYPES = FLOAT_TYPES + ["q8_0", "q4_0"] + NEW_QUANT_TYPES
+LLAMACPP_TYPES = [t for t in ALL_TYPES if t != "q8_k"]
 LAYOUTS = ["hf", "hf-sharded", "consolidated", "gguf-merged", "gguf-legacy"]
 
 MIN_ROUTER_MARGIN = 0.03  # asserted on the reference, prompt positions, every type (f32: >= 0.05)
@@ -78,14 +83,16 @@ MIN_GREEDY_MARGIN = 0.01  # reference top-1 minus top-2 logit at every greedy st
 #   f32 3.8e-7 / 4.4e-7   f16 3.6e-7 / 4.3e-7   bf16 4.2e-7 / 6.7e-7   q8_0 1.10e-2 / 1.18e-2
 #   q4_0 1.13e-2 / 1.14e-2
 # Bounds: >= 30x headroom for float weights, ~2x for quantised ones.
-TOL_VS_REFERENCE = {"f32": 2e-5, "f16": 2e-5, "bf16": 2e-5, "q8_0": 2.5e-2, "q4_0": 2.5e-2}
+TOL_VS_REFERENCE = {"f32": 2e-5, "f16": 2e-5, "bf16": 2e-5, "q8_0": 2.5e-2, "q4_0": 2.5e-2,
+                    **{t: 2.5e-2 for t in NEW_QUANT_TYPES}}
 # Engine vs llama.cpp on the same merged GGUF. llama.cpp multiplies f16 weights with f16-rounded
 # activations and bf16 weights with bf16-rounded ones, q8_0/q4_0 weights with q8_0 activations.
 # Measured (a / b): f32 4.8e-7 / 8.2e-7   f16 4.6e-4 / 3.7e-4   bf16 4.1e-3 / 3.6e-3
 #   q8_0 6.1e-3 / 9.7e-3   q4_0 1.2e-7 / 8.8e-3
 # (llama.cpp vs the reference: f16 4.6e-4 / 3.7e-4, bf16 4.1e-3 / 3.6e-3, q8_0 1.1e-2 / 1.2e-2,
 #  q4_0 1.1e-2 / 1.1e-2: the engine's float paths are closer to the float64 reference than llama.cpp's.)
-TOL_VS_LLAMACPP = {"f32": 2e-5, "f16": 5e-3, "bf16": 2e-2, "q8_0": 3e-2, "q4_0": 3e-2}
+TOL_VS_LLAMACPP = {"f32": 2e-5, "f16": 5e-3, "bf16": 2e-2, "q8_0": 3e-2, "q4_0": 3e-2,
+                   **{t: 3e-2 for t in NEW_QUANT_TYPES}}
 # llama.cpp vs the reference on f32: two independent implementations, which validates the GGUF
 # writer (permuted q/k rows, merged experts, metadata, tokenizer) and the reference itself.
 # Measured 3.7e-7 / 6.7e-7.
@@ -182,8 +189,8 @@ def make_models(r, shape, workdir, extra=(), types=ALL_TYPES, layouts=LAYOUTS):
     print(f"wrote the shape-{shape} models to {workdir}")
 
 
-def check_layouts(r, prompt):
-    for t in ALL_TYPES:
+def check_layouts(r, prompt, types=ALL_TYPES):
+    for t in types:
         for layout in layouts_for(t):
             path = model_path(r.workdir, layout, t)
             ref, margin = r.ref_logits(path, prompt)
@@ -254,8 +261,10 @@ def check_decode(r, prompt):
     check(err <= TOL_DECODE["f32"], f"hf-f32: decode one by one vs prefill max difference {err:.3g}")
 
 
-def check_llamacpp(r, prompt, types=ALL_TYPES):
+def check_llamacpp(r, prompt, types=LLAMACPP_TYPES):
     for t in types:
+        if t not in LLAMACPP_TYPES:
+            continue
         path = model_path(r.workdir, "gguf-merged", t)
         ref, _ = r.ref_logits(path, prompt)
         lc = r.llamacpp(path, prompt)
@@ -307,17 +316,23 @@ def main():
     ap.add_argument("--shape", choices=sorted(SHAPES), default="a")
     ap.add_argument("--check", action="append",
                     choices=["make", "layouts", "same", "greedy", "decode", "llamacpp", "sliding", "tied"])
+    ap.add_argument("--types", default=",".join(ALL_TYPES),
+                    help="comma-separated weight types for the layouts and llamacpp checks (default: all)")
     ap.add_argument("--node", default="node")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     checks = a.check or ["layouts", "same", "greedy", "decode", "llamacpp"]
+    types = a.types.split(",")
+    unknown = [t for t in types if t not in ALL_TYPES]
+    if unknown:
+        ap.error(f"--types: unknown type(s) {', '.join(unknown)} (known: {', '.join(ALL_TYPES)})")
     prompt = SHAPES[a.shape]["prompt"]
     r = Runner(a)
     try:
         if "make" in checks:
             make_models(r, a.shape, a.workdir)
         if "layouts" in checks:
-            check_layouts(r, prompt)
+            check_layouts(r, prompt, types)
         if "same" in checks:
             check_same_weights(r, prompt)
         if "greedy" in checks:
@@ -329,7 +344,7 @@ def main():
             if not os.path.isdir(nm):
                 check(False, f"llama.cpp reference not installed ({nm} missing): run tools/install-deps.sh")
             else:
-                check_llamacpp(r, prompt)
+                check_llamacpp(r, prompt, types)
         if "sliding" in checks:
             # A window much shorter than the 48-token prompt: most keys fall outside it.
             window = SHAPES[a.shape]["window"]

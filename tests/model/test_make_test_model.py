@@ -276,7 +276,8 @@ def check_errors(mixtral, out):
         (dict(layers=0), ["layers 0"]),
         (dict(experts=0), ["experts 0"]),
         (dict(layouts="pytorch"), ["layout", "pytorch"]),
-        (dict(types="q5_k"), ["type", "q5_k"]),
+        (dict(types="q8_1"), ["type", "q8_1"]),
+        (dict(types="q4_k"), ["dim 64", "256", "q4_k"]),  # K-quant rows are whole 256-element blocks
         (dict(types="q8_0", layouts="consolidated"), ["consolidated", "float"]),
         (dict(sliding_window=-1), ["sliding-window -1"]),
     ]

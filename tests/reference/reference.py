@@ -2,7 +2,8 @@
 """An independent float64 NumPy reference of Hugging Face's MixtralForCausalLM.
 
 It shares nothing with mixtral.cpp: its own safetensors and GGUF parsers, its own dequantisers
-(Q8_0, Q4_0, F16, BF16, F32) and its own forward pass, written from the Hugging Face semantics:
+(F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K; written from GGML's
+block layouts) and its own forward pass, written from the Hugging Face semantics:
 
     h = embed(tokens)
     per layer:  x = rms(h) * w_in;  q, k, v = Wq x, Wk x, Wv x;  RoPE (rotate-half) on q, k;
@@ -65,6 +66,9 @@ def _st_read(path):
 _GGUF_SCALARS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1",
                  10: "<u8", 11: "<i8", 12: "<f8"}
 GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 8, 30
+GGML_Q4_1, GGML_Q5_0, GGML_Q5_1 = 3, 6, 7
+GGML_Q2_K, GGML_Q3_K, GGML_Q4_K, GGML_Q5_K, GGML_Q6_K, GGML_Q8_K = 10, 11, 12, 13, 14, 15
+QK_K = 256
 
 
 class _Reader:
@@ -115,10 +119,142 @@ def _dequantize(ggml_type, buf, n):
         b = np.frombuffer(buf, dtype=blk, count=n // 32)
         q = np.concatenate([b["qs"] & 0x0F, b["qs"] >> 4], axis=1).astype(np.float64) - 8.0
         return (b["d"].astype(np.float64)[:, None] * q).reshape(n)
+    if ggml_type in _DEQUANT:
+        blk, fn = _DEQUANT[ggml_type]
+        return fn(np.frombuffer(buf, dtype=blk, count=n // _GGML_BLOCK[ggml_type][0])).reshape(n)
     raise ValueError(f"GGML type {ggml_type} not supported by the reference")
 
 
-_GGML_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_BF16: (1, 2), GGML_Q8_0: (32, 34), GGML_Q4_0: (32, 18)}
+def _f64(a):
+    return a.astype(np.float64)
+
+
+def _bits(a, nbits):
+    """[nb, k] bytes -> [nb, k * 8 // nbits] fields of nbits, lowest bits of each byte first, byte-major."""
+    shifts = np.arange(0, 8, nbits, dtype=np.uint8)
+    return ((a[:, :, None] >> shifts) & ((1 << nbits) - 1)).reshape(a.shape[0], -1)
+
+
+def _nibble_halves(qs):
+    """32-element blocks of 16 bytes: low nibbles are elements 0..15, high nibbles 16..31."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+
+
+def _qh32(qh):
+    """[nb, 4] bytes, one little-endian u32 -> [nb, 32] bits, bit i = element i."""
+    return _bits(qh, 1)
+
+
+def _q4_1(b):  # x = d q + m
+    return _f64(b["d"])[:, None] * _nibble_halves(b["qs"]) + _f64(b["m"])[:, None]
+
+
+def _q5_0(b):  # x = d (q - 16), q = nibble | bit << 4
+    q = _nibble_halves(b["qs"]).astype(np.int64) | (_qh32(b["qh"]).astype(np.int64) << 4)
+    return _f64(b["d"])[:, None] * (q - 16)
+
+
+def _q5_1(b):
+    q = _nibble_halves(b["qs"]).astype(np.int64) | (_qh32(b["qh"]).astype(np.int64) << 4)
+    return _f64(b["d"])[:, None] * q + _f64(b["m"])[:, None]
+
+
+def _k_2bit(qs):
+    """[nb, 64] bytes of 2-bit fields -> [nb, 256]: per 128-element half h (32 bytes), element 32k + l
+    is bits 2k..2k+1 of byte l."""
+    nb = qs.shape[0]
+    q = qs.reshape(nb, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)
+    return (q & 3).reshape(nb, 256).astype(np.int64)
+
+
+def _q2_k(b):  # 16 sub-blocks of 16: scales[s] = sc | mn << 4; x = d sc q - dmin mn
+    sc = np.repeat(_f64(b["scales"] & 0x0F), 16, axis=1)
+    mn = np.repeat(_f64(b["scales"] >> 4), 16, axis=1)
+    return _f64(b["d"])[:, None] * sc * _k_2bit(b["qs"]) - _f64(b["dmin"])[:, None] * mn
+
+
+def _q3_k(b):  # x = d (s - 32) (q - 4), q = 2 low bits | hmask bit << 2
+    nb = b.shape[0]
+    raw = b["scales"].astype(np.int64)  # [nb, 12]
+    low = np.concatenate([raw[:, 0:8] & 0x0F, raw[:, 0:8] >> 4], axis=1)  # scales 0..7, then 8..15
+    s = np.arange(16)
+    high = (raw[:, 8 + s % 4] >> (2 * (s // 4))) & 3
+    scales = (low | (high << 4)) - 32
+    # hmask: element e has bit e // 32 of byte e % 32.
+    e = np.arange(256)
+    hbit = (b["hmask"][:, e % 32].astype(np.int64) >> (e // 32)) & 1
+    q = _k_2bit(b["qs"]) + 4 * hbit - 4
+    return _f64(b["d"])[:, None] * np.repeat(scales, 16, axis=1) * q
+
+
+def _k_scales(raw):
+    """Q4_K/Q5_K 12 bytes -> 8 six-bit scales and 8 mins (sub-blocks of 32)."""
+    raw = raw.astype(np.int64)
+    sc = np.empty((raw.shape[0], 8), dtype=np.int64)
+    mn = np.empty_like(sc)
+    sc[:, :4], mn[:, :4] = raw[:, 0:4] & 63, raw[:, 4:8] & 63
+    sc[:, 4:] = (raw[:, 8:12] & 0x0F) | ((raw[:, 0:4] >> 6) << 4)
+    mn[:, 4:] = (raw[:, 8:12] >> 4) | ((raw[:, 4:8] >> 6) << 4)
+    return sc, mn
+
+
+def _k_nibbles(qs):
+    """[nb, 128] bytes -> [nb, 256]: 64-element group j holds the low nibbles of bytes 32j..32j+31,
+    then their high nibbles."""
+    nb = qs.shape[0]
+    q = qs.reshape(nb, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
+    return (q & 0x0F).reshape(nb, 256).astype(np.int64)
+
+
+def _q4_k(b):  # x = d sc q - dmin mn, 8 sub-blocks of 32
+    sc, mn = _k_scales(b["scales"])
+    return (_f64(b["d"])[:, None] * np.repeat(sc, 32, axis=1) * _k_nibbles(b["qs"])
+            - _f64(b["dmin"])[:, None] * np.repeat(mn, 32, axis=1))
+
+
+def _q5_k(b):  # Q4_K plus a fifth bit: sub-block j's element l has bit j of qh[l]
+    sc, mn = _k_scales(b["scales"])
+    e = np.arange(256)
+    high = (b["qh"][:, e % 32].astype(np.int64) >> (e // 32)) & 1
+    q = _k_nibbles(b["qs"]) + 16 * high
+    return (_f64(b["d"])[:, None] * np.repeat(sc, 32, axis=1) * q
+            - _f64(b["dmin"])[:, None] * np.repeat(mn, 32, axis=1))
+
+
+def _q6_k(b):  # x = d sc (q - 32), q = 4 low bits (ql) | 2 high bits (qh) << 4
+    nb = b.shape[0]
+    e = np.arange(256)
+    h, k, l = e // 128, (e % 128) // 32, e % 32
+    lo_byte = b["ql"][:, 64 * h + l + 32 * (k & 1)].astype(np.int64)
+    low = np.where(k < 2, lo_byte & 0x0F, lo_byte >> 4)
+    high = (b["qh"][:, 32 * h + l].astype(np.int64) >> (2 * k)) & 3
+    q = (low | (high << 4)) - 32
+    return _f64(b["d"])[:, None] * np.repeat(b["scales"].astype(np.int64), 16, axis=1) * q
+
+
+def _q8_k(b):  # x = d q (f32 d); bsums unused
+    return _f64(b["d"])[:, None] * b["qs"]
+
+
+_DEQUANT = {
+    GGML_Q4_1: (np.dtype([("d", "<f2"), ("m", "<f2"), ("qs", "u1", 16)]), _q4_1),
+    GGML_Q5_0: (np.dtype([("d", "<f2"), ("qh", "u1", 4), ("qs", "u1", 16)]), _q5_0),
+    GGML_Q5_1: (np.dtype([("d", "<f2"), ("m", "<f2"), ("qh", "u1", 4), ("qs", "u1", 16)]), _q5_1),
+    GGML_Q2_K: (np.dtype([("scales", "u1", 16), ("qs", "u1", 64), ("d", "<f2"), ("dmin", "<f2")]), _q2_k),
+    GGML_Q3_K: (np.dtype([("hmask", "u1", 32), ("qs", "u1", 64), ("scales", "u1", 12), ("d", "<f2")]), _q3_k),
+    GGML_Q4_K: (np.dtype([("d", "<f2"), ("dmin", "<f2"), ("scales", "u1", 12), ("qs", "u1", 128)]), _q4_k),
+    GGML_Q5_K: (np.dtype([("d", "<f2"), ("dmin", "<f2"), ("scales", "u1", 12), ("qh", "u1", 32),
+                          ("qs", "u1", 128)]), _q5_k),
+    GGML_Q6_K: (np.dtype([("ql", "u1", 128), ("qh", "u1", 64), ("scales", "i1", 16), ("d", "<f2")]), _q6_k),
+    GGML_Q8_K: (np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)]), _q8_k),
+}
+
+_GGML_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_BF16: (1, 2), GGML_Q8_0: (32, 34), GGML_Q4_0: (32, 18),
+               GGML_Q4_1: (32, 20), GGML_Q5_0: (32, 22), GGML_Q5_1: (32, 24), GGML_Q2_K: (256, 84),
+               GGML_Q3_K: (256, 110), GGML_Q4_K: (256, 144), GGML_Q5_K: (256, 176), GGML_Q6_K: (256, 210),
+               GGML_Q8_K: (256, 292)}
+for _t, (_blk, _) in _DEQUANT.items():
+    assert _blk.itemsize == _GGML_BLOCK[_t][1], _t
 
 
 def gguf_read(path):

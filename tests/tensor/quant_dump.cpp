@@ -1,0 +1,76 @@
+// quant_dump OUT_DIR: for every block type, blocks of seeded random bytes (their fp16/f32 scale fields
+// replaced by finite random values) and our dequantize_row of them: OUT_DIR/<type>.bin (the blocks) and
+// OUT_DIR/<type>.f32 (little-endian float32 values). test_quant_layouts.py decodes the same bytes with the
+// independent NumPy dequantisers of tests/reference/reference.py and compares.
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "tensor/quant.h"
+
+namespace {
+
+using mixtral::DType;
+
+struct Layout {
+  DType type;
+  std::vector<int> half_offsets;  // fp16 fields inside a block
+  int f32_offset;                 // an f32 field (Q8_K's d), or -1
+};
+
+bool write_file(const std::string& path, const void* data, size_t bytes) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) return false;
+  const bool ok = std::fwrite(data, 1, bytes, f) == bytes;
+  return std::fclose(f) == 0 && ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: quant_dump OUT_DIR\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  const std::vector<Layout> layouts = {
+      {DType::Q4_0, {0}, -1},      {DType::Q8_0, {0}, -1},      {DType::Q4_1, {0, 2}, -1},
+      {DType::Q5_0, {0}, -1},      {DType::Q5_1, {0, 2}, -1},   {DType::Q2_K, {80, 82}, -1},
+      {DType::Q3_K, {108}, -1},    {DType::Q4_K, {0, 2}, -1},   {DType::Q5_K, {0, 2}, -1},
+      {DType::Q6_K, {208}, -1},    {DType::Q8_K, {}, 0},
+  };
+  std::mt19937 rng(20261127);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> mag(-3.0f, 3.0f);
+  for (const Layout& l : layouts) {
+    const auto& tr = mixtral::traits(l.type);
+    const int64_t blocks = 48, n = blocks * tr.block_size;
+    std::vector<uint8_t> raw(static_cast<size_t>(blocks) * tr.block_bytes);  // [blocks, block_bytes]
+    for (auto& b : raw) b = static_cast<uint8_t>(byte(rng));
+    for (int64_t b = 0; b < blocks; ++b) {
+      uint8_t* blk = raw.data() + b * tr.block_bytes;
+      for (int off : l.half_offsets) {
+        // |v| in [2^-3, 2^3), either sign: finite, normal, and varied.
+        const float v = std::ldexp(1.0f + std::fabs(mag(rng)) / 3.0f, static_cast<int>(mag(rng))) *
+                        (byte(rng) & 1 ? -1.0f : 1.0f);
+        const uint16_t h = mixtral::f32_to_fp16(v);
+        std::memcpy(blk + off, &h, 2);
+      }
+      if (l.f32_offset >= 0) {
+        const float v = mag(rng) * 0.01f;
+        std::memcpy(blk + l.f32_offset, &v, 4);
+      }
+    }
+    std::vector<float> out(static_cast<size_t>(n));  // [n]
+    mixtral::dequantize_row(l.type, raw.data(), out.data(), n);
+    const std::string name(mixtral::dtype_name(l.type));
+    if (!write_file(dir + "/" + name + ".bin", raw.data(), raw.size()) ||
+        !write_file(dir + "/" + name + ".f32", out.data(), out.size() * 4)) {
+      std::fprintf(stderr, "quant_dump: cannot write %s/%s.*\n", dir.c_str(), name.c_str());
+      return 1;
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/python3
+"""Our dequantize_row vs the independent NumPy dequantisers of tests/reference/reference.py, on blocks of
+random bytes (every bit pattern of the quant fields, finite random fp16 scales) for every block type.
+
+quant_dump writes <type>.bin (the blocks) and <type>.f32 (our float32 output). The reference decodes the
+bytes in float64; the two agree to float32 rounding: |ours - ref| <= 2^-20 * (the block's largest |term|),
+where a term is one product d*sc*q or dmin*mn (a wrong bit in any field is off by at least one quantum,
+orders of magnitude more). Every type must also produce varied values (the check cannot pass on zeros).
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+import reference  # noqa: E402
+
+TYPES = {"q4_0": reference.GGML_Q4_0, "q8_0": reference.GGML_Q8_0, "q4_1": reference.GGML_Q4_1,
+         "q5_0": reference.GGML_Q5_0, "q5_1": reference.GGML_Q5_1, "q2_k": reference.GGML_Q2_K,
+         "q3_k": reference.GGML_Q3_K, "q4_k": reference.GGML_Q4_K, "q5_k": reference.GGML_Q5_K,
+         "q6_k": reference.GGML_Q6_K, "q8_k": reference.GGML_Q8_K}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dump", required=True, help="the quant_dump binary")
+    a = ap.parse_args()
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="mixtral-quant-") as d:
+        subprocess.run([a.dump, d], check=True)
+        for name, t in TYPES.items():
+            raw = open(os.path.join(d, name + ".bin"), "rb").read()
+            ours = np.fromfile(os.path.join(d, name + ".f32"), dtype="<f4").astype(np.float64)
+            bs, bb = reference._GGML_BLOCK[t]
+            if len(raw) % bb or len(raw) // bb * bs != ours.size:
+                failures.append(f"{name}: {len(raw)} bytes and {ours.size} values do not match the block size")
+                continue
+            ref = reference._dequantize(t, raw, ours.size)
+            # The scale of each block's terms: its largest |value| bounds d*sc*q - dmin*mn's parts only
+            # loosely when they cancel, so use the largest |ref| over the block plus the offsets' share.
+            blocks = ref.reshape(-1, bs)
+            scale = np.abs(blocks).max(axis=1, keepdims=True) * 2 + 1e-30
+            err = (np.abs(ours.reshape(-1, bs) - blocks) / scale).max()
+            distinct = np.unique(ours).size
+            ok = err <= 2.0 ** -20 and distinct >= min(ours.size // 4, 200)
+            print(f"{'ok  ' if ok else 'FAIL'} {name}: {ours.size} values, {distinct} distinct, "
+                  f"max error {err:.3g} of the block scale (bound {2.0 ** -20:.3g})")
+            if not ok:
+                failures.append(name)
+    if failures:
+        print("failures: " + ", ".join(failures))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
