@@ -120,7 +120,7 @@ def main():
         rel = abs(res[name]["perplexity"] / ppl_torch - 1)
         print(f"  {name}: relative difference to torch {rel:.2e} (limit 5e-3)")
         ok &= rel < 5e-3
-    if not res["gguf"]["perplexity"] < 0.25 * ppl_uni:
+    if not res["gguf"]["perplexity"] < 0.5 * ppl_uni:
         print("FAIL: the trained model is not far below the unigram baseline")
         ok = False
     print(f"{time.time() - t0:.1f} s")
