@@ -13,6 +13,7 @@
 
 #include "analysis_cmds.h"
 #include "cli_util.h"
+#include "convert_cmds.h"
 #include "mixtral/engine.h"
 #include "tokenizer_cmds.h"
 
@@ -267,6 +268,7 @@ int main(int argc, char** argv) {
 
   auto run_tokenizer_command = mixtral::cli::add_tokenizer_commands(app);
   auto run_analysis_command = mixtral::cli::add_analysis_commands(app);
+  auto run_convert_command = mixtral::cli::add_convert_commands(app);
 
   try {
     app.parse(argc, argv);
@@ -278,6 +280,7 @@ int main(int argc, char** argv) {
 
   if (auto rc = run_tokenizer_command()) return *rc;
   if (auto rc = run_analysis_command()) return *rc;
+  if (auto rc = run_convert_command()) return *rc;
   if (run->parsed()) {
     if (prompt.empty() && prompt_tokens.empty())
       return fail(Error::usage("run: give --prompt or --prompt-tokens"));

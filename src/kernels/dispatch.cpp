@@ -232,7 +232,8 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ld
   constexpr int64_t kTileRows = 16;
   run_rows(pool, rows, w.row_stride(), n, [&](int64_t r0, int64_t nr) {
     thread_local std::vector<float> tile;  // [kTileRows, cols] dequantized weight rows
-    if (tile.size() < static_cast<size_t>(kTileRows * cols)) tile.resize(static_cast<size_t>(kTileRows * cols));
+    if (tile.size() < static_cast<size_t>(kTileRows * cols))
+      tile.resize(static_cast<size_t>(kTileRows * cols));
     detail::MatmulArgs a;
     a.w = reinterpret_cast<const uint8_t*>(tile.data());
     a.w_stride = static_cast<size_t>(cols) * sizeof(float);

@@ -400,10 +400,10 @@ Result<ModelConfig> read_gguf_config(const GgufFile& g) {
 
 Status check_dtype(const Source& s) {
   if (!traits(s.view.dtype).supported)
-    return Error::data(s.file + ": tensor '" + s.name + "' has type " +
-                       std::string(dtype_name(s.view.dtype)) +
-                       ", which this build cannot compute with (supported: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, "
-                       "q2_k, q3_k, q4_k, q5_k, q6_k, q8_k)");
+    return Error::data(
+        s.file + ": tensor '" + s.name + "' has type " + std::string(dtype_name(s.view.dtype)) +
+        ", which this build cannot compute with (supported: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, "
+        "q2_k, q3_k, q4_k, q5_k, q6_k, q8_k)");
   return {};
 }
 

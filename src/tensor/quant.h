@@ -153,8 +153,9 @@ inline void k_scale_min(int j, const uint8_t* q, int* sc, int* mn) {
 
 // Scalar reference: n elements of row `src` (encoded as t) to floats. n is a multiple of the block size.
 void dequantize_row(DType t, const void* src, float* dst, int64_t n);
-// Scalar reference: floats to the encoding of t (every supported type). F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q8_K
-// round as GGML does; the K-quants choose sub-block scales (and mins) by a weighted least-squares search.
+// Scalar reference: floats to the encoding of t (every supported type).
+// F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q8_K round as GGML does; the K-quants choose sub-block scales (and mins)
+// by a weighted least-squares search.
 void quantize_row(DType t, const float* src, void* dst, int64_t n);
 
 }  // namespace mixtral

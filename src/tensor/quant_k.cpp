@@ -14,9 +14,14 @@
 namespace mixtral::detail {
 namespace {
 
-// Round half to even (the default rounding mode), as an int.
+// Round half to even, as an int (what lrintf gives in the default rounding mode, without the library
+// call): adding 1.5 * 2^23 leaves the rounded integer in the low mantissa bits. Inputs are clamped to
+// +-(2^22 - 1), where the trick is exact; every caller clamps the result to a far smaller range.
 inline int nearest(float x) {
-  return static_cast<int>(std::lrintf(x));
+  const float v = std::clamp(x, -4194303.0f, 4194303.0f) + 12582912.0f;
+  int32_t i;
+  std::memcpy(&i, &v, 4);
+  return (i & 0x007fffff) - 0x00400000;
 }
 
 inline float half(uint16_t h) {
@@ -54,50 +59,54 @@ AsymFit fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* 
     std::fill(L, L + n, 0);
     return {0.0f, -lo};
   }
-  auto round_l = [&](float iscale, float offset, uint8_t* out) {
-    for (int i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(std::clamp(nearest(iscale * (x[i] + offset)), 0, nmax));
-  };
-  auto error = [&](float scale, float min, const uint8_t* l) {
-    double e = 0.0;
-    for (int i = 0; i < n; ++i) {
-      const double d = static_cast<double>(scale) * l[i] - min - x[i];
-      e += w[i] * d * d;
-    }
-    return e;
-  };
-  // Start: the min-max grid.
-  AsymFit best{(hi - lo) / static_cast<float>(nmax), -lo};
-  round_l(1.0f / best.scale, best.min, L);
-  double best_err = error(best.scale, best.min, L);
-  double sw = 0.0, sx = 0.0;
+  double sw = 0.0, sx = 0.0, sxx = 0.0;
   for (int i = 0; i < n; ++i) {
     sw += w[i];
     sx += static_cast<double>(w[i]) * x[i];
+    sxx += static_cast<double>(w[i]) * x[i] * x[i];
   }
+  // Rounds at inverse scale `iscale` into out and returns the weighted sums of L, L^2 and L x.
+  struct Sums {
+    double l, l2, lx;
+  };
+  auto round_l = [&](float iscale, uint8_t* out) {
+    Sums m{0.0, 0.0, 0.0};
+    for (int i = 0; i < n; ++i) {
+      const int l = std::clamp(nearest(iscale * (x[i] - lo)), 0, nmax);
+      out[i] = static_cast<uint8_t>(l);
+      m.l += static_cast<double>(w[i]) * l;
+      m.l2 += static_cast<double>(w[i]) * l * l;
+      m.lx += static_cast<double>(w[i]) * l * x[i];
+    }
+    return m;
+  };
+  // sum w (scale L + offset - x)^2, expanded over the sums (offset = -min).
+  auto error = [&](double scale, double offset, const Sums& m) {
+    return scale * scale * m.l2 + 2.0 * scale * offset * m.l - 2.0 * scale * m.lx + offset * offset * sw -
+           2.0 * offset * sx + sxx;
+  };
+  // Start: the min-max grid.
+  AsymFit best{(hi - lo) / static_cast<float>(nmax), -lo};
+  double best_err = error(best.scale, -static_cast<double>(best.min), round_l(1.0f / best.scale, L));
   uint8_t cand[32];  // [n] the candidate rounding
   constexpr int kSteps = 24;
   for (int s = 0; s <= kSteps; ++s) {
     const float iscale = (static_cast<float>(nmax) - 1.0f + 0.1f * static_cast<float>(s)) / (hi - lo);
-    round_l(iscale, -lo, cand);
-    double sl = 0.0, sl2 = 0.0, slx = 0.0;
-    for (int i = 0; i < n; ++i) {
-      sl += static_cast<double>(w[i]) * cand[i];
-      sl2 += static_cast<double>(w[i]) * cand[i] * cand[i];
-      slx += static_cast<double>(w[i]) * cand[i] * x[i];
-    }
-    const double det = sw * sl2 - sl * sl;
+    const Sums m = round_l(iscale, cand);
+    const double det = sw * m.l2 - m.l * m.l;
     if (det <= 0.0) continue;
-    double scale = (sw * slx - sx * sl) / det;
-    double offset = (sl2 * sx - sl * slx) / det;  // x ~ scale * L + offset
+    double scale = (sw * m.lx - sx * m.l) / det;
+    double offset = (m.l2 * sx - m.l * m.lx) / det;  // x ~ scale * L + offset
     if (offset > 0.0) {
       offset = 0.0;
-      scale = slx / sl2;
+      scale = m.lx / m.l2;
     }
     if (scale <= 0.0) continue;
-    const double err = error(static_cast<float>(scale), static_cast<float>(-offset), cand);
+    const float fs = static_cast<float>(scale), fm = static_cast<float>(-offset);  // as stored
+    const double err = error(fs, -static_cast<double>(fm), m);
     if (err < best_err) {
       best_err = err;
-      best = {static_cast<float>(scale), static_cast<float>(-offset)};
+      best = {fs, fm};
       std::memcpy(L, cand, static_cast<size_t>(n));
     }
   }
@@ -175,7 +184,8 @@ struct AsymSuper {
   uint16_t d, dmin;
   uint8_t sc[16], mn[16];  // [n_sub] quantized scales and mins
 };
-AsymSuper quantize_asym_super(const float* x, int sub, int nmax, int scale_max, bool weight_by_rms, uint8_t* L) {
+AsymSuper quantize_asym_super(const float* x, int sub, int nmax, int scale_max, bool weight_by_rms,
+                              uint8_t* L) {
   const int n_sub = kQK_K / sub;
   float scales[16], mins[16];  // [n_sub]
   float w[32];                 // [sub]
@@ -259,7 +269,8 @@ void pack_2bit(const uint8_t* L, uint8_t* q) {
   for (int h = 0; h < 2; ++h)
     for (int l = 0; l < 32; ++l) {
       const uint8_t* e = L + 128 * h + l;
-      q[32 * h + l] = static_cast<uint8_t>((e[0] & 3) | (e[32] & 3) << 2 | (e[64] & 3) << 4 | (e[96] & 3) << 6);
+      q[32 * h + l] =
+          static_cast<uint8_t>((e[0] & 3) | (e[32] & 3) << 2 | (e[64] & 3) << 4 | (e[96] & 3) << 6);
     }
 }
 
@@ -408,7 +419,7 @@ void dequantize_q4_k(const void* src, float* dst, int64_t n) {
   const auto* b = static_cast<const BlockQ4_K*>(src);
   for (int64_t i = 0; i < n / kQK_K; ++i) {
     const float d = half(b[i].d), dmin = half(b[i].dmin);
-    float* y = dst + i * kQK_K;  // [256]
+    float* y = dst + i * kQK_K;    // [256]
     for (int j = 0; j < 8; ++j) {  // sub-block j: elements 32j..32j+31
       int sc, mn;
       k_scale_min(j, b[i].scales, &sc, &mn);
@@ -537,10 +548,12 @@ void quantize_q5_k(const float* src, void* dst, int64_t n) {
     b[i].d = s.d;
     b[i].dmin = s.dmin;
     for (int j = 0; j < 8; ++j)
-      for (int l = 0; l < 32; ++l) b[i].qh[l] = static_cast<uint8_t>(b[i].qh[l] | ((L[32 * j + l] >> 4) << j));
+      for (int l = 0; l < 32; ++l)
+        b[i].qh[l] = static_cast<uint8_t>(b[i].qh[l] | ((L[32 * j + l] >> 4) << j));
     for (int j = 0; j < 4; ++j)
       for (int l = 0; l < 32; ++l)
-        b[i].qs[32 * j + l] = static_cast<uint8_t>((L[64 * j + l] & 0x0f) | ((L[64 * j + 32 + l] & 0x0f) << 4));
+        b[i].qs[32 * j + l] =
+            static_cast<uint8_t>((L[64 * j + l] & 0x0f) | ((L[64 * j + 32 + l] & 0x0f) << 4));
   }
 }
 

@@ -505,11 +505,38 @@ TEST(GgufReader, RefusesBadTensorInfos) {
                         {"x.gguf: tensor 'X': data size overflows 2^62 bytes"}));
   EXPECT_TRUE(FailsWith(parse(one_tensor("X", {1, 1, 1, 1, 1}, kF32, 0, 16)),
                         {"x.gguf: tensor 'X': n_dims 5, at most 4 are supported"}));
-  // Known types this build cannot compute with still parse; the model loader refuses them.
-  auto k = parse(one_tensor("K", {256}, 14, 0, 210));
+  // Known types this build cannot compute with (q8_1) still parse; the model loader refuses them.
+  auto k = parse(one_tensor("K", {64}, 9, 0, 72));
   ASSERT_TRUE(k.ok()) << k.error().message;
-  EXPECT_EQ(k->tensors()[0].dtype, DType::Q6_K);
-  EXPECT_EQ(k->tensors()[0].nbytes, 210u);
+  EXPECT_EQ(k->tensors()[0].dtype, DType::Q8_1);
+  EXPECT_EQ(k->tensors()[0].nbytes, 72u);
+}
+
+// Every block type: a row that is not whole blocks, and data one byte short of the end, fail naming the
+// tensor; exactly enough data parses with the GGML block size.
+TEST(GgufReader, BlockTypesCheckRowsAndDataSize) {
+  struct T {
+    uint32_t id;
+    const char* name;
+    uint64_t block, bytes;
+  };
+  for (const T& t : {T{3, "q4_1", 32, 20}, T{6, "q5_0", 32, 22}, T{7, "q5_1", 32, 24}, T{10, "q2_k", 256, 84},
+                     T{11, "q3_k", 256, 110}, T{12, "q4_k", 256, 144}, T{13, "q5_k", 256, 176},
+                     T{14, "q6_k", 256, 210}, T{15, "q8_k", 256, 292}}) {
+    const uint64_t row = 2 * t.block, rows = 3, need = rows * row / t.block * t.bytes;
+    EXPECT_TRUE(
+        FailsWith(parse(one_tensor("blk.1.ffn_up.weight", {row - t.block / 2, rows}, t.id, 0, 4096)),
+                  {"x.gguf: tensor 'blk.1.ffn_up.weight': row of " + std::to_string(row - t.block / 2) +
+                   " elements is not a multiple of " + t.name + "'s block size " + std::to_string(t.block)}))
+        << t.name;
+    EXPECT_TRUE(FailsWith(parse(one_tensor("W", {row, rows}, t.id, 0, need - 1)),
+                          {"x.gguf: tensor 'W' data [", "runs past the end of the file"}))
+        << t.name;
+    auto ok = parse(one_tensor("W", {row, rows}, t.id, 0, need));
+    ASSERT_TRUE(ok.ok()) << t.name << ": " << ok.error().message;
+    EXPECT_EQ(ok->tensors()[0].nbytes, need) << t.name;
+    EXPECT_EQ(static_cast<uint32_t>(ok->tensors()[0].dtype), t.id) << t.name;
+  }
 }
 
 TEST(GgufReader, RefusesDuplicateAndOverlappingTensors) {

@@ -4,7 +4,7 @@
 
 References (neither shares code with mixtral.cpp):
   * tests/reference/reference.py: a float64 NumPy implementation of Hugging Face's MixtralForCausalLM
-    that reads the same file the engine reads (it dequantises GGUF Q8_0/Q4_0 itself);
+    that reads the same file the engine reads (it dequantises every GGUF block type itself);
   * llama.cpp through npm node-llama-cpp (tests/reference/llamacpp_logits.mjs) on the GGUF files.
 
 Checks (--check, repeatable; default all but `make`):
@@ -74,6 +74,14 @@ LAYOUTS = ["hf", "hf-sharded", "consolidated", "gguf-merged", "gguf-legacy"]
 MIN_ROUTER_MARGIN = 0.03  # asserted on the reference, prompt positions, every type (f32: >= 0.05)
 MIN_ROUTER_MARGIN_F32 = 0.05
 MIN_GREEDY_MARGIN = 0.01  # reference top-1 minus top-2 logit at every greedy step (f32)
+# The later block types (NEW_QUANT_TYPES): the seeds and prompts were chosen for the first five types;
+# quantised to these, a few positions come near a router tie (measured: at most 5 of 48 positions per type
+# with a margin under 0.06 at some layer, the smallest 0.0016). llama.cpp's router logits differ from the
+# reference's by up to ~0.05 (it flips the top-2 at margins 0.0075..0.0455: q3_k, q2_k, q4_1, q6_k on
+# shape a), so for these types logits are compared only at positions whose router margin is at least
+# CLEAR_MARGIN at every layer, and at least MIN_CLEAR_POSITIONS such positions must remain.
+CLEAR_MARGIN = 0.06
+MIN_CLEAR_POSITIONS = 40
 
 # Engine vs reference on the same file, relative to max |logit|. The engine computes with the
 # stored weights in f32 (f16/bf16 weights are exact in f32), so float types differ from the float64
@@ -83,14 +91,24 @@ MIN_GREEDY_MARGIN = 0.01  # reference top-1 minus top-2 logit at every greedy st
 #   f32 3.8e-7 / 4.4e-7   f16 3.6e-7 / 4.3e-7   bf16 4.2e-7 / 6.7e-7   q8_0 1.10e-2 / 1.18e-2
 #   q4_0 1.13e-2 / 1.14e-2
 # Bounds: >= 30x headroom for float weights, ~2x for quantised ones.
+# The later block types (q4_1 .. q8_k) have no fast kernels yet: the engine dequantizes their rows to f32
+# and uses the f32 dot (kernels/dispatch.cpp fallback), so only f32 rounding separates it from the
+# reference. Measured at the clear positions (a / b): 2.9e-7 .. 4.2e-7 / 3.8e-7 .. 5.5e-7 over all nine.
+# When fast paths that quantise activations (Q8_K, as llama.cpp) replace the fallback, these bounds
+# become those of q8_0/q4_0 (2.5e-2).
 TOL_VS_REFERENCE = {"f32": 2e-5, "f16": 2e-5, "bf16": 2e-5, "q8_0": 2.5e-2, "q4_0": 2.5e-2,
-                    **{t: 2.5e-2 for t in NEW_QUANT_TYPES}}
+                    **{t: 2e-5 for t in NEW_QUANT_TYPES}}
 # Engine vs llama.cpp on the same merged GGUF. llama.cpp multiplies f16 weights with f16-rounded
 # activations and bf16 weights with bf16-rounded ones, q8_0/q4_0 weights with q8_0 activations.
 # Measured (a / b): f32 4.8e-7 / 8.2e-7   f16 4.6e-4 / 3.7e-4   bf16 4.1e-3 / 3.6e-3
 #   q8_0 6.1e-3 / 9.7e-3   q4_0 1.2e-7 / 8.8e-3
 # (llama.cpp vs the reference: f16 4.6e-4 / 3.7e-4, bf16 4.1e-3 / 3.6e-3, q8_0 1.1e-2 / 1.2e-2,
 #  q4_0 1.1e-2 / 1.1e-2: the engine's float paths are closer to the float64 reference than llama.cpp's.)
+# The later types, at the clear positions (llama.cpp quantises activations to q8_1/q8_0 for q4_1/q5_x
+# and to q8_K for the K-quants; the engine's fallback does not): measured (a / b)
+#   q4_1 1.31e-2 / 1.13e-2   q5_0 1.24e-2 / 1.11e-2   q5_1 1.26e-2 / 1.05e-2   q2_k 1.42e-2 / 1.88e-2
+#   q3_k 1.63e-2 / 1.52e-2   q4_k 1.52e-2 / 1.53e-2   q5_k 1.79e-2 / 1.71e-2   q6_k 1.65e-2 / 1.74e-2
+# (at every position, a router tie flipped by llama.cpp costs up to 0.15: hence the clear positions).
 TOL_VS_LLAMACPP = {"f32": 2e-5, "f16": 5e-3, "bf16": 2e-2, "q8_0": 3e-2, "q4_0": 3e-2,
                    **{t: 3e-2 for t in NEW_QUANT_TYPES}}
 # llama.cpp vs the reference on f32: two independent implementations, which validates the GGUF
@@ -176,6 +194,20 @@ class Runner:
         logits, routing = self.ref(path).forward(tokens)
         return logits, reference.min_margin(routing)
 
+    def ref_clear(self, path, tokens):
+        """Reference logits and the positions whose router margin is >= CLEAR_MARGIN at every layer."""
+        logits, routing = self.ref(path).forward(tokens)
+        per_pos = np.full(len(tokens), np.inf)
+        for r in routing:
+            per_pos[r["pos"]] = min(per_pos[r["pos"]], r["margin"])
+        return logits, np.flatnonzero(per_pos >= CLEAR_MARGIN)
+
+
+def check_clear(name, clear, n):
+    check(len(clear) >= MIN_CLEAR_POSITIONS,
+          f"{name}: {len(clear)} of {n} positions have a router margin >= {CLEAR_MARGIN} at every layer "
+          f"(need {MIN_CLEAR_POSITIONS})")
+
 
 # ------------------------------------------------------------------------------------------------
 # Checks
@@ -193,6 +225,14 @@ def check_layouts(r, prompt, types=ALL_TYPES):
     for t in types:
         for layout in layouts_for(t):
             path = model_path(r.workdir, layout, t)
+            if t in NEW_QUANT_TYPES:
+                ref, clear = r.ref_clear(path, prompt)
+                check_clear(f"{layout}-{t}", clear, len(prompt))
+                err = rel_err(r.score(path, prompt)[clear], ref[clear], ref)
+                check(err <= TOL_VS_REFERENCE[t],
+                      f"{layout}-{t}: engine vs reference max error {err:.3g} at the clear positions "
+                      f"(bound {TOL_VS_REFERENCE[t]:g}, max|logit| {np.abs(ref).max():.3f})")
+                continue
             ref, margin = r.ref_logits(path, prompt)
             need = MIN_ROUTER_MARGIN_F32 if t == "f32" else MIN_ROUTER_MARGIN
             check(margin >= need, f"{layout}-{t}: reference min router margin {margin:.4f} >= {need}")
@@ -266,10 +306,18 @@ def check_llamacpp(r, prompt, types=LLAMACPP_TYPES):
         if t not in LLAMACPP_TYPES:
             continue
         path = model_path(r.workdir, "gguf-merged", t)
-        ref, _ = r.ref_logits(path, prompt)
+        ref, clear = r.ref_clear(path, prompt)
         lc = r.llamacpp(path, prompt)
         check(lc.shape == ref.shape, f"gguf-merged-{t}: llama.cpp logits shape {lc.shape}")
         if lc.shape != ref.shape:
+            continue
+        if t in NEW_QUANT_TYPES:
+            check_clear(f"gguf-merged-{t}", clear, len(prompt))
+            lerr = rel_err(lc[clear], ref[clear], ref)
+            print(f"info gguf-merged-{t}: llama.cpp vs reference max error {lerr:.3g} at the clear positions")
+            err = rel_err(r.score(path, prompt)[clear], lc[clear], ref)
+            check(err <= TOL_VS_LLAMACPP[t], f"gguf-merged-{t}: engine vs llama.cpp max error {err:.3g} at the "
+                                             f"clear positions (bound {TOL_VS_LLAMACPP[t]:g})")
             continue
         lerr = rel_err(lc, ref, ref)
         if t == "f32":

@@ -36,10 +36,10 @@ int main(int argc, char** argv) {
   }
   const std::string dir = argv[1];
   const std::vector<Layout> layouts = {
-      {DType::Q4_0, {0}, -1},      {DType::Q8_0, {0}, -1},      {DType::Q4_1, {0, 2}, -1},
-      {DType::Q5_0, {0}, -1},      {DType::Q5_1, {0, 2}, -1},   {DType::Q2_K, {80, 82}, -1},
-      {DType::Q3_K, {108}, -1},    {DType::Q4_K, {0, 2}, -1},   {DType::Q5_K, {0, 2}, -1},
-      {DType::Q6_K, {208}, -1},    {DType::Q8_K, {}, 0},
+      {DType::Q4_0, {0}, -1},   {DType::Q8_0, {0}, -1},    {DType::Q4_1, {0, 2}, -1},
+      {DType::Q5_0, {0}, -1},   {DType::Q5_1, {0, 2}, -1}, {DType::Q2_K, {80, 82}, -1},
+      {DType::Q3_K, {108}, -1}, {DType::Q4_K, {0, 2}, -1}, {DType::Q5_K, {0, 2}, -1},
+      {DType::Q6_K, {208}, -1}, {DType::Q8_K, {}, 0},
   };
   std::mt19937 rng(20261127);
   std::uniform_int_distribution<int> byte(0, 255);
