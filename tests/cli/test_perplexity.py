@@ -104,6 +104,16 @@ def main():
         res[name] = json.loads(out.strip().splitlines()[-1])
         assert res[name]["tokens_scored"] == count, (name, res[name]["tokens_scored"], count)
 
+    # Bad input: one line naming the option; exit 2 for usage, 1 for data.
+    for args, code, needle in (
+            (["--text-file", eval_txt, "--ctx", "64", "--stride", "65"], 2, "--stride"),
+            (["--text-file", eval_txt, "--ctx", "1"], 2, "--ctx"),
+            (["--text-file", eval_txt, "--ctx", "100000"], 2, "--ctx"),
+            (["--text-file", os.path.join(a.workdir, "missing.txt")], 1, "missing.txt")):
+        r = subprocess.run([a.mixtral, "perplexity", "--model", a.model] + args, capture_output=True, text=True)
+        assert r.returncode == code and needle in r.stderr and r.stderr.count("\n") == 1, (args, r.returncode,
+                                                                                           r.stderr)
+
     # Unigram baseline: token frequencies of the training split (add-one smoothing), on the same targets.
     with open(os.path.join(corpus, "train.txt"), encoding="utf-8") as f:
         freq = collections.Counter([sp.bos_id()] + sp.encode(f.read()))

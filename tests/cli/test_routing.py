@@ -89,6 +89,10 @@ def main():
     assert head[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     width, height = struct.unpack(">II", head[16:24])
     assert width > 100 and height > 100, (width, height)
+    r = subprocess.run([a.mixtral, "route", "--model", a.model, "--prompt", PROMPT, "--html", w("x.html"), "--png",
+                        w("x.png")], capture_output=True, text=True,
+                       env=dict(os.environ, MIXTRAL_CHROMIUM=w("no-such-chromium")))
+    assert r.returncode == 1 and "--png" in r.stderr and r.stderr.count("\n") == 1, (r.returncode, r.stderr)
     print(f"page: {len(cells)} token cells rendered by Chromium, {L} histograms, PNG {width}x{height}")
     print("PASS")
     return 0
