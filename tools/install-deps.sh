@@ -5,7 +5,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PKGS="g++ cmake ninja-build pkg-config libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
       python3 python3-numpy clang libclang-rt-dev
-      libsentencepiece-dev sentencepiece python3-sentencepiece python3-protobuf python3-jinja2 libsimde-dev"
+      libsentencepiece-dev sentencepiece python3-sentencepiece python3-protobuf python3-jinja2 libsimde-dev
+      python3-torch libopenblas0-pthread bible-kjv bible-kjv-text chromium"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # Node.js may come from elsewhere than Debian (with its own npm): install Debian's only when absent.

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "analysis_cmds.h"
 #include "cli_util.h"
 #include "convert_cmds.h"
 #include "mixtral/engine.h"
@@ -37,10 +38,12 @@ struct ModelArgs {
   std::string model;
   int threads = 0;
   int64_t ctx_size = 0;
-  void add(CLI::App* app) {
-    app->add_option("-m,--model", model,
-                    "GGUF file, Hugging Face directory or Mistral consolidated directory")
-        ->required();
+  void add(CLI::App* app, bool required = true) {
+    auto* m =
+        app->add_option("-m,--model", model,
+                        required ? "GGUF file, Hugging Face directory or Mistral consolidated directory"
+                                 : "GGUF file, HF or consolidated directory (default: the built-in model)");
+    if (required) m->required();
     app->add_option("-t,--threads", threads, "worker threads (default: all cores)");
     app->add_option("-c,--ctx-size", ctx_size, "context size in tokens (default: min(trained, 4096))");
   }
@@ -86,14 +89,19 @@ int cmd_run(const ModelArgs& ma, const std::string& prompt, const std::string& p
   return 0;
 }
 
-int cmd_score(const ModelArgs& ma, const std::string& tokens, const std::string& logits_out,
-              bool one_by_one) {
+int cmd_score(const ModelArgs& ma, const std::string& tokens, const std::string& logits_out, bool one_by_one,
+              const std::string& routing_out) {
   auto ids = parse_ids(tokens, "--tokens");
   if (!ids) return fail(ids.error());
   auto engine = ma.load();
   if (!engine) return fail(engine.error());
-  auto logits = (*engine)->score(*ids, one_by_one);
+  std::vector<mixtral::RoutingRecord> routing;
+  auto logits = (*engine)->score(*ids, one_by_one, routing_out.empty() ? nullptr : &routing);
   if (!logits) return fail(logits.error());
+  if (!routing_out.empty()) {
+    Status st = mixtral::cli::write_routing_json(routing_out, *ids, (*engine)->config().n_layers, routing);
+    if (!st) return fail(st.error());
+  }
   const int64_t n = static_cast<int64_t>(ids->size()), V = (*engine)->config().vocab_size;
   if (!logits_out.empty()) {
     Status st = mixtral::write_npy(logits_out, logits->data(), {n, V});
@@ -179,7 +187,7 @@ int main(int argc, char** argv) {
   mixtral::GenerateOptions go;
   bool ids_only = false;
   auto* run = app.add_subcommand("run", "generate a continuation of a prompt");
-  run_m.add(run);
+  run_m.add(run, /*required=*/false);
   auto* p_opt = run->add_option("-p,--prompt", prompt, "prompt text");
   auto* pt_opt = run->add_option("--prompt-tokens", prompt_tokens, "prompt as token ids: 1,2,3");
   p_opt->excludes(pt_opt);
@@ -192,12 +200,14 @@ int main(int argc, char** argv) {
 
   // score
   ModelArgs score_m;
-  std::string score_tokens, logits_out;
+  std::string score_tokens, logits_out, routing_out;
   bool one_by_one = false;
   auto* score = app.add_subcommand("score", "one prefill: per-position log-probabilities and logits");
   score_m.add(score);
   score->add_option("--tokens", score_tokens, "token ids: 1,2,3")->required();
   score->add_option("--logits-out", logits_out, "write logits [n_tokens, vocab] as float32 .npy");
+  score->add_option("--routing-out", routing_out,
+                    "write the experts and weights chosen per layer and token as JSON");
   score->add_flag("--decode-one-by-one", one_by_one, "evaluate one token at a time (decode path)");
 
   // info
@@ -257,6 +267,7 @@ int main(int argc, char** argv) {
   mk->add_option("-t,--threads", tm.threads, "worker threads");
 
   auto run_tokenizer_command = mixtral::cli::add_tokenizer_commands(app);
+  auto run_analysis_command = mixtral::cli::add_analysis_commands(app);
   auto run_convert_command = mixtral::cli::add_convert_commands(app);
 
   try {
@@ -268,13 +279,19 @@ int main(int argc, char** argv) {
   }
 
   if (auto rc = run_tokenizer_command()) return *rc;
+  if (auto rc = run_analysis_command()) return *rc;
   if (auto rc = run_convert_command()) return *rc;
   if (run->parsed()) {
     if (prompt.empty() && prompt_tokens.empty())
       return fail(Error::usage("run: give --prompt or --prompt-tokens"));
+    if (run_m.model.empty()) {  // the built-in model (models/tiny-kjv.gguf)
+      auto builtin = mixtral::cli::builtin_model_path();
+      if (!builtin) return fail(builtin.error());
+      run_m.model = *builtin;
+    }
     return cmd_run(run_m, prompt, prompt_tokens, go, ids_only);
   }
-  if (score->parsed()) return cmd_score(score_m, score_tokens, logits_out, one_by_one);
+  if (score->parsed()) return cmd_score(score_m, score_tokens, logits_out, one_by_one, routing_out);
   if (info->parsed()) return cmd_info(info_m, info_ctx);
   if (bench->parsed()) return cmd_bench(bench_m, bench_p, bench_n, bench_r, bench_json, bench_no_bw);
   if (mk->parsed()) {
