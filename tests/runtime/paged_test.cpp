@@ -146,7 +146,8 @@ TEST_P(PagedForward, PrefillChunksMatchContiguousForward) {
 }
 
 // Greedy answers must not depend on the batch: the logits of a token evaluated alone and evaluated among
-// other sequences' tokens (prefill chunks and decodes of other sequences) must be bitwise equal.
+// other sequences' tokens (prefill chunks of 1..40 tokens of another sequence) must be bitwise equal, with
+// every kernel instruction set this CPU runs.
 TEST_P(PagedForward, PerTokenResultsIndependentOfBatchComposition) {
   auto m = load_model(model_path(GetParam()));
   ASSERT_TRUE(m.ok()) << m.error().message;
@@ -154,30 +155,41 @@ TEST_P(PagedForward, PerTokenResultsIndependentOfBatchComposition) {
   const int64_t V = model.config.vocab_size;
   ThreadPool pool(2);
   Runtime rt(model, {64, 64}, pool);
-  const auto a = tokens_of(2, 20, static_cast<int>(V)), b = tokens_of(3, 30, static_cast<int>(V));
+  const auto a = tokens_of(2, 20, static_cast<int>(V)), b = tokens_of(3, 64, static_cast<int>(V));
   PagedKvCache kv(model.config, 16, 16);
-  std::vector<int32_t> ta = {0, 1}, tb = {2, 3}, ta2 = {4, 5};
-  // Alone: a's 20 tokens one at a time (decode path, batch of 1).
-  std::vector<float> alone(static_cast<size_t>(20 * V)), mixed(static_cast<size_t>(20 * V));
-  for (int32_t i = 0; i < 20; ++i) {
-    BatchToken e{a[static_cast<size_t>(i)], i, ta.data(), true};
-    rt.forward_paged(&e, 1, kv, alone.data() + i * V);
+  const std::vector<int32_t> ta = {0, 1}, tb = {2, 3, 4, 5}, ta2 = {6, 7};
+  const kernels::Isa saved = kernels::active_isa();
+  for (kernels::Isa isa : {kernels::Isa::kScalar, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+    if (static_cast<int>(isa) > static_cast<int>(kernels::detect_isa())) continue;
+    kernels::set_isa(isa);
+    SCOPED_TRACE(kernels::isa_name(isa));
+    // Alone: a's 20 tokens one at a time (decode path, batch of 1).
+    std::vector<float> alone(static_cast<size_t>(20 * V)), mixed(static_cast<size_t>(20 * V));
+    for (int32_t i = 0; i < 20; ++i) {
+      BatchToken e{a[static_cast<size_t>(i)], i, ta.data(), true};
+      rt.forward_paged(&e, 1, kv, alone.data() + i * V);
+    }
+    // Mixed: the same tokens of a (in other blocks), each step sharing the batch with 1..40 tokens of b
+    // (b's positions [i, i + nb) are rewritten with the same tokens; earlier ones exist from earlier steps).
+    for (int32_t i = 0; i < 20; ++i) {
+      std::vector<BatchToken> e;
+      const int32_t nb = 1 + (i * 7) % 40;
+      for (int32_t j = 0; j < nb && i + j < 64; ++j)
+        e.push_back({b[static_cast<size_t>(i + j)], i + j, tb.data(), j == nb - 1});
+      e.insert(e.begin() + nb / 2, BatchToken{a[static_cast<size_t>(i)], i, ta2.data(), true});
+      std::vector<float> lg(static_cast<size_t>(2 * V));  // [2, V]: b's last token and a's token, in entry order
+      rt.forward_paged(e.data(), static_cast<int64_t>(e.size()), kv, lg.data());
+      std::copy_n(lg.begin(), V, mixed.begin() + i * V);
+    }
+    int64_t differ = 0;
+    float max_diff = 0;
+    for (size_t i = 0; i < alone.size(); ++i) {
+      differ += alone[i] != mixed[i];
+      max_diff = std::max(max_diff, std::fabs(alone[i] - mixed[i]));
+    }
+    EXPECT_EQ(differ, 0) << "max |diff| " << max_diff;
   }
-  // Mixed: the same tokens of a (in blocks ta2), each step sharing the batch with a chunk of b's prefill.
-  for (int32_t i = 0; i < 20; ++i) {
-    std::vector<BatchToken> e;
-    const int32_t nb = 1 + i % 5;  // 1..5 tokens of b, then a's token, so batch sizes 2..6 vary
-    for (int32_t j = 0; j < nb && i + j < 30; ++j) e.push_back({b[static_cast<size_t>(i + j)], i + j, tb.data(), false});
-    e.push_back({a[static_cast<size_t>(i)], i, ta2.data(), true});
-    rt.forward_paged(e.data(), static_cast<int64_t>(e.size()), kv, mixed.data() + i * V);
-  }
-  int64_t differ = 0;
-  float max_diff = 0;
-  for (size_t i = 0; i < alone.size(); ++i) {
-    differ += alone[i] != mixed[i];
-    max_diff = std::max(max_diff, std::fabs(alone[i] - mixed[i]));
-  }
-  EXPECT_EQ(differ, 0) << "max |diff| " << max_diff;
+  kernels::set_isa(saved);
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, PagedForward, ::testing::Values("f32", "q8_0", "q4_0"));
