@@ -29,7 +29,9 @@ namespace {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 json error_body(const std::string& message, const std::string& type, const json& param, const json& code) {
   return json{{"error", {{"message", message}, {"type", type}, {"param", param}, {"code", code}}}};
@@ -62,14 +64,17 @@ struct GenRequest {
   bool stream = false, include_usage = false;
 };
 
-bool present(const json& b, const char* k) { return b.contains(k) && !b[k].is_null(); }
+bool present(const json& b, const char* k) {
+  return b.contains(k) && !b[k].is_null();
+}
 
 double get_number(const json& b, const char* k, double lo, double hi, double def) {
   if (!present(b, k)) return def;
   if (!b[k].is_number()) throw BadRequest{std::string("'") + k + "' must be a number", k};
   const double v = b[k].get<double>();
   if (!(v >= lo && v <= hi))
-    throw BadRequest{std::string("'") + k + "' must be between " + json(lo).dump() + " and " + json(hi).dump(), k};
+    throw BadRequest{
+        std::string("'") + k + "' must be between " + json(lo).dump() + " and " + json(hi).dump(), k};
   return v;
 }
 
@@ -80,8 +85,8 @@ int64_t get_int(const json& b, const char* k, int64_t lo, int64_t hi, int64_t de
                         ? INT64_MAX
                         : b[k].get<int64_t>();
   if (v < lo || v > hi)
-    throw BadRequest{std::string("'") + k + "' must be between " + std::to_string(lo) + " and " + std::to_string(hi),
-                     k};
+    throw BadRequest{
+        std::string("'") + k + "' must be between " + std::to_string(lo) + " and " + std::to_string(hi), k};
   return v;
 }
 
@@ -96,7 +101,8 @@ std::string content_text(const json& c, const std::string& param) {
   if (c.is_array()) {  // [{"type": "text", "text": "..."}]
     std::string out;
     for (const auto& part : c) {
-      if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+      if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+          !part["text"].is_string())
         throw BadRequest{"only text content parts are supported", param};
       out += part["text"].get<std::string>();
     }
@@ -138,7 +144,8 @@ GenRequest parse_request(const json& b, bool chat, int64_t ctx) {
       r.prompt_text = p.get<std::string>();
     } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
       r.prompt_text = p[0].get<std::string>();
-    } else if (p.is_array() && !p.empty() && std::all_of(p.begin(), p.end(), [](const json& x) { return x.is_number_integer(); })) {
+    } else if (p.is_array() && !p.empty() &&
+               std::all_of(p.begin(), p.end(), [](const json& x) { return x.is_number_integer(); })) {
       for (const auto& x : p) r.prompt_ids.push_back(x.get<int32_t>());
     } else {
       throw BadRequest{"'prompt' must be a string, a list of one string or a list of token ids", "prompt"};
@@ -149,8 +156,9 @@ GenRequest parse_request(const json& b, bool chat, int64_t ctx) {
   else if (present(b, "max_tokens"))
     r.max_tokens = get_int(b, "max_tokens", 1, INT64_MAX, 0);
   if (r.max_tokens && *r.max_tokens >= ctx)
-    throw BadRequest{"the maximum number of tokens is " + std::to_string(ctx) + " (--ctx-size) including the prompt",
-                     present(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens"};
+    throw BadRequest{
+        "the maximum number of tokens is " + std::to_string(ctx) + " (--ctx-size) including the prompt",
+        present(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens"};
   CompletionParams& cp = r.params;
   cp.temperature = static_cast<float>(get_number(b, "temperature", 0, 2, 1));
   cp.top_p = static_cast<float>(get_number(b, "top_p", 0, 1, 1));
@@ -160,10 +168,12 @@ GenRequest parse_request(const json& b, bool chat, int64_t ctx) {
   cp.presence_penalty = static_cast<float>(get_number(b, "presence_penalty", -2, 2, 0));
   cp.frequency_penalty = static_cast<float>(get_number(b, "frequency_penalty", -2, 2, 0));
   cp.repetition_penalty = static_cast<float>(get_number(b, "repetition_penalty", 0, 10, 1));
-  if (cp.repetition_penalty <= 0) throw BadRequest{"'repetition_penalty' must be greater than 0", "repetition_penalty"};
+  if (cp.repetition_penalty <= 0)
+    throw BadRequest{"'repetition_penalty' must be greater than 0", "repetition_penalty"};
   if (present(b, "seed")) {
     if (!b["seed"].is_number_integer()) throw BadRequest{"'seed' must be an integer", "seed"};
-    cp.seed = b["seed"].is_number_unsigned() ? b["seed"].get<uint64_t>() : static_cast<uint64_t>(b["seed"].get<int64_t>());
+    cp.seed = b["seed"].is_number_unsigned() ? b["seed"].get<uint64_t>()
+                                             : static_cast<uint64_t>(b["seed"].get<int64_t>());
   } else {
     cp.seed = static_cast<uint64_t>(Clock::now().time_since_epoch().count());
   }
@@ -194,7 +204,8 @@ GenRequest parse_request(const json& b, bool chat, int64_t ctx) {
   cp.top_logprobs = r.logprobs ? r.top_logprobs : -1;
   r.stream = get_bool(b, "stream", false);
   if (present(b, "stream_options")) {
-    if (!b["stream_options"].is_object()) throw BadRequest{"'stream_options' must be an object", "stream_options"};
+    if (!b["stream_options"].is_object())
+      throw BadRequest{"'stream_options' must be an object", "stream_options"};
     if (!r.stream) throw BadRequest{"'stream_options' is only allowed with 'stream': true", "stream_options"};
     r.include_usage = get_bool(b["stream_options"], "include_usage", false);
   }
@@ -283,7 +294,8 @@ class Server {
       else if (res.status == 413)
         send_error(res, 413, "the request body is too large", nullptr, "invalid_request_error");
       else
-        send_error(res, res.status, "HTTP error " + std::to_string(res.status), nullptr, "invalid_request_error");
+        send_error(res, res.status, "HTTP error " + std::to_string(res.status), nullptr,
+                   "invalid_request_error");
     });
     svr_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
       std::string what = "internal error";
@@ -347,33 +359,40 @@ class Server {
   std::string metrics_text() {
     const BatchEngineStats s = eng_->stats();
     std::ostringstream o;
-    o << "# HELP mixtral_requests_total HTTP requests by path and status.\n# TYPE mixtral_requests_total counter\n";
+    o << "# HELP mixtral_requests_total HTTP requests by path and status.\n# TYPE mixtral_requests_total "
+         "counter\n";
     {
       std::lock_guard<std::mutex> lk(metrics_.mu);
       for (const auto& [k, v] : metrics_.requests)
         o << "mixtral_requests_total{path=\"" << k.first << "\",status=\"" << k.second << "\"} " << v << "\n";
     }
     auto g = [&](const char* name, const char* type, const char* help, double v) {
-      o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n" << name << " " << v << "\n";
+      o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n"
+        << name << " " << v << "\n";
     };
-    g("mixtral_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", static_cast<double>(s.prompt_tokens));
+    g("mixtral_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.",
+      static_cast<double>(s.prompt_tokens));
     g("mixtral_prompt_tokens_cached_total", "counter", "Prompt tokens taken from the prefix cache.",
       static_cast<double>(s.prompt_tokens_cached));
     g("mixtral_prompt_tokens_computed_total", "counter", "Prompt tokens evaluated.",
       static_cast<double>(s.prompt_tokens_computed));
-    g("mixtral_generation_tokens_total", "counter", "Generated tokens.", static_cast<double>(s.generated_tokens));
+    g("mixtral_generation_tokens_total", "counter", "Generated tokens.",
+      static_cast<double>(s.generated_tokens));
     g("mixtral_steps_total", "counter", "Batched forward steps.", static_cast<double>(s.steps));
     g("mixtral_queue_depth", "gauge", "Requests waiting for a sequence slot.", static_cast<double>(s.queued));
-    g("mixtral_active_sequences", "gauge", "Sequences being prefilled or decoded.", static_cast<double>(s.active));
+    g("mixtral_active_sequences", "gauge", "Sequences being prefilled or decoded.",
+      static_cast<double>(s.active));
     g("mixtral_generation_tokens_per_second", "gauge", "Generated tokens per second over the last 5 s.",
       s.gen_tokens_per_s);
     g("mixtral_kv_blocks_in_use", "gauge", "KV cache blocks referenced by sequences.",
       static_cast<double>(s.kv_blocks_in_use));
     g("mixtral_kv_blocks_cached", "gauge", "Unreferenced KV blocks kept for prefix reuse.",
       static_cast<double>(s.kv_blocks_cached));
-    g("mixtral_kv_blocks_total", "gauge", "KV cache blocks in the pool.", static_cast<double>(s.kv_blocks_total));
+    g("mixtral_kv_blocks_total", "gauge", "KV cache blocks in the pool.",
+      static_cast<double>(s.kv_blocks_total));
     g("mixtral_kv_block_size", "gauge", "Positions per KV block.", static_cast<double>(s.block_size));
-    g("mixtral_process_resident_memory_bytes", "gauge", "Resident set size.", static_cast<double>(resident_bytes()));
+    g("mixtral_process_resident_memory_bytes", "gauge", "Resident set size.",
+      static_cast<double>(resident_bytes()));
     o << "# HELP mixtral_expert_selections_total Tokens routed to each expert, per layer.\n"
          "# TYPE mixtral_expert_selections_total counter\n";
     for (int64_t l = 0; l < s.n_layers; ++l)
@@ -415,7 +434,8 @@ class Server {
           break;
         }
     size_t n = ts.text.size() - hold;
-    while (n > ts.emitted && n < ts.text.size() && (static_cast<unsigned char>(ts.text[n]) & 0xC0) == 0x80) --n;
+    while (n > ts.emitted && n < ts.text.size() && (static_cast<unsigned char>(ts.text[n]) & 0xC0) == 0x80)
+      --n;
     return std::max(n, ts.emitted);
   }
 
@@ -591,7 +611,8 @@ class Server {
   // Drains a request's events into text (stop strings applied) and logprobs; with on_delta, streams
   // each sendable piece (returning false when the client is gone).
   using OnDelta = std::function<bool(const std::string&, const json&)>;
-  GenResult collect(const GenRequest& r, Channel& ch, uint64_t id, Clock::time_point deadline, const OnDelta& on_delta) {
+  GenResult collect(const GenRequest& r, Channel& ch, uint64_t id, Clock::time_point deadline,
+                    const OnDelta& on_delta) {
     GenResult g;
     g.prompt_tokens = static_cast<int64_t>(r.params.prompt.size());
     StreamingDecoder dec(*tok_, /*at_sequence_start=*/r.chat);
@@ -701,7 +722,8 @@ int serve(const ServerOptions& o) {
     return 1;
   }
   std::fprintf(stderr, "mixtral serve: listening on http://%s:%d (model %s, parallel %d, context %lld)\n",
-               o.host.c_str(), port, o.model.c_str(), o.parallel, static_cast<long long>(s.engine().ctx_size()));
+               o.host.c_str(), port, o.model.c_str(), o.parallel,
+               static_cast<long long>(s.engine().ctx_size()));
   std::atomic<bool> stopped{false};
   std::thread waiter([&] {
     int sig = 0;

@@ -19,11 +19,11 @@ struct ServerOptions {
   int64_t ctx_size = 0;
   std::string api_key;  // empty: no authentication
   int threads = 0;
-  int64_t max_queue = 256;              // waiting requests before 429
-  size_t max_body_bytes = 4u << 20;     // larger bodies get 413
-  int idle_timeout_s = 30;              // socket read/write timeout
-  int request_timeout_s = 600;          // whole request (queue + generation)
-  double shutdown_grace_s = 10;         // in-flight requests may finish for this long on SIGINT/SIGTERM
+  int64_t max_queue = 256;           // waiting requests before 429
+  size_t max_body_bytes = 4u << 20;  // larger bodies get 413
+  int idle_timeout_s = 30;           // socket read/write timeout
+  int request_timeout_s = 600;       // whole request (queue + generation)
+  double shutdown_grace_s = 10;      // in-flight requests may finish for this long on SIGINT/SIGTERM
 };
 
 // Registers the `serve` flags on app, writing into o.

@@ -18,12 +18,12 @@ namespace mixtral {
 
 struct BatchEngineOptions {
   std::string model_path;
-  int threads = 0;            // 0: all cores
-  int64_t ctx_size = 0;       // positions per sequence; 0: min(trained context, 4096)
-  int parallel = 4;           // sequences advancing together
-  int64_t max_batch = 64;     // tokens per forward step (decodes + prefill chunks)
-  int64_t block_size = 16;    // positions per KV block
-  int64_t max_queue = 256;    // waiting requests beyond `parallel`; more are refused
+  int threads = 0;          // 0: all cores
+  int64_t ctx_size = 0;     // positions per sequence; 0: min(trained context, 4096)
+  int parallel = 4;         // sequences advancing together
+  int64_t max_batch = 64;   // tokens per forward step (decodes + prefill chunks)
+  int64_t block_size = 16;  // positions per KV block
+  int64_t max_queue = 256;  // waiting requests beyond `parallel`; more are refused
 };
 
 struct CompletionParams {
@@ -53,8 +53,8 @@ struct TokenEvent {
 struct BatchEngineStats {
   int64_t queued = 0, active = 0;
   int64_t kv_blocks_total = 0, kv_blocks_in_use = 0, kv_blocks_cached = 0, block_size = 0;
-  uint64_t prompt_tokens = 0;          // prompt tokens of admitted requests
-  uint64_t prompt_tokens_cached = 0;   // of which taken from the prefix cache
+  uint64_t prompt_tokens = 0;         // prompt tokens of admitted requests
+  uint64_t prompt_tokens_cached = 0;  // of which taken from the prefix cache
   uint64_t prompt_tokens_computed = 0;
   uint64_t generated_tokens = 0;
   uint64_t steps = 0;

@@ -37,12 +37,12 @@ struct Request {
 
 struct Seq {
   std::shared_ptr<Request> req;
-  std::vector<int32_t> tokens;        // prompt then generated
-  std::vector<int32_t> blocks;        // block table: position p in blocks[p / block_size]
-  std::vector<uint64_t> hashes;       // chained hash of each published full block
-  int64_t n_prompt = 0, n_done = 0;   // positions whose K/V are in the cache
+  std::vector<int32_t> tokens;       // prompt then generated
+  std::vector<int32_t> blocks;       // block table: position p in blocks[p / block_size]
+  std::vector<uint64_t> hashes;      // chained hash of each published full block
+  int64_t n_prompt = 0, n_done = 0;  // positions whose K/V are in the cache
   int64_t n_gen = 0, max_tokens = 0, cached = 0;
-  int64_t reserved = 0;               // blocks promised at admission, not yet allocated
+  int64_t reserved = 0;  // blocks promised at admission, not yet allocated
   std::unique_ptr<Sampler> sampler;
   std::unordered_map<int32_t, int32_t> gen_counts;  // generated token -> times (presence/frequency)
   std::unordered_set<int32_t> seen;                 // prompt + generated (repetition penalty)
@@ -110,7 +110,8 @@ Result<std::unique_ptr<BatchEngine>> BatchEngine::load(const BatchEngineOptions&
   MX_ASSIGN_OR_RETURN(impl->model, load_model(opts.model_path));
   const ModelConfig& c = impl->model->config;
   impl->pool = std::make_unique<ThreadPool>(resolve_threads(opts.threads));
-  impl->ctx = opts.ctx_size > 0 ? opts.ctx_size : (c.max_seq_len > 0 ? std::min<int64_t>(c.max_seq_len, 4096) : 4096);
+  impl->ctx =
+      opts.ctx_size > 0 ? opts.ctx_size : (c.max_seq_len > 0 ? std::min<int64_t>(c.max_seq_len, 4096) : 4096);
   // Every decode of `parallel` sequences must fit one step.
   impl->opts.max_batch = std::max<int64_t>(opts.max_batch, opts.parallel);
   RuntimeOptions ro;
@@ -133,9 +134,15 @@ Result<std::unique_ptr<BatchEngine>> BatchEngine::load(const BatchEngineOptions&
   return std::unique_ptr<BatchEngine>(new BatchEngine(std::move(impl)));
 }
 
-const ModelConfig& BatchEngine::config() const { return impl_->model->config; }
-int64_t BatchEngine::ctx_size() const { return impl_->ctx; }
-const std::string& BatchEngine::model_path() const { return impl_->opts.model_path; }
+const ModelConfig& BatchEngine::config() const {
+  return impl_->model->config;
+}
+int64_t BatchEngine::ctx_size() const {
+  return impl_->ctx;
+}
+const std::string& BatchEngine::model_path() const {
+  return impl_->opts.model_path;
+}
 
 BatchEngineStats BatchEngine::stats() const {
   std::lock_guard<std::mutex> lk(impl_->mu);
@@ -160,7 +167,8 @@ BatchEngine::SubmitResult BatchEngine::submit(CompletionParams params, Callback 
   const int64_t n = static_cast<int64_t>(params.prompt.size()), V = I.model->config.vocab_size;
   if (n == 0) return {Submit::kBadRequest, 0, "the prompt is empty"};
   for (int32_t t : params.prompt)
-    if (t < 0 || t >= V) return {Submit::kBadRequest, 0, "prompt token id " + std::to_string(t) + " is out of range"};
+    if (t < 0 || t >= V)
+      return {Submit::kBadRequest, 0, "prompt token id " + std::to_string(t) + " is out of range"};
   if (n >= I.ctx)
     return {Submit::kTooLong, 0,
             "the prompt has " + std::to_string(n) + " tokens; the context holds " + std::to_string(I.ctx) +
@@ -313,7 +321,8 @@ int32_t BatchEngine::Impl::sample(Seq& s, const float* row, TokenEvent& ev) {
       const int64_t k = std::min<int64_t>(p.top_logprobs, V);
       std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
                         [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
-      for (int64_t i = 0; i < k; ++i) ev.top.emplace_back(idx[static_cast<size_t>(i)], row[idx[static_cast<size_t>(i)]] - lse);
+      for (int64_t i = 0; i < k; ++i)
+        ev.top.emplace_back(idx[static_cast<size_t>(i)], row[idx[static_cast<size_t>(i)]] - lse);
     }
   }
   return tok;
@@ -344,7 +353,7 @@ void BatchEngine::Impl::run() {
           }
       }
     }
-    for (auto& r : to_admit) {  // cancelled before admission
+    for (auto& r : to_admit) {      // cancelled before admission
       if (!r->cancelled) continue;  // (every entry here is cancelled)
       TokenEvent ev;
       ev.finish = FinishReason::kCancelled;
@@ -381,7 +390,8 @@ void BatchEngine::Impl::run() {
       if (!s->finished && s->n_done >= s->n_prompt && budget > 0) {
         const int64_t p = s->n_done;
         ensure_block(*s, p);
-        entries.push_back({s->tokens[static_cast<size_t>(p)], static_cast<int32_t>(p), s->blocks.data(), true});
+        entries.push_back(
+            {s->tokens[static_cast<size_t>(p)], static_cast<int32_t>(p), s->blocks.data(), true});
         owner.push_back(s.get());
         --budget;
       }

@@ -49,14 +49,15 @@ void attend_range(const float* q, const PagedKv& kv, const int32_t* const* table
 }
 
 void check_args(const PagedKv& kv, const int32_t* pos, int64_t n, const AttentionParams& p) {
-  MX_CHECK(kv.block_size > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0, "paged_attention: bad params");
+  MX_CHECK(kv.block_size > 0 && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0,
+           "paged_attention: bad params");
   for (int64_t t = 0; t < n; ++t) MX_CHECK(pos[t] >= 0, "paged_attention: negative position %d", pos[t]);
 }
 
 }  // namespace
 
-void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* block_tables, const int32_t* pos,
-                     int64_t n, const AttentionParams& p, float* out, ThreadPool& pool) {
+void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* block_tables,
+                     const int32_t* pos, int64_t n, const AttentionParams& p, float* out, ThreadPool& pool) {
   check_args(kv, pos, n, p);
   pool.parallel_for(n * p.n_heads, 1, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> s;  // [max pos + 1] scores of one (token, head)
@@ -65,8 +66,8 @@ void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* bl
 }
 
 namespace ref {
-void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* block_tables, const int32_t* pos,
-                     int64_t n, const AttentionParams& p, float* out) {
+void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* block_tables,
+                     const int32_t* pos, int64_t n, const AttentionParams& p, float* out) {
   check_args(kv, pos, n, p);
   std::vector<float> s;  // [max pos + 1]
   attend_range(q, kv, block_tables, pos, p, out, 0, n * p.n_heads, s);

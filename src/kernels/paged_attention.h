@@ -21,13 +21,13 @@ struct PagedKv {
 // out[t] = attention of q[t] at position pos[t] over positions [0, pos[t]] (window: p.window) of its
 // sequence, whose position j lives in block block_tables[t][j / block_size], row j % block_size.
 //   q: [n, n_heads, head_dim]; pos: [n]; block_tables: [n] pointers; out: [n, n_heads, head_dim]
-void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* block_tables, const int32_t* pos,
-                     int64_t n, const AttentionParams& p, float* out, ThreadPool& pool);
+void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* block_tables,
+                     const int32_t* pos, int64_t n, const AttentionParams& p, float* out, ThreadPool& pool);
 
 namespace ref {
 // Single-threaded; the same per-(token, head) arithmetic as the pooled version (bitwise equal).
-void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* block_tables, const int32_t* pos,
-                     int64_t n, const AttentionParams& p, float* out);
+void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* block_tables,
+                     const int32_t* pos, int64_t n, const AttentionParams& p, float* out);
 }  // namespace ref
 
 }  // namespace mixtral::kernels

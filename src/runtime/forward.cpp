@@ -138,7 +138,8 @@ void Runtime::forward_paged(const BatchToken* e, int64_t n, PagedKvCache& kv, fl
     kernels::rmsnorm(x, w.ffn_norm.data(), n, dim, c_.norm_eps, xn);
     moe_.forward(w, xn, n, o, pool_);
     if (expert_counts_)
-      for (int32_t ex : moe_.routing().experts) ++(*expert_counts_)[static_cast<size_t>(l * c_.n_experts + ex)];
+      for (int32_t ex : moe_.routing().experts)
+        ++(*expert_counts_)[static_cast<size_t>(l * c_.n_experts + ex)];
     for (int64_t i = 0; i < n * dim; ++i) x[i] += o[i];
   }
   if (!logits) return;

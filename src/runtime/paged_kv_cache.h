@@ -40,7 +40,7 @@ class PagedKvCache {
   // Makes a full, computed block findable by lookup.
   void publish(int32_t b, uint64_t hash, uint64_t parent, const int32_t* tokens);
 
-  int64_t n_in_use() const { return n_in_use_; }                         // refcount > 0
+  int64_t n_in_use() const { return n_in_use_; }                               // refcount > 0
   int64_t n_cached_idle() const { return static_cast<int64_t>(lru_.size()); }  // cached, refcount 0
   int64_t n_available() const { return static_cast<int64_t>(free_.size() + lru_.size()); }
   int32_t refcount(int32_t b) const { return meta_[static_cast<size_t>(b)].ref; }
@@ -57,10 +57,10 @@ class PagedKvCache {
   void unpublish(int32_t b);
 
   int64_t n_blocks_, block_size_, n_layers_, kvd_, layer_stride_;
-  std::unique_ptr<float[]> k_, v_;  // uninitialised: pages are touched as blocks fill
-  std::vector<Meta> meta_;          // [n_blocks]
-  std::vector<int32_t> free_;       // never-published free blocks (a stack)
-  std::list<int32_t> lru_;          // published, refcount 0, least recently used first
+  std::unique_ptr<float[]> k_, v_;                    // uninitialised: pages are touched as blocks fill
+  std::vector<Meta> meta_;                            // [n_blocks]
+  std::vector<int32_t> free_;                         // never-published free blocks (a stack)
+  std::list<int32_t> lru_;                            // published, refcount 0, least recently used first
   std::unordered_multimap<uint64_t, int32_t> index_;  // hash -> published block
   int64_t n_in_use_ = 0;
 };

@@ -77,14 +77,14 @@ class Runtime {
   MoeLayer moe_;
   RoutingSink routing_sink_;
   // Scratch, sized for max_batch tokens:
-  std::vector<float> x_;      // [B, dim] residual stream
-  std::vector<float> xn_;     // [B, dim] normalised input of a sublayer
-  std::vector<float> q_;      // [B, n_heads * head_dim]
-  std::vector<float> att_;    // [B, n_heads * head_dim]
-  std::vector<float> o_;      // [B, dim] sublayer output
-  std::vector<int32_t> pos_;  // [B]
-  std::vector<float> kn_;     // [B, n_kv_heads * head_dim] new keys of a paged step
-  std::vector<float> vn_;     // [B, n_kv_heads * head_dim] new values of a paged step
+  std::vector<float> x_;                // [B, dim] residual stream
+  std::vector<float> xn_;               // [B, dim] normalised input of a sublayer
+  std::vector<float> q_;                // [B, n_heads * head_dim]
+  std::vector<float> att_;              // [B, n_heads * head_dim]
+  std::vector<float> o_;                // [B, dim] sublayer output
+  std::vector<int32_t> pos_;            // [B]
+  std::vector<float> kn_;               // [B, n_kv_heads * head_dim] new keys of a paged step
+  std::vector<float> vn_;               // [B, n_kv_heads * head_dim] new values of a paged step
   std::vector<const int32_t*> tables_;  // [B] block table of each token of a paged step
   std::vector<uint64_t>* expert_counts_ = nullptr;
 };

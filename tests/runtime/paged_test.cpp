@@ -1,14 +1,13 @@
 // Paged KV cache, paged attention and the batched forward step: equal to the contiguous single-sequence
 // forward, and per-token results independent of what else shares the batch.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <numeric>
 #include <random>
-
-#include <unistd.h>
 
 #include "kernels/paged_attention.h"
 #include "model/test_model.h"
@@ -85,7 +84,8 @@ TEST(PagedKvCache, RefcountsPrefixCacheAndEviction) {
 class PagedForward : public ::testing::TestWithParam<const char*> {
  protected:
   static std::string model_path(const std::string& type) {
-    const auto dir = std::filesystem::temp_directory_path() / ("mixtral-runtime-test-" + std::to_string(::getpid()));
+    const auto dir =
+        std::filesystem::temp_directory_path() / ("mixtral-runtime-test-" + std::to_string(::getpid()));
     const std::string path = (dir / ("gguf-merged-" + type + ".gguf")).string();
     if (!std::filesystem::exists(path)) {
       TestModelSpec spec;
@@ -116,7 +116,8 @@ class PagedForward : public ::testing::TestWithParam<const char*> {
 
 std::vector<int32_t> tokens_of(int seed, int n, int vocab) {
   std::vector<int32_t> t(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) t[static_cast<size_t>(i)] = static_cast<int32_t>((seed * 131 + i * 17 + 3) % vocab);
+  for (int i = 0; i < n; ++i)
+    t[static_cast<size_t>(i)] = static_cast<int32_t>((seed * 131 + i * 17 + 3) % vocab);
   return t;
 }
 
@@ -142,7 +143,8 @@ TEST_P(PagedForward, PrefillChunksMatchContiguousForward) {
       e.push_back({toks[static_cast<size_t>(i)], static_cast<int32_t>(i), table.data(), true});
     rt.forward_paged(e.data(), m_, kv, got.data() + s * V);
   }
-  for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], 2e-4f * (1 + std::fabs(want[i]))) << i;
+  for (size_t i = 0; i < want.size(); ++i)
+    ASSERT_NEAR(got[i], want[i], 2e-4f * (1 + std::fabs(want[i]))) << i;
 }
 
 // Greedy answers must not depend on the batch: the logits of a token evaluated alone and evaluated among
@@ -177,7 +179,8 @@ TEST_P(PagedForward, PerTokenResultsIndependentOfBatchComposition) {
       for (int32_t j = 0; j < nb && i + j < 64; ++j)
         e.push_back({b[static_cast<size_t>(i + j)], i + j, tb.data(), j == nb - 1});
       e.insert(e.begin() + nb / 2, BatchToken{a[static_cast<size_t>(i)], i, ta2.data(), true});
-      std::vector<float> lg(static_cast<size_t>(2 * V));  // [2, V]: b's last token and a's token, in entry order
+      std::vector<float> lg(
+          static_cast<size_t>(2 * V));  // [2, V]: b's last token and a's token, in entry order
       rt.forward_paged(e.data(), static_cast<int64_t>(e.size()), kv, lg.data());
       std::copy_n(lg.begin(), V, mixed.begin() + i * V);
     }

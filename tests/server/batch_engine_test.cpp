@@ -16,7 +16,8 @@ namespace {
 
 std::string model_path() {
   static const std::string path = [] {
-    const auto dir = std::filesystem::temp_directory_path() / ("mixtral-batch-test-" + std::to_string(::getpid()));
+    const auto dir =
+        std::filesystem::temp_directory_path() / ("mixtral-batch-test-" + std::to_string(::getpid()));
     TestModelSpec spec;
     spec.config.dim = 64;
     spec.config.ffn_dim = 96;
