@@ -227,6 +227,23 @@ let reference;
   log('langchain invoke/stream: ok');
 }
 
+// ---- prefix reuse: a shared system prompt is served from cached blocks --------------------------------
+{
+  const system = `you are ${words(77, 60)}`;
+  const ask = (q) => client.chat.completions.create({ model: 'test', temperature: 0, max_tokens: 4,
+    messages: [{ role: 'system', content: system }, { role: 'user', content: q }] });
+  const before = await metrics(base);
+  const a = await ask('first question');
+  const b = await ask('second question');
+  assert.ok(a.usage.prompt_tokens > 64);
+  const shared = b.usage.prompt_tokens_details.cached_tokens;
+  assert.ok(shared >= 48 && shared % 16 === 0 && shared < b.usage.prompt_tokens, `cached ${shared}`);
+  const after = await metrics(base);
+  assert.equal(after.mixtral_prompt_tokens_cached_total - before.mixtral_prompt_tokens_cached_total,
+    a.usage.prompt_tokens_details.cached_tokens + shared);
+  log(`prefix reuse: ${shared} of ${b.usage.prompt_tokens} prompt tokens cached`);
+}
+
 // ---- 16 concurrent clients each get exactly their own answer ---------------------------------------
 {
   const reqs = Array.from({ length: 16 }, (_, i) => chat(`question ${i} ${words(i + 10, 3 + (i % 5))}`, { max_tokens: 16, ignore_eos: true }));
