@@ -10,6 +10,7 @@ const opt = (name, def) => {
   return i >= 0 ? process.argv[i + 1] : def;
 };
 const BIN = opt('--mixtral'), MODEL = opt('--model'), THREADS = opt('--threads', '0'), NTOK = Number(opt('--tokens', '64'));
+const REPS = Number(opt('--reps', '1'));  // best of REPS runs per concurrency (shared machines are noisy)
 const port = await new Promise((res) => {
   const s = net.createServer();
   s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => res(p)); });
@@ -41,9 +42,14 @@ async function stream(messages, maxTokens) {
 await stream([{ role: 'user', content: 'warm up' }], 8);
 const results = {};
 for (const c of [1, 4, 16]) {
-  const t0 = performance.now();
-  const rs = await Promise.all(Array.from({ length: c }, (_, i) => stream([{ role: 'user', content: text(100 * c + i, 6) }], NTOK)));
-  const sec = (performance.now() - t0) / 1000;
+  let best = null;
+  for (let rep = 0; rep < REPS; ++rep) {
+    const t0 = performance.now();
+    const rs = await Promise.all(Array.from({ length: c }, (_, i) => stream([{ role: 'user', content: text(100 * c + i + 1000 * rep, 6) }], NTOK)));
+    const sec = (performance.now() - t0) / 1000;
+    if (!best || sec < best.sec) best = { rs, sec };
+  }
+  const { rs, sec } = best;
   const gen = rs.reduce((s, r) => s + r.usage.completion_tokens, 0);
   const ttfts = rs.map((r) => r.ttft).sort((a, b) => a - b);
   results[c] = gen / sec;
