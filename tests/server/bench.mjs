@@ -58,6 +58,16 @@ for (const c of [1, 4, 16]) {
 }
 console.log(`speed-up 4/1: ${(results[4] / results[1]).toFixed(2)}x, 16/1: ${(results[16] / results[1]).toFixed(2)}x`);
 
+// TTFT of a request arriving while 15 other streams decode.
+{
+  const bg = Array.from({ length: 15 }, (_, i) => stream([{ role: 'user', content: text(500 + i, 6) }], NTOK * 4));
+  await new Promise((r) => setTimeout(r, 300));
+  const probes = [];
+  for (let k = 0; k < 3; ++k) probes.push((await stream([{ role: 'user', content: text(600 + k, 6) }], 2)).ttft);
+  await Promise.all(bg);
+  console.log(`TTFT of a new request while 15 streams decode: ${probes.map((t) => t.toFixed(0)).join(', ')} ms`);
+}
+
 // Prefix reuse: one ~1000-token system prompt, 6 different questions, one at a time.
 const system = `zz ${text(7, 440)}`;
 let prompt = 0, cached = 0;
