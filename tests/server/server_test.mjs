@@ -31,10 +31,15 @@ function freePort() {
   });
 }
 
+// A failed assertion must not leave a server running.
+const servers = [];
+process.on('exit', () => { for (const p of servers) if (p.exitCode === null) p.kill('SIGKILL'); });
+
 async function startServer(extra) {
   const port = await freePort();
   const args = ['serve', '--model', MODEL, '--port', String(port), '--threads', '2', ...extra];
   const proc = spawn(BIN, args, { stdio: ['ignore', 'inherit', 'pipe'] });
+  servers.push(proc);
   let stderr = '';
   proc.stderr.on('data', (d) => { stderr += d; process.stderr.write(d); });
   const exited = new Promise((resolve) => proc.on('exit', (code, sig) => resolve({ code, sig })));
