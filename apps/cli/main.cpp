@@ -15,6 +15,7 @@
 #include "cli_util.h"
 #include "convert_cmds.h"
 #include "mixtral/engine.h"
+#include "server.h"
 #include "tokenizer_cmds.h"
 
 namespace {
@@ -266,6 +267,11 @@ int main(int argc, char** argv) {
   mk->add_option("--layouts", layouts, "layouts")->capture_default_str();
   mk->add_option("-t,--threads", tm.threads, "worker threads");
 
+  // serve
+  mixtral::server::ServerOptions so;
+  auto* serve = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
+  mixtral::server::add_serve_options(serve, so);
+
   auto run_tokenizer_command = mixtral::cli::add_tokenizer_commands(app);
   auto run_analysis_command = mixtral::cli::add_analysis_commands(app);
   auto run_convert_command = mixtral::cli::add_convert_commands(app);
@@ -292,6 +298,7 @@ int main(int argc, char** argv) {
     return cmd_run(run_m, prompt, prompt_tokens, go, ids_only);
   }
   if (score->parsed()) return cmd_score(score_m, score_tokens, logits_out, one_by_one, routing_out);
+  if (serve->parsed()) return mixtral::server::serve(so);
   if (info->parsed()) return cmd_info(info_m, info_ctx);
   if (bench->parsed()) return cmd_bench(bench_m, bench_p, bench_n, bench_r, bench_json, bench_no_bw);
   if (mk->parsed()) {

@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "kernels/kernels.h"
+#include "kernels/paged_attention.h"
 #include "runtime/runtime.h"
 #include "tensor/quant.h"
 
@@ -25,6 +26,9 @@ Runtime::Runtime(const Model& m, const RuntimeOptions& opts, ThreadPool& pool)
   att_.resize(B * qd);
   o_.resize(B * dim);
   pos_.resize(B);
+  kn_.resize(B * static_cast<size_t>(c_.n_kv_heads * c_.head_dim));
+  vn_.resize(B * static_cast<size_t>(c_.n_kv_heads * c_.head_dim));
+  tables_.resize(B);
 }
 
 Status Runtime::forward(const int32_t* tokens, int64_t n, int64_t n_past, float* logits, bool all_logits) {
@@ -87,6 +91,66 @@ void Runtime::forward_batch(const int32_t* tokens, int64_t n, int64_t n_past, fl
   if (!logits) return;
   const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
   kernels::rmsnorm(x + first * dim, m_.out_norm.data(), rows, dim, c_.norm_eps, xn);
+  kernels::matmul(m_.output, xn, rows, logits, c_.vocab_size, pool_);
+}
+
+void Runtime::forward_paged(const BatchToken* e, int64_t n, PagedKvCache& kv, float* logits) {
+  MX_CHECK(n > 0 && n <= opts_.max_batch, "forward_paged: %lld tokens for a batch of %lld",
+           static_cast<long long>(n), static_cast<long long>(opts_.max_batch));
+  const int64_t dim = c_.dim, hd = c_.head_dim, bs = kv.block_size();
+  const int64_t qd = c_.n_heads * hd, kvd = c_.n_kv_heads * hd;
+  float* x = x_.data();      // [n, dim]
+  float* xn = xn_.data();    // [n, dim]
+  float* q = q_.data();      // [n, n_heads * hd]
+  float* att = att_.data();  // [n, n_heads * hd]
+  float* o = o_.data();      // [n, dim]
+  float* kn = kn_.data();    // [n, kvd]
+  float* vn = vn_.data();    // [n, kvd]
+  for (int64_t t = 0; t < n; ++t) {
+    MX_CHECK(e[t].token >= 0 && e[t].token < c_.vocab_size && e[t].pos >= 0 && e[t].block_table,
+             "forward_paged: bad entry %lld", static_cast<long long>(t));
+    pos_[static_cast<size_t>(t)] = e[t].pos;
+    tables_[static_cast<size_t>(t)] = e[t].block_table;
+    dequantize_row(m_.tok_embd.dtype, m_.tok_embd.row(e[t].token), x + t * dim, dim);
+  }
+  const kernels::RopeParams rope_q{c_.n_heads, hd, c_.rope_theta, c_.rope_layout};
+  const kernels::RopeParams rope_k{c_.n_kv_heads, hd, c_.rope_theta, c_.rope_layout};
+  const kernels::AttentionParams ap{c_.n_heads, c_.n_kv_heads, hd, c_.sliding_window,
+                                    1.0f / std::sqrt(static_cast<float>(hd))};
+  for (int64_t l = 0; l < c_.n_layers; ++l) {
+    const LayerWeights& w = m_.layers[static_cast<size_t>(l)];
+    float* kc = kv.k(l);  // [n_blocks, bs, kvd]
+    float* vc = kv.v(l);  // [n_blocks, bs, kvd]
+    kernels::rmsnorm(x, w.attn_norm.data(), n, dim, c_.norm_eps, xn);
+    kernels::matmul(w.wq, xn, n, q, qd, pool_);
+    kernels::matmul(w.wk, xn, n, kn, kvd, pool_);
+    kernels::matmul(w.wv, xn, n, vn, kvd, pool_);
+    kernels::rope(q, pos_.data(), n, rope_q);
+    kernels::rope(kn, pos_.data(), n, rope_k);
+    for (int64_t t = 0; t < n; ++t) {  // new rows into their blocks, before any token attends
+      const int64_t p = e[t].pos, row = static_cast<int64_t>(e[t].block_table[p / bs]) * bs + p % bs;
+      std::memcpy(kc + row * kvd, kn + t * kvd, sizeof(float) * static_cast<size_t>(kvd));
+      std::memcpy(vc + row * kvd, vn + t * kvd, sizeof(float) * static_cast<size_t>(kvd));
+    }
+    kernels::paged_attention(q, kernels::PagedKv{kc, vc, bs}, tables_.data(), pos_.data(), n, ap, att, pool_);
+    kernels::matmul(w.wo, att, n, o, dim, pool_);
+    for (int64_t i = 0; i < n * dim; ++i) x[i] += o[i];
+    kernels::rmsnorm(x, w.ffn_norm.data(), n, dim, c_.norm_eps, xn);
+    moe_.forward(w, xn, n, o, pool_);
+    if (expert_counts_)
+      for (int32_t ex : moe_.routing().experts)
+        ++(*expert_counts_)[static_cast<size_t>(l * c_.n_experts + ex)];
+    for (int64_t i = 0; i < n * dim; ++i) x[i] += o[i];
+  }
+  if (!logits) return;
+  int64_t rows = 0;  // gather the rows that want logits: [rows, dim]
+  for (int64_t t = 0; t < n; ++t)
+    if (e[t].want_logits) {
+      if (rows != t) std::memcpy(x + rows * dim, x + t * dim, sizeof(float) * static_cast<size_t>(dim));
+      ++rows;
+    }
+  if (rows == 0) return;
+  kernels::rmsnorm(x, m_.out_norm.data(), rows, dim, c_.norm_eps, xn);
   kernels::matmul(m_.output, xn, rows, logits, c_.vocab_size, pool_);
 }
 

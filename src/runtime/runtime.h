@@ -10,6 +10,7 @@
 #include "core/thread_pool.h"
 #include "model/weights.h"
 #include "moe/moe.h"
+#include "runtime/paged_kv_cache.h"
 
 namespace mixtral {
 
@@ -32,6 +33,14 @@ class KvCache {
   std::unique_ptr<float[]> k_, v_;  // left uninitialised: pages are touched only as positions fill
 };
 
+// One token of a batched step over the paged cache: sequences differ from entry to entry.
+struct BatchToken {
+  int32_t token = 0;
+  int32_t pos = 0;                       // its position in its own sequence
+  const int32_t* block_table = nullptr;  // its sequence's blocks, covering positions [0, pos]
+  bool want_logits = false;
+};
+
 // Receives the routing of each layer for each evaluated batch (introspection, tests).
 using RoutingSink = std::function<void(int64_t layer, int64_t n_past, const Routing& r)>;
 
@@ -43,6 +52,15 @@ class Runtime {
   // every position (logits: [n, vocab]) when all_logits, else of the last one (logits: [vocab]).
   // Tokens must be in [0, vocab) and n_past + n must fit the context: else an Error (usage).
   Status forward(const int32_t* tokens, int64_t n, int64_t n_past, float* logits, bool all_logits);
+
+  // Continuous batching: evaluates n tokens of any mix of sequences in one step (n <= max_batch).
+  // Each token's K/V goes to its sequence's block (pos / block_size, row pos % block_size), then
+  // attends over its own sequence's positions [0, pos]. Logits of the entries with want_logits,
+  // in entry order: logits [n_wanted, vocab]. The caller validates tokens and block tables.
+  void forward_paged(const BatchToken* entries, int64_t n, PagedKvCache& kv, float* logits);
+  // When set, forward_paged adds each token's chosen experts: counts [n_layers, n_experts].
+  void set_expert_counts(std::vector<uint64_t>* counts) { expert_counts_ = counts; }
+  int64_t max_batch() const { return opts_.max_batch; }
 
   int64_t n_ctx() const { return kv_.n_ctx(); }
   const KvCache& kv() const { return kv_; }
@@ -59,12 +77,16 @@ class Runtime {
   MoeLayer moe_;
   RoutingSink routing_sink_;
   // Scratch, sized for max_batch tokens:
-  std::vector<float> x_;      // [B, dim] residual stream
-  std::vector<float> xn_;     // [B, dim] normalised input of a sublayer
-  std::vector<float> q_;      // [B, n_heads * head_dim]
-  std::vector<float> att_;    // [B, n_heads * head_dim]
-  std::vector<float> o_;      // [B, dim] sublayer output
-  std::vector<int32_t> pos_;  // [B]
+  std::vector<float> x_;                // [B, dim] residual stream
+  std::vector<float> xn_;               // [B, dim] normalised input of a sublayer
+  std::vector<float> q_;                // [B, n_heads * head_dim]
+  std::vector<float> att_;              // [B, n_heads * head_dim]
+  std::vector<float> o_;                // [B, dim] sublayer output
+  std::vector<int32_t> pos_;            // [B]
+  std::vector<float> kn_;               // [B, n_kv_heads * head_dim] new keys of a paged step
+  std::vector<float> vn_;               // [B, n_kv_heads * head_dim] new values of a paged step
+  std::vector<const int32_t*> tables_;  // [B] block table of each token of a paged step
+  std::vector<uint64_t>* expert_counts_ = nullptr;
 };
 
 }  // namespace mixtral

@@ -1,0 +1,35 @@
+// `mixtral serve`: an OpenAI-compatible HTTP server (cpp-httplib, nlohmann-json) over the
+// continuous-batching engine (include/mixtral/server_engine.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace CLI {
+class App;
+}
+
+namespace mixtral::server {
+
+struct ServerOptions {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int port = 8080;  // 0: any free port (printed)
+  int parallel = 4;
+  int64_t ctx_size = 0;
+  std::string api_key;  // empty: no authentication
+  int threads = 0;
+  int64_t max_queue = 256;           // waiting requests before 429
+  size_t max_body_bytes = 4u << 20;  // larger bodies get 413
+  int idle_timeout_s = 30;           // socket read/write timeout
+  int request_timeout_s = 600;       // whole request (queue + generation)
+  double shutdown_grace_s = 10;      // in-flight requests may finish for this long on SIGINT/SIGTERM
+};
+
+// Registers the `serve` flags on app, writing into o.
+void add_serve_options(CLI::App* app, ServerOptions& o);
+
+// Serves until SIGINT/SIGTERM; returns the exit status (0 after a graceful shutdown).
+int serve(const ServerOptions& opts);
+
+}  // namespace mixtral::server
