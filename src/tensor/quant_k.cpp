@@ -594,7 +594,9 @@ void quantize_q8_k(const float* src, void* dst, int64_t n) {
       std::memset(&b[i], 0, sizeof(BlockQ8_K));
       continue;
     }
-    const float iscale = -128.0f / max;  // the extreme maps to -128; +128 clamps to 127
+    // GGML's quantize_row_q8_K_ref since the IQ2 types: the extreme maps to -127 (its older rule, -128 with
+    // +128 clamped to 127, rounds every value on a different grid from llama.cpp's), so |q| <= 127.
+    const float iscale = -127.0f / max;
     for (int j = 0; j < kQK_K; ++j) b[i].qs[j] = static_cast<int8_t>(std::min(127, nearest(iscale * x[j])));
     for (int g = 0; g < kQK_K / 16; ++g) {
       int sum = 0;

@@ -324,6 +324,69 @@ TEST_F(MatmulTest, KQuantsMatchReference) {
       }
 }
 
+// K-quant weights on hidden-state-like activations: Gaussian weights through quantize_row, activations
+// with a few channels 10..60x the rest (as real residual streams have, so most of each Q8_K block sits in
+// a few levels around 0), prefill and decode token counts (every token-tile remainder), many shapes; every
+// ISA vs float64 of the decoded weights with the Q8_K-decoded activations (the same dot inputs), per output,
+// relative to sum |w x|: only the f32 scaling and summation of exact int32 group dots differ (observed
+// about 1e-7). The Q8_K activations are checked to be GGML's (quantize_row_q8_K_ref: extreme -> -127).
+TEST_F(MatmulTest, KQuantsWithOutlierActivations) {
+  const int64_t shapes[][2] = {{16, 256}, {33, 512}, {64, 1024}, {19, 1536}, {40, 2048}};
+  for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K})
+    for (const auto& s : shapes)
+      for (int64_t n : {1, 4, 7, 16, 33}) {
+        const int64_t rows = s[0], cols = s[1], ldy = rows;
+        SCOPED_TRACE(std::string(dname(t)) + " rows=" + std::to_string(rows) +
+                     " cols=" + std::to_string(cols) + " n=" + std::to_string(n));
+        const Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(rows * 7 + cols + n));
+        std::vector<float> x = randn(n * cols, static_cast<uint32_t>(3 * n + cols));  // [n, cols]
+        std::mt19937 rng(static_cast<uint32_t>(n * 1000 + cols));
+        std::uniform_int_distribution<int64_t> ch(0, cols - 1);
+        std::uniform_real_distribution<float> big(10.0f, 60.0f);
+        const int64_t outliers[] = {ch(rng), ch(rng), ch(rng), ch(rng)};  // the same channels every token
+        for (int64_t tk = 0; tk < n; ++tk)
+          for (size_t o = 0; o < 4; ++o) x[tk * cols + outliers[o]] = (o % 2 == 0 ? 1.0f : -1.0f) * big(rng);
+        std::vector<double> xr(x.size());  // [n, cols] x through Q8_K and back
+        std::vector<BlockQ8_K> xb(static_cast<size_t>(cols / kQK_K));
+        for (int64_t tk = 0; tk < n; ++tk) {
+          quantize_row(DType::Q8_K, x.data() + tk * cols, xb.data(), cols);
+          for (int64_t b = 0; b < cols / kQK_K; ++b) {
+            const float* xs = x.data() + tk * cols + b * kQK_K;
+            float mx = 0.0f;
+            for (int j = 0; j < kQK_K; ++j)
+              if (std::fabs(xs[j]) > std::fabs(mx)) mx = xs[j];
+            const float iscale = -127.0f / mx;
+            ASSERT_EQ(xb[b].d, 1.0f / iscale);
+            for (int j = 0; j < kQK_K; ++j) {
+              ASSERT_EQ(xb[b].qs[j], std::lrint(iscale * xs[j])) << "Q8_K value " << j << " of block " << b;
+              xr[tk * cols + b * kQK_K + j] = static_cast<double>(xb[b].d) * xb[b].qs[j];
+            }
+          }
+        }
+        std::vector<double> y64(static_cast<size_t>(n * ldy)), mag(y64.size());  // [n, ldy]
+        for (int64_t tk = 0; tk < n; ++tk)
+          for (int64_t r = 0; r < rows; ++r) {
+            double sum = 0.0, m = 0.0;
+            for (int64_t c = 0; c < cols; ++c) {
+              const double p = w.deq[r * cols + c] * xr[tk * cols + c];
+              sum += p;
+              m += std::fabs(p);
+            }
+            y64[tk * ldy + r] = sum;
+            mag[tk * ldy + r] = m;
+          }
+        for (Isa isa : supported_isas()) {
+          use_isa(isa);
+          SCOPED_TRACE(isa_name(isa));
+          std::vector<float> y(y64.size(), 0.0f);  // [n, ldy]
+          matmul(w.view, x.data(), n, y.data(), ldy, pool2_);
+          double worst = 0.0;
+          for (size_t i = 0; i < y.size(); ++i) worst = std::max(worst, std::fabs(y[i] - y64[i]) / mag[i]);
+          EXPECT_LE(worst, 1e-5) << "fast vs float64 with the Q8_K activations, per output / sum |w x|";
+        }
+      }
+}
+
 TEST_F(MatmulTest, RowStrideAndManyRows) {
   for (DType t : {DType::Q8_0, DType::Q4_0, DType::F16}) check(t, 301, 128, 9, 5);
 }

@@ -161,16 +161,16 @@ TEST(Quant, Q8KSumsAndRange) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<float> x(512);
   for (auto& v : x) v = nd(rng);
-  x[17] = 9.0f;     // the extreme of block 0: GGML maps it to -128 whatever its sign
-  x[18] = -9.0f;    // the opposite extreme would be +128: clamps to 127
+  x[17] = 9.0f;     // the extreme of block 0: GGML (quantize_row_q8_K_ref) maps it to -127 whatever its sign
+  x[18] = -9.0f;    // the opposite extreme: +127 (the older GGML rule, -128, clamped it from +128)
   x[300] = -12.0f;  // the extreme of block 1, negative
   std::vector<BlockQ8_K> b(2);
   quantize_row(DType::Q8_K, x.data(), b.data(), 512);
-  EXPECT_EQ(b[0].qs[17], -128);
+  EXPECT_EQ(b[0].qs[17], -127);
   EXPECT_EQ(b[0].qs[18], 127);
-  EXPECT_FLOAT_EQ(b[0].d, -9.0f / 128.0f);
-  EXPECT_EQ(b[1].qs[300 - 256], -128);
-  EXPECT_FLOAT_EQ(b[1].d, 12.0f / 128.0f);
+  EXPECT_FLOAT_EQ(b[0].d, -9.0f / 127.0f);
+  EXPECT_EQ(b[1].qs[300 - 256], -127);
+  EXPECT_FLOAT_EQ(b[1].d, 12.0f / 127.0f);
   for (const auto& blk : b)
     for (int g = 0; g < 16; ++g) {
       int s = 0;
