@@ -203,10 +203,15 @@ class Runner:
     def ref_clear(self, path, tokens):
         """Reference logits and the positions whose router margin is >= CLEAR_MARGIN at every layer."""
         logits, routing = self.ref(path).forward(tokens)
-        per_pos = np.full(len(tokens), np.inf)
-        for r in routing:
-            per_pos[r["pos"]] = min(per_pos[r["pos"]], r["margin"])
-        return logits, np.flatnonzero(per_pos >= CLEAR_MARGIN)
+        return logits, clear_positions(routing, len(tokens))
+
+
+def clear_positions(routing, n):
+    """Positions whose router margin (reference routing records) is >= CLEAR_MARGIN at every layer."""
+    per_pos = np.full(n, np.inf)
+    for r in routing:
+        per_pos[r["pos"]] = min(per_pos[r["pos"]], r["margin"])
+    return np.flatnonzero(per_pos >= CLEAR_MARGIN)
 
 
 def check_clear(name, clear, n):
