@@ -44,6 +44,17 @@ def write_safetensors(path, tensors):
             f.write(b)
 
 
+TTY = sys.stderr.isatty()  # progress bars on a terminal only; logs and pipes stay quiet
+
+
+def bar(done, total, detail=""):
+    """One-line progress bar on stderr (callers check TTY)."""
+    fill = 30 * done // total
+    sys.stderr.write(f"\rtrain [{'#' * fill}{'.' * (30 - fill)}] {100 * done / total:5.1f}% {done}/{total}  "
+                     f"{detail}\033[K" + ("\n" if done == total else ""))
+    sys.stderr.flush()
+
+
 def export_hf(model, tok_model, out):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
@@ -123,10 +134,10 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 25 == 0 or step == steps - 1:
+        if TTY and (step % 5 == 0 or step == steps - 1):
             el = time.time() - t0
-            print(f"step {step} loss {ce.item():.4f} aux {aux.item():.4f} lr {lr_at(step):.2e} "
-                  f"{el:.0f}s ({el / (step + 1):.2f} s/step)", flush=True)
+            bar(step + 1, steps, f"loss {ce.item():.4f} aux {aux.item():.4f} lr {lr_at(step):.2e} "
+                                 f"{el:.0f}s ({el / (step + 1):.2f} s/step)")
     train_s = time.time() - t0
     if a.measure:
         return
@@ -140,7 +151,7 @@ def main():
                    "final_train_loss": round(ce.item(), 5),
                    "heldout_ctx256_stride128": {"tokens": n, "mean_nll": nll / n, "ppl": math.exp(nll / n)},
                    "torch": torch.__version__}, f, indent=2)
-    print(f"exported {a.out} ({train_s:.0f} s of training)")
+    print(f"exported {a.out} ({train_s:.0f} s of training, final train loss {ce.item():.4f})")
 
 
 if __name__ == "__main__":
