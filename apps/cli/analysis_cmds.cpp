@@ -41,21 +41,6 @@ Result<std::string> read_text(const std::string& path, const char* flag) {
   return ss.str();
 }
 
-struct Loaded {
-  std::unique_ptr<Tokenizer> tok;
-  std::unique_ptr<Engine> engine;
-};
-
-Result<Loaded> load_model(const EngineOptions& eo) {
-  Loaded l;
-  MX_ASSIGN_OR_RETURN(l.tok, Tokenizer::load(eo.model_path));
-  MX_ASSIGN_OR_RETURN(l.engine, Engine::load(eo));
-  if (l.tok->n_vocab() > l.engine->config().vocab_size)
-    return Error::data(l.tok->source() + ": the tokenizer has " + std::to_string(l.tok->n_vocab()) +
-                       " pieces but the model's vocabulary has " +
-                       std::to_string(l.engine->config().vocab_size));
-  return l;
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // perplexity

@@ -60,4 +60,15 @@ Result<std::vector<int32_t>> parse_ids(const std::string& text, const char* flag
   return ids;
 }
 
+Result<Loaded> load_model(const EngineOptions& eo) {
+  Loaded l;
+  MX_ASSIGN_OR_RETURN(l.tok, Tokenizer::load(eo.model_path));
+  MX_ASSIGN_OR_RETURN(l.engine, Engine::load(eo));
+  if (l.tok->n_vocab() > l.engine->config().vocab_size)
+    return Error::data(l.tok->source() + ": the tokenizer has " + std::to_string(l.tok->n_vocab()) +
+                       " pieces but the model's vocabulary has " +
+                       std::to_string(l.engine->config().vocab_size));
+  return l;
+}
+
 }  // namespace mixtral::cli

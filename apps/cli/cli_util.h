@@ -2,10 +2,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "mixtral/engine.h"
 #include "mixtral/result.h"
+#include "mixtral/tokenizer.h"
 
 namespace mixtral::cli {
 
@@ -17,5 +20,12 @@ Result<std::vector<int32_t>> parse_ids(const std::string& text, const char* flag
 std::string json_ids(const std::vector<int32_t>& ids);
 // User text quoted in a one-line message: control characters escaped, long text shortened.
 std::string quote_text(const std::string& s);
+
+// The engine and the tokenizer of the same model; the tokenizer must not exceed the model's vocabulary.
+struct Loaded {
+  std::unique_ptr<Tokenizer> tok;
+  std::unique_ptr<Engine> engine;
+};
+Result<Loaded> load_model(const EngineOptions& eo);
 
 }  // namespace mixtral::cli

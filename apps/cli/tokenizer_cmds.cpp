@@ -164,21 +164,6 @@ int cmd_detokenize(const TokenizerArgs& src, const std::string& ids_text) {
   return 0;
 }
 
-// Loads the engine and the tokenizer of the same model; the tokenizer must not exceed the model's vocabulary.
-struct Loaded {
-  std::unique_ptr<Engine> engine;
-  std::unique_ptr<Tokenizer> tok;
-};
-Result<Loaded> load_model(const EngineOptions& eo) {
-  Loaded l;
-  MX_ASSIGN_OR_RETURN(l.tok, Tokenizer::load(eo.model_path));
-  MX_ASSIGN_OR_RETURN(l.engine, Engine::load(eo));
-  if (l.tok->n_vocab() > l.engine->config().vocab_size)
-    return Error::data(l.tok->source() + ": the tokenizer has " + std::to_string(l.tok->n_vocab()) +
-                       " pieces but the model's vocabulary has " +
-                       std::to_string(l.engine->config().vocab_size));
-  return l;
-}
 
 struct ChatArgs {
   std::string model, system, chat_template = "auto";
