@@ -17,6 +17,9 @@ const arg = (name) => {
 };
 const BIN = arg('--mixtral');
 const WORK = arg('--workdir');
+// Allowed RSS growth over the soak. Under ASan freed memory sits in the allocator's quarantine (256 MB by
+// default), so the sanitizer build passes a larger bound.
+const RSS_SLACK_MB = process.argv.includes('--rss-slack-mb') ? Number(arg('--rss-slack-mb')) : 32;
 const t0 = Date.now();
 const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
 
@@ -376,7 +379,7 @@ let reference;
   assert.equal(m.mixtral_queue_depth, 0);
   const rss1 = m.mixtral_process_resident_memory_bytes;
   log(`soak: ${N * R} requests in ${((Date.now() - ts) / 1000).toFixed(1)} s; RSS ${(rss0 / 1e6).toFixed(1)} -> ${(rss1 / 1e6).toFixed(1)} MB`);
-  assert.ok(rss1 < rss0 + 32e6, `RSS grew from ${rss0} to ${rss1}`);
+  assert.ok(rss1 < rss0 + RSS_SLACK_MB * 1e6, `RSS grew from ${rss0} to ${rss1} (bound ${RSS_SLACK_MB} MB)`);
   // Every status counted, none an error.
   const statuses = Object.keys(m).filter((k) => k.startsWith('mixtral_requests_total') && /status="[45]/.test(k) && k.includes('/v1/completions'));
   for (const k of statuses) assert.equal(m[k], base0[k] ?? 0, `no new errors: ${k}`);
