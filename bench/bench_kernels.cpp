@@ -114,6 +114,26 @@ void BM_MatmulPrefill(benchmark::State& st) {
   st.counters["FLOP/s"] =
       benchmark::Counter(2.0 * static_cast<double>(rows * cols * n) * static_cast<double>(st.iterations()),
                          benchmark::Counter::kIsRate);
+  st.SetBytesProcessed(static_cast<int64_t>(st.iterations() * w.bytes));
+  st.SetLabel(std::string(dtype_name(t)) + " " + isa_name(active_isa()));
+}
+
+// The same with weights that stay in L2 (one small matrix, reused): the arithmetic ceiling of a kernel,
+// without DRAM. args: dtype, rows, cols, n
+void BM_MatmulHot(benchmark::State& st) {
+  const auto t = static_cast<DType>(st.range(0));
+  const int64_t rows = st.range(1), cols = st.range(2), n = st.range(3);
+  ThreadPool pool(1);
+  ColdWeights w(t, rows, cols);
+  const std::vector<float> x = randn(n * cols, 2);      // [n, cols]
+  std::vector<float> y(static_cast<size_t>(n * rows));  // [n, rows]
+  for (auto _ : st) {
+    matmul(w.view(0), x.data(), n, y.data(), rows, pool);
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * static_cast<double>(rows * cols * n) * static_cast<double>(st.iterations()),
+                         benchmark::Counter::kIsRate);
   st.SetLabel(std::string(dtype_name(t)) + " " + isa_name(active_isa()));
 }
 
@@ -207,6 +227,15 @@ BENCHMARK(BM_SwigluDecode)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+// Small batches, as a serving step's per-expert groups: weights streamed (bytes/s) and FLOP/s.
+BENCHMARK(BM_MatmulPrefill)
+    ->Name("BM_MatmulSmallBatch")
+    ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
+    ->ArgsProduct({{kQ4, kQ4K, kQ8}, {14336}, {4096}, {1, 2, 3, 4, 6, 8, 16}, {1}})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MatmulHot)
+    ->ArgNames({"dtype", "rows", "cols", "n"})
+    ->ArgsProduct({{kQ4, kQ4K, kQ8}, {512}, {4096}, {2, 3, 4, 6, 8, 12, 64}});
 BENCHMARK(BM_MatmulPrefill)
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
     ->ArgsProduct({{kQ8, kQ4, kQ4K, kQ6K}, {14336}, {4096}, {64, 512}, {1, 2}})

@@ -235,6 +235,16 @@ class MatmulTest : public ::testing::Test {
       EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float))) << "1 vs 2 threads differ";
       for (int64_t tk = 0; tk < n; ++tk)
         for (int64_t r = rows; r < ldy; ++r) ASSERT_EQ(y1[tk * ldy + r], -7.0f) << "wrote past rows";
+      // Batch invariance: a token's outputs are bit-identical alone (the decode kernels) and inside this
+      // batch (whatever token tile and row tile it fell in), so a served answer cannot depend on its batch.
+      if (n > 1) {
+        std::vector<float> one(static_cast<size_t>(rows));  // [rows]
+        for (int64_t tk = 0; tk < n; ++tk) {
+          matmul(w.view, x.data() + tk * cols, 1, one.data(), rows, pool1_);
+          ASSERT_EQ(0, std::memcmp(one.data(), y1.data() + tk * ldy, one.size() * sizeof(float)))
+              << "token " << tk << " alone differs from the same token in a batch of " << n;
+        }
+      }
     }
   }
 };
@@ -404,8 +414,10 @@ TEST_F(MatmulTest, ZeroTokensIsANoOp) {
 // files) and over weights that want different activation formats (Q4_K with Q8_0: two separate
 // matmuls): bit for bit the unfused dispatched ops.
 TEST_F(MatmulTest, SwigluKQuantsAndMixedFormats) {
-  const std::pair<DType, DType> pairs[] = {{DType::Q4_K, DType::Q4_K}, {DType::Q4_K, DType::Q6_K},
-                                           {DType::Q5_K, DType::Q4_K}, {DType::Q4_K, DType::Q8_0}};
+  const std::pair<DType, DType> pairs[] = {{DType::Q4_K, DType::Q4_K},
+                                           {DType::Q4_K, DType::Q6_K},
+                                           {DType::Q5_K, DType::Q4_K},
+                                           {DType::Q4_K, DType::Q8_0}};
   for (const auto& [t1, t3] : pairs)
     for (int64_t n : {1, 5, 70}) {
       SCOPED_TRACE(std::string(dname(t1)) + "/" + dname(t3) + " n=" + std::to_string(n));

@@ -354,7 +354,8 @@ struct Q4GroupRT {
     const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
     const BlockQ4_0* w[R];
     MX_UNROLL
-    for (int i = 0; i < R; ++i) w[i] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + i * rstep) * a.w_stride);
+    for (int i = 0; i < R; ++i)
+      w[i] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + i * rstep) * a.w_stride);
     const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
     const float* xd = a.xd + t0 * nb;      // [T, nb]
     const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
@@ -407,6 +408,98 @@ template <int T>
 struct Q4Group {
   static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
     Q4GroupRT<1, T>::run(a, r, 1, t0, y, ldy);
+  }
+};
+
+// Prefill micro-tile of R weight rows x T tokens over grouped activations, ordered so that every
+// activation vector is loaded once for all R rows and every transposed weight vector once for all T
+// tokens: loads, not multiplies, bound the one-row kernel above on AVX2 (16 vector registers cannot
+// hold a row's 8 unpacked vectors and T accumulators at once). The integer dot of a (row, token) is
+// exact in any order and its float epilogue is the same operations as Q4GroupRT's, so results are
+// bit-identical to it (and to decode).
+
+// Weights are prefetched further ahead here than in decode: a tile spends long enough on each group
+// that 512 B ahead arrives late (4 KiB, about two rows: 2.6x faster for 2 tokens, measured).
+constexpr int64_t kTilePrefetchBytes = 4096;
+#ifndef MX_Q4_TILE_R
+#define MX_Q4_TILE_R 2
+#endif
+#ifndef MX_Q4_TILE_T
+#define MX_Q4_TILE_T 4
+#endif
+template <int R, int T>
+struct Q4Tile {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
+    const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
+    const BlockQ4_0* w[R];
+    MX_UNROLL
+    for (int r = 0; r < R; ++r)
+      w[r] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + r * rstep) * a.w_stride);
+    const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
+    const float* xd = a.xd + t0 * nb;      // [T, nb]
+    const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
+    const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc[R][T];  // [R, T] one f32 lane per block of the group
+    MX_UNROLL
+    for (int r = 0; r < R; ++r) {
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    }
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t b0 = g * kGroupBlocks;
+      // The rows' transposed groups and scales go through memory (an empty asm that may read it
+      // stops the compiler from holding them in registers across the token loop, where they would
+      // push the int16 sums out of the 16 vector registers).
+      alignas(32) __m256i c[R][4];  // [R, 4] the rows' transposed groups (packed nibbles)
+      alignas(32) __m256 dw[R];     // [R] their 8 block scales
+      MX_UNROLL
+      for (int r = 0; r < R; ++r) {
+        prefetch_bytes(w[r] + b0, kTilePrefetchBytes, kGroupBlocks * static_cast<int64_t>(sizeof(BlockQ4_0)));
+        transpose_group(w[r][b0].qs, sizeof(BlockQ4_0), c[r]);
+        dw[r] = _mm256_cvtph_ps(load_scales8(w[r], b0, kGroupBlocks));
+      }
+      asm volatile("" : : "r"(c), "r"(dw) : "memory");
+      __m256i s16[R][T];  // [R, T] int16 partial dots (exact: see Q4GroupRT)
+      MX_UNROLL
+      for (int v = 0; v < 8; ++v) {  // vector v = 2k + h: the low (h = 0) or high nibbles of c[k]
+        __m256i u[R];
+        MX_UNROLL
+        for (int r = 0; r < R; ++r) {
+          u[r] = _mm256_and_si256(v % 2 == 0 ? c[r][v / 2] : _mm256_srli_epi16(c[r][v / 2], 4), low4);
+        }
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) {
+          __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0) + v);
+          if constexpr (R > 1) asm("" : "+x"(xv));  // one load for R rows, not R folded memory operands
+          MX_UNROLL
+          for (int r = 0; r < R; ++r) {
+            const __m256i p = _mm256_maddubs_epi16(u[r], xv);
+            s16[r][t] = v == 0 ? p : _mm256_add_epi16(s16[r][t], p);
+            // Opaque to the optimiser, so it keeps this running sum instead of reassociating the
+            // 8 products into a tree that holds all of them (and spills) at once.
+            asm("" : "+x"(s16[r][t]));
+          }
+        }
+      }
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const __m256i corr =
+            _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
+        const __m256 xdt = _mm256_loadu_ps(xd + t * nb + b0);
+        MX_UNROLL
+        for (int r = 0; r < R; ++r) {
+          const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s16[r][t], ones), corr);
+          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[r], xdt), acc[r][t]);
+        }
+      }
+    }
+    MX_UNROLL
+    for (int r = 0; r < R; ++r) {
+      float tail[T] = {};
+      tail_blocks<BlockQ4_0, T>(a, w[r], ng * kGroupBlocks, t0, tail);
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum256(acc[r][t]) + tail[t];
+    }
   }
 };
 
@@ -491,7 +584,10 @@ void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_
 void q4_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
   if (!a.x_grouped) return tiles<Q4Kernel, 4, 2, 3>(a, r0, nr, t0, nt, y, ldy);
   if (nt == 1) return q4_group_decode(a, r0, nr, t0, y, ldy);
-  group_tiles<Q4Group>(a, r0, nr, t0, nt, y, ldy);
+  for (int64_t tt = 0; tt < nt; tt += MX_Q4_TILE_T) {
+    const int64_t ct = nt - tt < MX_Q4_TILE_T ? nt - tt : MX_Q4_TILE_T;
+    token_rest<Q4Tile, MX_Q4_TILE_R, MX_Q4_TILE_T>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -988,8 +1084,7 @@ const KernelTable* avx2_table() {
   static const KernelTable table = {
       "avx2",
       {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>,
-       tiles<Q8Kernel, 4, 2, 3>, q4_matmul, k_matmul<Q4KKernel>,
-       k_matmul<Q5KKernel>, k_matmul<Q6KKernel>},
+       tiles<Q8Kernel, 4, 2, 3>, q4_matmul, k_matmul<Q4KKernel>, k_matmul<Q5KKernel>, k_matmul<Q6KKernel>},
       quantize_q8,
       {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr},
       attn_chunk,
