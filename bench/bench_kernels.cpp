@@ -134,6 +134,7 @@ void BM_MatmulHot(benchmark::State& st) {
   st.counters["FLOP/s"] =
       benchmark::Counter(2.0 * static_cast<double>(rows * cols * n) * static_cast<double>(st.iterations()),
                          benchmark::Counter::kIsRate);
+  st.SetBytesProcessed(static_cast<int64_t>(st.iterations() * w.bytes));
   st.SetLabel(std::string(dtype_name(t)) + " " + isa_name(active_isa()));
 }
 
@@ -235,7 +236,8 @@ BENCHMARK(BM_MatmulPrefill)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatmulHot)
     ->ArgNames({"dtype", "rows", "cols", "n"})
-    ->ArgsProduct({{kQ4, kQ4K, kQ8}, {512}, {4096}, {2, 3, 4, 6, 8, 12, 64}});
+    ->ArgsProduct({{kQ4, kQ4K, kQ8}, {512}, {4096}, {2, 3, 4, 6, 8, 12, 64}})
+    ->ArgsProduct({{kQ4, kQ4K, kQ8, kQ6K}, {256, 2048}, {4096}, {1}});
 BENCHMARK(BM_MatmulPrefill)
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
     ->ArgsProduct({{kQ8, kQ4, kQ4K, kQ6K}, {14336}, {4096}, {64, 512}, {1, 2}})

@@ -30,7 +30,7 @@ namespace {
 // prefetchers alone do on cores whose single-thread bandwidth is latency-bound (measured on a Xeon VM:
 // 512 B gave +5..40% decode GB/s at 1 thread, most for Q4_0 with its short rows; 2048 B was worse).
 #ifndef MX_PREFETCH_BYTES
-#define MX_PREFETCH_BYTES 512
+#define MX_PREFETCH_BYTES 1536
 #endif
 constexpr int64_t kPrefetchBytes = MX_PREFETCH_BYTES;
 
@@ -110,6 +110,9 @@ void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, 
 // The fp16 scales of blocks b0 .. b0+kb-1 (kb <= 8) of a row, packed into 8 x 16 bits with scalar
 // loads and shifts: the integer units are idle here, whereas a gather is slow on some cores (Zen 4) and
 // 16-bit stores reloaded as one vector would stall store forwarding.
+// Kernels that call load_scales8 keep it scalar: GCC's SLP vectorizer otherwise turns its shifts and
+// ors into a dozen vector shuffles on the pipes the dot products need (about 20% of a decode group).
+#define MX_SCALAR_SCALES __attribute__((optimize("no-tree-slp-vectorize")))
 template <class Block>
 inline __m128i load_scales8(const Block* w, int64_t b0, int kb) {
   uint64_t lo = 0, hi = 0;
@@ -124,6 +127,20 @@ inline __m128i load_scales8(const Block* w, int64_t b0, int kb) {
   }
   return _mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo));
 }
+
+// The fp16 scales of the 8 Q4_0 blocks of a full group (144 bytes from w[b0]), in order, from four
+// 32-byte loads and word blends: the scale of block 2m lies in the low 128-bit half of the load at
+// 32m (word 2m), that of block 2m + 1 in its high half (word 2m + 1), since 18 * 2m = 32m + 4m and
+// 18 * (2m + 1) = 32m + 16 + 4m + 2. Five vector instructions instead of a score of scalar ones.
+inline __m128i q4_group_scales(const BlockQ4_0* w, int64_t b0) {
+  const auto* p = reinterpret_cast<const __m256i*>(w + b0);
+  __m256i v = _mm256_loadu_si256(p);
+  v = _mm256_blend_epi16(v, _mm256_loadu_si256(p + 1), 0x0c);  // words 2, 3 of each half
+  v = _mm256_blend_epi16(v, _mm256_loadu_si256(p + 2), 0x30);  // words 4, 5
+  v = _mm256_blend_epi16(v, _mm256_loadu_si256(p + 3), 0xc0);  // words 6, 7
+  return _mm_blend_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1), 0xaa);
+}
+static_assert(sizeof(BlockQ4_0) == 18 && kGroupBlocks == 8, "q4_group_scales assumes 8 blocks of 18 bytes");
 
 // d_w * d_x of every (row, token) for the kb <= 8 blocks from b0: one conversion and one multiply per
 // (row, token) per 8 blocks; the block loop then broadcasts its scale from memory.
@@ -350,7 +367,8 @@ inline void tail_blocks(const MatmulArgs& a, const Block* w, int64_t b_begin, in
 // give bit-identical results.
 template <int R, int T>
 struct Q4GroupRT {
-  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
+  MX_SCALAR_SCALES static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y,
+                                   int64_t ldy) {
     const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
     const BlockQ4_0* w[R];
     MX_UNROLL
@@ -379,7 +397,7 @@ struct Q4GroupRT {
           u[2 * k] = _mm256_and_si256(c[k], low4);
           u[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(c[k], 4), low4);
         }
-        const __m256 dw = _mm256_cvtph_ps(load_scales8(w[i], b0, kGroupBlocks));
+        const __m256 dw = _mm256_cvtph_ps(q4_group_scales(w[i], b0));
         MX_UNROLL
         for (int t = 0; t < T; ++t) {
           const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
@@ -429,7 +447,8 @@ constexpr int64_t kTilePrefetchBytes = 4096;
 #endif
 template <int R, int T>
 struct Q4Tile {
-  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
+  MX_SCALAR_SCALES static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y,
+                                   int64_t ldy) {
     const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
     const BlockQ4_0* w[R];
     MX_UNROLL
@@ -456,7 +475,7 @@ struct Q4Tile {
       for (int r = 0; r < R; ++r) {
         prefetch_bytes(w[r] + b0, kTilePrefetchBytes, kGroupBlocks * static_cast<int64_t>(sizeof(BlockQ4_0)));
         transpose_group(w[r][b0].qs, sizeof(BlockQ4_0), c[r]);
-        dw[r] = _mm256_cvtph_ps(load_scales8(w[r], b0, kGroupBlocks));
+        dw[r] = _mm256_cvtph_ps(q4_group_scales(w[r], b0));
       }
       asm volatile("" : : "r"(c), "r"(dw) : "memory");
       __m256i s16[R][T];  // [R, T] int16 partial dots (exact: see Q4GroupRT)
