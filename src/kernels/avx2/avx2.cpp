@@ -617,11 +617,38 @@ void q4_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t 
 // the first sum as vpmaddubsw (q <= 63, |x| <= 127: no saturation) then vpmaddwd by the scales, in int32
 // over the super-block; the second one vpmaddwd of the offsets with the activations' 16-value sums.
 struct KBlock {
-  __m256i q[8];                // [8] values 32v .. 32v + 31
-  alignas(32) int16_t sc[16];  // [16] scale per 16 values
-  alignas(32) int16_t mi[16];  // [16] offset per 16 values
+  __m256i q[8];  // [8] values 32v .. 32v + 31
+  __m256i sc;    // the scales, in the unpacker's own form (its scale(u, v) broadcasts those of vector v)
+  __m256i mi;    // [16] int16 offset per 16 values
   float d, dm;
 };
+
+// vpshufb masks: kBcastByte[v] widens byte v of each 128-bit half to all 8 int16 of the half;
+// kPickWords[m] puts int16 2m of the half in the low half's 8 words, int16 2m + 1 in the high half's.
+alignas(32) constexpr uint8_t kBcastByte[8][32] = {
+#define MX_B(v)                                                                                           \
+  {                                                                                                       \
+    v, 0x80, v, 0x80, v, 0x80, v, 0x80, v, 0x80, v, 0x80, v, 0x80, v, 0x80, v, 0x80, v, 0x80, v, 0x80, v, \
+        0x80, v, 0x80, v, 0x80, v, 0x80, v, 0x80                                                          \
+  }
+    MX_B(0), MX_B(1), MX_B(2), MX_B(3), MX_B(4),
+    MX_B(5), MX_B(6), MX_B(7)
+#undef MX_B
+};
+alignas(32) constexpr uint8_t kPickWords[4][32] = {
+#define MX_P(m)                                                                                            \
+  {                                                                                                        \
+    4 * m, 4 * m + 1, 4 * m, 4 * m + 1, 4 * m, 4 * m + 1, 4 * m, 4 * m + 1, 4 * m, 4 * m + 1, 4 * m,       \
+        4 * m + 1, 4 * m, 4 * m + 1, 4 * m, 4 * m + 1, 4 * m + 2, 4 * m + 3, 4 * m + 2, 4 * m + 3,         \
+        4 * m + 2, 4 * m + 3, 4 * m + 2, 4 * m + 3, 4 * m + 2, 4 * m + 3, 4 * m + 2, 4 * m + 3, 4 * m + 2, \
+        4 * m + 3, 4 * m + 2, 4 * m + 3                                                                    \
+  }
+    MX_P(0), MX_P(1), MX_P(2), MX_P(3)
+#undef MX_P
+};
+inline __m256i mask(const uint8_t (&m)[32]) {
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
+}
 
 // The 6-bit scales and mins of the 8 sub-blocks of the Q4_K/Q5_K packing (tensor/quant.h k_scale_min),
 // four at a time in 32-bit words: with a, b, c the bytes 0..3, 4..7, 8..11, sub-blocks 0..3 have scale
@@ -635,10 +662,25 @@ inline void k_scales_mins(const uint8_t* q, KBlock& u) {
   const uint32_t sc_lo = a & 0x3f3f3f3fu, mn_lo = b & 0x3f3f3f3fu;
   const uint32_t sc_hi = (c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u);
   const uint32_t mn_hi = ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u);
-  const __m128i sc8 = _mm_set_epi32(0, 0, static_cast<int>(sc_hi), static_cast<int>(sc_lo));
-  const __m128i mn8 = _mm_set_epi32(0, 0, static_cast<int>(mn_hi), static_cast<int>(mn_lo));
-  _mm256_store_si256(reinterpret_cast<__m256i*>(u.sc), _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sc8, sc8)));
-  _mm256_store_si256(reinterpret_cast<__m256i*>(u.mi), _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8)));
+  const uint64_t sc = static_cast<uint64_t>(sc_hi) << 32 | sc_lo,
+                 mn = static_cast<uint64_t>(mn_hi) << 32 | mn_lo;
+  u.sc = _mm256_set1_epi64x(static_cast<int64_t>(sc));  // the 8 scale bytes in both halves
+  const __m128i mn8 = _mm_cvtsi64_si128(static_cast<int64_t>(mn));
+  u.mi = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
+}
+// Q4_K/Q5_K: one scale per 32 values, so vector v's is byte v widened to every int16.
+inline __m256i k_scale_32(const KBlock& u, int v) {
+  return _mm256_shuffle_epi8(u.sc, mask(kBcastByte[v]));
+}
+
+// Bits from..from+n of every byte of v moved to to..to+n, the rest zero (m: bits to..to+n set in every
+// byte): one shift by the difference in 16-bit lanes (bits that cross into the neighbouring byte are
+// masked off) and one and, or just the and for an equal position.
+inline __m256i bits_to(__m256i v, int from, int to, __m256i m) {  // from, to: constants after unrolling
+  const int d = to - from;
+  if (d > 0) return _mm256_and_si256(_mm256_slli_epi16(v, d), m);
+  if (d < 0) return _mm256_and_si256(_mm256_srli_epi16(v, -d), m);
+  return _mm256_and_si256(v, m);
 }
 
 struct Q4KUnpack {
@@ -655,19 +697,19 @@ struct Q4KUnpack {
     u.d = _cvtsh_ss(b.d);
     u.dm = _cvtsh_ss(b.dmin);
   }
+  static __m256i scale(const KBlock& u, int v) { return k_scale_32(u, v); }
 };
 
 struct Q5KUnpack {
   using Block = BlockQ5_K;
   static void run(const BlockQ5_K& b, KBlock& u) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    const __m256i low4 = _mm256_set1_epi8(0x0f), bit4 = _mm256_set1_epi8(0x10);
     const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
     MX_UNROLL
     for (int j = 0; j < 4; ++j) {
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * j));
       // bit 2j (2j + 1) of each qh byte to bit 4
-      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j), one), 4);
-      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j + 1), one), 4);
+      const __m256i h0 = bits_to(qh, 2 * j, 4, bit4), h1 = bits_to(qh, 2 * j + 1, 4, bit4);
       u.q[2 * j] = _mm256_or_si256(_mm256_and_si256(raw, low4), h0);
       u.q[2 * j + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), h1);
     }
@@ -675,12 +717,13 @@ struct Q5KUnpack {
     u.d = _cvtsh_ss(b.d);
     u.dm = _cvtsh_ss(b.dmin);
   }
+  static __m256i scale(const KBlock& u, int v) { return k_scale_32(u, v); }
 };
 
 struct Q6KUnpack {
   using Block = BlockQ6_K;
   static void run(const BlockQ6_K& b, KBlock& u) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
+    const __m256i low4 = _mm256_set1_epi8(0x0f), bits45 = _mm256_set1_epi8(0x30);
     MX_UNROLL
     for (int h = 0; h < 2; ++h) {
       const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * h));
@@ -690,16 +733,19 @@ struct Q6KUnpack {
                              _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
                              _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4)};
       MX_UNROLL
-      for (int k = 0; k < 4; ++k) {
-        const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), two), 4);
-        u.q[4 * h + k] = _mm256_or_si256(lo[k], hi);
-      }
+      for (int k = 0; k < 4; ++k) u.q[4 * h + k] = _mm256_or_si256(lo[k], bits_to(qh, 2 * k, 4, bits45));
     }
     const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(u.sc), sc);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(u.mi), _mm256_slli_epi16(sc, 5));  // 32 sc
+    u.sc = sc;                        // [16] int16, one per 16 values
+    u.mi = _mm256_slli_epi16(sc, 5);  // 32 sc
     u.d = _cvtsh_ss(b.d);
     u.dm = u.d;
+  }
+  // Scales 2v and 2v + 1 (values 32v .. 32v + 15 and the next 16), each over its own 128-bit half.
+  static __m256i scale(const KBlock& u, int v) {
+    const __m256i half =
+        v < 4 ? _mm256_permute2x128_si256(u.sc, u.sc, 0x00) : _mm256_permute2x128_si256(u.sc, u.sc, 0x11);
+    return _mm256_shuffle_epi8(half, mask(kPickWords[v & 3]));
   }
 };
 
@@ -711,9 +757,6 @@ struct KKernel {
     const int64_t nb = a.cols / kQK_K;
     const auto* w = reinterpret_cast<const Block*>(a.w + r * a.w_stride);
     const BlockQ8_K* xk = a.xk + t0 * nb;  // [T, nb]
-    // vpshufb masks: the low 128-bit half repeats int16 0 of a dword, the high half int16 1
-    const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  //
-                                          2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
     __m256 acc[T];
     MX_UNROLL
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
@@ -723,12 +766,8 @@ struct KKernel {
       prefetch_bytes(w + b, kPrefetchBytes, static_cast<int64_t>(sizeof(Block)));
       Unpack::run(w[b], u);
       MX_UNROLL
-      for (int v = 0; v < 8; ++v) {
-        int32_t pair;
-        __builtin_memcpy(&pair, u.sc + 2 * v, 4);
-        scv[v] = _mm256_shuffle_epi8(_mm256_set1_epi32(pair), pick);
-      }
-      const __m256i mi = _mm256_load_si256(reinterpret_cast<const __m256i*>(u.mi));
+      for (int v = 0; v < 8; ++v) scv[v] = Unpack::scale(u, v);
+      const __m256i mi = u.mi;
       MX_UNROLL
       for (int t = 0; t < T; ++t) {
         const BlockQ8_K& x = xk[t * nb + b];
