@@ -171,6 +171,21 @@ class MatmulTest : public ::testing::Test {
   ThreadPool pool2_{2};
   IsaGuard guard_;
 
+  // Batch invariance: a token's outputs are bit-identical alone (the decode kernels) and inside a batch
+  // of n (whatever token tile and row tile it fell in), so a served answer cannot depend on its batch.
+  //   x: [n, cols]; y: [n, ldy] the batch's outputs
+  void expect_batch_invariant(const TensorView& w, const std::vector<float>& x, int64_t n, int64_t cols,
+                              const std::vector<float>& y, int64_t ldy) {
+    if (n == 1) return;
+    const int64_t rows = w.rows();
+    std::vector<float> one(static_cast<size_t>(rows));  // [rows]
+    for (int64_t tk = 0; tk < n; ++tk) {
+      matmul(w, x.data() + tk * cols, 1, one.data(), rows, pool1_);
+      ASSERT_EQ(0, std::memcmp(one.data(), y.data() + tk * ldy, one.size() * sizeof(float)))
+          << "token " << tk << " alone differs from the same token in a batch of " << n;
+    }
+  }
+
   void check(DType t, int64_t rows, int64_t cols, int64_t n, int64_t ldy_pad = 0) {
     SCOPED_TRACE(std::string(dname(t)) + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
                  " n=" + std::to_string(n) + " ldy=rows+" + std::to_string(ldy_pad));
@@ -235,16 +250,7 @@ class MatmulTest : public ::testing::Test {
       EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float))) << "1 vs 2 threads differ";
       for (int64_t tk = 0; tk < n; ++tk)
         for (int64_t r = rows; r < ldy; ++r) ASSERT_EQ(y1[tk * ldy + r], -7.0f) << "wrote past rows";
-      // Batch invariance: a token's outputs are bit-identical alone (the decode kernels) and inside this
-      // batch (whatever token tile and row tile it fell in), so a served answer cannot depend on its batch.
-      if (n > 1) {
-        std::vector<float> one(static_cast<size_t>(rows));  // [rows]
-        for (int64_t tk = 0; tk < n; ++tk) {
-          matmul(w.view, x.data() + tk * cols, 1, one.data(), rows, pool1_);
-          ASSERT_EQ(0, std::memcmp(one.data(), y1.data() + tk * ldy, one.size() * sizeof(float)))
-              << "token " << tk << " alone differs from the same token in a batch of " << n;
-        }
-      }
+      expect_batch_invariant(w.view, x, n, cols, y1, ldy);
     }
   }
 };
@@ -330,6 +336,7 @@ TEST_F(MatmulTest, KQuantsMatchReference) {
           EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float)))
               << "1 vs 2 threads differ";
           for (int64_t tk = 0; tk < n; ++tk) ASSERT_EQ(y1[tk * ldy + rows], -7.0f) << "wrote past rows";
+          expect_batch_invariant(w.view, x, n, cols, y1, ldy);
         }
       }
 }

@@ -620,7 +620,7 @@ struct KBlock {
   __m256i q[8];  // [8] values 32v .. 32v + 31
   __m256i sc;    // the scales, in the unpacker's own form (its scale(u, v) broadcasts those of vector v)
   __m256i mi;    // [16] int16 offset per 16 values
-  float d, dm;
+  __m128 ddm;    // d in lane 0, the offsets' factor dm in lane 1
 };
 
 // vpshufb masks: kBcastByte[v] widens byte v of each 128-bit half to all 8 int16 of the half;
@@ -683,6 +683,13 @@ inline __m256i bits_to(__m256i v, int from, int to, __m256i m) {  // from, to: c
   return _mm256_and_si256(v, m);
 }
 
+// Two adjacent fp16 values (d, dmin) as floats in lanes 0 and 1.
+inline __m128 fp16_pair(const uint16_t* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return _mm_cvtph_ps(_mm_cvtsi32_si128(v));
+}
+
 struct Q4KUnpack {
   using Block = BlockQ4_K;
   static void run(const BlockQ4_K& b, KBlock& u) {
@@ -694,8 +701,7 @@ struct Q4KUnpack {
       u.q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
     }
     k_scales_mins(b.scales, u);
-    u.d = _cvtsh_ss(b.d);
-    u.dm = _cvtsh_ss(b.dmin);
+    u.ddm = fp16_pair(&b.d);  // d, dmin
   }
   static __m256i scale(const KBlock& u, int v) { return k_scale_32(u, v); }
 };
@@ -714,8 +720,7 @@ struct Q5KUnpack {
       u.q[2 * j + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), h1);
     }
     k_scales_mins(b.scales, u);
-    u.d = _cvtsh_ss(b.d);
-    u.dm = _cvtsh_ss(b.dmin);
+    u.ddm = fp16_pair(&b.d);  // d, dmin
   }
   static __m256i scale(const KBlock& u, int v) { return k_scale_32(u, v); }
 };
@@ -736,10 +741,9 @@ struct Q6KUnpack {
       for (int k = 0; k < 4; ++k) u.q[4 * h + k] = _mm256_or_si256(lo[k], bits_to(qh, 2 * k, 4, bits45));
     }
     const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
-    u.sc = sc;                        // [16] int16, one per 16 values
-    u.mi = _mm256_slli_epi16(sc, 5);  // 32 sc
-    u.d = _cvtsh_ss(b.d);
-    u.dm = u.d;
+    u.sc = sc;                                                        // [16] int16, one per 16 values
+    u.mi = _mm256_slli_epi16(sc, 5);                                  // 32 sc
+    u.ddm = _mm_cvtph_ps(_mm_set1_epi16(static_cast<int16_t>(b.d)));  // d in every lane: dm = d
   }
   // Scales 2v and 2v + 1 (values 32v .. 32v + 15 and the next 16), each over its own 128-bit half.
   static __m256i scale(const KBlock& u, int v) {
@@ -748,6 +752,22 @@ struct Q6KUnpack {
     return _mm256_shuffle_epi8(half, mask(kPickWords[v & 3]));
   }
 };
+
+// acc += one unpacked super-block . one Q8_K activation block, per lane (the same operations for every
+// caller, so decode and prefill results are bit-identical).
+inline void k_block_dot(const KBlock& u, const __m256i* scv, const BlockQ8_K& x, __m256& acc) {
+  __m256i sq = _mm256_setzero_si256();
+  MX_UNROLL
+  for (int v = 0; v < 8; ++v) {
+    const __m256i p16 =
+        _mm256_maddubs_epi16(u.q[v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * v)));
+    sq = _mm256_add_epi32(sq, _mm256_madd_epi16(p16, _mm256_load_si256(&scv[v])));
+  }
+  const __m256i sm = _mm256_madd_epi16(u.mi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums)));
+  const __m128 f = _mm_mul_ps(u.ddm, _mm_set1_ps(x.d));  // x.d * d, x.d * dm
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sq), _mm256_broadcastss_ps(f), acc);
+  acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sm), _mm256_broadcastss_ps(_mm_movehdup_ps(f)), acc);
+}
 
 // One weight row x T tokens (T <= 4) of K-quant weights.
 template <class Unpack, int T>
@@ -767,23 +787,8 @@ struct KKernel {
       Unpack::run(w[b], u);
       MX_UNROLL
       for (int v = 0; v < 8; ++v) scv[v] = Unpack::scale(u, v);
-      const __m256i mi = u.mi;
       MX_UNROLL
-      for (int t = 0; t < T; ++t) {
-        const BlockQ8_K& x = xk[t * nb + b];
-        __m256i sq = _mm256_setzero_si256();
-        MX_UNROLL
-        for (int v = 0; v < 8; ++v) {
-          const __m256i p16 = _mm256_maddubs_epi16(
-              u.q[v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * v)));
-          sq = _mm256_add_epi32(sq, _mm256_madd_epi16(p16, _mm256_load_si256(&scv[v])));
-        }
-        const __m256i sm =
-            _mm256_madd_epi16(mi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums)));
-        const float dq = x.d * u.d, dmn = x.d * u.dm;
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sq), _mm256_set1_ps(dq), acc[t]);
-        acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sm), _mm256_set1_ps(dmn), acc[t]);
-      }
+      for (int t = 0; t < T; ++t) k_block_dot(u, scv, xk[t * nb + b], acc[t]);
     }
     MX_UNROLL
     for (int t = 0; t < T; ++t) y[t * ldy] = hsum256(acc[t]);
@@ -796,8 +801,47 @@ using Q5KKernel = KKernel<Q5KUnpack, T>;
 template <int T>
 using Q6KKernel = KKernel<Q6KUnpack, T>;
 
-template <template <int> class K>
+// One token, R weight rows (r0 + r * rstep) a super-block at a time: R sequential weight streams in
+// flight instead of one (a single stream leaves single-thread decode latency-bound, as in
+// row_pass_decode).
+template <class Unpack, int R>
+struct KDecode {
+  using Block = typename Unpack::Block;
+  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y) {
+    const int64_t nb = a.cols / kQK_K;
+    const Block* w[R];
+    MX_UNROLL
+    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const Block*>(a.w + (r0 + r * rstep) * a.w_stride);
+    const BlockQ8_K* xk = a.xk + t0 * nb;  // [nb]
+    __m256 acc[R];
+    MX_UNROLL
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    KBlock u;
+    alignas(32) __m256i scv[8];
+    for (int64_t b = 0; b < nb; ++b) {
+      MX_UNROLL
+      for (int r = 0; r < R; ++r) {
+        prefetch_bytes(w[r] + b, kPrefetchBytes, static_cast<int64_t>(sizeof(Block)));
+        Unpack::run(w[r][b], u);
+        MX_UNROLL
+        for (int v = 0; v < 8; ++v) scv[v] = Unpack::scale(u, v);
+        k_block_dot(u, scv, xk[b], acc[r]);
+      }
+    }
+    MX_UNROLL
+    for (int r = 0; r < R; ++r) y[r * rstep] = hsum256(acc[r]);
+  }
+};
+
+template <template <int> class K, class Unpack>
 void k_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  if (nt == 1) {  // decode: row k of each of 4 contiguous parts in lockstep
+    constexpr int kR = 4;
+    const int64_t part = nr / kR;
+    for (int64_t k = 0; k < part; ++k) KDecode<Unpack, kR>::run(a, r0 + k, part, t0, y + k);
+    for (int64_t r = kR * part; r < nr; ++r) KDecode<Unpack, 1>::run(a, r0 + r, 1, t0, y + r);
+    return;
+  }
   group_tiles<K>(a, r0, nr, t0, nt, y, ldy);
 }
 
@@ -1142,7 +1186,8 @@ const KernelTable* avx2_table() {
   static const KernelTable table = {
       "avx2",
       {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>,
-       tiles<Q8Kernel, 4, 2, 3>, q4_matmul, k_matmul<Q4KKernel>, k_matmul<Q5KKernel>, k_matmul<Q6KKernel>},
+       tiles<Q8Kernel, 4, 2, 3>, q4_matmul, k_matmul<Q4KKernel, Q4KUnpack>, k_matmul<Q5KKernel, Q5KUnpack>,
+       k_matmul<Q6KKernel, Q6KUnpack>},
       quantize_q8,
       {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr},
       attn_chunk,
