@@ -1,14 +1,20 @@
 #include "server.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -240,6 +246,53 @@ struct Channel {
     return ev;
   }
 };
+
+// ---- Client liveness ---------------------------------------------------------------------------------
+// cpp-httplib 0.11 tells a handler neither its socket nor that the client left, and writes to a peer
+// that has only shut down its sending side succeed (Node's fetch does that on abort). So: find the
+// request's socket among this process's descriptors by its two ports, and poll it for the peer's FIN.
+
+int tcp_port(const sockaddr_storage& a) {
+  if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
+  if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
+  return -1;
+}
+
+// True if fd is a TCP socket from local_port to the peer's remote_port.
+bool is_connection(int fd, int local_port, int remote_port) {
+  sockaddr_storage a{}, b{};
+  socklen_t la = sizeof(a), lb = sizeof(b);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&a), &la) != 0) return false;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&b), &lb) != 0) return false;
+  return tcp_port(a) == local_port && tcp_port(b) == remote_port;
+}
+
+// The descriptor of the request's connection, or -1 if it cannot be found.
+int connection_fd(const httplib::Request& req) {
+  if (req.local_port <= 0 || req.remote_port <= 0) return -1;
+  DIR* d = opendir("/proc/self/fd");
+  if (d == nullptr) return -1;
+  int found = -1;
+  while (const dirent* e = readdir(d)) {
+    char* end = nullptr;
+    const long fd = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || fd == dirfd(d)) continue;
+    if (is_connection(static_cast<int>(fd), req.local_port, req.remote_port)) {
+      found = static_cast<int>(fd);
+      break;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+// False once the peer of connection fd (still the same connection) has closed or shut down its side.
+bool peer_open(int fd, const httplib::Request& req) {
+  if (fd < 0 || !is_connection(fd, req.local_port, req.remote_port)) return true;  // unknown: assume so
+  pollfd p{fd, POLLRDHUP, 0};
+  if (poll(&p, 1, 0) <= 0) return true;
+  return (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0;
+}
 
 // ---- Metrics ---------------------------------------------------------------------------------------
 
@@ -504,29 +557,56 @@ class Server {
     BatchEngine* eng = eng_.get();
 
     if (!r->stream) {
-      GenResult g = collect(*r, *ch, id, deadline, nullptr);
-      json choice{{"index", 0}, {"finish_reason", g.finish}};
-      if (chat) {
-        choice["message"] = {{"role", "assistant"}, {"content", g.text}};
-        choice["logprobs"] = r->logprobs ? json{{"content", g.logprobs}} : json(nullptr);
-      } else {
-        choice["text"] = g.text;
-        choice["logprobs"] = r->logprobs ? g.legacy_logprobs : json(nullptr);
-      }
-      json out{{"id", rid},
-               {"object", chat ? "chat.completion" : "text_completion"},
-               {"created", created},
-               {"model", model},
-               {"choices", json::array({choice})},
-               {"usage", usage(g)}};
-      res.set_content(dump(out), "application/json");
+      // One JSON object, sent chunked: while it is being generated the server writes a space (JSON
+      // allows leading whitespace) every kHeartbeat, so a client that has gone away fails a write and its
+      // sequence is freed then, not when max_tokens or the timeout would end it.
+      res.set_chunked_content_provider(
+          "application/json",
+          [this, r, ch, id, rid, created, model, deadline, chat, eng, &req](size_t, httplib::DataSink& sink) {
+            const int fd = connection_fd(req);
+            auto beat = Clock::now();
+            GenResult g = collect(*r, *ch, id, deadline, nullptr, [&] {
+              if (Clock::now() - beat < kHeartbeat) return true;
+              beat = Clock::now();
+              return peer_open(fd, req) && sink.write(" ", 1);
+            });
+            if (g.disconnected) {  // the client went away: free its sequence now
+              ch->abandoned = true;
+              eng->cancel(id);
+              return false;
+            }
+            json choice{{"index", 0}, {"finish_reason", g.finish}};
+            if (chat) {
+              choice["message"] = {{"role", "assistant"}, {"content", g.text}};
+              choice["logprobs"] = r->logprobs ? json{{"content", g.logprobs}} : json(nullptr);
+            } else {
+              choice["text"] = g.text;
+              choice["logprobs"] = r->logprobs ? g.legacy_logprobs : json(nullptr);
+            }
+            json out{{"id", rid},
+                     {"object", chat ? "chat.completion" : "text_completion"},
+                     {"created", created},
+                     {"model", model},
+                     {"choices", json::array({choice})},
+                     {"usage", usage(g)}};
+            const std::string body = dump(out);
+            sink.write(body.data(), body.size());
+            sink.done();
+            return true;
+          },
+          [ch, eng, id](bool success) {
+            if (!success) {
+              ch->abandoned = true;
+              eng->cancel(id);
+            }
+          });
       return;
     }
 
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, r, ch, id, rid, created, model, deadline, chat, eng](size_t, httplib::DataSink& sink) {
+        [this, r, ch, id, rid, created, model, deadline, chat, eng, &req](size_t, httplib::DataSink& sink) {
           auto send = [&](const json& j) {
             const std::string s = "data: " + dump(j) + "\n\n";
             return sink.write(s.data(), s.size());
@@ -546,12 +626,22 @@ class Server {
           bool ok = true;
           if (chat) ok = send(chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
           GenResult g;
-          if (ok)
-            g = collect(*r, *ch, id, deadline, [&](const std::string& text, const json& lps) {
-              json lp = nullptr;
-              if (r->logprobs) lp = chat ? json{{"content", lps}} : legacy_from(lps);
-              return send(chunk(chat ? json{{"content", text}} : json(text), lp, nullptr));
-            });
+          if (ok) {
+            const int fd = connection_fd(req);
+            auto checked = Clock::now();
+            g = collect(
+                *r, *ch, id, deadline,
+                [&](const std::string& text, const json& lps) {
+                  json lp = nullptr;
+                  if (r->logprobs) lp = chat ? json{{"content", lps}} : legacy_from(lps);
+                  return send(chunk(chat ? json{{"content", text}} : json(text), lp, nullptr));
+                },
+                [&] {  // a half-closed client still accepts writes: look for its FIN as well
+                  if (Clock::now() - checked < kHeartbeat) return true;
+                  checked = Clock::now();
+                  return peer_open(fd, req);
+                });
+          }
           if (!ok || g.disconnected) {  // the client went away: free its sequence now
             ch->abandoned = true;
             eng->cancel(id);
@@ -610,9 +700,11 @@ class Server {
 
   // Drains a request's events into text (stop strings applied) and logprobs; with on_delta, streams
   // each sendable piece (returning false when the client is gone).
+  // alive (if given) is polled at least every kHeartbeat while waiting; false means the client is gone.
   using OnDelta = std::function<bool(const std::string&, const json&)>;
+  static constexpr std::chrono::milliseconds kHeartbeat{250};
   GenResult collect(const GenRequest& r, Channel& ch, uint64_t id, Clock::time_point deadline,
-                    const OnDelta& on_delta) {
+                    const OnDelta& on_delta, const std::function<bool()>& alive = nullptr) {
     GenResult g;
     g.prompt_tokens = static_cast<int64_t>(r.params.prompt.size());
     StreamingDecoder dec(*tok_, /*at_sequence_start=*/r.chat);
@@ -620,7 +712,23 @@ class Server {
     json pending_lps = json::array();  // logprobs of tokens whose text is not sent yet
     bool finished = false;
     while (!finished) {
-      auto ev = ch.next(deadline);
+      std::optional<TokenEvent> ev;
+      if (alive) {
+        for (;;) {
+          ev = ch.next(std::min(deadline, Clock::now() + kHeartbeat));
+          if (ev || Clock::now() >= deadline) break;
+          if (!alive()) {
+            g.disconnected = true;
+            return g;
+          }
+        }
+      } else {
+        ev = ch.next(deadline);
+      }
+      if (ev && alive && !alive()) {
+        g.disconnected = true;
+        return g;
+      }
       if (!ev) {  // total timeout: cancel and answer with what there is
         eng_->cancel(id);
         ch.abandoned = true;

@@ -38,9 +38,9 @@ function freePort() {
 const servers = [];
 process.on('exit', () => { for (const p of servers) if (p.exitCode === null) p.kill('SIGKILL'); });
 
-async function startServer(extra) {
+async function startServer(extra, model = MODEL) {
   const port = await freePort();
-  const args = ['serve', '--model', MODEL, '--port', String(port), '--threads', '2', ...extra];
+  const args = ['serve', '--model', model, '--port', String(port), '--threads', '2', ...extra];
   const proc = spawn(BIN, args, { stdio: ['ignore', 'inherit', 'pipe'] });
   servers.push(proc);
   let stderr = '';
@@ -425,5 +425,38 @@ let reference;
   s2.proc.kill('SIGINT');
   assert.equal((await s2.exited).code, 0);
   log('api key, queue full (429), SIGINT: ok');
+}
+// ---- a non-streaming client that goes away frees its sequence too ---------------------------------
+// (The server writes a space every 250 ms while it generates; the write to a closed connection fails.)
+// A larger model so that 4000 tokens take seconds, not milliseconds.
+{
+  const dir = path.join(WORK, 'slow');
+  fs.mkdirSync(dir, { recursive: true });
+  const mk3 = spawnSync(BIN, ['make-test-model', dir, '--types', 'q8_0', '--layouts', 'gguf-merged', '--dim', '512',
+    '--ffn', '2048', '--layers', '4', '--heads', '8', '--kv-heads', '2', '--vocab', '512', '--threads', '2'],
+  { stdio: 'inherit' });
+  assert.equal(mk3.status, 0, 'make-test-model (slow)');
+  const s3 = await startServer(['--parallel', '1', '--ctx-size', '4096'], path.join(dir, 'gguf-merged-q8_0.gguf'));
+  const c3 = new OpenAI({ baseURL: `${s3.base}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const before = (await metrics(s3.base)).mixtral_generation_tokens_total;
+  const ac = new AbortController();
+  const req = c3.chat.completions.create(chat('go away', { max_tokens: 4000, ignore_eos: true }), { signal: ac.signal });
+  const failed = req.then(() => null, (e) => e);
+  await waitFor(async () => (await metrics(s3.base)).mixtral_kv_blocks_in_use > 0, 10000, 'the request to start');
+  await new Promise((r) => setTimeout(r, 300));
+  ac.abort();
+  assert.ok((await failed) !== null, 'the aborted request rejects');
+  await waitFor(async () => {
+    const m = await metrics(s3.base);
+    return m.mixtral_kv_blocks_in_use === 0 && m.mixtral_active_sequences === 0;
+  }, 5000, 'KV blocks to be freed after a non-streaming abort');
+  const generated = (await metrics(s3.base)).mixtral_generation_tokens_total - before;
+  assert.ok(generated < 4000, `generation stopped early (${generated} of 4000 tokens)`);
+  const ok = await c3.chat.completions.create(chat('still there?', { max_tokens: 4 }));
+  assert.equal(ok.choices[0].finish_reason, 'length');
+  assert.equal(ok.usage.completion_tokens, 4);
+  s3.proc.kill('SIGTERM');
+  assert.equal((await s3.exited).code, 0);
+  log(`non-streaming abort frees blocks: ok (${generated} of 4000 tokens generated)`);
 }
 log('all server tests passed');
