@@ -16,6 +16,7 @@
 
 #include "core/thread_pool.h"
 #include "kernels/kernels.h"
+#include "kernels/paged_attention.h"
 #include "tensor/quant.h"
 
 namespace mixtral::kernels {
@@ -181,6 +182,34 @@ void BM_Attention(benchmark::State& st) {
   st.SetLabel(isa_name(active_isa()));
 }
 
+// Paged attention as the server runs it (Mixtral heads, blocks of 16 in shuffled order), n decoding tokens of
+// different sequences, each at position n_ctx - 1: args n, n_ctx, threads
+void BM_PagedAttention(benchmark::State& st) {
+  const int64_t n = st.range(0), n_ctx = st.range(1), heads = 32, kv = 8, hd = 128, bs = 16;
+  const int64_t per_seq = (n_ctx + bs - 1) / bs, n_blocks = n * per_seq;
+  ThreadPool pool(static_cast<int>(st.range(2)));
+  const std::vector<float> q = randn(n * heads * hd, 4);           // [n, heads, hd]
+  const std::vector<float> k = randn(n_blocks * bs * kv * hd, 5);  // [n_blocks, bs, kv, hd]
+  const std::vector<float> v = randn(n_blocks * bs * kv * hd, 6);  // [n_blocks, bs, kv, hd]
+  std::vector<int32_t> blocks(static_cast<size_t>(n_blocks));      // [n, per_seq]
+  for (int64_t i = 0; i < n_blocks; ++i)
+    blocks[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7919) % n_blocks);
+  std::vector<const int32_t*> tables(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) tables[static_cast<size_t>(t)] = blocks.data() + t * per_seq;
+  const std::vector<int32_t> pos(static_cast<size_t>(n), static_cast<int32_t>(n_ctx - 1));
+  std::vector<float> out(q.size());  // [n, heads, hd]
+  const AttentionParams p{heads, kv, hd, 0, 1.0f / std::sqrt(static_cast<float>(hd))};
+  for (auto _ : st) {
+    paged_attention(q.data(), PagedKv{k.data(), v.data(), bs}, tables.data(), pos.data(), n, p, out.data(),
+                    pool);
+    benchmark::DoNotOptimize(out.data());
+  }
+  st.counters["FLOP/s"] = benchmark::Counter(
+      4.0 * hd * heads * static_cast<double>(n * n_ctx) * static_cast<double>(st.iterations()),
+      benchmark::Counter::kIsRate);
+  st.SetLabel(isa_name(active_isa()));
+}
+
 // The streaming-read roofline: each thread sums its part of a cold buffer as 4 interleaved sequential
 // streams with software prefetch, the access pattern of the decode kernels (a single stream leaves
 // single-thread bandwidth latency-bound on many machines).
@@ -244,6 +273,10 @@ BENCHMARK(BM_MatmulPrefill)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+BENCHMARK(BM_PagedAttention)
+    ->ArgNames({"n", "n_ctx", "threads"})
+    ->ArgsProduct({{1, 16}, {1024}, {1, 2}})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Attention)
     ->ArgNames({"n", "n_ctx", "threads"})
     ->ArgsProduct({{1}, {4096}, {1, 2}})

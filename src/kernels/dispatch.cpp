@@ -324,6 +324,10 @@ void set_isa(Isa isa) {
   active().isa.store(got);
 }
 
+const KernelTable& detail::active_table() {
+  return table();
+}
+
 void detail::set_table_for_testing(Isa isa, const KernelTable* t) {
   active().table.store(t);
   active().isa.store(isa);

@@ -41,9 +41,9 @@ struct MatmulArgs {
   // F32/F16/BF16 weights: the activations as given.
   const float* x = nullptr;  // [n, cols]
   // Q8_0/Q4_0 weights: the activations rounded to Q8_0 (quantize_row's rule), values and scales apart.
-  const int8_t* xq = nullptr;  // [n, cols]
-  const float* xd = nullptr;   // [n, cols / 32], the fp16 block scales widened to f32
-  const float* xs = nullptr;   // [n, cols / 32], d_x * sum(q_x) per block (for u . x - c . x kernels)
+  const int8_t* xq = nullptr;     // [n, cols]
+  const float* xd = nullptr;      // [n, cols / 32], the fp16 block scales widened to f32
+  const float* xs = nullptr;      // [n, cols / 32], d_x * sum(q_x) per block (for u . x - c . x kernels)
   const int32_t* xsum = nullptr;  // [n, cols / 32], sum(q_x) per block (exact, for integer corrections)
   // K-quant weights: the activations rounded to Q8_K (quantize_row's rule), with their 16-value sums.
   const BlockQ8_K* xk = nullptr;  // [n, cols / 256]
@@ -94,6 +94,25 @@ struct AttnChunkArgs {
 };
 using AttnChunkFn = void (*)(const AttnChunkArgs& a);
 
+// Paged attention of one (token, kv head): the `group` query heads that read kv head kvh attend over
+// keys [lo, pos], row j of the token's sequence being row j % block_size of block table[j / block_size].
+// Every head's scores, softmax and weighted sum of values run in a fixed order, so the result depends on
+// nothing but this item's inputs (not on the thread, nor on other tokens of the batch).
+struct PagedAttnArgs {
+  const float* q;        // [group, head_dim] query heads kvh * group .. (kvh + 1) * group - 1
+  const float* k;        // block pool [n_blocks, block_size, n_kv_heads, head_dim]
+  const float* v;        // the same for values
+  const int32_t* table;  // [ceil((pos + 1) / block_size)] the sequence's blocks
+  int64_t block_size, n_kv_heads, head_dim, group, kvh;
+  int64_t lo, pos;  // keys [lo, pos]
+  float scale;
+  float* out;      // [group, head_dim]
+  float* scratch;  // [group, pos - lo + 1] scores, then their exponentials
+};
+// nullptr in a table: the portable per-(token, head) loop of kernels/paged_attention.cpp.
+// Only called with head_dim % 8 == 0.
+using PagedAttnFn = void (*)(const PagedAttnArgs& a);
+
 // out[t, :] = x[t, :] * inv_rms * w for n rows of dim (x may alias out).
 using RmsnormFn = void (*)(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out);
 using SiluMulFn = void (*)(float* x, const float* g, int64_t n);
@@ -105,10 +124,14 @@ struct KernelTable {
   QuantizeQ8Fn quantize_q8;
   ArrangeQ8Fn arrange_q8[kNumWeightKinds];  // per weight kind: grouped order for prefill, or nullptr
   AttnChunkFn attn_chunk;
+  PagedAttnFn paged_attn;
   RmsnormFn rmsnorm;
   SiluMulFn silu_mul;
   SoftmaxFn softmax;
 };
+
+// The table the dispatched ops use now.
+const KernelTable& active_table();
 
 // The portable table (always present) and the per-ISA ones (nullptr where this build has none).
 // The ISA tables fill the entries they do not accelerate from the generic one.

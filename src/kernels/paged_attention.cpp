@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "kernels/internal.h"
 
 namespace mixtral::kernels {
 
@@ -46,14 +47,27 @@ void attend_one(const float* qh, const PagedKv& kv, const int32_t* table, int64_
   }
 }
 
-void attend_range(const float* q, const PagedKv& kv, const int32_t* const* tables, const int32_t* pos,
-                  const AttentionParams& p, float* out, int64_t begin, int64_t end, std::vector<float>& s) {
+// Items [begin, end) of n * n_kv_heads (token t = i / n_kv_heads, kv head i % n_kv_heads): the group of
+// query heads that read that kv head, through the table's fast path if it has one.
+void attend_range(const detail::PagedAttnFn fast, const float* q, const PagedKv& kv,
+                  const int32_t* const* tables, const int32_t* pos, const AttentionParams& p, float* out,
+                  int64_t begin, int64_t end, std::vector<float>& s) {
   const int64_t hd = p.head_dim, group = p.n_heads / p.n_kv_heads;
   for (int64_t i = begin; i < end; ++i) {
-    const int64_t t = i / p.n_heads, h = i % p.n_heads;
-    if (static_cast<int64_t>(s.size()) < pos[t] + 1) s.resize(static_cast<size_t>(pos[t] + 1));
-    attend_one(q + (t * p.n_heads + h) * hd, kv, tables[t], pos[t], h / group, p, s.data(),
-               out + (t * p.n_heads + h) * hd);
+    const int64_t t = i / p.n_kv_heads, kvh = i % p.n_kv_heads;
+    const int64_t lo = p.window > 0 ? std::max<int64_t>(0, pos[t] - p.window + 1) : 0;
+    const size_t need = static_cast<size_t>(group * (pos[t] + 1));
+    if (s.size() < need) s.resize(need);
+    const float* qg = q + (t * p.n_heads + kvh * group) * hd;  // [group, hd]
+    float* og = out + (t * p.n_heads + kvh * group) * hd;      // [group, hd]
+    if (fast != nullptr) {
+      const detail::PagedAttnArgs a{qg,    kv.k, kv.v, tables[t], kv.block_size, p.n_kv_heads, hd,
+                                    group, kvh,  lo,   pos[t],    p.scale,       og,           s.data()};
+      fast(a);
+    } else {
+      for (int64_t g = 0; g < group; ++g)
+        attend_one(qg + g * hd, kv, tables[t], pos[t], kvh, p, s.data(), og + g * hd);
+    }
   }
 }
 
@@ -68,9 +82,10 @@ void check_args(const PagedKv& kv, const int32_t* pos, int64_t n, const Attentio
 void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* block_tables,
                      const int32_t* pos, int64_t n, const AttentionParams& p, float* out, ThreadPool& pool) {
   check_args(kv, pos, n, p);
-  pool.parallel_for(n * p.n_heads, 1, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> s;  // [max pos + 1] scores of one (token, head)
-    attend_range(q, kv, block_tables, pos, p, out, b, e, s);
+  const detail::PagedAttnFn fast = p.head_dim % 8 == 0 ? detail::active_table().paged_attn : nullptr;
+  pool.parallel_for(n * p.n_kv_heads, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> s;  // [group, max pos + 1] scores of one (token, kv head)
+    attend_range(fast, q, kv, block_tables, pos, p, out, b, e, s);
   });
 }
 
@@ -78,8 +93,8 @@ namespace ref {
 void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* block_tables,
                      const int32_t* pos, int64_t n, const AttentionParams& p, float* out) {
   check_args(kv, pos, n, p);
-  std::vector<float> s;  // [max pos + 1]
-  attend_range(q, kv, block_tables, pos, p, out, 0, n * p.n_heads, s);
+  std::vector<float> s;  // [group, max pos + 1]
+  attend_range(nullptr, q, kv, block_tables, pos, p, out, 0, n * p.n_kv_heads, s);
 }
 }  // namespace ref
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <numeric>
 #include <random>
+#include <string>
 
 #include "kernels/paged_attention.h"
 #include "model/test_model.h"
@@ -34,16 +35,69 @@ TEST(PagedAttention, MatchesContiguousReferenceThroughShuffledBlocks) {
   std::vector<int32_t> pos(n_pos);
   std::iota(pos.begin(), pos.end(), 0);
   std::vector<const int32_t*> tables(n_pos, table.data());
-  std::vector<float> want(q.size()), got(q.size()), got_ref(q.size());
+  std::vector<float> want(q.size()), got_ref(q.size());
   kernels::ref::attention(q.data(), k.data(), v.data(), pos.data(), n_pos, n_pos, p, want.data());
-  ThreadPool pool(2);
+  ThreadPool pool1(1), pool2(2);
   kernels::PagedKv kv{pk.data(), pv.data(), bs};
-  kernels::paged_attention(q.data(), kv, tables.data(), pos.data(), n_pos, p, got.data(), pool);
   kernels::ref::paged_attention(q.data(), kv, tables.data(), pos.data(), n_pos, p, got_ref.data());
-  for (size_t i = 0; i < want.size(); ++i) {
-    ASSERT_NEAR(got[i], want[i], 1e-5f) << i;
-    ASSERT_EQ(got[i], got_ref[i]) << i;  // pooled == single-threaded, bitwise
+  const kernels::Isa best = kernels::detect_isa();
+  for (kernels::Isa isa : {kernels::Isa::kScalar, best}) {
+    kernels::set_isa(isa);
+    SCOPED_TRACE(kernels::isa_name(isa));
+    std::vector<float> got1(q.size()), got2(q.size());
+    kernels::paged_attention(q.data(), kv, tables.data(), pos.data(), n_pos, p, got1.data(), pool1);
+    kernels::paged_attention(q.data(), kv, tables.data(), pos.data(), n_pos, p, got2.data(), pool2);
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_NEAR(got2[i], want[i], 1e-5f) << i;
+      ASSERT_EQ(got1[i], got2[i]) << i;  // 1 thread == 2 threads, bitwise
+      // The portable path is the reference's arithmetic, bit for bit.
+      if (isa == kernels::Isa::kScalar) {
+        ASSERT_EQ(got2[i], got_ref[i]) << i;
+      }
+    }
   }
+  kernels::set_isa(best);
+}
+
+// Mixtral's attention shape (32 query heads on 8 kv heads of 128) over 1000 positions in shuffled blocks
+// of 16, with a window: every ISA within 2e-5 of the contiguous float reference.
+TEST(PagedAttention, MixtralShapeLongContextAndWindow) {
+  const int64_t H = 32, KVH = 8, hd = 128, bs = 16, n_ctx = 1000, n_blocks = (n_ctx + bs - 1) / bs + 3;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  std::vector<float> k(n_ctx * KVH * hd), v(k.size());  // contiguous [n_ctx, KVH, hd]
+  for (auto* a : {&k, &v})
+    for (float& f : *a) f = nd(rng);
+  std::vector<int32_t> table(static_cast<size_t>(n_blocks));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), rng);
+  std::vector<float> pk(static_cast<size_t>(n_blocks * bs * KVH * hd), NAN), pv(pk.size(), NAN);
+  for (int64_t j = 0; j < n_ctx; ++j) {
+    const int64_t row = table[static_cast<size_t>(j / bs)] * bs + j % bs;
+    std::copy_n(k.begin() + j * KVH * hd, KVH * hd, pk.begin() + row * KVH * hd);
+    std::copy_n(v.begin() + j * KVH * hd, KVH * hd, pv.begin() + row * KVH * hd);
+  }
+  const std::vector<int32_t> pos = {0, 1, 17, 500, 998, 999};  // [n] query positions
+  const int64_t n = static_cast<int64_t>(pos.size());
+  std::vector<float> q(static_cast<size_t>(n * H * hd));  // [n, H, hd]
+  for (float& f : q) f = nd(rng);
+  std::vector<const int32_t*> tables(static_cast<size_t>(n), table.data());
+  ThreadPool pool(2);
+  const kernels::Isa best = kernels::detect_isa();
+  for (int64_t window : {int64_t{0}, int64_t{100}}) {
+    const kernels::AttentionParams p{H, KVH, hd, window, 1.0f / std::sqrt(128.0f)};
+    std::vector<float> want(q.size());
+    kernels::ref::attention(q.data(), k.data(), v.data(), pos.data(), n, n_ctx, p, want.data());
+    for (kernels::Isa isa : {kernels::Isa::kScalar, best}) {
+      kernels::set_isa(isa);
+      SCOPED_TRACE(std::string(kernels::isa_name(isa)) + " window " + std::to_string(window));
+      std::vector<float> got(q.size());
+      kernels::paged_attention(q.data(), kernels::PagedKv{pk.data(), pv.data(), bs}, tables.data(),
+                               pos.data(), n, p, got.data(), pool);
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 2e-5f) << i;
+    }
+  }
+  kernels::set_isa(best);
 }
 
 TEST(PagedKvCache, RefcountsPrefixCacheAndEviction) {

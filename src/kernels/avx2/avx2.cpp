@@ -1037,6 +1037,61 @@ float exp_sum(float* x, int64_t n, float mx) {
   return hsum256(vsum);
 }
 
+constexpr int64_t kAttnAhead = 8;  // cache rows prefetched ahead in paged attention
+
+// PagedAttnFn (internal.h): up to 4 query heads per pass over the keys, so each key row is loaded once for
+// the heads that share it; values summed 64 dimensions (8 accumulators) at a time.
+void paged_attn(const PagedAttnArgs& a) {
+  const int64_t hd = a.head_dim, kvd = a.n_kv_heads * hd, bs = a.block_size, nk = a.pos - a.lo + 1;
+  // fn(j, row) for keys j = lo..pos in order, row: this kv head's part of cache row j in `base`, walking
+  // the table block by block (no division per row). This part of a row is a short run (head_dim floats)
+  // in a long row, and blocks are scattered: rows kAttnAhead ahead are prefetched (pf_bytes of each).
+  auto for_rows = [&](const float* base, int64_t pf_bytes, auto&& fn) {
+    for (int64_t j0 = a.lo; j0 <= a.pos;) {
+      const int64_t blk = j0 / bs, off = j0 % bs, cnt = bs - off < a.pos + 1 - j0 ? bs - off : a.pos + 1 - j0;
+      const float* r0 = base + (static_cast<int64_t>(a.table[blk]) * bs + off) * kvd + a.kvh * hd;
+      if (pf_bytes > 0 && j0 + cnt <= a.pos) {  // the next block's first rows
+        const float* nb = base + static_cast<int64_t>(a.table[blk + 1]) * bs * kvd + a.kvh * hd;
+        for (int64_t r = 0; r < kAttnAhead && r < a.pos + 1 - j0 - cnt; ++r)
+          prefetch_bytes(nb + r * kvd, 0, pf_bytes);
+      }
+      for (int64_t r = 0; r < cnt; ++r) {
+        if (pf_bytes > 0 && r + kAttnAhead < cnt) prefetch_bytes(r0 + (r + kAttnAhead) * kvd, 0, pf_bytes);
+        fn(j0 + r, r0 + r * kvd);
+      }
+      j0 += cnt;
+    }
+  };
+  for (int64_t g0 = 0; g0 < a.group; g0 += 4) {
+    const int gn = a.group - g0 < 4 ? static_cast<int>(a.group - g0) : 4;
+    const float* q = a.q + g0 * hd;  // [gn, hd]
+    float* s = a.scratch + g0 * nk;  // [gn, nk]
+    for_rows(a.k, g0 == 0 ? hd * 4 : 0, [&](int64_t j, const float* kj) {
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t i = 0; i < hd; i += 8) {
+        const __m256 kv = _mm256_loadu_ps(kj + i);
+        for (int g = 0; g < gn; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * hd + i), kv, acc[g]);
+      }
+      for (int g = 0; g < gn; ++g) s[g * nk + (j - a.lo)] = hsum256(acc[g]) * a.scale;
+    });
+  }
+  for (int64_t g = 0; g < a.group; ++g) {
+    float* s = a.scratch + g * nk;
+    const float inv = 1.0f / exp_sum(s, nk, row_max(s, nk));
+    float* o = a.out + g * hd;
+    for (int64_t c0 = 0; c0 < hd; c0 += 64) {
+      const int nv = hd - c0 < 64 ? static_cast<int>((hd - c0) / 8) : 8;
+      __m256 acc[8];
+      for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
+      for_rows(a.v + c0, g == 0 ? nv * 32 : 0, [&](int64_t j, const float* vj) {
+        const __m256 w = _mm256_set1_ps(s[j - a.lo] * inv);
+        for (int u = 0; u < nv; ++u) acc[u] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 8 * u), acc[u]);
+      });
+      for (int u = 0; u < nv; ++u) _mm256_storeu_ps(o + c0 + 8 * u, acc[u]);
+    }
+  }
+}
+
 void softmax(float* x, int64_t n) {
   if (n <= 0) return;
   const float inv = 1.0f / exp_sum(x, n, row_max(x, n));
@@ -1192,6 +1247,7 @@ const KernelTable* avx2_table() {
       quantize_q8,
       {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr},
       attn_chunk,
+      paged_attn,
       rmsnorm,
       silu_mul,
       softmax,

@@ -799,6 +799,7 @@ const KernelTable* MX_AVX512_TABLE() {
       quantize_q8,
       {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr},
       attn_chunk,
+      k_from->paged_attn,
       rmsnorm,
       silu_mul,
       softmax,

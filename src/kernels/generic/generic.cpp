@@ -327,6 +327,7 @@ const KernelTable& generic_table() {
       quantize_q8,
       {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr},  // column order throughout
       attn_chunk,
+      nullptr,  // paged attention: kernels/paged_attention.cpp's loop
       rmsnorm,
       silu_mul,
       softmax,
