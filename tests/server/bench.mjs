@@ -1,6 +1,7 @@
 // Serving benchmark (not a test): aggregate generation tokens/s at 1, 4 and 16 concurrent streams, time
 // to first token under 16-stream load, and prefix reuse on a shared ~1000-token system prompt.
-//   node bench.mjs --mixtral BIN --model MODEL [--threads N] [--tokens 64]
+//   node bench.mjs --mixtral BIN --model MODEL [--threads N] [--tokens 64] [--reps N] [--quick]
+// --quick: only the 1/4/16-stream rates and their TTFT (no probe under load, no prefix-reuse run).
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import OpenAI from 'openai';
@@ -57,6 +58,11 @@ for (const c of [1, 4, 16]) {
     `TTFT median ${ttfts[Math.floor(c / 2)].toFixed(0)} ms, max ${ttfts[c - 1].toFixed(0)} ms`);
 }
 console.log(`speed-up 4/1: ${(results[4] / results[1]).toFixed(2)}x, 16/1: ${(results[16] / results[1]).toFixed(2)}x`);
+
+if (process.argv.includes('--quick')) {
+  proc.kill('SIGTERM');
+  process.exit(0);
+}
 
 // TTFT of a request arriving while 15 other streams decode.
 {
