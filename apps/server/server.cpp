@@ -555,6 +555,13 @@ class Server {
     const std::string model = r->model.empty() ? model_id_ : r->model;
     const auto deadline = Clock::now() + std::chrono::seconds(o_.request_timeout_s);
     BatchEngine* eng = eng_.get();
+    // When the response ends without having been sent whole (the client left): free the sequence.
+    auto release = [ch, eng, id](bool success) {
+      if (!success) {
+        ch->abandoned = true;
+        eng->cancel(id);
+      }
+    };
 
     if (!r->stream) {
       // One JSON object, sent chunked: while it is being generated the server writes a space (JSON
@@ -594,12 +601,7 @@ class Server {
             sink.done();
             return true;
           },
-          [ch, eng, id](bool success) {
-            if (!success) {
-              ch->abandoned = true;
-              eng->cancel(id);
-            }
-          });
+          release);
       return;
     }
 
@@ -664,12 +666,7 @@ class Server {
           sink.done();
           return true;
         },
-        [ch, eng, id](bool success) {
-          if (!success) {
-            ch->abandoned = true;
-            eng->cancel(id);
-          }
-        });
+        release);
   }
 
   struct GenResult {

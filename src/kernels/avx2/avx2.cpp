@@ -423,13 +423,6 @@ struct Q4GroupRT {
     }
   }
 };
-template <int T>
-struct Q4Group {
-  static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
-    Q4GroupRT<1, T>::run(a, r, 1, t0, y, ldy);
-  }
-};
-
 // Prefill micro-tile of R weight rows x T tokens over grouped activations, ordered so that every
 // activation vector is loaded once for all R rows and every transposed weight vector once for all T
 // tokens: loads, not multiplies, bound the one-row kernel above on AVX2 (16 vector registers cannot
@@ -754,8 +747,16 @@ struct Q6KUnpack {
   }
 };
 
-// acc += one unpacked super-block . one Q8_K activation block, per lane (the same operations for every
-// caller, so decode and prefill results are bit-identical).
+// acc += d_x (d * sq - dm * (mi . bsums)) per lane: the float part of a super-block's dot, given its exact
+// int32 sums sq of scale * (q . x) per lane. Shared by every caller, so decode and prefill results are
+// bit-identical.
+inline void k_block_epilogue(const KBlock& u, __m256i sq, const BlockQ8_K& x, __m256& acc) {
+  const __m256i sm = _mm256_madd_epi16(u.mi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums)));
+  const __m128 f = _mm_mul_ps(u.ddm, _mm_set1_ps(x.d));  // x.d * d, x.d * dm
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sq), _mm256_broadcastss_ps(f), acc);
+  acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sm), _mm256_broadcastss_ps(_mm_movehdup_ps(f)), acc);
+}
+// acc += one unpacked super-block . one Q8_K activation block, per lane.
 inline void k_block_dot(const KBlock& u, const __m256i* scv, const BlockQ8_K& x, __m256& acc) {
   __m256i sq = _mm256_setzero_si256();
   MX_UNROLL
@@ -764,10 +765,7 @@ inline void k_block_dot(const KBlock& u, const __m256i* scv, const BlockQ8_K& x,
         _mm256_maddubs_epi16(u.q[v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * v)));
     sq = _mm256_add_epi32(sq, _mm256_madd_epi16(p16, _mm256_load_si256(&scv[v])));
   }
-  const __m256i sm = _mm256_madd_epi16(u.mi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums)));
-  const __m128 f = _mm_mul_ps(u.ddm, _mm_set1_ps(x.d));  // x.d * d, x.d * dm
-  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sq), _mm256_broadcastss_ps(f), acc);
-  acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sm), _mm256_broadcastss_ps(_mm_movehdup_ps(f)), acc);
+  k_block_epilogue(u, sq, x, acc);
 }
 
 // One weight row x T tokens (T <= 4) of K-quant weights.
@@ -788,8 +786,25 @@ struct KKernel {
       Unpack::run(w[b], u);
       MX_UNROLL
       for (int v = 0; v < 8; ++v) scv[v] = Unpack::scale(u, v);
+      // Vector-major: each unpacked weight vector and its scales are taken once for all T tokens, whose
+      // int32 sums stay in registers (token-major spills the 8 weight vectors). The integer sums are exact
+      // in any order and the float epilogue is k_block_dot's, so results equal decode's bit for bit.
+      __m256i sq[T];  // [T]
       MX_UNROLL
-      for (int t = 0; t < T; ++t) k_block_dot(u, scv, xk[t * nb + b], acc[t]);
+      for (int t = 0; t < T; ++t) sq[t] = _mm256_setzero_si256();
+      MX_UNROLL
+      for (int v = 0; v < 8; ++v) {
+        const __m256i q = u.q[v], sc = _mm256_load_si256(&scv[v]);
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) {
+          const __m256i p16 = _mm256_maddubs_epi16(
+              q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xk[t * nb + b].qs + 32 * v)));
+          sq[t] = _mm256_add_epi32(sq[t], _mm256_madd_epi16(p16, sc));
+          asm("" : "+x"(sq[t]));  // a running sum: no reassociation into a tree of live products
+        }
+      }
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) k_block_epilogue(u, sq[t], xk[t * nb + b], acc[t]);
     }
     MX_UNROLL
     for (int t = 0; t < T; ++t) y[t * ldy] = hsum256(acc[t]);
