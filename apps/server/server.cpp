@@ -569,17 +569,13 @@ class Server {
       // sequence is freed then, not when max_tokens or the timeout would end it.
       res.set_chunked_content_provider(
           "application/json",
-          [this, r, ch, id, rid, created, model, deadline, chat, eng, &req](size_t, httplib::DataSink& sink) {
+          [this, r, ch, id, rid, created, model, deadline, chat, release, &req](size_t,
+                                                                                httplib::DataSink& sink) {
             const int fd = connection_fd(req);
-            auto beat = Clock::now();
-            GenResult g = collect(*r, *ch, id, deadline, nullptr, [&] {
-              if (Clock::now() - beat < kHeartbeat) return true;
-              beat = Clock::now();
-              return peer_open(fd, req) && sink.write(" ", 1);
-            });
+            GenResult g = collect(*r, *ch, id, deadline, nullptr,
+                                  [&] { return peer_open(fd, req) && sink.write(" ", 1); });
             if (g.disconnected) {  // the client went away: free its sequence now
-              ch->abandoned = true;
-              eng->cancel(id);
+              release(false);
               return false;
             }
             json choice{{"index", 0}, {"finish_reason", g.finish}};
@@ -608,7 +604,8 @@ class Server {
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, r, ch, id, rid, created, model, deadline, chat, eng, &req](size_t, httplib::DataSink& sink) {
+        [this, r, ch, id, rid, created, model, deadline, chat, release, &req](size_t,
+                                                                              httplib::DataSink& sink) {
           auto send = [&](const json& j) {
             const std::string s = "data: " + dump(j) + "\n\n";
             return sink.write(s.data(), s.size());
@@ -630,7 +627,6 @@ class Server {
           GenResult g;
           if (ok) {
             const int fd = connection_fd(req);
-            auto checked = Clock::now();
             g = collect(
                 *r, *ch, id, deadline,
                 [&](const std::string& text, const json& lps) {
@@ -638,15 +634,11 @@ class Server {
                   if (r->logprobs) lp = chat ? json{{"content", lps}} : legacy_from(lps);
                   return send(chunk(chat ? json{{"content", text}} : json(text), lp, nullptr));
                 },
-                [&] {  // a half-closed client still accepts writes: look for its FIN as well
-                  if (Clock::now() - checked < kHeartbeat) return true;
-                  checked = Clock::now();
-                  return peer_open(fd, req);
-                });
+                // a half-closed client still accepts writes: look for its FIN as well
+                [&] { return peer_open(fd, req); });
           }
           if (!ok || g.disconnected) {  // the client went away: free its sequence now
-            ch->abandoned = true;
-            eng->cancel(id);
+            release(false);
             return false;
           }
           ok = send(chunk(chat ? json::object() : json(""), nullptr, g.finish));
@@ -697,7 +689,8 @@ class Server {
 
   // Drains a request's events into text (stop strings applied) and logprobs; with on_delta, streams
   // each sendable piece (returning false when the client is gone).
-  // alive (if given) is polled at least every kHeartbeat while waiting; false means the client is gone.
+  // alive (if given) is called once every kHeartbeat, whether events arrive or not; false means the client
+  // is gone.
   using OnDelta = std::function<bool(const std::string&, const json&)>;
   static constexpr std::chrono::milliseconds kHeartbeat{250};
   GenResult collect(const GenRequest& r, Channel& ch, uint64_t id, Clock::time_point deadline,
@@ -708,23 +701,19 @@ class Server {
     TextState ts;
     json pending_lps = json::array();  // logprobs of tokens whose text is not sent yet
     bool finished = false;
+    auto next_beat = Clock::now() + kHeartbeat;
     while (!finished) {
       std::optional<TokenEvent> ev;
-      if (alive) {
-        for (;;) {
-          ev = ch.next(std::min(deadline, Clock::now() + kHeartbeat));
-          if (ev || Clock::now() >= deadline) break;
+      for (;;) {
+        ev = ch.next(alive ? std::min(deadline, next_beat) : deadline);
+        if (alive && Clock::now() >= next_beat) {
+          next_beat = Clock::now() + kHeartbeat;
           if (!alive()) {
             g.disconnected = true;
             return g;
           }
         }
-      } else {
-        ev = ch.next(deadline);
-      }
-      if (ev && alive && !alive()) {
-        g.disconnected = true;
-        return g;
+        if (ev || Clock::now() >= deadline) break;
       }
       if (!ev) {  // total timeout: cancel and answer with what there is
         eng_->cancel(id);

@@ -111,9 +111,6 @@ void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, 
 // The fp16 scales of blocks b0 .. b0+kb-1 (kb <= 8) of a row, packed into 8 x 16 bits with scalar
 // loads and shifts: the integer units are idle here, whereas a gather is slow on some cores (Zen 4) and
 // 16-bit stores reloaded as one vector would stall store forwarding.
-// Kernels that call load_scales8 keep it scalar: GCC's SLP vectorizer otherwise turns its shifts and
-// ors into a dozen vector shuffles on the pipes the dot products need (about 20% of a decode group).
-#define MX_SCALAR_SCALES __attribute__((optimize("no-tree-slp-vectorize")))
 template <class Block>
 inline __m128i load_scales8(const Block* w, int64_t b0, int kb) {
   uint64_t lo = 0, hi = 0;
@@ -368,8 +365,7 @@ inline void tail_blocks(const MatmulArgs& a, const Block* w, int64_t b_begin, in
 // give bit-identical results.
 template <int R, int T>
 struct Q4GroupRT {
-  MX_SCALAR_SCALES static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y,
-                                   int64_t ldy) {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
     const BlockQ4_0* w[R];
     MX_UNROLL
@@ -433,16 +429,10 @@ struct Q4GroupRT {
 // Weights are prefetched further ahead here than in decode: a tile spends long enough on each group
 // that 512 B ahead arrives late (4 KiB, about two rows: 2.6x faster for 2 tokens, measured).
 constexpr int64_t kTilePrefetchBytes = 4096;
-#ifndef MX_Q4_TILE_R
-#define MX_Q4_TILE_R 2
-#endif
-#ifndef MX_Q4_TILE_T
-#define MX_Q4_TILE_T 4
-#endif
+constexpr int kQ4TileRows = 2, kQ4TileTokens = 4;  // measured best for 2..64 tokens (2x5, 3x3, 3x4 tried)
 template <int R, int T>
 struct Q4Tile {
-  MX_SCALAR_SCALES static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y,
-                                   int64_t ldy) {
+  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
     const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
     const BlockQ4_0* w[R];
     MX_UNROLL
@@ -597,9 +587,9 @@ void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_
 void q4_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
   if (!a.x_grouped) return tiles<Q4Kernel, 4, 2, 3>(a, r0, nr, t0, nt, y, ldy);
   if (nt == 1) return q4_group_decode(a, r0, nr, t0, y, ldy);
-  for (int64_t tt = 0; tt < nt; tt += MX_Q4_TILE_T) {
-    const int64_t ct = nt - tt < MX_Q4_TILE_T ? nt - tt : MX_Q4_TILE_T;
-    token_rest<Q4Tile, MX_Q4_TILE_R, MX_Q4_TILE_T>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
+  for (int64_t tt = 0; tt < nt; tt += kQ4TileTokens) {
+    const int64_t ct = nt - tt < kQ4TileTokens ? nt - tt : kQ4TileTokens;
+    token_rest<Q4Tile, kQ4TileRows, kQ4TileTokens>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
   }
 }
 
