@@ -9,8 +9,8 @@
 // the second term summed in f32 per 8 blocks from the activations' d_x * sum(q_x) (MatmulArgs::xs)
 // rather than in every block's integer dot.
 // The 8 int32 lanes are widened to f32 and scaled by d_w * d_x per block, then summed at the end.
-// Q4_0 normally takes the grouped path instead (activations transposed in groups of 8 blocks, see
-// Q4Tile), which subtracts the 8 sum(x) per block in int32 and converts once per 8 blocks.
+// Q4_0 and Q8_0 normally take the grouped path instead (activations transposed in groups of 8 blocks, see
+// GroupTile), which subtracts c sum(x) per block in int32 and converts once per 8 blocks.
 #include "kernels/internal.h"
 
 // MX_KERNELS_AVX512_SIMDE: a test build for CPUs without AVX-512, the intrinsics emulated by SIMDe
@@ -254,11 +254,11 @@ template <int R, int T>
 using Q4Kernel = QuantKernel<Q4Unpack, R, T>;
 
 // ---------------------------------------------------------------------------------------------------
-// Q4_0 over grouped activations (MatmulArgs::x_grouped, internal.h), for every token count: a weight
-// row's group of 8 blocks is transposed once (4x4 dwords per 128-bit half, as the activations were),
-// so each (row, token) runs 8 vpdpbusd into one int32 vector (one lane per block), subtracts 8 sum(x)
-// per block exactly in int32, and pays one conversion, one scale multiply and one FMA per 8 blocks
-// instead of per block.
+// Q4_0 and Q8_0 over grouped activations (MatmulArgs::x_grouped, internal.h), for every token count: a
+// weight row's group of 8 blocks is transposed once (4x4 dwords per 128-bit half, as the activations
+// were), so each (row, token) runs 8 vpdpbusd into one int32 vector (one lane per block), subtracts
+// c sum(x) per block exactly in int32 (c = 8 for Q4_0, 128 for Q8_0), and pays one conversion, one scale
+// multiply and one FMA per 8 blocks instead of per block.
 //
 // Micro-tiles of R rows x T tokens: each activation vector is loaded once for the R rows and each
 // unpacked weight vector used for the T tokens. With AVX-512VL's 32 vector registers the R x T int32
@@ -315,116 +315,163 @@ inline __m128i q4_group_scales(const BlockQ4_0* w, int64_t b0) {
 }
 static_assert(sizeof(BlockQ4_0) == 18 && kGroupBlocks == 8, "q4_group_scales assumes 8 blocks of 18 bytes");
 
+// How a weight group (8 blocks from w) becomes the 8 vectors u[v] of unsigned bytes in grouped order,
+// with u . x - 2^kShift sum(x) = w . x per block: load() writes kStored vectors once per group and
+// row, vec() makes vector v from them in the token loop.
+struct Q4GroupUnpack {  // u = the nibbles (0..15), c = 8
+  using Block = BlockQ4_0;
+  using Column = Q4Unpack;
+  static constexpr int kShift = 3, kStored = 4;  // packed nibbles: low and high halves of 4 vectors
+  static void load(const BlockQ4_0* w, __m256i* c, __m256* d) {
+    transpose_group(w[0].qs, sizeof(BlockQ4_0), c);
+    *d = _mm256_cvtph_ps(q4_group_scales(w, 0));
+  }
+  static __m256i vec(const __m256i* c, int v) {  // vector v = 2k + h: the low (h = 0) or high nibbles of c[k]
+    return _mm256_and_si256(v % 2 == 0 ? c[v / 2] : _mm256_srli_epi16(c[v / 2], 4), _mm256_set1_epi8(0x0f));
+  }
+};
+struct Q8GroupUnpack {  // u = w + 128, c = 128
+  using Block = BlockQ8_0;
+  using Column = Q8Unpack;
+  static constexpr int kShift = 7, kStored = 8;
+  static void load(const BlockQ8_0* w, __m256i* c, __m256* d) {
+    __m256i t[2][4];  // [h, k] vector 2k + h of the group
+    transpose_group(reinterpret_cast<const uint8_t*>(w[0].qs), sizeof(BlockQ8_0), t[0]);
+    transpose_group(reinterpret_cast<const uint8_t*>(w[0].qs) + 16, sizeof(BlockQ8_0), t[1]);
+    MX_UNROLL
+    for (int k = 0; k < 4; ++k) {
+      MX_UNROLL
+      for (int h = 0; h < 2; ++h)
+        c[2 * k + h] = _mm256_xor_si256(t[h][k], _mm256_set1_epi8(static_cast<char>(0x80)));
+    }
+    *d = _mm256_cvtph_ps(load_scales8(w, 0, kGroupBlocks));
+  }
+  static __m256i vec(const __m256i* c, int v) { return c[v]; }
+};
+
 // Weights are prefetched further ahead in prefill tiles than in decode: a tile spends long enough on
 // each group that the decode distance arrives late.
 constexpr int64_t kTilePrefetchBytes = 4096;
 // Tile shape (overridable for measurements). Measured on a Sapphire Rapids Xeon, 1 thread, 14336 x 4096
 // Q4_0 x 512 tokens: 2x6 119 GFLOP/s, 4x3 111, 3x4 101, 2x4 84, 4x2 72 (the one-row kernel this
 // replaced: 90; the AVX2 2x4 tile on the same core: 84); 2x6 was also the fastest for 2, 4 and 16 tokens.
-#ifndef MX_Q4_TILE_ROWS
-#define MX_Q4_TILE_ROWS 2
+#ifndef MX_GROUP_TILE_ROWS
+#define MX_GROUP_TILE_ROWS 2
 #endif
-#ifndef MX_Q4_TILE_TOKENS
-#define MX_Q4_TILE_TOKENS 6
+#ifndef MX_GROUP_TILE_TOKENS
+#define MX_GROUP_TILE_TOKENS 6
 #endif
-constexpr int kQ4TileRows = MX_Q4_TILE_ROWS, kQ4TileTokens = MX_Q4_TILE_TOKENS;
-constexpr int kQ4DecodeRows = 4;
+constexpr int kTileRows = MX_GROUP_TILE_ROWS, kTileTokens = MX_GROUP_TILE_TOKENS;
+constexpr int kDecodeRows = 4;
 
-template <int R, int T, int64_t kAhead>
-struct Q4Tile {
-  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
-    const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
-    const BlockQ4_0* w[R];
-    MX_UNROLL
-    for (int r = 0; r < R; ++r)
-      w[r] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + r * rstep) * a.w_stride);
-    const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
-    const float* xd = a.xd + t0 * nb;      // [T, nb]
-    const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    __m256 acc[R][T];  // [R, T] one f32 lane per block of the group
-    MX_UNROLL
-    for (int r = 0; r < R; ++r) {
+template <class Unpack, int64_t kAhead>
+struct GroupTile {
+  template <int R, int T>
+  struct K {
+    using Block = typename Unpack::Block;
+    static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
+      const int64_t cols = a.cols, nb = cols / kQK8_0, ng = nb / kGroupBlocks;
+      const Block* w[R];
       MX_UNROLL
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    }
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t b0 = g * kGroupBlocks;
-      // The rows' transposed groups and scales go through memory (an empty asm that may read it keeps
-      // the compiler from holding them in registers across the token loop, where the sums live).
-      alignas(32) __m256i c[R][4];  // [R, 4] the rows' transposed groups (packed nibbles)
-      alignas(32) __m256 dw[R];     // [R] their 8 block scales
+      for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const Block*>(a.w + (r0 + r * rstep) * a.w_stride);
+      const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
+      const float* xd = a.xd + t0 * nb;      // [T, nb]
+      const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
+      __m256 acc[R][T];                      // [R, T] one f32 lane per block of the group
       MX_UNROLL
       for (int r = 0; r < R; ++r) {
-        prefetch_bytes(w[r] + b0, kAhead, kGroupBlocks * static_cast<int64_t>(sizeof(BlockQ4_0)));
-        transpose_group(w[r][b0].qs, sizeof(BlockQ4_0), c[r]);
-        dw[r] = _mm256_cvtph_ps(q4_group_scales(w[r], b0));
-      }
-      asm volatile("" : : "r"(c), "r"(dw) : "memory");
-      __m256i s[R][T];  // [R, T] int32 dots, one lane per block
-      MX_UNROLL
-      for (int v = 0; v < 8; ++v) {  // vector v = 2k + h: the low (h = 0) or high nibbles of c[k]
-        __m256i u[R];
         MX_UNROLL
-        for (int r = 0; r < R; ++r)
-          u[r] = _mm256_and_si256(v % 2 == 0 ? c[r][v / 2] : _mm256_srli_epi16(c[r][v / 2], 4), low4);
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+      }
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t b0 = g * kGroupBlocks;
+        // The rows' unpacked groups and scales go through memory (an empty asm that may read it keeps
+        // the compiler from holding them in registers across the token loop, where the sums live).
+        alignas(32) __m256i c[R][Unpack::kStored];  // [R, kStored] the rows' groups, transposed
+        alignas(32) __m256 dw[R];                   // [R] their 8 block scales
+        MX_UNROLL
+        for (int r = 0; r < R; ++r) {
+          prefetch_bytes(w[r] + b0, kAhead, kGroupBlocks * static_cast<int64_t>(sizeof(Block)));
+          Unpack::load(w[r] + b0, c[r], &dw[r]);
+        }
+        asm volatile("" : : "r"(c), "r"(dw) : "memory");
+        __m256i s[R][T];  // [R, T] int32 dots u . x, one lane per block
+        MX_UNROLL
+        for (int v = 0; v < 8; ++v) {
+          __m256i u[R];
+          MX_UNROLL
+          for (int r = 0; r < R; ++r) u[r] = Unpack::vec(c[r], v);
+          MX_UNROLL
+          for (int t = 0; t < T; ++t) {
+            __m256i xv =
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0) + v);
+            if constexpr (R > 1) asm("" : "+v"(xv));  // one load for R rows, not R folded memory operands
+            MX_UNROLL
+            for (int r = 0; r < R; ++r)
+              s[r][t] = _mm256_dpbusd_epi32(v == 0 ? _mm256_setzero_si256() : s[r][t], u[r], xv);
+          }
+        }
         MX_UNROLL
         for (int t = 0; t < T; ++t) {
-          __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0) + v);
-          if constexpr (R > 1) asm("" : "+v"(xv));  // one load for R rows, not R folded memory operands
+          const __m256i corr = _mm256_slli_epi32(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), Unpack::kShift);
+          const __m256 xdt = _mm256_loadu_ps(xd + t * nb + b0);
           MX_UNROLL
           for (int r = 0; r < R; ++r)
-            s[r][t] = _mm256_dpbusd_epi32(v == 0 ? _mm256_setzero_si256() : s[r][t], u[r], xv);
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[r][t], corr)),
+                                        _mm256_mul_ps(dw[r], xdt), acc[r][t]);
         }
       }
       MX_UNROLL
-      for (int t = 0; t < T; ++t) {
-        const __m256i corr =
-            _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
-        const __m256 xdt = _mm256_loadu_ps(xd + t * nb + b0);
-        MX_UNROLL
-        for (int r = 0; r < R; ++r)
-          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[r][t], corr)),
-                                      _mm256_mul_ps(dw[r], xdt), acc[r][t]);
-      }
-    }
-    MX_UNROLL
-    for (int r = 0; r < R; ++r) {
-      float tail[T] = {};  // [T] blocks after the last full group, one at a time in column order
-      for (int64_t b = ng * kGroupBlocks; b < nb; ++b) {
-        const float dwb = _cvtsh_ss(w[r][b].d);
-        const __m256i u = Q4Unpack::run(w[r][b]);
-        MX_UNROLL
-        for (int t = 0; t < T; ++t) {
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
-          const __m256i d32 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
-          __m128i sm = _mm_add_epi32(_mm256_castsi256_si128(d32), _mm256_extracti128_si256(d32, 1));
-          sm = _mm_add_epi32(sm, _mm_shuffle_epi32(sm, 0x4e));
-          sm = _mm_add_epi32(sm, _mm_shuffle_epi32(sm, 0xb1));
-          const int32_t dot = _mm_cvtsi128_si32(sm) - (xs[t * nb + b] << 3);
-          tail[t] += static_cast<float>(dot) * (dwb * xd[t * nb + b]);
+      for (int r = 0; r < R; ++r) {
+        float tail[T] = {};  // [T] blocks after the last full group, one at a time in column order
+        for (int64_t b = ng * kGroupBlocks; b < nb; ++b) {
+          const float dwb = _cvtsh_ss(w[r][b].d);
+          const __m256i u = Unpack::Column::run(w[r][b]);
+          MX_UNROLL
+          for (int t = 0; t < T; ++t) {
+            const __m256i x =
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
+            const __m256i d32 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+            __m128i sm = _mm_add_epi32(_mm256_castsi256_si128(d32), _mm256_extracti128_si256(d32, 1));
+            sm = _mm_add_epi32(sm, _mm_shuffle_epi32(sm, 0x4e));
+            sm = _mm_add_epi32(sm, _mm_shuffle_epi32(sm, 0xb1));
+            const int32_t dot = _mm_cvtsi128_si32(sm) - (xs[t * nb + b] << Unpack::kShift);
+            tail[t] += static_cast<float>(dot) * (dwb * xd[t * nb + b]);
+          }
         }
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum256(acc[r][t]) + tail[t];
       }
-      MX_UNROLL
-      for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum256(acc[r][t]) + tail[t];
     }
-  }
+  };
 };
-template <int R, int T>
-using Q4PrefillTile = Q4Tile<R, T, kTilePrefetchBytes>;
-template <int R, int T>
-using Q4DecodeTile = Q4Tile<R, T, kPrefetchBytes>;
 
-// Q4_0: grouped activations for every token count (R rows in lockstep for one token, else R x T tiles);
-// column order only if a caller passed them so.
-void q4_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
-  if (!a.x_grouped) return tiles<Q4Kernel, 4, 4, 4>(a, r0, nr, t0, nt, y, ldy);
-  if (nt == 1) return row_pass_decode<Q4DecodeTile, kQ4DecodeRows>(a, r0, nr, t0, y, ldy);
-  for (int64_t tt = 0; tt < nt; tt += kQ4TileTokens) {
-    const int64_t ct = nt - tt < kQ4TileTokens ? nt - tt : kQ4TileTokens;
-    token_rest<Q4PrefillTile, kQ4TileRows, kQ4TileTokens>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
+// Q4_0 and Q8_0: grouped activations for every token count (kDecodeRows rows in lockstep for one
+// token, else kTileRows x kTileTokens tiles); column order only if a caller passed them so.
+template <class Unpack, template <int, int> class ColumnKernel>
+void group_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
+                  int64_t ldy) {
+  if (!a.x_grouped) return tiles<ColumnKernel, 4, 4, 4>(a, r0, nr, t0, nt, y, ldy);
+  if (nt == 1)
+    return row_pass_decode<GroupTile<Unpack, kPrefetchBytes>::template K, kDecodeRows>(a, r0, nr, t0, y, ldy);
+  for (int64_t tt = 0; tt < nt; tt += kTileTokens) {
+    const int64_t ct = nt - tt < kTileTokens ? nt - tt : kTileTokens;
+    token_rest<GroupTile<Unpack, kTilePrefetchBytes>::template K, kTileRows, kTileTokens>(
+        ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
   }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// K-quants: the shared 256-bit kernels with vpdpwssd adding the scaled pairs (one instruction instead
+// of vpmaddwd + vpaddd per vector and token).
+#define MX_K_VNNI 1
+#ifndef MX_K_TILE_TOKENS
+#define MX_K_TILE_TOKENS 6
+#endif
+constexpr int kKTileTokens = MX_K_TILE_TOKENS;
+#include "kernels/x86/kquant.inc"
+#undef MX_K_VNNI
 
 // ---------------------------------------------------------------------------------------------------
 // Float weights: 16 columns per step, weights widened to f32, one FMA per (row, token).
@@ -804,15 +851,15 @@ void attn_chunk(const AttnChunkArgs& a) {
 }  // namespace
 
 const KernelTable* MX_AVX512_TABLE() {
-  // The K-quants run the AVX2 kernels (every AVX-512 CPU has AVX2), the portable ones without them.
+  // Paged attention runs the AVX2 kernel (every AVX-512 CPU has AVX2), the portable one without it.
   static const KernelTable* const k_from = avx2_table() != nullptr ? avx2_table() : &generic_table();
   static const KernelTable table = {
       "avx512",
       {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,
-       tiles<Q8Kernel, 4, 4, 4>, q4_matmul, k_from->matmul[kWQ4_K],
-       k_from->matmul[kWQ5_K], k_from->matmul[kWQ6_K]},
+       group_matmul<Q8GroupUnpack, Q8Kernel>, group_matmul<Q4GroupUnpack, Q4Kernel>,
+       k_matmul<Q4KKernel, Q4KUnpack>, k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>},
       quantize_q8,
-      {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr},
+      {nullptr, nullptr, nullptr, arrange_q8, arrange_q8, nullptr, nullptr, nullptr},
       attn_chunk,
       k_from->paged_attn,
       rmsnorm,
