@@ -138,84 +138,161 @@ bool is_k_quant(detail::WeightKind k) {
   return k == detail::kWQ4_K || k == detail::kWQ5_K || k == detail::kWQ6_K;
 }
 
-// The calling thread's Q8_K activation buffer (grown as needed, reused across calls).
-std::vector<BlockQ8_K>& k_acts() {
-  thread_local std::vector<BlockQ8_K> b;  // [n, cols / 256]
-  return b;
+// Grows v to at least n elements (never shrinks: buffers are reused across calls).
+template <class T>
+T* grow(std::vector<T>& v, int64_t n) {
+  if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+  return v.data();
 }
 
-// The calling thread's Q8_0 activation buffers (grown as needed, reused across calls); a second set
-// for matmul_swiglu when its two weights want the activations in different orders.
-struct QuantizedActs {
-  std::vector<int8_t> qs;    // [n, cols]
-  std::vector<float> d;      // [n, cols / 32]
-  std::vector<float> s;      // [n, cols / 32] d * sum(qs) per block
-  std::vector<int32_t> sum;  // [n, cols / 32] sum(qs) per block
-};
-QuantizedActs& quantized_acts(int which = 0) {
-  thread_local QuantizedActs b[2];
-  return b[which];
-}
-
-// Activations in the dot format of weight kind `kind`: Q8_0 blocks for quantized weights (in parallel
-// over tokens when there are several; in the table's grouped order for prefill where it has one), x
-// itself otherwise.
-detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, detail::WeightKind kind, const float* x,
-                           int64_t n, ThreadPool& pool, QuantizedActs& q) {
-  detail::MatmulArgs a;
-  a.w = static_cast<const uint8_t*>(w.data);
-  a.w_stride = w.row_stride();
-  a.cols = w.cols();
-  a.x = x;
-  if (is_k_quant(kind)) {  // Q8_K blocks (scalar quantize_row: one pass over x, small beside the weights)
-    const int64_t cols = a.cols, nb = cols / kQK_K;
-    std::vector<BlockQ8_K>& xk = k_acts();
-    if (xk.size() < static_cast<size_t>(n * nb)) xk.resize(static_cast<size_t>(n * nb));
-    BlockQ8_K* xb = xk.data();
-    auto rows = [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) quantize_row(DType::Q8_K, x + t * cols, xb + t * nb, cols);
-    };
-    if (pool.size() > 1 && n >= 2 && n * cols >= (1 << 15)) {
-      pool.run([&](int ith, int nth) { rows(n * ith / nth, n * (ith + 1) / nth); });
-    } else {
-      rows(0, n);
-    }
-    a.xk = xb;
-    return a;
-  }
-  if (!is_quantized(kind)) return a;
-  const int64_t cols = a.cols, nb = cols / kQK8_0;
-  const detail::ArrangeQ8Fn arrange = k.arrange_q8[kind];
-  if (q.qs.size() < static_cast<size_t>(n * cols)) q.qs.resize(static_cast<size_t>(n * cols));
-  if (q.d.size() < static_cast<size_t>(n * nb)) q.d.resize(static_cast<size_t>(n * nb));
-  if (q.s.size() < static_cast<size_t>(n * nb)) q.s.resize(static_cast<size_t>(n * nb));
-  if (q.sum.size() < static_cast<size_t>(n * nb)) q.sum.resize(static_cast<size_t>(n * nb));
-  int8_t* qs = q.qs.data();
-  float* d = q.d.data();
-  float* bs = q.s.data();
-  int32_t* bsum = q.sum.data();
-  auto rows = [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      k.quantize_q8(x + t * cols, cols, qs + t * cols, d + t * nb);
-      for (int64_t b = 0; b < nb; ++b) {
-        int32_t sum = 0;  // exact; the product below rounds once, the same on every path
-        for (int j = 0; j < kQK8_0; ++j) sum += qs[(t * nb + b) * kQK8_0 + j];
-        bsum[t * nb + b] = sum;
-        bs[t * nb + b] = d[t * nb + b] * static_cast<float>(sum);
-      }
-      if (arrange != nullptr) arrange(qs + t * cols, cols);
-    }
-  };
+// Runs rows(t0, t1) over tokens [0, n): in parallel when there are several and enough values.
+template <class Fn>
+void over_tokens(ThreadPool& pool, int64_t n, int64_t cols, const Fn& rows) {
   if (pool.size() > 1 && n >= 2 && n * cols >= (1 << 15)) {
     pool.run([&](int ith, int nth) { rows(n * ith / nth, n * (ith + 1) / nth); });
   } else {
     rows(0, n);
   }
-  a.xq = qs;
-  a.xd = d;
-  a.xs = bs;
-  a.xsum = bsum;
-  a.x_grouped = arrange != nullptr;
+}
+
+}  // namespace
+
+// Finds or makes a PreparedInput's formats (the class keeps them; this is the code that knows the tables).
+struct detail::PreparedAccess {
+  using Format = PreparedInput::Format;
+
+  // Whether weight kind `kind` reads a quantized format under table k, and its key.
+  static bool key_of(const KernelTable& k, WeightKind kind, Format& key) {
+    key.k_quant = is_k_quant(kind);
+    key.quantize = nullptr;
+    key.arrange = nullptr;
+    if (key.k_quant) return true;
+    if (!is_quantized(kind)) return false;
+    key.quantize = k.quantize_q8;
+    key.arrange = k.arrange_q8[kind];
+    return true;
+  }
+
+  static bool same_key(const Format& a, const Format& b) {
+    return a.k_quant == b.k_quant && a.quantize == b.quantize && a.arrange == b.arrange;
+  }
+
+  // The next free slot of in, keyed like key.
+  static Format& new_slot(PreparedInput& in, const Format& key) {
+    if (in.live_ == in.formats_.size()) in.formats_.emplace_back();
+    Format& f = in.formats_[in.live_];
+    f.k_quant = key.k_quant;
+    f.quantize = key.quantize;
+    f.arrange = key.arrange;
+    return f;
+  }
+
+  // The format `key` of in's rows: the cached one, or made now from the f32 rows (per row, in parallel over
+  // tokens when there are several). The returned buffers stay put until in's next reset or gather (a
+  // later slot's emplace_back moves Formats, not their vectors' storage).
+  static const Format& get(PreparedInput& in, const Format& key, ThreadPool& pool) {
+    for (size_t i = 0; i < in.live_; ++i)
+      if (same_key(in.formats_[i], key)) return in.formats_[i];
+    Format& f = new_slot(in, key);
+    const float* x = in.x_;
+    const int64_t n = in.n_, cols = in.cols_;
+    if (f.k_quant) {  // Q8_K blocks (scalar quantize_row: one pass over x, small beside the weights)
+      MX_CHECK(cols % kQK_K == 0, "PreparedInput: %lld columns are not whole Q8_K blocks",
+               static_cast<long long>(cols));
+      const int64_t nb = cols / kQK_K;
+      BlockQ8_K* xb = grow(f.xk, n * nb);
+      over_tokens(pool, n, cols, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) quantize_row(DType::Q8_K, x + t * cols, xb + t * nb, cols);
+      });
+    } else {
+      MX_CHECK(cols % kQK8_0 == 0, "PreparedInput: %lld columns are not whole Q8_0 blocks",
+               static_cast<long long>(cols));
+      const int64_t nb = cols / kQK8_0;
+      int8_t* qs = grow(f.qs, n * cols);
+      float* d = grow(f.d, n * nb);
+      float* bs = grow(f.s, n * nb);
+      int32_t* bsum = grow(f.sum, n * nb);
+      const PreparedInput::QuantizeFn quantize = f.quantize;
+      const PreparedInput::ArrangeFn arrange = f.arrange;
+      over_tokens(pool, n, cols, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          quantize(x + t * cols, cols, qs + t * cols, d + t * nb);
+          for (int64_t b = 0; b < nb; ++b) {
+            int32_t sum = 0;  // exact; the product below rounds once, the same on every path
+            for (int j = 0; j < kQK8_0; ++j) sum += qs[(t * nb + b) * kQK8_0 + j];
+            bsum[t * nb + b] = sum;
+            bs[t * nb + b] = d[t * nb + b] * static_cast<float>(sum);
+          }
+          if (arrange != nullptr) arrange(qs + t * cols, cols);
+        }
+      });
+    }
+    ++in.live_;
+    ++in.made_;
+    return f;
+  }
+
+  // Fills a's activations for weight kind `kind` under table k: x's Q8_0 blocks for quantized weights (in
+  // the table's grouped order where it has one for the kind, for every token count, so decode and prefill
+  // of a kernel sum in the same order), its Q8_K blocks for the K-quants, its f32 rows otherwise.
+  static void activations(const KernelTable& k, WeightKind kind, PreparedInput& x, ThreadPool& pool,
+                          MatmulArgs& a) {
+    a.x = x.x_;
+    Format key;
+    if (!key_of(k, kind, key)) return;
+    const Format& f = get(x, key, pool);
+    if (f.k_quant) {
+      a.xk = f.xk.data();
+      return;
+    }
+    a.xq = f.qs.data();
+    a.xd = f.d.data();
+    a.xs = f.s.data();
+    a.xsum = f.sum.data();
+    a.x_grouped = f.arrange != nullptr;
+  }
+
+  // Copies rows[0..m) of every format src holds into dst's (already reset) slots.
+  static void copy_formats(PreparedInput& dst, const PreparedInput& src, const int32_t* rows, int64_t m) {
+    const int64_t cols = src.cols_;
+    for (size_t i = 0; i < src.live_; ++i) {
+      const Format& from = src.formats_[i];
+      Format& to = new_slot(dst, from);
+      if (from.k_quant) {
+        const int64_t nb = cols / kQK_K;
+        BlockQ8_K* xb = grow(to.xk, m * nb);
+        for (int64_t r = 0; r < m; ++r)
+          std::memcpy(xb + r * nb, from.xk.data() + rows[r] * nb,
+                      sizeof(BlockQ8_K) * static_cast<size_t>(nb));
+      } else {
+        const int64_t nb = cols / kQK8_0;
+        int8_t* qs = grow(to.qs, m * cols);
+        float* d = grow(to.d, m * nb);
+        float* bs = grow(to.s, m * nb);
+        int32_t* bsum = grow(to.sum, m * nb);
+        for (int64_t r = 0; r < m; ++r) {
+          const int64_t t = rows[r];
+          std::memcpy(qs + r * cols, from.qs.data() + t * cols, static_cast<size_t>(cols));
+          std::memcpy(d + r * nb, from.d.data() + t * nb, sizeof(float) * static_cast<size_t>(nb));
+          std::memcpy(bs + r * nb, from.s.data() + t * nb, sizeof(float) * static_cast<size_t>(nb));
+          std::memcpy(bsum + r * nb, from.sum.data() + t * nb, sizeof(int32_t) * static_cast<size_t>(nb));
+        }
+      }
+      ++dst.live_;
+    }
+  }
+};
+
+namespace {
+
+// The matmul arguments of weight w (kind `kind`) under table k, with x in the weight's dot format.
+detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, detail::WeightKind kind,
+                           PreparedInput& x, ThreadPool& pool) {
+  detail::MatmulArgs a;
+  a.w = static_cast<const uint8_t*>(w.data);
+  a.w_stride = w.row_stride();
+  a.cols = w.cols();
+  detail::PreparedAccess::activations(k, kind, x, pool, a);
   return a;
 }
 
@@ -248,13 +325,22 @@ void run_rows(ThreadPool& pool, int64_t rows, size_t row_bytes, int64_t n, const
   });
 }
 
-void check_matmul(const TensorView& w, const float* x, int64_t n, const float* y) {
+void check_matmul(const TensorView& w, const PreparedInput& x, const float* y) {
   MX_CHECK(w.data != nullptr && w.ndim >= 1, "matmul: empty weight view");
-  MX_CHECK(n >= 0, "matmul: n = %lld", static_cast<long long>(n));
-  MX_CHECK(n == 0 || (x != nullptr && y != nullptr), "matmul: null activations or output");
+  MX_CHECK(x.n() == 0 || (x.data() != nullptr && y != nullptr), "matmul: null activations or output");
+  MX_CHECK(x.cols() == w.cols(), "matmul: activations of %lld columns for weight %s",
+           static_cast<long long>(x.cols()), shape_string(w).c_str());
   const DTypeTraits& tr = traits(w.dtype);
   MX_CHECK(w.cols() % tr.block_size == 0, "matmul: %lld columns are not whole %s blocks",
            static_cast<long long>(w.cols()), std::string(tr.name).c_str());
+}
+
+// The calling thread's input for the float* forms (its buffers reused across calls).
+PreparedInput& thread_input(const TensorView& w, const float* x, int64_t n) {
+  thread_local PreparedInput in;
+  MX_CHECK(n >= 0, "matmul: n = %lld", static_cast<long long>(n));
+  in.reset(x, n, w.cols());
+  return in;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -289,17 +375,16 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ld
   });
 }
 
-void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, int64_t n, float* out,
+void matmul_swiglu(const TensorView& w1, const TensorView& w3, PreparedInput& x, float* out,
                    ThreadPool& pool) {
-  const int64_t ffn = w1.rows();
+  const int64_t n = x.n(), ffn = w1.rows();
   thread_local std::vector<float> up;  // [n, ffn] W3 x
-  if (up.size() < static_cast<size_t>(n * ffn)) up.resize(static_cast<size_t>(n * ffn));
-  float* u = up.data();
+  float* u = grow(up, n * ffn);
   for (const auto& [w, dst] : {std::pair{&w1, out}, std::pair{&w3, u}}) {
     if (has_kernel(w->dtype)) {
-      kernels::matmul(*w, x, n, dst, ffn, pool);
+      kernels::matmul(*w, x, dst, ffn, pool);
     } else {
-      fallback::matmul(*w, x, n, dst, ffn, pool);
+      fallback::matmul(*w, x.data(), n, dst, ffn, pool);
     }
   }
   for (int64_t t = 0; t < n; ++t) table().silu_mul(out + t * ffn, u + t * ffn, ffn);
@@ -345,41 +430,77 @@ const char* isa_name(Isa isa) {
   return "?";
 }
 
-void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool) {
-  check_matmul(w, x, n, y);
-  const int64_t rows = w.rows();
+void PreparedInput::reset(const float* x, int64_t n, int64_t cols) {
+  MX_CHECK(n >= 0 && cols >= 0 && (n == 0 || x != nullptr),
+           "PreparedInput::reset: x %p, n = %lld, cols = %lld", static_cast<const void*>(x),
+           static_cast<long long>(n), static_cast<long long>(cols));
+  x_ = x;
+  n_ = n;
+  cols_ = cols;
+  live_ = 0;
+  made_ = 0;
+}
+
+void PreparedInput::gather(const PreparedInput& src, const int32_t* rows, int64_t m) {
+  MX_CHECK(&src != this, "PreparedInput::gather: source and destination are the same object");
+  MX_CHECK(m >= 0 && (m == 0 || rows != nullptr), "PreparedInput::gather: %lld rows",
+           static_cast<long long>(m));
+  const int64_t cols = src.cols_;
+  for (int64_t r = 0; r < m; ++r)
+    MX_CHECK(rows[r] >= 0 && rows[r] < src.n_, "PreparedInput::gather: row %d of %lld", rows[r],
+             static_cast<long long>(src.n_));
+  float* x = grow(own_, m * cols);
+  for (int64_t r = 0; r < m; ++r)
+    std::memcpy(x + r * cols, src.x_ + rows[r] * cols, sizeof(float) * static_cast<size_t>(cols));
+  reset(x, m, cols);
+  detail::PreparedAccess::copy_formats(*this, src, rows, m);
+}
+
+void PreparedInput::prepare_for(const TensorView& w, ThreadPool& pool) {
+  MX_CHECK(w.cols() == cols_, "PreparedInput::prepare_for: %lld columns for weight %s",
+           static_cast<long long>(cols_), shape_string(w).c_str());
+  if (n_ == 0 || !fallback::has_kernel(w.dtype)) return;
+  Format key;
+  if (detail::PreparedAccess::key_of(table(), weight_kind(w), key))
+    detail::PreparedAccess::get(*this, key, pool);
+}
+
+void matmul(const TensorView& w, PreparedInput& x, float* y, int64_t ldy, ThreadPool& pool) {
+  check_matmul(w, x, y);
+  const int64_t rows = w.rows(), n = x.n();
   MX_CHECK(ldy >= rows, "matmul: ldy %lld < rows %lld", static_cast<long long>(ldy),
            static_cast<long long>(rows));
   if (n == 0 || rows == 0) return;
-  if (!fallback::has_kernel(w.dtype)) return fallback::matmul(w, x, n, y, ldy, pool);
+  if (!fallback::has_kernel(w.dtype)) return fallback::matmul(w, x.data(), n, y, ldy, pool);
   const KernelTable& k = table();
   const detail::WeightKind kind = weight_kind(w);
-  const detail::MatmulArgs a = prepare(k, w, kind, x, n, pool, quantized_acts());
+  const detail::MatmulArgs a = prepare(k, w, kind, x, pool);
   const detail::MatmulTileFn tile = k.matmul[kind];
   run_rows(pool, rows, a.w_stride, n, [&](int64_t r0, int64_t nr) { tile(a, r0, nr, 0, n, y + r0, ldy); });
 }
 
-void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, int64_t n, float* out,
+void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool) {
+  matmul(w, thread_input(w, x, n), y, ldy, pool);
+}
+
+void matmul_swiglu(const TensorView& w1, const TensorView& w3, PreparedInput& x, float* out,
                    ThreadPool& pool) {
-  check_matmul(w1, x, n, out);
-  check_matmul(w3, x, n, out);
-  const int64_t ffn = w1.rows();
+  check_matmul(w1, x, out);
+  check_matmul(w3, x, out);
+  const int64_t ffn = w1.rows(), n = x.n();
   MX_CHECK(w3.rows() == ffn && w3.cols() == w1.cols(), "matmul_swiglu: w1 %s and w3 %s differ in shape",
            shape_string(w1).c_str(), shape_string(w3).c_str());
   if (n == 0 || ffn == 0) return;
   if (!fallback::has_kernel(w1.dtype) || !fallback::has_kernel(w3.dtype))
-    return fallback::matmul_swiglu(w1, w3, x, n, out, pool);
+    return fallback::matmul_swiglu(w1, w3, x, out, pool);
   const KernelTable& k = table();
   const detail::WeightKind k1 = weight_kind(w1), k3 = weight_kind(w3);
   // Weights that want different activation formats (e.g. Q4_K with Q8_0): two separate matmuls.
   if (is_quantized(k1) != is_quantized(k3) || is_k_quant(k1) != is_k_quant(k3))
-    return fallback::matmul_swiglu(w1, w3, x, n, out, pool);
-  const detail::MatmulArgs a1 = prepare(k, w1, k1, x, n, pool, quantized_acts(0));
-  detail::MatmulArgs a3 = a1;
-  a3.w = static_cast<const uint8_t*>(w3.data);
-  a3.w_stride = w3.row_stride();
-  if (k.arrange_q8[k1] != k.arrange_q8[k3])  // the activations in w3's order as well
-    a3 = prepare(k, w3, k3, x, n, pool, quantized_acts(1));
+    return fallback::matmul_swiglu(w1, w3, x, out, pool);
+  // Both from x's cache: one format when the two kinds read the same (same arrangement), else two.
+  const detail::MatmulArgs a1 = prepare(k, w1, k1, x, pool);
+  const detail::MatmulArgs a3 = prepare(k, w3, k3, x, pool);
   const detail::MatmulTileFn t1 = k.matmul[k1], t3 = k.matmul[k3];
   constexpr int64_t kTokenBlock = 64;
   run_rows(pool, ffn, std::max(a1.w_stride, a3.w_stride), n, [&](int64_t r0, int64_t nr) {
@@ -394,6 +515,11 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, i
       for (int64_t t = 0; t < nt; ++t) k.silu_mul(gate + t * ffn, up.data() + t * nr, nr);
     }
   });
+}
+
+void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, int64_t n, float* out,
+                   ThreadPool& pool) {
+  matmul_swiglu(w1, w3, thread_input(w1, x, n), out, pool);
 }
 
 void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out) {

@@ -4,26 +4,101 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/thread_pool.h"
+#include "tensor/quant.h"
 #include "tensor/tensor.h"
 
 namespace mixtral::kernels {
 
 enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 
-Isa detect_isa();             // best the CPU supports
-Isa active_isa();             // what the dispatched ops use now
-void set_isa(Isa isa);        // force (tests, benchmarks); clamped to what the CPU supports
+Isa detect_isa();       // best the CPU supports
+Isa active_isa();       // what the dispatched ops use now
+void set_isa(Isa isa);  // force (tests, benchmarks); clamped to what the CPU supports
 const char* isa_name(Isa isa);
+
+namespace detail {
+struct PreparedAccess;  // dispatch.cpp: finds or makes a format
+}  // namespace detail
+
+// Activations x: [n, cols] f32 plus their dot formats, each made lazily on the first matmul that needs
+// it and kept until the contents change, so one layer input read by several weights (Wq, Wk, Wv; an
+// expert's W1 and W3; the experts of a decode step) is quantized once:
+//  - Q8_0/Q4_0 weights: Q8_0 values with per-block scales and sums, in the active kernel table's order
+//    for that weight kind (its arrange function; none = column order);
+//  - K-quant weights: Q8_K super-blocks;
+//  - float weights, and the types without a table kernel (dequantized to f32): the f32 rows themselves.
+// A format is looked up by what its bytes depend on (Q8_K, or Q8_0 with the table's quantizer and arrange
+// function), so after set_isa a format made for another table's order is not used. Every format is
+// per row, so the rows of a gather() are bit-identical to quantizing the gathered f32 rows.
+// Buffers are owned and only grow, so an object kept per call site is reused across layers and steps.
+// Not thread-safe by design: one object per call site, used from the calling thread (the matmuls it
+// feeds split their work over the pool inside).
+class PreparedInput {
+ public:
+  PreparedInput() = default;
+  PreparedInput(PreparedInput&&) = default;
+  PreparedInput& operator=(PreparedInput&&) = default;
+  PreparedInput(const PreparedInput&) = delete;  // x_ may point into own_
+  PreparedInput& operator=(const PreparedInput&) = delete;
+
+  // New contents: x: [n, cols], borrowed (must stay valid and unchanged while this object is used with
+  // them). Drops every prepared format.
+  void reset(const float* x, int64_t n, int64_t cols);
+  // New contents: rows rows[0..m) of src (m may repeat or reorder rows), copied: the f32 rows and every
+  // format src has prepared, so the subset reuses src's quantization. src must not be this object.
+  void gather(const PreparedInput& src, const int32_t* rows, int64_t m);
+  // Makes the format weight w's matmul reads under the active kernel table, if it needs one and it is
+  // not there yet (e.g. before gather(), so the gathered rows copy it instead of quantizing again).
+  void prepare_for(const TensorView& w, ThreadPool& pool);
+
+  const float* data() const { return x_; }  // [n, cols]
+  int64_t n() const { return n_; }
+  int64_t cols() const { return cols_; }
+  // Formats quantized from the f32 rows since the last reset() or gather() (gather's copies not counted).
+  int64_t formats_made() const { return made_; }
+
+ private:
+  friend struct detail::PreparedAccess;
+  using ArrangeFn = void (*)(int8_t* qs, int64_t cols);                             // detail::ArrangeQ8Fn
+  using QuantizeFn = void (*)(const float* x, int64_t cols, int8_t* qs, float* d);  // detail::QuantizeQ8Fn
+  struct Format {
+    // Key: Q8_K blocks, or Q8_0 made by `quantize` and then (unless nullptr) `arrange`.
+    bool k_quant = false;
+    QuantizeFn quantize = nullptr;
+    ArrangeFn arrange = nullptr;
+    // Q8_0 (k_quant false):
+    std::vector<int8_t> qs;    // [n, cols] values, column order or arranged per row
+    std::vector<float> d;      // [n, cols / 32] block scales (fp16 widened)
+    std::vector<float> s;      // [n, cols / 32] d * sum(qs) per block
+    std::vector<int32_t> sum;  // [n, cols / 32] sum(qs) per block
+    // Q8_K (k_quant true):
+    std::vector<BlockQ8_K> xk;  // [n, cols / 256]
+  };
+
+  const float* x_ = nullptr;  // [n_, cols_] the f32 rows: the caller's (reset) or own_ (gather)
+  int64_t n_ = 0, cols_ = 0;
+  std::vector<float> own_;       // [n_, cols_] gathered f32 rows
+  std::vector<Format> formats_;  // slots; [0, live_) hold formats of the current contents, the rest spare
+  size_t live_ = 0;
+  int64_t made_ = 0;
+};
 
 // y[t, r] = sum_c W[r, c] * x[t, c]
 //   W: [rows, cols] any supported dtype; x: [n, cols]; y: [n, rows] (row stride ldy >= rows)
-// Activations are converted once per call to the weight type's dot format (Q8_0 blocks for
-// quantized weights); each weight row is read once for all n tokens.
+// Activations go through their weight type's dot format (Q8_0 blocks for Q8_0/Q4_0, Q8_K for the
+// K-quants); each weight row is read once for all n tokens. The PreparedInput form makes that format
+// only if x does not hold it yet (x.cols() == cols), so several weights reading the same input share
+// one quantization; the float* form prepares x afresh on every call (a thread-local PreparedInput).
+void matmul(const TensorView& w, PreparedInput& x, float* y, int64_t ldy, ThreadPool& pool);
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool);
 
 // out[t, f] = silu((W1 x)[t, f]) * (W3 x)[t, f]        W1, W3: [ffn, cols]; x: [n, cols]; out: [n, ffn]
+// W1 and W3 share x's format when they read the same one.
+void matmul_swiglu(const TensorView& w1, const TensorView& w3, PreparedInput& x, float* out,
+                   ThreadPool& pool);
 void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, int64_t n, float* out,
                    ThreadPool& pool);
 
@@ -31,7 +106,7 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, i
 void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out);
 
 struct RopeParams {
-  int64_t n_heads;   // heads in x
+  int64_t n_heads;  // heads in x
   int64_t head_dim;
   float theta;
   RopeLayout layout;
@@ -40,11 +115,11 @@ struct RopeParams {
 void rope(float* x, const int32_t* pos, int64_t n, const RopeParams& p);
 
 struct AttentionParams {
-  int64_t n_heads;      // query heads
-  int64_t n_kv_heads;   // kv heads; query head h reads kv head h / (n_heads / n_kv_heads)
+  int64_t n_heads;     // query heads
+  int64_t n_kv_heads;  // kv heads; query head h reads kv head h / (n_heads / n_kv_heads)
   int64_t head_dim;
-  int64_t window;       // 0: full causal; else keys in (pos - window, pos]
-  float scale;          // usually 1 / sqrt(head_dim)
+  int64_t window;  // 0: full causal; else keys in (pos - window, pos]
+  float scale;     // usually 1 / sqrt(head_dim)
 };
 // Causal attention of n queries at positions pos[t] over a KV cache holding positions [0, n_ctx).
 //   q: [n, n_heads, head_dim]; k, v: [n_ctx, n_kv_heads, head_dim]; out: [n, n_heads, head_dim]

@@ -61,22 +61,28 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
       tok_w_[static_cast<size_t>(fill[e]++)] = routing_.weights[static_cast<size_t>(t * k + j)];
     }
 
+  // The batch input's dot formats are made once (on first use) and shared by every expert: an expert that
+  // takes every token reads the batch input itself, the others gather their rows from it, quantized rows
+  // included (so x is quantized once per call, not once per expert).
   std::memset(y, 0, sizeof(float) * static_cast<size_t>(n * dim));
+  xb_.reset(x, n, dim);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t b = start[static_cast<size_t>(e)], m = start[static_cast<size_t>(e) + 1] - b;
     if (m == 0) continue;
-    const float* xin = x;
-    if (m != n) {  // gather this expert's tokens (a single token or the whole batch needs no copy)
-      xe_.resize(static_cast<size_t>(m * dim));
-      for (int64_t i = 0; i < m; ++i)
-        std::memcpy(xe_.data() + i * dim, x + tokens_[static_cast<size_t>(b + i)] * dim, sizeof(float) * dim);
-      xin = xe_.data();
+    const TensorView& w1 = w.w1[static_cast<size_t>(e)];
+    const TensorView& w3 = w.w3[static_cast<size_t>(e)];
+    kernels::PreparedInput* xin = &xb_;
+    if (m != n) {  // gather this expert's tokens (the whole batch is already in token order: no copy)
+      xb_.prepare_for(w1, pool);
+      xb_.prepare_for(w3, pool);
+      xe_.gather(xb_, tokens_.data() + b, m);
+      xin = &xe_;
     }
     h_.resize(static_cast<size_t>(m * ffn));
     ye_.resize(static_cast<size_t>(m * dim));
-    kernels::matmul_swiglu(w.w1[static_cast<size_t>(e)], w.w3[static_cast<size_t>(e)], xin, m, h_.data(),
-                           pool);
-    kernels::matmul(w.w2[static_cast<size_t>(e)], h_.data(), m, ye_.data(), dim, pool);
+    kernels::matmul_swiglu(w1, w3, *xin, h_.data(), pool);
+    he_.reset(h_.data(), m, ffn);
+    kernels::matmul(w.w2[static_cast<size_t>(e)], he_, ye_.data(), dim, pool);
     for (int64_t i = 0; i < m; ++i) {  // scatter, weighted by the router
       const float wt = tok_w_[static_cast<size_t>(b + i)];
       float* yt = y + tokens_[static_cast<size_t>(b + i)] * dim;

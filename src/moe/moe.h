@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kernels/kernels.h"
 #include "model/weights.h"
 
 namespace mixtral {
@@ -35,8 +36,10 @@ class MoeLayer {
   Routing routing_;
   std::vector<int32_t> tokens_;  // [n * k] token indices grouped by expert
   std::vector<float> tok_w_;     // [n * k] matching routing weights
-  std::vector<float> xe_;        // [m, dim] gathered inputs of one expert
+  kernels::PreparedInput xb_;    // [n, dim] the batch input x and its formats, quantized once per call
+  kernels::PreparedInput xe_;    // [m, dim] one expert's tokens, gathered from xb_ with its formats
   std::vector<float> h_;         // [m, ffn] silu(W1 x) * W3 x
+  kernels::PreparedInput he_;    // [m, ffn] h_ as W2's input (quantized once per expert)
   std::vector<float> ye_;        // [m, dim] expert outputs before scatter
 };
 

@@ -74,13 +74,15 @@ void Runtime::forward_batch(const int32_t* tokens, int64_t n, int64_t n_past, fl
     float* kc = kv_.k(l);  // [n_ctx, kvd]
     float* vc = kv_.v(l);  // [n_ctx, kvd]
     kernels::rmsnorm(x, w.attn_norm.data(), n, dim, c_.norm_eps, xn);
-    kernels::matmul(w.wq, xn, n, q, qd, pool_);
-    kernels::matmul(w.wk, xn, n, kc + n_past * kvd, kvd, pool_);
-    kernels::matmul(w.wv, xn, n, vc + n_past * kvd, kvd, pool_);
+    xn_in_.reset(xn, n, dim);  // one quantization of xn for Wq, Wk and Wv
+    kernels::matmul(w.wq, xn_in_, q, qd, pool_);
+    kernels::matmul(w.wk, xn_in_, kc + n_past * kvd, kvd, pool_);
+    kernels::matmul(w.wv, xn_in_, vc + n_past * kvd, kvd, pool_);
     kernels::rope(q, pos_.data(), n, rope_q);
     kernels::rope(kc + n_past * kvd, pos_.data(), n, rope_k);
     kernels::attention(q, kc, vc, pos_.data(), n, n_past + n, ap, att, pool_);
-    kernels::matmul(w.wo, att, n, o, dim, pool_);
+    att_in_.reset(att, n, qd);
+    kernels::matmul(w.wo, att_in_, o, dim, pool_);
     for (int64_t i = 0; i < n * dim; ++i) x[i] += o[i];
     // Mixture of experts.
     kernels::rmsnorm(x, w.ffn_norm.data(), n, dim, c_.norm_eps, xn);
@@ -122,9 +124,10 @@ void Runtime::forward_paged(const BatchToken* e, int64_t n, PagedKvCache& kv, fl
     float* kc = kv.k(l);  // [n_blocks, bs, kvd]
     float* vc = kv.v(l);  // [n_blocks, bs, kvd]
     kernels::rmsnorm(x, w.attn_norm.data(), n, dim, c_.norm_eps, xn);
-    kernels::matmul(w.wq, xn, n, q, qd, pool_);
-    kernels::matmul(w.wk, xn, n, kn, kvd, pool_);
-    kernels::matmul(w.wv, xn, n, vn, kvd, pool_);
+    xn_in_.reset(xn, n, dim);  // one quantization of xn for Wq, Wk and Wv
+    kernels::matmul(w.wq, xn_in_, q, qd, pool_);
+    kernels::matmul(w.wk, xn_in_, kn, kvd, pool_);
+    kernels::matmul(w.wv, xn_in_, vn, kvd, pool_);
     kernels::rope(q, pos_.data(), n, rope_q);
     kernels::rope(kn, pos_.data(), n, rope_k);
     for (int64_t t = 0; t < n; ++t) {  // new rows into their blocks, before any token attends
@@ -133,7 +136,8 @@ void Runtime::forward_paged(const BatchToken* e, int64_t n, PagedKvCache& kv, fl
       std::memcpy(vc + row * kvd, vn + t * kvd, sizeof(float) * static_cast<size_t>(kvd));
     }
     kernels::paged_attention(q, kernels::PagedKv{kc, vc, bs}, tables_.data(), pos_.data(), n, ap, att, pool_);
-    kernels::matmul(w.wo, att, n, o, dim, pool_);
+    att_in_.reset(att, n, qd);
+    kernels::matmul(w.wo, att_in_, o, dim, pool_);
     for (int64_t i = 0; i < n * dim; ++i) x[i] += o[i];
     kernels::rmsnorm(x, w.ffn_norm.data(), n, dim, c_.norm_eps, xn);
     moe_.forward(w, xn, n, o, pool_);

@@ -8,6 +8,7 @@
 
 #include "core/result.h"
 #include "core/thread_pool.h"
+#include "kernels/kernels.h"
 #include "model/weights.h"
 #include "moe/moe.h"
 #include "runtime/paged_kv_cache.h"
@@ -86,6 +87,9 @@ class Runtime {
   std::vector<float> kn_;               // [B, n_kv_heads * head_dim] new keys of a paged step
   std::vector<float> vn_;               // [B, n_kv_heads * head_dim] new values of a paged step
   std::vector<const int32_t*> tables_;  // [B] block table of each token of a paged step
+  // Layer inputs with their dot formats (buffers reused across layers and steps):
+  kernels::PreparedInput xn_in_;   // [n, dim] xn_ for Wq, Wk and Wv: quantized once for the three
+  kernels::PreparedInput att_in_;  // [n, n_heads * head_dim] att_ for Wo
   std::vector<uint64_t>* expert_counts_ = nullptr;
 };
 

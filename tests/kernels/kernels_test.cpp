@@ -474,6 +474,206 @@ TEST_F(MatmulTest, SwigluMatchesReference) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------
+// PreparedInput: activations with their dot formats made once and shared by several weights. Every result
+// must be bit-identical to the float* matmul (which quantizes the same rows afresh on each call).
+
+// Types with a table kernel, and one without (Q5_0: dequantized tiles with the f32 rows).
+constexpr DType kPreparedTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0,
+                                    DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q5_0};
+
+bool needs_format(DType t) {
+  return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+}
+
+// y = W x through the float* form (its own, fresh quantization).  x: [n, cols]; returns [n, ldy]
+std::vector<float> float_matmul(const TensorView& w, const float* x, int64_t n, int64_t ldy,
+                                ThreadPool& pool) {
+  std::vector<float> y(static_cast<size_t>(n * ldy), -7.0f);
+  matmul(w, x, n, y.data(), ldy, pool);
+  return y;
+}
+
+// y = W x through a PreparedInput.  returns [x.n(), ldy]
+std::vector<float> prepared_matmul(const TensorView& w, PreparedInput& x, int64_t ldy, ThreadPool& pool) {
+  std::vector<float> y(static_cast<size_t>(x.n() * ldy), -7.0f);
+  matmul(w, x, y.data(), ldy, pool);
+  return y;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+TEST_F(MatmulTest, PreparedInputMatchesFloatMatmul) {
+  const int64_t rows = 37, cols = 512, ldy = rows + 3;
+  for (DType t : kPreparedTypes)
+    for (int64_t n : {1, 7}) {
+      SCOPED_TRACE(std::string(dname(t)) + " n=" + std::to_string(n));
+      const Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(n + 3));
+      const Weights w3 = make_weights(t, rows, cols, static_cast<uint32_t>(n + 4));
+      const std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 29));  // [n, cols]
+      for (Isa isa : supported_isas()) {
+        use_isa(isa);
+        SCOPED_TRACE(isa_name(isa));
+        for (ThreadPool* pool : {&pool1_, &pool2_}) {
+          PreparedInput in;
+          in.reset(x.data(), n, cols);
+          EXPECT_TRUE(same_bits(prepared_matmul(w.view, in, ldy, *pool),
+                                float_matmul(w.view, x.data(), n, ldy, *pool)))
+              << "PreparedInput matmul != float* matmul";
+          EXPECT_EQ(in.formats_made(), needs_format(t) ? 1 : 0);
+          // Again from the cached format, then the fused SwiGLU on the same input.
+          EXPECT_TRUE(same_bits(prepared_matmul(w.view, in, ldy, *pool),
+                                float_matmul(w.view, x.data(), n, ldy, *pool)))
+              << "second matmul from the cached format differs";
+          std::vector<float> a(static_cast<size_t>(n * rows)), b(a.size());  // [n, rows]
+          matmul_swiglu(w.view, w3.view, in, a.data(), *pool);
+          matmul_swiglu(w.view, w3.view, x.data(), n, b.data(), *pool);
+          EXPECT_TRUE(same_bits(a, b)) << "PreparedInput matmul_swiglu != float* matmul_swiglu";
+          EXPECT_EQ(in.formats_made(), needs_format(t) ? 1 : 0) << "W1 and W3 of one type share the format";
+        }
+      }
+    }
+}
+
+// One input read by weights of different kinds: each gets its own format (Q8_0 in its kernel's order, Q8_K)
+// and the same bits as a separate call; a kind already seen reuses its format.
+TEST_F(MatmulTest, PreparedInputSharedAcrossWeightKinds) {
+  const int64_t cols = 768, n = 7;
+  const DType order[] = {DType::Q4_0, DType::Q4_K, DType::Q8_0, DType::F16,
+                         DType::Q6_K, DType::Q5_0, DType::Q4_0};
+  std::vector<Weights> ws;
+  for (size_t i = 0; i < std::size(order); ++i)
+    ws.push_back(make_weights(order[i], 19 + static_cast<int64_t>(i), cols, static_cast<uint32_t>(40 + i)));
+  const std::vector<float> x = randn(n * cols, 41);  // [n, cols]
+  for (Isa isa : supported_isas()) {
+    use_isa(isa);
+    SCOPED_TRACE(isa_name(isa));
+    const detail::KernelTable& k = detail::active_table();
+    // Q8_0 for Q4_0 and for Q8_0 (one format when both kernels read the same order), Q8_K for the K-quants.
+    const int64_t want = 2 + (k.arrange_q8[detail::kWQ4_0] != k.arrange_q8[detail::kWQ8_0] ? 1 : 0);
+    PreparedInput in;
+    in.reset(x.data(), n, cols);
+    for (size_t i = 0; i < ws.size(); ++i) {
+      SCOPED_TRACE(dname(order[i]));
+      const int64_t rows = ws[i].view.rows();
+      EXPECT_TRUE(same_bits(prepared_matmul(ws[i].view, in, rows, pool2_),
+                            float_matmul(ws[i].view, x.data(), n, rows, pool2_)));
+    }
+    EXPECT_EQ(in.formats_made(), want);
+  }
+}
+
+// A gathered subset (repeated and reordered rows, as an expert's tokens) equals the float rows gathered by
+// hand; the formats the source had are copied (none quantized again), the others made on use.
+TEST_F(MatmulTest, PreparedInputGatherMatchesGatheredRows) {
+  const int64_t cols = 512, n = 9, rows = 23;
+  const std::vector<float> x = randn(n * cols, 51);  // [n, cols]
+  const std::vector<std::vector<int32_t>> subsets = {{7, 2, 2, 0, 8}, {4}, {0, 1, 2, 3, 4, 5, 6, 7, 8}};
+  for (DType t : {DType::F32, DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K, DType::Q5_0}) {
+    SCOPED_TRACE(dname(t));
+    const Weights w = make_weights(t, rows, cols, 52), w3 = make_weights(t, rows, cols, 53);
+    for (Isa isa : supported_isas()) {
+      use_isa(isa);
+      SCOPED_TRACE(isa_name(isa));
+      for (const auto& sub : subsets) {
+        const auto m = static_cast<int64_t>(sub.size());
+        SCOPED_TRACE("m=" + std::to_string(m));
+        std::vector<float> xs(static_cast<size_t>(m * cols));  // [m, cols] the rows gathered by hand
+        for (int64_t i = 0; i < m; ++i) std::copy_n(x.begin() + sub[i] * cols, cols, xs.begin() + i * cols);
+        const std::vector<float> want = float_matmul(w.view, xs.data(), m, rows, pool2_);
+        for (bool prepared : {true, false}) {
+          SCOPED_TRACE(prepared ? "source prepared" : "source not prepared");
+          PreparedInput src, dst;
+          src.reset(x.data(), n, cols);
+          if (prepared) {
+            src.prepare_for(w.view, pool2_);
+            EXPECT_EQ(src.formats_made(), needs_format(t) ? 1 : 0);
+          }
+          dst.gather(src, sub.data(), m);
+          ASSERT_EQ(dst.n(), m);
+          EXPECT_EQ(0, std::memcmp(dst.data(), xs.data(), xs.size() * sizeof(float)));
+          EXPECT_TRUE(same_bits(prepared_matmul(w.view, dst, rows, pool2_), want))
+              << "gathered matmul differs";
+          EXPECT_EQ(dst.formats_made(), !prepared && needs_format(t) ? 1 : 0)
+              << "a gather must copy the source's formats, not quantize again";
+          std::vector<float> a(static_cast<size_t>(m * rows)), b(a.size());  // [m, rows]
+          matmul_swiglu(w.view, w3.view, dst, a.data(), pool2_);
+          matmul_swiglu(w.view, w3.view, xs.data(), m, b.data(), pool2_);
+          EXPECT_TRUE(same_bits(a, b)) << "gathered matmul_swiglu differs";
+        }
+      }
+    }
+  }
+}
+
+// wq/wk/wv-style reuse: three weights of one kind on one input make exactly one format; float weights none;
+// the experts of a decode step (two SwiGLUs on one input) one; reset() starts over.
+TEST_F(MatmulTest, PreparedInputQuantizesOncePerInput) {
+  const int64_t cols = 512, n = 5;
+  const std::vector<float> x = randn(n * cols, 61);  // [n, cols]
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::F16}) {
+    SCOPED_TRACE(dname(t));
+    const Weights wq = make_weights(t, 64, cols, 62), wk = make_weights(t, 16, cols, 63),
+                  wv = make_weights(t, 16, cols, 64);
+    for (Isa isa : supported_isas()) {
+      use_isa(isa);
+      SCOPED_TRACE(isa_name(isa));
+      PreparedInput in;
+      in.reset(x.data(), n, cols);
+      EXPECT_EQ(in.formats_made(), 0);
+      for (const Weights* w : {&wq, &wk, &wv}) {
+        const int64_t rows = w->view.rows();
+        EXPECT_TRUE(same_bits(prepared_matmul(w->view, in, rows, pool2_),
+                              float_matmul(w->view, x.data(), n, rows, pool2_)));
+      }
+      EXPECT_EQ(in.formats_made(), t == DType::F16 ? 0 : 1) << "Wq, Wk, Wv: one quantization of their input";
+      std::vector<float> h(static_cast<size_t>(n * 16));  // [n, 16]
+      matmul_swiglu(wk.view, wv.view, in, h.data(), pool2_);
+      matmul_swiglu(wv.view, wk.view, in, h.data(), pool2_);
+      EXPECT_EQ(in.formats_made(), t == DType::F16 ? 0 : 1) << "two experts' SwiGLUs: still one";
+      in.reset(x.data(), n, cols);
+      EXPECT_EQ(in.formats_made(), 0);
+      prepared_matmul(wq.view, in, 64, pool2_);
+      EXPECT_EQ(in.formats_made(), t == DType::F16 ? 0 : 1) << "reset drops the formats";
+    }
+  }
+}
+
+// A format made under one kernel table is not used under another (set_isa between prepare and use): the
+// result is the new table's float* result, for the input itself and for a subset gathered from it.
+TEST_F(MatmulTest, PreparedInputFollowsTableChanges) {
+  const std::vector<Isa> isas = supported_isas();
+  if (isas.size() < 2) GTEST_SKIP() << "one instruction set on this machine";
+  const int64_t cols = 512, n = 6, rows = 21;
+  const std::vector<float> x = randn(n * cols, 71);  // [n, cols]
+  const std::vector<int32_t> sub = {5, 1, 3};
+  std::vector<float> xs(sub.size() * static_cast<size_t>(cols));  // [3, cols]
+  for (size_t i = 0; i < sub.size(); ++i) std::copy_n(x.begin() + sub[i] * cols, cols, xs.begin() + i * cols);
+  for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K}) {
+    const Weights w = make_weights(t, rows, cols, 72);
+    for (Isa from : isas)
+      for (Isa to : isas) {
+        if (from == to) continue;
+        SCOPED_TRACE(std::string(dname(t)) + " " + isa_name(from) + " -> " + isa_name(to));
+        use_isa(from);
+        PreparedInput in, part;
+        in.reset(x.data(), n, cols);
+        in.prepare_for(w.view, pool2_);
+        part.gather(in, sub.data(), static_cast<int64_t>(sub.size()));
+        use_isa(to);
+        EXPECT_TRUE(same_bits(prepared_matmul(w.view, in, rows, pool2_),
+                              float_matmul(w.view, x.data(), n, rows, pool2_)));
+        EXPECT_TRUE(
+            same_bits(prepared_matmul(w.view, part, rows, pool2_),
+                      float_matmul(w.view, xs.data(), static_cast<int64_t>(sub.size()), rows, pool2_)));
+        // Q8_K is the scalar quantize_row's on every table: shared; Q8_0 is keyed by the table's functions.
+        EXPECT_EQ(in.formats_made(), t == DType::Q4_K ? 1 : 2);
+      }
+  }
+}
+
 // The SIMD activation quantizers must round exactly like quantize_row (ties away from zero with the
 // unrounded 1/d, d rounded to fp16 to the nearest even), including the tie cases.
 TEST(QuantizeActivations, BitIdenticalToQuantizeRow) {
