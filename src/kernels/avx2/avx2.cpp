@@ -126,20 +126,6 @@ inline __m128i load_scales8(const Block* w, int64_t b0, int kb) {
   return _mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo));
 }
 
-// The fp16 scales of the 8 Q4_0 blocks of a full group (144 bytes from w[b0]), in order, from four
-// 32-byte loads and word blends: the scale of block 2m lies in the low 128-bit half of the load at
-// 32m (word 2m), that of block 2m + 1 in its high half (word 2m + 1), since 18 * 2m = 32m + 4m and
-// 18 * (2m + 1) = 32m + 16 + 4m + 2. Five vector instructions instead of a score of scalar ones.
-inline __m128i q4_group_scales(const BlockQ4_0* w, int64_t b0) {
-  const auto* p = reinterpret_cast<const __m256i*>(w + b0);
-  __m256i v = _mm256_loadu_si256(p);
-  v = _mm256_blend_epi16(v, _mm256_loadu_si256(p + 1), 0x0c);  // words 2, 3 of each half
-  v = _mm256_blend_epi16(v, _mm256_loadu_si256(p + 2), 0x30);  // words 4, 5
-  v = _mm256_blend_epi16(v, _mm256_loadu_si256(p + 3), 0xc0);  // words 6, 7
-  return _mm_blend_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1), 0xaa);
-}
-static_assert(sizeof(BlockQ4_0) == 18 && kGroupBlocks == 8, "q4_group_scales assumes 8 blocks of 18 bytes");
-
 // d_w * d_x of every (row, token) for the kb <= 8 blocks from b0: one conversion and one multiply per
 // (row, token) per 8 blocks; the block loop then broadcasts its scale from memory.
 // With corr (kernels that compute u . x and subtract c . x): corr[r][t] += d_w * d_x * sum(q_x), per
@@ -291,39 +277,7 @@ struct Q4Kernel {
 //         int32 lanes added.
 constexpr int kGroupTokens = 6;
 
-// c[k] bytes 4j..4j+3 = p[j * stride + 4k .. 4k + 3] for the 8 pieces j of 16 bytes at p + j * stride
-// (pieces 0..3 in the low 128-bit half, 4..7 in the high half).
-inline void transpose_group(const uint8_t* p, int64_t stride, __m256i c[4]) {
-  __m256i v[4];
-  MX_UNROLL
-  for (int i = 0; i < 4; ++i)
-    v[i] = _mm256_inserti128_si256(
-        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i * stride))),
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + (i + 4) * stride)), 1);
-  const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
-  const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
-  c[0] = _mm256_unpacklo_epi64(t0, t2);
-  c[1] = _mm256_unpackhi_epi64(t0, t2);
-  c[2] = _mm256_unpacklo_epi64(t1, t3);
-  c[3] = _mm256_unpackhi_epi64(t1, t3);
-}
-
-// ArrangeQ8Fn: one activation row into grouped order.
-void arrange_q8(int8_t* qs, int64_t cols) {
-  const int64_t groups = cols / (kQK8_0 * kGroupBlocks);
-  for (int64_t g = 0; g < groups; ++g) {
-    uint8_t* p = reinterpret_cast<uint8_t*>(qs) + g * kQK8_0 * kGroupBlocks;  // [8 blocks, 32]
-    __m256i c[2][4];                                                          // [h, k]
-    transpose_group(p, kQK8_0, c[0]);
-    transpose_group(p + 16, kQK8_0, c[1]);
-    MX_UNROLL
-    for (int k = 0; k < 4; ++k) {
-      MX_UNROLL
-      for (int h = 0; h < 2; ++h)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 32 * (2 * k + h)), c[h][k]);
-    }
-  }
-}
+#include "kernels/x86/grouped.inc"
 
 // Blocks after the last full group (column order): y_t += sum over blocks of d_w d_x (w . x), one
 // block at a time. y: [T] partial sums.
