@@ -152,7 +152,7 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
   auto r = (*engine)->bench(n_prompt, n_gen, reps, !no_bw);
   if (!r) return fail(r.error());
   const double roofline = r->bandwidth > 0 ? r->bandwidth / r->bytes_per_token : 0;
-  std::printf("model: %s, %d threads, %d reps\n", ma.model.c_str(), r->threads, r->reps);
+  std::printf("model: %s, %d threads, %d reps, %s kernels\n", ma.model.c_str(), r->threads, r->reps, r->isa);
   if (n_prompt > 0) std::printf("pp%lld: %.2f tokens/s\n", static_cast<long long>(n_prompt), r->pp_tps);
   if (n_gen > 0) std::printf("tg%lld: %.2f tokens/s\n", static_cast<long long>(n_gen), r->tg_tps);
   std::printf("bytes read per generated token: %.1f MB\n", r->bytes_per_token / 1e6);
@@ -168,10 +168,10 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
         "{\"peak_rss_bytes\": %.0f, \"pp_tps\": %.4f, \"tg_tps\": %.4f, \"threads\": %d, \"n_prompt\": %lld, "
         "\"n_gen\": %lld, "
         "\"reps\": %d, \"bytes_per_token\": %.0f, \"bandwidth_bytes_per_s\": %.0f, \"roofline_fraction\": "
-        "%.4f}\n",
+        "%.4f, \"isa\": \"%s\"}\n",
         rss, r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt),
         static_cast<long long>(n_gen), r->reps, r->bytes_per_token, r->bandwidth,
-        roofline > 0 ? r->tg_tps / roofline : 0.0);
+        roofline > 0 ? r->tg_tps / roofline : 0.0, r->isa);
   return 0;
 }
 

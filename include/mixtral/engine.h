@@ -65,6 +65,7 @@ class Engine {
     double pp_tps = 0, tg_tps = 0;  // mean over reps
     double bytes_per_token = 0;     // weight bytes one decode step reads
     double bandwidth = 0;           // measured read bandwidth, bytes/s (0 if not measured)
+    const char* isa = "";           // the kernels' instruction set: scalar, avx2 or avx512
   };
   // llama-bench style: a prefill of n_prompt tokens from an empty cache, and n_gen single-token
   // decode steps, each repeated reps times.

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "core/membw.h"
+#include "kernels/kernels.h"
 #include "model/test_model.h"
 #include "runtime/runtime.h"
 #include "sampler/sampler.h"
@@ -206,6 +207,7 @@ Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int r
   r.threads = impl_->threads;
   r.reps = reps;
   r.bytes_per_token = bytes_per_token();
+  r.isa = kernels::isa_name(kernels::active_isa());
   std::vector<int32_t> toks(static_cast<size_t>(std::max<int64_t>(n_prompt, 1)));
   for (size_t i = 0; i < toks.size(); ++i)
     toks[i] = static_cast<int32_t>((i * 7919 + 13) % static_cast<size_t>(V));

@@ -1,0 +1,140 @@
+#!/usr/bin/python3
+"""`mixtral bench` on the built-in model (models/tiny-kjv.gguf): the output contract other tools read.
+
+1. `--json` prints one object on the last line with the issue's fields (pp_tps, tg_tps, threads, n_prompt,
+   n_gen, bytes read per generated token) and ours (reps, bandwidth, roofline fraction, peak RSS, kernel ISA),
+   and the text lines above it carry the same rates.
+2. bytes_per_token equals the count made here from the file's tensor table: attention, router and output
+   weights whole, plus top-k of n experts' weights per layer.
+3. With the bandwidth measured, roofline_fraction = tg_tps / (bandwidth / bytes_per_token).
+4. MIXTRAL_ISA=scalar is reported as such; bad arguments exit non-zero naming the option.
+
+  test_bench.py --mixtral BIN --model models/tiny-kjv.gguf
+"""
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+import reference  # noqa: E402
+
+FAILURES = []
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        FAILURES.append(what)
+
+
+def bench(mixtral, model, args, env=None):
+    r = subprocess.run([mixtral, "bench", "--model", model] + args, capture_output=True, text=True,
+                       env=dict(os.environ, **(env or {})))
+    return r.returncode, r.stdout, r.stderr
+
+
+def tensor_bytes(path):
+    """{name: bytes} from the GGUF tensor table (the reference's reader, block sizes from the GGML table)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    r = reference._Reader(raw)
+    r.pos = 8
+    n_tensors, n_kv = r.scalar("<u8"), r.scalar("<u8")
+    meta = {}
+    for _ in range(n_kv):
+        key = r.string()
+        meta[key] = r.value(r.scalar("<u4"))
+    out = {}
+    for _ in range(n_tensors):
+        name = r.string()
+        ne = [r.scalar("<u8") for _ in range(r.scalar("<u4"))]
+        t = r.scalar("<u4")
+        r.scalar("<u8")
+        block, nbytes = reference._GGML_BLOCK[t]
+        out[name] = math.prod(ne) // block * nbytes
+    return meta, out
+
+
+def expected_bytes_per_token(path):
+    meta, sizes = tensor_bytes(path)
+    arch = meta["general.architecture"]
+    n_exp, k = meta[f"{arch}.expert_count"], meta[f"{arch}.expert_used_count"]
+    other = experts = 0
+    for name, b in sizes.items():
+        if re.search(r"\.attn_(q|k|v|output)\.weight$|\.ffn_gate_inp\.weight$|^output\.weight$", name):
+            other += b
+        elif re.search(r"\.ffn_(gate|up|down)(_exps|\.\d+)\.weight$", name):
+            experts += b
+    if "output.weight" not in sizes:  # tied: the output head is the embedding table
+        other += sizes["token_embd.weight"]
+    return other + experts * k / n_exp
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mixtral", required=True)
+    ap.add_argument("--model", required=True)
+    a = ap.parse_args()
+
+    # 1, 2: the JSON object and the text lines, bandwidth not measured.
+    rc, out, err = bench(a.mixtral, a.model, ["-p", "24", "-n", "6", "-r", "2", "-t", "1", "--json",
+                                              "--no-bandwidth"])
+    check(rc == 0, f"bench exits 0 (stderr: {err.strip()[:200]})")
+    lines = out.strip().splitlines()
+    j = json.loads(lines[-1])
+    for key in ("pp_tps", "tg_tps", "threads", "n_prompt", "n_gen", "bytes_per_token", "reps",
+                "bandwidth_bytes_per_s", "roofline_fraction", "peak_rss_bytes", "isa"):
+        check(key in j, f"JSON has {key}")
+    check((j["n_prompt"], j["n_gen"], j["threads"], j["reps"]) == (24, 6, 1, 2),
+          f"JSON echoes -p 24 -n 6 -t 1 -r 2: {j['n_prompt']}, {j['n_gen']}, {j['threads']}, {j['reps']}")
+    check(j["pp_tps"] > 0 and j["tg_tps"] > 0, f"rates positive: pp {j['pp_tps']}, tg {j['tg_tps']}")
+    text = "\n".join(lines[:-1])
+    pp = re.search(r"^pp24: ([0-9.]+) tokens/s$", text, re.M)
+    tg = re.search(r"^tg6: ([0-9.]+) tokens/s$", text, re.M)
+    check(pp is not None and abs(float(pp.group(1)) - j["pp_tps"]) < 0.006,
+          f"text pp24 line equals pp_tps {j['pp_tps']:.2f}")
+    check(tg is not None and abs(float(tg.group(1)) - j["tg_tps"]) < 0.006,
+          f"text tg6 line equals tg_tps {j['tg_tps']:.2f}")
+    check(j["bandwidth_bytes_per_s"] == 0 and j["roofline_fraction"] == 0,
+          "--no-bandwidth: bandwidth and roofline fraction 0")
+    want = expected_bytes_per_token(a.model)
+    check(abs(j["bytes_per_token"] - want) <= 1, f"bytes_per_token {j['bytes_per_token']} = {want:.0f} "
+          "counted from the tensor table")
+    size = os.path.getsize(a.model)
+    check(0 < j["peak_rss_bytes"] < size + 256e6, f"peak RSS {j['peak_rss_bytes']} within file size + 256 MB")
+    check(j["isa"] in ("scalar", "avx2", "avx512"), f"isa {j['isa']!r} is a kernel ISA")
+    check(re.search(r"threads, 2 reps, " + re.escape(j["isa"]) + r" kernels$", text, re.M) is not None,
+          "text header names the kernel ISA")
+
+    # 3: the roofline fraction from the measured bandwidth.
+    rc, out, err = bench(a.mixtral, a.model, ["-p", "0", "-n", "4", "-r", "1", "-t", "1", "--json"])
+    check(rc == 0, f"bench with bandwidth exits 0 (stderr: {err.strip()[:200]})")
+    j = json.loads(out.strip().splitlines()[-1])
+    bw = j["bandwidth_bytes_per_s"]
+    check(bw > 1e8, f"measured bandwidth {bw / 1e9:.2f} GB/s")
+    frac = j["tg_tps"] / (bw / j["bytes_per_token"]) if bw > 0 else -1
+    check(abs(frac - j["roofline_fraction"]) <= 1e-4 + 1e-3 * frac,
+          f"roofline_fraction {j['roofline_fraction']} = tg / (bandwidth / bytes) = {frac:.4f}")
+
+    # 4: the ISA override and bad arguments.
+    rc, out, err = bench(a.mixtral, a.model, ["-p", "4", "-n", "2", "-r", "1", "--json", "--no-bandwidth"],
+                         env={"MIXTRAL_ISA": "scalar"})
+    check(rc == 0 and json.loads(out.strip().splitlines()[-1])["isa"] == "scalar", "MIXTRAL_ISA=scalar reported")
+    rc, out, err = bench(a.mixtral, a.model, ["-p", "4", "-n", "2", "-r", "0", "--no-bandwidth"])
+    check(rc != 0 and "-r" in err, f"-r 0 fails naming -r (exit {rc}: {err.strip()[:120]})")
+    rc, out, err = bench(a.mixtral, a.model, ["-p", "4", "-n", "2", "-r", "1", "-c", "2", "--no-bandwidth"])
+    check(rc != 0 and "--ctx-size" in err, f"a prompt beyond -c fails naming --ctx-size (exit {rc}: "
+          f"{err.strip()[:120]})")
+
+    if FAILURES:
+        sys.exit(f"{len(FAILURES)} check(s) failed")
+    print("all bench checks passed")
+
+
+if __name__ == "__main__":
+    main()
