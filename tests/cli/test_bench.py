@@ -13,7 +13,6 @@
 """
 import argparse
 import json
-import math
 import os
 import re
 import subprocess
@@ -41,23 +40,8 @@ def bench(mixtral, model, args, env=None):
 def tensor_bytes(path):
     """{name: bytes} from the GGUF tensor table (the reference's reader, block sizes from the GGML table)."""
     with open(path, "rb") as f:
-        raw = f.read()
-    r = reference._Reader(raw)
-    r.pos = 8
-    n_tensors, n_kv = r.scalar("<u8"), r.scalar("<u8")
-    meta = {}
-    for _ in range(n_kv):
-        key = r.string()
-        meta[key] = r.value(r.scalar("<u4"))
-    out = {}
-    for _ in range(n_tensors):
-        name = r.string()
-        ne = [r.scalar("<u8") for _ in range(r.scalar("<u4"))]
-        t = r.scalar("<u4")
-        r.scalar("<u8")
-        block, nbytes = reference._GGML_BLOCK[t]
-        out[name] = math.prod(ne) // block * nbytes
-    return meta, out
+        meta, infos, _ = reference.gguf_header(f.read(), path)
+    return meta, {name: reference.gguf_tensor_bytes(ne, t) for name, ne, t, _ in infos}
 
 
 def expected_bytes_per_token(path):

@@ -67,23 +67,8 @@ def check(ok, what):
 def gguf_header(path):
     with open(path, "rb") as f:
         raw = f.read()
-    r = reference._Reader(raw)
-    assert raw[:4] == b"GGUF", path
-    r.pos = 4
-    r.scalar("<u4")
-    n_tensors, n_kv = r.scalar("<u8"), r.scalar("<u8")
-    meta = {}
-    for _ in range(n_kv):
-        key = r.string()
-        meta[key] = r.value(r.scalar("<u4"))
-    infos = {}
-    for _ in range(n_tensors):
-        name = r.string()
-        nd = r.scalar("<u4")
-        ne = [r.scalar("<u8") for _ in range(nd)]
-        infos[name] = (list(reversed(ne)), r.scalar("<u4"))  # row-major shape, ggml type
-        r.scalar("<u8")
-    return meta, infos
+    meta, infos, _ = reference.gguf_header(raw, path)
+    return meta, {name: (list(reversed(ne)), t) for name, ne, t, _ in infos}  # row-major shape, ggml type
 
 
 # The per-tensor policy, written again from docs/formats.md (layers n, MoE).

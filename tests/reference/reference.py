@@ -257,10 +257,8 @@ for _t, (_blk, _) in _DEQUANT.items():
     assert _blk.itemsize == _GGML_BLOCK[_t][1], _t
 
 
-def gguf_read(path):
-    """Returns (metadata dict, {name: float64 array in row-major shape}, {name: ggml type})."""
-    with open(path, "rb") as f:
-        raw = f.read()
+def gguf_header(raw, path="GGUF"):
+    """(metadata dict, [(name, ne in GGML order, ggml type, data offset)], start of the data) of GGUF bytes."""
     r = _Reader(raw)
     if raw[:4] != b"GGUF":
         raise ValueError(f"{path}: not a GGUF file")
@@ -280,12 +278,24 @@ def gguf_read(path):
         ne = [r.scalar("<u8") for _ in range(nd)]
         infos.append((name, ne, r.scalar("<u4"), r.scalar("<u8")))
     align = meta.get("general.alignment", 32)
-    data_start = (r.pos + align - 1) // align * align
+    return meta, infos, (r.pos + align - 1) // align * align
+
+
+def gguf_tensor_bytes(ne, ggml_type):
+    """Bytes of a tensor of shape ne (any order) and GGML type."""
+    block, nbytes = _GGML_BLOCK[ggml_type]
+    return int(np.prod(ne)) // block * nbytes
+
+
+def gguf_read(path):
+    """Returns (metadata dict, {name: float64 array in row-major shape}, {name: ggml type})."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    meta, infos, data_start = gguf_header(raw, path)
     tensors, types = {}, {}
     for name, ne, t, off in infos:
         n = int(np.prod(ne))
-        bs, bb = _GGML_BLOCK[t]
-        nbytes = n // bs * bb
+        nbytes = gguf_tensor_bytes(ne, t)
         start = data_start + off
         tensors[name] = _dequantize(t, raw[start:start + nbytes], n).reshape(tuple(reversed(ne)))
         types[name] = t
