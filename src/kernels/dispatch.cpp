@@ -210,7 +210,6 @@ struct detail::PreparedAccess {
       const int64_t nb = cols / kQK8_0;
       int8_t* qs = grow(f.qs, n * cols);
       float* d = grow(f.d, n * nb);
-      float* bs = grow(f.s, n * nb);
       int32_t* bsum = grow(f.sum, n * nb);
       const PreparedInput::QuantizeFn quantize = f.quantize;
       const PreparedInput::ArrangeFn arrange = f.arrange;
@@ -218,10 +217,9 @@ struct detail::PreparedAccess {
         for (int64_t t = t0; t < t1; ++t) {
           quantize(x + t * cols, cols, qs + t * cols, d + t * nb);
           for (int64_t b = 0; b < nb; ++b) {
-            int32_t sum = 0;  // exact; the product below rounds once, the same on every path
+            int32_t sum = 0;
             for (int j = 0; j < kQK8_0; ++j) sum += qs[(t * nb + b) * kQK8_0 + j];
             bsum[t * nb + b] = sum;
-            bs[t * nb + b] = d[t * nb + b] * static_cast<float>(sum);
           }
           if (arrange != nullptr) arrange(qs + t * cols, cols);
         }
@@ -247,9 +245,7 @@ struct detail::PreparedAccess {
     }
     a.xq = f.qs.data();
     a.xd = f.d.data();
-    a.xs = f.s.data();
     a.xsum = f.sum.data();
-    a.x_grouped = f.arrange != nullptr;
   }
 
   // Copies rows[0..m) of every format src holds into dst's (already reset) slots.
@@ -268,13 +264,11 @@ struct detail::PreparedAccess {
         const int64_t nb = cols / kQK8_0;
         int8_t* qs = grow(to.qs, m * cols);
         float* d = grow(to.d, m * nb);
-        float* bs = grow(to.s, m * nb);
         int32_t* bsum = grow(to.sum, m * nb);
         for (int64_t r = 0; r < m; ++r) {
           const int64_t t = rows[r];
           std::memcpy(qs + r * cols, from.qs.data() + t * cols, static_cast<size_t>(cols));
           std::memcpy(d + r * nb, from.d.data() + t * nb, sizeof(float) * static_cast<size_t>(nb));
-          std::memcpy(bs + r * nb, from.s.data() + t * nb, sizeof(float) * static_cast<size_t>(nb));
           std::memcpy(bsum + r * nb, from.sum.data() + t * nb, sizeof(int32_t) * static_cast<size_t>(nb));
         }
       }
@@ -344,7 +338,7 @@ PreparedInput& thread_input(const TensorView& w, const float* x, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Fallback for weight types without a kernel-table entry (Q4_1, Q5_0, Q5_1, the K-quants): each thread
+// Fallback for weight types without a kernel-table entry (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K): each thread
 // dequantizes tiles of weight rows to f32 with the scalar dequantize_row and runs the table's f32 tile on
 // them. Correct for every supported type; the fast paths replace it type by type.
 namespace fallback {
@@ -495,10 +489,7 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, PreparedInput& x,
     return fallback::matmul_swiglu(w1, w3, x, out, pool);
   const KernelTable& k = table();
   const detail::WeightKind k1 = weight_kind(w1), k3 = weight_kind(w3);
-  // Weights that want different activation formats (e.g. Q4_K with Q8_0): two separate matmuls.
-  if (is_quantized(k1) != is_quantized(k3) || is_k_quant(k1) != is_k_quant(k3))
-    return fallback::matmul_swiglu(w1, w3, x, out, pool);
-  // Both from x's cache: one format when the two kinds read the same (same arrangement), else two.
+  // Both from x's cache: one format when the two kinds read the same one, else two.
   const detail::MatmulArgs a1 = prepare(k, w1, k1, x, pool);
   const detail::MatmulArgs a3 = prepare(k, w3, k3, x, pool);
   const detail::MatmulTileFn t1 = k.matmul[k1], t3 = k.matmul[k3];

@@ -40,17 +40,14 @@ struct MatmulArgs {
   int64_t cols = 0;
   // F32/F16/BF16 weights: the activations as given.
   const float* x = nullptr;  // [n, cols]
-  // Q8_0/Q4_0 weights: the activations rounded to Q8_0 (quantize_row's rule), values and scales apart.
+  // Q8_0/Q4_0 weights: the activations rounded to Q8_0 (quantize_row's rule), values and scales apart;
+  // xq in the table's grouped order (ArrangeQ8Fn) where it has an arrange function for the weight kind
+  // (for every token count, so decode and prefill of a kernel sum in the same order), else column order.
   const int8_t* xq = nullptr;     // [n, cols]
   const float* xd = nullptr;      // [n, cols / 32], the fp16 block scales widened to f32
-  const float* xs = nullptr;      // [n, cols / 32], d_x * sum(q_x) per block (for u . x - c . x kernels)
   const int32_t* xsum = nullptr;  // [n, cols / 32], sum(q_x) per block (exact, for integer corrections)
   // K-quant weights: the activations rounded to Q8_K (quantize_row's rule), with their 16-value sums.
   const BlockQ8_K* xk = nullptr;  // [n, cols / 256]
-  // xq is in the kernel table's grouped order (see ArrangeQ8Fn) rather than in column order: set when the
-  // table has an arrange function for the weight kind (for every token count, so that decode and prefill
-  // of the same kernel sum in the same order).
-  bool x_grouped = false;
 };
 
 // Grouped activation order, the layout of the prefill kernels that add the integer dots of 8 blocks

@@ -72,7 +72,6 @@ class PreparedInput {
     // Q8_0 (k_quant false):
     std::vector<int8_t> qs;    // [n, cols] values, column order or arranged per row
     std::vector<float> d;      // [n, cols / 32] block scales (fp16 widened)
-    std::vector<float> s;      // [n, cols / 32] d * sum(qs) per block
     std::vector<int32_t> sum;  // [n, cols / 32] sum(qs) per block
     // Q8_K (k_quant true):
     std::vector<BlockQ8_K> xk;  // [n, cols / 256]

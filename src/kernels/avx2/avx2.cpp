@@ -2,12 +2,11 @@
 // after dispatch.cpp has checked the CPU; helpers stay in an anonymous namespace and no std:: template
 // is instantiated here (see internal.h).
 //
-// Quantized matmul: one 32-value block per 256-bit step with vpmaddubsw (unsigned x signed bytes to
-// int16 pairs) and vpmaddwd by ones (to int32):
-//   Q8_0 x Q8_0: |w| . (x with w's sign)   (|w| <= 128 and |x| <= 127 keep the int16 pairs exact);
-//   Q4_0 x Q8_0: nibbles . x - 8 sum(x), the second term summed in f32 per 8 blocks from the
-//                activations' d_x * sum(q_x) (MatmulArgs::xs) instead of in every block's integer dot.
-// The 8 int32 lanes are widened to f32 and scaled by d_w * d_x per block, then summed at the end.
+// Quantized matmul: vpmaddubsw (unsigned x signed bytes to int16 pairs) and vpmaddwd to int32.
+//   Q8_0 x Q8_0: one 32-value block per 256-bit step, |w| . (x with w's sign) (|w| <= 128 and |x| <= 127
+//                keep the int16 pairs exact); the 8 int32 lanes are widened to f32 and scaled by
+//                d_w * d_x per block, then summed at the end.
+//   Q4_0 x Q8_0: over grouped activations (see Q4GroupRT and Q4Tile): nibbles . x - 8 sum(x) per block.
 #include "kernels/internal.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -128,26 +127,19 @@ inline __m128i load_scales8(const Block* w, int64_t b0, int kb) {
 
 // d_w * d_x of every (row, token) for the kb <= 8 blocks from b0: one conversion and one multiply per
 // (row, token) per 8 blocks; the block loop then broadcasts its scale from memory.
-// With corr (kernels that compute u . x and subtract c . x): corr[r][t] += d_w * d_x * sum(q_x), per
-// block lane, so the block loop needs no correction and the kernel subtracts c * sum(corr) at the end.
-//   w: R row pointers; xd, xs: [T, nb] activation scales and scaled sums; scale, corr: [R, T, 8]
-template <class Block, int R, int T, bool kCorr>
-inline void block_scales(const Block* const* w, const float* xd, const float* xs, int64_t nb, int64_t b0,
-                         int kb, float (*scale)[T][8], float (*corr)[T][8]) {
-  __m256 dx[T], sx[T];
+//   w: R row pointers; xd: [T, nb] activation scales; scale: [R, T, 8]
+template <class Block, int R, int T>
+inline void block_scales(const Block* const* w, const float* xd, int64_t nb, int64_t b0, int kb,
+                         float (*scale)[T][8]) {
+  __m256 dx[T];
   MX_UNROLL
   for (int t = 0; t < T; ++t) {
     if (kb == 8) {
       dx[t] = _mm256_loadu_ps(xd + t * nb + b0);
-      if constexpr (kCorr) sx[t] = _mm256_loadu_ps(xs + t * nb + b0);
     } else {
-      alignas(32) float tmp[2][8] = {};  // zero-padded tails
-      for (int k = 0; k < kb; ++k) {
-        tmp[0][k] = xd[t * nb + b0 + k];
-        if constexpr (kCorr) tmp[1][k] = xs[t * nb + b0 + k];
-      }
-      dx[t] = _mm256_load_ps(tmp[0]);
-      sx[t] = _mm256_load_ps(tmp[1]);
+      alignas(32) float tmp[8] = {};  // zero-padded tail
+      for (int k = 0; k < kb; ++k) tmp[k] = xd[t * nb + b0 + k];
+      dx[t] = _mm256_load_ps(tmp);
     }
   }
   MX_UNROLL
@@ -155,11 +147,7 @@ inline void block_scales(const Block* const* w, const float* xd, const float* xs
     prefetch_bytes(w[r] + b0, kPrefetchBytes, 8 * static_cast<int64_t>(sizeof(Block)));
     const __m256 dw = _mm256_cvtph_ps(load_scales8(w[r], b0, kb));
     MX_UNROLL
-    for (int t = 0; t < T; ++t) {
-      _mm256_store_ps(scale[r][t], _mm256_mul_ps(dw, dx[t]));
-      if constexpr (kCorr)
-        _mm256_store_ps(corr[r][t], _mm256_fmadd_ps(dw, sx[t], _mm256_load_ps(corr[r][t])));
-    }
+    for (int t = 0; t < T; ++t) _mm256_store_ps(scale[r][t], _mm256_mul_ps(dw, dx[t]));
   }
 }
 
@@ -182,7 +170,7 @@ struct Q8Kernel {
     }
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
       const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
-      block_scales<BlockQ8_0, R, T, false>(w, a.xd + t0 * nb, nullptr, nb, b0, kb, scale, nullptr);
+      block_scales<BlockQ8_0, R, T>(w, a.xd + t0 * nb, nb, b0, kb, scale);
       for (int k = 0; k < kb; ++k) {
         const int64_t b = b0 + k;
         __m256i wq[R], wabs[R];
@@ -212,62 +200,8 @@ struct Q8Kernel {
   }
 };
 
-template <int R, int T>
-struct Q4Kernel {
-  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
-    const int64_t cols = a.cols, nb = cols / kQK4_0;
-    const BlockQ4_0* w[R];
-    MX_UNROLL
-    for (int r = 0; r < R; ++r)
-      w[r] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + r * rstep) * a.w_stride);
-    const int8_t* xq = a.xq + t0 * cols;  // [T, cols]
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);  // high 128-bit lane: high nibbles
-    const __m256i ones = _mm256_set1_epi16(1);
-    alignas(32) float scale[R][T][8];      // [R, T, 8 blocks] d_w * d_x
-    alignas(32) float corr[R][T][8] = {};  // [R, T, 8 lanes] sum of d_w * d_x * sum(q_x)
-    __m256 acc[R][T];
-    MX_UNROLL
-    for (int r = 0; r < R; ++r) {
-      MX_UNROLL
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    }
-    for (int64_t b0 = 0; b0 < nb; b0 += 8) {
-      const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
-      block_scales<BlockQ4_0, R, T, true>(w, a.xd + t0 * nb, a.xs + t0 * nb, nb, b0, kb, scale, corr);
-      for (int k = 0; k < kb; ++k) {
-        const int64_t b = b0 + k;
-        __m256i wq[R];
-        MX_UNROLL
-        for (int r = 0; r < R; ++r) {
-          // the 16 bytes in both halves; elements 0..15 = low nibbles, 16..31 = high nibbles
-          const __m256i raw =
-              _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[r][b].qs)));
-          wq[r] = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), low4);
-        }
-        MX_UNROLL
-        for (int t = 0; t < T; ++t) {
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
-          MX_UNROLL
-          for (int r = 0; r < R; ++r) {
-            const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], x), ones);  // nibbles . x
-            acc[r][t] =
-                _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
-          }
-        }
-      }
-    }
-    MX_UNROLL
-    for (int r = 0; r < R; ++r) {
-      MX_UNROLL
-      for (int t = 0; t < T; ++t)
-        y[t * ldy + r * rstep] = hsum256(acc[r][t]) - 8.0f * hsum256(_mm256_load_ps(corr[r][t]));
-    }
-  }
-};
-
 // ---------------------------------------------------------------------------------------------------
-// Prefill over grouped activations (MatmulArgs::x_grouped, internal.h): 8 blocks per group, one int32
+// Prefill over grouped activations (ArrangeQ8Fn, internal.h): 8 blocks per group, one int32
 // lane per block, so each (row, token) pays one conversion, one scale multiply and one FMA per 8 blocks
 // instead of per block. A weight row's group is transposed once (4x4 dwords per 128-bit half, the same
 // transpose that arranged the activations) and kept in registers for kGroupTokens tokens.
@@ -536,10 +470,9 @@ void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_
   }
 }
 
-// Q4_0: grouped activations for every token count (prefill tiles, or four rows in lockstep for one
-// token); column order only if a caller passed them so.
+// Q4_0 over grouped activations, for every token count: prefill tiles, or four rows in lockstep for one
+// token.
 void q4_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
-  if (!a.x_grouped) return tiles<Q4Kernel, 4, 2, 3>(a, r0, nr, t0, nt, y, ldy);
   if (nt == 1) return q4_group_decode(a, r0, nr, t0, y, ldy);
   for (int64_t tt = 0; tt < nt; tt += kQ4TileTokens) {
     const int64_t ct = nt - tt < kQ4TileTokens ? nt - tt : kQ4TileTokens;

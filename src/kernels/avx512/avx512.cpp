@@ -2,15 +2,12 @@
 // called after dispatch.cpp has checked the CPU. Helpers stay in an anonymous namespace and no std::
 // template is instantiated here, so no AVX-512 code can leak into a generic caller through the linker.
 //
-// Quantized matmul: one 32-value block per 256-bit VNNI step (Zen 4 runs 512-bit ops on 256-bit units,
-// so wider steps would not add throughput there). vpdpbusd multiplies unsigned by signed bytes, so
+// Quantized matmul: 256-bit VNNI steps (Zen 4 runs 512-bit ops on 256-bit units, so wider steps would not
+// add throughput there) over grouped activations (see GroupTile). vpdpbusd multiplies unsigned by signed
+// bytes, so
 //   Q8_0 x Q8_0: (w + 128) . x - 128 * sum(x) = w . x,
 //   Q4_0 x Q8_0: nibbles (0..15) . x - 8 * sum(x),
-// the second term summed in f32 per 8 blocks from the activations' d_x * sum(q_x) (MatmulArgs::xs)
-// rather than in every block's integer dot.
-// The 8 int32 lanes are widened to f32 and scaled by d_w * d_x per block, then summed at the end.
-// Q4_0 and Q8_0 normally take the grouped path instead (activations transposed in groups of 8 blocks, see
-// GroupTile), which subtracts c sum(x) per block in int32 and converts once per 8 blocks.
+// the second term subtracted per block in int32 before the conversion to f32.
 #include "kernels/internal.h"
 
 // MX_KERNELS_AVX512_SIMDE: a test build for CPUs without AVX-512, the intrinsics emulated by SIMDe
@@ -154,38 +151,11 @@ inline __m128i load_scales8(const Block* w, int64_t b0, int kb) {
   return _mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo));
 }
 
-// d_w * d_x of every (row, token) for the kb <= 8 blocks from b0, and corr[r][t] += d_w * d_x * sum(q_x)
-// per block lane (the kernels compute u . x and subtract c * sum(corr) at the end): one conversion,
-// one multiply and one FMA per (row, token) per 8 blocks; the block loop broadcasts its scale from memory.
-//   w: R row pointers; xd, xs: [T, nb] activation scales and scaled sums; scale, corr: [R, T, 8]
-template <class Block, int R, int T>
-inline void block_scales(const Block* const* w, const float* xd, const float* xs, int64_t nb, int64_t b0,
-                         int kb, float (*scale)[T][8], float (*corr)[T][8]) {
-  const __mmask8 m = static_cast<__mmask8>((1u << kb) - 1u);
-  __m256 dx[T], sx[T];
-  MX_UNROLL
-  for (int t = 0; t < T; ++t) {
-    dx[t] = _mm256_maskz_loadu_ps(m, xd + t * nb + b0);
-    sx[t] = _mm256_maskz_loadu_ps(m, xs + t * nb + b0);
-  }
-  MX_UNROLL
-  for (int r = 0; r < R; ++r) {
-    prefetch_bytes(w[r] + b0, kPrefetchBytes, 8 * static_cast<int64_t>(sizeof(Block)));
-    const __m256 dw = _mm256_cvtph_ps(load_scales8(w[r], b0, kb));
-    MX_UNROLL
-    for (int t = 0; t < T; ++t) {
-      _mm256_store_ps(scale[r][t], _mm256_mul_ps(dw, dx[t]));
-      _mm256_store_ps(corr[r][t], _mm256_fmadd_ps(dw, sx[t], _mm256_load_ps(corr[r][t])));
-    }
-  }
-}
-
-// The two quantized kernels differ only in how a weight block becomes 32 unsigned bytes u and which
-// constant c makes u . x - c . x the signed dot product:
+// One block (column order) as 32 unsigned bytes u with u . x - c . x the signed dot product, for the
+// blocks after a row's last full group:
 //   Q8_0: u = w + 128 (w xor 0x80), c = 128;   Q4_0: u = the nibbles (0..15), c = 8.
 struct Q8Unpack {
   using Block = BlockQ8_0;
-  static constexpr int kC = 128;
   static __m256i run(const BlockQ8_0& b) {
     return _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)),
                             _mm256_set1_epi8(static_cast<char>(0x80)));
@@ -193,7 +163,6 @@ struct Q8Unpack {
 };
 struct Q4Unpack {
   using Block = BlockQ4_0;
-  static constexpr int kC = 8;
   static __m256i run(const BlockQ4_0& b) {
     // the 16 bytes in both halves; elements 0..15 = low nibbles, 16..31 = high nibbles
     const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)));
@@ -202,59 +171,8 @@ struct Q4Unpack {
   }
 };
 
-template <class Unpack, int R, int T>
-struct QuantKernel {
-  using Block = typename Unpack::Block;
-  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
-    const int64_t cols = a.cols, nb = cols / kQK8_0;
-    const Block* w[R];
-    MX_UNROLL
-    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const Block*>(a.w + (r0 + r * rstep) * a.w_stride);
-    const int8_t* xq = a.xq + t0 * cols;   // [T, cols]
-    alignas(32) float scale[R][T][8];      // [R, T, 8 blocks] d_w * d_x
-    alignas(32) float corr[R][T][8] = {};  // [R, T, 8 lanes] sum of d_w * d_x * sum(q_x)
-    __m256 acc[R][T];
-    MX_UNROLL
-    for (int r = 0; r < R; ++r) {
-      MX_UNROLL
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    }
-    for (int64_t b0 = 0; b0 < nb; b0 += 8) {
-      const int kb = nb - b0 < 8 ? static_cast<int>(nb - b0) : 8;
-      block_scales<Block, R, T>(w, a.xd + t0 * nb, a.xs + t0 * nb, nb, b0, kb, scale, corr);
-      for (int k = 0; k < kb; ++k) {
-        const int64_t b = b0 + k;
-        __m256i wu[R];
-        MX_UNROLL
-        for (int r = 0; r < R; ++r) wu[r] = Unpack::run(w[r][b]);
-        MX_UNROLL
-        for (int t = 0; t < T; ++t) {
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
-          MX_UNROLL
-          for (int r = 0; r < R; ++r) {
-            const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu[r], x);  // u . x
-            acc[r][t] =
-                _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&scale[r][t][k]), acc[r][t]);
-          }
-        }
-      }
-    }
-    MX_UNROLL
-    for (int r = 0; r < R; ++r) {
-      MX_UNROLL
-      for (int t = 0; t < T; ++t)
-        y[t * ldy + r * rstep] =
-            hsum256(acc[r][t]) - static_cast<float>(Unpack::kC) * hsum256(_mm256_load_ps(corr[r][t]));
-    }
-  }
-};
-template <int R, int T>
-using Q8Kernel = QuantKernel<Q8Unpack, R, T>;
-template <int R, int T>
-using Q4Kernel = QuantKernel<Q4Unpack, R, T>;
-
 // ---------------------------------------------------------------------------------------------------
-// Q4_0 and Q8_0 over grouped activations (MatmulArgs::x_grouped, internal.h), for every token count: a
+// Q4_0 and Q8_0 over grouped activations (ArrangeQ8Fn, internal.h), for every token count: a
 // weight row's group of 8 blocks is transposed once (4x4 dwords per 128-bit half, as the activations
 // were), so each (row, token) runs 8 vpdpbusd into one int32 vector (one lane per block), subtracts
 // c sum(x) per block exactly in int32 (c = 8 for Q4_0, 128 for Q8_0), and pays one conversion, one scale
@@ -401,12 +319,10 @@ struct GroupTile {
   };
 };
 
-// Q4_0 and Q8_0: grouped activations for every token count (kDecodeRows rows in lockstep for one
-// token, else kTileRows x kTileTokens tiles); column order only if a caller passed them so.
-template <class Unpack, template <int, int> class ColumnKernel>
+// Q4_0 and Q8_0: kDecodeRows rows in lockstep for one token, else kTileRows x kTileTokens tiles.
+template <class Unpack>
 void group_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
                   int64_t ldy) {
-  if (!a.x_grouped) return tiles<ColumnKernel, 4, 4, 4>(a, r0, nr, t0, nt, y, ldy);
   if (nt == 1)
     return row_pass_decode<GroupTile<Unpack, kPrefetchBytes>::template K, kDecodeRows>(a, r0, nr, t0, y, ldy);
   for (int64_t tt = 0; tt < nt; tt += kTileTokens) {
@@ -810,8 +726,8 @@ const KernelTable* MX_AVX512_TABLE() {
   static const KernelTable table = {
       "avx512",
       {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,
-       group_matmul<Q8GroupUnpack, Q8Kernel>, group_matmul<Q4GroupUnpack, Q4Kernel>,
-       k_matmul<Q4KKernel, Q4KUnpack>, k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>},
+       group_matmul<Q8GroupUnpack>, group_matmul<Q4GroupUnpack>, k_matmul<Q4KKernel, Q4KUnpack>,
+       k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>},
       quantize_q8,
       {nullptr, nullptr, nullptr, arrange_q8, arrange_q8, nullptr, nullptr, nullptr},
       attn_chunk,
