@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/membw.h"
 #include "core/thread_pool.h"
 #include "kernels/kernels.h"
 #include "kernels/paged_attention.h"
@@ -210,27 +211,19 @@ void BM_PagedAttention(benchmark::State& st) {
   st.SetLabel(isa_name(active_isa()));
 }
 
-// The streaming-read roofline: each thread sums its part of a cold buffer as 4 interleaved sequential
-// streams with software prefetch, the access pattern of the decode kernels (a single stream leaves
-// single-thread bandwidth latency-bound on many machines).
+// The streaming-read roofline: each thread reads its part of a cold buffer as 3 interleaved sequential
+// streams with software prefetch (core/membw.h: the pattern that reads fastest here, as in `mixtral
+// bench`'s probe).
 void BM_ReadBandwidth(benchmark::State& st) {
   ThreadPool pool(static_cast<int>(st.range(0)));
   const size_t n = kColdBytes / 8;
   std::unique_ptr<uint64_t[]> buf(new uint64_t[n]);  // [n] 256 MiB
   for (size_t i = 0; i < n; ++i) buf[i] = i;
-  std::vector<uint64_t> sums(static_cast<size_t>(pool.size()) * 8);  // [threads, 8]
+  std::vector<uint64_t> sums(static_cast<size_t>(pool.size()));  // [threads]
   for (auto _ : st) {
     pool.run([&](int ith, int nth) {
-      const size_t b = n * ith / nth, part = (n * (ith + 1) / nth - b) / 4;
-      uint64_t s[8] = {};
-      for (size_t i = 0; i + 8 <= part; i += 8) {
-        for (size_t k = 0; k < 4; ++k) {
-          const uint64_t* p = buf.get() + b + k * part + i;
-          __builtin_prefetch(p + 64);
-          for (int l = 0; l < 8; ++l) s[l] += p[l];
-        }
-      }
-      for (int l = 0; l < 8; ++l) sums[ith * 8 + l] = s[l];
+      const size_t b = n * ith / nth, e = n * (ith + 1) / nth;
+      sums[ith] = read_streams(buf.get() + b, e - b, 3, true);
     });
     benchmark::DoNotOptimize(sums.data());
   }

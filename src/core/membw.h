@@ -2,9 +2,17 @@
 // buffer far larger than the caches with n threads.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+
 #include "core/thread_pool.h"
 
 namespace mixtral {
+
+// Reads words p[0, n) as `streams` interleaved sequential streams (stream k reads the k-th of equal
+// parts, all advancing together), software-prefetching 1.5 KiB ahead if asked; returns their xor so the
+// reads cannot be dropped. The probe's inner loop, shared with the kernel benchmarks.
+uint64_t read_streams(const uint64_t* p, size_t n, int streams, bool prefetch);
 
 // Bytes per second, best of `reps` passes over a `bytes`-sized buffer.
 double measure_read_bandwidth(ThreadPool& pool, size_t bytes = size_t{1} << 30, int reps = 5);
