@@ -39,6 +39,7 @@ struct ModelArgs {
   std::string model;
   int threads = 0;
   int64_t ctx_size = 0;
+  bool no_repack = false;
   void add(CLI::App* app, bool required = true) {
     auto* m =
         app->add_option("-m,--model", model,
@@ -47,12 +48,17 @@ struct ModelArgs {
     if (required) m->required();
     app->add_option("-t,--threads", threads, "worker threads (default: all cores)");
     app->add_option("-c,--ctx-size", ctx_size, "context size in tokens (default: min(trained, 4096))");
+    app->add_flag(
+        "--no-repack", no_repack,
+        "use the weights in the file's layout (by default Q4_0 is repacked at load for the kernels; "
+        "same results, faster)");
   }
   mixtral::Result<std::unique_ptr<mixtral::Engine>> load() const {
     mixtral::EngineOptions o;
     o.model_path = model;
     o.threads = threads;
     o.ctx_size = ctx_size;
+    o.repack = !no_repack;
     return mixtral::Engine::load(o);
   }
 };
@@ -64,6 +70,7 @@ int cmd_run(const ModelArgs& ma, const std::string& prompt, const std::string& p
     o.model_path = ma.model;
     o.threads = ma.threads;
     o.ctx_size = ma.ctx_size;
+    o.repack = !ma.no_repack;
     return mixtral::cli::run_text_prompt(o, prompt, go, ids_only);
   }
   auto ids = parse_ids(prompt_tokens, "--prompt-tokens");
@@ -130,7 +137,8 @@ int cmd_info(const ModelArgs& ma, int64_t ctx) {
   mixtral::EngineOptions o;
   o.model_path = ma.model;
   o.threads = 1;
-  o.ctx_size = 1;  // info allocates no real cache
+  o.ctx_size = 1;    // info allocates no real cache
+  o.repack = false;  // and computes nothing
   auto engine = mixtral::Engine::load(o);
   if (!engine) return fail(engine.error());
   if (ctx <= 0) {
@@ -147,6 +155,7 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
   o.threads = ma.threads;
   o.ctx_size = ma.ctx_size > 0 ? ma.ctx_size : std::max<int64_t>(std::max(n_prompt, n_gen), 1);
   o.batch_size = std::max<int64_t>(n_prompt, 1);
+  o.repack = !ma.no_repack;
   auto engine = mixtral::Engine::load(o);
   if (!engine) return fail(engine.error());
   auto r = (*engine)->bench(n_prompt, n_gen, reps, !no_bw);

@@ -30,6 +30,8 @@ void add_serve_options(CLI::App* app, ServerOptions& o) {
   app->add_option("--idle-timeout", o.idle_timeout_s, "seconds a connection may stay silent")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app->add_flag("--no-repack", o.no_repack,
+                "use the weights in the file's layout (by default Q4_0 is repacked at load; same results)");
 }
 
 }  // namespace mixtral::server

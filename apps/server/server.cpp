@@ -797,6 +797,7 @@ int serve(const ServerOptions& o) {
   eo.ctx_size = o.ctx_size;
   eo.parallel = o.parallel;
   eo.max_queue = o.max_queue;
+  eo.repack = !o.no_repack;
   auto eng = BatchEngine::load(eo);
   if (!eng) {
     std::fprintf(stderr, "mixtral: error: %s\n", eng.error().message.c_str());

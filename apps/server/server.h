@@ -24,6 +24,7 @@ struct ServerOptions {
   int idle_timeout_s = 30;           // socket read/write timeout
   int request_timeout_s = 600;       // whole request (queue + generation)
   double shutdown_grace_s = 10;      // in-flight requests may finish for this long on SIGINT/SIGTERM
+  bool no_repack = false;            // keep weights in the file's layout (BatchEngineOptions::repack)
 };
 
 // Registers the `serve` flags on app, writing into o.

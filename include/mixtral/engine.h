@@ -17,6 +17,7 @@ struct EngineOptions {
   int threads = 0;           // 0: all cores
   int64_t ctx_size = 0;      // KV cache positions; 0: min(trained context, 4096)
   int64_t batch_size = 256;  // prompt tokens per forward step
+  bool repack = true;        // repack weights at load for the kernels (LoadOptions::repack)
 };
 
 struct GenerateOptions {

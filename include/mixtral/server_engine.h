@@ -24,6 +24,7 @@ struct BatchEngineOptions {
   int64_t max_batch = 64;   // tokens per forward step (decodes + prefill chunks)
   int64_t block_size = 16;  // positions per KV block
   int64_t max_queue = 256;  // waiting requests beyond `parallel`; more are refused
+  bool repack = true;       // repack weights at load for the kernels (LoadOptions::repack)
 };
 
 struct CompletionParams {

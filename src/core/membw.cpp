@@ -12,6 +12,8 @@
 #include <memory>
 #include <vector>
 
+#include "core/huge_pages.h"
+
 namespace mixtral {
 
 uint64_t read_streams(const uint64_t* p, size_t n, int streams, bool prefetch) {
@@ -32,16 +34,13 @@ uint64_t read_streams(const uint64_t* p, size_t n, int streams, bool prefetch) {
 
 double measure_read_bandwidth(ThreadPool& pool, size_t bytes, int reps) {
   const size_t n = bytes / sizeof(uint64_t);
-  // [n] on 2 MiB-aligned memory the kernel may back with huge pages: the weights are read through a
-  // file mapping that often is (page-cache huge pages), and 4 KiB pages would cost the probe TLB misses
-  // the decode does not pay.
-  constexpr size_t kHuge = size_t{2} << 20;
-  const size_t alloc = (n * sizeof(uint64_t) + kHuge - 1) / kHuge * kHuge;
-  std::unique_ptr<uint64_t[], void (*)(uint64_t*)> buf(
-      static_cast<uint64_t*>(std::aligned_alloc(kHuge, alloc)), [](uint64_t* p) { std::free(p); });
-  if (!buf) return 0.0;
-  madvise(buf.get(), alloc, MADV_HUGEPAGE);  // advice only: without THP the pages stay 4 KiB
-  pool.run([&](int ith, int nth) {           // first touch by the threads that read it
+  // [n] on huge pages where the kernel allows: the weights are read through a file mapping that often is
+  // (page-cache huge pages) or from repacked buffers that are (alloc_huge_pages), and 4 KiB pages would
+  // cost the probe TLB misses the decode does not pay.
+  const std::shared_ptr<uint8_t> mem = alloc_huge_pages(n * sizeof(uint64_t));
+  if (!mem) return 0.0;
+  auto* buf = reinterpret_cast<uint64_t*>(mem.get());
+  pool.run([&](int ith, int nth) {  // first touch by the threads that read it
     const size_t b = n * static_cast<size_t>(ith) / static_cast<size_t>(nth);
     const size_t e = n * static_cast<size_t>(ith + 1) / static_cast<size_t>(nth);
     for (size_t i = b; i < e; ++i) buf[i] = i;
@@ -62,7 +61,7 @@ double measure_read_bandwidth(ThreadPool& pool, size_t bytes, int reps) {
   auto pass = [&](const Pattern& pat, int ith, int nth) {
     const size_t b = n * static_cast<size_t>(ith) / static_cast<size_t>(nth);
     const size_t e = n * static_cast<size_t>(ith + 1) / static_cast<size_t>(nth);
-    sink[static_cast<size_t>(ith)] = read_streams(buf.get() + b, e - b, pat.streams, pat.prefetch);
+    sink[static_cast<size_t>(ith)] = read_streams(buf + b, e - b, pat.streams, pat.prefetch);
   };
   for (int r = 0; r < reps; ++r) {
     for (const Pattern& pat : kPatterns) {

@@ -14,7 +14,9 @@ Progress::Progress(std::string label, int64_t total, Mode mode)
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_) {}
 
-Progress::~Progress() { finish(); }
+Progress::~Progress() {
+  finish();
+}
 
 void Progress::update(int64_t done) {
   done_ = std::clamp<int64_t>(done, 0, total_);

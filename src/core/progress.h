@@ -18,7 +18,7 @@ class Progress {
   Progress& operator=(const Progress&) = delete;
 
   void add(int64_t n) { update(done_ + n); }
-  void update(int64_t done);    // redraws at most ~10 times a second
+  void update(int64_t done);                                            // redraws at most ~10 times a second
   void set_detail(std::string detail) { detail_ = std::move(detail); }  // shown after the bar
   void finish();
   bool enabled() const { return enabled_; }

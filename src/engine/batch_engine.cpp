@@ -107,7 +107,9 @@ Result<std::unique_ptr<BatchEngine>> BatchEngine::load(const BatchEngineOptions&
     return Error::usage("bad batch engine options");
   auto impl = std::make_unique<Impl>();
   impl->opts = opts;
-  MX_ASSIGN_OR_RETURN(impl->model, load_model(opts.model_path));
+  LoadOptions lo;
+  lo.repack = opts.repack;
+  MX_ASSIGN_OR_RETURN(impl->model, load_model(opts.model_path, lo));
   const ModelConfig& c = impl->model->config;
   impl->pool = std::make_unique<ThreadPool>(resolve_threads(opts.threads));
   impl->ctx =

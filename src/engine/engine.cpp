@@ -39,7 +39,9 @@ Result<std::unique_ptr<Engine>> Engine::load(const EngineOptions& opts) {
   if (opts.ctx_size < 0) return Error::usage("--ctx-size must be positive");
   if (opts.batch_size <= 0) return Error::usage("--batch-size must be positive");
   auto impl = std::make_unique<Impl>();
-  MX_ASSIGN_OR_RETURN(impl->model, load_model(opts.model_path));
+  LoadOptions lo;
+  lo.repack = opts.repack;
+  MX_ASSIGN_OR_RETURN(impl->model, load_model(opts.model_path, lo));
   impl->threads = resolve_threads(opts.threads);
   impl->pool = std::make_unique<ThreadPool>(impl->threads);
   const ModelConfig& c = impl->model->config;

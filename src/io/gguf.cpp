@@ -448,6 +448,10 @@ const GgufTensorInfo* GgufFile::find_tensor(const std::string& name) const {
   return it == index_.end() ? nullptr : &tensors_[it->second];
 }
 
+void GgufFile::release(const void* p, size_t n) const {
+  if (file_) file_->release(p, n);
+}
+
 namespace {
 
 Error wrong_type(const std::string& file, const std::string& key, const GgufValue& v, const char* expected) {

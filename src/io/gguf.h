@@ -75,6 +75,9 @@ class GgufFile {
   const std::map<std::string, GgufValue>& metadata() const { return kv_; }
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* find_tensor(const std::string& name) const;
+  // Drops this process's mapping of tensor bytes [p, p + n) copied elsewhere (MappedFile::release); a
+  // no-op for bytes given to parse().
+  void release(const void* p, size_t n) const;
 
   // Typed metadata lookups: nullopt when absent; an Error naming file and key when present with a
   // wrong type. get_int takes any integer type (u64 above INT64_MAX is an error); get_float takes

@@ -26,6 +26,11 @@ class MappedFile {
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
+  // Drops this process's mappings of the whole pages inside [p, p + n), for bytes that now live elsewhere
+  // (weights repacked at load), so they are not resident twice. The pages stay in the page cache and a
+  // later read maps them again; bytes outside the mapping are ignored.
+  void release(const void* p, size_t n) const;
+
  private:
   std::string path_;
   const uint8_t* data_ = nullptr;

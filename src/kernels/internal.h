@@ -30,7 +30,8 @@ enum WeightKind {
   kWQ4_K = 5,
   kWQ5_K = 6,
   kWQ6_K = 7,
-  kNumWeightKinds = 8
+  kWQ4_0G8 = 8,  // DType::Q4_0_G8: Q4_0 repacked at load (tensor/quant.h); reads Q4_0's activation format
+  kNumWeightKinds = 9
 };
 
 // Everything one matmul call's tiles share.

@@ -19,6 +19,12 @@ Isa active_isa();       // what the dispatched ops use now
 void set_isa(Isa isa);  // force (tests, benchmarks); clamped to what the CPU supports
 const char* isa_name(Isa isa);
 
+// The in-memory layout the active kernels read fastest for a [rows, cols] matmul weight stored as t:
+// Q4_0 -> Q4_0_G8 (the same values with each 8-block group pre-transposed, tensor/quant.h) where the
+// active table has a grouped kernel for it and cols is whole groups; otherwise t. Either layout gives
+// bit-identical matmul results, so repacking at load is only a speed choice.
+DType preferred_layout(DType t, int64_t cols);
+
 namespace detail {
 struct PreparedAccess;  // dispatch.cpp: finds or makes a format
 }  // namespace detail

@@ -8,8 +8,10 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/huge_pages.h"
 #include "io/gguf.h"
 #include "io/safetensors.h"
+#include "kernels/kernels.h"
 #include "model/weights.h"
 #include "tensor/quant.h"
 
@@ -231,7 +233,8 @@ Status validate_config(const ModelConfig& c, const std::string& file) {
     return bad("experts per token (" + std::to_string(c.n_experts_used) + ") must be in [1, expert count " +
                std::to_string(c.n_experts) + "]");
   if (!(c.norm_eps > 0.0f) || !(c.norm_eps < 1.0f)) return bad("norm epsilon must be in (0, 1)");
-  if (!(c.rope_theta > 0.0f) || !std::isfinite(c.rope_theta)) return bad("rope theta must be positive and finite");
+  if (!(c.rope_theta > 0.0f) || !std::isfinite(c.rope_theta))
+    return bad("rope theta must be positive and finite");
   if (c.sliding_window < 0) return bad("sliding window must not be negative");
   const int64_t kMax = int64_t{1} << 24;  // sizes beyond this are corrupt, not models
   for (int64_t v : {c.dim, c.n_layers, c.n_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.n_experts})
@@ -515,7 +518,52 @@ Status refuse_pickle(const std::string& path) {
                      "loaded); use the model's .safetensors files or a GGUF file");
 }
 
-Result<std::unique_ptr<Model>> load_gguf(const std::string& path) {
+// Repacks the matmul weights whose preferred layout differs from the file's (LoadOptions::repack) into
+// one huge-page buffer, retypes their views, and releases the file pages they were read from, so each
+// weight is resident once. Each distinct tensor once (a tied output shares the embedding table, which
+// get_rows reads as stored: left as it is).
+Status repack_weights(const GgufFile& g, Model& m) {
+  std::vector<TensorView*> all;
+  for (LayerWeights& L : m.layers) {
+    for (TensorView* v : {&L.wq, &L.wk, &L.wv, &L.wo}) all.push_back(v);
+    for (auto* experts : {&L.w1, &L.w3, &L.w2})
+      for (TensorView& v : *experts) all.push_back(&v);
+  }
+  if (m.output.data != m.tok_embd.data) all.push_back(&m.output);
+  constexpr size_t kAlign = 64;
+  std::set<const void*> seen;
+  std::vector<TensorView*> todo;
+  size_t total = 0;  // bytes of the buffer, each tensor at a 64-byte boundary
+  for (TensorView* v : all) {
+    if (kernels::preferred_layout(v->dtype, v->cols()) == v->dtype || !seen.insert(v->data).second) continue;
+    todo.push_back(v);
+    total += (v->nbytes() + kAlign - 1) / kAlign * kAlign;
+  }
+  if (todo.empty()) return {};
+  const std::shared_ptr<uint8_t> buf = alloc_huge_pages(total);
+  if (!buf)
+    return Error::io(g.path() + ": cannot allocate " + std::to_string(total >> 20) +
+                     " MiB to repack the weights (try --no-repack)");
+  size_t at = 0;
+  for (TensorView* v : todo) {
+    const DType to = kernels::preferred_layout(v->dtype, v->cols());
+    MX_CHECK(v->dtype == DType::Q4_0 && to == DType::Q4_0_G8, "no repack from %s to %s",
+             std::string(dtype_name(v->dtype)).c_str(), std::string(dtype_name(to)).c_str());
+    uint8_t* dst = buf.get() + at;
+    const size_t n = v->nbytes();
+    repack_q4_0_g8(static_cast<const BlockQ4_0*>(v->data), reinterpret_cast<BlockQ4_0G8*>(dst),
+                   v->numel() / kQK4_0G8);
+    g.release(v->data, n);
+    v->data = dst;
+    v->dtype = to;
+    at += (n + kAlign - 1) / kAlign * kAlign;
+  }
+  m.repacked_tensors = static_cast<int64_t>(todo.size());
+  m.keep_alive.push_back(buf);
+  return {};
+}
+
+Result<std::unique_ptr<Model>> load_gguf(const std::string& path, const LoadOptions& opts) {
   MX_ASSIGN_OR_RETURN(GgufFile g, GgufFile::open(path));
   auto gguf = std::make_shared<GgufFile>(std::move(g));
   auto m = std::make_unique<Model>();
@@ -530,6 +578,7 @@ Result<std::unique_ptr<Model>> load_gguf(const std::string& path) {
     return Error::data(path + ": holds both merged (*_exps) and per-expert expert tensors");
   m->layout = src.legacy() ? Layout::kGgufLegacy : Layout::kGgufMerged;
   MX_TRY_STATUS(build_weights(src, Family::kGguf, *m));
+  if (opts.repack) MX_TRY_STATUS(repack_weights(*gguf, *m));
   MX_ASSIGN_OR_RETURN(auto tokens, gguf->get_string_array("tokenizer.ggml.tokens"));
   if (tokens) m->vocab = std::move(*tokens);
   m->keep_alive.push_back(gguf);
@@ -611,7 +660,7 @@ Result<std::unique_ptr<Model>> load_dir(const fs::path& dir, Family family) {
 
 }  // namespace
 
-Result<std::unique_ptr<Model>> load_model(const std::string& path) {
+Result<std::unique_ptr<Model>> load_model(const std::string& path, const LoadOptions& opts) {
   std::error_code ec;
   const fs::path p(path);
   if (fs::is_directory(p, ec)) {
@@ -623,7 +672,7 @@ Result<std::unique_ptr<Model>> load_model(const std::string& path) {
   MX_ASSIGN_OR_RETURN(MappedFile f, MappedFile::open(path));
   const uint8_t* d = f.data();
   const size_t n = f.size();
-  if (has_prefix(d, n, "GGUF")) return load_gguf(path);
+  if (has_prefix(d, n, "GGUF")) return load_gguf(path, opts);
   if (has_prefix(d, n, "PK\x03\x04") || (n >= 1 && d[0] == 0x80)) return Error(refuse_pickle(path).error());
   if (p.extension() == ".safetensors") {
     const fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();

@@ -40,15 +40,24 @@ struct Model {
   std::string path;
   TensorView tok_embd;  // [vocab, dim]
   std::vector<LayerWeights> layers;
-  std::vector<float> out_norm;     // [dim]
-  TensorView output;               // [vocab, dim] (tok_embd when tied)
-  std::vector<std::string> vocab;  // token pieces when the file carries them (GGUF), else empty
-  std::vector<TensorRecord> tensors;
+  std::vector<float> out_norm;        // [dim]
+  TensorView output;                  // [vocab, dim] (tok_embd when tied)
+  std::vector<std::string> vocab;     // token pieces when the file carries them (GGUF), else empty
+  std::vector<TensorRecord> tensors;  // as stored in the files (views may be repacked, see LoadOptions)
+  int64_t repacked_tensors = 0;       // matmul weight views rewritten at load (LoadOptions::repack)
   std::vector<std::shared_ptr<const void>> keep_alive;  // the mapped files behind the views
+};
+
+struct LoadOptions {
+  // Rewrite matmul weights into the layout the active kernels read fastest (kernels::preferred_layout:
+  // Q4_0 -> Q4_0_G8), in place of the mapped file's pages (copy-on-write, so memory stays about the file
+  // size and the file never changes). Results are bit-identical either way. Off for tools that read or
+  // re-encode the weights as stored (convert, quantize, info).
+  bool repack = false;
 };
 
 // Loads any supported layout, recognised by content: a GGUF file, a Hugging Face directory
 // (config.json + safetensors) or a Mistral consolidated directory (params.json + safetensors).
-Result<std::unique_ptr<Model>> load_model(const std::string& path);
+Result<std::unique_ptr<Model>> load_model(const std::string& path, const LoadOptions& opts = {});
 
 }  // namespace mixtral

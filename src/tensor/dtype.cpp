@@ -15,7 +15,7 @@ struct Entry {
 };
 
 // Block layouts as in GGML (sizes in bytes per block).
-constexpr std::array<Entry, 15> kTable = {{
+constexpr std::array<Entry, 16> kTable = {{
     {0, {"f32", 1, 4, true}},
     {1, {"f16", 1, 2, true}},
     {2, {"q4_0", 32, 18, true}},
@@ -31,11 +31,13 @@ constexpr std::array<Entry, 15> kTable = {{
     {14, {"q6_k", 256, 210, true}},
     {15, {"q8_k", 256, 292, true}},
     {30, {"bf16", 1, 2, true}},
+    {1000, {"q4_0_g8", 256, 144, true}},
 }};
 
 }  // namespace
 
 std::optional<DTypeTraits> dtype_traits(uint32_t ggml_type) {
+  if (ggml_type >= kFirstInternal) return std::nullopt;
   for (const auto& e : kTable)
     if (e.id == ggml_type) return e.traits;
   return std::nullopt;
@@ -55,7 +57,7 @@ std::optional<DType> dtype_from_name(std::string_view name) {
   std::string lower(name);
   for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   for (const auto& e : kTable)
-    if (e.traits.name == lower) return static_cast<DType>(e.id);
+    if (e.traits.name == lower && e.id < kFirstInternal) return static_cast<DType>(e.id);
   return std::nullopt;
 }
 

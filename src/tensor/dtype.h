@@ -1,4 +1,6 @@
-// Element types. Numeric values are GGML's type ids, so GGUF files map directly.
+// Element types. Numeric values are GGML's type ids, so GGUF files map directly; ids from kFirstInternal
+// on are this engine's own in-memory layouts (weights repacked at load for the kernels), which no file
+// holds: the GGUF reader and writer refuse them and names do not parse to them.
 #pragma once
 
 #include <cstddef>
@@ -24,7 +26,13 @@ enum class DType : uint32_t {
   Q6_K = 14,
   Q8_K = 15,
   BF16 = 30,
+  // Internal: Q4_0 repacked in groups of 8 blocks (BlockQ4_0G8, tensor/quant.h).
+  Q4_0_G8 = 1000,
 };
+constexpr uint32_t kFirstInternal = 1000;
+inline bool is_internal(DType t) {
+  return static_cast<uint32_t>(t) >= kFirstInternal;
+}
 
 struct DTypeTraits {
   std::string_view name;  // "f32", "q8_0", ...
@@ -33,11 +41,12 @@ struct DTypeTraits {
   bool supported;         // this build can load and compute with it
 };
 
-// Traits of a known GGML type id; nullopt for ids this build has never heard of.
+// Traits of a known GGML type id; nullopt for ids this build has never heard of (and internal ids).
 std::optional<DTypeTraits> dtype_traits(uint32_t ggml_type);
 const DTypeTraits& traits(DType t);
 std::string_view dtype_name(DType t);
-std::optional<DType> dtype_from_name(std::string_view name);  // "f32", "q4_0", ... (case-insensitive)
+// "f32", "q4_0", ... (case-insensitive); file types only.
+std::optional<DType> dtype_from_name(std::string_view name);
 
 // Bytes taken by n elements of type t; n must be a multiple of the block size.
 inline size_t row_bytes(DType t, int64_t n) {

@@ -59,6 +59,31 @@ uint16_t f32_to_fp16(float f) {
   return sign | static_cast<uint16_t>(v >> 13);
 }
 
+void repack_q4_0_g8(const BlockQ4_0* src, BlockQ4_0G8* dst, int64_t n_groups) {
+  for (int64_t g = 0; g < n_groups; ++g) {
+    BlockQ4_0 b[kG8Blocks];  // [8] a copy: dst may overlay src
+    std::memcpy(b, src + g * kG8Blocks, sizeof(b));
+    BlockQ4_0G8 o;
+    for (int j = 0; j < kG8Blocks; ++j) {
+      o.d[j] = b[j].d;
+      for (int k = 0; k < 4; ++k) std::memcpy(o.qs + 32 * k + 4 * j, b[j].qs + 4 * k, 4);
+    }
+    std::memcpy(dst + g, &o, sizeof(o));
+  }
+}
+
+void unpack_q4_0_g8(const BlockQ4_0G8* src, BlockQ4_0* dst, int64_t n_groups) {
+  for (int64_t g = 0; g < n_groups; ++g) {
+    const BlockQ4_0G8 o = src[g];  // a copy: dst may overlay src
+    BlockQ4_0* b = dst + g * kG8Blocks;
+    for (int j = 0; j < kG8Blocks; ++j) {
+      b[j].d = o.d[j];
+      for (int k = 0; k < 4; ++k)
+        for (int i = 0; i < 4; ++i) b[j].qs[4 * k + i] = o.qs[32 * k + 4 * j + i];
+    }
+  }
+}
+
 void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
   MX_CHECK(n % traits(t).block_size == 0, "dequantize_row: %lld elements are not whole %s blocks",
            static_cast<long long>(n), std::string(dtype_name(t)).c_str());
@@ -92,6 +117,15 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
           dst[i * kQK4_0 + j] = d * static_cast<float>((b[i].qs[j] & 0x0f) - 8);
           dst[i * kQK4_0 + j + kQK4_0 / 2] = d * static_cast<float>((b[i].qs[j] >> 4) - 8);
         }
+      }
+      return;
+    }
+    case DType::Q4_0_G8: {
+      const auto* g = static_cast<const BlockQ4_0G8*>(src);
+      for (int64_t i = 0; i < n / kQK4_0G8; ++i) {
+        BlockQ4_0 b[kG8Blocks];  // [8]
+        unpack_q4_0_g8(g + i, b, 1);
+        dequantize_row(DType::Q4_0, b, dst + i * kQK4_0G8, kQK4_0G8);
       }
       return;
     }
@@ -172,6 +206,9 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
       }
       return;
     }
+    case DType::Q4_0_G8:
+      quantize_row(DType::Q4_0, src, dst, n);
+      return repack_q4_0_g8(static_cast<const BlockQ4_0*>(dst), static_cast<BlockQ4_0G8*>(dst), n / kQK4_0G8);
     case DType::Q4_1:
       return detail::quantize_q4_1(src, dst, n);
     case DType::Q5_0:

@@ -44,6 +44,23 @@ struct BlockQ4_0 {
 };
 static_assert(sizeof(BlockQ4_0) == 18);
 
+// Q4_0_G8 (internal, made at load by repack_q4_0_g8): 8 consecutive Q4_0 blocks of a row (256 elements)
+// with their nibbles transposed for the SIMD kernels, which then load them as they are. qs[32k + 4j + i]
+// is byte 4k + i of block j's qs (k = 0..3, j = 0..7, i = 0..3), and d[j] is block j's scale. The values
+// and scales are Q4_0's, so every dot product is bit-identical to Q4_0's. 144 bytes, as the 8 blocks.
+constexpr int kG8Blocks = 8;
+constexpr int kQK4_0G8 = kG8Blocks * kQK4_0;  // elements per BlockQ4_0G8
+struct BlockQ4_0G8 {
+  uint8_t qs[kG8Blocks * kQK4_0 / 2];
+  uint16_t d[kG8Blocks];  // fp16 scales
+};
+static_assert(sizeof(BlockQ4_0G8) == kG8Blocks * sizeof(BlockQ4_0));
+
+// Rewrites n_groups groups of 8 Q4_0 blocks as BlockQ4_0G8, in place (src and dst may be the same
+// memory) or into another buffer; and back.
+void repack_q4_0_g8(const BlockQ4_0* src, BlockQ4_0G8* dst, int64_t n_groups);
+void unpack_q4_0_g8(const BlockQ4_0G8* src, BlockQ4_0* dst, int64_t n_groups);
+
 constexpr int kQK4_1 = 32;
 constexpr int kQK5_0 = 32;
 constexpr int kQK5_1 = 32;

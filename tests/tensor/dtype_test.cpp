@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
+#include <vector>
 
 #include "tensor/quant.h"
 #include "tensor/tensor.h"
@@ -17,6 +19,48 @@ TEST(DType, GgmlIdsAndSizes) {
   EXPECT_FALSE(dtype_from_name("q9_9").has_value());
   EXPECT_FALSE(dtype_traits(99).has_value());
   EXPECT_EQ(dtype_traits(12)->name, "q4_k");
+}
+
+// The repacked Q4_0 is internal: same bytes per row as Q4_0, but no file type id or name reaches it.
+TEST(DType, InternalQ4_0G8IsNoFileType) {
+  EXPECT_TRUE(is_internal(DType::Q4_0_G8));
+  EXPECT_FALSE(is_internal(DType::Q4_0));
+  EXPECT_EQ(row_bytes(DType::Q4_0_G8, 4096), row_bytes(DType::Q4_0, 4096));
+  EXPECT_EQ(dtype_name(DType::Q4_0_G8), "q4_0_g8");
+  EXPECT_FALSE(dtype_traits(static_cast<uint32_t>(DType::Q4_0_G8)).has_value());
+  EXPECT_FALSE(dtype_from_name("q4_0_g8").has_value());
+}
+
+// Repacking moves bytes, never values: the repacked row decodes to the Q4_0 row's values exactly, the
+// layout is the documented one, in place or not, and unpacking restores the original bytes.
+TEST(Quant, Q4_0G8RepackKeepsEveryValue) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist;
+  const int64_t n = 1024, groups = n / kQK4_0G8;
+  std::vector<float> x(n);
+  for (auto& v : x) v = dist(rng);
+  std::vector<BlockQ4_0> q4(n / kQK4_0);
+  quantize_row(DType::Q4_0, x.data(), q4.data(), n);
+  std::vector<BlockQ4_0G8> g8(groups);
+  repack_q4_0_g8(q4.data(), g8.data(), groups);
+  for (int64_t g = 0; g < groups; ++g)
+    for (int j = 0; j < 8; ++j) {
+      const BlockQ4_0& b = q4[g * 8 + j];
+      ASSERT_EQ(g8[g].d[j], b.d);
+      for (int m = 0; m < 16; ++m) ASSERT_EQ(g8[g].qs[32 * (m / 4) + 4 * j + m % 4], b.qs[m]);
+    }
+  std::vector<float> a(n), b(n);
+  dequantize_row(DType::Q4_0, q4.data(), a.data(), n);
+  dequantize_row(DType::Q4_0_G8, g8.data(), b.data(), n);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float)));
+  std::vector<BlockQ4_0> in_place(q4);
+  repack_q4_0_g8(in_place.data(), reinterpret_cast<BlockQ4_0G8*>(in_place.data()), groups);
+  EXPECT_EQ(0, std::memcmp(in_place.data(), g8.data(), sizeof(BlockQ4_0G8) * groups));
+  unpack_q4_0_g8(reinterpret_cast<const BlockQ4_0G8*>(in_place.data()), in_place.data(), groups);
+  EXPECT_EQ(0, std::memcmp(in_place.data(), q4.data(), sizeof(BlockQ4_0) * q4.size()));
+  std::vector<BlockQ4_0G8> direct(groups);
+  quantize_row(DType::Q4_0_G8, x.data(), direct.data(), n);
+  EXPECT_EQ(0, std::memcmp(direct.data(), g8.data(), sizeof(BlockQ4_0G8) * groups));
 }
 
 // Q8_0 and Q4_0 round trips keep every element within half a quantisation step of its block,

@@ -251,61 +251,63 @@ inline void tail_blocks(const MatmulArgs& a, const Block* w, int64_t b_begin, in
 // R weight rows (r0 + i * rstep) x T tokens over grouped activations. Each (row, token) runs the same
 // operations whatever R and T, so decode (R rows in lockstep, one token) and prefill (one row, T tokens)
 // give bit-identical results.
-template <int R, int T>
+template <class Load>
 struct Q4GroupRT {
-  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
-    const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
-    const BlockQ4_0* w[R];
-    MX_UNROLL
-    for (int i = 0; i < R; ++i)
-      w[i] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + i * rstep) * a.w_stride);
-    const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
-    const float* xd = a.xd + t0 * nb;      // [T, nb]
-    const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
-    const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    __m256 acc[R][T];
-    MX_UNROLL
-    for (int i = 0; i < R; ++i) {
+  template <int R, int T>
+  struct K {
+    static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
+      const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
+      const BlockQ4_0* w[R];
       MX_UNROLL
-      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
-    }
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t b0 = g * kGroupBlocks;
+      for (int i = 0; i < R; ++i)
+        w[i] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + i * rstep) * a.w_stride);
+      const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
+      const float* xd = a.xd + t0 * nb;      // [T, nb]
+      const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
+      const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+      __m256 acc[R][T];
       MX_UNROLL
       for (int i = 0; i < R; ++i) {
-        if constexpr (R > 1)
-          prefetch_bytes(w[i] + b0, kPrefetchBytes, kGroupBlocks * static_cast<int64_t>(sizeof(BlockQ4_0)));
-        __m256i c[4], u[8];  // u[2k + h]: the nibbles of c[k], low (h = 0) or high (h = 1)
-        transpose_group(w[i][b0].qs, sizeof(BlockQ4_0), c);
         MX_UNROLL
-        for (int k = 0; k < 4; ++k) {
-          u[2 * k] = _mm256_and_si256(c[k], low4);
-          u[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(c[k], 4), low4);
-        }
-        const __m256 dw = _mm256_cvtph_ps(q4_group_scales(w[i], b0));
+        for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+      }
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t b0 = g * kGroupBlocks;
         MX_UNROLL
-        for (int t = 0; t < T; ++t) {
-          const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
-          __m256i s16 = _mm256_maddubs_epi16(u[0], _mm256_loadu_si256(xv));
+        for (int i = 0; i < R; ++i) {
+          if constexpr (R > 1)
+            prefetch_bytes(w[i] + b0, kPrefetchBytes, kGroupBlocks * static_cast<int64_t>(sizeof(BlockQ4_0)));
+          __m256i c[4], u[8];  // u[2k + h]: the nibbles of c[k], low (h = 0) or high (h = 1)
+          const __m256 dw = Load::load(reinterpret_cast<const uint8_t*>(w[i] + b0), c);
           MX_UNROLL
-          for (int v = 1; v < 8; ++v)
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u[v], _mm256_loadu_si256(xv + v)));
-          const __m256i corr =
-              _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
-          const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), corr);
-          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
-                                      _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)), acc[i][t]);
+          for (int k = 0; k < 4; ++k) {
+            u[2 * k] = _mm256_and_si256(c[k], low4);
+            u[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(c[k], 4), low4);
+          }
+          MX_UNROLL
+          for (int t = 0; t < T; ++t) {
+            const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
+            __m256i s16 = _mm256_maddubs_epi16(u[0], _mm256_loadu_si256(xv));
+            MX_UNROLL
+            for (int v = 1; v < 8; ++v)
+              s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u[v], _mm256_loadu_si256(xv + v)));
+            const __m256i corr =
+                _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
+            const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), corr);
+            acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                                        _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)), acc[i][t]);
+          }
         }
       }
-    }
-    MX_UNROLL
-    for (int i = 0; i < R; ++i) {
-      float tail[T] = {};
-      tail_blocks<BlockQ4_0, T>(a, w[i], ng * kGroupBlocks, t0, tail);
       MX_UNROLL
-      for (int t = 0; t < T; ++t) y[t * ldy + i * rstep] = hsum256(acc[i][t]) + tail[t];
+      for (int i = 0; i < R; ++i) {
+        float tail[T] = {};
+        tail_blocks<BlockQ4_0, T>(a, w[i], ng * kGroupBlocks, t0, tail);
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) y[t * ldy + i * rstep] = hsum256(acc[i][t]) + tail[t];
+      }
     }
-  }
+  };
 };
 // Prefill micro-tile of R weight rows x T tokens over grouped activations, ordered so that every
 // activation vector is loaded once for all R rows and every transposed weight vector once for all T
@@ -318,89 +320,91 @@ struct Q4GroupRT {
 // that 512 B ahead arrives late (4 KiB, about two rows: 2.6x faster for 2 tokens, measured).
 constexpr int64_t kTilePrefetchBytes = 4096;
 constexpr int kQ4TileRows = 2, kQ4TileTokens = 4;  // measured best for 2..64 tokens (2x5, 3x3, 3x4 tried)
-template <int R, int T>
+template <class Load>
 struct Q4Tile {
-  static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
-    const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
-    const BlockQ4_0* w[R];
-    MX_UNROLL
-    for (int r = 0; r < R; ++r)
-      w[r] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + r * rstep) * a.w_stride);
-    const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
-    const float* xd = a.xd + t0 * nb;      // [T, nb]
-    const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
-    const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    __m256 acc[R][T];  // [R, T] one f32 lane per block of the group
-    MX_UNROLL
-    for (int r = 0; r < R; ++r) {
+  template <int R, int T>
+  struct K {
+    static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
+      const int64_t cols = a.cols, nb = cols / kQK4_0, ng = nb / kGroupBlocks;
+      const BlockQ4_0* w[R];
       MX_UNROLL
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    }
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t b0 = g * kGroupBlocks;
-      // The rows' transposed groups and scales go through memory (an empty asm that may read it
-      // stops the compiler from holding them in registers across the token loop, where they would
-      // push the int16 sums out of the 16 vector registers).
-      alignas(32) __m256i c[R][4];  // [R, 4] the rows' transposed groups (packed nibbles)
-      alignas(32) __m256 dw[R];     // [R] their 8 block scales
+      for (int r = 0; r < R; ++r)
+        w[r] = reinterpret_cast<const BlockQ4_0*>(a.w + (r0 + r * rstep) * a.w_stride);
+      const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
+      const float* xd = a.xd + t0 * nb;      // [T, nb]
+      const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
+      const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+      __m256 acc[R][T];  // [R, T] one f32 lane per block of the group
       MX_UNROLL
       for (int r = 0; r < R; ++r) {
-        prefetch_bytes(w[r] + b0, kTilePrefetchBytes, kGroupBlocks * static_cast<int64_t>(sizeof(BlockQ4_0)));
-        transpose_group(w[r][b0].qs, sizeof(BlockQ4_0), c[r]);
-        dw[r] = _mm256_cvtph_ps(q4_group_scales(w[r], b0));
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
       }
-      asm volatile("" : : "r"(c), "r"(dw) : "memory");
-      __m256i s16[R][T];  // [R, T] int16 partial dots (exact: see Q4GroupRT)
-      MX_UNROLL
-      for (int v = 0; v < 8; ++v) {  // vector v = 2k + h: the low (h = 0) or high nibbles of c[k]
-        __m256i u[R];
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t b0 = g * kGroupBlocks;
+        // The rows' transposed groups and scales go through memory (an empty asm that may read it
+        // stops the compiler from holding them in registers across the token loop, where they would
+        // push the int16 sums out of the 16 vector registers).
+        alignas(32) __m256i c[R][4];  // [R, 4] the rows' transposed groups (packed nibbles)
+        alignas(32) __m256 dw[R];     // [R] their 8 block scales
         MX_UNROLL
         for (int r = 0; r < R; ++r) {
-          u[r] = _mm256_and_si256(v % 2 == 0 ? c[r][v / 2] : _mm256_srli_epi16(c[r][v / 2], 4), low4);
+          prefetch_bytes(w[r] + b0, kTilePrefetchBytes,
+                         kGroupBlocks * static_cast<int64_t>(sizeof(BlockQ4_0)));
+          dw[r] = Load::load(reinterpret_cast<const uint8_t*>(w[r] + b0), c[r]);
+        }
+        asm volatile("" : : "r"(c), "r"(dw) : "memory");
+        __m256i s16[R][T];  // [R, T] int16 partial dots (exact: see Q4GroupRT)
+        MX_UNROLL
+        for (int v = 0; v < 8; ++v) {  // vector v = 2k + h: the low (h = 0) or high nibbles of c[k]
+          __m256i u[R];
+          MX_UNROLL
+          for (int r = 0; r < R; ++r) {
+            u[r] = _mm256_and_si256(v % 2 == 0 ? c[r][v / 2] : _mm256_srli_epi16(c[r][v / 2], 4), low4);
+          }
+          MX_UNROLL
+          for (int t = 0; t < T; ++t) {
+            __m256i xv =
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0) + v);
+            if constexpr (R > 1) asm("" : "+x"(xv));  // one load for R rows, not R folded memory operands
+            MX_UNROLL
+            for (int r = 0; r < R; ++r) {
+              const __m256i p = _mm256_maddubs_epi16(u[r], xv);
+              s16[r][t] = v == 0 ? p : _mm256_add_epi16(s16[r][t], p);
+              // Opaque to the optimiser, so it keeps this running sum instead of reassociating the
+              // 8 products into a tree that holds all of them (and spills) at once.
+              asm("" : "+x"(s16[r][t]));
+            }
+          }
         }
         MX_UNROLL
         for (int t = 0; t < T; ++t) {
-          __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0) + v);
-          if constexpr (R > 1) asm("" : "+x"(xv));  // one load for R rows, not R folded memory operands
+          const __m256i corr =
+              _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
+          const __m256 xdt = _mm256_loadu_ps(xd + t * nb + b0);
           MX_UNROLL
           for (int r = 0; r < R; ++r) {
-            const __m256i p = _mm256_maddubs_epi16(u[r], xv);
-            s16[r][t] = v == 0 ? p : _mm256_add_epi16(s16[r][t], p);
-            // Opaque to the optimiser, so it keeps this running sum instead of reassociating the
-            // 8 products into a tree that holds all of them (and spills) at once.
-            asm("" : "+x"(s16[r][t]));
+            const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s16[r][t], ones), corr);
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[r], xdt), acc[r][t]);
           }
         }
       }
       MX_UNROLL
-      for (int t = 0; t < T; ++t) {
-        const __m256i corr =
-            _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), 3);
-        const __m256 xdt = _mm256_loadu_ps(xd + t * nb + b0);
+      for (int r = 0; r < R; ++r) {
+        float tail[T] = {};
+        tail_blocks<BlockQ4_0, T>(a, w[r], ng * kGroupBlocks, t0, tail);
         MX_UNROLL
-        for (int r = 0; r < R; ++r) {
-          const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s16[r][t], ones), corr);
-          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[r], xdt), acc[r][t]);
-        }
+        for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum256(acc[r][t]) + tail[t];
       }
     }
-    MX_UNROLL
-    for (int r = 0; r < R; ++r) {
-      float tail[T] = {};
-      tail_blocks<BlockQ4_0, T>(a, w[r], ng * kGroupBlocks, t0, tail);
-      MX_UNROLL
-      for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum256(acc[r][t]) + tail[t];
-    }
-  }
+  };
 };
 
 // One token over grouped activations: row k of each of 4 contiguous parts in lockstep, so four
 // sequential weight streams are in flight (see row_pass_decode).
+template <class Load>
 void q4_group_decode(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
-  constexpr int kR = 4;
-  const int64_t part = nr / kR;
-  for (int64_t k = 0; k < part; ++k) Q4GroupRT<kR, 1>::run(a, r0 + k, part, t0, y + k, ldy);
-  for (int64_t r = kR * part; r < nr; ++r) Q4GroupRT<1, 1>::run(a, r0 + r, 1, t0, y + r, ldy);
+  row_pass_decode<Q4GroupRT<Load>::template K, 4>(a, r0, nr, t0, y, ldy);
 }
 
 template <int T>
@@ -470,13 +474,15 @@ void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_
   }
 }
 
-// Q4_0 over grouped activations, for every token count: prefill tiles, or four rows in lockstep for one
-// token.
+// Q4_0 (either layout, see Q4FileGroup) over grouped activations, for every token count: prefill tiles,
+// or four rows in lockstep for one token.
+template <class Load>
 void q4_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
-  if (nt == 1) return q4_group_decode(a, r0, nr, t0, y, ldy);
+  if (nt == 1) return q4_group_decode<Load>(a, r0, nr, t0, y, ldy);
   for (int64_t tt = 0; tt < nt; tt += kQ4TileTokens) {
     const int64_t ct = nt - tt < kQ4TileTokens ? nt - tt : kQ4TileTokens;
-    token_rest<Q4Tile, kQ4TileRows, kQ4TileTokens>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
+    token_rest<Q4Tile<Load>::template K, kQ4TileRows, kQ4TileTokens>(ct, a, r0, nr, t0 + tt, y + tt * ldy,
+                                                                     ldy);
   }
 }
 
@@ -883,10 +889,10 @@ const KernelTable* avx2_table() {
   static const KernelTable table = {
       "avx2",
       {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>,
-       tiles<Q8Kernel, 4, 2, 3>, q4_matmul, k_matmul<Q4KKernel, Q4KUnpack>, k_matmul<Q5KKernel, Q5KUnpack>,
-       k_matmul<Q6KKernel, Q6KUnpack>},
+       tiles<Q8Kernel, 4, 2, 3>, q4_matmul<Q4FileGroup>, k_matmul<Q4KKernel, Q4KUnpack>,
+       k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>, q4_matmul<Q4G8Group>},
       quantize_q8,
-      {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr},
+      {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr, arrange_q8},
       attn_chunk,
       paged_attn,
       rmsnorm,

@@ -190,13 +190,13 @@ struct Q4Unpack {
 // How a weight group (8 blocks from w) becomes the 8 vectors u[v] of unsigned bytes in grouped order,
 // with u . x - 2^kShift sum(x) = w . x per block: load() writes kStored vectors once per group and
 // row, vec() makes vector v from them in the token loop.
+template <class Load>   // Q4FileGroup or Q4G8Group (grouped.inc)
 struct Q4GroupUnpack {  // u = the nibbles (0..15), c = 8
   using Block = BlockQ4_0;
   using Column = Q4Unpack;
   static constexpr int kShift = 3, kStored = 4;  // packed nibbles: low and high halves of 4 vectors
   static void load(const BlockQ4_0* w, __m256i* c, __m256* d) {
-    transpose_group(w[0].qs, sizeof(BlockQ4_0), c);
-    *d = _mm256_cvtph_ps(q4_group_scales(w, 0));
+    *d = Load::load(reinterpret_cast<const uint8_t*>(w), c);
   }
   static __m256i vec(const __m256i* c, int v) {  // vector v = 2k + h: the low (h = 0) or high nibbles of c[k]
     return _mm256_and_si256(v % 2 == 0 ? c[v / 2] : _mm256_srli_epi16(c[v / 2], 4), _mm256_set1_epi8(0x0f));
@@ -726,10 +726,11 @@ const KernelTable* MX_AVX512_TABLE() {
   static const KernelTable table = {
       "avx512",
       {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,
-       group_matmul<Q8GroupUnpack>, group_matmul<Q4GroupUnpack>, k_matmul<Q4KKernel, Q4KUnpack>,
-       k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>},
+       group_matmul<Q8GroupUnpack>, group_matmul<Q4GroupUnpack<Q4FileGroup>>, k_matmul<Q4KKernel, Q4KUnpack>,
+       k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>,
+       group_matmul<Q4GroupUnpack<Q4G8Group>>},
       quantize_q8,
-      {nullptr, nullptr, nullptr, arrange_q8, arrange_q8, nullptr, nullptr, nullptr},
+      {nullptr, nullptr, nullptr, arrange_q8, arrange_q8, nullptr, nullptr, nullptr, arrange_q8},
       attn_chunk,
       k_from->paged_attn,
       rmsnorm,

@@ -85,6 +85,7 @@ void float_tile(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t
 
 // Quantized weights: widen a chunk of blocks to int8 values (Q4_0: nibble - 8) and f32 scales.
 constexpr int kKB = kKC / kQK8_0;  // blocks per chunk
+static_assert(kKB % kG8Blocks == 0, "chunks of whole Q4_0_G8 groups");
 
 void unpack_q8(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d) {
   const auto* blk = reinterpret_cast<const BlockQ8_0*>(src) + b0;
@@ -101,6 +102,16 @@ void unpack_q4(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d)
       qs[b * kQK4_0 + j] = static_cast<int8_t>((blk[b].qs[j] & 0x0f) - 8);
       qs[b * kQK4_0 + j + kQK4_0 / 2] = static_cast<int8_t>((blk[b].qs[j] >> 4) - 8);
     }
+  }
+}
+
+// The same from BlockQ4_0G8 groups; b0 and nb are whole groups (chunks are 8 blocks, rows whole groups).
+void unpack_q4_g8(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d) {
+  const auto* g = reinterpret_cast<const BlockQ4_0G8*>(src) + b0 / kG8Blocks;
+  for (int64_t i = 0; i < nb / kG8Blocks; ++i) {
+    BlockQ4_0 blk[kG8Blocks];  // [8]
+    unpack_q4_0_g8(g + i, blk, 1);
+    unpack_q4(reinterpret_cast<const uint8_t*>(blk), 0, kG8Blocks, qs + i * kQK4_0G8, d + i * kG8Blocks);
   }
 }
 
@@ -323,9 +334,10 @@ const KernelTable& generic_table() {
       "scalar",
       {float_tile<widen_f32>, float_tile<widen_f16>, float_tile<widen_bf16>, quant_tile<unpack_q8>,
        quant_tile<unpack_q4>, k_tile<BlockQ4_K, unpack_q4_k>, k_tile<BlockQ5_K, unpack_q5_k>,
-       k_tile<BlockQ6_K, unpack_q6_k>},
+       k_tile<BlockQ6_K, unpack_q6_k>, quant_tile<unpack_q4_g8>},
       quantize_q8,
-      {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr},  // column order throughout
+      {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+       nullptr},  // column order throughout
       attn_chunk,
       nullptr,  // paged attention: kernels/paged_attention.cpp's loop
       rmsnorm,

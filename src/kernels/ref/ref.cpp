@@ -76,6 +76,17 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ld
       return matmul_quant<BlockQ8_0>(w, x, n, y, ldy);
     case DType::Q4_0:
       return matmul_quant<BlockQ4_0>(w, x, n, y, ldy);
+    case DType::Q4_0_G8: {  // the same values as Q4_0 in another order: back to Q4_0, then as Q4_0
+      const int64_t rows = w.rows(), groups = w.cols() / kQK4_0G8;
+      std::vector<BlockQ4_0> q4(static_cast<size_t>(rows * groups * kG8Blocks));  // [rows, cols / 32]
+      for (int64_t r = 0; r < rows; ++r)
+        unpack_q4_0_g8(reinterpret_cast<const BlockQ4_0G8*>(w.row(r)), q4.data() + r * groups * kG8Blocks,
+                       groups);
+      TensorView v = w;
+      v.dtype = DType::Q4_0;
+      v.data = q4.data();
+      return matmul_quant<BlockQ4_0>(v, x, n, y, ldy);
+    }
     default:
       // Every other supported type (Q4_1, Q5_0, Q5_1, the K-quants): the decoded weight rows times the
       // f32 activations. The fast K-quant paths round the activations to Q8_K; their tests bound that.

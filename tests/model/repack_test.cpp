@@ -1,0 +1,120 @@
+// Weights repacked at load (LoadOptions::repack): which views change, that the file's records do not,
+// and that the model's logits are bit-identical to the file's layout for prefill and decode, under the
+// kernels that repack and under the scalar kernels reading the repacked weights.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "model/test_model.h"
+#include "model/weights.h"
+#include "runtime/runtime.h"
+
+namespace mixtral {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A small Mixtral whose every matmul has whole 256-value groups (dim 256, ffn 512), as Q4_0.
+std::string write_model(const std::string& layout, bool tied) {
+  const fs::path dir = fs::temp_directory_path() /
+                       ("mixtral-repack-test-" + std::to_string(::getpid()) + (tied ? "-tied" : ""));
+  const fs::path path = dir / (layout + "-q4_0.gguf");
+  if (fs::exists(path)) return path.string();
+  TestModelSpec spec;
+  spec.config.dim = 256;
+  spec.config.ffn_dim = 512;
+  spec.config.n_layers = 2;
+  spec.config.n_heads = 4;
+  spec.config.n_kv_heads = 2;
+  spec.config.head_dim = 64;
+  spec.config.n_experts = 4;
+  spec.config.n_experts_used = 2;
+  spec.config.vocab_size = 320;
+  spec.config.max_seq_len = 64;
+  spec.config.tie_embeddings = tied;
+  spec.seed = tied ? 5 : 3;
+  spec.types = {DType::Q4_0};
+  spec.layouts = {layout};
+  spec.out_dir = dir.string();
+  ThreadPool pool(2);
+  const Status st = make_test_model(spec, pool);
+  EXPECT_TRUE(st.ok()) << st.error().message;
+  return path.string();
+}
+
+std::vector<const TensorView*> matmul_views(const Model& m) {
+  std::vector<const TensorView*> v;
+  for (const LayerWeights& L : m.layers) {
+    for (const TensorView* w : {&L.wq, &L.wk, &L.wv, &L.wo}) v.push_back(w);
+    for (const auto* experts : {&L.w1, &L.w3, &L.w2})
+      for (const TensorView& w : *experts) v.push_back(&w);
+  }
+  return v;
+}
+
+// Logits of a 9-token prefill (every position) and 3 decode steps after it: [12, vocab].
+std::vector<float> logits_of(const Model& m) {
+  ThreadPool pool(2);
+  Runtime rt(m, {32, 16}, pool);
+  const int64_t V = m.config.vocab_size;
+  const std::vector<int32_t> prompt = {1, 17, 200, 45, 9, 130, 77, 3, 250}, more = {12, 99, 140};
+  std::vector<float> out(static_cast<size_t>(12 * V));
+  EXPECT_TRUE(rt.forward(prompt.data(), 9, 0, out.data(), true).ok());
+  for (int64_t i = 0; i < 3; ++i)
+    EXPECT_TRUE(rt.forward(&more[static_cast<size_t>(i)], 1, 9 + i, out.data() + (9 + i) * V, false).ok());
+  return out;
+}
+
+struct IsaGuard {
+  ~IsaGuard() { kernels::set_isa(kernels::detect_isa()); }
+};
+
+class Repack : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(Repack, Q4_0BecomesQ4_0G8WithIdenticalLogits) {
+  IsaGuard guard;
+  const bool simd = kernels::detect_isa() != kernels::Isa::kScalar;  // else nothing is repacked
+  for (bool tied : {false, true}) {
+    SCOPED_TRACE(std::string(GetParam()) + (tied ? " tied" : ""));
+    const std::string path = write_model(GetParam(), tied);
+    LoadOptions on;
+    on.repack = true;
+    auto plain = load_model(path);
+    auto packed = load_model(path, on);
+    ASSERT_TRUE(plain.ok() && packed.ok());
+    const Model &a = **plain, &b = **packed;
+    EXPECT_EQ(a.repacked_tensors, 0);
+    // Every matmul weight once, plus the output head unless it is the embedding table.
+    const DType packed_type = simd ? DType::Q4_0_G8 : DType::Q4_0;
+    EXPECT_EQ(b.repacked_tensors, simd ? 2 * (4 + 3 * 4) + (tied ? 0 : 1) : 0);
+    for (const TensorView* w : matmul_views(b)) EXPECT_EQ(w->dtype, packed_type);
+    EXPECT_EQ(b.output.dtype, tied ? DType::Q4_0 : packed_type);
+    EXPECT_EQ(b.tok_embd.dtype, DType::Q4_0);  // read by get_rows as stored
+    for (const TensorRecord& r : b.tensors) {
+      if (r.name.find("norm") == std::string::npos && r.name.find("gate_inp") == std::string::npos) {
+        EXPECT_EQ(r.dtype, DType::Q4_0) << r.name << ": the records describe the file";
+      }
+    }
+    const std::vector<float> la = logits_of(a), lb = logits_of(b);
+    EXPECT_EQ(0, std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)));
+    // The scalar kernels read the repacked layout too (a table switch after loading), bit for bit.
+    kernels::set_isa(kernels::Isa::kScalar);
+    const std::vector<float> sa = logits_of(a), sb = logits_of(b);
+    EXPECT_EQ(0, std::memcmp(sa.data(), sb.data(), sa.size() * sizeof(float)));
+    // Under them nothing is repacked: their Q4_0 kernel is no slower on the file's layout.
+    auto scalar = load_model(path, on);
+    ASSERT_TRUE(scalar.ok());
+    EXPECT_EQ((*scalar)->repacked_tensors, 0);
+    kernels::set_isa(kernels::detect_isa());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, Repack, ::testing::Values("gguf-merged", "gguf-legacy"));
+
+}  // namespace
+}  // namespace mixtral
