@@ -127,13 +127,15 @@ detail::WeightKind weight_kind(const TensorView& w) {
       return detail::kWQ6_K;
     case DType::Q4_0_G8:
       return detail::kWQ4_0G8;
+    case DType::Q8_0_G8:
+      return detail::kWQ8_0G8;
     default:
       MX_CHECK(false, "matmul: weight dtype %s has no kernel", std::string(dtype_name(w.dtype)).c_str());
   }
 }
 
 bool is_quantized(detail::WeightKind k) {
-  return k == detail::kWQ8_0 || k == detail::kWQ4_0 || k == detail::kWQ4_0G8;
+  return k == detail::kWQ8_0 || k == detail::kWQ4_0 || k == detail::kWQ4_0G8 || k == detail::kWQ8_0G8;
 }
 
 bool is_k_quant(detail::WeightKind k) {
@@ -347,7 +349,8 @@ namespace fallback {
 
 bool has_kernel(DType t) {
   return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
-         t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K || t == DType::Q4_0_G8;
+         t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K || t == DType::Q4_0_G8 ||
+         t == DType::Q8_0_G8;
 }
 
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool) {
@@ -391,10 +394,12 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, PreparedInput& x,
 }  // namespace
 
 DType preferred_layout(DType t, int64_t cols) {
-  // The generic table reads Q4_0_G8 by unpacking it back, so only tables with a grouped Q4_0 kernel
-  // (an arrange function for it) gain from the repack.
-  if (t == DType::Q4_0 && cols % kQK4_0G8 == 0 && table().arrange_q8[detail::kWQ4_0G8] != nullptr)
-    return DType::Q4_0_G8;
+  // The generic table reads the G8 layouts by unpacking them back, so only tables with grouped kernels
+  // for them (an arrange function) gain from the repack.
+  const KernelTable& k = table();
+  const bool whole_groups = cols % (kG8Blocks * kQK8_0) == 0;
+  if (t == DType::Q4_0 && whole_groups && k.arrange_q8[detail::kWQ4_0G8] != nullptr) return DType::Q4_0_G8;
+  if (t == DType::Q8_0 && whole_groups && k.arrange_q8[detail::kWQ8_0G8] != nullptr) return DType::Q8_0_G8;
   return t;
 }
 

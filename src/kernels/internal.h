@@ -31,7 +31,8 @@ enum WeightKind {
   kWQ5_K = 6,
   kWQ6_K = 7,
   kWQ4_0G8 = 8,  // DType::Q4_0_G8: Q4_0 repacked at load (tensor/quant.h); reads Q4_0's activation format
-  kNumWeightKinds = 9
+  kWQ8_0G8 = 9,  // DType::Q8_0_G8: Q8_0 repacked at load; likewise
+  kNumWeightKinds = 10
 };
 
 // Everything one matmul call's tiles share.

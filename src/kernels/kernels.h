@@ -20,9 +20,10 @@ void set_isa(Isa isa);  // force (tests, benchmarks); clamped to what the CPU su
 const char* isa_name(Isa isa);
 
 // The in-memory layout the active kernels read fastest for a [rows, cols] matmul weight stored as t:
-// Q4_0 -> Q4_0_G8 (the same values with each 8-block group pre-transposed, tensor/quant.h) where the
-// active table has a grouped kernel for it and cols is whole groups; otherwise t. Either layout gives
-// bit-identical matmul results, so repacking at load is only a speed choice.
+// Q4_0 -> Q4_0_G8 and Q8_0 -> Q8_0_G8 (the same values with each 8-block group in the kernels' grouped
+// order, tensor/quant.h) where the active table has a grouped kernel for it and cols is whole groups;
+// otherwise t. The values and the activation rounding are the same, so results agree within the
+// float summation order (bit for bit where a table reads both layouts in grouped order).
 DType preferred_layout(DType t, int64_t cols);
 
 namespace detail {

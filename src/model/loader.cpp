@@ -547,12 +547,9 @@ Status repack_weights(const GgufFile& g, Model& m) {
   size_t at = 0;
   for (TensorView* v : todo) {
     const DType to = kernels::preferred_layout(v->dtype, v->cols());
-    MX_CHECK(v->dtype == DType::Q4_0 && to == DType::Q4_0_G8, "no repack from %s to %s",
-             std::string(dtype_name(v->dtype)).c_str(), std::string(dtype_name(to)).c_str());
     uint8_t* dst = buf.get() + at;
     const size_t n = v->nbytes();
-    repack_q4_0_g8(static_cast<const BlockQ4_0*>(v->data), reinterpret_cast<BlockQ4_0G8*>(dst),
-                   v->numel() / kQK4_0G8);
+    repack(v->dtype, to, v->data, dst, v->numel());
     g.release(v->data, n);
     v->data = dst;
     v->dtype = to;

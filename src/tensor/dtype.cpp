@@ -15,7 +15,7 @@ struct Entry {
 };
 
 // Block layouts as in GGML (sizes in bytes per block).
-constexpr std::array<Entry, 16> kTable = {{
+constexpr std::array<Entry, 17> kTable = {{
     {0, {"f32", 1, 4, true}},
     {1, {"f16", 1, 2, true}},
     {2, {"q4_0", 32, 18, true}},
@@ -32,6 +32,7 @@ constexpr std::array<Entry, 16> kTable = {{
     {15, {"q8_k", 256, 292, true}},
     {30, {"bf16", 1, 2, true}},
     {1000, {"q4_0_g8", 256, 144, true}},
+    {1001, {"q8_0_g8", 256, 272, true}},
 }};
 
 }  // namespace

@@ -28,6 +28,8 @@ enum class DType : uint32_t {
   BF16 = 30,
   // Internal: Q4_0 repacked in groups of 8 blocks (BlockQ4_0G8, tensor/quant.h).
   Q4_0_G8 = 1000,
+  // Internal: Q8_0 repacked in groups of 8 blocks (BlockQ8_0G8).
+  Q8_0_G8 = 1001,
 };
 constexpr uint32_t kFirstInternal = 1000;
 inline bool is_internal(DType t) {

@@ -84,6 +84,51 @@ void unpack_q4_0_g8(const BlockQ4_0G8* src, BlockQ4_0* dst, int64_t n_groups) {
   }
 }
 
+void repack_q8_0_g8(const BlockQ8_0* src, BlockQ8_0G8* dst, int64_t n_groups) {
+  for (int64_t g = 0; g < n_groups; ++g) {
+    BlockQ8_0 b[kG8Blocks];  // [8] a copy: dst may overlay src
+    std::memcpy(b, src + g * kG8Blocks, sizeof(b));
+    BlockQ8_0G8 o;
+    for (int j = 0; j < kG8Blocks; ++j) {
+      o.d[j] = b[j].d;
+      for (int v = 0; v < 8; ++v)  // vector v = 2k + h holds values 16h + 4k .. + 3
+        std::memcpy(o.qs + 32 * v + 4 * j, b[j].qs + 16 * (v % 2) + 4 * (v / 2), 4);
+    }
+    std::memcpy(dst + g, &o, sizeof(o));
+  }
+}
+
+void unpack_q8_0_g8(const BlockQ8_0G8* src, BlockQ8_0* dst, int64_t n_groups) {
+  for (int64_t g = 0; g < n_groups; ++g) {
+    BlockQ8_0G8 o;  // a copy: dst may overlay src
+    std::memcpy(&o, src + g, sizeof(o));
+    BlockQ8_0* b = dst + g * kG8Blocks;
+    for (int j = 0; j < kG8Blocks; ++j) {
+      b[j].d = o.d[j];
+      for (int v = 0; v < 8; ++v) std::memcpy(b[j].qs + 16 * (v % 2) + 4 * (v / 2), o.qs + 32 * v + 4 * j, 4);
+    }
+  }
+}
+
+void repack(DType from, DType to, const void* src, void* dst, int64_t n) {
+  constexpr int64_t kGroup = kG8Blocks * kQK8_0;
+  MX_CHECK(n % kGroup == 0, "repack: %lld elements are not whole groups of %lld", static_cast<long long>(n),
+           static_cast<long long>(kGroup));
+  const int64_t g = n / kGroup;
+  if (from == DType::Q4_0 && to == DType::Q4_0_G8) {
+    repack_q4_0_g8(static_cast<const BlockQ4_0*>(src), static_cast<BlockQ4_0G8*>(dst), g);
+  } else if (from == DType::Q4_0_G8 && to == DType::Q4_0) {
+    unpack_q4_0_g8(static_cast<const BlockQ4_0G8*>(src), static_cast<BlockQ4_0*>(dst), g);
+  } else if (from == DType::Q8_0 && to == DType::Q8_0_G8) {
+    repack_q8_0_g8(static_cast<const BlockQ8_0*>(src), static_cast<BlockQ8_0G8*>(dst), g);
+  } else if (from == DType::Q8_0_G8 && to == DType::Q8_0) {
+    unpack_q8_0_g8(static_cast<const BlockQ8_0G8*>(src), static_cast<BlockQ8_0*>(dst), g);
+  } else {
+    MX_CHECK(false, "repack: no layout change from %s to %s", std::string(dtype_name(from)).c_str(),
+             std::string(dtype_name(to)).c_str());
+  }
+}
+
 void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
   MX_CHECK(n % traits(t).block_size == 0, "dequantize_row: %lld elements are not whole %s blocks",
            static_cast<long long>(n), std::string(dtype_name(t)).c_str());
@@ -126,6 +171,15 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
         BlockQ4_0 b[kG8Blocks];  // [8]
         unpack_q4_0_g8(g + i, b, 1);
         dequantize_row(DType::Q4_0, b, dst + i * kQK4_0G8, kQK4_0G8);
+      }
+      return;
+    }
+    case DType::Q8_0_G8: {
+      const auto* g = static_cast<const BlockQ8_0G8*>(src);
+      for (int64_t i = 0; i < n / (kG8Blocks * kQK8_0); ++i) {
+        BlockQ8_0 b[kG8Blocks];  // [8]
+        unpack_q8_0_g8(g + i, b, 1);
+        dequantize_row(DType::Q8_0, b, dst + i * kG8Blocks * kQK8_0, kG8Blocks * kQK8_0);
       }
       return;
     }
@@ -209,6 +263,10 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
     case DType::Q4_0_G8:
       quantize_row(DType::Q4_0, src, dst, n);
       return repack_q4_0_g8(static_cast<const BlockQ4_0*>(dst), static_cast<BlockQ4_0G8*>(dst), n / kQK4_0G8);
+    case DType::Q8_0_G8:
+      quantize_row(DType::Q8_0, src, dst, n);
+      return repack_q8_0_g8(static_cast<const BlockQ8_0*>(dst), static_cast<BlockQ8_0G8*>(dst),
+                            n / (kG8Blocks * kQK8_0));
     case DType::Q4_1:
       return detail::quantize_q4_1(src, dst, n);
     case DType::Q5_0:

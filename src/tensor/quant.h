@@ -56,10 +56,24 @@ struct BlockQ4_0G8 {
 };
 static_assert(sizeof(BlockQ4_0G8) == kG8Blocks * sizeof(BlockQ4_0));
 
-// Rewrites n_groups groups of 8 Q4_0 blocks as BlockQ4_0G8, in place (src and dst may be the same
+// Q8_0_G8 (internal, likewise): 8 consecutive Q8_0 blocks with their values in the grouped order of the
+// activations (kernels/internal.h): qs[32(2k + h) + 4j + i] is value 16h + 4k + i of block j (k = 0..3,
+// h = 0..1, j = 0..7, i = 0..3), d[j] block j's scale. 272 bytes, as the 8 blocks.
+struct BlockQ8_0G8 {
+  int8_t qs[kG8Blocks * kQK8_0];
+  uint16_t d[kG8Blocks];  // fp16 scales
+};
+static_assert(sizeof(BlockQ8_0G8) == kG8Blocks * sizeof(BlockQ8_0));
+
+// Rewrite n_groups groups of 8 blocks in the repacked layout, in place (src and dst may be the same
 // memory) or into another buffer; and back.
 void repack_q4_0_g8(const BlockQ4_0* src, BlockQ4_0G8* dst, int64_t n_groups);
 void unpack_q4_0_g8(const BlockQ4_0G8* src, BlockQ4_0* dst, int64_t n_groups);
+void repack_q8_0_g8(const BlockQ8_0* src, BlockQ8_0G8* dst, int64_t n_groups);
+void unpack_q8_0_g8(const BlockQ8_0G8* src, BlockQ8_0* dst, int64_t n_groups);
+// n elements (whole groups of 256) from type `from` to its repacked layout `to` (Q4_0 -> Q4_0_G8,
+// Q8_0 -> Q8_0_G8) or back; src and dst may be the same memory. Any other pair is a checked error.
+void repack(DType from, DType to, const void* src, void* dst, int64_t n);
 
 constexpr int kQK4_1 = 32;
 constexpr int kQK5_0 = 32;

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -124,6 +125,7 @@ MatmulTol tol_for(DType t) {
     case DType::Q8_0:
     case DType::Q4_0:
     case DType::Q4_0_G8:
+    case DType::Q8_0_G8:
       // vs_ref: integer block dots are exact; the f32 sum of the scaled block terms runs in another order
       // (8 lanes per block, then a horizontal sum; the c . x correction summed apart): observed <= 1.3e-7.
       // vs_f64: dominated by rounding the activations to Q8_0: observed <= 1.4% of the largest output for
@@ -142,7 +144,7 @@ MatmulTol tol_for(DType t) {
 // Empty for float weights.
 std::vector<double> quant_bound(DType t, const Weights& w, const std::vector<float>& x, int64_t n,
                                 int64_t ldy) {
-  if (t != DType::Q8_0 && t != DType::Q4_0 && t != DType::Q4_0_G8) return {};
+  if (t != DType::Q8_0 && t != DType::Q4_0 && t != DType::Q4_0_G8 && t != DType::Q8_0_G8) return {};
   const int64_t rows = w.view.rows(), cols = w.view.cols();
   std::vector<double> bound(static_cast<size_t>(n * ldy), 0.0);
   for (int64_t tk = 0; tk < n; ++tk) {
@@ -405,40 +407,44 @@ TEST_F(MatmulTest, KQuantsWithOutlierActivations) {
       }
 }
 
-// Q4_0_G8 (Q4_0 repacked at load, whole 256-value groups): the full check (ref, float64, the Q8_0 bound,
-// threads, batch invariance), and bit-identical outputs to the same weights as Q4_0 on every ISA, for
-// decode and every prefill tile remainder: the repack changes where the kernels read, never what they sum.
-TEST_F(MatmulTest, RepackedQ4_0MatchesQ4_0Bitwise) {
+// Q4_0_G8 and Q8_0_G8 (repacked at load, whole 256-value groups): the full check (ref, float64, the Q8_0
+// bound, threads, batch invariance), and bit-identical outputs to the same weights in the file's layout
+// wherever a table reads both in the same order (the same arrange function: Q4_0 on every ISA, Q8_0 on
+// the scalar and AVX-512 ones; AVX2 runs file-layout Q8_0 through a column-order kernel), for decode and
+// every prefill tile remainder: the repack changes where the kernels read, never what they sum.
+TEST_F(MatmulTest, RepackedLayoutsMatchTheFileLayouts) {
   const int64_t shapes[][2] = {{1, 256}, {5, 512}, {21, 768}, {67, 256}, {35, 4096}, {18, 2304}};
-  for (const auto& s : shapes)
-    for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 9, 16, 33}) {
-      const int64_t rows = s[0], cols = s[1], ldy = rows + 1, groups = cols / kQK4_0G8;
-      SCOPED_TRACE("rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
-                   " n=" + std::to_string(n));
-      if (n <= 7) check(DType::Q4_0_G8, rows, cols, n, 1);
-      const Weights q4 = make_weights(DType::Q4_0, rows, cols, static_cast<uint32_t>(rows * 13 + cols + n));
-      std::vector<uint8_t> g8(q4.bytes);  // repacked in place, row by row
-      for (int64_t r = 0; r < rows; ++r) {
-        uint8_t* row = g8.data() + static_cast<size_t>(r) * row_bytes(DType::Q4_0, cols);
-        repack_q4_0_g8(reinterpret_cast<const BlockQ4_0*>(row), reinterpret_cast<BlockQ4_0G8*>(row), groups);
+  for (const auto& [file, packed, kind] : {std::tuple{DType::Q4_0, DType::Q4_0_G8, detail::kWQ4_0},
+                                           std::tuple{DType::Q8_0, DType::Q8_0_G8, detail::kWQ8_0}})
+    for (const auto& s : shapes)
+      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 9, 16, 33}) {
+        const int64_t rows = s[0], cols = s[1], ldy = rows + 1;
+        SCOPED_TRACE(std::string(dname(packed)) + " rows=" + std::to_string(rows) +
+                     " cols=" + std::to_string(cols) + " n=" + std::to_string(n));
+        if (n <= 7) check(packed, rows, cols, n, 1);
+        const Weights q = make_weights(file, rows, cols, static_cast<uint32_t>(rows * 13 + cols + n));
+        std::vector<uint8_t> g8(q.bytes);  // repacked in place, as the loader does it
+        repack(file, packed, g8.data(), g8.data(), rows * cols);
+        ASSERT_NE(0, std::memcmp(g8.data(), q.bytes.data(), g8.size())) << "the repack moved nothing";
+        TensorView v = q.view;
+        v.dtype = packed;
+        v.data = g8.data();
+        const std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n * 3 + 1));  // [n, cols]
+        std::vector<float> want(static_cast<size_t>(n * ldy), 0.0f), got(want);          // [n, ldy]
+        ref::matmul(q.view, x.data(), n, want.data(), ldy);
+        ref::matmul(v, x.data(), n, got.data(), ldy);
+        ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float))) << "ref";
+        for (Isa isa : supported_isas()) {
+          const detail::KernelTable* k = table_of(isa);
+          const int packed_kind = kind == detail::kWQ4_0 ? detail::kWQ4_0G8 : detail::kWQ8_0G8;
+          if (k->arrange_q8[kind] != k->arrange_q8[packed_kind]) continue;  // checked by check() above
+          use_isa(isa);
+          SCOPED_TRACE(isa_name(isa));
+          matmul(q.view, x.data(), n, want.data(), ldy, pool2_);
+          matmul(v, x.data(), n, got.data(), ldy, pool2_);
+          ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
+        }
       }
-      ASSERT_NE(0, std::memcmp(g8.data(), q4.bytes.data(), g8.size())) << "the repack moved nothing";
-      TensorView v = q4.view;
-      v.dtype = DType::Q4_0_G8;
-      v.data = g8.data();
-      const std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n * 3 + 1));  // [n, cols]
-      std::vector<float> want(static_cast<size_t>(n * ldy), 0.0f), got(want);          // [n, ldy]
-      ref::matmul(q4.view, x.data(), n, want.data(), ldy);
-      ref::matmul(v, x.data(), n, got.data(), ldy);
-      ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float))) << "ref";
-      for (Isa isa : supported_isas()) {
-        use_isa(isa);
-        SCOPED_TRACE(isa_name(isa));
-        matmul(q4.view, x.data(), n, want.data(), ldy, pool2_);
-        matmul(v, x.data(), n, got.data(), ldy, pool2_);
-        ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
-      }
-    }
 }
 
 TEST_F(MatmulTest, RowStrideAndManyRows) {

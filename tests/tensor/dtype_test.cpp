@@ -29,6 +29,45 @@ TEST(DType, InternalQ4_0G8IsNoFileType) {
   EXPECT_EQ(dtype_name(DType::Q4_0_G8), "q4_0_g8");
   EXPECT_FALSE(dtype_traits(static_cast<uint32_t>(DType::Q4_0_G8)).has_value());
   EXPECT_FALSE(dtype_from_name("q4_0_g8").has_value());
+  EXPECT_TRUE(is_internal(DType::Q8_0_G8));
+  EXPECT_EQ(row_bytes(DType::Q8_0_G8, 4096), row_bytes(DType::Q8_0, 4096));
+  EXPECT_FALSE(dtype_traits(static_cast<uint32_t>(DType::Q8_0_G8)).has_value());
+  EXPECT_FALSE(dtype_from_name("q8_0_g8").has_value());
+}
+
+// The same for Q8_0: values in the activations' grouped order (kernels/internal.h), decoding to the
+// Q8_0 row's values exactly, in place or not, and back.
+TEST(Quant, Q8_0G8RepackKeepsEveryValue) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> dist;
+  const int64_t n = 768, groups = n / 256;
+  std::vector<float> x(n);
+  for (auto& v : x) v = dist(rng);
+  std::vector<BlockQ8_0> q8(n / kQK8_0);
+  quantize_row(DType::Q8_0, x.data(), q8.data(), n);
+  std::vector<BlockQ8_0G8> g8(groups);
+  repack(DType::Q8_0, DType::Q8_0_G8, q8.data(), g8.data(), n);
+  for (int64_t g = 0; g < groups; ++g)
+    for (int j = 0; j < 8; ++j) {
+      const BlockQ8_0& b = q8[g * 8 + j];
+      ASSERT_EQ(g8[g].d[j], b.d);
+      for (int e = 0; e < 32; ++e) {  // value e = 16h + 4k + i sits in vector 2k + h at byte 4j + i
+        const int h = e / 16, k = (e % 16) / 4, i = e % 4;
+        ASSERT_EQ(g8[g].qs[32 * (2 * k + h) + 4 * j + i], b.qs[e]) << "block " << j << " value " << e;
+      }
+    }
+  std::vector<float> a(n), b(n);
+  dequantize_row(DType::Q8_0, q8.data(), a.data(), n);
+  dequantize_row(DType::Q8_0_G8, g8.data(), b.data(), n);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float)));
+  std::vector<BlockQ8_0> in_place(q8);
+  repack(DType::Q8_0, DType::Q8_0_G8, in_place.data(), in_place.data(), n);
+  EXPECT_EQ(0, std::memcmp(in_place.data(), g8.data(), sizeof(BlockQ8_0G8) * groups));
+  repack(DType::Q8_0_G8, DType::Q8_0, in_place.data(), in_place.data(), n);
+  EXPECT_EQ(0, std::memcmp(in_place.data(), q8.data(), sizeof(BlockQ8_0) * q8.size()));
+  std::vector<BlockQ8_0G8> direct(groups);
+  quantize_row(DType::Q8_0_G8, x.data(), direct.data(), n);
+  EXPECT_EQ(0, std::memcmp(direct.data(), g8.data(), sizeof(BlockQ8_0G8) * groups));
 }
 
 // Repacking moves bytes, never values: the repacked row decodes to the Q4_0 row's values exactly, the

@@ -407,70 +407,70 @@ void q4_group_decode(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, fl
   row_pass_decode<Q4GroupRT<Load>::template K, 4>(a, r0, nr, t0, y, ldy);
 }
 
-template <int T>
-struct Q8Group {
-  static void run(const MatmulArgs& a, int64_t r, int64_t t0, float* y, int64_t ldy) {
-    const int64_t cols = a.cols, nb = cols / kQK8_0, ng = nb / kGroupBlocks;
-    const auto* w = reinterpret_cast<const BlockQ8_0*>(a.w + r * a.w_stride);
-    const int8_t* xq = a.xq + t0 * cols;  // [T, cols] grouped
-    const float* xd = a.xd + t0 * nb;     // [T, nb]
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[T];
-    MX_UNROLL
-    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t b0 = g * kGroupBlocks;
-      __m256i c[2][4];            // [h, k] the weights, vector 2k + h of the group
-      alignas(32) __m256i sw[8];  // [8] the same, read as memory operands by vpsignb
-      __m256i u[8];               // [8] their absolute values
-      transpose_group(reinterpret_cast<const uint8_t*>(w[b0].qs), sizeof(BlockQ8_0), c[0]);
-      transpose_group(reinterpret_cast<const uint8_t*>(w[b0].qs) + 16, sizeof(BlockQ8_0), c[1]);
+// Q8_0_G8 (Q8_0 repacked at load, tensor/quant.h): the group's 8 vectors already in grouped order, read
+// in place. R rows (r0 + i * rstep) x T tokens; each (row, token) runs the same operations whatever R and
+// T (decode: 4 rows in lockstep, one token; prefill: one row, kGroupTokens tokens), so results are
+// bit-identical. Per vector |w| . (x with w's sign) (int16 pairs would overflow if added), vpmaddwd, and
+// the int32 lanes (one per block) added; then one conversion, scale and FMA per group.
+template <int64_t kAhead>
+struct Q8G8Tile {
+  template <int R, int T>
+  struct K {
+    static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
+      const int64_t cols = a.cols, nb = cols / kQK8_0, ng = nb / kGroupBlocks;
+      const BlockQ8_0G8* w[R];
       MX_UNROLL
-      for (int k = 0; k < 4; ++k) {
+      for (int i = 0; i < R; ++i)
+        w[i] = reinterpret_cast<const BlockQ8_0G8*>(a.w + (r0 + i * rstep) * a.w_stride);
+      const int8_t* xq = a.xq + t0 * cols;  // [T, cols] grouped
+      const float* xd = a.xd + t0 * nb;     // [T, nb]
+      const __m256i ones = _mm256_set1_epi16(1);
+      __m256 acc[R][T];
+      MX_UNROLL
+      for (int i = 0; i < R; ++i) {
         MX_UNROLL
-        for (int h = 0; h < 2; ++h) {
-          _mm256_store_si256(&sw[2 * k + h], c[h][k]);
-          u[2 * k + h] = _mm256_abs_epi8(c[h][k]);
+        for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+      }
+      for (int64_t g = 0; g < ng; ++g) {
+        MX_UNROLL
+        for (int i = 0; i < R; ++i) {
+          prefetch_bytes(w[i] + g, kAhead, static_cast<int64_t>(sizeof(BlockQ8_0G8)));
+          const auto* wv = reinterpret_cast<const __m256i*>(w[i][g].qs);  // [8] read as memory operands
+          __m256i u[8];                                                   // [8] |w|
+          MX_UNROLL
+          for (int v = 0; v < 8; ++v) u[v] = _mm256_abs_epi8(_mm256_loadu_si256(wv + v));
+          const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i][g].d)));
+          MX_UNROLL
+          for (int t = 0; t < T; ++t) {
+            const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + g * kGroupBlocks * kQK8_0);
+            __m256i dot = _mm256_setzero_si256();
+            MX_UNROLL
+            for (int v = 0; v < 8; ++v) {
+              const __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256(xv + v), _mm256_loadu_si256(wv + v));
+              dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(u[v], sx), ones));
+            }
+            acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                                        _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + g * kGroupBlocks)),
+                                        acc[i][t]);
+          }
         }
       }
-      const __m256 dw = _mm256_cvtph_ps(load_scales8(w, b0, kGroupBlocks));
       MX_UNROLL
-      for (int t = 0; t < T; ++t) {
-        const auto* xv = reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0);
-        __m256i dot = _mm256_setzero_si256();
+      for (int i = 0; i < R; ++i) {
         MX_UNROLL
-        for (int v = 0; v < 8; ++v) {
-          const __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256(xv + v), _mm256_load_si256(&sw[v]));
-          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(u[v], sx), ones));
-        }
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
-                                 _mm256_mul_ps(dw, _mm256_loadu_ps(xd + t * nb + b0)), acc[t]);
+        for (int t = 0; t < T; ++t) y[t * ldy + i * rstep] = hsum256(acc[i][t]);
       }
     }
-    float tail[T] = {};
-    tail_blocks<BlockQ8_0, T>(a, w, ng * kGroupBlocks, t0, tail);
-    MX_UNROLL
-    for (int t = 0; t < T; ++t) y[t * ldy] = hsum256(acc[t]) + tail[t];
-  }
+  };
 };
 
-// Rows [r0, r0 + nr) of a token tile of exactly CT tokens (CT <= T found by recursion).
-template <template <int> class K, int T>
-void group_rows(int64_t ct, const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
-  if (ct == T) {
-    for (int64_t r = 0; r < nr; ++r) K<T>::run(a, r0 + r, t0, y + r, ldy);
-  } else if constexpr (T > 1) {
-    group_rows<K, T - 1>(ct, a, r0, nr, t0, y, ldy);
-  }
-}
-
-// Token tiles of T (the last one shorter), each over all rows [r0, r0 + nr) so the row chunk stays in
-// L2 while the tile's activations stay in L1.
-template <template <int> class K, int T = kGroupTokens>
-void group_tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
-  for (int64_t tt = 0; tt < nt; tt += T) {
-    const int64_t ct = nt - tt < T ? nt - tt : T;
-    group_rows<K, T>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
+// Q8_0_G8 for every token count (rows are whole groups: no tail blocks).
+void q8_g8_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
+                  int64_t ldy) {
+  if (nt == 1) return row_pass_decode<Q8G8Tile<kPrefetchBytes>::K, 4>(a, r0, nr, t0, y, ldy);
+  for (int64_t tt = 0; tt < nt; tt += kGroupTokens) {
+    const int64_t ct = nt - tt < kGroupTokens ? nt - tt : kGroupTokens;
+    token_rest<Q8G8Tile<kTilePrefetchBytes>::K, 1, kGroupTokens>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
   }
 }
 
@@ -890,9 +890,9 @@ const KernelTable* avx2_table() {
       "avx2",
       {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>,
        tiles<Q8Kernel, 4, 2, 3>, q4_matmul<Q4FileGroup>, k_matmul<Q4KKernel, Q4KUnpack>,
-       k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>, q4_matmul<Q4G8Group>},
+       k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>, q4_matmul<Q4G8Group>, q8_g8_matmul},
       quantize_q8,
-      {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr, arrange_q8},
+      {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr, arrange_q8, arrange_q8},
       attn_chunk,
       paged_attn,
       rmsnorm,

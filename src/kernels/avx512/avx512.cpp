@@ -202,21 +202,15 @@ struct Q4GroupUnpack {  // u = the nibbles (0..15), c = 8
     return _mm256_and_si256(v % 2 == 0 ? c[v / 2] : _mm256_srli_epi16(c[v / 2], 4), _mm256_set1_epi8(0x0f));
   }
 };
+template <class Load>   // Q8FileGroup or Q8G8Group (grouped.inc)
 struct Q8GroupUnpack {  // u = w + 128, c = 128
   using Block = BlockQ8_0;
   using Column = Q8Unpack;
   static constexpr int kShift = 7, kStored = 8;
   static void load(const BlockQ8_0* w, __m256i* c, __m256* d) {
-    __m256i t[2][4];  // [h, k] vector 2k + h of the group
-    transpose_group(reinterpret_cast<const uint8_t*>(w[0].qs), sizeof(BlockQ8_0), t[0]);
-    transpose_group(reinterpret_cast<const uint8_t*>(w[0].qs) + 16, sizeof(BlockQ8_0), t[1]);
+    *d = Load::load(reinterpret_cast<const uint8_t*>(w), c);
     MX_UNROLL
-    for (int k = 0; k < 4; ++k) {
-      MX_UNROLL
-      for (int h = 0; h < 2; ++h)
-        c[2 * k + h] = _mm256_xor_si256(t[h][k], _mm256_set1_epi8(static_cast<char>(0x80)));
-    }
-    *d = _mm256_cvtph_ps(load_scales8(w, 0, kGroupBlocks));
+    for (int v = 0; v < 8; ++v) c[v] = _mm256_xor_si256(c[v], _mm256_set1_epi8(static_cast<char>(0x80)));
   }
   static __m256i vec(const __m256i* c, int v) { return c[v]; }
 };
@@ -726,11 +720,11 @@ const KernelTable* MX_AVX512_TABLE() {
   static const KernelTable table = {
       "avx512",
       {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,
-       group_matmul<Q8GroupUnpack>, group_matmul<Q4GroupUnpack<Q4FileGroup>>, k_matmul<Q4KKernel, Q4KUnpack>,
-       k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>,
-       group_matmul<Q4GroupUnpack<Q4G8Group>>},
+       group_matmul<Q8GroupUnpack<Q8FileGroup>>, group_matmul<Q4GroupUnpack<Q4FileGroup>>,
+       k_matmul<Q4KKernel, Q4KUnpack>, k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>,
+       group_matmul<Q4GroupUnpack<Q4G8Group>>, group_matmul<Q8GroupUnpack<Q8G8Group>>},
       quantize_q8,
-      {nullptr, nullptr, nullptr, arrange_q8, arrange_q8, nullptr, nullptr, nullptr, arrange_q8},
+      {nullptr, nullptr, nullptr, arrange_q8, arrange_q8, nullptr, nullptr, nullptr, arrange_q8, arrange_q8},
       attn_chunk,
       k_from->paged_attn,
       rmsnorm,

@@ -115,6 +115,16 @@ void unpack_q4_g8(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float*
   }
 }
 
+void unpack_q8_g8(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d) {
+  const auto* g = reinterpret_cast<const BlockQ8_0G8*>(src) + b0 / kG8Blocks;
+  for (int64_t i = 0; i < nb / kG8Blocks; ++i) {
+    BlockQ8_0 blk[kG8Blocks];  // [8]
+    unpack_q8_0_g8(g + i, blk, 1);
+    unpack_q8(reinterpret_cast<const uint8_t*>(blk), 0, kG8Blocks, qs + i * kG8Blocks * kQK8_0,
+              d + i * kG8Blocks);
+  }
+}
+
 using UnpackFn = void (*)(const uint8_t*, int64_t, int64_t, int8_t*, float*);
 
 inline int32_t dot32(const int8_t* a, const int8_t* b) {
@@ -334,7 +344,7 @@ const KernelTable& generic_table() {
       "scalar",
       {float_tile<widen_f32>, float_tile<widen_f16>, float_tile<widen_bf16>, quant_tile<unpack_q8>,
        quant_tile<unpack_q4>, k_tile<BlockQ4_K, unpack_q4_k>, k_tile<BlockQ5_K, unpack_q5_k>,
-       k_tile<BlockQ6_K, unpack_q6_k>, quant_tile<unpack_q4_g8>},
+       k_tile<BlockQ6_K, unpack_q6_k>, quant_tile<unpack_q4_g8>, quant_tile<unpack_q8_g8>},
       quantize_q8,
       {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
        nullptr},  // column order throughout
