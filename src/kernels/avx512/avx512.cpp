@@ -133,24 +133,6 @@ void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, 
 // ---------------------------------------------------------------------------------------------------
 // Quantized weights.
 
-// The fp16 scales of blocks b0 .. b0+kb-1 (kb <= 8) of a row, packed into 8 x 16 bits with scalar
-// loads and shifts: the integer units are idle here, whereas a gather is slow on some cores (Zen 4) and
-// 16-bit stores reloaded as one vector would stall store forwarding.
-template <class Block>
-inline __m128i load_scales8(const Block* w, int64_t b0, int kb) {
-  uint64_t lo = 0, hi = 0;
-  if (kb == 8) {
-    MX_UNROLL
-    for (int k = 0; k < 4; ++k) {
-      lo |= static_cast<uint64_t>(w[b0 + k].d) << (16 * k);
-      hi |= static_cast<uint64_t>(w[b0 + 4 + k].d) << (16 * k);
-    }
-  } else {
-    for (int k = 0; k < kb; ++k) (k < 4 ? lo : hi) |= static_cast<uint64_t>(w[b0 + k].d) << (16 * (k & 3));
-  }
-  return _mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo));
-}
-
 // One block (column order) as 32 unsigned bytes u with u . x - c . x the signed dot product, for the
 // blocks after a row's last full group:
 //   Q8_0: u = w + 128 (w xor 0x80), c = 128;   Q4_0: u = the nibbles (0..15), c = 8.
