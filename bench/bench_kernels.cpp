@@ -45,10 +45,10 @@ void fill_weights(DType t, uint8_t* p, size_t nbytes, uint64_t seed) {
   } else if (t == DType::F32) {
     auto* f = reinterpret_cast<uint32_t*>(p);
     for (size_t i = 0; i < nbytes / 4; ++i) f[i] = (f[i] & 0x807fffffu) | 0x3f000000u;
-  } else if (t == DType::Q4_0_G8) {  // as Q4_0, then repacked as the loader does
-    fill_weights(DType::Q4_0, p, nbytes, seed);
-    repack_q4_0_g8(reinterpret_cast<const BlockQ4_0*>(p), reinterpret_cast<BlockQ4_0G8*>(p),
-                   static_cast<int64_t>(nbytes / sizeof(BlockQ4_0G8)));
+  } else if (t == DType::Q4_0_G8 || t == DType::Q8_0_G8) {  // as stored, then repacked as the loader does
+    const DType file = t == DType::Q4_0_G8 ? DType::Q4_0 : DType::Q8_0;
+    fill_weights(file, p, nbytes, seed);
+    repack(file, t, p, p, static_cast<int64_t>(nbytes / traits(t).block_bytes) * traits(t).block_size);
   } else {
     const size_t bb = traits(t).block_bytes;
     for (size_t b = 0; b + bb <= nbytes; b += bb) {
@@ -237,14 +237,15 @@ void BM_ReadBandwidth(benchmark::State& st) {
 constexpr int64_t kQ8 = static_cast<int64_t>(DType::Q8_0), kQ4 = static_cast<int64_t>(DType::Q4_0),
                   kF16 = static_cast<int64_t>(DType::F16), kBF16 = static_cast<int64_t>(DType::BF16),
                   kQ4K = static_cast<int64_t>(DType::Q4_K), kQ5K = static_cast<int64_t>(DType::Q5_K),
-                  kQ6K = static_cast<int64_t>(DType::Q6_K), kQ4G8 = static_cast<int64_t>(DType::Q4_0_G8);
+                  kQ6K = static_cast<int64_t>(DType::Q6_K), kQ4G8 = static_cast<int64_t>(DType::Q4_0_G8),
+                  kQ8G8 = static_cast<int64_t>(DType::Q8_0_G8);
 
 BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 BENCHMARK(BM_MatmulDecode)
     ->ArgNames({"dtype", "rows", "cols", "threads"})
-    ->ArgsProduct({{kQ8, kQ4, kQ4G8, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {14336}, {4096}, {1, 2}})
-    ->ArgsProduct({{kQ8, kQ4, kQ4G8, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {4096}, {14336}, {1, 2}})
+    ->ArgsProduct({{kQ8, kQ8G8, kQ4, kQ4G8, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {14336}, {4096}, {1, 2}})
+    ->ArgsProduct({{kQ8, kQ8G8, kQ4, kQ4G8, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {4096}, {14336}, {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
@@ -258,15 +259,15 @@ BENCHMARK(BM_SwigluDecode)
 BENCHMARK(BM_MatmulPrefill)
     ->Name("BM_MatmulSmallBatch")
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8}, {14336}, {4096}, {1, 2, 3, 4, 6, 8, 16}, {1}})
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8, kQ8G8}, {14336}, {4096}, {1, 2, 3, 4, 6, 8, 16}, {1}})
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatmulHot)
     ->ArgNames({"dtype", "rows", "cols", "n"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8}, {512}, {4096}, {2, 3, 4, 6, 8, 12, 64}})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8, kQ6K}, {256, 2048}, {4096}, {1}});
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8, kQ8G8}, {512}, {4096}, {2, 3, 4, 6, 8, 12, 64}})
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8, kQ8G8, kQ6K}, {256, 2048}, {4096}, {1}});
 BENCHMARK(BM_MatmulPrefill)
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ8, kQ4, kQ4G8, kQ4K, kQ6K}, {14336}, {4096}, {64, 512}, {1, 2}})
+    ->ArgsProduct({{kQ8, kQ8G8, kQ4, kQ4G8, kQ4K, kQ6K}, {14336}, {4096}, {64, 512}, {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
