@@ -110,6 +110,17 @@ void unpack_q8_0_g8(const BlockQ8_0G8* src, BlockQ8_0* dst, int64_t n_groups) {
   }
 }
 
+DType file_layout(DType t) {
+  switch (t) {
+    case DType::Q4_0_G8:
+      return DType::Q4_0;
+    case DType::Q8_0_G8:
+      return DType::Q8_0;
+    default:
+      return t;
+  }
+}
+
 void repack(DType from, DType to, const void* src, void* dst, int64_t n) {
   constexpr int64_t kGroup = kG8Blocks * kQK8_0;
   MX_CHECK(n % kGroup == 0, "repack: %lld elements are not whole groups of %lld", static_cast<long long>(n),
@@ -165,21 +176,16 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
       }
       return;
     }
-    case DType::Q4_0_G8: {
-      const auto* g = static_cast<const BlockQ4_0G8*>(src);
-      for (int64_t i = 0; i < n / kQK4_0G8; ++i) {
-        BlockQ4_0 b[kG8Blocks];  // [8]
-        unpack_q4_0_g8(g + i, b, 1);
-        dequantize_row(DType::Q4_0, b, dst + i * kQK4_0G8, kQK4_0G8);
-      }
-      return;
-    }
-    case DType::Q8_0_G8: {
-      const auto* g = static_cast<const BlockQ8_0G8*>(src);
-      for (int64_t i = 0; i < n / (kG8Blocks * kQK8_0); ++i) {
-        BlockQ8_0 b[kG8Blocks];  // [8]
-        unpack_q8_0_g8(g + i, b, 1);
-        dequantize_row(DType::Q8_0, b, dst + i * kG8Blocks * kQK8_0, kG8Blocks * kQK8_0);
+    case DType::Q4_0_G8:
+    case DType::Q8_0_G8: {  // a group at a time, back to the file type
+      constexpr int64_t kGroup = kG8Blocks * kQK8_0;
+      const DType file = file_layout(t);
+      const auto* g = static_cast<const uint8_t*>(src);  // [n / kGroup, group bytes]
+      const size_t group_bytes = row_bytes(t, kGroup);
+      alignas(8) uint8_t group[kG8Blocks * sizeof(BlockQ8_0)];  // [group bytes] (Q8_0's are the larger)
+      for (int64_t i = 0; i < n / kGroup; ++i) {
+        repack(t, file, g + static_cast<size_t>(i) * group_bytes, group, kGroup);
+        dequantize_row(file, group, dst + i * kGroup, kGroup);
       }
       return;
     }
@@ -261,12 +267,9 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
       return;
     }
     case DType::Q4_0_G8:
-      quantize_row(DType::Q4_0, src, dst, n);
-      return repack_q4_0_g8(static_cast<const BlockQ4_0*>(dst), static_cast<BlockQ4_0G8*>(dst), n / kQK4_0G8);
-    case DType::Q8_0_G8:
-      quantize_row(DType::Q8_0, src, dst, n);
-      return repack_q8_0_g8(static_cast<const BlockQ8_0*>(dst), static_cast<BlockQ8_0G8*>(dst),
-                            n / (kG8Blocks * kQK8_0));
+    case DType::Q8_0_G8:  // the file type's encoding, then repacked in place
+      quantize_row(file_layout(t), src, dst, n);
+      return repack(file_layout(t), t, dst, dst, n);
     case DType::Q4_1:
       return detail::quantize_q4_1(src, dst, n);
     case DType::Q5_0:

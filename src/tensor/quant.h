@@ -71,6 +71,9 @@ void repack_q4_0_g8(const BlockQ4_0* src, BlockQ4_0G8* dst, int64_t n_groups);
 void unpack_q4_0_g8(const BlockQ4_0G8* src, BlockQ4_0* dst, int64_t n_groups);
 void repack_q8_0_g8(const BlockQ8_0* src, BlockQ8_0G8* dst, int64_t n_groups);
 void unpack_q8_0_g8(const BlockQ8_0G8* src, BlockQ8_0* dst, int64_t n_groups);
+// The file type whose values a repacked layout holds (Q4_0 for Q4_0_G8, Q8_0 for Q8_0_G8); t itself for
+// every file type.
+DType file_layout(DType t);
 // n elements (whole groups of 256) from type `from` to its repacked layout `to` (Q4_0 -> Q4_0_G8,
 // Q8_0 -> Q8_0_G8) or back; src and dst may be the same memory. Any other pair is a checked error.
 void repack(DType from, DType to, const void* src, void* dst, int64_t n);

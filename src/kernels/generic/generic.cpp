@@ -106,26 +106,21 @@ void unpack_q4(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d)
 }
 
 // The same from BlockQ4_0G8 groups; b0 and nb are whole groups (chunks are 8 blocks, rows whole groups).
-void unpack_q4_g8(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d) {
-  const auto* g = reinterpret_cast<const BlockQ4_0G8*>(src) + b0 / kG8Blocks;
-  for (int64_t i = 0; i < nb / kG8Blocks; ++i) {
-    BlockQ4_0 blk[kG8Blocks];  // [8]
-    unpack_q4_0_g8(g + i, blk, 1);
-    unpack_q4(reinterpret_cast<const uint8_t*>(blk), 0, kG8Blocks, qs + i * kQK4_0G8, d + i * kG8Blocks);
-  }
-}
-
-void unpack_q8_g8(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d) {
-  const auto* g = reinterpret_cast<const BlockQ8_0G8*>(src) + b0 / kG8Blocks;
-  for (int64_t i = 0; i < nb / kG8Blocks; ++i) {
-    BlockQ8_0 blk[kG8Blocks];  // [8]
-    unpack_q8_0_g8(g + i, blk, 1);
-    unpack_q8(reinterpret_cast<const uint8_t*>(blk), 0, kG8Blocks, qs + i * kG8Blocks * kQK8_0,
-              d + i * kG8Blocks);
-  }
-}
-
 using UnpackFn = void (*)(const uint8_t*, int64_t, int64_t, int8_t*, float*);
+
+// The same from a G8 layout (kPacked: Q4_0_G8 or Q8_0_G8): each group back to the file type's blocks, then
+// kFile. b0 and nb are whole groups (chunks are 8 blocks, rows whole groups).
+template <DType kPacked, class FileBlock, UnpackFn kFile>
+void unpack_g8(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d) {
+  constexpr size_t kGroupBytes = kG8Blocks * sizeof(FileBlock);
+  for (int64_t i = 0; i < nb / kG8Blocks; ++i) {
+    FileBlock blk[kG8Blocks];  // [8]
+    repack(kPacked, file_layout(kPacked), src + static_cast<size_t>(b0 / kG8Blocks + i) * kGroupBytes, blk,
+           kG8Blocks * kQK8_0);
+    kFile(reinterpret_cast<const uint8_t*>(blk), 0, kG8Blocks, qs + i * kG8Blocks * kQK8_0,
+          d + i * kG8Blocks);
+  }
+}
 
 inline int32_t dot32(const int8_t* a, const int8_t* b) {
   int32_t s = 0;
@@ -344,7 +339,8 @@ const KernelTable& generic_table() {
       "scalar",
       {float_tile<widen_f32>, float_tile<widen_f16>, float_tile<widen_bf16>, quant_tile<unpack_q8>,
        quant_tile<unpack_q4>, k_tile<BlockQ4_K, unpack_q4_k>, k_tile<BlockQ5_K, unpack_q5_k>,
-       k_tile<BlockQ6_K, unpack_q6_k>, quant_tile<unpack_q4_g8>, quant_tile<unpack_q8_g8>},
+       k_tile<BlockQ6_K, unpack_q6_k>, quant_tile<unpack_g8<DType::Q4_0_G8, BlockQ4_0, unpack_q4>>,
+       quant_tile<unpack_g8<DType::Q8_0_G8, BlockQ8_0, unpack_q8>>},
       quantize_q8,
       {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
        nullptr},  // column order throughout

@@ -76,27 +76,15 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ld
       return matmul_quant<BlockQ8_0>(w, x, n, y, ldy);
     case DType::Q4_0:
       return matmul_quant<BlockQ4_0>(w, x, n, y, ldy);
-    case DType::Q4_0_G8: {  // the same values as Q4_0 in another order: back to Q4_0, then as Q4_0
-      const int64_t rows = w.rows(), groups = w.cols() / kQK4_0G8;
-      std::vector<BlockQ4_0> q4(static_cast<size_t>(rows * groups * kG8Blocks));  // [rows, cols / 32]
-      for (int64_t r = 0; r < rows; ++r)
-        unpack_q4_0_g8(reinterpret_cast<const BlockQ4_0G8*>(w.row(r)), q4.data() + r * groups * kG8Blocks,
-                       groups);
+    case DType::Q4_0_G8:
+    case DType::Q8_0_G8: {  // the file type's values in another order: back to it, then as it
+      std::vector<uint8_t> bytes(w.nbytes());  // [rows, row_stride]
+      const DType file = file_layout(w.dtype);
+      repack(w.dtype, file, w.data, bytes.data(), w.numel());
       TensorView v = w;
-      v.dtype = DType::Q4_0;
-      v.data = q4.data();
-      return matmul_quant<BlockQ4_0>(v, x, n, y, ldy);
-    }
-    case DType::Q8_0_G8: {  // likewise, as Q8_0
-      const int64_t rows = w.rows(), groups = w.cols() / (kG8Blocks * kQK8_0);
-      std::vector<BlockQ8_0> q8(static_cast<size_t>(rows * groups * kG8Blocks));  // [rows, cols / 32]
-      for (int64_t r = 0; r < rows; ++r)
-        unpack_q8_0_g8(reinterpret_cast<const BlockQ8_0G8*>(w.row(r)), q8.data() + r * groups * kG8Blocks,
-                       groups);
-      TensorView v = w;
-      v.dtype = DType::Q8_0;
-      v.data = q8.data();
-      return matmul_quant<BlockQ8_0>(v, x, n, y, ldy);
+      v.dtype = file;
+      v.data = bytes.data();
+      return matmul(v, x, n, y, ldy);
     }
     default:
       // Every other supported type (Q4_1, Q5_0, Q5_1, the K-quants): the decoded weight rows times the
