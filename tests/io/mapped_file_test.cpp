@@ -5,7 +5,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include "io/safetensors.h"
 #include "io_test_util.h"
@@ -32,6 +35,39 @@ TEST(MappedFile, MapsTheFileContents) {
   EXPECT_EQ(moved.data()[2], 3);
   EXPECT_EQ(f->data(), nullptr);
   EXPECT_EQ(f->size(), 0u);
+}
+
+// Pages in this process's page tables (/proc/self/statm's resident field).
+size_t resident_pages() {
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  size_t size = 0, resident = 0;
+  if (f != nullptr) {
+    EXPECT_EQ(std::fscanf(f, "%zu %zu", &size, &resident), 2);
+    std::fclose(f);
+  }
+  return resident;
+}
+
+// Released pages leave this process's mapping (its resident pages drop) and read back unchanged from the
+// file; ranges partly or wholly outside the mapping are clipped or ignored.
+TEST(MappedFile, ReleasedPagesLeaveAndReadBackUnchanged) {
+  ScratchDir dir;
+  const std::string path = dir.file("big.bin");
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE)), n = 512 * page;
+  std::vector<uint8_t> bytes(n);
+  for (size_t i = 0; i < n; ++i) bytes[i] = static_cast<uint8_t>(i * 7 + i / 251);
+  testing::write_bytes(path, bytes);
+  auto f = MappedFile::open(path);
+  ASSERT_TRUE(f.ok()) << f.error().message;
+  uint64_t sum = 0;
+  for (size_t i = 0; i < n; i += page) sum += f->data()[i];  // fault every page in
+  EXPECT_GT(sum, 0u);
+  const size_t before = resident_pages();
+  f->release(f->data() + page / 2, 400 * page);  // whole pages 1..399 inside
+  f->release(f->data() - page, 2 * page);        // clipped to page 0 (half of it lies before the mapping)
+  f->release(f->data() + n, page);               // wholly outside: ignored
+  EXPECT_GE(before, resident_pages() + 300) << "the released pages must leave the page tables";
+  EXPECT_EQ(0, std::memcmp(f->data(), bytes.data(), n)) << "released pages must read back from the file";
 }
 
 TEST(MappedFile, EmptyFileMapsToNothing) {
