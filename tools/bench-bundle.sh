@@ -33,18 +33,21 @@ el tests; "$B/kernels_test" --gtest_brief=1 2>&1 | tail -2
 ( $BG "$B/mixtral" make-test-model "$M" --dim 4096 --ffn 14336 --layers 4 --heads 32 --kv-heads 8 --experts 8 \
     --vocab 32000 --types q4_0,q8_0 --layouts gguf-merged >/dev/null 2>&1 &&
   $BG "$B/mixtral" quantize "$M/gguf-merged-q8_0.gguf" "$M/gguf-merged-q4_k_m.gguf" Q4_K_M >/dev/null 2>&1 ) &
-K='BM_MatmulPrefill/dtype:(2|8|12|14)/.*n:512/threads:1|BM_MatmulSmallBatch/dtype:(2|8|12)/.*n:(4|16)/threads:1'
+K='BM_MatmulPrefill/dtype:(2|8|12|14|1000|1001)/.*n:512/threads:1|BM_MatmulSmallBatch/dtype:(2|8|12|1000|1001)/.*n:(4|16)/threads:1'
 for isa in avx512 avx2; do
   el "kernels $isa"; MIXTRAL_ISA=$isa $TS "$B/mixtral_bench_kernels" --benchmark_filter="$K" --benchmark_min_time=0.2 2>&1 | grep '^BM_' | sed 's/  */ /g'
 done
 wait; el models
 for isa in avx512 avx2; do
   el "decode $isa"; MIXTRAL_ISA=$isa $TS "$B/mixtral_bench_kernels" --benchmark_min_time=0.2 \
-    --benchmark_filter='BM_ReadBandwidth|BM_MatmulDecode/dtype:(2|8|12|14)/rows:14336/.*threads:(1|2)' 2>&1 | grep '^BM_' | sed 's/  */ /g'
+    --benchmark_filter='BM_ReadBandwidth|BM_MatmulDecode/dtype:(2|8|12|14|1000|1001)/rows:14336/.*threads:(1|2)' 2>&1 | grep '^BM_' | sed 's/  */ /g'
 done
 for f in q4_0 q8_0 q4_k_m; do for t in 1 2; do
   el "bench $f ${t}t"; $TS "$B/mixtral" bench --model "$M/gguf-merged-$f.gguf" -p 512 -n 32 -t $t -r 1 2>&1 | grep -E 'kernels|pp512|tg32|read bandwidth'
 done; done
+for f in q4_0 q8_0; do  # the file layout, for the repack's gain on this machine
+  el "bench $f 1t --no-repack"; $TS "$B/mixtral" bench --model "$M/gguf-merged-$f.gguf" -p 512 -n 32 -t 1 -r 1 --no-repack 2>&1 | grep -E 'pp512|tg32|read bandwidth'
+done
 el done
 EOF
 chmod +x "$out/run.sh"
