@@ -397,7 +397,7 @@ DType preferred_layout(DType t, int64_t cols) {
   // The generic table reads the G8 layouts by unpacking them back, so only tables with grouped kernels
   // for them (an arrange function) gain from the repack.
   const KernelTable& k = table();
-  const bool whole_groups = cols % (kG8Blocks * kQK8_0) == 0;
+  const bool whole_groups = cols % kQKG8 == 0;
   if (t == DType::Q4_0 && whole_groups && k.arrange_q8[detail::kWQ4_0G8] != nullptr) return DType::Q4_0_G8;
   if (t == DType::Q8_0 && whole_groups && k.arrange_q8[detail::kWQ8_0G8] != nullptr) return DType::Q8_0_G8;
   return t;

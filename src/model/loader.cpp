@@ -532,11 +532,12 @@ Status repack_weights(const GgufFile& g, Model& m) {
   if (m.output.data != m.tok_embd.data) all.push_back(&m.output);
   constexpr size_t kAlign = 64;
   std::set<const void*> seen;
-  std::vector<TensorView*> todo;
-  size_t total = 0;  // bytes of the buffer, each tensor at a 64-byte boundary
+  std::vector<std::pair<TensorView*, DType>> todo;  // [view, its layout in memory]
+  size_t total = 0;                                 // bytes of the buffer, each tensor at a 64-byte boundary
   for (TensorView* v : all) {
-    if (kernels::preferred_layout(v->dtype, v->cols()) == v->dtype || !seen.insert(v->data).second) continue;
-    todo.push_back(v);
+    const DType to = kernels::preferred_layout(v->dtype, v->cols());
+    if (to == v->dtype || !seen.insert(v->data).second) continue;
+    todo.emplace_back(v, to);
     total += (v->nbytes() + kAlign - 1) / kAlign * kAlign;
   }
   if (todo.empty()) return {};
@@ -545,8 +546,7 @@ Status repack_weights(const GgufFile& g, Model& m) {
     return Error::io(g.path() + ": cannot allocate " + std::to_string(total >> 20) +
                      " MiB to repack the weights (try --no-repack)");
   size_t at = 0;
-  for (TensorView* v : todo) {
-    const DType to = kernels::preferred_layout(v->dtype, v->cols());
+  for (auto [v, to] : todo) {
     uint8_t* dst = buf.get() + at;
     const size_t n = v->nbytes();
     repack(v->dtype, to, v->data, dst, v->numel());

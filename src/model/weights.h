@@ -50,8 +50,9 @@ struct Model {
 
 struct LoadOptions {
   // Rewrite matmul weights into the layout the active kernels read fastest (kernels::preferred_layout:
-  // Q4_0 -> Q4_0_G8), in place of the mapped file's pages (copy-on-write, so memory stays about the file
-  // size and the file never changes). Results are bit-identical either way. Off for tools that read or
+  // Q4_0 -> Q4_0_G8, Q8_0 -> Q8_0_G8) in one huge-page buffer, releasing the mapped file pages they came
+  // from, so memory stays about the file size (the file never changes). The values are the same; results
+  // agree within the f32 summation order (tests/model/repack_test.cpp). Off for tools that read or
   // re-encode the weights as stored (convert, quantize, info).
   bool repack = false;
 };

@@ -59,55 +59,57 @@ uint16_t f32_to_fp16(float f) {
   return sign | static_cast<uint16_t>(v >> 13);
 }
 
+namespace {
+
+// Moves the 4-byte words of 8 blocks (Block: kWords words of values after a 2-byte fp16 scale) into a
+// G8 group (Group: the 8 blocks' words, word slot(m) * 8 + j holding word m of block j, then the 8 scales),
+// or back (to_group false). src and dst may be the same memory: each group goes through a copy.
+template <class Block, class Group, int kWords, int (*kSlot)(int)>
+void regroup(const void* src, void* dst, int64_t n_groups, bool to_group) {
+  static_assert(sizeof(Group) == kG8Blocks * sizeof(Block) && sizeof(Block) == 2 + 4 * kWords);
+  for (int64_t g = 0; g < n_groups; ++g) {
+    Block b[kG8Blocks];  // [8]
+    Group o;
+    const size_t at = static_cast<size_t>(g) * sizeof(Group);
+    if (to_group) std::memcpy(b, static_cast<const uint8_t*>(src) + at, sizeof(b));
+    if (!to_group) std::memcpy(&o, static_cast<const uint8_t*>(src) + at, sizeof(o));
+    for (int j = 0; j < kG8Blocks; ++j) {
+      if (to_group) o.d[j] = b[j].d;
+      if (!to_group) b[j].d = o.d[j];
+      for (int m = 0; m < kWords; ++m) {
+        auto* in_group = reinterpret_cast<uint8_t*>(o.qs) + 4 * (kG8Blocks * kSlot(m) + j);
+        auto* in_block = reinterpret_cast<uint8_t*>(b[j].qs) + 4 * m;
+        if (to_group) std::memcpy(in_group, in_block, 4);
+        if (!to_group) std::memcpy(in_block, in_group, 4);
+      }
+    }
+    if (to_group) std::memcpy(static_cast<uint8_t*>(dst) + at, &o, sizeof(o));
+    if (!to_group) std::memcpy(static_cast<uint8_t*>(dst) + at, b, sizeof(b));
+  }
+}
+
+// Q4_0: word k of the packed nibbles goes to vector k (the kernels split low and high nibbles later).
+int q4_slot(int m) {
+  return m;
+}
+// Q8_0: word m holds values 4m .. 4m + 3 = 16h + 4k .. with h = m / 4, k = m % 4: vector 2k + h.
+int q8_slot(int m) {
+  return 2 * (m % 4) + m / 4;
+}
+
+}  // namespace
+
 void repack_q4_0_g8(const BlockQ4_0* src, BlockQ4_0G8* dst, int64_t n_groups) {
-  for (int64_t g = 0; g < n_groups; ++g) {
-    BlockQ4_0 b[kG8Blocks];  // [8] a copy: dst may overlay src
-    std::memcpy(b, src + g * kG8Blocks, sizeof(b));
-    BlockQ4_0G8 o;
-    for (int j = 0; j < kG8Blocks; ++j) {
-      o.d[j] = b[j].d;
-      for (int k = 0; k < 4; ++k) std::memcpy(o.qs + 32 * k + 4 * j, b[j].qs + 4 * k, 4);
-    }
-    std::memcpy(dst + g, &o, sizeof(o));
-  }
+  regroup<BlockQ4_0, BlockQ4_0G8, 4, q4_slot>(src, dst, n_groups, true);
 }
-
 void unpack_q4_0_g8(const BlockQ4_0G8* src, BlockQ4_0* dst, int64_t n_groups) {
-  for (int64_t g = 0; g < n_groups; ++g) {
-    const BlockQ4_0G8 o = src[g];  // a copy: dst may overlay src
-    BlockQ4_0* b = dst + g * kG8Blocks;
-    for (int j = 0; j < kG8Blocks; ++j) {
-      b[j].d = o.d[j];
-      for (int k = 0; k < 4; ++k)
-        for (int i = 0; i < 4; ++i) b[j].qs[4 * k + i] = o.qs[32 * k + 4 * j + i];
-    }
-  }
+  regroup<BlockQ4_0, BlockQ4_0G8, 4, q4_slot>(src, dst, n_groups, false);
 }
-
 void repack_q8_0_g8(const BlockQ8_0* src, BlockQ8_0G8* dst, int64_t n_groups) {
-  for (int64_t g = 0; g < n_groups; ++g) {
-    BlockQ8_0 b[kG8Blocks];  // [8] a copy: dst may overlay src
-    std::memcpy(b, src + g * kG8Blocks, sizeof(b));
-    BlockQ8_0G8 o;
-    for (int j = 0; j < kG8Blocks; ++j) {
-      o.d[j] = b[j].d;
-      for (int v = 0; v < 8; ++v)  // vector v = 2k + h holds values 16h + 4k .. + 3
-        std::memcpy(o.qs + 32 * v + 4 * j, b[j].qs + 16 * (v % 2) + 4 * (v / 2), 4);
-    }
-    std::memcpy(dst + g, &o, sizeof(o));
-  }
+  regroup<BlockQ8_0, BlockQ8_0G8, 8, q8_slot>(src, dst, n_groups, true);
 }
-
 void unpack_q8_0_g8(const BlockQ8_0G8* src, BlockQ8_0* dst, int64_t n_groups) {
-  for (int64_t g = 0; g < n_groups; ++g) {
-    BlockQ8_0G8 o;  // a copy: dst may overlay src
-    std::memcpy(&o, src + g, sizeof(o));
-    BlockQ8_0* b = dst + g * kG8Blocks;
-    for (int j = 0; j < kG8Blocks; ++j) {
-      b[j].d = o.d[j];
-      for (int v = 0; v < 8; ++v) std::memcpy(b[j].qs + 16 * (v % 2) + 4 * (v / 2), o.qs + 32 * v + 4 * j, 4);
-    }
-  }
+  regroup<BlockQ8_0, BlockQ8_0G8, 8, q8_slot>(src, dst, n_groups, false);
 }
 
 DType file_layout(DType t) {
@@ -122,10 +124,9 @@ DType file_layout(DType t) {
 }
 
 void repack(DType from, DType to, const void* src, void* dst, int64_t n) {
-  constexpr int64_t kGroup = kG8Blocks * kQK8_0;
-  MX_CHECK(n % kGroup == 0, "repack: %lld elements are not whole groups of %lld", static_cast<long long>(n),
-           static_cast<long long>(kGroup));
-  const int64_t g = n / kGroup;
+  MX_CHECK(n % kQKG8 == 0, "repack: %lld elements are not whole groups of %d", static_cast<long long>(n),
+           kQKG8);
+  const int64_t g = n / kQKG8;
   if (from == DType::Q4_0 && to == DType::Q4_0_G8) {
     repack_q4_0_g8(static_cast<const BlockQ4_0*>(src), static_cast<BlockQ4_0G8*>(dst), g);
   } else if (from == DType::Q4_0_G8 && to == DType::Q4_0) {
@@ -178,14 +179,13 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
     }
     case DType::Q4_0_G8:
     case DType::Q8_0_G8: {  // a group at a time, back to the file type
-      constexpr int64_t kGroup = kG8Blocks * kQK8_0;
       const DType file = file_layout(t);
-      const auto* g = static_cast<const uint8_t*>(src);  // [n / kGroup, group bytes]
-      const size_t group_bytes = row_bytes(t, kGroup);
-      alignas(8) uint8_t group[kG8Blocks * sizeof(BlockQ8_0)];  // [group bytes] (Q8_0's are the larger)
-      for (int64_t i = 0; i < n / kGroup; ++i) {
-        repack(t, file, g + static_cast<size_t>(i) * group_bytes, group, kGroup);
-        dequantize_row(file, group, dst + i * kGroup, kGroup);
+      const auto* g = static_cast<const uint8_t*>(src);  // [n / kQKG8, group bytes]
+      const size_t group_bytes = row_bytes(t, kQKG8);
+      alignas(8) uint8_t group[sizeof(BlockQ8_0G8)];  // [group bytes] (Q8_0's are the larger)
+      for (int64_t i = 0; i < n / kQKG8; ++i) {
+        repack(t, file, g + static_cast<size_t>(i) * group_bytes, group, kQKG8);
+        dequantize_row(file, group, dst + i * kQKG8, kQKG8);
       }
       return;
     }

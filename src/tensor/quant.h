@@ -49,7 +49,7 @@ static_assert(sizeof(BlockQ4_0) == 18);
 // is byte 4k + i of block j's qs (k = 0..3, j = 0..7, i = 0..3), and d[j] is block j's scale. The values
 // and scales are Q4_0's, so every dot product is bit-identical to Q4_0's. 144 bytes, as the 8 blocks.
 constexpr int kG8Blocks = 8;
-constexpr int kQK4_0G8 = kG8Blocks * kQK4_0;  // elements per BlockQ4_0G8
+constexpr int kQKG8 = kG8Blocks * kQK4_0;  // elements per group (BlockQ4_0G8, BlockQ8_0G8)
 struct BlockQ4_0G8 {
   uint8_t qs[kG8Blocks * kQK4_0 / 2];
   uint16_t d[kG8Blocks];  // fp16 scales
@@ -60,7 +60,7 @@ static_assert(sizeof(BlockQ4_0G8) == kG8Blocks * sizeof(BlockQ4_0));
 // activations (kernels/internal.h): qs[32(2k + h) + 4j + i] is value 16h + 4k + i of block j (k = 0..3,
 // h = 0..1, j = 0..7, i = 0..3), d[j] block j's scale. 272 bytes, as the 8 blocks.
 struct BlockQ8_0G8 {
-  int8_t qs[kG8Blocks * kQK8_0];
+  int8_t qs[kQKG8];
   uint16_t d[kG8Blocks];  // fp16 scales
 };
 static_assert(sizeof(BlockQ8_0G8) == kG8Blocks * sizeof(BlockQ8_0));

@@ -75,7 +75,7 @@ TEST(Quant, Q8_0G8RepackKeepsEveryValue) {
 TEST(Quant, Q4_0G8RepackKeepsEveryValue) {
   std::mt19937 rng(7);
   std::normal_distribution<float> dist;
-  const int64_t n = 1024, groups = n / kQK4_0G8;
+  const int64_t n = 1024, groups = n / kQKG8;
   std::vector<float> x(n);
   for (auto& v : x) v = dist(rng);
   std::vector<BlockQ4_0> q4(n / kQK4_0);

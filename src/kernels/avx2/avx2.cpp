@@ -107,23 +107,7 @@ void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, 
 // ---------------------------------------------------------------------------------------------------
 // Quantized weights.
 
-// The fp16 scales of blocks b0 .. b0+kb-1 (kb <= 8) of a row, packed into 8 x 16 bits with scalar
-// loads and shifts: the integer units are idle here, whereas a gather is slow on some cores (Zen 4) and
-// 16-bit stores reloaded as one vector would stall store forwarding.
-template <class Block>
-inline __m128i load_scales8(const Block* w, int64_t b0, int kb) {
-  uint64_t lo = 0, hi = 0;
-  if (kb == 8) {
-    MX_UNROLL
-    for (int k = 0; k < 4; ++k) {
-      lo |= static_cast<uint64_t>(w[b0 + k].d) << (16 * k);
-      hi |= static_cast<uint64_t>(w[b0 + 4 + k].d) << (16 * k);
-    }
-  } else {
-    for (int k = 0; k < kb; ++k) (k < 4 ? lo : hi) |= static_cast<uint64_t>(w[b0 + k].d) << (16 * (k & 3));
-  }
-  return _mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo));
-}
+#include "kernels/x86/grouped.inc"
 
 // d_w * d_x of every (row, token) for the kb <= 8 blocks from b0: one conversion and one multiply per
 // (row, token) per 8 blocks; the block loop then broadcasts its scale from memory.
@@ -210,8 +194,6 @@ struct Q8Kernel {
 //   Q8_0: |w| . (x with w's sign) per vector (int16 pairs would overflow if added), vpmaddwd each, the
 //         int32 lanes added.
 constexpr int kGroupTokens = 6;
-
-#include "kernels/x86/grouped.inc"
 
 // Blocks after the last full group (column order): y_t += sum over blocks of d_w d_x (w . x), one
 // block at a time. y: [T] partial sums.

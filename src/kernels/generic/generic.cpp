@@ -85,7 +85,7 @@ void float_tile(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t
 
 // Quantized weights: widen a chunk of blocks to int8 values (Q4_0: nibble - 8) and f32 scales.
 constexpr int kKB = kKC / kQK8_0;  // blocks per chunk
-static_assert(kKB % kG8Blocks == 0, "chunks of whole Q4_0_G8 groups");
+static_assert(kKB % kG8Blocks == 0, "chunks of whole G8 groups");
 
 void unpack_q8(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d) {
   const auto* blk = reinterpret_cast<const BlockQ8_0*>(src) + b0;
@@ -105,7 +105,6 @@ void unpack_q4(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d)
   }
 }
 
-// The same from BlockQ4_0G8 groups; b0 and nb are whole groups (chunks are 8 blocks, rows whole groups).
 using UnpackFn = void (*)(const uint8_t*, int64_t, int64_t, int8_t*, float*);
 
 // The same from a G8 layout (kPacked: Q4_0_G8 or Q8_0_G8): each group back to the file type's blocks, then
@@ -116,9 +115,8 @@ void unpack_g8(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d)
   for (int64_t i = 0; i < nb / kG8Blocks; ++i) {
     FileBlock blk[kG8Blocks];  // [8]
     repack(kPacked, file_layout(kPacked), src + static_cast<size_t>(b0 / kG8Blocks + i) * kGroupBytes, blk,
-           kG8Blocks * kQK8_0);
-    kFile(reinterpret_cast<const uint8_t*>(blk), 0, kG8Blocks, qs + i * kG8Blocks * kQK8_0,
-          d + i * kG8Blocks);
+           kQKG8);
+    kFile(reinterpret_cast<const uint8_t*>(blk), 0, kG8Blocks, qs + i * kQKG8, d + i * kG8Blocks);
   }
 }
 
