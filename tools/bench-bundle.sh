@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Packs the kernel tests, the kernel benchmarks and the CLI with the shared libraries they need (all but
-# glibc's and libstdc++'s) into one folder, with a run.sh that checks and times them on another x86-64
+# Packs the kernel, MoE, runtime and repack tests, the kernel benchmarks and the CLI with the shared
+# libraries they need (all but glibc's; libstdc++ travels, as the other machine's may be older) into one folder, with a run.sh that checks and times them on another x86-64
 # machine of the same or a newer glibc: the way to measure the AVX-512 kernels from a machine without
 # AVX-512.
 #   tools/bench-bundle.sh [BUILD_DIR] [OUT_DIR]      (defaults: build/bench, .bench-bundle)
@@ -12,14 +12,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build/bench}
 out=${2:-.bench-bundle}
-bins=("$build/apps/cli/mixtral" "$build/bench/mixtral_bench_kernels" "$build/tests/kernels/kernels_test")
+tests=(kernels/kernels_test model/repack_test moe/moe_test runtime/runtime_test)
+bins=("$build/apps/cli/mixtral" "$build/bench/mixtral_bench_kernels" "${tests[@]/#/$build/tests/}")
 for b in "${bins[@]}"; do
   [ -x "$b" ] || { echo "bench-bundle: $b is missing: cmake --preset bench && cmake --build --preset bench" >&2; exit 1; }
 done
 rm -rf "$out" && mkdir -p "$out/lib"
 cp "${bins[@]}" "$out/"
 ldd "${bins[@]}" | awk '/=> \// {print $3}' | sort -u |
-  grep -vE '/(libc|libm|libstdc\+\+|libgcc_s|ld-linux[^/]*|libpthread|libdl|librt)\.so' |
+  grep -vE '/(libc|libm|ld-linux[^/]*|libpthread|libdl|librt)\.so' |
   while read -r lib; do cp -L "$lib" "$out/lib/"; done
 cat >"$out/run.sh" <<'EOF'
 #!/usr/bin/env bash
@@ -29,7 +30,7 @@ T0=$(date +%s); el() { echo "== $(($(date +%s) - T0)) s: $*"; }
 TS=""; BG=""; if command -v taskset >/dev/null && [ "$(nproc)" -ge 16 ]; then TS="taskset -c 4,5"; BG="taskset -c 8-15"; fi
 M=${MODEL_DIR:-/tmp/mixtral-bench-models}
 el cpu; lscpu | grep -E 'Model name|^CPU\(s\)|MHz'; grep -o 'avx512[a-z_0-9]*\|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
-el tests; "$B/kernels_test" --gtest_brief=1 2>&1 | tail -2
+for t in kernels_test repack_test moe_test runtime_test; do el "$t"; "$B/$t" --gtest_brief=1 2>&1 | tail -3; done
 ( $BG "$B/mixtral" make-test-model "$M" --dim 4096 --ffn 14336 --layers 4 --heads 32 --kv-heads 8 --experts 8 \
     --vocab 32000 --types q4_0,q8_0 --layouts gguf-merged >/dev/null 2>&1 &&
   $BG "$B/mixtral" quantize "$M/gguf-merged-q8_0.gguf" "$M/gguf-merged-q4_k_m.gguf" Q4_K_M >/dev/null 2>&1 ) &

@@ -159,6 +159,24 @@ void over_tokens(ThreadPool& pool, int64_t n, int64_t cols, const Fn& rows) {
   }
 }
 
+// Tile j of the 8-token layout (tokens 8j .. 8j + 7 of n, zeros past n) from the tokens' Q8_K rows.
+//   xk: [n, nb]; out: [nb]
+void interleave_q8_k(const BlockQ8_K* xk, int64_t n, int64_t nb, int64_t j, BlockQ8_KX8* out) {
+  std::memset(static_cast<void*>(out), 0, sizeof(BlockQ8_KX8) * static_cast<size_t>(nb));
+  for (int t = 0; t < kQ8KTokens && j * kQ8KTokens + t < n; ++t) {
+    const BlockQ8_K* row = xk + (j * kQ8KTokens + t) * nb;
+    for (int64_t b = 0; b < nb; ++b) {
+      BlockQ8_KX8& o = out[b];
+      o.d[t] = row[b].d;
+      for (int k = 0; k < kQK_K / 4; ++k) std::memcpy(o.qs[k][t], row[b].qs + 4 * k, 4);
+      for (int p = 0; p < kQK_K / 32; ++p) {
+        o.bsums[p][t][0] = row[b].bsums[2 * p];
+        o.bsums[p][t][1] = row[b].bsums[2 * p + 1];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // Finds or makes a PreparedInput's formats (the class keeps them; this is the code that knows the tables).
@@ -168,6 +186,7 @@ struct detail::PreparedAccess {
   // Whether weight kind `kind` reads a quantized format under table k, and its key.
   static bool key_of(const KernelTable& k, WeightKind kind, Format& key) {
     key.k_quant = is_k_quant(kind);
+    key.tokens8 = false;
     key.quantize = nullptr;
     key.arrange = nullptr;
     if (key.k_quant) return true;
@@ -178,7 +197,8 @@ struct detail::PreparedAccess {
   }
 
   static bool same_key(const Format& a, const Format& b) {
-    return a.k_quant == b.k_quant && a.quantize == b.quantize && a.arrange == b.arrange;
+    return a.k_quant == b.k_quant && a.tokens8 == b.tokens8 && a.quantize == b.quantize &&
+           a.arrange == b.arrange;
   }
 
   // The next free slot of in, keyed like key.
@@ -186,6 +206,7 @@ struct detail::PreparedAccess {
     if (in.live_ == in.formats_.size()) in.formats_.emplace_back();
     Format& f = in.formats_[in.live_];
     f.k_quant = key.k_quant;
+    f.tokens8 = key.tokens8;
     f.quantize = key.quantize;
     f.arrange = key.arrange;
     return f;
@@ -197,9 +218,22 @@ struct detail::PreparedAccess {
   static const Format& get(PreparedInput& in, const Format& key, ThreadPool& pool) {
     for (size_t i = 0; i < in.live_; ++i)
       if (same_key(in.formats_[i], key)) return in.formats_[i];
+    const int64_t n = in.n_, cols = in.cols_;
+    if (key.tokens8) {  // a transposition of the Q8_K blocks (made first if need be)
+      Format rows_key = key;
+      rows_key.tokens8 = false;
+      const BlockQ8_K* xk = get(in, rows_key, pool).xk.data();  // stays put (see above)
+      Format& f = new_slot(in, key);
+      const int64_t nb = cols / kQK_K, tiles = (n + kQ8KTokens - 1) / kQ8KTokens;
+      BlockQ8_KX8* xb = grow(f.xk8, tiles * nb);
+      over_tokens(pool, tiles, kQ8KTokens * cols, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) interleave_q8_k(xk, n, nb, j, xb + j * nb);
+      });
+      ++in.live_;  // not counted in made_: nothing quantized
+      return f;
+    }
     Format& f = new_slot(in, key);
     const float* x = in.x_;
-    const int64_t n = in.n_, cols = in.cols_;
     if (f.k_quant) {  // Q8_K blocks (scalar quantize_row: one pass over x, small beside the weights)
       MX_CHECK(cols % kQK_K == 0, "PreparedInput: %lld columns are not whole Q8_K blocks",
                static_cast<long long>(cols));
@@ -245,6 +279,10 @@ struct detail::PreparedAccess {
     const Format& f = get(x, key, pool);
     if (f.k_quant) {
       a.xk = f.xk.data();
+      if (k.k_tokens8 && x.n_ > 1) {
+        key.tokens8 = true;
+        a.xk8 = get(x, key, pool).xk8.data();
+      }
       return;
     }
     a.xq = f.qs.data();
@@ -257,6 +295,7 @@ struct detail::PreparedAccess {
     const int64_t cols = src.cols_;
     for (size_t i = 0; i < src.live_; ++i) {
       const Format& from = src.formats_[i];
+      if (from.tokens8) continue;  // not per row: remade from the gathered Q8_K rows when needed
       Format& to = new_slot(dst, from);
       if (from.k_quant) {
         const int64_t nb = cols / kQK_K;

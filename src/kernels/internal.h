@@ -11,7 +11,8 @@
 #include <cstdint>
 
 namespace mixtral {
-struct BlockQ8_K;  // tensor/quant.h
+struct BlockQ8_K;    // tensor/quant.h
+struct BlockQ8_KX8;  // tensor/quant.h
 }  // namespace mixtral
 
 namespace mixtral::kernels {
@@ -50,6 +51,8 @@ struct MatmulArgs {
   const int32_t* xsum = nullptr;  // [n, cols / 32], sum(q_x) per block (exact, for integer corrections)
   // K-quant weights: the activations rounded to Q8_K (quantize_row's rule), with their 16-value sums.
   const BlockQ8_K* xk = nullptr;  // [n, cols / 256]
+  // The same, 8 tokens side by side, where the table reads them (KernelTable::k_tokens8) and n > 1.
+  const BlockQ8_KX8* xk8 = nullptr;  // [ceil(n / 8), cols / 256]
 };
 
 // Grouped activation order, the layout of the prefill kernels that add the integer dots of 8 blocks
@@ -122,6 +125,7 @@ struct KernelTable {
   MatmulTileFn matmul[kNumWeightKinds];
   QuantizeQ8Fn quantize_q8;
   ArrangeQ8Fn arrange_q8[kNumWeightKinds];  // per weight kind: grouped order for prefill, or nullptr
+  bool k_tokens8;                           // the K-quant kernels read MatmulArgs::xk8 when n > 1
   AttnChunkFn attn_chunk;
   PagedAttnFn paged_attn;
   RmsnormFn rmsnorm;

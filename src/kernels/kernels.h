@@ -35,7 +35,8 @@ struct PreparedAccess;  // dispatch.cpp: finds or makes a format
 // expert's W1 and W3; the experts of a decode step) is quantized once:
 //  - Q8_0/Q4_0 weights: Q8_0 values with per-block scales and sums, in the active kernel table's order
 //    for that weight kind (its arrange function; none = column order);
-//  - K-quant weights: Q8_K super-blocks;
+//  - K-quant weights: Q8_K super-blocks, and for several tokens under a table whose kernels read them
+//    so, the same blocks 8 tokens side by side (BlockQ8_KX8, made from the Q8_K ones);
 //  - float weights, and the types without a table kernel (dequantized to f32): the f32 rows themselves.
 // A format is looked up by what its bytes depend on (Q8_K, or Q8_0 with the table's quantizer and arrange
 // function), so after set_isa a format made for another table's order is not used. Every format is
@@ -72,8 +73,10 @@ class PreparedInput {
   using ArrangeFn = void (*)(int8_t* qs, int64_t cols);                             // detail::ArrangeQ8Fn
   using QuantizeFn = void (*)(const float* x, int64_t cols, int8_t* qs, float* d);  // detail::QuantizeQ8Fn
   struct Format {
-    // Key: Q8_K blocks, or Q8_0 made by `quantize` and then (unless nullptr) `arrange`.
+    // Key: Q8_K blocks (8 tokens side by side if tokens8), or Q8_0 made by `quantize` and then (unless
+    // nullptr) `arrange`.
     bool k_quant = false;
+    bool tokens8 = false;
     QuantizeFn quantize = nullptr;
     ArrangeFn arrange = nullptr;
     // Q8_0 (k_quant false):
@@ -82,6 +85,8 @@ class PreparedInput {
     std::vector<int32_t> sum;  // [n, cols / 32] sum(qs) per block
     // Q8_K (k_quant true):
     std::vector<BlockQ8_K> xk;  // [n, cols / 256]
+    // Q8_K, tokens8:
+    std::vector<BlockQ8_KX8> xk8;  // [ceil(n / 8), cols / 256]
   };
 
   const float* x_ = nullptr;  // [n_, cols_] the f32 rows: the caller's (reset) or own_ (gather)

@@ -172,6 +172,18 @@ struct BlockQ8_K {
 };
 static_assert(sizeof(BlockQ8_K) == 292);
 
+// Q8_K blocks of 8 tokens side by side, the activation layout of the K-quant prefill kernels (one 32-bit
+// lane per token, so one weight dword broadcast meets 8 tokens' activations in one multiply). Tile j of
+// an input of n tokens holds tokens 8j .. 8j + 7 (zeros past the last), one block per 256 columns: a
+// transposition of the tokens' BlockQ8_K, nothing rounded again.
+constexpr int kQ8KTokens = 8;
+struct BlockQ8_KX8 {
+  int8_t qs[kQK_K / 4][kQ8KTokens][4];       // [dword k][token] values 4k .. 4k + 3
+  float d[kQ8KTokens];                       // [token] the Q8_K scale
+  int16_t bsums[kQK_K / 32][kQ8KTokens][2];  // [pair p][token] sums of values 32p .. +15, 32p + 16 .. +31
+};
+static_assert(sizeof(BlockQ8_KX8) == 2336);
+
 // Scale and min of sub-block j (0..7) from the 12-byte 6-bit packing of Q4_K/Q5_K: j < 4: low 6 bits of
 // q[j] (scale) and q[j + 4] (min); j >= 4: low nibble of q[j + 4] plus the top two bits of q[j - 4]
 // (scale), high nibble of q[j + 4] plus the top two bits of q[j] (min).

@@ -296,12 +296,21 @@ TEST_F(MatmulTest, GroupedPrefillGroupsAndTails) {
 //  - ref::matmul (decoded weights times the f32 activations): differs by the Q8_K rounding of x, at most
 //    half a step (amax / 254) per value; bound 2e-2 relative to sum |w x| (observed below 4e-3 for
 //    Gaussian data).
+// Shapes cover the prefill kernels' row groups (4 rows and 1..3 left), column chunks (4 super-blocks and
+// a shorter last one: 768, 4096 + 1280) and 8-token tiles (n = 8, 9, 17) with a block of 32 tiles
+// followed by another (n = 261), besides the per-token path of n < 4.
 TEST_F(MatmulTest, KQuantsMatchReference) {
-  const int64_t shapes[][2] = {{1, 256}, {7, 512}, {21, 768}, {37, 4096}};
+  struct Case {
+    int64_t rows, cols;
+    std::vector<int64_t> ns;
+  };
+  const std::vector<int64_t> ns = {1, 2, 3, 4, 5, 8, 9, 17};
+  const Case cases[] = {{1, 256, ns},   {7, 512, ns},      {21, 768, ns},
+                        {37, 4096, ns}, {6, 5376, {1, 9}}, {5, 512, {261}}};
   for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K})
-    for (const auto& s : shapes)
-      for (int64_t n : {1, 2, 3, 4, 5, 9}) {
-        const int64_t rows = s[0], cols = s[1], ldy = rows + 1;
+    for (const Case& s : cases)
+      for (int64_t n : s.ns) {
+        const int64_t rows = s.rows, cols = s.cols, ldy = rows + 1;
         SCOPED_TRACE(std::string(dname(t)) + " rows=" + std::to_string(rows) +
                      " cols=" + std::to_string(cols) + " n=" + std::to_string(n));
         const Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(rows * 31 + cols + n));

@@ -480,7 +480,6 @@ void q4_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t 
 // ---------------------------------------------------------------------------------------------------
 // K-quants: the shared 256-bit kernels (vpmaddwd form).
 #define MX_K_VNNI 0
-constexpr int kKTileTokens = kGroupTokens;
 #include "kernels/x86/kquant.inc"
 #undef MX_K_VNNI
 
@@ -880,10 +879,11 @@ const KernelTable* avx2_table() {
   static const KernelTable table = {
       "avx2",
       {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>,
-       tiles<Q8Kernel, 4, 2, 3>, q4_matmul<Q4FileGroup>, k_matmul<Q4KKernel, Q4KUnpack>,
-       k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>, q4_matmul<Q4G8Group>, q8_g8_matmul},
+       tiles<Q8Kernel, 4, 2, 3>, q4_matmul<Q4FileGroup>, k_matmul<Q4KUnpack>, k_matmul<Q5KUnpack>,
+       k_matmul<Q6KUnpack>, q4_matmul<Q4G8Group>, q8_g8_matmul},
       quantize_q8,
       {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr, arrange_q8, arrange_q8},
+      true,  // K-quant prefill over 8-token tiles
       attn_chunk,
       paged_attn,
       rmsnorm,

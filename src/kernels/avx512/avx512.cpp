@@ -312,10 +312,6 @@ void group_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64
 // K-quants: the shared 256-bit kernels with vpdpwssd adding the scaled pairs (one instruction instead
 // of vpmaddwd + vpaddd per vector and token).
 #define MX_K_VNNI 1
-#ifndef MX_K_TILE_TOKENS
-#define MX_K_TILE_TOKENS 6
-#endif
-constexpr int kKTileTokens = MX_K_TILE_TOKENS;
 #include "kernels/x86/kquant.inc"
 #undef MX_K_VNNI
 
@@ -703,10 +699,11 @@ const KernelTable* MX_AVX512_TABLE() {
       "avx512",
       {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,
        group_matmul<Q8GroupUnpack<Q8FileGroup>>, group_matmul<Q4GroupUnpack<Q4FileGroup>>,
-       k_matmul<Q4KKernel, Q4KUnpack>, k_matmul<Q5KKernel, Q5KUnpack>, k_matmul<Q6KKernel, Q6KUnpack>,
-       group_matmul<Q4GroupUnpack<Q4G8Group>>, group_matmul<Q8GroupUnpack<Q8G8Group>>},
+       k_matmul<Q4KUnpack>, k_matmul<Q5KUnpack>, k_matmul<Q6KUnpack>, group_matmul<Q4GroupUnpack<Q4G8Group>>,
+       group_matmul<Q8GroupUnpack<Q8G8Group>>},
       quantize_q8,
       {nullptr, nullptr, nullptr, arrange_q8, arrange_q8, nullptr, nullptr, nullptr, arrange_q8, arrange_q8},
+      true,  // K-quant prefill over 8-token tiles
       attn_chunk,
       k_from->paged_attn,
       rmsnorm,
