@@ -268,6 +268,7 @@ BENCHMARK(BM_MatmulHot)
 BENCHMARK(BM_MatmulPrefill)
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
     ->ArgsProduct({{kQ8, kQ8G8, kQ4, kQ4G8, kQ4K, kQ6K}, {14336}, {4096}, {64, 512}, {1, 2}})
+    ->ArgsProduct({{kQ4G8, kQ4K, kQ6K}, {4096}, {14336}, {128}, {1, 2}})  // an expert's W2, its tokens
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

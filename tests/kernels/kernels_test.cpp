@@ -296,9 +296,9 @@ TEST_F(MatmulTest, GroupedPrefillGroupsAndTails) {
 //  - ref::matmul (decoded weights times the f32 activations): differs by the Q8_K rounding of x, at most
 //    half a step (amax / 254) per value; bound 2e-2 relative to sum |w x| (observed below 4e-3 for
 //    Gaussian data).
-// Shapes cover the prefill kernels' row groups (4 rows and 1..3 left), column chunks (4 super-blocks and
-// a shorter last one: 768, 4096 + 1280) and 8-token tiles (n = 8, 9, 17) in blocks of 8 tiles
-// followed by another (n = 261), besides the per-token path of n < 4.
+// Shapes cover the prefill kernels' row panels (12 or 16 rows) and groups (4 or 8 rows, and fewer left),
+// column chunks (4 super-blocks and a shorter last one: 768, 4096 + 1280), 8-token tiles (n = 8, 9, 17)
+// and blocks of 8 tiles followed by more (n = 261), besides the per-token path of n < 4.
 TEST_F(MatmulTest, KQuantsMatchReference) {
   struct Case {
     int64_t rows, cols;

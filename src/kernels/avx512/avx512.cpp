@@ -315,6 +315,9 @@ void group_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64
 #ifndef MX_K_ROWS
 #define MX_K_ROWS 8  // 32 vector registers: 8 rows' sums
 #endif
+#ifndef MX_K_PANEL_GROUPS
+#define MX_K_PANEL_GROUPS 2  // 16 rows: 24 KiB unpacked
+#endif
 #include "kernels/x86/kquant.inc"
 #undef MX_K_VNNI
 
