@@ -39,8 +39,9 @@ struct PreparedAccess;  // dispatch.cpp: finds or makes a format
 //    so, the same blocks 8 tokens side by side (BlockQ8_KX8, made from the Q8_K ones);
 //  - float weights, and the types without a table kernel (dequantized to f32): the f32 rows themselves.
 // A format is looked up by what its bytes depend on (Q8_K, or Q8_0 with the table's quantizer and arrange
-// function), so after set_isa a format made for another table's order is not used. Every format is
-// per row, so the rows of a gather() are bit-identical to quantizing the gathered f32 rows.
+// function), so after set_isa a format made for another table's order is not used. Every quantized
+// format is per row, so the rows of a gather() are bit-identical to quantizing the gathered f32 rows;
+// gather() does not copy the 8-token one, which is remade from the gathered Q8_K rows when needed.
 // Buffers are owned and only grow, so an object kept per call site is reused across layers and steps.
 // Not thread-safe by design: one object per call site, used from the calling thread (the matmuls it
 // feeds split their work over the pool inside).
