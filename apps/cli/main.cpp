@@ -149,6 +149,17 @@ int cmd_info(const ModelArgs& ma, int64_t ctx) {
   return 0;
 }
 
+// The rates as "a<sep>b<sep>...", 2 decimals.
+std::string join_rates(const std::vector<double>& v, const char* sep) {
+  std::string out;
+  char buf[32];
+  for (size_t i = 0; i < v.size(); ++i) {
+    std::snprintf(buf, sizeof(buf), "%.2f", v[i]);
+    out += (i > 0 ? sep : "") + std::string(buf);
+  }
+  return out;
+}
+
 int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bool json, bool no_bw) {
   mixtral::EngineOptions o;
   o.model_path = ma.model;
@@ -164,6 +175,14 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
   std::printf("model: %s, %d threads, %d reps, %s kernels\n", ma.model.c_str(), r->threads, r->reps, r->isa);
   if (n_prompt > 0) std::printf("pp%lld: %.2f tokens/s\n", static_cast<long long>(n_prompt), r->pp_tps);
   if (n_gen > 0) std::printf("tg%lld: %.2f tokens/s\n", static_cast<long long>(n_gen), r->tg_tps);
+  if (r->reps > 1) {  // each rep apart: on a shared machine the spread says how far to trust the mean
+    if (n_prompt > 0)
+      std::printf("pp%lld per rep: %s\n", static_cast<long long>(n_prompt),
+                  join_rates(r->pp_reps, ", ").c_str());
+    if (n_gen > 0)
+      std::printf("tg%lld per rep: %s\n", static_cast<long long>(n_gen),
+                  join_rates(r->tg_reps, ", ").c_str());
+  }
   std::printf("bytes read per generated token: %.1f MB\n", r->bytes_per_token / 1e6);
   if (roofline > 0)
     std::printf("read bandwidth now: %.2f GB/s -> decode roofline %.2f tokens/s; tg is %.1f%% of it\n",
@@ -177,10 +196,11 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
         "{\"peak_rss_bytes\": %.0f, \"pp_tps\": %.4f, \"tg_tps\": %.4f, \"threads\": %d, \"n_prompt\": %lld, "
         "\"n_gen\": %lld, "
         "\"reps\": %d, \"bytes_per_token\": %.0f, \"bandwidth_bytes_per_s\": %.0f, \"roofline_fraction\": "
-        "%.4f, \"isa\": \"%s\"}\n",
+        "%.4f, \"isa\": \"%s\", \"pp_tps_reps\": [%s], \"tg_tps_reps\": [%s]}\n",
         rss, r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt),
         static_cast<long long>(n_gen), r->reps, r->bytes_per_token, r->bandwidth,
-        roofline > 0 ? r->tg_tps / roofline : 0.0, r->isa);
+        roofline > 0 ? r->tg_tps / roofline : 0.0, r->isa, join_rates(r->pp_reps, ", ").c_str(),
+        join_rates(r->tg_reps, ", ").c_str());
   return 0;
 }
 

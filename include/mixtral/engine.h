@@ -63,13 +63,14 @@ class Engine {
   struct BenchResult {
     int64_t n_prompt = 0, n_gen = 0;
     int threads = 0, reps = 0;
-    double pp_tps = 0, tg_tps = 0;  // mean over reps
-    double bytes_per_token = 0;     // weight bytes one decode step reads
-    double bandwidth = 0;           // measured read bandwidth, bytes/s (0 if not measured)
-    const char* isa = "";           // the kernels' instruction set: scalar, avx2 or avx512
+    double pp_tps = 0, tg_tps = 0;         // all reps' tokens over all reps' time
+    std::vector<double> pp_reps, tg_reps;  // [reps] each rep's tokens/s (the spread, on a noisy machine)
+    double bytes_per_token = 0;            // weight bytes one decode step reads
+    double bandwidth = 0;                  // measured read bandwidth, bytes/s (0 if not measured)
+    const char* isa = "";                  // the kernels' instruction set: scalar, avx2 or avx512
   };
   // llama-bench style: a prefill of n_prompt tokens from an empty cache, and n_gen single-token
-  // decode steps, each repeated reps times.
+  // decode steps, each repeated reps times after an untimed warm-up of one of each.
   Result<BenchResult> bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth);
   double bytes_per_token() const;
 

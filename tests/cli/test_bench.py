@@ -84,6 +84,14 @@ def main():
           f"text pp24 line equals pp_tps {j['pp_tps']:.2f}")
     check(tg is not None and abs(float(tg.group(1)) - j["tg_tps"]) < 0.006,
           f"text tg6 line equals tg_tps {j['tg_tps']:.2f}")
+    # Each rep's rate: as many as reps, and the aggregate (all tokens over all time) lies between them.
+    for key, agg, tag in (("pp_tps_reps", j["pp_tps"], "pp24"), ("tg_tps_reps", j["tg_tps"], "tg6")):
+        reps = j.get(key, [])
+        check(len(reps) == 2 and all(v > 0 for v in reps), f"JSON {key} has 2 positive rates: {reps}")
+        check(min(reps) - 0.01 <= agg <= max(reps) + 0.01, f"{key} {reps} bracket the aggregate {agg:.2f}")
+        line = re.search(r"^" + tag + r" per rep: ([0-9.]+), ([0-9.]+)$", text, re.M)
+        check(line is not None and all(abs(float(line.group(i + 1)) - reps[i]) < 0.006 for i in range(2)),
+              f"text '{tag} per rep' line equals {key}")
     check(j["bandwidth_bytes_per_s"] == 0 and j["roofline_fraction"] == 0,
           "--no-bandwidth: bandwidth and roofline fraction 0")
     want = expected_bytes_per_token(a.model)
