@@ -36,6 +36,19 @@ inline simde__m256i mm256_maskz_loadu_epi16(simde__mmask16 m, const void* p) {
     if ((m >> i) & 1) t[i] = static_cast<const uint16_t*>(p)[i];
   return simde_mm256_loadu_si256(t);
 }
+inline simde__m512i mm512_maskz_loadu_epi32(simde__mmask16 m, const void* p) {
+  int32_t t[16] = {};
+  for (int i = 0; i < 16; ++i)
+    if ((m >> i) & 1) t[i] = static_cast<const int32_t*>(p)[i];
+  return simde_mm512_loadu_si512(t);
+}
+inline simde__m512 mm512_cvtepi32_ps(simde__m512i v) {
+  int32_t t[16];
+  float f[16];
+  simde_mm512_storeu_si512(t, v);
+  for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(t[i]);
+  return simde_mm512_loadu_ps(f);
+}
 inline void mm512_mask_storeu_ps(void* p, simde__mmask16 m, simde__m512 v) {
   float t[16];
   simde_mm512_storeu_ps(t, v);
@@ -100,6 +113,8 @@ inline simde__m512 mm512_shuffle_f32x4(simde__m512 a, simde__m512 b, int imm) {
 #define _mm512_maskz_loadu_ps mx_simde_shim::mm512_maskz_loadu_ps
 #define _mm256_maskz_loadu_ps mx_simde_shim::mm256_maskz_loadu_ps
 #define _mm256_maskz_loadu_epi16 mx_simde_shim::mm256_maskz_loadu_epi16
+#define _mm512_maskz_loadu_epi32 mx_simde_shim::mm512_maskz_loadu_epi32
+#define _mm512_cvtepi32_ps mx_simde_shim::mm512_cvtepi32_ps
 #define _mm512_mask_storeu_ps mx_simde_shim::mm512_mask_storeu_ps
 #define _mm512_cvtph_ps mx_simde_shim::mm512_cvtph_ps
 #define _mm512_cvtepu16_epi32 mx_simde_shim::mm512_cvtepu16_epi32

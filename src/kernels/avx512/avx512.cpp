@@ -2,9 +2,9 @@
 // called after dispatch.cpp has checked the CPU. Helpers stay in an anonymous namespace and no std::
 // template is instantiated here, so no AVX-512 code can leak into a generic caller through the linker.
 //
-// Quantized matmul: 256-bit VNNI steps (Zen 4 runs 512-bit ops on 256-bit units, so wider steps would not
-// add throughput there) over grouped activations (see GroupTile). vpdpbusd multiplies unsigned by signed
-// bytes, so
+// Quantized matmul: Q4_0 and Q8_0 in 512-bit VNNI steps over pairs of grouped activations (see
+// GroupTile), the K-quants in the 256-bit steps shared with the AVX2 file. vpdpbusd multiplies unsigned
+// by signed bytes, so
 //   Q8_0 x Q8_0: (w + 128) . x - 128 * sum(x) = w . x,
 //   Q4_0 x Q8_0: nibbles (0..15) . x - 8 * sum(x),
 // the second term subtracted per block in int32 before the conversion to f32.
@@ -154,60 +154,103 @@ struct Q4Unpack {
 };
 
 // ---------------------------------------------------------------------------------------------------
-// Q4_0 and Q8_0 over grouped activations (ArrangeQ8Fn, internal.h), for every token count: a
-// weight row's group of 8 blocks is transposed once (4x4 dwords per 128-bit half, as the activations
-// were), so each (row, token) runs 8 vpdpbusd into one int32 vector (one lane per block), subtracts
-// c sum(x) per block exactly in int32 (c = 8 for Q4_0, 128 for Q8_0), and pays one conversion, one scale
-// multiply and one FMA per 8 blocks instead of per block.
+// Q4_0 and Q8_0 over grouped activations (ArrangeQ8Fn, internal.h), for every token count, on 512-bit
+// vectors: two groups of 8 blocks side by side (a pair, 16 blocks = 512 values), one int32 lane per
+// block. The activations' pairs are interleaved by arrange_q8_pairs (vector v of a pair = vector v of
+// its first group, then vector v of its second), and a weight row's pair is built from the two groups as
+// the file or the repack stores them. Each (row, token) runs 8 vpdpbusd per pair into one int32 vector,
+// starting from -c sum(x) per block (c = 8 for Q4_0, 128 for Q8_0) so the sums are exact, and pays one
+// conversion, one scale multiply and one FMA per 16 blocks. A row's last full group when their count is
+// odd runs the same step with the upper half zero; blocks after the last full group one at a time.
 //
 // Micro-tiles of R rows x T tokens: each activation vector is loaded once for the R rows and each
-// unpacked weight vector used for the T tokens. With AVX-512VL's 32 vector registers the R x T int32
-// sums and R x T f32 accumulators all stay in registers (R = 2, T = 6: 24 of them, plus R unpacked
-// weights and the activation). Decoding (one token) runs R rows in lockstep on R long sequential
-// streams (see row_pass_decode). Every (row, token) runs the same operations whatever R and T, so
-// decode and prefill are bit-identical.
+// unpacked weight vector used for the T tokens. With 32 vector registers the R x T int32 sums and R x T
+// f32 accumulators all stay in registers (R = 3, T = 4: 24 of them, plus R unpacked weights and the
+// activation). Decoding (one token) runs R rows in lockstep on R long sequential streams (see
+// row_pass_decode). Every (row, token) runs the same operations whatever R and T, so decode and prefill
+// are bit-identical.
+//
+// Why 512 bits: Zen 5 and Intel cores run vpdpbusd on 512-bit vectors at the 256-bit rate in vectors
+// per cycle, doubling the multiplies; Zen 4 splits them in two, so there the multiplies stay and the
+// instructions (decode, loop, epilogue) halve.
 
 #include "kernels/x86/grouped.inc"
 
-// How a weight group (8 blocks from w) becomes the 8 vectors u[v] of unsigned bytes in grouped order,
-// with u . x - 2^kShift sum(x) = w . x per block: load() writes kStored vectors once per group and
-// row, vec() makes vector v from them in the token loop.
-template <class Load>   // Q4FileGroup or Q4G8Group (grouped.inc)
-struct Q4GroupUnpack {  // u = the nibbles (0..15), c = 8
+// ArrangeQ8Fn of this table: grouped order (arrange_q8), then each pair of full groups interleaved by
+// 32-byte vectors. A row's last group, when their count is odd, and the blocks after it stay as they are.
+void arrange_q8_pairs(int8_t* qs, int64_t cols) {
+  arrange_q8(qs, cols);
+  const int64_t pairs = cols / (2 * kQK8_0 * kGroupBlocks);
+  for (int64_t p = 0; p < pairs; ++p) {
+    auto* v = reinterpret_cast<__m256i*>(qs + p * 2 * kQK8_0 * kGroupBlocks);  // [2 groups, 8 vectors]
+    __m256i g[16];
+    MX_UNROLL
+    for (int i = 0; i < 16; ++i) g[i] = _mm256_loadu_si256(v + i);
+    MX_UNROLL
+    for (int i = 0; i < 8; ++i) {
+      _mm256_storeu_si256(v + 2 * i, g[i]);
+      _mm256_storeu_si256(v + 2 * i + 1, g[8 + i]);
+    }
+  }
+}
+
+// How a weight pair becomes the 8 vectors u[v] of unsigned bytes in pair order, with
+// u . x - 2^kShift sum(x) = w . x per block: load() writes kStored vectors once per pair and row, vec()
+// makes vector v from them in the token loop. Load reads one group in 256-bit grouped order (grouped.inc).
+template <class Load>  // Q4FileGroup or Q4G8Group (grouped.inc)
+struct Q4PairUnpack {  // u = the nibbles (0..15), c = 8
   using Block = BlockQ4_0;
   using Column = Q4Unpack;
   static constexpr int kShift = 3, kStored = 4;  // packed nibbles: low and high halves of 4 vectors
-  static void load(const BlockQ4_0* w, __m256i* c, __m256* d) {
-    *d = Load::load(reinterpret_cast<const uint8_t*>(w), c);
+  static constexpr int64_t kGroupBytes = kGroupBlocks * sizeof(Block);
+  // Both groups of the pair (kHalf: the first only, the upper half zero).
+  template <bool kHalf>
+  static void load(const Block* w, __m512i* c, __m512* d) {
+    __m256i lo[4], hi[4] = {};
+    __m256 dlo = Load::load(reinterpret_cast<const uint8_t*>(w), lo), dhi = _mm256_setzero_ps();
+    if constexpr (!kHalf) dhi = Load::load(reinterpret_cast<const uint8_t*>(w) + kGroupBytes, hi);
+    MX_UNROLL
+    for (int k = 0; k < 4; ++k) c[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[k]), hi[k], 1);
+    *d = _mm512_insertf32x8(_mm512_castps256_ps512(dlo), dhi, 1);
   }
-  static __m256i vec(const __m256i* c, int v) {  // vector v = 2k + h: the low (h = 0) or high nibbles of c[k]
-    return _mm256_and_si256(v % 2 == 0 ? c[v / 2] : _mm256_srli_epi16(c[v / 2], 4), _mm256_set1_epi8(0x0f));
+  static __m512i vec(const __m512i* c, int v) {  // vector v = 2k + h: the low (h = 0) or high nibbles of c[k]
+    return _mm512_and_si512(v % 2 == 0 ? c[v / 2] : _mm512_srli_epi16(c[v / 2], 4), _mm512_set1_epi8(0x0f));
   }
 };
-template <class Load>   // Q8FileGroup or Q8G8Group (grouped.inc)
-struct Q8GroupUnpack {  // u = w + 128, c = 128
+template <class Load>  // Q8FileGroup or Q8G8Group (grouped.inc)
+struct Q8PairUnpack {  // u = w + 128, c = 128
   using Block = BlockQ8_0;
   using Column = Q8Unpack;
   static constexpr int kShift = 7, kStored = 8;
-  static void load(const BlockQ8_0* w, __m256i* c, __m256* d) {
-    *d = Load::load(reinterpret_cast<const uint8_t*>(w), c);
+  static constexpr int64_t kGroupBytes = kGroupBlocks * sizeof(Block);
+  template <bool kHalf>
+  static void load(const Block* w, __m512i* c, __m512* d) {
+    __m256i lo[8], hi[8] = {};
+    __m256 dlo = Load::load(reinterpret_cast<const uint8_t*>(w), lo), dhi = _mm256_setzero_ps();
+    if constexpr (!kHalf) dhi = Load::load(reinterpret_cast<const uint8_t*>(w) + kGroupBytes, hi);
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     MX_UNROLL
-    for (int v = 0; v < 8; ++v) c[v] = _mm256_xor_si256(c[v], _mm256_set1_epi8(static_cast<char>(0x80)));
+    for (int v = 0; v < 8; ++v) {
+      c[v] = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo[v]), hi[v], 1), flip);
+      if constexpr (kHalf) c[v] = _mm512_maskz_mov_epi64(0x0f, c[v]);  // the upper half's u = 0
+    }
+    *d = _mm512_insertf32x8(_mm512_castps256_ps512(dlo), dhi, 1);
   }
-  static __m256i vec(const __m256i* c, int v) { return c[v]; }
+  static __m512i vec(const __m512i* c, int v) { return c[v]; }
 };
 
 // Weights are prefetched further ahead in prefill tiles than in decode: a tile spends long enough on
-// each group that the decode distance arrives late.
+// each pair that the decode distance arrives late.
 constexpr int64_t kTilePrefetchBytes = 4096;
-// Tile shape (overridable for measurements). Measured on a Sapphire Rapids Xeon, 1 thread, 14336 x 4096
-// Q4_0 x 512 tokens: 2x6 119 GFLOP/s, 4x3 111, 3x4 101, 2x4 84, 4x2 72 (the one-row kernel this
-// replaced: 90; the AVX2 2x4 tile on the same core: 84); 2x6 was also the fastest for 2, 4 and 16 tokens.
+// Tile shape (overridable for measurements). Measured on a Zen 5 core (EPYC, full-width AVX-512), 1 thread,
+// 14336 x 4096 x 512 tokens, GFLOP/s Q4_0_G8 / Q8_0_G8, builds alternating: 3x4 434-443 / 322-332,
+// 2x4 410-420 / 304-309, 2x6 387-401 / 300-306; the same 3x4 with the unpacked pairs forced through
+// memory (as the 256-bit tile did) 375-380 / 303-312.
 #ifndef MX_GROUP_TILE_ROWS
-#define MX_GROUP_TILE_ROWS 2
+#define MX_GROUP_TILE_ROWS 3
 #endif
 #ifndef MX_GROUP_TILE_TOKENS
-#define MX_GROUP_TILE_TOKENS 6
+#define MX_GROUP_TILE_TOKENS 4
 #endif
 constexpr int kTileRows = MX_GROUP_TILE_ROWS, kTileTokens = MX_GROUP_TILE_TOKENS;
 constexpr int kDecodeRows = 4;
@@ -217,59 +260,72 @@ struct GroupTile {
   template <int R, int T>
   struct K {
     using Block = typename Unpack::Block;
+
+    // acc[r][t] += the pair (or, kHalf, the group) of 16 blocks from b0, one f32 lane per block.
+    template <bool kHalf>
+    static void step(const Block* const* w, int64_t b0, int64_t cols, int64_t nb, const int8_t* xq,
+                     const float* xd, const int32_t* xs, __m512 (&acc)[R][T]) {
+      alignas(64) __m512i c[R][Unpack::kStored];  // [R, kStored] the rows' pairs, in pair order
+      alignas(64) __m512 dw[R];                   // [R] their 16 block scales
+      MX_UNROLL
+      for (int r = 0; r < R; ++r) {
+        prefetch_bytes(w[r] + b0, kAhead, 2 * kGroupBlocks * static_cast<int64_t>(sizeof(Block)));
+        Unpack::template load<kHalf>(w[r] + b0, c[r], &dw[r]);
+      }
+      const __mmask16 lanes = kHalf ? 0x00ff : 0xffff;
+      __m512i s[R][T];  // [R, T] int32 dots u . x - c sum(x), one lane per block
+      MX_UNROLL
+      for (int v = 0; v < 8; ++v) {
+        __m512i u[R];
+        MX_UNROLL
+        for (int r = 0; r < R; ++r) u[r] = Unpack::vec(c[r], v);
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) {
+          // A pair's vector v: 64 bytes at 64 v; a lone group's: 32 bytes at 32 v (upper half unread).
+          const int8_t* xp = xq + t * cols + b0 * kQK8_0 + (kHalf ? 32 : 64) * v;
+          __m512i xv = kHalf
+                           ? _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp)))
+                           : _mm512_loadu_si512(xp);
+#if !defined(MX_KERNELS_AVX512_SIMDE)               // (SIMDe's __m512i is a struct, not a register)
+          if constexpr (R > 1) asm("" : "+v"(xv));  // one load for R rows, not R folded memory operands
+#endif
+          if (v == 0) {
+            const __m512i corr =
+                _mm512_slli_epi32(_mm512_maskz_loadu_epi32(lanes, xs + t * nb + b0), Unpack::kShift);
+            const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), corr);
+            MX_UNROLL
+            for (int r = 0; r < R; ++r) s[r][t] = _mm512_dpbusd_epi32(init, u[r], xv);
+          } else {
+            MX_UNROLL
+            for (int r = 0; r < R; ++r) s[r][t] = _mm512_dpbusd_epi32(s[r][t], u[r], xv);
+          }
+        }
+      }
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const __m512 xdt = _mm512_maskz_loadu_ps(lanes, xd + t * nb + b0);
+        MX_UNROLL
+        for (int r = 0; r < R; ++r)
+          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r][t]), _mm512_mul_ps(dw[r], xdt), acc[r][t]);
+      }
+    }
+
     static void run(const MatmulArgs& a, int64_t r0, int64_t rstep, int64_t t0, float* y, int64_t ldy) {
       const int64_t cols = a.cols, nb = cols / kQK8_0, ng = nb / kGroupBlocks;
       const Block* w[R];
       MX_UNROLL
       for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const Block*>(a.w + (r0 + r * rstep) * a.w_stride);
-      const int8_t* xq = a.xq + t0 * cols;   // [T, cols] grouped
+      const int8_t* xq = a.xq + t0 * cols;   // [T, cols] pair order
       const float* xd = a.xd + t0 * nb;      // [T, nb]
       const int32_t* xs = a.xsum + t0 * nb;  // [T, nb]
-      __m256 acc[R][T];                      // [R, T] one f32 lane per block of the group
+      __m512 acc[R][T];                      // [R, T] one f32 lane per block of a pair
       MX_UNROLL
       for (int r = 0; r < R; ++r) {
         MX_UNROLL
-        for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
       }
-      for (int64_t g = 0; g < ng; ++g) {
-        const int64_t b0 = g * kGroupBlocks;
-        // The rows' unpacked groups and scales go through memory (an empty asm that may read it keeps
-        // the compiler from holding them in registers across the token loop, where the sums live).
-        alignas(32) __m256i c[R][Unpack::kStored];  // [R, kStored] the rows' groups, transposed
-        alignas(32) __m256 dw[R];                   // [R] their 8 block scales
-        MX_UNROLL
-        for (int r = 0; r < R; ++r) {
-          prefetch_bytes(w[r] + b0, kAhead, kGroupBlocks * static_cast<int64_t>(sizeof(Block)));
-          Unpack::load(w[r] + b0, c[r], &dw[r]);
-        }
-        asm volatile("" : : "r"(c), "r"(dw) : "memory");
-        __m256i s[R][T];  // [R, T] int32 dots u . x, one lane per block
-        MX_UNROLL
-        for (int v = 0; v < 8; ++v) {
-          __m256i u[R];
-          MX_UNROLL
-          for (int r = 0; r < R; ++r) u[r] = Unpack::vec(c[r], v);
-          MX_UNROLL
-          for (int t = 0; t < T; ++t) {
-            __m256i xv =
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b0 * kQK8_0) + v);
-            if constexpr (R > 1) asm("" : "+v"(xv));  // one load for R rows, not R folded memory operands
-            MX_UNROLL
-            for (int r = 0; r < R; ++r)
-              s[r][t] = _mm256_dpbusd_epi32(v == 0 ? _mm256_setzero_si256() : s[r][t], u[r], xv);
-          }
-        }
-        MX_UNROLL
-        for (int t = 0; t < T; ++t) {
-          const __m256i corr = _mm256_slli_epi32(
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + t * nb + b0)), Unpack::kShift);
-          const __m256 xdt = _mm256_loadu_ps(xd + t * nb + b0);
-          MX_UNROLL
-          for (int r = 0; r < R; ++r)
-            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[r][t], corr)),
-                                        _mm256_mul_ps(dw[r], xdt), acc[r][t]);
-        }
-      }
+      for (int64_t p = 0; p < ng / 2; ++p) step<false>(w, 2 * p * kGroupBlocks, cols, nb, xq, xd, xs, acc);
+      if (ng % 2 != 0) step<true>(w, (ng - 1) * kGroupBlocks, cols, nb, xq, xd, xs, acc);
       MX_UNROLL
       for (int r = 0; r < R; ++r) {
         float tail[T] = {};  // [T] blocks after the last full group, one at a time in column order
@@ -289,7 +345,7 @@ struct GroupTile {
           }
         }
         MX_UNROLL
-        for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum256(acc[r][t]) + tail[t];
+        for (int t = 0; t < T; ++t) y[t * ldy + r * rstep] = hsum512(acc[r][t]) + tail[t];
       }
     }
   };
@@ -704,11 +760,12 @@ const KernelTable* MX_AVX512_TABLE() {
   static const KernelTable table = {
       "avx512",
       {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,
-       group_matmul<Q8GroupUnpack<Q8FileGroup>>, group_matmul<Q4GroupUnpack<Q4FileGroup>>,
-       k_matmul<Q4KUnpack>, k_matmul<Q5KUnpack>, k_matmul<Q6KUnpack>, group_matmul<Q4GroupUnpack<Q4G8Group>>,
-       group_matmul<Q8GroupUnpack<Q8G8Group>>},
+       group_matmul<Q8PairUnpack<Q8FileGroup>>, group_matmul<Q4PairUnpack<Q4FileGroup>>, k_matmul<Q4KUnpack>,
+       k_matmul<Q5KUnpack>, k_matmul<Q6KUnpack>, group_matmul<Q4PairUnpack<Q4G8Group>>,
+       group_matmul<Q8PairUnpack<Q8G8Group>>},
       quantize_q8,
-      {nullptr, nullptr, nullptr, arrange_q8, arrange_q8, nullptr, nullptr, nullptr, arrange_q8, arrange_q8},
+      {nullptr, nullptr, nullptr, arrange_q8_pairs, arrange_q8_pairs, nullptr, nullptr, nullptr,
+       arrange_q8_pairs, arrange_q8_pairs},
       true,  // K-quant prefill over 8-token tiles
       attn_chunk,
       k_from->paged_attn,
