@@ -159,16 +159,19 @@ void over_tokens(ThreadPool& pool, int64_t n, int64_t cols, const Fn& rows) {
   }
 }
 
-// Tile j of the 8-token layout (tokens 8j .. 8j + 7 of n, zeros past n) from the tokens' Q8_K rows.
+// Tile j of the 8-token layout (tokens 8j .. 8j + 7 of n, zeros past n), in lanes of `lane` bytes (4 or
+// 8), from the tokens' Q8_K rows.
 //   xk: [n, nb]; out: [nb]
-void interleave_q8_k(const BlockQ8_K* xk, int64_t n, int64_t nb, int64_t j, BlockQ8_KX8* out) {
+void interleave_q8_k(const BlockQ8_K* xk, int64_t n, int64_t nb, int64_t j, int lane, BlockQ8_KX8* out) {
   std::memset(static_cast<void*>(out), 0, sizeof(BlockQ8_KX8) * static_cast<size_t>(nb));
   for (int t = 0; t < kQ8KTokens && j * kQ8KTokens + t < n; ++t) {
     const BlockQ8_K* row = xk + (j * kQ8KTokens + t) * nb;
     for (int64_t b = 0; b < nb; ++b) {
       BlockQ8_KX8& o = out[b];
       o.d[t] = row[b].d;
-      for (int k = 0; k < kQK_K / 4; ++k) std::memcpy(o.qs[k][t], row[b].qs + 4 * k, 4);
+      auto* qs = reinterpret_cast<int8_t*>(o.qs);  // [kQK_K / lane, 8 tokens, lane]
+      for (int k = 0; k < kQK_K / lane; ++k)
+        std::memcpy(qs + (k * kQ8KTokens + t) * lane, row[b].qs + lane * k, static_cast<size_t>(lane));
       for (int p = 0; p < kQK_K / 32; ++p) {
         o.bsums[p][t][0] = row[b].bsums[2 * p];
         o.bsums[p][t][1] = row[b].bsums[2 * p + 1];
@@ -186,7 +189,7 @@ struct detail::PreparedAccess {
   // Whether weight kind `kind` reads a quantized format under table k, and its key.
   static bool key_of(const KernelTable& k, WeightKind kind, Format& key) {
     key.k_quant = is_k_quant(kind);
-    key.tokens8 = false;
+    key.tokens8 = 0;
     key.quantize = nullptr;
     key.arrange = nullptr;
     if (key.k_quant) return true;
@@ -221,13 +224,13 @@ struct detail::PreparedAccess {
     const int64_t n = in.n_, cols = in.cols_;
     if (key.tokens8) {  // a transposition of the Q8_K blocks (made first if need be)
       Format rows_key = key;
-      rows_key.tokens8 = false;
+      rows_key.tokens8 = 0;
       const BlockQ8_K* xk = get(in, rows_key, pool).xk.data();  // stays put (see above)
       Format& f = new_slot(in, key);
       const int64_t nb = cols / kQK_K, tiles = (n + kQ8KTokens - 1) / kQ8KTokens;
       BlockQ8_KX8* xb = grow(f.xk8, tiles * nb);
       over_tokens(pool, tiles, kQ8KTokens * cols, [&](int64_t j0, int64_t j1) {
-        for (int64_t j = j0; j < j1; ++j) interleave_q8_k(xk, n, nb, j, xb + j * nb);
+        for (int64_t j = j0; j < j1; ++j) interleave_q8_k(xk, n, nb, j, key.tokens8, xb + j * nb);
       });
       ++in.live_;  // not counted in made_: nothing quantized
       return f;
@@ -279,8 +282,8 @@ struct detail::PreparedAccess {
     const Format& f = get(x, key, pool);
     if (f.k_quant) {
       a.xk = f.xk.data();
-      if (k.k_tokens8 && x.n_ > 1) {
-        key.tokens8 = true;
+      if (k.k_tokens8_lane != 0 && x.n_ > 1) {
+        key.tokens8 = k.k_tokens8_lane;
         a.xk8 = get(x, key, pool).xk8.data();
       }
       return;
@@ -295,7 +298,7 @@ struct detail::PreparedAccess {
     const int64_t cols = src.cols_;
     for (size_t i = 0; i < src.live_; ++i) {
       const Format& from = src.formats_[i];
-      if (from.tokens8) continue;  // not per row: remade from the gathered Q8_K rows when needed
+      if (from.tokens8 != 0) continue;  // not per row: remade from the gathered Q8_K rows when needed
       Format& to = new_slot(dst, from);
       if (from.k_quant) {
         const int64_t nb = cols / kQK_K;

@@ -51,7 +51,8 @@ struct MatmulArgs {
   const int32_t* xsum = nullptr;  // [n, cols / 32], sum(q_x) per block (exact, for integer corrections)
   // K-quant weights: the activations rounded to Q8_K (quantize_row's rule), with their 16-value sums.
   const BlockQ8_K* xk = nullptr;  // [n, cols / 256]
-  // The same, 8 tokens side by side, where the table reads them (KernelTable::k_tokens8) and n > 1.
+  // The same, 8 tokens side by side in lanes of the table's width, where it reads them
+  // (KernelTable::k_tokens8_lane != 0) and n > 1.
   const BlockQ8_KX8* xk8 = nullptr;  // [ceil(n / 8), cols / 256]
 };
 
@@ -125,7 +126,8 @@ struct KernelTable {
   MatmulTileFn matmul[kNumWeightKinds];
   QuantizeQ8Fn quantize_q8;
   ArrangeQ8Fn arrange_q8[kNumWeightKinds];  // per weight kind: grouped order for prefill, or nullptr
-  bool k_tokens8;                           // the K-quant kernels read MatmulArgs::xk8 when n > 1
+  int k_tokens8_lane;  // the K-quant kernels read MatmulArgs::xk8 (lanes of 4 or 8 bytes) when n > 1; 0:
+                       // never
   AttnChunkFn attn_chunk;
   PagedAttnFn paged_attn;
   RmsnormFn rmsnorm;

@@ -74,10 +74,10 @@ class PreparedInput {
   using ArrangeFn = void (*)(int8_t* qs, int64_t cols);                             // detail::ArrangeQ8Fn
   using QuantizeFn = void (*)(const float* x, int64_t cols, int8_t* qs, float* d);  // detail::QuantizeQ8Fn
   struct Format {
-    // Key: Q8_K blocks (8 tokens side by side if tokens8), or Q8_0 made by `quantize` and then (unless
-    // nullptr) `arrange`.
+    // Key: Q8_K blocks (8 tokens side by side in lanes of tokens8 bytes if tokens8 != 0), or Q8_0 made by
+    // `quantize` and then (unless nullptr) `arrange`.
     bool k_quant = false;
-    bool tokens8 = false;
+    int tokens8 = 0;
     QuantizeFn quantize = nullptr;
     ArrangeFn arrange = nullptr;
     // Q8_0 (k_quant false):

@@ -172,13 +172,15 @@ struct BlockQ8_K {
 };
 static_assert(sizeof(BlockQ8_K) == 292);
 
-// Q8_K blocks of 8 tokens side by side, the activation layout of the K-quant prefill kernels (one 32-bit
-// lane per token, so one weight dword broadcast meets 8 tokens' activations in one multiply). Tile j of
-// an input of n tokens holds tokens 8j .. 8j + 7 (zeros past the last), one block per 256 columns: a
-// transposition of the tokens' BlockQ8_K, nothing rounded again.
+// Q8_K blocks of 8 tokens side by side, the activation layout of the K-quant prefill kernels (one lane
+// of L bytes per token, so one weight lane broadcast meets 8 tokens' activations in one multiply). Tile j
+// of an input of n tokens holds tokens 8j .. 8j + 7 (zeros past the last), one block per 256 columns: a
+// transposition of the tokens' BlockQ8_K, nothing rounded again. The lane width L is the kernel table's
+// (KernelTable::k_tokens8_lane): 4 bytes (qs as declared: [dword k][token]) or 8 (qs read as
+// [qword k][token][8]: values 8k .. 8k + 7 of token t at byte 64k + 8t).
 constexpr int kQ8KTokens = 8;
 struct BlockQ8_KX8 {
-  int8_t qs[kQK_K / 4][kQ8KTokens][4];       // [dword k][token] values 4k .. 4k + 3
+  int8_t qs[kQK_K / 4][kQ8KTokens][4];       // [dword k][token] values 4k .. 4k + 3 (L = 4; see above)
   float d[kQ8KTokens];                       // [token] the Q8_K scale
   int16_t bsums[kQK_K / 32][kQ8KTokens][2];  // [pair p][token] sums of values 32p .. +15, 32p + 16 .. +31
 };

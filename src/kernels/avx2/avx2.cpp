@@ -883,7 +883,7 @@ const KernelTable* avx2_table() {
        k_matmul<Q6KUnpack>, q4_matmul<Q4G8Group>, q8_g8_matmul},
       quantize_q8,
       {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr, arrange_q8, arrange_q8},
-      true,  // K-quant prefill over 8-token tiles
+      4,  // K-quant prefill over 8-token tiles, dword lanes
       attn_chunk,
       paged_attn,
       rmsnorm,

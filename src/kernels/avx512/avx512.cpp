@@ -766,7 +766,7 @@ const KernelTable* MX_AVX512_TABLE() {
       quantize_q8,
       {nullptr, nullptr, nullptr, arrange_q8_pairs, arrange_q8_pairs, nullptr, nullptr, nullptr,
        arrange_q8_pairs, arrange_q8_pairs},
-      true,  // K-quant prefill over 8-token tiles
+      8,  // K-quant prefill over 8-token tiles, qword lanes
       attn_chunk,
       k_from->paged_attn,
       rmsnorm,

@@ -342,7 +342,7 @@ const KernelTable& generic_table() {
       quantize_q8,
       {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
        nullptr},  // column order throughout
-      false,      // K-quants read the tokens' Q8_K rows
+      0,          // K-quants read the tokens' Q8_K rows
       attn_chunk,
       nullptr,  // paged attention: kernels/paged_attention.cpp's loop
       rmsnorm,
