@@ -50,8 +50,8 @@ struct ModelArgs {
     app->add_option("-c,--ctx-size", ctx_size, "context size in tokens (default: min(trained, 4096))");
     app->add_flag(
         "--no-repack", no_repack,
-        "use the weights in the file's layout (by default Q4_0/Q8_0 are repacked at load for the kernels: "
-        "same values, faster)");
+        "use the weights where the file mapping holds them (by default they move to huge pages at load, "
+        "Q4_0/Q8_0 repacked for the kernels: same values, faster)");
   }
   mixtral::Result<std::unique_ptr<mixtral::Engine>> load() const {
     mixtral::EngineOptions o;

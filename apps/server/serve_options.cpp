@@ -31,8 +31,8 @@ void add_serve_options(CLI::App* app, ServerOptions& o) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app->add_flag("--no-repack", o.no_repack,
-                "use the weights in the file's layout (by default Q4_0/Q8_0 are repacked at load for the "
-                "kernels: same values, faster)");
+                "use the weights where the file mapping holds them (by default they move to huge pages at "
+                "load, Q4_0/Q8_0 repacked for the kernels: same values, faster)");
 }
 
 }  // namespace mixtral::server

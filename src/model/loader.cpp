@@ -2,6 +2,7 @@
 // through one table, then check names, dtypes and shapes against the config.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -518,11 +519,15 @@ Status refuse_pickle(const std::string& path) {
                      "loaded); use the model's .safetensors files or a GGUF file");
 }
 
-// Repacks the matmul weights whose preferred layout differs from the file's (LoadOptions::repack) into
-// one huge-page buffer, retypes their views, and releases the file pages they were read from, so each
-// weight is resident once. Each distinct tensor once (a tied output shares the embedding table, which
-// get_rows reads as stored: left as it is).
-Status repack_weights(const GgufFile& g, Model& m) {
+// Moves the matmul weights into one huge-page buffer (LoadOptions::repack): rewritten where the active
+// kernels prefer another layout, copied as stored otherwise, and releases the file pages they were read
+// from, so each weight is resident once. Why copy at all: the page cache holds a file in whatever folios
+// it was read into, often 4 KiB ones, and streaming a gigabyte per token through 4 KiB mappings costs
+// a TLB miss per page (decode ran at 40% of the speed of the same weights in huge pages on a Zen 5 VM).
+// When the buffer would not fit in the memory available, the weights stay mapped as stored
+// (Model::weights_note says so). Each distinct tensor once (a tied output shares the embedding table,
+// which get_rows reads as stored: left as it is).
+Status place_weights(const GgufFile& g, Model& m) {
   std::vector<TensorView*> all;
   for (LayerWeights& L : m.layers) {
     for (TensorView* v : {&L.wq, &L.wk, &L.wv, &L.wo}) all.push_back(v);
@@ -535,27 +540,38 @@ Status repack_weights(const GgufFile& g, Model& m) {
   std::vector<std::pair<TensorView*, DType>> todo;  // [view, its layout in memory]
   size_t total = 0;                                 // bytes of the buffer, each tensor at a 64-byte boundary
   for (TensorView* v : all) {
-    const DType to = kernels::preferred_layout(v->dtype, v->cols());
-    if (to == v->dtype || !seen.insert(v->data).second) continue;
-    todo.emplace_back(v, to);
+    if (!seen.insert(v->data).second) continue;
+    todo.emplace_back(v, kernels::preferred_layout(v->dtype, v->cols()));
     total += (v->nbytes() + kAlign - 1) / kAlign * kAlign;
   }
   if (todo.empty()) return {};
+  const std::optional<size_t> avail = available_memory();
+  if (avail && total > *avail / 10 * 9) {
+    m.weights_note = "weights left in the file mapping: moving them to huge pages needs " +
+                     std::to_string(total >> 20) + " MiB, " + std::to_string(*avail >> 20) + " MiB available";
+    std::fprintf(stderr, "mixtral: %s: %s\n", g.path().c_str(), m.weights_note.c_str());
+    return {};
+  }
   const std::shared_ptr<uint8_t> buf = alloc_huge_pages(total);
   if (!buf)
     return Error::io(g.path() + ": cannot allocate " + std::to_string(total >> 20) +
-                     " MiB to repack the weights (try --no-repack)");
+                     " MiB for the weights (try --no-repack)");
   size_t at = 0;
   for (auto [v, to] : todo) {
     uint8_t* dst = buf.get() + at;
     const size_t n = v->nbytes();
-    repack(v->dtype, to, v->data, dst, v->numel());
+    if (to != v->dtype) {
+      repack(v->dtype, to, v->data, dst, v->numel());
+      ++m.repacked_tensors;
+    } else {
+      std::memcpy(dst, v->data, n);
+    }
     g.release(v->data, n);
     v->data = dst;
     v->dtype = to;
     at += (n + kAlign - 1) / kAlign * kAlign;
   }
-  m.repacked_tensors = static_cast<int64_t>(todo.size());
+  m.huge_page_bytes = static_cast<int64_t>(total);
   m.keep_alive.push_back(buf);
   return {};
 }
@@ -575,7 +591,7 @@ Result<std::unique_ptr<Model>> load_gguf(const std::string& path, const LoadOpti
     return Error::data(path + ": holds both merged (*_exps) and per-expert expert tensors");
   m->layout = src.legacy() ? Layout::kGgufLegacy : Layout::kGgufMerged;
   MX_TRY_STATUS(build_weights(src, Family::kGguf, *m));
-  if (opts.repack) MX_TRY_STATUS(repack_weights(*gguf, *m));
+  if (opts.repack) MX_TRY_STATUS(place_weights(*gguf, *m));
   MX_ASSIGN_OR_RETURN(auto tokens, gguf->get_string_array("tokenizer.ggml.tokens"));
   if (tokens) m->vocab = std::move(*tokens);
   m->keep_alive.push_back(gguf);

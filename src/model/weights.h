@@ -45,15 +45,18 @@ struct Model {
   std::vector<std::string> vocab;     // token pieces when the file carries them (GGUF), else empty
   std::vector<TensorRecord> tensors;  // as stored in the files (views may be repacked, see LoadOptions)
   int64_t repacked_tensors = 0;       // matmul weight views rewritten at load (LoadOptions::repack)
+  int64_t huge_page_bytes = 0;        // matmul weights moved to huge pages at load (LoadOptions::repack)
+  std::string weights_note;           // why the weights stayed where they are, when LoadOptions asked
   std::vector<std::shared_ptr<const void>> keep_alive;  // the mapped files behind the views
 };
 
 struct LoadOptions {
-  // Rewrite matmul weights into the layout the active kernels read fastest (kernels::preferred_layout:
-  // Q4_0 -> Q4_0_G8, Q8_0 -> Q8_0_G8) in one huge-page buffer, releasing the mapped file pages they came
-  // from, so memory stays about the file size (the file never changes). The values are the same; results
-  // agree within the f32 summation order (tests/model/repack_test.cpp). Off for tools that read or
-  // re-encode the weights as stored (convert, quantize, info).
+  // Move the matmul weights into one huge-page buffer, in the layout the active kernels read fastest
+  // (kernels::preferred_layout: Q4_0 -> Q4_0_G8, Q8_0 -> Q8_0_G8, others as stored), releasing the
+  // mapped file pages they came from, so memory stays about the file size (the file never changes);
+  // they stay mapped when the buffer would not fit in the available memory (Model::weights_note). The values
+  // are the same; results agree within the f32 summation order (tests/model/repack_test.cpp). Off for tools
+  // that read or re-encode the weights as stored (convert, quantize, info).
   bool repack = false;
 };
 

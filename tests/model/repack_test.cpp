@@ -143,6 +143,39 @@ TEST_P(Repack, MatmulWeightsRepackedWithTheSameLogits) {
   }
 }
 
+// Types the kernels read as stored move to huge pages unchanged: every matmul view leaves the file
+// mapping for the one buffer, keeps its type, and the logits are the mapped file's bit for bit (the same
+// kernels read the same bytes).
+TEST(Repack, KQuantWeightsMoveToHugePagesAsStored) {
+  for (DType type : {DType::Q4_K, DType::Q6_K}) {
+    SCOPED_TRACE(std::string(dtype_name(type)));
+    const std::string path = write_model("gguf-merged", type, false);
+    LoadOptions on;
+    on.repack = true;
+    auto plain = load_model(path);
+    auto moved = load_model(path, on);
+    ASSERT_TRUE(plain.ok() && moved.ok());
+    const Model &a = **plain, &b = **moved;
+    EXPECT_EQ(a.huge_page_bytes, 0);
+    EXPECT_EQ(b.repacked_tensors, 0);
+    EXPECT_TRUE(b.weights_note.empty()) << b.weights_note;
+    const std::vector<const TensorView*> va = matmul_views(a), vb = matmul_views(b);
+    ASSERT_EQ(va.size(), vb.size());
+    int64_t bytes = 0;
+    for (size_t i = 0; i < va.size(); ++i) {
+      EXPECT_EQ(vb[i]->dtype, type);
+      EXPECT_NE(va[i]->data, vb[i]->data);
+      EXPECT_EQ(0, std::memcmp(va[i]->data, vb[i]->data, va[i]->nbytes()));
+      bytes += static_cast<int64_t>(vb[i]->nbytes());
+    }
+    bytes += static_cast<int64_t>(b.output.nbytes());
+    EXPECT_GE(b.huge_page_bytes, bytes);
+    EXPECT_LT(b.huge_page_bytes, bytes + 64 * static_cast<int64_t>(va.size() + 1));  // 64-byte alignment
+    const std::vector<float> la = logits_of(a), lb = logits_of(b);
+    EXPECT_EQ(0, std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(LayoutsAndTypes, Repack,
                          ::testing::Combine(::testing::Values("gguf-merged", "gguf-legacy"),
                                             ::testing::Values(DType::Q4_0, DType::Q8_0)));
