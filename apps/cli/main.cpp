@@ -167,9 +167,11 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
   o.ctx_size = ma.ctx_size > 0 ? ma.ctx_size : std::max<int64_t>(std::max(n_prompt, n_gen), 1);
   o.batch_size = std::max<int64_t>(n_prompt, 1);
   o.repack = !ma.no_repack;
+  // The first bandwidth reading before the load (Engine::measure_bandwidth says why).
+  const double bw_before = no_bw ? 0.0 : mixtral::Engine::measure_bandwidth(ma.threads);
   auto engine = mixtral::Engine::load(o);
   if (!engine) return fail(engine.error());
-  auto r = (*engine)->bench(n_prompt, n_gen, reps, !no_bw);
+  auto r = (*engine)->bench(n_prompt, n_gen, reps, !no_bw, bw_before);
   if (!r) return fail(r.error());
   const double roofline = r->bandwidth > 0 ? r->bandwidth / r->bytes_per_token : 0;
   std::printf("model: %s, %d threads, %d reps, %s kernels\n", ma.model.c_str(), r->threads, r->reps, r->isa);

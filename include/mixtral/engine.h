@@ -71,7 +71,14 @@ class Engine {
   };
   // llama-bench style: a prefill of n_prompt tokens from an empty cache, and n_gen single-token
   // decode steps, each repeated reps times after an untimed warm-up of one of each.
-  Result<BenchResult> bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth);
+  // The read bandwidth is measured after the timed runs, and before them unless bandwidth_before (a
+  // reading from Engine::measure_bandwidth before the model was loaded) is given; the higher one counts.
+  Result<BenchResult> bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth,
+                            double bandwidth_before = 0);
+  // Read bandwidth in bytes/s with `threads` threads (0: all cores), in a child process so that its
+  // buffer never counts in this one's memory. Best taken before a model is loaded: the huge-page
+  // compaction that follows it slowed the next second of decode by up to 2x on a Zen 5 VM.
+  static double measure_bandwidth(int threads);
   double bytes_per_token() const;
 
   // Human-readable report for `mixtral info`: layout, hyper-parameters, tensors by type,

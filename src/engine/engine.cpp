@@ -195,7 +195,12 @@ double Engine::bytes_per_token() const {
   return other + experts * static_cast<double>(c.n_experts_used) / static_cast<double>(c.n_experts);
 }
 
-Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth) {
+double Engine::measure_bandwidth(int threads) {
+  return measure_read_bandwidth_isolated(resolve_threads(threads));
+}
+
+Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth,
+                                          double bandwidth_before) {
   using clock = std::chrono::steady_clock;
   Runtime& rt = *impl_->runtime;
   const int64_t V = config().vocab_size;
@@ -214,14 +219,16 @@ Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int r
   for (size_t i = 0; i < toks.size(); ++i)
     toks[i] = static_cast<int32_t>((i * 7919 + 13) % static_cast<size_t>(V));
   std::vector<float> logits(static_cast<size_t>(V));  // [vocab]
+  // The roofline: the best read bandwidth measured just before and just after the timed runs (on a
+  // shared machine it drifts by 10-20% within a minute; the higher reading gives the stricter fraction).
+  // Before the warm-up, which absorbs some of what the measurement leaves behind.
+  r.bandwidth = bandwidth_before;
+  if (measure_bandwidth && r.bandwidth <= 0) r.bandwidth = measure_read_bandwidth_isolated(impl_->threads);
   // Warm-up as llama-bench does it: one untimed prefill of n_prompt tokens (it touches every expert, so
   // page faults and buffer growth are not timed: they cost the first rep of a 512-token Q4_K_M prefill
   // about 10%) and one decode step.
   if (n_prompt > 0) MX_TRY_STATUS(rt.forward(toks.data(), n_prompt, 0, logits.data(), false));
   if (n_gen > 0 || n_prompt == 0) MX_TRY_STATUS(rt.forward(toks.data(), 1, 0, logits.data(), false));
-  // The roofline: the best read bandwidth measured just before and just after the timed runs (on a
-  // shared machine it drifts by 10-20% within a minute; the higher reading gives the stricter fraction).
-  if (measure_bandwidth) r.bandwidth = measure_read_bandwidth_isolated(impl_->threads);
   double pp = 0, tg = 0;
   for (int rep = 0; rep < reps; ++rep) {
     if (n_prompt > 0) {
