@@ -237,13 +237,14 @@ struct detail::PreparedAccess {
     }
     Format& f = new_slot(in, key);
     const float* x = in.x_;
-    if (f.k_quant) {  // Q8_K blocks (scalar quantize_row: one pass over x, small beside the weights)
+    if (f.k_quant) {  // Q8_K blocks
       MX_CHECK(cols % kQK_K == 0, "PreparedInput: %lld columns are not whole Q8_K blocks",
                static_cast<long long>(cols));
       const int64_t nb = cols / kQK_K;
       BlockQ8_K* xb = grow(f.xk, n * nb);
+      const detail::QuantizeQ8KFn quantize = table().quantize_q8_k;
       over_tokens(pool, n, cols, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) quantize_row(DType::Q8_K, x + t * cols, xb + t * nb, cols);
+        for (int64_t t = t0; t < t1; ++t) quantize(x + t * cols, cols, xb + t * nb);
       });
     } else {
       MX_CHECK(cols % kQK8_0 == 0, "PreparedInput: %lld columns are not whole Q8_0 blocks",

@@ -75,6 +75,9 @@ using MatmulTileFn = void (*)(const MatmulArgs& a, int64_t r0, int64_t nr, int64
 // One activation row to Q8_0 values and f32 scales, bit-identical to quantize_row(DType::Q8_0).
 //   x: [cols] (cols % 32 == 0); qs: [cols]; d: [cols / 32]
 using QuantizeQ8Fn = void (*)(const float* x, int64_t cols, int8_t* qs, float* d);
+// One activation row to Q8_K blocks, bit-identical to quantize_row(DType::Q8_K).
+//   x: [cols] (cols % 256 == 0); out: [cols / 256]
+using QuantizeQ8KFn = void (*)(const float* x, int64_t cols, BlockQ8_K* out);
 
 // Attention of one query (all heads) over the keys [j0, j1) of the cache, unnormalised, so chunks of one
 // query's keys can run on different threads and be merged (flash-decoding):
@@ -125,6 +128,7 @@ struct KernelTable {
   const char* name;
   MatmulTileFn matmul[kNumWeightKinds];
   QuantizeQ8Fn quantize_q8;
+  QuantizeQ8KFn quantize_q8_k;
   ArrangeQ8Fn arrange_q8[kNumWeightKinds];  // per weight kind: grouped order for prefill, or nullptr
   int k_tokens8_lane;  // the K-quant kernels read MatmulArgs::xk8 (lanes of 4 or 8 bytes) when n > 1; 0:
                        // never

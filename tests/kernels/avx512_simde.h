@@ -49,6 +49,13 @@ inline simde__m512 mm512_cvtepi32_ps(simde__m512i v) {
   for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(t[i]);
   return simde_mm512_loadu_ps(f);
 }
+inline int32_t mm512_reduce_add_epi32(simde__m512i v) {
+  int32_t t[16];
+  simde_mm512_storeu_si512(t, v);
+  int32_t s = 0;
+  for (int i = 0; i < 16; ++i) s += t[i];
+  return s;
+}
 inline void mm512_mask_storeu_ps(void* p, simde__mmask16 m, simde__m512 v) {
   float t[16];
   simde_mm512_storeu_ps(t, v);
@@ -115,6 +122,7 @@ inline simde__m512 mm512_shuffle_f32x4(simde__m512 a, simde__m512 b, int imm) {
 #define _mm256_maskz_loadu_epi16 mx_simde_shim::mm256_maskz_loadu_epi16
 #define _mm512_maskz_loadu_epi32 mx_simde_shim::mm512_maskz_loadu_epi32
 #define _mm512_cvtepi32_ps mx_simde_shim::mm512_cvtepi32_ps
+#define _mm512_reduce_add_epi32 mx_simde_shim::mm512_reduce_add_epi32
 #define _mm512_mask_storeu_ps mx_simde_shim::mm512_mask_storeu_ps
 #define _mm512_cvtph_ps mx_simde_shim::mm512_cvtph_ps
 #define _mm512_cvtepu16_epi32 mx_simde_shim::mm512_cvtepu16_epi32

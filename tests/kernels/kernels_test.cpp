@@ -753,6 +753,36 @@ TEST(QuantizeActivations, BitIdenticalToQuantizeRow) {
   }
 }
 
+// The same for Q8_K (the K-quant kernels' activations): the extreme of each block maps to -127 (the first
+// of equal magnitudes: +-a ties), ties of x * iscale round to even, zero blocks, tiny and huge scales.
+TEST(QuantizeActivations, Q8KBitIdenticalToQuantizeRow) {
+  std::vector<float> x = randn(256 * 12, 5, 2.0f);  // [12 blocks of 256]
+  for (int j = 0; j < 256; ++j) {
+    x[j] = j == 7 ? 127.0f : (j == 200 ? -127.0f : static_cast<float>(j % 9) - 4.5f);  // iscale -1: ties
+    x[256 + j] = j == 40 ? -3.0f : (j == 41 ? 3.0f : 0.25f);                           // -a before +a
+    x[512 + j] = 0.0f;                                                                 // d = 0
+    x[768 + j] = (j % 2 ? -1.0f : 1.0f) * 1e-30f * static_cast<float>(j + 1);          // tiny scale
+    x[1024 + j] = (j - 128) * 1e6f;                                                    // large values
+  }
+  std::vector<BlockQ8_K> want(12);
+  quantize_row(DType::Q8_K, x.data(), want.data(), static_cast<int64_t>(x.size()));
+  for (Isa isa : supported_isas()) {
+    const detail::KernelTable* k = table_of(isa);
+    ASSERT_NE(k, nullptr);
+    SCOPED_TRACE(k->name);
+    std::vector<BlockQ8_K> got(12);
+    std::memset(static_cast<void*>(got.data()), 0x5a, got.size() * sizeof(BlockQ8_K));
+    k->quantize_q8_k(x.data(), static_cast<int64_t>(x.size()), got.data());
+    for (int b = 0; b < 12; ++b) {
+      ASSERT_EQ(got[b].d, want[b].d) << "block " << b;
+      for (int j = 0; j < 256; ++j)
+        ASSERT_EQ(got[b].qs[j], want[b].qs[j]) << "block " << b << " element " << j;
+      for (int g = 0; g < 16; ++g)
+        ASSERT_EQ(got[b].bsums[g], want[b].bsums[g]) << "block " << b << " sum " << g;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Element-wise ops. Tolerance: 1e-6 relative per element (observed <= 5e-7): the vector exp is ~1-2 ulp,
 // reciprocal multiply vs division, f32 lane sums vs the reference's double sums.

@@ -882,6 +882,7 @@ const KernelTable* avx2_table() {
        tiles<Q8Kernel, 4, 2, 3>, q4_matmul<Q4FileGroup>, k_matmul<Q4KUnpack>, k_matmul<Q5KUnpack>,
        k_matmul<Q6KUnpack>, q4_matmul<Q4G8Group>, q8_g8_matmul},
       quantize_q8,
+      generic_table().quantize_q8_k,
       {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr, arrange_q8, arrange_q8},
       4,  // K-quant prefill over 8-token tiles, dword lanes
       attn_chunk,

@@ -493,6 +493,47 @@ void quantize_q8(const float* x, int64_t cols, int8_t* qs, float* d) {
   }
 }
 
+// Q8_K, bit-identical to quantize_row(Q8_K): the signed value of largest magnitude (the first of equals)
+// maps to -127, q = min(127, nearest-even(x * iscale)) by the same float operations (clamp to +-(2^22 - 1),
+// add 1.5 * 2^23, read the mantissa), bsums the int32 sums of each 16.
+void quantize_q8_k(const float* x, int64_t cols, BlockQ8_K* out) {
+  for (int64_t i = 0; i < cols / kQK_K; ++i) {
+    const float* xb = x + i * kQK_K;  // [256]
+    BlockQ8_K& b = out[i];
+    __m512 vmax = _mm512_setzero_ps();
+    for (int j = 0; j < kQK_K / 16; ++j)
+      vmax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb + 16 * j)), vmax);
+    const float amax = hmax512(vmax);
+    if (amax == 0.0f) {
+      std::memset(&b, 0, sizeof(BlockQ8_K));
+      continue;
+    }
+    float max = 0.0f;
+    for (int j = 0; j < kQK_K / 16; ++j) {
+      const __mmask16 m =
+          _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(xb + 16 * j)), _mm512_set1_ps(amax), _CMP_EQ_OQ);
+      if (m != 0) {
+        max = xb[16 * j + __builtin_ctz(m)];
+        break;
+      }
+    }
+    const float iscale = -127.0f / max;
+    const __m512 vs = _mm512_set1_ps(iscale), lo = _mm512_set1_ps(-4194303.0f),
+                 hi = _mm512_set1_ps(4194303.0f);
+    for (int j = 0; j < kQK_K / 16; ++j) {
+      // min/max with the value second-but-propagated as in std::clamp (a NaN stays a NaN)
+      const __m512 v = _mm512_mul_ps(vs, _mm512_loadu_ps(xb + 16 * j));
+      const __m512 c = _mm512_add_ps(_mm512_max_ps(lo, _mm512_min_ps(hi, v)), _mm512_set1_ps(12582912.0f));
+      __m512i q = _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(c), _mm512_set1_epi32(0x007fffff)),
+                                   _mm512_set1_epi32(0x00400000));
+      q = _mm512_min_epi32(q, _mm512_set1_epi32(127));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(b.qs + 16 * j), _mm512_cvtepi32_epi8(q));
+      b.bsums[j] = static_cast<int16_t>(_mm512_reduce_add_epi32(q));
+    }
+    b.d = 1.0f / iscale;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Element-wise ops.
 
@@ -764,6 +805,7 @@ const KernelTable* MX_AVX512_TABLE() {
        k_matmul<Q5KUnpack>, k_matmul<Q6KUnpack>, group_matmul<Q4PairUnpack<Q4G8Group>>,
        group_matmul<Q8PairUnpack<Q8G8Group>>},
       quantize_q8,
+      quantize_q8_k,
       {nullptr, nullptr, nullptr, arrange_q8_pairs, arrange_q8_pairs, nullptr, nullptr, nullptr,
        arrange_q8_pairs, arrange_q8_pairs},
       8,  // K-quant prefill over 8-token tiles, qword lanes

@@ -252,6 +252,10 @@ void k_tile(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt,
   }
 }
 
+void quantize_q8_k(const float* x, int64_t cols, BlockQ8_K* out) {
+  quantize_row(DType::Q8_K, x, out, cols);
+}
+
 void quantize_q8(const float* x, int64_t cols, int8_t* qs, float* d) {
   for (int64_t b = 0; b < cols / kQK8_0; ++b) {
     const float* xb = x + b * kQK8_0;
@@ -340,6 +344,7 @@ const KernelTable& generic_table() {
        k_tile<BlockQ6_K, unpack_q6_k>, quant_tile<unpack_g8<DType::Q4_0_G8, BlockQ4_0, unpack_q4>>,
        quant_tile<unpack_g8<DType::Q8_0_G8, BlockQ8_0, unpack_q8>>},
       quantize_q8,
+      quantize_q8_k,
       {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
        nullptr},  // column order throughout
       0,          // K-quants read the tokens' Q8_K rows
