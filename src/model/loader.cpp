@@ -2,6 +2,7 @@
 // through one table, then check names, dtypes and shapes against the config.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -527,7 +528,7 @@ Status refuse_pickle(const std::string& path) {
 // When the buffer would not fit in the memory available, the weights stay mapped as stored
 // (Model::weights_note says so). Each distinct tensor once (a tied output shares the embedding table,
 // which get_rows reads as stored: left as it is).
-Status place_weights(const GgufFile& g, Model& m) {
+Status place_weights(const GgufFile& g, size_t limit, Model& m) {
   std::vector<TensorView*> all;
   for (LayerWeights& L : m.layers) {
     for (TensorView* v : {&L.wq, &L.wk, &L.wv, &L.wo}) all.push_back(v);
@@ -545,10 +546,14 @@ Status place_weights(const GgufFile& g, Model& m) {
     total += (v->nbytes() + kAlign - 1) / kAlign * kAlign;
   }
   if (todo.empty()) return {};
-  const std::optional<size_t> avail = available_memory();
-  if (avail && total > *avail / 10 * 9) {
+  if (limit == 0) {
+    const std::optional<size_t> avail = available_memory();
+    limit = avail ? *avail / 10 * 9 : SIZE_MAX;
+  }
+  if (total > limit) {
     m.weights_note = "weights left in the file mapping: moving them to huge pages needs " +
-                     std::to_string(total >> 20) + " MiB, " + std::to_string(*avail >> 20) + " MiB available";
+                     std::to_string(total >> 20) + " MiB, over the " + std::to_string(limit >> 20) +
+                     " MiB available";
     std::fprintf(stderr, "mixtral: %s: %s\n", g.path().c_str(), m.weights_note.c_str());
     return {};
   }
@@ -591,7 +596,7 @@ Result<std::unique_ptr<Model>> load_gguf(const std::string& path, const LoadOpti
     return Error::data(path + ": holds both merged (*_exps) and per-expert expert tensors");
   m->layout = src.legacy() ? Layout::kGgufLegacy : Layout::kGgufMerged;
   MX_TRY_STATUS(build_weights(src, Family::kGguf, *m));
-  if (opts.repack) MX_TRY_STATUS(place_weights(*gguf, *m));
+  if (opts.repack) MX_TRY_STATUS(place_weights(*gguf, opts.place_limit, *m));
   MX_ASSIGN_OR_RETURN(auto tokens, gguf->get_string_array("tokenizer.ggml.tokens"));
   if (tokens) m->vocab = std::move(*tokens);
   m->keep_alive.push_back(gguf);

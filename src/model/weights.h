@@ -58,6 +58,8 @@ struct LoadOptions {
   // are the same; results agree within the f32 summation order (tests/model/repack_test.cpp). Off for tools
   // that read or re-encode the weights as stored (convert, quantize, info).
   bool repack = false;
+  // The most bytes the huge-page buffer may take (0: 90% of MemAvailable at load time).
+  size_t place_limit = 0;
 };
 
 // Loads any supported layout, recognised by content: a GGUF file, a Hugging Face directory

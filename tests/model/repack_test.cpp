@@ -176,6 +176,30 @@ TEST(Repack, KQuantWeightsMoveToHugePagesAsStored) {
   }
 }
 
+// A buffer that would not fit leaves every weight in the file mapping, as stored, with a note that says
+// why; the logits are the plain load's bit for bit.
+TEST(Repack, WeightsStayMappedWhenTheBufferWouldNotFit) {
+  const std::string path = write_model("gguf-merged", DType::Q4_0, false);
+  LoadOptions tight;
+  tight.repack = true;
+  tight.place_limit = 1 << 20;  // 1 MiB: less than the weights
+  auto plain = load_model(path);
+  auto kept = load_model(path, tight);
+  ASSERT_TRUE(plain.ok() && kept.ok());
+  const Model &a = **plain, &b = **kept;
+  EXPECT_EQ(b.repacked_tensors, 0);
+  EXPECT_EQ(b.huge_page_bytes, 0);
+  EXPECT_NE(b.weights_note.find("left in the file mapping"), std::string::npos) << b.weights_note;
+  EXPECT_NE(b.weights_note.find("over the 1 MiB available"), std::string::npos) << b.weights_note;
+  const std::vector<const TensorView*> va = matmul_views(a), vb = matmul_views(b);
+  for (size_t i = 0; i < va.size(); ++i) {
+    EXPECT_EQ(vb[i]->dtype, DType::Q4_0);
+    EXPECT_EQ(0, std::memcmp(va[i]->data, vb[i]->data, va[i]->nbytes()));
+  }
+  const std::vector<float> la = logits_of(a), lb = logits_of(b);
+  EXPECT_EQ(0, std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)));
+}
+
 INSTANTIATE_TEST_SUITE_P(LayoutsAndTypes, Repack,
                          ::testing::Combine(::testing::Values("gguf-merged", "gguf-legacy"),
                                             ::testing::Values(DType::Q4_0, DType::Q8_0)));
