@@ -76,8 +76,8 @@ class Engine {
   Result<BenchResult> bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth,
                             double bandwidth_before = 0);
   // Read bandwidth in bytes/s with `threads` threads (0: all cores), in a child process so that its
-  // buffer never counts in this one's memory. Best taken before a model is loaded: the huge-page
-  // compaction that follows it slowed the next second of decode by up to 2x on a Zen 5 VM.
+  // buffer never counts in this one's memory. Best taken before a model is loaded: on a Zen 5 VM the
+  // second of decode after it ran up to 2x slow.
   static double measure_bandwidth(int threads);
   double bytes_per_token() const;
 

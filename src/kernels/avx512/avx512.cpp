@@ -521,7 +521,7 @@ void quantize_q8_k(const float* x, int64_t cols, BlockQ8_K* out) {
     const __m512 vs = _mm512_set1_ps(iscale), lo = _mm512_set1_ps(-4194303.0f),
                  hi = _mm512_set1_ps(4194303.0f);
     for (int j = 0; j < kQK_K / 16; ++j) {
-      // min/max with the value second-but-propagated as in std::clamp (a NaN stays a NaN)
+      // the bounds as first operands, so a NaN comes through as it does from std::clamp
       const __m512 v = _mm512_mul_ps(vs, _mm512_loadu_ps(xb + 16 * j));
       const __m512 c = _mm512_add_ps(_mm512_max_ps(lo, _mm512_min_ps(hi, v)), _mm512_set1_ps(12582912.0f));
       __m512i q = _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(c), _mm512_set1_epi32(0x007fffff)),
