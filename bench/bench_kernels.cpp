@@ -294,7 +294,7 @@ BENCHMARK(BM_PagedAttention)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Attention)
     ->ArgNames({"n", "n_ctx", "threads"})
-    ->ArgsProduct({{1}, {4096}, {1, 2}})
+    ->ArgsProduct({{1}, {300, 4096}, {1, 2}})
     ->ArgsProduct({{512}, {512}, {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);

@@ -84,12 +84,15 @@ using QuantizeQ8KFn = void (*)(const float* x, int64_t cols, BlockQ8_K* out);
 //   out[h, :] = sum_j e^(s[h, j] - m[h]) v[j, kv(h), :],  l[h] = sum_j e^(s[h, j] - m[h]),  m[h] = max_j s[h,
 //   j]
 // with s[h, j] = scale * q[h, :] . k[j, kv(h), :] and kv(h) = h / (n_heads / n_kv_heads).
-// Keys are walked in blocks with the kv heads inner, so each cache row (all kv heads of a position,
-// contiguous) is read whole while its block is in cache.
+// Keys are walked in blocks with the kv heads inner, so each cache row (the call's kv heads of a
+// position, contiguous) is read whole while its block is in cache.
+// A call may take a group of whole kv heads (their query heads alike): k and v then point at the
+// group's first kv head and kv_stride still spans every kv head of a cache position.
 struct AttnChunkArgs {
-  const float* q;  // [n_heads, head_dim]
-  const float* k;  // [n_ctx, n_kv_heads, head_dim]
-  const float* v;  // [n_ctx, n_kv_heads, head_dim]
+  const float* q;     // [n_heads, head_dim]
+  const float* k;     // key j, kv head i at k + j * kv_stride + i * head_dim
+  const float* v;     // the same for values
+  int64_t kv_stride;  // floats per cache position (>= n_kv_heads * head_dim)
   int64_t n_heads, n_kv_heads, head_dim;
   int64_t j0, j1;  // keys [j0, j1), j1 > j0
   float scale;

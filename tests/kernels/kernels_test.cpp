@@ -977,6 +977,35 @@ TEST(Attention, MatchesReferenceGqaWindowsCache) {
   }
 }
 
+// Decode below 2 x 256 keys splits only the kv heads over threads (8 groups at 2 and 3 threads, none at
+// 1), and each group's heads run as in one call: the same bits at any thread count.
+TEST(Attention, DecodeHeadSplitIsBitIdenticalAcrossThreads) {
+  IsaGuard guard;
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  const AttentionParams p{32, 8, 128, 0, 1.0f / std::sqrt(128.0f)};
+  for (int64_t n_ctx : {1, 37, 300}) {
+    const std::vector<float> q = randn(32 * 128, 31, 2.0f);         // [1, 32 heads, 128]
+    const std::vector<float> k = randn(n_ctx * 8 * 128, 32, 2.0f);  // [n_ctx, 8 kv heads, 128]
+    const std::vector<float> v = randn(n_ctx * 8 * 128, 33);        // [n_ctx, 8 kv heads, 128]
+    const std::vector<int32_t> pos = {static_cast<int32_t>(n_ctx - 1)};
+    std::vector<float> want(q.size());
+    ref::attention(q.data(), k.data(), v.data(), pos.data(), 1, n_ctx, p, want.data());
+    for (Isa isa : supported_isas()) {
+      use_isa(isa);
+      SCOPED_TRACE(std::string(isa_name(isa)) + " n_ctx " + std::to_string(n_ctx));
+      std::vector<float> one(q.size(), -1.0f);
+      attention(q.data(), k.data(), v.data(), pos.data(), 1, n_ctx, p, one.data(), pool1);
+      EXPECT_LE(norm_err(one.data(), want.data(), 32, 128, 128), 2e-5);
+      for (ThreadPool* pl : {&pool2, &pool3}) {
+        std::vector<float> got(q.size(), -1.0f);
+        attention(q.data(), k.data(), v.data(), pos.data(), 1, n_ctx, p, got.data(), *pl);
+        EXPECT_EQ(std::memcmp(got.data(), one.data(), sizeof(float) * got.size()), 0)
+            << pl->size() << " threads";
+      }
+    }
+  }
+}
+
 TEST(Dispatch, SetIsaClampsAndNames) {
   IsaGuard guard;
   for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {

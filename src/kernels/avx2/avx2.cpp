@@ -839,7 +839,7 @@ void weighted_values(const HeadGroup& h, int64_t g0, int64_t ng, int64_t jb, int
 }
 
 void attn_chunk(const AttnChunkArgs& a) {
-  const int64_t g = a.n_heads / a.n_kv_heads, hd = a.head_dim, len = a.j1 - a.j0, stride = a.n_kv_heads * hd;
+  const int64_t g = a.n_heads / a.n_kv_heads, hd = a.head_dim, len = a.j1 - a.j0, stride = a.kv_stride;
   auto group = [&](int64_t kvh) {
     HeadGroup h;
     h.q = a.q + kvh * g * hd;

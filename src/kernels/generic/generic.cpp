@@ -293,7 +293,7 @@ void softmax(float* x, int64_t n) {
 
 // Attention over one chunk of keys (see AttnChunkArgs): cache rows read in key order, all heads per row.
 void attn_chunk(const AttnChunkArgs& a) {
-  const int64_t g = a.n_heads / a.n_kv_heads, hd = a.head_dim, len = a.j1 - a.j0, stride = a.n_kv_heads * hd;
+  const int64_t g = a.n_heads / a.n_kv_heads, hd = a.head_dim, len = a.j1 - a.j0, stride = a.kv_stride;
   for (int64_t j = 0; j < len; ++j) {
     const float* row = a.k + (a.j0 + j) * stride;  // [n_kv_heads, hd]
     for (int64_t h = 0; h < a.n_heads; ++h)
