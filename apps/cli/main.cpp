@@ -189,6 +189,10 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
   if (roofline > 0)
     std::printf("read bandwidth now: %.2f GB/s -> decode roofline %.2f tokens/s; tg is %.1f%% of it\n",
                 r->bandwidth / 1e9, roofline, 100.0 * r->tg_tps / roofline);
+  const double weights_roofline = r->weights_bandwidth > 0 ? r->weights_bandwidth / r->bytes_per_token : 0;
+  if (weights_roofline > 0)
+    std::printf("reading a token's weights in place: %.2f GB/s -> %.2f tokens/s; tg is %.1f%% of it\n",
+                r->weights_bandwidth / 1e9, weights_roofline, 100.0 * r->tg_tps / weights_roofline);
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   const double rss = static_cast<double>(ru.ru_maxrss) * 1024.0;
@@ -198,11 +202,14 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
         "{\"peak_rss_bytes\": %.0f, \"pp_tps\": %.4f, \"tg_tps\": %.4f, \"threads\": %d, \"n_prompt\": %lld, "
         "\"n_gen\": %lld, "
         "\"reps\": %d, \"bytes_per_token\": %.0f, \"bandwidth_bytes_per_s\": %.0f, \"roofline_fraction\": "
-        "%.4f, \"isa\": \"%s\", \"pp_tps_reps\": [%s], \"tg_tps_reps\": [%s]}\n",
+        "%.4f, \"weights_bandwidth_bytes_per_s\": %.0f, \"weights_roofline_fraction\": %.4f, \"isa\": "
+        "\"%s\", "
+        "\"pp_tps_reps\": [%s], \"tg_tps_reps\": [%s]}\n",
         rss, r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt),
         static_cast<long long>(n_gen), r->reps, r->bytes_per_token, r->bandwidth,
-        roofline > 0 ? r->tg_tps / roofline : 0.0, r->isa, join_rates(r->pp_reps, ", ").c_str(),
-        join_rates(r->tg_reps, ", ").c_str());
+        roofline > 0 ? r->tg_tps / roofline : 0.0, r->weights_bandwidth,
+        weights_roofline > 0 ? r->tg_tps / weights_roofline : 0.0, r->isa,
+        join_rates(r->pp_reps, ", ").c_str(), join_rates(r->tg_reps, ", ").c_str());
   return 0;
 }
 

@@ -67,7 +67,10 @@ class Engine {
     std::vector<double> pp_reps, tg_reps;  // [reps] each rep's tokens/s (the spread, on a noisy machine)
     double bytes_per_token = 0;            // weight bytes one decode step reads
     double bandwidth = 0;                  // measured read bandwidth, bytes/s (0 if not measured)
-    const char* isa = "";                  // the kernels' instruction set: scalar, avx2 or avx512
+    // The best pure read of one token's weights where they lie (measure_regions_bandwidth), bytes/s: the
+    // rate of the very memory decode reads, against the fresh buffer `bandwidth` reads (0 if not measured).
+    double weights_bandwidth = 0;
+    const char* isa = "";  // the kernels' instruction set: scalar, avx2 or avx512
   };
   // llama-bench style: a prefill of n_prompt tokens from an empty cache, and n_gen single-token
   // decode steps, each repeated reps times after an untimed warm-up of one of each.

@@ -195,6 +195,23 @@ double Engine::bytes_per_token() const {
   return other + experts * static_cast<double>(c.n_experts_used) / static_cast<double>(c.n_experts);
 }
 
+namespace {
+// The weights one decode step reads (bytes_per_token's count): attention and output whole, and the first
+// top-k experts of each layer, which stand for whichever the router picks (all lie in the same memory).
+std::vector<ReadRegion> token_regions(const Model& m) {
+  std::vector<ReadRegion> out;
+  auto add = [&](const TensorView& v) { out.push_back({v.data, v.nbytes()}); };
+  for (const LayerWeights& L : m.layers) {
+    for (const TensorView* v : {&L.wq, &L.wk, &L.wv, &L.wo}) add(*v);
+    const size_t k = std::min(L.w1.size(), static_cast<size_t>(m.config.n_experts_used));
+    for (size_t e = 0; e < k; ++e)
+      for (const auto* experts : {&L.w1, &L.w3, &L.w2}) add((*experts)[e]);
+  }
+  add(m.output);
+  return out;
+}
+}  // namespace
+
 double Engine::measure_bandwidth(int threads) {
   return measure_read_bandwidth_isolated(resolve_threads(threads));
 }
@@ -252,7 +269,10 @@ Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int r
   }
   if (n_prompt > 0) r.pp_tps = static_cast<double>(n_prompt * reps) / pp;
   if (n_gen > 0) r.tg_tps = static_cast<double>(n_gen * reps) / tg;
-  if (measure_bandwidth) r.bandwidth = std::max(r.bandwidth, measure_read_bandwidth_isolated(impl_->threads));
+  if (measure_bandwidth) {
+    r.bandwidth = std::max(r.bandwidth, measure_read_bandwidth_isolated(impl_->threads));
+    r.weights_bandwidth = measure_regions_bandwidth(*impl_->pool, token_regions(*impl_->model));
+  }
   return r;
 }
 

@@ -2,11 +2,13 @@
 """`mixtral bench` on the built-in model (models/tiny-kjv.gguf): the output contract other tools read.
 
 1. `--json` prints one object on the last line with the issue's fields (pp_tps, tg_tps, threads, n_prompt,
-   n_gen, bytes read per generated token) and ours (reps, bandwidth, roofline fraction, peak RSS, kernel ISA),
+   n_gen, bytes read per generated token) and ours (reps, bandwidth, roofline fraction, the in-place read of a
+   token's weights and its fraction, peak RSS, kernel ISA),
    and the text lines above it carry the same rates.
 2. bytes_per_token equals the count made here from the file's tensor table: attention, router and output
    weights whole, plus top-k of n experts' weights per layer.
-3. With the bandwidth measured, roofline_fraction = tg_tps / (bandwidth / bytes_per_token).
+3. With the bandwidth measured, roofline_fraction = tg_tps / (bandwidth / bytes_per_token), and the same for
+   weights_roofline_fraction from the in-place read of the weights.
 4. MIXTRAL_ISA=scalar is reported as such; bad arguments exit non-zero naming the option.
 
   test_bench.py --mixtral BIN --model models/tiny-kjv.gguf
@@ -72,7 +74,8 @@ def main():
     lines = out.strip().splitlines()
     j = json.loads(lines[-1])
     for key in ("pp_tps", "tg_tps", "threads", "n_prompt", "n_gen", "bytes_per_token", "reps",
-                "bandwidth_bytes_per_s", "roofline_fraction", "peak_rss_bytes", "isa"):
+                "bandwidth_bytes_per_s", "roofline_fraction", "weights_bandwidth_bytes_per_s",
+                "weights_roofline_fraction", "peak_rss_bytes", "isa"):
         check(key in j, f"JSON has {key}")
     check((j["n_prompt"], j["n_gen"], j["threads"], j["reps"]) == (24, 6, 1, 2),
           f"JSON echoes -p 24 -n 6 -t 1 -r 2: {j['n_prompt']}, {j['n_gen']}, {j['threads']}, {j['reps']}")
@@ -94,6 +97,9 @@ def main():
               f"text '{tag} per rep' line equals {key}")
     check(j["bandwidth_bytes_per_s"] == 0 and j["roofline_fraction"] == 0,
           "--no-bandwidth: bandwidth and roofline fraction 0")
+    check(j["weights_bandwidth_bytes_per_s"] == 0 and j["weights_roofline_fraction"] == 0,
+          "--no-bandwidth: in-place weights bandwidth and its fraction 0")
+    check("in place" not in text, "--no-bandwidth: no in-place line")
     want = expected_bytes_per_token(a.model)
     check(abs(j["bytes_per_token"] - want) <= 1, f"bytes_per_token {j['bytes_per_token']} = {want:.0f} "
           "counted from the tensor table")
@@ -112,6 +118,16 @@ def main():
     frac = j["tg_tps"] / (bw / j["bytes_per_token"]) if bw > 0 else -1
     check(abs(frac - j["roofline_fraction"]) <= 1e-4 + 1e-3 * frac,
           f"roofline_fraction {j['roofline_fraction']} = tg / (bandwidth / bytes) = {frac:.4f}")
+    wbw = j["weights_bandwidth_bytes_per_s"]
+    check(wbw > 1e8, f"in-place weights bandwidth {wbw / 1e9:.2f} GB/s")
+    wfrac = j["tg_tps"] / (wbw / j["bytes_per_token"]) if wbw > 0 else -1
+    check(abs(wfrac - j["weights_roofline_fraction"]) <= 1e-4 + 1e-3 * wfrac,
+          f"weights_roofline_fraction {j['weights_roofline_fraction']} = tg / (weights bandwidth / bytes) = "
+          f"{wfrac:.4f}")
+    line = re.search(r"^reading a token's weights in place: ([0-9.]+) GB/s -> ([0-9.]+) tokens/s; tg is ([0-9.]+)% "
+                     r"of it$", out, re.M)
+    check(line is not None and abs(float(line.group(1)) - wbw / 1e9) < 0.006,
+          "text in-place line carries the JSON's weights bandwidth")
 
     # 4: the ISA override and bad arguments.
     rc, out, err = bench(a.mixtral, a.model, ["-p", "4", "-n", "2", "-r", "1", "--json", "--no-bandwidth"],
