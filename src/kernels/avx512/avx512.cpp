@@ -768,6 +768,19 @@ struct WeightedValues {
   }
 };
 
+// The cache rows are prefetched in software: the keys kAttnPrefetchRows positions ahead of the scores,
+// the values one key block ahead of the weighted sum. One position's keys for all kv heads (8 x 128
+// floats = 4 KiB for Mixtral) fill a page, where the hardware prefetchers stop, so without this every row
+// began with a miss. Measured (BM_Attention, one query over 4096 keys, Zen 4): 4.2-4.5 ms -> 2.0-2.3 ms at
+// 1 thread, 1.75-2.0 -> 0.91-0.99 ms at 2; over 300 keys (in cache) unchanged. Prefill (512 queries over
+// their prefix, rows in cache) within the run-to-run noise (~10%; attention is ~1% of pp512). Values
+// prefetched to L2 only (T1), or keys too, measured the same as T0 here.
+constexpr int64_t kAttnPrefetchRows = 8;
+
+inline void prefetch_row(const float* row, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(row) + b, _MM_HINT_T0);
+}
+
 void attn_chunk(const AttnChunkArgs& a) {
   const int64_t g = a.n_heads / a.n_kv_heads, hd = a.head_dim, len = a.j1 - a.j0, stride = a.kv_stride;
   auto group = [&](int64_t kvh) {
@@ -783,10 +796,14 @@ void attn_chunk(const AttnChunkArgs& a) {
     h.out = a.out + kvh * g * hd;
     return h;
   };
+  const int64_t row_bytes =
+      a.n_kv_heads * hd * static_cast<int64_t>(sizeof(float));  // one position's k (or v)
   for (int64_t jb = 0; jb < len; jb += kKeyBlock) {
     const int64_t je = len - jb < kKeyBlock ? len : jb + kKeyBlock;
-    for (int64_t j = jb; j < je; ++j)  // each cache row read front to back
+    for (int64_t j = jb; j < je; ++j) {  // each cache row read front to back
+      if (j + kAttnPrefetchRows < len) prefetch_row(a.k + (a.j0 + j + kAttnPrefetchRows) * stride, row_bytes);
       for (int64_t kvh = 0; kvh < a.n_kv_heads; ++kvh) for_head_quads<Scores>(group(kvh), g, j, j + 1);
+    }
   }
   for (int64_t h = 0; h < a.n_heads; ++h) {
     float* s = a.scratch + h * len;
@@ -795,6 +812,8 @@ void attn_chunk(const AttnChunkArgs& a) {
   }
   for (int64_t jb = 0; jb < len; jb += kKeyBlock) {
     const int64_t je = len - jb < kKeyBlock ? len : jb + kKeyBlock;
+    for (int64_t j = je; j < std::min(len, je + kKeyBlock); ++j)
+      prefetch_row(a.v + (a.j0 + j) * stride, row_bytes);
     for (int64_t kvh = 0; kvh < a.n_kv_heads; ++kvh) for_head_quads<WeightedValues>(group(kvh), g, jb, je);
   }
 }
