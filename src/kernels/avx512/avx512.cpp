@@ -373,15 +373,9 @@ void group_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64
 }
 
 // ---------------------------------------------------------------------------------------------------
-// K-quants: the shared 256-bit kernels with vpdpwssd adding the scaled pairs (one instruction instead
-// of vpmaddwd + vpaddd per vector and token).
+// K-quants: the shared kernels with 512-bit decode and prefill, vpdpwssd adding the scaled pairs (one
+// instruction instead of vpmaddwd + vpaddd per vector and token).
 #define MX_K_VNNI 1
-#ifndef MX_K_ROWS
-#define MX_K_ROWS 8  // 32 vector registers: 8 rows' sums
-#endif
-#ifndef MX_K_PANEL_GROUPS
-#define MX_K_PANEL_GROUPS 2  // 16 rows: 24 KiB unpacked
-#endif
 #include "kernels/x86/kquant.inc"
 #undef MX_K_VNNI
 
