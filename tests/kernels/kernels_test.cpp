@@ -298,15 +298,16 @@ TEST_F(MatmulTest, GroupedPrefillGroupsAndTails) {
 //    Gaussian data).
 // Shapes cover the prefill kernels' row panels (12 or 16 rows) and groups (4 or 8 rows, and fewer left),
 // column chunks (4 super-blocks and a shorter last one: 768, 4096 + 1280), 8-token tiles (n = 8, 9, 17)
-// and blocks of 8 tiles followed by more (n = 261), besides the per-token path of n < 4.
+// and blocks of 8 tiles followed by more (n = 261), besides the per-token path of n < 4 and its spans of 64
+// super-blocks (16640 columns: 65).
 TEST_F(MatmulTest, KQuantsMatchReference) {
   struct Case {
     int64_t rows, cols;
     std::vector<int64_t> ns;
   };
   const std::vector<int64_t> ns = {1, 2, 3, 4, 5, 8, 9, 17};
-  const Case cases[] = {{1, 256, ns},   {7, 512, ns},      {21, 768, ns},
-                        {37, 4096, ns}, {6, 5376, {1, 9}}, {5, 512, {261}}};
+  const Case cases[] = {{1, 256, ns},      {7, 512, ns},    {21, 768, ns},     {37, 4096, ns},
+                        {6, 5376, {1, 9}}, {5, 512, {261}}, {9, 16640, {1, 9}}};
   for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K})
     for (const Case& s : cases)
       for (int64_t n : s.ns) {
