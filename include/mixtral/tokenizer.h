@@ -31,9 +31,30 @@ const char* chat_format_name(ChatFormat f);
 // "mistral-v1", "mistral-v3", "jinja" -> format; an Error naming `flag` otherwise.
 Result<ChatFormat> parse_chat_format(std::string_view name, const char* flag = "--chat-template");
 
+// One function call of an assistant turn.
+struct ToolCall {
+  std::string id;         // the call's id (echoed by the tool message that answers it)
+  std::string name;       // the function's name
+  std::string arguments;  // the arguments: JSON text of an object
+};
+
 struct ChatMessage {
-  std::string role;  // "system", "user", "assistant"
+  std::string role;  // "system" ("developer" is read as system), "user", "assistant", "tool"
   std::string content;
+  std::vector<ToolCall> tool_calls;  // assistant: calls it made (content may then be empty)
+  std::string tool_call_id;          // tool: the call this result answers
+  std::string name;                  // tool: the function's name (optional)
+};
+
+// A function the model may call (OpenAI's tools[].function).
+struct ToolSpec {
+  std::string name;
+  std::string description;
+  std::string parameters = "{}";  // JSON Schema of the arguments, as JSON text
+};
+
+struct ChatOptions {
+  std::vector<ToolSpec> tools;  // offered to the model (v3: [AVAILABLE_TOOLS]; else the generic format)
 };
 
 // Which encoder runs. kAuto: the built-in SentencePiece-exact BPE when the model allows it (BPE with an
@@ -101,10 +122,16 @@ class Tokenizer {
   // The format `auto` chooses: the native Mistral builder when the file has no template or a Mistral
   // [INST] one (v3 when [INST] is a control piece, else v1), otherwise kJinja.
   ChatFormat default_chat_format() const;
-  // Ids of the prompt ready for the assistant's answer (the last message must be the user's), by
-  // mistral-common's rules for kMistralV1/kMistralV3, or by rendering chat_template() for kJinja.
-  // Roles must alternate user/assistant after an optional first system message.
-  Result<std::vector<int32_t>> apply_chat(const std::vector<ChatMessage>& messages, ChatFormat format) const;
+  // Ids of the prompt ready for the assistant's answer, by mistral-common's rules for
+  // kMistralV1/kMistralV3 (messages normalised as its normaliser does: system messages joined,
+  // consecutive messages of one role merged, a final assistant message continued without its EOS), or by
+  // rendering chat_template() for kJinja. Tools: v3 control tokens where the vocabulary has them, else the
+  // generic format of docs/agents.md.
+  Result<std::vector<int32_t>> apply_chat(const std::vector<ChatMessage>& messages, ChatFormat format,
+                                          const ChatOptions& opts = {}) const;
+  // True when the vocabulary has Mistral v3's tool control tokens ([AVAILABLE_TOOLS], [TOOL_CALLS],
+  // [TOOL_RESULTS] as control pieces).
+  bool has_tool_tokens() const;
   // The rendered text of chat_template() (kJinja path) for the messages.
   Result<std::string> render_chat_template(const std::vector<ChatMessage>& messages,
                                            bool add_generation_prompt = true) const;

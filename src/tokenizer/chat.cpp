@@ -87,8 +87,17 @@ Result<std::string> Tokenizer::render_chat_template(const std::vector<ChatMessag
   return tmpl.render(ctx);
 }
 
-Result<std::vector<int32_t>> Tokenizer::apply_chat(const std::vector<ChatMessage>& msgs,
-                                                   ChatFormat format) const {
+bool Tokenizer::has_tool_tokens() const {
+  for (const char* p : {"[AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[TOOL_RESULTS]"}) {
+    const int32_t id = piece_to_id(p);
+    if (id < 0 || type(id) != TokenType::kControl) return false;
+  }
+  return true;
+}
+
+Result<std::vector<int32_t>> Tokenizer::apply_chat(const std::vector<ChatMessage>& msgs, ChatFormat format,
+                                                   const ChatOptions& opts) const {
+  (void)opts;  // tools: being written
   if (format == ChatFormat::kJinja) {
     MX_ASSIGN_OR_RETURN(std::string text, render_chat_template(msgs, true));
     return encode(text, false, true);  // the template spells bos_token etc. as text
