@@ -16,6 +16,11 @@
 
 namespace mixtral {
 
+namespace grammar {
+struct Grammar;
+class TokenMasker;
+}  // namespace grammar
+
 struct BatchEngineOptions {
   std::string model_path;
   int threads = 0;          // 0: all cores
@@ -25,6 +30,9 @@ struct BatchEngineOptions {
   int64_t block_size = 16;  // positions per KV block
   int64_t max_queue = 256;  // waiting requests beyond `parallel`; more are refused
   bool repack = true;       // repack weights at load for the kernels (LoadOptions::repack)
+  // The vocabulary's byte trie for constrained sampling (grammar::vocabulary_of the model's tokenizer);
+  // needed by requests with a grammar. Its eos is the end-of-sequence token.
+  std::shared_ptr<const grammar::TokenMasker> masker;
 };
 
 struct CompletionParams {
@@ -39,6 +47,9 @@ struct CompletionParams {
   float repetition_penalty = 1.0f;                          // CTRL-style, over prompt and generated tokens
   int top_logprobs = -1;  // -1: no logprobs; 0..20: the chosen token's logprob and this many alternatives
   bool ignore_eos = false;
+  // Constrained output: only tokens the grammar allows are sampled; EOS only where it can end, and the
+  // sequence stops (kStop) once it must end. Null: free text.
+  std::shared_ptr<const grammar::Grammar> grammar;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled };
