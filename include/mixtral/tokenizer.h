@@ -132,9 +132,13 @@ class Tokenizer {
   // True when the vocabulary has Mistral v3's tool control tokens ([AVAILABLE_TOOLS], [TOOL_CALLS],
   // [TOOL_RESULTS] as control pieces).
   bool has_tool_tokens() const;
-  // The rendered text of chat_template() (kJinja path) for the messages.
+  // The rendered text of chat_template() (kJinja path) for the messages, with the variables transformers
+  // passes: messages (tool_calls as [{id, type, function: {name, arguments (parsed JSON)}}], tool_call_id,
+  // name), tools ([{type: "function", function: {name, description, parameters}}] or none), bos_token,
+  // eos_token, unk_token, add_generation_prompt.
   Result<std::string> render_chat_template(const std::vector<ChatMessage>& messages,
-                                           bool add_generation_prompt = true) const;
+                                           bool add_generation_prompt = true,
+                                           const ChatOptions& opts = {}) const;
 
   struct Impl;
   const Impl& impl() const { return *impl_; }
