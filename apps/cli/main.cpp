@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -14,13 +15,17 @@
 #include "analysis_cmds.h"
 #include "cli_util.h"
 #include "convert_cmds.h"
+#include "grammar/grammar.h"
+#include "grammar/json_schema.h"
 #include "mixtral/engine.h"
+#include "mixtral/tokenizer.h"
 #include "server.h"
 #include "tokenizer_cmds.h"
 
 namespace {
 
 using mixtral::Error;
+using mixtral::Result;
 using mixtral::Status;
 using mixtral::cli::fail;
 using mixtral::cli::json_ids;
@@ -62,6 +67,107 @@ struct ModelArgs {
     return mixtral::Engine::load(o);
   }
 };
+
+// --json-schema FILE | --grammar FILE: what the output of `run` and `bench` is constrained to.
+struct GrammarArgs {
+  std::string schema_file, grammar_file;
+  void add(CLI::App* app, const char* what) {
+    auto* js = app->add_option("--json-schema", schema_file,
+                               std::string("JSON Schema file: ") + what + " JSON valid against it");
+    auto* gr =
+        app->add_option("--grammar", grammar_file,
+                        std::string("GBNF grammar file (llama.cpp's syntax): ") + what + " sentences of it");
+    js->excludes(gr);
+  }
+  bool given() const { return !schema_file.empty() || !grammar_file.empty(); }
+};
+
+Result<std::string> read_text_file(const std::string& path, const char* flag) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return Error::io(std::string(flag) + ": " + path + ": cannot open file");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) return Error::io(std::string(flag) + ": " + path + ": read error");
+  return ss.str();
+}
+
+// The grammar of --json-schema or --grammar, with the tokenizer's control pieces for `<PIECE>` terminals.
+// Every error is one line naming the file (and, for a schema, the keyword and its JSON pointer).
+Result<std::shared_ptr<const mixtral::grammar::Grammar>> load_grammar(const GrammarArgs& ga,
+                                                                      const mixtral::Tokenizer& tok) {
+  namespace g = mixtral::grammar;
+  const bool schema = !ga.schema_file.empty();
+  const std::string& path = schema ? ga.schema_file : ga.grammar_file;
+  const char* flag = schema ? "--json-schema" : "--grammar";
+  MX_ASSIGN_OR_RETURN(std::string text, read_text_file(path, flag));
+  std::string gbnf;
+  if (schema) {
+    auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) return Error::data(std::string(flag) + ": " + path + ": not valid JSON");
+    auto compiled = g::json_schema_to_gbnf(j);
+    if (!compiled) return Error::data(std::string(flag) + ": " + path + ": " + compiled.error().message);
+    gbnf = std::move(*compiled);
+  } else {
+    gbnf = std::move(text);
+  }
+  g::GbnfOptions go;
+  go.token_id = [&tok](std::string_view piece) { return tok.piece_to_id(piece); };
+  auto parsed = g::parse_gbnf(gbnf, go);
+  if (!parsed) return Error::data(std::string(flag) + ": " + path + ": " + parsed.error().message);
+  return std::shared_ptr<const g::Grammar>(*parsed);
+}
+
+// `run` under a grammar: prints exactly the bytes the matcher took (the tokens as the vocabulary spells
+// them), stops where the grammar must end (or at EOS where it can), warns when -n cuts the output short.
+int cmd_run_constrained(const ModelArgs& ma, const std::string& prompt, const std::string& prompt_tokens,
+                        mixtral::GenerateOptions go, bool ids_only, const GrammarArgs& ga) {
+  mixtral::EngineOptions o;
+  o.model_path = ma.model;
+  o.threads = ma.threads;
+  o.ctx_size = ma.ctx_size;
+  o.repack = !ma.no_repack;
+  auto loaded = mixtral::cli::load_model(o);
+  if (!loaded) return fail(loaded.error());
+  const mixtral::Tokenizer& tok = *loaded->tok;
+  auto g = load_grammar(ga, tok);
+  if (!g) return fail(g.error());
+  std::vector<int32_t> ids;
+  if (!prompt_tokens.empty()) {
+    auto parsed = parse_ids(prompt_tokens, "--prompt-tokens");
+    if (!parsed) return fail(parsed.error());
+    ids = std::move(*parsed);
+  } else {
+    auto enc = tok.encode(prompt, tok.add_bos(), false);
+    if (!enc) return fail(enc.error());
+    ids = std::move(*enc);
+  }
+  auto masker = std::make_shared<const mixtral::grammar::TokenMasker>(mixtral::grammar::vocabulary_of(tok));
+  go.grammar = *g;
+  go.masker = masker;
+  const auto& bytes = masker->vocabulary().bytes;
+  mixtral::grammar::Matcher seen(*g);  // the output so far: is it a whole sentence where -n cuts it?
+  mixtral::GenerateStop stop = mixtral::GenerateStop::kLength;
+  auto out = loaded->engine->generate(
+      ids, go,
+      [&](int32_t t) {
+        masker->accept(seen, t);
+        if (ids_only) return;
+        const std::string& b = bytes[static_cast<size_t>(t)];  // empty for EOS
+        std::fwrite(b.data(), 1, b.size(), stdout);
+        std::fflush(stdout);
+      },
+      &stop);
+  if (!out) return fail(out.error());
+  if (ids_only) std::printf("%s\n", json_ids(*out).c_str());
+  // The output is the sentence alone; a terminal gets a line end after it.
+  if (!ids_only && isatty(fileno(stdout))) std::printf("\n");
+  if (stop == mixtral::GenerateStop::kLength && !seen.can_end())
+    std::fprintf(stderr,
+                 "mixtral: warning: the output is incomplete: -n %lld tokens ended it before the grammar "
+                 "could end\n",
+                 static_cast<long long>(go.max_tokens));
+  return 0;
+}
 
 int cmd_run(const ModelArgs& ma, const std::string& prompt, const std::string& prompt_tokens,
             const mixtral::GenerateOptions& go, bool ids_only) {
@@ -160,7 +266,20 @@ std::string join_rates(const std::vector<double>& v, const char* sep) {
   return out;
 }
 
-int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bool json, bool no_bw) {
+int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bool json, bool no_bw,
+              const GrammarArgs& ga) {
+  // With a grammar: compiled first (a bad file fails before the long part), timed after the plain runs.
+  mixtral::GenerateOptions cgo;
+  if (ga.given()) {
+    if (n_gen <= 0) return fail(Error::usage("bench: --json-schema/--grammar need -n > 0"));
+    auto tok = mixtral::Tokenizer::load(ma.model);
+    if (!tok) return fail(tok.error());
+    auto g = load_grammar(ga, **tok);
+    if (!g) return fail(g.error());
+    cgo.grammar = *g;
+    cgo.masker =
+        std::make_shared<const mixtral::grammar::TokenMasker>(mixtral::grammar::vocabulary_of(**tok));
+  }
   mixtral::EngineOptions o;
   o.model_path = ma.model;
   o.threads = ma.threads;
@@ -173,6 +292,12 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
   if (!engine) return fail(engine.error());
   auto r = (*engine)->bench(n_prompt, n_gen, reps, !no_bw, bw_before);
   if (!r) return fail(r.error());
+  mixtral::Engine::ConstrainedBenchResult cr;
+  if (ga.given()) {
+    auto c = (*engine)->bench_constrained(n_gen, reps, cgo);
+    if (!c) return fail(c.error());
+    cr = *c;
+  }
   const double roofline = r->bandwidth > 0 ? r->bandwidth / r->bytes_per_token : 0;
   std::printf("model: %s, %d threads, %d reps, %s kernels\n", ma.model.c_str(), r->threads, r->reps, r->isa);
   if (n_prompt > 0) std::printf("pp%lld: %.2f tokens/s\n", static_cast<long long>(n_prompt), r->pp_tps);
@@ -184,6 +309,21 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
     if (n_gen > 0)
       std::printf("tg%lld per rep: %s\n", static_cast<long long>(n_gen),
                   join_rates(r->tg_reps, ", ").c_str());
+  }
+  const double ratio = cr.tg_tps > 0 ? cr.tg_tps_constrained / cr.tg_tps : 0;
+  if (ga.given()) {
+    std::printf(
+        "tg%lld sampled (temp %.2f, top-k %lld, top-p %.2f): %.2f tokens/s free, %.2f constrained by %s "
+        "(%.1f%%; %lld sentences)\n",
+        static_cast<long long>(n_gen), static_cast<double>(cgo.temperature),
+        static_cast<long long>(cgo.top_k), static_cast<double>(cgo.top_p), cr.tg_tps, cr.tg_tps_constrained,
+        (ga.schema_file.empty() ? ga.grammar_file : ga.schema_file).c_str(), 100.0 * ratio,
+        static_cast<long long>(cr.sentences));
+    if (cr.reps > 1)
+      std::printf("tg%lld sampled per rep: free %s; constrained %s\n", static_cast<long long>(n_gen),
+                  join_rates(cr.tg_reps, ", ").c_str(), join_rates(cr.tg_constrained_reps, ", ").c_str());
+    std::printf("grammar per token (mask + accept): median %.1f us, p99 %.1f us\n", cr.mask_us_median,
+                cr.mask_us_p99);
   }
   std::printf("bytes read per generated token: %.1f MB\n", r->bytes_per_token / 1e6);
   if (roofline > 0)
@@ -197,15 +337,25 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
   getrusage(RUSAGE_SELF, &ru);
   const double rss = static_cast<double>(ru.ru_maxrss) * 1024.0;
   std::printf("peak RSS: %.1f MB\n", rss / 1e6);
+  std::string grammar_json;  // the constrained fields, with a grammar
+  if (ga.given()) {
+    char buf[256];
+    std::snprintf(buf, sizeof(buf),
+                  "\"tg_tps_sampled\": %.4f, \"tg_tps_constrained\": %.4f, \"constrained_ratio\": %.4f, "
+                  "\"grammar_us_median\": %.2f, \"grammar_us_p99\": %.2f, ",
+                  cr.tg_tps, cr.tg_tps_constrained, ratio, cr.mask_us_median, cr.mask_us_p99);
+    grammar_json = buf;
+  }
   if (json)
     std::printf(
-        "{\"peak_rss_bytes\": %.0f, \"pp_tps\": %.4f, \"tg_tps\": %.4f, \"threads\": %d, \"n_prompt\": %lld, "
+        "{%s\"peak_rss_bytes\": %.0f, \"pp_tps\": %.4f, \"tg_tps\": %.4f, \"threads\": %d, \"n_prompt\": "
+        "%lld, "
         "\"n_gen\": %lld, "
         "\"reps\": %d, \"bytes_per_token\": %.0f, \"bandwidth_bytes_per_s\": %.0f, \"roofline_fraction\": "
         "%.4f, \"weights_bandwidth_bytes_per_s\": %.0f, \"weights_roofline_fraction\": %.4f, \"isa\": "
         "\"%s\", "
         "\"pp_tps_reps\": [%s], \"tg_tps_reps\": [%s]}\n",
-        rss, r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt),
+        grammar_json.c_str(), rss, r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt),
         static_cast<long long>(n_gen), r->reps, r->bytes_per_token, r->bandwidth,
         roofline > 0 ? r->tg_tps / roofline : 0.0, r->weights_bandwidth,
         weights_roofline > 0 ? r->tg_tps / weights_roofline : 0.0, r->isa,
@@ -236,6 +386,8 @@ int main(int argc, char** argv) {
   run->add_option("--top-p", go.top_p, "top-p (1: off)")->capture_default_str();
   run->add_option("--seed", go.seed, "random seed")->capture_default_str();
   run->add_flag("--ids", ids_only, "print the generated ids as one JSON array on the last line");
+  GrammarArgs run_g;
+  run_g.add(run, "prints only");
 
   // score
   ModelArgs score_m;
@@ -268,6 +420,8 @@ int main(int argc, char** argv) {
   bench->add_option("-r,--reps", bench_r, "repetitions")->capture_default_str();
   bench->add_flag("--json", bench_json, "print one JSON object on the last line");
   bench->add_flag("--no-bandwidth", bench_no_bw, "skip measuring the memory bandwidth");
+  GrammarArgs bench_g;
+  bench_g.add(bench, "also times sampled decode, free and constrained to");
 
   // make-test-model
   mixtral::TestModelOptions tm;
@@ -333,12 +487,13 @@ int main(int argc, char** argv) {
       if (!builtin) return fail(builtin.error());
       run_m.model = *builtin;
     }
+    if (run_g.given()) return cmd_run_constrained(run_m, prompt, prompt_tokens, go, ids_only, run_g);
     return cmd_run(run_m, prompt, prompt_tokens, go, ids_only);
   }
   if (score->parsed()) return cmd_score(score_m, score_tokens, logits_out, one_by_one, routing_out);
   if (serve->parsed()) return mixtral::server::serve(so);
   if (info->parsed()) return cmd_info(info_m, info_ctx);
-  if (bench->parsed()) return cmd_bench(bench_m, bench_p, bench_n, bench_r, bench_json, bench_no_bw);
+  if (bench->parsed()) return cmd_bench(bench_m, bench_p, bench_n, bench_r, bench_json, bench_no_bw, bench_g);
   if (mk->parsed()) {
     if (tm.config.head_dim == 0 && tm.config.n_heads > 0)
       tm.config.head_dim = tm.config.dim / tm.config.n_heads;

@@ -12,6 +12,11 @@
 
 namespace mixtral {
 
+namespace grammar {
+struct Grammar;
+class TokenMasker;
+}  // namespace grammar
+
 struct EngineOptions {
   std::string model_path;
   int threads = 0;           // 0: all cores
@@ -27,6 +32,18 @@ struct GenerateOptions {
   float top_p = 0.95f;
   uint64_t seed = 0;
   bool stop_at_eos = true;
+  // Constrained output: only tokens the grammar allows are sampled (the mask comes before top-k/p and the
+  // temperature); EOS only where the grammar can end, and generation stops once it must end. The masker
+  // (grammar::vocabulary_of the model's tokenizer) is needed with a grammar; its eos is the EOS token.
+  std::shared_ptr<const grammar::Grammar> grammar;
+  std::shared_ptr<const grammar::TokenMasker> masker;
+};
+
+// Why Engine::generate stopped.
+enum class GenerateStop {
+  kLength,   // max_tokens generated (with a grammar: the output may be incomplete)
+  kEos,      // EOS sampled (with a grammar: where it can end)
+  kGrammar,  // the grammar must end here, or (a dead end of the grammar) allows no token
 };
 
 // Per layer and token: the experts chosen and their weights (introspection).
@@ -52,9 +69,10 @@ class Engine {
                                    std::vector<RoutingRecord>* routing = nullptr);
 
   // Prefills the prompt, then samples up to max_tokens tokens, calling on_token for each as it
-  // is produced. Returns the generated ids.
+  // is produced. Returns the generated ids; `stop` (if given) says why it stopped.
   Result<std::vector<int32_t>> generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
-                                        const std::function<void(int32_t)>& on_token);
+                                        const std::function<void(int32_t)>& on_token,
+                                        GenerateStop* stop = nullptr);
 
   // Text of one token as the file's vocabulary spells it (empty when the file has none).
   std::string token_text(int32_t id) const;
@@ -78,6 +96,18 @@ class Engine {
   // reading from Engine::measure_bandwidth before the model was loaded) is given; the higher one counts.
   Result<BenchResult> bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth,
                             double bandwidth_before = 0);
+  // Decode with sampling, free and grammar-constrained, in the same run: each rep decodes n_gen tokens from
+  // position 0 unconstrained, then n_gen tokens under opts.grammar (the matcher starts over whenever the
+  // grammar ends), sampling with opts' settings after every step. Needs opts.grammar and opts.masker.
+  struct ConstrainedBenchResult {
+    int64_t n_gen = 0;
+    int reps = 0;
+    double tg_tps = 0, tg_tps_constrained = 0;  // all reps' tokens over all reps' time
+    std::vector<double> tg_reps, tg_constrained_reps;
+    double mask_us_median = 0, mask_us_p99 = 0;  // per constrained token: fill_mask + apply_mask + accept
+    int64_t sentences = 0;                       // grammar sentences completed over the constrained runs
+  };
+  Result<ConstrainedBenchResult> bench_constrained(int64_t n_gen, int reps, const GenerateOptions& opts);
   // Read bandwidth in bytes/s with `threads` threads (0: all cores), in a child process so that its
   // buffer never counts in this one's memory. Best taken before a model is loaded: on a Zen 5 VM the
   // second of decode after it ran up to 2x slow.

@@ -1,5 +1,6 @@
 // The continuous-batching scheduler: a request queue, admission against the paged KV cache (with
-// prefix reuse), steps mixing decodes and prefill chunks, per-sequence sampling, cancellation.
+// prefix reuse), steps mixing decodes and prefill chunks, per-sequence sampling (grammar-constrained where
+// a request has a grammar: each sequence its own matcher), cancellation.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "grammar/grammar.h"
 #include "mixtral/server_engine.h"
 #include "runtime/runtime.h"
 #include "sampler/sampler.h"
@@ -20,7 +22,7 @@ namespace mixtral {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-constexpr int32_t kEosId = 2;
+constexpr int32_t kEosId = 2;  // without a masker (whose vocabulary names the EOS token)
 
 int resolve_threads(int t) {
   if (t > 0) return t;
@@ -46,6 +48,7 @@ struct Seq {
   std::unique_ptr<Sampler> sampler;
   std::unordered_map<int32_t, int32_t> gen_counts;  // generated token -> times (presence/frequency)
   std::unordered_set<int32_t> seen;                 // prompt + generated (repetition penalty)
+  std::unique_ptr<grammar::Matcher> matcher;        // where the output stands in params.grammar (or null)
   bool finished = false;
 };
 }  // namespace
@@ -57,6 +60,7 @@ struct BatchEngine::Impl {
   std::unique_ptr<Runtime> runtime;
   std::unique_ptr<PagedKvCache> kv;
   int64_t ctx = 0;
+  int32_t eos = kEosId;
 
   mutable std::mutex mu;  // guards the queue, flags, active count, stats
   std::condition_variable cv;
@@ -74,6 +78,7 @@ struct BatchEngine::Impl {
   int64_t reserved_total = 0;
   std::vector<float> logits;          // [max_batch, vocab]
   std::vector<float> work;            // [vocab]
+  std::vector<uint32_t> mask;         // [masker words] bit t: token t may follow (constrained sequences)
   std::vector<uint64_t> step_counts;  // [n_layers, n_experts]
   // Events of a step, delivered after its bookkeeping (so a finished request sees its blocks freed).
   std::vector<std::pair<std::shared_ptr<Request>, TokenEvent>> outbox;
@@ -81,6 +86,7 @@ struct BatchEngine::Impl {
   void run();
   bool admit(const std::shared_ptr<Request>& r);
   void finish(Seq& s, FinishReason why);
+  // The next token of s, or -1 when its grammar allows none (it then stops).
   int32_t sample(Seq& s, const float* row, TokenEvent& ev);
   void ensure_block(Seq& s, int64_t pos);
   void publish_full_blocks(Seq& s);
@@ -125,6 +131,13 @@ Result<std::unique_ptr<BatchEngine>> BatchEngine::load(const BatchEngineOptions&
   impl->kv = std::make_unique<PagedKvCache>(c, per_seq * opts.parallel, opts.block_size);
   impl->logits.resize(static_cast<size_t>(impl->opts.max_batch * c.vocab_size));
   impl->work.resize(static_cast<size_t>(c.vocab_size));
+  if (opts.masker) {
+    if (opts.masker->n_vocab() > c.vocab_size)
+      return Error::usage("the grammar vocabulary has " + std::to_string(opts.masker->n_vocab()) +
+                          " tokens; the model has " + std::to_string(c.vocab_size));
+    const int32_t e = opts.masker->vocabulary().eos;
+    if (e >= 0) impl->eos = e;
+  }
   impl->st.n_layers = c.n_layers;
   impl->st.n_experts = c.n_experts;
   impl->st.expert_selections.assign(static_cast<size_t>(c.n_layers * c.n_experts), 0);
@@ -176,6 +189,10 @@ BatchEngine::SubmitResult BatchEngine::submit(CompletionParams params, Callback 
             "the prompt has " + std::to_string(n) + " tokens; the context holds " + std::to_string(I.ctx) +
                 " (prompt plus at least one generated token)"};
   if (params.max_tokens <= 0) return {Submit::kBadRequest, 0, "max_tokens must be at least 1"};
+  if (params.grammar && !I.opts.masker)
+    return {Submit::kBadRequest, 0,
+            "constrained output needs the model's vocabulary, and this engine was loaded without one "
+            "(BatchEngineOptions::masker)"};
   params.max_tokens = std::min(params.max_tokens, I.ctx - n);
   auto r = std::make_shared<Request>();
   r->params = std::move(params);
@@ -248,6 +265,7 @@ bool BatchEngine::Impl::admit(const std::shared_ptr<Request>& r) {
   const CompletionParams& p = r->params;
   s->sampler = std::make_unique<Sampler>(SamplerOptions{p.temperature, p.top_k, p.top_p, p.seed});
   if (p.repetition_penalty != 1.0f) s->seen.insert(prompt.begin(), prompt.end());
+  if (p.grammar) s->matcher = std::make_unique<grammar::Matcher>(p.grammar);
   {
     std::lock_guard<std::mutex> lk(mu);
     st.prompt_tokens += static_cast<uint64_t>(n);
@@ -297,8 +315,18 @@ void BatchEngine::Impl::finish(Seq& s, FinishReason why) {
 int32_t BatchEngine::Impl::sample(Seq& s, const float* row, TokenEvent& ev) {
   const CompletionParams& p = s.req->params;
   const int64_t V = model->config.vocab_size;
-  float* w = work.data();  // [vocab] logits after penalties and min_p
+  float* w = work.data();  // [vocab] logits after the grammar's mask, penalties and min_p
   std::copy(row, row + V, w);
+  if (s.matcher) {  // the mask first: penalties, min_p and the sampler then see only allowed tokens
+    const grammar::TokenMasker& masker = *opts.masker;
+    masker.fill_mask(*s.matcher, mask);
+    if (p.ignore_eos && eos >= 0 && eos < masker.n_vocab())
+      mask[static_cast<size_t>(eos) / 32] &= ~(1u << (eos % 32));
+    if (std::all_of(mask.begin(), mask.end(), [](uint32_t m) { return m == 0; })) return -1;
+    grammar::apply_mask(mask, w, masker.n_vocab());
+    // Ids the tokenizer does not have (a model vocabulary padded beyond it) are never grammatical.
+    std::fill(w + masker.n_vocab(), w + V, -std::numeric_limits<float>::infinity());
+  }
   if (p.repetition_penalty != 1.0f)
     for (int32_t t : s.seen) w[t] = w[t] > 0 ? w[t] / p.repetition_penalty : w[t] * p.repetition_penalty;
   if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f)
@@ -431,13 +459,22 @@ void BatchEngine::Impl::run() {
       if (s.req->cancelled) continue;
       TokenEvent ev;
       const int32_t tok = sample(s, lr, ev);
+      if (tok < 0) {  // the grammar allows nothing here (a grammar with a dead end): stop
+        finish(s, FinishReason::kStop);
+        continue;
+      }
       ev.token = tok;
       s.tokens.push_back(tok);
       ++s.n_gen;
       ++n_gen;
       ++s.gen_counts[tok];
       if (s.req->params.repetition_penalty != 1.0f) s.seen.insert(tok);
-      if (tok == kEosId && !s.req->params.ignore_eos) {
+      bool grammar_end = false;
+      if (s.matcher) {  // the mask allowed tok, so the matcher takes it
+        MX_CHECK(opts.masker->accept(*s.matcher, tok), "grammar: the sampled token was not allowed");
+        grammar_end = tok == eos || s.matcher->must_end();
+      }
+      if (grammar_end || (tok == eos && !s.req->params.ignore_eos)) {
         ev.finish = FinishReason::kStop;
       } else if (s.n_gen >= s.max_tokens || static_cast<int64_t>(s.tokens.size()) >= ctx) {
         ev.finish = FinishReason::kLength;

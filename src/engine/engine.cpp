@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <thread>
 
 #include "core/membw.h"
+#include "grammar/grammar.h"
 #include "kernels/kernels.h"
 #include "model/test_model.h"
 #include "runtime/runtime.h"
@@ -28,7 +30,56 @@ int resolve_threads(int t) {
   const unsigned hc = std::thread::hardware_concurrency();
   return hc == 0 ? 1 : static_cast<int>(hc);
 }
-constexpr int32_t kEosId = 2;
+constexpr int32_t kEosId = 2;  // without a masker (whose vocabulary names the EOS token)
+
+// One sequence's grammar state over the model's vocabulary: masks the logits before sampling and takes
+// the sampled token.
+class Constraint {
+ public:
+  Constraint(const GenerateOptions& o, int64_t n_vocab)
+      : masker_(*o.masker),
+        grammar_(o.grammar),
+        matcher_(o.grammar),
+        allow_eos_(o.stop_at_eos),
+        V_(n_vocab) {}
+  // Leaves only the allowed tokens in logits [vocab]; false when the grammar allows none.
+  bool mask(float* logits) {
+    masker_.fill_mask(matcher_, mask_);
+    const int32_t eos = masker_.vocabulary().eos;
+    if (!allow_eos_ && eos >= 0) mask_[static_cast<size_t>(eos) / 32] &= ~(1u << (eos % 32));
+    if (std::all_of(mask_.begin(), mask_.end(), [](uint32_t m) { return m == 0; })) return false;
+    grammar::apply_mask(mask_, logits, masker_.n_vocab());
+    std::fill(logits + masker_.n_vocab(), logits + V_, -std::numeric_limits<float>::infinity());
+    return true;
+  }
+  void accept(int32_t tok) {
+    MX_CHECK(masker_.accept(matcher_, tok), "grammar: the sampled token was not allowed");
+  }
+  bool must_end() const { return matcher_.must_end(); }
+  void restart() { matcher_ = grammar::Matcher(grammar_); }
+
+ private:
+  const grammar::TokenMasker& masker_;
+  std::shared_ptr<const grammar::Grammar> grammar_;
+  grammar::Matcher matcher_;
+  std::vector<uint32_t> mask_;  // [masker words] bit t: token t may follow
+  bool allow_eos_;
+  int64_t V_;
+};
+
+// The EOS id of generation: the masker's vocabulary's when given.
+int32_t eos_of(const GenerateOptions& o) {
+  return o.masker && o.masker->vocabulary().eos >= 0 ? o.masker->vocabulary().eos : kEosId;
+}
+
+Status check_grammar_options(const GenerateOptions& o, int64_t n_vocab) {
+  if (o.grammar && !o.masker)
+    return Error::usage("constrained output needs the model's vocabulary (GenerateOptions::masker)");
+  if (o.masker && o.masker->n_vocab() > n_vocab)
+    return Error::data("the grammar vocabulary has " + std::to_string(o.masker->n_vocab()) +
+                       " tokens; the model has " + std::to_string(n_vocab));
+  return Status();
+}
 }  // namespace
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -116,28 +167,47 @@ Result<std::vector<float>> Engine::score(const std::vector<int32_t>& tokens, boo
 }
 
 Result<std::vector<int32_t>> Engine::generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
-                                              const std::function<void(int32_t)>& on_token) {
+                                              const std::function<void(int32_t)>& on_token,
+                                              GenerateStop* stop) {
   if (opts.max_tokens < 0) return Error::usage("-n must not be negative");
   if (!(opts.temperature >= 0.0f)) return Error::usage("--temp must not be negative");
   if (opts.top_k < 0) return Error::usage("--top-k must not be negative");
   if (!(opts.top_p > 0.0f && opts.top_p <= 1.0f)) return Error::usage("--top-p must be in (0, 1]");
   Runtime& rt = *impl_->runtime;
   const int64_t n = static_cast<int64_t>(prompt.size()), V = config().vocab_size;
+  MX_TRY_STATUS(check_grammar_options(opts, V));
   if (n + opts.max_tokens > rt.n_ctx())
     return Error::usage("prompt of " + std::to_string(n) + " tokens plus " + std::to_string(opts.max_tokens) +
                         " new tokens exceeds the context of " + std::to_string(rt.n_ctx()) + " (--ctx-size)");
   std::vector<float> logits(static_cast<size_t>(V));  // [vocab] of the last position
   MX_TRY_STATUS(rt.forward(prompt.data(), n, 0, logits.data(), false));
   Sampler sampler({opts.temperature, opts.top_k, opts.top_p, opts.seed});
+  std::unique_ptr<Constraint> con;
+  if (opts.grammar) con = std::make_unique<Constraint>(opts, V);
+  const int32_t eos = eos_of(opts);
+  GenerateStop why = GenerateStop::kLength;
   std::vector<int32_t> out;
   for (int64_t i = 0; i < opts.max_tokens; ++i) {
+    if (con && !con->mask(logits.data())) {  // a dead end of the grammar
+      why = GenerateStop::kGrammar;
+      break;
+    }
     const int32_t tok = sampler.sample(logits.data(), V);
+    if (con) con->accept(tok);
     out.push_back(tok);
     if (on_token) on_token(tok);
-    if (opts.stop_at_eos && tok == kEosId) break;
+    if (opts.stop_at_eos && tok == eos) {
+      why = GenerateStop::kEos;
+      break;
+    }
+    if (con && con->must_end()) {
+      why = GenerateStop::kGrammar;
+      break;
+    }
     if (i + 1 == opts.max_tokens) break;
     MX_TRY_STATUS(rt.forward(&tok, 1, n + i, logits.data(), false));
   }
+  if (stop) *stop = why;
   return out;
 }
 
@@ -273,6 +343,73 @@ Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int r
     r.bandwidth = std::max(r.bandwidth, measure_read_bandwidth_isolated(impl_->threads));
     r.weights_bandwidth = measure_regions_bandwidth(*impl_->pool, token_regions(*impl_->model));
   }
+  return r;
+}
+
+Result<Engine::ConstrainedBenchResult> Engine::bench_constrained(int64_t n_gen, int reps,
+                                                                 const GenerateOptions& opts) {
+  using clock = std::chrono::steady_clock;
+  Runtime& rt = *impl_->runtime;
+  const int64_t V = config().vocab_size;
+  if (n_gen <= 0 || reps <= 0) return Error::usage("bench: -n and -r must be > 0 with a grammar");
+  if (n_gen > rt.n_ctx())
+    return Error::usage("bench: " + std::to_string(n_gen) + " tokens exceed the context of " +
+                        std::to_string(rt.n_ctx()) + " (--ctx-size)");
+  if (!opts.grammar) return Error::usage("bench_constrained: no grammar");
+  MX_TRY_STATUS(check_grammar_options(opts, V));
+  ConstrainedBenchResult r;
+  r.n_gen = n_gen;
+  r.reps = reps;
+  const int32_t first = V > 1 ? 1 : 0;  // BOS in Mistral's vocabularies
+  const int32_t eos = eos_of(opts);
+  std::vector<float> logits(static_cast<size_t>(V));              // [vocab]
+  MX_TRY_STATUS(rt.forward(&first, 1, 0, logits.data(), false));  // warm-up
+  std::vector<double> mask_us;                                    // [reps * n_gen]
+  double free_s = 0, con_s = 0;
+  for (int rep = 0; rep < reps; ++rep) {
+    // The same sampler settings and seed for both runs; only the mask differs.
+    Sampler free_sampler({opts.temperature, opts.top_k, opts.top_p, opts.seed + static_cast<uint64_t>(rep)});
+    int32_t tok = first;
+    auto t0 = clock::now();
+    for (int64_t i = 0; i < n_gen; ++i) {
+      MX_TRY_STATUS(rt.forward(&tok, 1, i, logits.data(), false));
+      tok = free_sampler.sample(logits.data(), V);
+    }
+    double sec = std::chrono::duration<double>(clock::now() - t0).count();
+    free_s += sec;
+    r.tg_reps.push_back(static_cast<double>(n_gen) / sec);
+
+    Sampler con_sampler({opts.temperature, opts.top_k, opts.top_p, opts.seed + static_cast<uint64_t>(rep)});
+    Constraint con(opts, V);
+    tok = first;
+    t0 = clock::now();
+    for (int64_t i = 0; i < n_gen; ++i) {
+      MX_TRY_STATUS(rt.forward(&tok, 1, i, logits.data(), false));
+      const auto m0 = clock::now();
+      if (!con.mask(logits.data())) {  // a dead end: start over
+        con.restart();
+        MX_CHECK(con.mask(logits.data()), "grammar: no token can start a sentence");
+      }
+      const auto m1 = clock::now();
+      tok = con_sampler.sample(logits.data(), V);
+      const auto m2 = clock::now();
+      con.accept(tok);
+      if (tok == eos || con.must_end()) {  // a whole sentence: the next starts over
+        ++r.sentences;
+        con.restart();
+      }
+      // The grammar's share: filling and applying the mask, and taking the token (sampling excluded).
+      mask_us.push_back(std::chrono::duration<double, std::micro>((m1 - m0) + (clock::now() - m2)).count());
+    }
+    sec = std::chrono::duration<double>(clock::now() - t0).count();
+    con_s += sec;
+    r.tg_constrained_reps.push_back(static_cast<double>(n_gen) / sec);
+  }
+  r.tg_tps = static_cast<double>(n_gen * reps) / free_s;
+  r.tg_tps_constrained = static_cast<double>(n_gen * reps) / con_s;
+  std::sort(mask_us.begin(), mask_us.end());
+  r.mask_us_median = mask_us[mask_us.size() / 2];
+  r.mask_us_p99 = mask_us[std::min(mask_us.size() - 1, mask_us.size() * 99 / 100)];
   return r;
 }
 
