@@ -25,7 +25,8 @@ fi
 if [ "${1:-}" != "--no-npm" ] && [ ! -d tests/tokenizer/node_modules/mistral-tokenizer-js ]; then
   (cd tests/tokenizer && npm ci --no-audit --no-fund >/dev/null)
 fi
-# Server tests: the openai and @langchain/openai clients.
-if [ "${1:-}" != "--no-npm" ] && [ ! -d tests/server/node_modules/openai ]; then
+# Server tests: the openai, @langchain/openai, @llamaindex/openai and Vercel AI SDK clients (the check names
+# the last package added, so that an older install is brought up to date).
+if [ "${1:-}" != "--no-npm" ] && [ ! -d tests/server/node_modules/@llamaindex/openai ]; then
   (cd tests/server && npm ci --no-audit --no-fund >/dev/null)
 fi
