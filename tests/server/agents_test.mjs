@@ -43,15 +43,25 @@ globalThis.AI_SDK_LOG_WARNINGS = false;
 // ---- harness: sections run independently; failures are counted and reported at the end -------------
 const failed = [];
 let passed = 0;
+let srv = null;  // the main server; restarted on the same port if a section crashed it
 async function section(name, fn) {
   const ts = Date.now();
   try {
     await fn();
+    if (srv && srv.proc.exitCode === null && srv.proc.signalCode === null) await fetch(`${srv.base}/health`);
     ++passed;
     log(`ok   ${name} (${Date.now() - ts} ms)`);
   } catch (e) {
     failed.push(name);
     log(`FAIL ${name}: ${String(e?.stack ?? e).split('\n').slice(0, 6).join('\n     ')}`);
+  }
+  if (srv && (srv.proc.exitCode !== null || srv.proc.signalCode !== null)) {
+    const { code, sig } = await srv.exited;
+    if (!name.includes('shutdown')) {
+      failed.push(`server died in "${name}" (exit ${code}, signal ${sig})`);
+      log(`server died in "${name}" (exit ${code}, signal ${sig}); its stderr ends:\n${srv.stderr().slice(-2000)}`);
+      srv = await startServer(srv.model, srv.extra, srv.port);
+    }
   }
 }
 
@@ -69,8 +79,8 @@ function freePort() {
 const servers = [];
 process.on('exit', () => { for (const p of servers) if (p.exitCode === null) p.kill('SIGKILL'); });
 
-async function startServer(model, extra = []) {
-  const port = await freePort();
+async function startServer(model, extra = [], port_ = 0) {
+  const port = port_ || await freePort();
   const args = ['serve', '--model', model, '--port', String(port), '--threads', '2', ...extra];
   const proc = spawn(BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   servers.push(proc);
@@ -86,7 +96,7 @@ async function startServer(model, extra = []) {
     if (proc.exitCode !== null || i > 600) throw new Error(`server did not start: ${stderr}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { proc, base, exited, stderr: () => stderr };
+  return { proc, base, exited, port, model, extra, stderr: () => stderr };
 }
 
 async function post(base, p, body) {
@@ -197,7 +207,7 @@ const mk = spawnSync(BIN, ['make-test-model', WORK, '--types', 'q8_0', '--layout
 { stdio: 'inherit' });
 assert.equal(mk.status, 0, 'make-test-model');
 const MODEL = path.join(WORK, 'gguf-merged-q8_0.gguf');
-const srv = await startServer(MODEL, ['--parallel', '8', '--ctx-size', '4096']);
+srv = await startServer(MODEL, ['--parallel', '8', '--ctx-size', '4096']);
 const { base } = srv;
 const V1 = `${base}/v1`;
 const MAXT = 400;  // enough for every bounded schema above; a cut answer (finish "length") is a failure
@@ -742,7 +752,7 @@ await section('LangChain: useResponsesApi (invoke, stream, bindTools round trip,
 });
 
 await section('LlamaIndex: chat with a tool, exec loop, responseFormat, streaming', async () => {
-  const li = new LlamaOpenAI({ model: 'gpt-4o-mini', apiKey: 'unused', baseURL: V1, temperature: 0, maxTokens: MAXT });
+  const li = new LlamaOpenAI({ model: 'gpt-4o-mini', apiKey: 'unused', baseURL: V1, temperature: 0, maxTokens: MAXT, maxRetries: 0 });
   const weather = liTool({ name: 'get_weather', description: 'Current weather in a city', parameters: Weather,
     execute: (a) => { checkWeather(a, 'llamaindex tool input'); return `21 C in ${a.city}`; } });
   const req = { messages: [{ role: 'user', content: 'Weather in Paris?' }], tools: [weather], additionalChatOptions: { tool_choice: 'required' } };
