@@ -87,9 +87,14 @@ struct Vocabulary {
 // The tokenizer's vocabulary in that form (vocab.cpp).
 Vocabulary vocabulary_of(const Tokenizer& tok);
 
+struct MaskerOptions {
+  size_t cache_entries = 1024;  // masks kept per matcher state (LRU; 0: no cache); n_vocab/8 bytes each
+};
+
 class TokenMasker {
  public:
   explicit TokenMasker(Vocabulary v);  // builds the byte trie once
+  TokenMasker(Vocabulary v, MaskerOptions opts);
   ~TokenMasker();
   int32_t n_vocab() const;
   const Vocabulary& vocabulary() const;
@@ -101,6 +106,15 @@ class TokenMasker {
   size_t words() const { return (static_cast<size_t>(n_vocab()) + 31) / 32; }
   // Advances m by token t; false (m unchanged) when t is not allowed. EOS: true iff m.can_end().
   bool accept(Matcher& m, int32_t t) const;
+
+  // Counters since construction (benchmarks, logs).
+  struct Stats {
+    uint64_t hits = 0;    // masks served from the cache
+    uint64_t misses = 0;  // masks computed
+    uint64_t class_runs = 0;  // of those, computed with the class-run shortcut (token_mask.cpp)
+  };
+  Stats stats() const;
+  void clear_cache() const;
 
  private:
   struct Impl;

@@ -1,1 +1,387 @@
-// placeholder: being written
+// Token masks: the vocabulary's byte strings as a trie, walked with the matcher's stack set (a branch is
+// dropped as soon as no stack survives its bytes), plus two shortcuts:
+//  - Class runs. When every stack that can take a character of some broad code-point class C sits on C
+//    itself, and taking any character of C leads back to the very same stack set (string content such as
+//    [^"\\]* in JSON: the stacks loop), a token is allowed iff its bytes after its longest prefix of whole
+//    C characters are. So tokens made only of C characters are allowed at once (a precomputed bitset per
+//    class) and only the remainders of the others are walked (a second, much smaller trie per class).
+//  - A cache of masks per (grammar, stack set), LRU, exact (stacks are compared, not only hashed).
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <limits>
+#include <list>
+#include <mutex>
+#include <unordered_map>
+
+#include "core/check.h"
+#include "grammar/grammar_impl.h"
+
+namespace mixtral::grammar {
+
+namespace {
+
+// Byte strings with token ids; children of a node are contiguous, sorted by byte.
+struct Trie {
+  struct NodeInfo {
+    uint32_t child_begin = 0, child_count = 0;
+    uint32_t tok_begin = 0, tok_count = 0;
+  };
+  std::vector<NodeInfo> nodes;       // [0]: the root (empty string)
+  std::vector<uint8_t> child_byte;   // [n_edges]
+  std::vector<uint32_t> child_node;  // [n_edges]
+  std::vector<int32_t> toks;
+
+  void build(std::vector<std::pair<std::string_view, int32_t>> entries) {
+    std::sort(entries.begin(), entries.end());
+    nodes.clear();
+    child_byte.clear();
+    child_node.clear();
+    toks.clear();
+    nodes.emplace_back();
+    build_node(0, entries, 0, entries.size(), 0);
+  }
+
+ private:
+  void build_node(uint32_t id, const std::vector<std::pair<std::string_view, int32_t>>& e, size_t lo,
+                  size_t hi, size_t depth) {
+    size_t i = lo;
+    nodes[id].tok_begin = static_cast<uint32_t>(toks.size());
+    while (i < hi && e[i].first.size() == depth) toks.push_back(e[i++].second);
+    nodes[id].tok_count = static_cast<uint32_t>(toks.size()) - nodes[id].tok_begin;
+    // Groups by the byte at `depth`.
+    std::vector<std::pair<size_t, size_t>> groups;
+    for (size_t j = i; j < hi;) {
+      size_t k = j;
+      while (k < hi && e[k].first[depth] == e[j].first[depth]) ++k;
+      groups.push_back({j, k});
+      j = k;
+    }
+    nodes[id].child_begin = static_cast<uint32_t>(child_byte.size());
+    nodes[id].child_count = static_cast<uint32_t>(groups.size());
+    for (auto [a, b] : groups) {
+      child_byte.push_back(static_cast<uint8_t>(e[a].first[depth]));
+      child_node.push_back(static_cast<uint32_t>(nodes.size()));
+      nodes.emplace_back();
+    }
+    for (size_t gi = 0; gi < groups.size(); ++gi)
+      build_node(child_node[nodes[id].child_begin + gi], e, groups[gi].first, groups[gi].second, depth + 1);
+  }
+};
+
+// Per code-point class: tokens made only of whole characters of the class, and the others' remainders.
+struct ClassData {
+  std::vector<uint32_t> all_in;  // [words] mask bits
+  Trie rest;
+};
+
+constexpr int kBroadClass = 64;  // classes starting with at least this many bytes get ClassData
+
+int popcount4(const std::array<uint64_t, 4>& a) {
+  return __builtin_popcountll(a[0]) + __builtin_popcountll(a[1]) + __builtin_popcountll(a[2]) +
+         __builtin_popcountll(a[3]);
+}
+
+struct CacheEntry {
+  uint64_t serial = 0, key = 0;
+  bool accepting = false;
+  std::vector<NodeRef> holds;     // keeps the key's stacks alive
+  std::vector<const Node*> tops;  // the key's stacks (canonical)
+  std::vector<uint32_t> mask;     // [words]
+};
+
+}  // namespace
+
+struct TokenMasker::Impl {
+  Vocabulary v;
+  MaskerOptions opts;
+  size_t words = 0;
+  Trie trie;
+  std::vector<int32_t> specials;  // ids of special tokens
+  size_t max_len = 0;             // longest token, bytes (walk depth)
+
+  mutable std::mutex mu;              // guards everything below
+  mutable std::list<CacheEntry> lru;  // most recent first
+  mutable std::unordered_multimap<uint64_t, std::list<CacheEntry>::iterator> index;
+  mutable std::unordered_map<uint64_t, std::shared_ptr<const ClassData>> class_data;  // by class hash
+  mutable std::atomic<uint64_t> hits{0}, misses{0}, class_runs{0};
+
+  std::shared_ptr<const ClassData> class_data_for(const CodeClass& c) const;
+  void compute(const Matcher::State& s, std::vector<uint32_t>& mask) const;
+  void walk(Stepper& st, const Trie& t, uint32_t node, const StackSet& s, std::vector<StackSet>& pool,
+            size_t depth, uint32_t* mask) const;
+};
+
+std::shared_ptr<const ClassData> TokenMasker::Impl::class_data_for(const CodeClass& c) const {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = class_data.find(c.hash); it != class_data.end()) return it->second;
+  }
+  auto d = std::make_shared<ClassData>();
+  d->all_in.assign(words, 0);
+  std::vector<std::pair<std::string_view, int32_t>> rest;
+  for (size_t t = 0; t < v.bytes.size(); ++t) {
+    if (v.special[t] || v.bytes[t].empty()) continue;
+    const std::string_view b = v.bytes[t];
+    size_t i = 0;
+    while (i < b.size()) {
+      const auto b0 = static_cast<uint8_t>(b[i]);
+      uint32_t cp, len, val;
+      if (b0 < 0x80) {
+        cp = b0, len = 1;
+      } else {
+        if (!utf8_lead(b0, len, val) || i + len > b.size()) break;
+        bool ok = true;
+        for (uint32_t k = 1; k < len; ++k) {
+          const auto bk = static_cast<uint8_t>(b[i + k]);
+          ok = ok && (bk & 0xC0) == 0x80;
+          val = val << 6 | (bk & 0x3Fu);
+        }
+        uint32_t lo, hi;
+        utf8_span(val, len, 0, lo, hi);
+        if (!ok || lo > hi) break;
+        cp = val;
+      }
+      if (!c.contains(cp)) break;
+      i += len;
+    }
+    if (i == b.size()) {
+      d->all_in[t / 32] |= 1u << (t % 32);
+    } else {
+      rest.push_back({b.substr(i), static_cast<int32_t>(t)});
+    }
+  }
+  d->rest.build(std::move(rest));
+  std::lock_guard<std::mutex> lock(mu);
+  if (class_data.size() >= 64) class_data.clear();  // bounded: broad classes are few in practice
+  class_data.emplace(c.hash, d);
+  return d;
+}
+
+void TokenMasker::Impl::walk(Stepper& st, const Trie& t, uint32_t node, const StackSet& s,
+                             std::vector<StackSet>& pool, size_t depth, uint32_t* mask) const {
+  std::array<uint64_t, 4> fb;
+  st.first_bytes(s, fb);
+  const Trie::NodeInfo& ni = t.nodes[node];
+  for (uint32_t e = ni.child_begin; e < ni.child_begin + ni.child_count; ++e) {
+    const uint8_t b = t.child_byte[e];
+    if (!((fb[b >> 6] >> (b & 63)) & 1)) continue;
+    const size_t mark = st.arena.mark();
+    StackSet& next = pool[depth];
+    st.advance_byte(s, b, next);
+    if (!next.empty()) {
+      const uint32_t c = t.child_node[e];
+      const Trie::NodeInfo& ci = t.nodes[c];
+      for (uint32_t k = ci.tok_begin; k < ci.tok_begin + ci.tok_count; ++k) {
+        const auto id = static_cast<uint32_t>(t.toks[k]);
+        mask[id / 32] |= 1u << (id % 32);
+      }
+      if (ci.child_count && !next.tops.empty()) {
+        // pool[depth] is reused by the deeper levels only at depth + 1 and beyond.
+        walk(st, t, c, next, pool, depth + 1, mask);
+      }
+    }
+    st.arena.release(mark);
+  }
+}
+
+void TokenMasker::Impl::compute(const Matcher::State& s, std::vector<uint32_t>& mask) const {
+  std::fill(mask.begin(), mask.end(), 0u);
+  const Grammar& g = *s.g;
+  const StackSet& set = s.set;
+  NodeArena& arena = scratch_arena();
+  const size_t mark = arena.mark();
+  Stepper st{g, arena};
+  thread_local std::vector<StackSet>
+      pool;  // [depth] the set after the walk's bytes so far; never resized mid-walk
+  if (pool.size() < max_len + 1) pool.resize(max_len + 1);
+
+  // Special tokens (and any token) a token terminal names.
+  for (const Node* n : set.tops) {
+    const Elem e = g.elems[n->pos];
+    if (e.kind == ElemKind::kToken && e.arg < v.bytes.size()) mask[e.arg / 32] |= 1u << (e.arg % 32);
+  }
+
+  // The class-run shortcut, when it applies.
+  const Trie* walk_trie = &trie;
+  std::shared_ptr<const ClassData> cd;
+  int best = kBroadClass - 1;
+  uint32_t cls = UINT32_MAX;
+  for (const Node* n : set.tops) {
+    const Elem e = g.elems[n->pos];
+    if (e.kind != ElemKind::kClass || n->partial != 0) continue;
+    const int pc = popcount4(g.classes[e.arg].first);
+    if (pc > best) best = pc, cls = e.arg;
+  }
+  if (cls != UINT32_MAX) {
+    const CodeClass& c = g.classes[cls];
+    StackSet others;
+    for (const Node* n : set.tops) {
+      const Elem e = g.elems[n->pos];
+      if (!(e.kind == ElemKind::kClass && e.arg == cls && n->partial == 0)) others.tops.push_back(n);
+    }
+    std::array<uint64_t, 4> fb;
+    st.first_bytes(others, fb);
+    bool disjoint = true;
+    for (int i = 0; i < 4; ++i) disjoint = disjoint && (fb[i] & c.first[i]) == 0;
+    if (disjoint) {
+      // One character of the class must lead back to this very set.
+      const uint32_t cp = c.ranges.front().first;
+      uint8_t buf[4];
+      size_t nb;
+      if (cp < 0x80) {
+        buf[0] = static_cast<uint8_t>(cp), nb = 1;
+      } else if (cp < 0x800) {
+        buf[0] = static_cast<uint8_t>(0xC0 | (cp >> 6)), buf[1] = static_cast<uint8_t>(0x80 | (cp & 0x3F)),
+        nb = 2;
+      } else if (cp < 0x10000) {
+        buf[0] = static_cast<uint8_t>(0xE0 | (cp >> 12)),
+        buf[1] = static_cast<uint8_t>(0x80 | ((cp >> 6) & 0x3F));
+        buf[2] = static_cast<uint8_t>(0x80 | (cp & 0x3F)), nb = 3;
+      } else {
+        buf[0] = static_cast<uint8_t>(0xF0 | (cp >> 18)),
+        buf[1] = static_cast<uint8_t>(0x80 | ((cp >> 12) & 0x3F));
+        buf[2] = static_cast<uint8_t>(0x80 | ((cp >> 6) & 0x3F)),
+        buf[3] = static_cast<uint8_t>(0x80 | (cp & 0x3F));
+        nb = 4;
+      }
+      StackSet a = set, b;
+      for (size_t i = 0; i < nb; ++i) {
+        st.advance_byte(a, buf[i], b);
+        std::swap(a, b);
+      }
+      if (same_set(a, set)) {
+        cd = class_data_for(c);
+        class_runs.fetch_add(1, std::memory_order_relaxed);
+        for (size_t w = 0; w < words; ++w) mask[w] |= cd->all_in[w];
+        walk_trie = &cd->rest;
+      }
+    }
+  }
+  if (!set.tops.empty()) walk(st, *walk_trie, 0, set, pool, 0, mask.data());
+  arena.release(mark);
+
+  // EOS exactly where the grammar can end.
+  if (v.eos >= 0 && static_cast<size_t>(v.eos) < v.bytes.size()) {
+    const auto e = static_cast<uint32_t>(v.eos);
+    if (set.accepting) {
+      mask[e / 32] |= 1u << (e % 32);
+    } else {
+      mask[e / 32] &= ~(1u << (e % 32));
+    }
+  }
+}
+
+TokenMasker::TokenMasker(Vocabulary v) : TokenMasker(std::move(v), MaskerOptions{}) {}
+
+TokenMasker::TokenMasker(Vocabulary v, MaskerOptions opts) : impl_(std::make_unique<Impl>()) {
+  MX_CHECK(v.bytes.size() == v.special.size(), "Vocabulary: bytes and special differ in length");
+  impl_->v = std::move(v);
+  impl_->opts = opts;
+  impl_->words = words();
+  std::vector<std::pair<std::string_view, int32_t>> entries;
+  for (size_t t = 0; t < impl_->v.bytes.size(); ++t) {
+    if (impl_->v.special[t]) {
+      impl_->specials.push_back(static_cast<int32_t>(t));
+    } else if (!impl_->v.bytes[t].empty()) {
+      entries.push_back({impl_->v.bytes[t], static_cast<int32_t>(t)});
+      impl_->max_len = std::max(impl_->max_len, impl_->v.bytes[t].size());
+    }
+  }
+  impl_->trie.build(std::move(entries));
+}
+
+TokenMasker::~TokenMasker() = default;
+
+int32_t TokenMasker::n_vocab() const {
+  return static_cast<int32_t>(impl_->v.bytes.size());
+}
+const Vocabulary& TokenMasker::vocabulary() const {
+  return impl_->v;
+}
+
+void TokenMasker::fill_mask(const Matcher& m, std::vector<uint32_t>& mask) const {
+  Impl& I = *impl_;
+  mask.resize(words());
+  const Matcher::State& s = *m.s_;
+  if (I.opts.cache_entries == 0) {
+    I.misses.fetch_add(1, std::memory_order_relaxed);
+    I.compute(s, mask);
+    return;
+  }
+  const uint64_t key = hash_mix(s.g->serial, s.key);
+  auto matches = [&](const CacheEntry& e) {
+    if (e.serial != s.g->serial || e.accepting != s.set.accepting || e.tops.size() != s.set.tops.size())
+      return false;
+    StackSet a;
+    a.tops = e.tops;
+    a.accepting = e.accepting;
+    return same_set(a, s.set);
+  };
+  {
+    std::lock_guard<std::mutex> lock(I.mu);
+    auto [lo, hi] = I.index.equal_range(key);
+    for (auto it = lo; it != hi; ++it) {
+      if (!matches(*it->second)) continue;
+      I.lru.splice(I.lru.begin(), I.lru, it->second);
+      std::memcpy(mask.data(), it->second->mask.data(), mask.size() * sizeof(uint32_t));
+      I.hits.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  I.misses.fetch_add(1, std::memory_order_relaxed);
+  I.compute(s, mask);
+  CacheEntry e;
+  e.serial = s.g->serial;
+  e.key = key;
+  e.accepting = s.set.accepting;
+  e.holds = s.holds;
+  e.tops = s.set.tops;
+  e.mask = mask;
+  std::list<CacheEntry> dropped;  // destroyed outside the lock
+  std::lock_guard<std::mutex> lock(I.mu);
+  I.lru.push_front(std::move(e));
+  I.index.emplace(key, I.lru.begin());
+  while (I.lru.size() > I.opts.cache_entries) {
+    auto last = std::prev(I.lru.end());
+    auto [lo, hi] = I.index.equal_range(last->key);
+    for (auto it = lo; it != hi; ++it) {
+      if (it->second == last) {
+        I.index.erase(it);
+        break;
+      }
+    }
+    dropped.splice(dropped.begin(), I.lru, last);
+  }
+}
+
+bool TokenMasker::accept(Matcher& m, int32_t t) const {
+  const Vocabulary& v = impl_->v;
+  if (t < 0 || static_cast<size_t>(t) >= v.bytes.size()) return false;
+  if (t == v.eos) return m.can_end();
+  const auto i = static_cast<size_t>(t);
+  const bool bytes = !v.special[i] && !v.bytes[i].empty();
+  return m.s_->advance(t, v.bytes[i], bytes);
+}
+
+TokenMasker::Stats TokenMasker::stats() const {
+  return {impl_->hits.load(std::memory_order_relaxed), impl_->misses.load(std::memory_order_relaxed),
+          impl_->class_runs.load(std::memory_order_relaxed)};
+}
+
+void TokenMasker::clear_cache() const {
+  std::list<CacheEntry> dropped;
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->index.clear();
+  dropped.swap(impl_->lru);
+}
+
+void apply_mask(const std::vector<uint32_t>& mask, float* logits, int64_t n_vocab) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < n_vocab; ++t) {
+    const auto w = static_cast<size_t>(t / 32);
+    if (w >= mask.size() || !((mask[w] >> (t % 32)) & 1u)) logits[t] = ninf;
+  }
+}
+
+}  // namespace mixtral::grammar
