@@ -30,3 +30,7 @@ fi
 if [ "${1:-}" != "--no-npm" ] && [ ! -d tests/server/node_modules/@llamaindex/openai ]; then
   (cd tests/server && npm ci --no-audit --no-fund >/dev/null)
 fi
+# JSON Schema compiler tests: the JSON-Schema-Test-Suite (draft-04 files), ajv and ajv-formats.
+if [ "${1:-}" != "--no-npm" ] && [ ! -d tests/grammar/node_modules/json-schema-test-suite ]; then
+  (cd tests/grammar && npm ci --no-audit --no-fund >/dev/null)
+fi

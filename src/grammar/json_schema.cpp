@@ -905,12 +905,16 @@ class Compiler {
     if (root.is_object()) {
       if (auto it = root.find("$schema"); it != root.end() && it->is_string()) {
         const auto& s = it->get_ref<const std::string&>();
-        draft7_ = s.find("draft-0") != std::string::npos || s.find("draft-03") != std::string::npos;
+        draft7_ = s.find("draft-0") != std::string::npos;
+        // Another meta-schema may drop or add vocabularies: its meaning is unknown here.
+        if (s.find("json-schema.org/") == std::string::npos)
+          schema_error_ = "/$schema: keyword '$schema' is not supported: unknown meta-schema '" + s + "'";
       }
     }
   }
 
   std::string compile_root() {
+    if (!schema_error_.empty()) throw Refusal{schema_error_};
     auto r = compile(root_, "", 0);
     if (!r) refuse("", "the schema admits no value");
     return *r;
@@ -994,7 +998,11 @@ class Compiler {
                    std::string& where) {
     if (found) return;
     if (s.is_object()) {
-      if (auto it = s.find("$anchor"); it != s.end() && it->is_string() && *it == name) {
+      auto anchor = s.find("$anchor");
+      if (anchor == s.end()) anchor = s.find("$dynamicAnchor");
+      auto id = s.find("$id");  // draft-07 spells an anchor as "$id": "#name"
+      if ((anchor != s.end() && anchor->is_string() && *anchor == name) ||
+          (id != s.end() && id->is_string() && *id == "#" + name)) {
         found = &s;
         where = ptr;
         return;
@@ -1127,8 +1135,29 @@ class Compiler {
       }
       if (!addl.empty()) out["additionalProperties"] = addl.size() == 1 ? addl[0] : json{{"allOf", addl}};
     }
+    // Array elements: element i gets every branch's applicable schema (its prefix entry, else its items).
+    const bool a_tuple = a.contains("prefixItems") || (a.contains("items") && a["items"].is_array());
+    const bool b_tuple = b.contains("prefixItems") || (b.contains("items") && b["items"].is_array());
+    const bool tuple = a_tuple || b_tuple;
+    if (tuple) {
+      auto [pa, ra] = array_parts(a, ptr);
+      auto [pb, rb] = array_parts(b, ptr);
+      json prefix = json::array();
+      for (size_t i = 0; i < std::max(pa.size(), pb.size()); ++i) {
+        json parts = json::array();
+        if (const json* x = i < pa.size() ? pa[i] : ra) parts.push_back(*x);
+        if (const json* y = i < pb.size() ? pb[i] : rb) parts.push_back(*y);
+        prefix.push_back(parts.empty() ? json(true) : parts.size() == 1 ? parts[0] : json{{"allOf", parts}});
+      }
+      out["prefixItems"] = prefix;
+      json rest = json::array();
+      if (ra) rest.push_back(*ra);
+      if (rb) rest.push_back(*rb);
+      if (!rest.empty()) out["items"] = rest.size() == 1 ? rest[0] : json{{"allOf", rest}};
+    }
     for (const auto& k : keys) {
       if (k == "properties" || k == "additionalProperties") continue;
+      if (tuple && (k == "prefixItems" || k == "items" || k == "additionalItems")) continue;
       const bool ina = a.contains(k), inb = b.contains(k);
       if (!ina || !inb) {
         out[k] = ina ? a[k] : b[k];
@@ -2076,6 +2105,7 @@ class Compiler {
   std::string prefix_;
   SchemaOptions opts_;
   bool draft7_ = false;
+  std::string schema_error_;
   size_t base_rules_ = b_.rules.size();
   std::map<std::string, std::optional<std::string>> ref_rules_;
   std::map<std::string, Frac> frac_memo_;
