@@ -294,6 +294,22 @@ TEST(Mask, SentencePieceVocabularyMatchesBruteForce) {
   EXPECT_GT(n, 60);
 }
 
+// The 32000-piece v1 vocabulary (the fixture tests/tokenizer builds from the npm vocabularies): masks along
+// generations equal brute force there too.
+TEST(Mask, V1VocabularyMatchesBruteForce) {
+  const std::string path = std::string(MIXTRAL_TOK_FIXTURES) + "/v1/tokenizer.model";
+  auto tok = Tokenizer::load(path);
+  ASSERT_TRUE(tok.ok()) << tok.error().message << " (built by the tokenizer_fixtures target)";
+  const Vocabulary v = vocabulary_of(**tok);
+  ASSERT_EQ(v.bytes.size(), 32000u);
+  GbnfOptions lead;
+  lead.optional_leading_space = true;
+  int n = 0;
+  n += check_walks(kJsonish, v, 2, 16, 21, lead);
+  n += check_walks(kFreeJson, v, 1, 14, 22);
+  EXPECT_GE(n, 10);
+}
+
 TEST(Mask, ApplyMask) {
   std::vector<uint32_t> mask = {0x5u, 0x80000000u};  // tokens 0, 2 and 63
   std::vector<float> logits(64, 1.5f);
