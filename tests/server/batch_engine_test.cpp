@@ -1,14 +1,17 @@
 // The continuous-batching engine: answers independent of what shares the batch, prefix reuse, limits,
-// cancellation freeing KV blocks.
+// cancellation freeing KV blocks, grammar-constrained sampling.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
+#include <regex>
 
 #include "core/thread_pool.h"
+#include "grammar/grammar.h"
 #include "mixtral/server_engine.h"
+#include "mixtral/tokenizer.h"
 #include "model/test_model.h"
 
 namespace mixtral {
@@ -44,8 +47,20 @@ std::string model_path() {
   return path;
 }
 
-std::unique_ptr<BatchEngine> load(int parallel, int64_t max_queue = 256, int64_t max_batch = 64) {
+// The test model's vocabulary (<unk> <s> </s>, 256 byte pieces, "▁a" "a" "▁b" ...) as a token masker.
+std::shared_ptr<const grammar::TokenMasker> masker() {
+  static const auto m = [] {
+    auto tok = Tokenizer::load(model_path());
+    EXPECT_TRUE(tok.ok()) << tok.error().message;
+    return std::make_shared<const grammar::TokenMasker>(grammar::vocabulary_of(**tok));
+  }();
+  return m;
+}
+
+std::unique_ptr<BatchEngine> load(int parallel, int64_t max_queue = 256, int64_t max_batch = 64,
+                                  bool with_masker = true) {
   BatchEngineOptions o;
+  if (with_masker) o.masker = masker();
   o.model_path = model_path();
   o.threads = 2;
   o.ctx_size = 128;
@@ -188,6 +203,152 @@ TEST(BatchEngine, LimitsAndCancellation) {
   e->shutdown(5);
   EXPECT_EQ(e->stats().kv_blocks_in_use, 0);
   EXPECT_EQ(e->stats().active, 0);
+}
+
+grammar::GrammarPtr compile(const char* gbnf) {
+  auto g = grammar::parse_gbnf(gbnf);
+  EXPECT_TRUE(g.ok()) << g.error().message;
+  return *g;
+}
+
+// The bytes of tokens as the client sees them (EOS: none).
+std::string text_of(const std::vector<int32_t>& toks) {
+  std::string out;
+  for (int32_t t : toks) out += masker()->vocabulary().bytes[static_cast<size_t>(t)];
+  return out;
+}
+
+// A bounded grammar (it must end within 15 bytes), sampled with every setting that reshapes the logits.
+const char* kTuple = R"g(root ::= "(" [a-e]{1,4} ("," [0-9]{1,2}){0,3} ")")g";
+const std::regex kTupleRe(R"(\([a-e]{1,4}(,[0-9]{1,2}){0,3}\))");
+
+CompletionParams tuple_request(int i) {
+  CompletionParams p;
+  p.prompt = prompt_of(i, 3 + 5 * i);
+  p.max_tokens = 40;
+  p.grammar = compile(kTuple);
+  p.temperature = i == 0 ? 0.0f : 0.5f + 0.25f * static_cast<float>(i);
+  p.seed = static_cast<uint64_t>(100 + i);
+  p.top_k = i % 3 == 1 ? 5 : 0;
+  p.top_p = i % 3 == 2 ? 0.9f : 1.0f;
+  p.min_p = i % 4 == 3 ? 0.05f : 0.0f;
+  p.presence_penalty = i % 2 == 1 ? 0.5f : 0.0f;
+  p.frequency_penalty = i % 5 == 4 ? 0.3f : 0.0f;
+  p.repetition_penalty = i % 3 == 0 ? 1.3f : 1.0f;
+  p.top_logprobs = 2;
+  return p;
+}
+
+TEST(BatchEngine, GrammarConstrainsOutputAloneAndInABatch) {
+  const int N = 8;
+  std::vector<std::vector<int32_t>> alone(N);
+  {
+    auto e = load(1);
+    for (int i = 0; i < N; ++i) {
+      Collector c;
+      ASSERT_EQ(e->submit(tuple_request(i), c.cb()).status, BatchEngine::Submit::kOk);
+      c.wait();
+      const std::string text = text_of(c.tokens);
+      // The grammar ends at ")" (must_end): the engine stops right after it, without waiting for EOS.
+      EXPECT_TRUE(std::regex_match(text, kTupleRe)) << "request " << i << ": " << text;
+      EXPECT_EQ(c.finish, FinishReason::kStop) << "request " << i;
+      ASSERT_FALSE(c.tokens.empty());
+      EXPECT_NE(c.tokens.back(), masker()->vocabulary().eos);
+      alone[static_cast<size_t>(i)] = c.tokens;
+    }
+  }
+  // Free text from the same model is not grammatical (else the test above could not fail).
+  {
+    auto e = load(1);
+    Collector c;
+    CompletionParams p = tuple_request(3);
+    p.grammar = nullptr;
+    p.ignore_eos = true;
+    ASSERT_EQ(e->submit(p, c.cb()).status, BatchEngine::Submit::kOk);
+    c.wait();
+    EXPECT_FALSE(std::regex_match(text_of(c.tokens), kTupleRe));
+  }
+  // Together with unconstrained requests, small steps: the same tokens (each sequence its own matcher).
+  auto e = load(4, 256, 8);
+  std::vector<Collector> cs(N), free_cs(2);
+  for (int i = 0; i < N; ++i) {
+    ASSERT_EQ(e->submit(tuple_request(i), cs[static_cast<size_t>(i)].cb()).status, BatchEngine::Submit::kOk);
+    if (i == 2 || i == 5) {
+      ASSERT_EQ(e->submit(greedy(prompt_of(i, 9), 20), free_cs[i == 2 ? 0 : 1].cb()).status,
+                BatchEngine::Submit::kOk);
+    }
+  }
+  for (int i = 0; i < N; ++i) {
+    cs[static_cast<size_t>(i)].wait();
+    EXPECT_EQ(cs[static_cast<size_t>(i)].tokens, alone[static_cast<size_t>(i)]) << "request " << i;
+  }
+  for (auto& c : free_cs) {
+    c.wait();
+    EXPECT_EQ(c.tokens.size(), 20u);
+  }
+  EXPECT_EQ(e->stats().kv_blocks_in_use, 0);
+}
+
+TEST(BatchEngine, GrammarEosOnlyWhereItCanEnd) {
+  // After "a" the grammar can end or take "b": EOS competes with the two spellings of "b" (the byte piece
+  // and the word piece). At a high temperature the three are near equally likely.
+  const char* g = R"(root ::= "a" "b"?)";
+  const int32_t eos = masker()->vocabulary().eos;
+  ASSERT_GE(eos, 0);
+  auto e = load(4);
+  int by_eos = 0, by_end = 0;
+  for (int ignore = 0; ignore < 2; ++ignore) {
+    std::vector<Collector> cs(16);
+    for (int i = 0; i < 16; ++i) {
+      CompletionParams p;
+      p.prompt = prompt_of(i, 6);
+      p.max_tokens = 10;
+      p.grammar = compile(g);
+      p.temperature = 50.0f;
+      p.seed = static_cast<uint64_t>(i);
+      p.ignore_eos = ignore == 1;
+      ASSERT_EQ(e->submit(p, cs[static_cast<size_t>(i)].cb()).status, BatchEngine::Submit::kOk);
+    }
+    for (auto& c : cs) {
+      c.wait();
+      EXPECT_EQ(c.finish, FinishReason::kStop);
+      ASSERT_FALSE(c.tokens.empty());
+      if (c.tokens.back() == eos) {  // EOS right after "a", where the grammar can end
+        EXPECT_EQ(ignore, 0) << "EOS sampled under ignore_eos";
+        EXPECT_EQ(text_of(c.tokens), "a");
+        EXPECT_EQ(c.tokens.size(), 2u);
+        ++by_eos;
+      } else {  // "ab": the grammar must end, so the engine stops
+        EXPECT_EQ(text_of(c.tokens), "ab");
+        ++by_end;
+      }
+    }
+  }
+  EXPECT_GT(by_eos, 0);
+  EXPECT_GT(by_end, 16);  // every ignore_eos request, and some others
+  // -n cuts a sentence short: kLength, a prefix of one.
+  Collector c;
+  CompletionParams p;
+  p.prompt = prompt_of(1, 4);
+  p.max_tokens = 2;
+  p.grammar = compile(R"(root ::= "xyz" [0-9]{5})");
+  p.temperature = 0;
+  ASSERT_EQ(e->submit(p, c.cb()).status, BatchEngine::Submit::kOk);
+  c.wait();
+  EXPECT_EQ(c.finish, FinishReason::kLength);
+  EXPECT_EQ(c.tokens.size(), 2u);
+  const std::string text = text_of(c.tokens);
+  EXPECT_TRUE(std::regex_match(text, std::regex("x(y(z[0-9]{0,5})?)?")) && text.size() >= 2) << text;
+}
+
+TEST(BatchEngine, GrammarWithoutMaskerIsABadRequest) {
+  auto e = load(1, 256, 64, /*with_masker=*/false);
+  Collector c;
+  CompletionParams p = greedy(prompt_of(1, 4), 4);
+  p.grammar = compile(R"(root ::= "a")");
+  const auto r = e->submit(p, c.cb());
+  EXPECT_EQ(r.status, BatchEngine::Submit::kBadRequest);
+  EXPECT_NE(r.message.find("vocabulary"), std::string::npos) << r.message;
 }
 
 }  // namespace
