@@ -141,8 +141,15 @@ void canonicalize(StackSet& s);
 // The stepping functions (matcher.cpp), over scratch or persistent nodes; results are arena nodes
 // chained onto the inputs' nodes.
 struct Stepper {
+  // Past this many stacks an advance fails (hostile ambiguous grammars; e.g. x ::= "a" x "b" | "a" x "c"
+  // doubles its stacks per byte). Ordinary grammars stay in the tens.
+  static constexpr size_t kMaxStacks = 4096;
   const Grammar& g;
   NodeArena& arena;
+  // Expansions done in the current step, (pos, parent): the same pair expands to the same stacks, so it is
+  // expanded once (keeps nested alternatives such as x1 ::= x2 | x2, x2 ::= x3 | x3 ... linear).
+  std::vector<std::pair<uint32_t, const Node*>> seen{};
+  void begin_step() { seen.clear(); }
   // The stacks reached from a frame at `pos` (any element) with `parent` below it, added to out.
   void expand(uint32_t pos, const Node* parent, StackSet& out);
   // out := stacks of `in` advanced by byte b (canonical).

@@ -92,6 +92,10 @@ bool same_set(const StackSet& a, const StackSet& b) {
 }
 
 void Stepper::expand(uint32_t pos, const Node* parent, StackSet& out) {
+  for (const auto& [p, n] : seen)
+    if (p == pos && (n == parent || (n && parent && n->hash == parent->hash && same_stack(n, parent))))
+      return;
+  seen.emplace_back(pos, parent);
   const Elem e = g.elems[pos];
   switch (e.kind) {
     case ElemKind::kEnd:
@@ -118,6 +122,7 @@ void Stepper::expand(uint32_t pos, const Node* parent, StackSet& out) {
 void Stepper::advance_byte(const StackSet& in, uint8_t b, StackSet& out) {
   out.tops.clear();
   out.accepting = false;
+  begin_step();
   for (const Node* n : in.tops) {
     const Elem e = g.elems[n->pos];
     if (e.kind == ElemKind::kByte) {
@@ -148,17 +153,20 @@ void Stepper::advance_byte(const StackSet& in, uint8_t b, StackSet& out) {
     }
   }
   canonicalize(out);
+  if (out.tops.size() > kMaxStacks) out = {};
 }
 
 void Stepper::advance_token(const StackSet& in, int32_t token, StackSet& out) {
   out.tops.clear();
   out.accepting = false;
+  begin_step();
   for (const Node* n : in.tops) {
     const Elem e = g.elems[n->pos];
     if (e.kind == ElemKind::kToken && static_cast<int32_t>(e.arg) == token)
       expand(n->pos + 1, n->parent, out);
   }
   canonicalize(out);
+  if (out.tops.size() > kMaxStacks) out = {};
 }
 
 void Stepper::first_bytes(const StackSet& s, std::array<uint64_t, 4>& bits) const {
@@ -242,6 +250,7 @@ Matcher::Matcher(GrammarPtr g) : s_(std::make_unique<State>()) {
   const size_t mark = arena.mark();
   Stepper st{*s_->g, arena};
   StackSet init;
+  st.begin_step();
   for (uint32_t a : s_->g->rules[s_->g->start_rule].alts) st.expand(a, nullptr, init);
   canonicalize(init);
   s_->assign(init);

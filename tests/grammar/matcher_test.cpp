@@ -307,5 +307,29 @@ TEST(Matcher, DeepNestingStaysCheap) {
   EXPECT_TRUE(k.must_end());
 }
 
+TEST(Matcher, HostileGrammarsStayBounded) {
+  // 40 levels of doubled alternatives: 2^40 derivations of one string, expanded once each.
+  std::string text = "root ::= x0\n";
+  for (int i = 0; i < 40; ++i) {
+    const std::string a = std::to_string(i), b = std::to_string(i + 1);
+    text.append("x").append(a).append(" ::= x").append(b).append(" | x").append(b).append("\n");
+  }
+  text += "x40 ::= \"a\"+\n";
+  auto g = parse(text);
+  ASSERT_TRUE(g);
+  Matcher m(g);
+  EXPECT_TRUE(m.advance_bytes("aaaa"));
+  EXPECT_TRUE(m.can_end());
+  // Stacks that double per byte: refused once past the bound instead of growing without end.
+  auto d = parse("root ::= \"a\" root \"b\" | \"a\" root \"c\" | \"\"\n");
+  ASSERT_TRUE(d);
+  Matcher k(d);
+  EXPECT_TRUE(k.advance_bytes("aaaaaaaa"));  // 256 stacks
+  EXPECT_TRUE(k.advance_bytes("bcbcbcbc"));
+  EXPECT_TRUE(k.can_end());
+  Matcher big(d);
+  EXPECT_FALSE(big.advance_bytes(std::string(13, 'a')));  // 8192 stacks
+}
+
 }  // namespace
 }  // namespace mixtral::grammar
