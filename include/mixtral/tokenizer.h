@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "mixtral/result.h"
@@ -39,6 +40,15 @@ struct ToolCall {
 };
 
 struct ChatMessage {
+  ChatMessage() = default;
+  // {"user", "text"} and the like, without -Wmissing-field-initializers for the tool fields.
+  ChatMessage(std::string role_, std::string content_, std::vector<ToolCall> tool_calls_ = {},
+              std::string tool_call_id_ = {}, std::string name_ = {})
+      : role(std::move(role_)),
+        content(std::move(content_)),
+        tool_calls(std::move(tool_calls_)),
+        tool_call_id(std::move(tool_call_id_)),
+        name(std::move(name_)) {}
   std::string role;  // "system" ("developer" is read as system), "user", "assistant", "tool"
   std::string content;
   std::vector<ToolCall> tool_calls;  // assistant: calls it made (content may then be empty)
