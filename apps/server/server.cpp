@@ -25,8 +25,12 @@
 #include <sstream>
 #include <thread>
 
+#include "grammar/grammar.h"
 #include "mixtral/server_engine.h"
 #include "mixtral/tokenizer.h"
+#include "request.h"
+#include "responses.h"
+#include "tools.h"
 
 namespace mixtral::server {
 
@@ -49,201 +53,40 @@ void send_error(httplib::Response& res, int status, const std::string& message, 
   res.set_content(dump(error_body(message, type, param, code)), "application/json");
 }
 
-// A 400 naming the offending field.
-struct BadRequest {
-  std::string message, param;
-};
-
-// ---- Request parsing -------------------------------------------------------------------------------
-
-struct GenRequest {
-  bool chat = true;
-  std::string model;
-  std::vector<ChatMessage> messages;
-  std::string prompt_text;
-  std::vector<int32_t> prompt_ids;
-  std::optional<int64_t> max_tokens;
-  CompletionParams params;
-  std::vector<std::string> stop;
-  bool logprobs = false;
-  int top_logprobs = 0;
-  bool stream = false, include_usage = false;
-};
-
-bool present(const json& b, const char* k) {
-  return b.contains(k) && !b[k].is_null();
-}
-
-double get_number(const json& b, const char* k, double lo, double hi, double def) {
-  if (!present(b, k)) return def;
-  if (!b[k].is_number()) throw BadRequest{std::string("'") + k + "' must be a number", k};
-  const double v = b[k].get<double>();
-  if (!(v >= lo && v <= hi))
-    throw BadRequest{
-        std::string("'") + k + "' must be between " + json(lo).dump() + " and " + json(hi).dump(), k};
-  return v;
-}
-
-int64_t get_int(const json& b, const char* k, int64_t lo, int64_t hi, int64_t def) {
-  if (!present(b, k)) return def;
-  if (!b[k].is_number_integer()) throw BadRequest{std::string("'") + k + "' must be an integer", k};
-  const int64_t v = b[k].is_number_unsigned() && b[k].get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
-                        ? INT64_MAX
-                        : b[k].get<int64_t>();
-  if (v < lo || v > hi)
-    throw BadRequest{
-        std::string("'") + k + "' must be between " + std::to_string(lo) + " and " + std::to_string(hi), k};
-  return v;
-}
-
-bool get_bool(const json& b, const char* k, bool def) {
-  if (!present(b, k)) return def;
-  if (!b[k].is_boolean()) throw BadRequest{std::string("'") + k + "' must be a boolean", k};
-  return b[k].get<bool>();
-}
-
-std::string content_text(const json& c, const std::string& param) {
-  if (c.is_string()) return c.get<std::string>();
-  if (c.is_array()) {  // [{"type": "text", "text": "..."}]
-    std::string out;
-    for (const auto& part : c) {
-      if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
-          !part["text"].is_string())
-        throw BadRequest{"only text content parts are supported", param};
-      out += part["text"].get<std::string>();
-    }
-    return out;
-  }
-  throw BadRequest{"message content must be a string or an array of text parts", param};
-}
-
-GenRequest parse_request(const json& b, bool chat, int64_t ctx) {
-  if (!b.is_object()) throw BadRequest{"the request body must be a JSON object", ""};
-  GenRequest r;
-  r.chat = chat;
-  if (present(b, "model")) {
-    if (!b["model"].is_string()) throw BadRequest{"'model' must be a string", "model"};
-    r.model = b["model"].get<std::string>();
-  }
-  if (chat) {
-    if (!present(b, "messages")) throw BadRequest{"'messages' is required", "messages"};
-    if (!b["messages"].is_array() || b["messages"].empty())
-      throw BadRequest{"'messages' must be a non-empty array", "messages"};
-    for (size_t i = 0; i < b["messages"].size(); ++i) {
-      const json& m = b["messages"][i];
-      const std::string p = "messages[" + std::to_string(i) + "]";
-      if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
-        throw BadRequest{p + " must be an object with a string 'role'", p + ".role"};
-      std::string role = m["role"].get<std::string>();
-      if (role == "developer") role = "system";
-      if (role != "system" && role != "user" && role != "assistant")
-        throw BadRequest{p + ".role must be one of system, user, assistant", p + ".role"};
-      const std::string text = m.contains("content") && !m["content"].is_null()
-                                   ? content_text(m["content"], p + ".content")
-                                   : throw BadRequest{p + ".content is required", p + ".content"};
-      r.messages.push_back({role, text});
-    }
-  } else {
-    if (!present(b, "prompt")) throw BadRequest{"'prompt' is required", "prompt"};
-    const json& p = b["prompt"];
-    if (p.is_string()) {
-      r.prompt_text = p.get<std::string>();
-    } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
-      r.prompt_text = p[0].get<std::string>();
-    } else if (p.is_array() && !p.empty() &&
-               std::all_of(p.begin(), p.end(), [](const json& x) { return x.is_number_integer(); })) {
-      for (const auto& x : p) r.prompt_ids.push_back(x.get<int32_t>());
-    } else {
-      throw BadRequest{"'prompt' must be a string, a list of one string or a list of token ids", "prompt"};
-    }
-  }
-  if (present(b, "max_completion_tokens"))
-    r.max_tokens = get_int(b, "max_completion_tokens", 1, INT64_MAX, 0);
-  else if (present(b, "max_tokens"))
-    r.max_tokens = get_int(b, "max_tokens", 1, INT64_MAX, 0);
-  if (r.max_tokens && *r.max_tokens >= ctx)
-    throw BadRequest{
-        "the maximum number of tokens is " + std::to_string(ctx) + " (--ctx-size) including the prompt",
-        present(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens"};
-  CompletionParams& cp = r.params;
-  cp.temperature = static_cast<float>(get_number(b, "temperature", 0, 2, 1));
-  cp.top_p = static_cast<float>(get_number(b, "top_p", 0, 1, 1));
-  if (cp.top_p <= 0) throw BadRequest{"'top_p' must be greater than 0", "top_p"};
-  cp.top_k = get_int(b, "top_k", 0, INT32_MAX, 0);
-  cp.min_p = static_cast<float>(get_number(b, "min_p", 0, 1, 0));
-  cp.presence_penalty = static_cast<float>(get_number(b, "presence_penalty", -2, 2, 0));
-  cp.frequency_penalty = static_cast<float>(get_number(b, "frequency_penalty", -2, 2, 0));
-  cp.repetition_penalty = static_cast<float>(get_number(b, "repetition_penalty", 0, 10, 1));
-  if (cp.repetition_penalty <= 0)
-    throw BadRequest{"'repetition_penalty' must be greater than 0", "repetition_penalty"};
-  if (present(b, "seed")) {
-    if (!b["seed"].is_number_integer()) throw BadRequest{"'seed' must be an integer", "seed"};
-    cp.seed = b["seed"].is_number_unsigned() ? b["seed"].get<uint64_t>()
-                                             : static_cast<uint64_t>(b["seed"].get<int64_t>());
-  } else {
-    cp.seed = static_cast<uint64_t>(Clock::now().time_since_epoch().count());
-  }
-  if (get_int(b, "n", 1, INT32_MAX, 1) != 1) throw BadRequest{"only n = 1 is supported", "n"};
-  cp.ignore_eos = get_bool(b, "ignore_eos", false);
-  if (present(b, "stop")) {
-    const json& s = b["stop"];
-    if (s.is_string()) {
-      r.stop.push_back(s.get<std::string>());
-    } else if (s.is_array() && s.size() <= 4 &&
-               std::all_of(s.begin(), s.end(), [](const json& x) { return x.is_string(); })) {
-      for (const auto& x : s) r.stop.push_back(x.get<std::string>());
-    } else {
-      throw BadRequest{"'stop' must be a string or a list of at most 4 strings", "stop"};
-    }
-    for (const auto& x : r.stop)
-      if (x.empty()) throw BadRequest{"'stop' strings must not be empty", "stop"};
-  }
-  if (chat) {
-    r.logprobs = get_bool(b, "logprobs", false);
-    r.top_logprobs = static_cast<int>(get_int(b, "top_logprobs", 0, 20, 0));
-    if (present(b, "top_logprobs") && !r.logprobs)
-      throw BadRequest{"'top_logprobs' needs 'logprobs': true", "top_logprobs"};
-  } else if (present(b, "logprobs")) {  // legacy completions: an integer 0..5
-    r.logprobs = true;
-    r.top_logprobs = static_cast<int>(get_int(b, "logprobs", 0, 5, 0));
-  }
-  cp.top_logprobs = r.logprobs ? r.top_logprobs : -1;
-  r.stream = get_bool(b, "stream", false);
-  if (present(b, "stream_options")) {
-    if (!b["stream_options"].is_object())
-      throw BadRequest{"'stream_options' must be an object", "stream_options"};
-    if (!r.stream) throw BadRequest{"'stream_options' is only allowed with 'stream': true", "stream_options"};
-    r.include_usage = get_bool(b["stream_options"], "include_usage", false);
-  }
-  return r;
-}
-
 // ---- One request's events, from the engine thread to the HTTP thread -------------------------------
 
+// Events of all choices of one request, tagged with the choice's index.
 struct Channel {
   std::mutex mu;
   std::condition_variable cv;
-  std::deque<TokenEvent> events;
-  bool done = false;
-  std::atomic<bool> abandoned{false};
-  BatchEngine::Callback callback() {
-    return [this](const TokenEvent& ev) {
-      {
-        std::lock_guard<std::mutex> lk(mu);
-        events.push_back(ev);
-        if (ev.finish != FinishReason::kNone) done = true;
-      }
-      cv.notify_all();
-      return !abandoned.load();
-    };
+  std::deque<std::pair<int, TokenEvent>> events;  // (choice, event)
+  std::atomic<bool> abandoned{false};             // the client left: every sequence stops
+  bool push(int choice, const TokenEvent& ev) {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      events.emplace_back(choice, ev);
+    }
+    cv.notify_all();
+    return !abandoned.load();
   }
   // Next event, or nullopt at the deadline.
-  std::optional<TokenEvent> next(Clock::time_point deadline) {
+  std::optional<std::pair<int, TokenEvent>> next(Clock::time_point deadline) {
     std::unique_lock<std::mutex> lk(mu);
     if (!cv.wait_until(lk, deadline, [&] { return !events.empty(); })) return std::nullopt;
-    TokenEvent ev = std::move(events.front());
+    auto ev = std::move(events.front());
     events.pop_front();
     return ev;
+  }
+};
+
+// The sequences of one request's choices (ids of those submitted), shared with the response's releaser.
+struct Sequences {
+  std::mutex mu;
+  std::vector<uint64_t> ids;  // [n] 0: not submitted
+  void cancel_all(BatchEngine& eng) {
+    std::lock_guard<std::mutex> lk(mu);
+    for (uint64_t id : ids)
+      if (id != 0) eng.cancel(id);
   }
 };
 
@@ -319,6 +162,7 @@ class Server {
   Server(const ServerOptions& o, std::unique_ptr<Tokenizer> tok, std::unique_ptr<BatchEngine> eng)
       : o_(o), tok_(std::move(tok)), eng_(std::move(eng)) {
     model_id_ = std::filesystem::path(o.model).filename().string();
+    if (tok_->has_tool_tokens()) tool_calls_id_ = tok_->piece_to_id("[TOOL_CALLS]");
   }
 
   httplib::Server& http() { return svr_; }
@@ -371,21 +215,37 @@ class Server {
       res.set_content(R"({"status":"ok"})", "application/json");
     });
     svr_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-      json m{{"id", model_id_}, {"object", "model"}, {"created", created_}, {"owned_by", "mixtral.cpp"}};
-      res.set_content(dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
+      res.set_content(dump(json{{"object", "list"}, {"data", json::array({model_json()})}}),
+                      "application/json");
     });
     svr_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(metrics_text(), "text/plain; version=0.0.4");
     });
-    svr_.Post("/v1/chat/completions",
-              [this](const httplib::Request& req, httplib::Response& res) { generate(req, res, true); });
-    svr_.Post("/v1/completions",
-              [this](const httplib::Request& req, httplib::Response& res) { generate(req, res, false); });
+    svr_.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+      const std::string id = req.matches[1];
+      if (id != model_id_)
+        return send_error(res, 404,
+                          "The model '" + id + "' does not exist (this server serves '" + model_id_ + "')",
+                          "model", "invalid_request_error", "model_not_found");
+      res.set_content(dump(model_json()), "application/json");
+    });
+    svr_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      generate(req, res, Endpoint::kChat);
+    });
+    svr_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      generate(req, res, Endpoint::kCompletions);
+    });
+    svr_.Post("/v1/responses", [this](const httplib::Request& req, httplib::Response& res) {
+      generate(req, res, Endpoint::kResponses);
+    });
   }
 
   void begin_shutdown() { shutting_down_ = true; }
 
  private:
+  json model_json() const {
+    return json{{"id", model_id_}, {"object", "model"}, {"created", created_}, {"owned_by", "mixtral.cpp"}};
+  }
   std::string token_piece(int32_t id) const {
     const std::string& p = tok_->piece(id);
     if (tok_->type(id) == TokenType::kControl) return "";
@@ -492,188 +352,218 @@ class Server {
     return std::max(n, ts.emitted);
   }
 
-  void generate(const httplib::Request& req, httplib::Response& res, bool chat) {
-    if (shutting_down_) {
-      res.set_header("Retry-After", "5");
-      return send_error(res, 503, "the server is shutting down", nullptr, "server_error");
-    }
-    json body = json::parse(req.body, nullptr, false);
-    if (body.is_discarded()) return send_error(res, 400, "the request body is not valid JSON");
+  enum class Endpoint { kChat, kCompletions, kResponses };
+
+  // One choice of a request as it is generated.
+  struct ChoiceState {
+    ChoiceState(const Tokenizer& tok, bool chat, ToolFormat fmt, bool calls_possible)
+        : dec(tok, /*at_sequence_start=*/chat), reader(fmt, calls_possible) {}
+    StreamingDecoder dec;
+    TextState ts;
+    ReplyReader reader;
+    json logprobs = json::array();     // chat form: [{token, logprob, bytes, top_logprobs}]
+    json pending_lps = json::array();  // logprobs of tokens whose text is not sent yet
+    int64_t completion_tokens = 0, cached_tokens = 0;
+    std::string finish = "length";
+    bool done = false;
+  };
+
+  // A request admitted to the engine: its choices and where their events arrive.
+  struct Job {
+    Endpoint endpoint = Endpoint::kChat;
     std::shared_ptr<GenRequest> r;
-    try {
-      r = std::make_shared<GenRequest>(parse_request(body, chat, eng_->ctx_size()));
-      if (chat) {
-        auto ids = tok_->apply_chat(r->messages, tok_->default_chat_format());
-        if (!ids) throw BadRequest{ids.error().message, "messages"};
-        r->params.prompt = std::move(*ids);
-      } else if (r->prompt_ids.empty()) {
-        auto ids = tok_->encode(r->prompt_text, tok_->add_bos());
-        if (!ids) throw BadRequest{ids.error().message, "prompt"};
-        r->params.prompt = std::move(*ids);
-      } else {
-        for (int32_t id : r->prompt_ids)
-          if (id < 0 || id >= tok_->n_vocab()) throw BadRequest{"prompt token id out of range", "prompt"};
-        r->params.prompt = r->prompt_ids;
-      }
-    } catch (const BadRequest& e) {
-      return send_error(res, 400, e.message, e.param.empty() ? json(nullptr) : json(e.param));
-    }
-    const int64_t n_prompt = static_cast<int64_t>(r->params.prompt.size());
-    if (n_prompt >= eng_->ctx_size())
-      return send_error(res, 400,
-                        "the prompt has " + std::to_string(n_prompt) + " tokens, more than the context of " +
-                            std::to_string(eng_->ctx_size()) + " tokens allows (--ctx-size)",
-                        chat ? "messages" : "prompt", "invalid_request_error", "context_length_exceeded");
-    if (r->max_tokens && n_prompt + *r->max_tokens > eng_->ctx_size())
-      return send_error(res, 400,
-                        "the prompt (" + std::to_string(n_prompt) + " tokens) plus max_tokens (" +
-                            std::to_string(*r->max_tokens) + ") exceeds the context of " +
-                            std::to_string(eng_->ctx_size()) + " tokens",
-                        "max_tokens", "invalid_request_error", "context_length_exceeded");
-    r->params.max_tokens = r->max_tokens.value_or(eng_->ctx_size() - n_prompt);
+    std::shared_ptr<ResponsesRequest> rr;  // kResponses
+    GrammarPlan plan;
+    ToolFormat fmt = ToolFormat::kGeneric;
+    std::shared_ptr<Channel> ch = std::make_shared<Channel>();
+    std::shared_ptr<Sequences> seqs = std::make_shared<Sequences>();
+    std::vector<ChoiceState> choices;
+    bool rest_submitted = false;  // choices 1..n-1 (submitted once choice 0's prompt is in the cache)
+    std::string id, model;
+    int64_t created = 0;
+    Clock::time_point deadline;
+    int64_t prompt_tokens = 0;
+  };
 
-    auto ch = std::make_shared<Channel>();
-    const auto sub = eng_->submit(r->params, [ch](const TokenEvent& ev) { return ch->callback()(ev); });
-    switch (sub.status) {
-      case BatchEngine::Submit::kOk:
-        break;
-      case BatchEngine::Submit::kQueueFull:
-        res.set_header("Retry-After", "1");
-        return send_error(res, 429, sub.message, nullptr, "rate_limit_error", "queue_full");
-      case BatchEngine::Submit::kShuttingDown:
-        res.set_header("Retry-After", "5");
-        return send_error(res, 503, sub.message, nullptr, "server_error");
-      case BatchEngine::Submit::kTooLong:
-        return send_error(res, 400, sub.message, chat ? "messages" : "prompt", "invalid_request_error",
-                          "context_length_exceeded");
-      case BatchEngine::Submit::kBadRequest:
-        return send_error(res, 400, sub.message, chat ? "messages" : "prompt");
+  // Parses and validates a request into a job, compiling its grammar; a BadRequest names the field.
+  std::shared_ptr<Job> make_job(const json& body, Endpoint ep) {
+    auto job = std::make_shared<Job>();
+    job->endpoint = ep;
+    const int64_t ctx = eng_->ctx_size();
+    if (ep == Endpoint::kResponses) {
+      job->rr = std::make_shared<ResponsesRequest>(parse_responses_request(body, ctx));
+      job->r = std::shared_ptr<GenRequest>(job->rr, &job->rr->gen);
+    } else {
+      job->r = std::make_shared<GenRequest>(ep == Endpoint::kChat ? parse_chat_request(body, ctx)
+                                                                  : parse_completion_request(body, ctx));
     }
-    const uint64_t id = sub.id;
-    const std::string rid = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(id);
-    const auto created = static_cast<int64_t>(std::time(nullptr));
-    const std::string model = r->model.empty() ? model_id_ : r->model;
-    const auto deadline = Clock::now() + std::chrono::seconds(o_.request_timeout_s);
-    BatchEngine* eng = eng_.get();
-    // When the response ends without having been sent whole (the client left): free the sequence.
-    auto release = [ch, eng, id](bool success) {
-      if (!success) {
-        ch->abandoned = true;
-        eng->cancel(id);
-      }
-    };
-
-    if (!r->stream) {
-      // One JSON object, sent chunked: while it is being generated the server writes a space (JSON
-      // allows leading whitespace) every kHeartbeat, so a client that has gone away fails a write and its
-      // sequence is freed then, not when max_tokens or the timeout would end it.
-      res.set_chunked_content_provider(
-          "application/json",
-          [this, r, ch, id, rid, created, model, deadline, chat, release, &req](size_t,
-                                                                                httplib::DataSink& sink) {
-            const int fd = connection_fd(req);
-            GenResult g = collect(*r, *ch, id, deadline, nullptr,
-                                  [&] { return peer_open(fd, req) && sink.write(" ", 1); });
-            if (g.disconnected) {  // the client went away: free its sequence now
-              release(false);
-              return false;
-            }
-            json choice{{"index", 0}, {"finish_reason", g.finish}};
-            if (chat) {
-              choice["message"] = {{"role", "assistant"}, {"content", g.text}};
-              choice["logprobs"] = r->logprobs ? json{{"content", g.logprobs}} : json(nullptr);
-            } else {
-              choice["text"] = g.text;
-              choice["logprobs"] = r->logprobs ? g.legacy_logprobs : json(nullptr);
-            }
-            json out{{"id", rid},
-                     {"object", chat ? "chat.completion" : "text_completion"},
-                     {"created", created},
-                     {"model", model},
-                     {"choices", json::array({choice})},
-                     {"usage", usage(g)}};
-            const std::string body = dump(out);
-            sink.write(body.data(), body.size());
-            sink.done();
-            return true;
-          },
-          release);
-      return;
+    GenRequest& r = *job->r;
+    job->fmt = tok_->has_tool_tokens() ? ToolFormat::kV3 : ToolFormat::kGeneric;
+    if (r.chat) {
+      ChatOptions co;
+      for (const Tool& t : r.tools) co.tools.push_back(t.spec);
+      auto ids = tok_->apply_chat(r.messages, tok_->default_chat_format(), co);
+      if (!ids) throw BadRequest{ids.error().message, ep == Endpoint::kResponses ? "input" : "messages"};
+      r.params.prompt = std::move(*ids);
+    } else if (r.prompt_ids.empty()) {
+      auto ids = tok_->encode(r.prompt_text, tok_->add_bos());
+      if (!ids) throw BadRequest{ids.error().message, "prompt"};
+      r.params.prompt = std::move(*ids);
+    } else {
+      for (int32_t id : r.prompt_ids)
+        if (id < 0 || id >= tok_->n_vocab()) throw BadRequest{"prompt token id out of range", "prompt"};
+      r.params.prompt = r.prompt_ids;
     }
-
-    res.set_header("Cache-Control", "no-cache");
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [this, r, ch, id, rid, created, model, deadline, chat, release, &req](size_t,
-                                                                              httplib::DataSink& sink) {
-          auto send = [&](const json& j) {
-            const std::string s = "data: " + dump(j) + "\n\n";
-            return sink.write(s.data(), s.size());
-          };
-          auto chunk = [&](json delta_or_text, json logprobs, json finish) {
-            json c{{"index", 0}, {"logprobs", logprobs}, {"finish_reason", finish}};
-            if (chat)
-              c["delta"] = std::move(delta_or_text);
-            else
-              c["text"] = std::move(delta_or_text);
-            return json{{"id", rid},
-                        {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                        {"created", created},
-                        {"model", model},
-                        {"choices", json::array({c})}};
-          };
-          bool ok = true;
-          if (chat) ok = send(chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
-          GenResult g;
-          if (ok) {
-            const int fd = connection_fd(req);
-            g = collect(
-                *r, *ch, id, deadline,
-                [&](const std::string& text, const json& lps) {
-                  json lp = nullptr;
-                  if (r->logprobs) lp = chat ? json{{"content", lps}} : legacy_from(lps);
-                  return send(chunk(chat ? json{{"content", text}} : json(text), lp, nullptr));
-                },
-                // a half-closed client still accepts writes: look for its FIN as well
-                [&] { return peer_open(fd, req); });
-          }
-          if (!ok || g.disconnected) {  // the client went away: free its sequence now
-            release(false);
-            return false;
-          }
-          ok = send(chunk(chat ? json::object() : json(""), nullptr, g.finish));
-          if (ok && r->include_usage) {
-            json u{{"id", rid},
-                   {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                   {"created", created},
-                   {"model", model},
-                   {"choices", json::array()},
-                   {"usage", usage(g)}};
-            ok = send(u);
-          }
-          if (ok) {
-            const std::string done = "data: [DONE]\n\n";
-            sink.write(done.data(), done.size());
-          }
-          sink.done();
-          return true;
-        },
-        release);
+    job->plan = build_grammar(r, job->fmt);
+    if (!job->plan.gbnf.empty()) {
+      grammar::GbnfOptions go;
+      go.optional_leading_space = r.chat;  // chat answers drop the dummy-prefix space
+      const Tokenizer* tok = tok_.get();
+      go.token_id = [tok](std::string_view piece) -> int32_t {
+        const int32_t id = tok->piece_to_id(piece);
+        return id >= 0 && tok->type(id) == TokenType::kControl ? id : -1;
+      };
+      auto g = grammar::parse_gbnf(job->plan.gbnf, go);
+      if (!g) throw BadRequest{"'" + job->plan.param + "': " + g.error().message, job->plan.param};
+      r.params.grammar = *g;
+    }
+    for (int i = 0; i < r.n; ++i)
+      job->choices.emplace_back(*tok_, r.chat, job->fmt, job->plan.calls_possible);
+    job->seqs->ids.assign(static_cast<size_t>(r.n), 0);
+    return job;
   }
 
-  struct GenResult {
-    std::string text;
-    std::string finish = "length";
-    json logprobs = json::array();  // chat form: [{token, logprob, bytes, top_logprobs}]
-    json legacy_logprobs;
-    int64_t prompt_tokens = 0, cached_tokens = 0, completion_tokens = 0;
-    bool disconnected = false;
-  };
-  static json usage(const GenResult& g) {
-    return json{{"prompt_tokens", g.prompt_tokens},
-                {"completion_tokens", g.completion_tokens},
-                {"total_tokens", g.prompt_tokens + g.completion_tokens},
-                {"prompt_tokens_details", {{"cached_tokens", g.cached_tokens}}}};
+  BatchEngine::SubmitResult submit_choice(Job& job, int i) {
+    CompletionParams p = job.r->params;
+    p.seed += static_cast<uint64_t>(i);
+    auto ch = job.ch;
+    auto sub = eng_->submit(std::move(p), [ch, i](const TokenEvent& ev) { return ch->push(i, ev); });
+    if (sub.status == BatchEngine::Submit::kOk) {
+      std::lock_guard<std::mutex> lk(job.seqs->mu);
+      job.seqs->ids[static_cast<size_t>(i)] = sub.id;
+    }
+    return sub;
+  }
+
+  // Called with a choice's new reply events and logprobs, and its finish reason once it ends ("" before).
+  // False: the client is gone.
+  using OnEvents =
+      std::function<bool(int, const std::vector<ReplyEvent>&, const json& lps, const std::string& finish)>;
+  static constexpr std::chrono::milliseconds kHeartbeat{250};
+
+  // Drives every choice of the job to its end. alive (if given) is called once every kHeartbeat; false
+  // means the client is gone. Returns false when the client went away (the caller frees the sequences).
+  bool run(Job& job, const OnEvents& on_events, const std::function<bool()>& alive) {
+    GenRequest& r = *job.r;
+    const int n = r.n;
+    int n_done = 0;
+    int retry_from = -1;  // deferred choices from here wait for room in the queue
+    auto submit_rest = [&](int from) {
+      retry_from = -1;
+      for (int i = from; i < n; ++i) {
+        const auto sub = submit_choice(job, i);
+        if (sub.status == BatchEngine::Submit::kQueueFull) {
+          retry_from = i;
+          return;
+        }
+        if (sub.status != BatchEngine::Submit::kOk) {  // shutting down: the choice ends empty
+          job.choices[static_cast<size_t>(i)].done = true;
+          ++n_done;
+          if (on_events && !on_events(i, {}, json::array(), "length")) return;
+        }
+      }
+    };
+    auto next_beat = Clock::now() + kHeartbeat;
+    const int32_t tool_calls_id = tool_calls_id_;
+    while (n_done < n) {
+      std::optional<std::pair<int, TokenEvent>> item;
+      for (;;) {
+        item = job.ch->next(std::min(job.deadline, next_beat));
+        if (Clock::now() >= next_beat) {
+          next_beat = Clock::now() + kHeartbeat;
+          if (alive && !alive()) return false;
+          if (retry_from >= 0) submit_rest(retry_from);
+        }
+        if (item || Clock::now() >= job.deadline) break;
+      }
+      if (!item) {  // total timeout: cancel and answer with what there is
+        job.ch->abandoned = true;
+        job.seqs->cancel_all(*eng_);
+        for (int i = 0; i < n; ++i) {
+          ChoiceState& c = job.choices[static_cast<size_t>(i)];
+          if (c.done) continue;
+          c.done = true;
+          if (on_events &&
+              !on_events(i, c.reader.push(c.ts.text.substr(c.ts.emitted)), c.pending_lps, "length"))
+            return false;
+        }
+        break;
+      }
+      const int i = item->first;
+      const TokenEvent& ev = item->second;
+      ChoiceState& c = job.choices[static_cast<size_t>(i)];
+      if (i == 0 && !job.rest_submitted) {  // choice 0's prompt is prefilled: the others share its blocks
+        job.rest_submitted = true;
+        submit_rest(1);
+      }
+      if (c.done) continue;  // after a stop string ended it
+      c.cached_tokens = ev.cached_tokens;
+      if (ev.token >= 0 && !c.ts.stopped) {
+        ++c.completion_tokens;
+        if (ev.token == tool_calls_id) c.reader.push_tool_calls_token();
+        auto piece = c.dec.push(ev.token);
+        if (piece) push_text(c.ts, *piece, r.stop);
+        if (r.logprobs) {
+          json e = token_logprob(ev.token, ev.logprob);
+          json top = json::array();
+          for (const auto& [t, lp] : ev.top) top.push_back(token_logprob(t, lp));
+          e["top_logprobs"] = top;
+          c.logprobs.push_back(e);
+          c.pending_lps.push_back(e);
+        }
+      }
+      bool finished = false;
+      if (ev.finish != FinishReason::kNone) {
+        finished = true;
+        if (ev.finish == FinishReason::kStop) c.finish = "stop";
+        if (!c.ts.stopped) push_text(c.ts, c.dec.finish(), r.stop);
+      }
+      if (c.ts.stopped) {
+        c.finish = "stop";
+        if (!finished) {  // a stop string: end the sequence now; later events are ignored
+          std::lock_guard<std::mutex> lk(job.seqs->mu);
+          eng_->cancel(job.seqs->ids[static_cast<size_t>(i)]);
+          finished = true;
+        }
+      }
+      const size_t to = sendable(c.ts, r.stop, finished);
+      std::vector<ReplyEvent> evs;
+      if (to > c.ts.emitted) {
+        evs = c.reader.push(std::string_view(c.ts.text).substr(c.ts.emitted, to - c.ts.emitted));
+        c.ts.emitted = to;
+      }
+      if (finished) {
+        c.done = true;
+        ++n_done;
+        if (c.reader.finish().calls_complete) c.finish = "tool_calls";
+      }
+      if (on_events && (!evs.empty() || finished)) {
+        if (!on_events(i, evs, c.pending_lps, finished ? c.finish : "")) return false;
+        c.pending_lps = json::array();
+      }
+    }
+    job.prompt_tokens = static_cast<int64_t>(r.params.prompt.size());
+    return true;
+  }
+
+  json usage(const Job& job) const {
+    int64_t completion = 0;
+    for (const auto& c : job.choices) completion += c.completion_tokens;
+    const int64_t cached = job.choices.empty() ? 0 : job.choices[0].cached_tokens;
+    return json{{"prompt_tokens", job.prompt_tokens},
+                {"completion_tokens", completion},
+                {"total_tokens", job.prompt_tokens + completion},
+                {"prompt_tokens_details", {{"cached_tokens", cached}}}};
   }
   static json legacy_from(const json& lps) {
     json l{{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()}};
@@ -686,83 +576,261 @@ class Server {
     }
     return l;
   }
+  static json tool_calls_json(const std::vector<ToolCall>& calls) {
+    json a = json::array();
+    for (const auto& c : calls)
+      a.push_back(
+          {{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
+    return a;
+  }
 
-  // Drains a request's events into text (stop strings applied) and logprobs; with on_delta, streams
-  // each sendable piece (returning false when the client is gone).
-  // alive (if given) is called once every kHeartbeat, whether events arrive or not; false means the client
-  // is gone.
-  using OnDelta = std::function<bool(const std::string&, const json&)>;
-  static constexpr std::chrono::milliseconds kHeartbeat{250};
-  GenResult collect(const GenRequest& r, Channel& ch, uint64_t id, Clock::time_point deadline,
-                    const OnDelta& on_delta, const std::function<bool()>& alive = nullptr) {
-    GenResult g;
-    g.prompt_tokens = static_cast<int64_t>(r.params.prompt.size());
-    StreamingDecoder dec(*tok_, /*at_sequence_start=*/r.chat);
-    TextState ts;
-    json pending_lps = json::array();  // logprobs of tokens whose text is not sent yet
-    bool finished = false;
-    auto next_beat = Clock::now() + kHeartbeat;
-    while (!finished) {
-      std::optional<TokenEvent> ev;
-      for (;;) {
-        ev = ch.next(alive ? std::min(deadline, next_beat) : deadline);
-        if (alive && Clock::now() >= next_beat) {
-          next_beat = Clock::now() + kHeartbeat;
-          if (!alive()) {
-            g.disconnected = true;
-            return g;
-          }
-        }
-        if (ev || Clock::now() >= deadline) break;
+  // The whole answer of a finished job (non-streaming).
+  json answer(const Job& job) const {
+    const GenRequest& r = *job.r;
+    const bool chat = job.endpoint == Endpoint::kChat;
+    json choices = json::array();
+    for (size_t i = 0; i < job.choices.size(); ++i) {
+      const ChoiceState& c = job.choices[i];
+      json choice{{"index", i}, {"finish_reason", c.finish}};
+      if (chat) {
+        const ReplyReader::Final f = c.reader.finish();
+        json msg{{"role", "assistant"},
+                 {"content", f.content ? json(*f.content) : json(nullptr)},
+                 {"refusal", nullptr}};
+        if (!f.calls.empty()) msg["tool_calls"] = tool_calls_json(f.calls);
+        choice["message"] = msg;
+        choice["logprobs"] = r.logprobs ? json{{"content", c.logprobs}} : json(nullptr);
+      } else {
+        choice["text"] = c.ts.text;
+        choice["logprobs"] = r.logprobs ? legacy_from(c.logprobs) : json(nullptr);
       }
-      if (!ev) {  // total timeout: cancel and answer with what there is
-        eng_->cancel(id);
-        ch.abandoned = true;
-        g.finish = "length";
-        break;
-      }
-      g.cached_tokens = ev->cached_tokens;
-      if (ev->token >= 0 && !ts.stopped) {
-        ++g.completion_tokens;
-        auto piece = dec.push(ev->token);
-        if (piece) push_text(ts, *piece, r.stop);
-        if (r.logprobs) {
-          json e = token_logprob(ev->token, ev->logprob);
-          json top = json::array();
-          for (const auto& [t, lp] : ev->top) top.push_back(token_logprob(t, lp));
-          e["top_logprobs"] = top;
-          g.logprobs.push_back(e);
-          pending_lps.push_back(e);
-        }
-      }
-      if (ev->finish != FinishReason::kNone) {
-        finished = true;
-        if (ev->finish == FinishReason::kStop) g.finish = "stop";
-        if (!ts.stopped) push_text(ts, dec.finish(), r.stop);
-      }
-      if (ts.stopped) {
-        g.finish = "stop";
-        if (!finished) {  // a stop string: end the sequence now; later events are ignored
-          ch.abandoned = true;
-          eng_->cancel(id);
-          finished = true;
-        }
-      }
-      if (on_delta) {
-        const size_t n = sendable(ts, r.stop, finished);
-        if (n > ts.emitted || (!pending_lps.empty() && finished)) {
-          if (!on_delta(ts.text.substr(ts.emitted, n - ts.emitted), pending_lps)) {
-            g.disconnected = true;
-            return g;
-          }
-          ts.emitted = n;
-          pending_lps = json::array();
-        }
-      }
+      choices.push_back(choice);
     }
-    g.text = ts.text;
-    if (!r.chat) g.legacy_logprobs = legacy_from(g.logprobs);
-    return g;
+    return json{{"id", job.id},           {"object", chat ? "chat.completion" : "text_completion"},
+                {"created", job.created}, {"model", job.model},
+                {"choices", choices},     {"usage", usage(job)}};
+  }
+
+  ResponseUsage response_usage(const Job& job) const {
+    ResponseUsage u;
+    u.input_tokens = job.prompt_tokens;
+    u.output_tokens = job.choices[0].completion_tokens;
+    u.cached_tokens = job.choices[0].cached_tokens;
+    return u;
+  }
+
+  void generate(const httplib::Request& req, httplib::Response& res, Endpoint ep) {
+    if (shutting_down_) {
+      res.set_header("Retry-After", "5");
+      return send_error(res, 503, "the server is shutting down", nullptr, "server_error");
+    }
+    json body = json::parse(req.body, nullptr, false);
+    if (body.is_discarded()) return send_error(res, 400, "the request body is not valid JSON");
+    std::shared_ptr<Job> job;
+    try {
+      job = make_job(body, ep);
+    } catch (const BadRequest& e) {
+      return send_error(res, 400, e.message, e.param.empty() ? json(nullptr) : json(e.param));
+    }
+    GenRequest& r = *job->r;
+    const bool chat_like = r.chat;
+    const char* prompt_param = ep == Endpoint::kResponses ? "input" : chat_like ? "messages" : "prompt";
+    const int64_t n_prompt = static_cast<int64_t>(r.params.prompt.size());
+    if (n_prompt >= eng_->ctx_size())
+      return send_error(res, 400,
+                        "the prompt has " + std::to_string(n_prompt) + " tokens, more than the context of " +
+                            std::to_string(eng_->ctx_size()) + " tokens allows (--ctx-size)",
+                        prompt_param, "invalid_request_error", "context_length_exceeded");
+    if (r.max_tokens && n_prompt + *r.max_tokens > eng_->ctx_size())
+      return send_error(res, 400,
+                        "the prompt (" + std::to_string(n_prompt) + " tokens) plus " + r.max_tokens_param +
+                            " (" + std::to_string(*r.max_tokens) + ") exceeds the context of " +
+                            std::to_string(eng_->ctx_size()) + " tokens",
+                        r.max_tokens_param, "invalid_request_error", "context_length_exceeded");
+    r.params.max_tokens = r.max_tokens.value_or(eng_->ctx_size() - n_prompt);
+    job->prompt_tokens = n_prompt;
+
+    const auto sub = submit_choice(*job, 0);
+    switch (sub.status) {
+      case BatchEngine::Submit::kOk:
+        break;
+      case BatchEngine::Submit::kQueueFull:
+        res.set_header("Retry-After", "1");
+        return send_error(res, 429, sub.message, nullptr, "rate_limit_error", "queue_full");
+      case BatchEngine::Submit::kShuttingDown:
+        res.set_header("Retry-After", "5");
+        return send_error(res, 503, sub.message, nullptr, "server_error");
+      case BatchEngine::Submit::kTooLong:
+        return send_error(res, 400, sub.message, prompt_param, "invalid_request_error",
+                          "context_length_exceeded");
+      case BatchEngine::Submit::kBadRequest:
+        return send_error(res, 400, sub.message, prompt_param);
+    }
+    if (r.n == 1) job->rest_submitted = true;
+    job->id = ep == Endpoint::kChat        ? "chatcmpl-" + std::to_string(sub.id)
+              : ep == Endpoint::kResponses ? "resp_" + std::to_string(sub.id) + "_" + make_call_id()
+                                           : "cmpl-" + std::to_string(sub.id);
+    job->created = static_cast<int64_t>(std::time(nullptr));
+    job->model = r.model.empty() ? model_id_ : r.model;
+    job->deadline = Clock::now() + std::chrono::seconds(o_.request_timeout_s);
+    BatchEngine* eng = eng_.get();
+    // When the response ends without having been sent whole (the client left): free the sequences.
+    auto release = [job, eng](bool success) {
+      if (!success) {
+        job->ch->abandoned = true;
+        job->seqs->cancel_all(*eng);
+      }
+    };
+
+    if (!r.stream) {
+      // One JSON object, sent chunked: while it is being generated the server writes a space (JSON
+      // allows leading whitespace) every kHeartbeat, so a client that has gone away fails a write and its
+      // sequences are freed then, not when max_tokens or the timeout would end them.
+      res.set_chunked_content_provider(
+          "application/json",
+          [this, job, release, &req](size_t, httplib::DataSink& sink) {
+            const int fd = connection_fd(req);
+            if (!run(*job, nullptr, [&] { return peer_open(fd, req) && sink.write(" ", 1); })) {
+              release(false);
+              return false;
+            }
+            json out;
+            if (job->endpoint == Endpoint::kResponses) {
+              ResponseBuilder rb(*job->rr, job->id, job->created, job->model);
+              rb.set_output(job->choices[0].reader.finish());
+              rb.set_finish(job->choices[0].finish, response_usage(*job));
+              out = rb.response(job->choices[0].finish == "length" ? "incomplete" : "completed");
+            } else {
+              out = answer(*job);
+            }
+            const std::string s = dump(out);
+            sink.write(s.data(), s.size());
+            sink.done();
+            return true;
+          },
+          release);
+      return;
+    }
+
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, job, release, &req](size_t, httplib::DataSink& sink) {
+          const int fd = connection_fd(req);
+          const bool ok = job->endpoint == Endpoint::kResponses ? stream_response(*job, sink, fd, req)
+                                                                : stream_chunks(*job, sink, fd, req);
+          if (!ok) {  // the client went away: free its sequences now
+            release(false);
+            return false;
+          }
+          sink.done();
+          return true;
+        },
+        release);
+  }
+
+  // Chat and completions chunks (data: {...} lines, then data: [DONE]).
+  bool stream_chunks(Job& job, httplib::DataSink& sink, int fd, const httplib::Request& req) {
+    const GenRequest& r = *job.r;
+    const bool chat = job.endpoint == Endpoint::kChat;
+    auto send = [&](const json& j) {
+      const std::string s = "data: " + dump(j) + "\n\n";
+      return sink.write(s.data(), s.size());
+    };
+    auto chunk = [&](int i, json delta_or_text, json logprobs, json finish) {
+      json c{{"index", i}, {"logprobs", std::move(logprobs)}, {"finish_reason", std::move(finish)}};
+      c[chat ? "delta" : "text"] = std::move(delta_or_text);
+      return json{{"id", job.id},
+                  {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                  {"created", job.created},
+                  {"model", job.model},
+                  {"choices", json::array({c})}};
+    };
+    // Without tools the role comes first; with tools it waits for the form of the reply (content ""
+    // for text, null for calls), so that no text of a call leaks.
+    const bool hold_role = chat && job.plan.calls_possible;
+    std::vector<bool> role_sent(job.choices.size(), !hold_role);
+    if (chat && !hold_role)
+      for (int i = 0; i < r.n; ++i)
+        if (!send(chunk(i, json{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr))) return false;
+    auto on_events = [&](int i, const std::vector<ReplyEvent>& evs, const json& lps,
+                         const std::string& finish) {
+      std::vector<json> deltas;
+      for (const ReplyEvent& ev : evs) {
+        if (!chat) {
+          deltas.push_back(ev.text);
+          continue;
+        }
+        json d;
+        if (ev.kind == ReplyEvent::Kind::kText) {
+          if (!deltas.empty() && deltas.back().contains("content") && !deltas.back()["content"].is_null() &&
+              !deltas.back().contains("tool_calls")) {
+            deltas.back()["content"] = deltas.back()["content"].get<std::string>() + ev.text;
+            continue;
+          }
+          d = {{"content", ev.text}};
+        } else if (ev.kind == ReplyEvent::Kind::kCallStart) {
+          d = {{"tool_calls", json::array({{{"index", ev.index},
+                                            {"id", ev.id},
+                                            {"type", "function"},
+                                            {"function", {{"name", ev.name}, {"arguments", ""}}}}})}};
+        } else {
+          d = {{"tool_calls", json::array({{{"index", ev.index}, {"function", {{"arguments", ev.text}}}}})}};
+        }
+        if (!role_sent[static_cast<size_t>(i)]) {
+          d["role"] = "assistant";
+          if (ev.kind != ReplyEvent::Kind::kText) d["content"] = nullptr;
+          role_sent[static_cast<size_t>(i)] = true;
+        }
+        deltas.push_back(std::move(d));
+      }
+      if (deltas.empty() && !lps.empty()) deltas.push_back(chat ? json{{"content", ""}} : json(""));
+      if (!finish.empty() && chat && !role_sent[static_cast<size_t>(i)]) {
+        deltas.push_back(json{{"role", "assistant"}, {"content", ""}});
+        role_sent[static_cast<size_t>(i)] = true;
+      }
+      for (size_t k = 0; k < deltas.size(); ++k) {
+        json lp = nullptr;
+        if (r.logprobs && k + 1 == deltas.size()) lp = chat ? json{{"content", lps}} : legacy_from(lps);
+        if (!send(chunk(i, deltas[k], lp, nullptr))) return false;
+      }
+      if (!finish.empty() && !send(chunk(i, chat ? json::object() : json(""), nullptr, finish))) return false;
+      return true;
+    };
+    if (!run(job, on_events, [&] { return peer_open(fd, req); })) return false;
+    if (r.include_usage) {
+      json u{{"id", job.id},
+             {"object", chat ? "chat.completion.chunk" : "text_completion"},
+             {"created", job.created},
+             {"model", job.model},
+             {"choices", json::array()},
+             {"usage", usage(job)}};
+      if (!send(u)) return true;
+    }
+    const std::string done = "data: [DONE]\n\n";
+    sink.write(done.data(), done.size());
+    return true;
+  }
+
+  // Responses API events (event: TYPE / data: {...}).
+  bool stream_response(Job& job, httplib::DataSink& sink, int fd, const httplib::Request& req) {
+    ResponseBuilder rb(*job.rr, job.id, job.created, job.model);
+    auto send = [&](const std::vector<json>& evs) {
+      for (const json& e : evs) {
+        const std::string s = "event: " + e["type"].get<std::string>() + "\ndata: " + dump(e) + "\n\n";
+        if (!sink.write(s.data(), s.size())) return false;
+      }
+      return true;
+    };
+    if (!send(rb.start())) return false;
+    auto on_events = [&](int, const std::vector<ReplyEvent>& evs, const json&, const std::string&) {
+      for (const ReplyEvent& ev : evs)
+        if (!send(rb.on(ev))) return false;
+      return true;
+    };
+    if (!run(job, on_events, [&] { return peer_open(fd, req); })) return false;
+    send(rb.finish(job.choices[0].finish, response_usage(job)));
+    return true;
   }
 
   ServerOptions o_;
@@ -771,6 +839,7 @@ class Server {
   httplib::Server svr_;
   Metrics metrics_;
   std::string model_id_;
+  int32_t tool_calls_id_ = -1;  // v3's [TOOL_CALLS] control token
   int64_t created_ = static_cast<int64_t>(std::time(nullptr));
   std::atomic<bool> shutting_down_{false};
 };
@@ -798,6 +867,7 @@ int serve(const ServerOptions& o) {
   eo.parallel = o.parallel;
   eo.max_queue = o.max_queue;
   eo.repack = !o.no_repack;
+  eo.masker = std::make_shared<const grammar::TokenMasker>(grammar::vocabulary_of(**tok));
   auto eng = BatchEngine::load(eo);
   if (!eng) {
     std::fprintf(stderr, "mixtral: error: %s\n", eng.error().message.c_str());
