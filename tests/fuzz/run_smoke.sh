@@ -24,6 +24,7 @@ TARGETS=(
   "fuzz_sp_model:tests/tokenizer/fuzz/corpus/sp_model:"
   "fuzz_chat_template:tests/tokenizer/fuzz/corpus/chat_template:"
   "fuzz_tokenizer_encode:tests/tokenizer/fuzz/corpus/tokenizer_encode:"
+  "fuzz_gbnf:tests/fuzz/corpus/gbnf:"
 )
 
 failed=()
