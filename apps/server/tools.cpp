@@ -110,13 +110,24 @@ void ReplyReader::push_tool_calls_token() {
 std::vector<ReplyEvent> ReplyReader::push(std::string_view s) {
   std::vector<ReplyEvent> out;
   if (s.empty()) return out;
-  if (mode_ == Mode::kUndecided)
-    mode_ = fmt_ == ToolFormat::kGeneric && s.front() == '{' ? Mode::kCalls : Mode::kText;
+  const size_t from = text_.size();
   text_ += s;
+  if (mode_ == Mode::kUndecided) {
+    // White space first (a byte-fallback space the decoder keeps) is held: the first other byte tells.
+    const size_t first = text_.find_first_not_of(" \t\r\n");
+    if (first == std::string::npos) return out;
+    mode_ = fmt_ == ToolFormat::kGeneric && text_[first] == '{' ? Mode::kCalls : Mode::kText;
+    if (mode_ == Mode::kText) {
+      out.push_back({ReplyEvent::Kind::kText, 0, text_, "", ""});
+    } else {
+      scan(text_, out);
+    }
+    return out;
+  }
   if (mode_ == Mode::kText)
-    out.push_back({ReplyEvent::Kind::kText, 0, std::string(s), "", ""});
+    out.push_back({ReplyEvent::Kind::kText, 0, text_.substr(from), "", ""});
   else
-    scan(s, out);
+    scan(std::string_view(text_).substr(from), out);
   return out;
 }
 

@@ -247,6 +247,21 @@ TEST(ReplyReader, GenericCallsStreamedInPieces) {
   EXPECT_EQ(calls2[0].arguments, calls[0].arguments);
 }
 
+TEST(ReplyReader, LeadingWhiteSpaceIsHeldUntilTheFormIsKnown) {
+  ReplyReader calls(ToolFormat::kGeneric, true, counter_ids());
+  EXPECT_TRUE(calls.push(" ").empty());
+  EXPECT_TRUE(calls.push("\n").empty());
+  const auto c = calls_of(feed_bytewise(calls, R"({"tool_calls": [{"name": "a", "arguments": {}}]})"));
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_EQ(c[0].arguments, "{}");
+  EXPECT_TRUE(calls.finish().calls_complete);
+  ReplyReader text(ToolFormat::kGeneric, true, counter_ids());
+  EXPECT_TRUE(text.push("  ").empty());
+  std::string t;
+  calls_of(text.push("Hi"), &t);
+  EXPECT_EQ(t, "  Hi");
+}
+
 TEST(ReplyReader, GenericTextPassesThrough) {
   ReplyReader rd(ToolFormat::kGeneric, true, counter_ids());
   EXPECT_TRUE(rd.push("").empty());  // nothing known yet
