@@ -543,6 +543,7 @@ class Server {
         c.ts.emitted = to;
       }
       if (finished) {
+        for (auto& e : c.reader.flush()) evs.push_back(std::move(e));
         c.done = true;
         ++n_done;
         if (c.reader.finish().calls_complete) c.finish = "tool_calls";

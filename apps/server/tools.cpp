@@ -131,6 +131,15 @@ std::vector<ReplyEvent> ReplyReader::push(std::string_view s) {
   return out;
 }
 
+std::vector<ReplyEvent> ReplyReader::flush() {
+  std::vector<ReplyEvent> out;
+  if (mode_ == Mode::kUndecided && !text_.empty()) {
+    mode_ = Mode::kText;
+    out.push_back({ReplyEvent::Kind::kText, 0, text_, "", ""});
+  }
+  return out;
+}
+
 void ReplyReader::scan(std::string_view s, std::vector<ReplyEvent>& out) {
   std::string args_piece;  // arguments text of the current call in this push
   auto flush = [&] {

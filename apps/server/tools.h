@@ -51,6 +51,8 @@ class ReplyReader {
   ReplyReader(ToolFormat fmt, bool calls_possible, std::function<std::string()> make_id = make_call_id);
   // The next client-visible text.
   std::vector<ReplyEvent> push(std::string_view text);
+  // At the end of the reply: white space still held (a reply of nothing else) is released as text.
+  std::vector<ReplyEvent> flush();
   // The v3 [TOOL_CALLS] control token was generated.
   void push_tool_calls_token();
   bool in_calls() const { return mode_ == Mode::kCalls; }

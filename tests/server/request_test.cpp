@@ -260,6 +260,12 @@ TEST(ReplyReader, LeadingWhiteSpaceIsHeldUntilTheFormIsKnown) {
   std::string t;
   calls_of(text.push("Hi"), &t);
   EXPECT_EQ(t, "  Hi");
+  ReplyReader blank(ToolFormat::kGeneric, true, counter_ids());
+  EXPECT_TRUE(blank.push(" ").empty());
+  const auto f = blank.flush();
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].text, " ");
+  EXPECT_EQ(blank.finish().content.value_or("<null>"), " ");
 }
 
 TEST(ReplyReader, GenericTextPassesThrough) {
