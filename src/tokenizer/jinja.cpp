@@ -1302,6 +1302,27 @@ class Evaluator {
         for (const auto& kv : *v.dict) l.list->push_back(Value::string(kv.first));
       return l;
     }
+    // xs|select(test, args...), xs|reject(...), xs|selectattr("attr"[, test, args...]), xs|rejectattr(...):
+    // the items (or their attribute) passing the test; without a test, the truthy ones.
+    if (f == "select" || f == "reject" || f == "selectattr" || f == "rejectattr") {
+      const bool by_attr = f == "selectattr" || f == "rejectattr";
+      const bool keep_passing = f == "select" || f == "selectattr";
+      if (by_attr && args.empty()) fail(e.line, "'" + f + "' needs an attribute name");
+      const size_t t0 = by_attr ? 1 : 0;
+      const std::vector<Value> targs(args.begin() + std::min(args.size(), t0 + 1), args.end());
+      Value out = Value::new_list();
+      if (v.kind != Kind::kList) return out;
+      for (const Value& item : *v.list) {
+        Value x = item;
+        if (by_attr) {
+          const Value* a = item.kind == Kind::kDict ? item.get(to_str(args[0])) : nullptr;
+          x = a ? *a : Value{};
+        }
+        const bool pass = args.size() > t0 ? apply_test(to_str(args[t0]), x, targs, e.line) : truthy(x);
+        if (pass == keep_passing) out.list->push_back(item);
+      }
+      return out;
+    }
     if (f == "reverse") {
       if (v.kind == Kind::kString) return Value::string(std::string(v.s.rbegin(), v.s.rend()));
       if (v.kind == Kind::kList) {
@@ -1315,13 +1336,14 @@ class Evaluator {
   }
 
   bool test(const Expr& e) {
-    const std::string& t = e.name;
-    if (t == "defined" || t == "undefined") {
-      const bool defined = eval(*e.args[0]).kind != Kind::kUndefined;
-      return t == "defined" ? defined : !defined;
-    }
     const Value v = eval(*e.args[0]);
-    std::vector<Value> args = eval_args(e, 1);
+    return apply_test(e.name, v, eval_args(e, 1), e.line);
+  }
+
+  // The test `t` (is t(args...)) on a value; also what select/reject and selectattr/rejectattr apply.
+  bool apply_test(const std::string& t, const Value& v, const std::vector<Value>& args, int line) {
+    if (t == "defined") return v.kind != Kind::kUndefined;
+    if (t == "undefined") return v.kind == Kind::kUndefined;
     if (t == "none") return v.kind == Kind::kNone;
     if (t == "string") return v.kind == Kind::kString;
     if (t == "number") return v.kind == Kind::kInt || v.kind == Kind::kFloat;
@@ -1334,12 +1356,12 @@ class Evaluator {
     if (t == "sequence" || t == "iterable")
       return v.kind == Kind::kList || v.kind == Kind::kString || (t == "iterable" && v.kind == Kind::kDict);
     if (t == "even" || t == "odd") {
-      if (v.kind != Kind::kInt) fail(e.line, "'" + t + "' needs an integer");
+      if (v.kind != Kind::kInt) fail(line, "'" + t + "' needs an integer");
       return (v.i % 2 == 0) == (t == "even");
     }
     if ((t == "eq" || t == "equalto" || t == "sameas") && !args.empty()) return equal(v, args[0]);
     if (t == "ne" && !args.empty()) return !equal(v, args[0]);
-    fail(e.line, "unsupported test '" + t + "'");
+    fail(line, "unsupported test '" + t + "'");
   }
 
   Value binary(const Expr& e) {

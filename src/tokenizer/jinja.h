@@ -6,8 +6,9 @@
 //   literals, lists, dicts, names, .attr, [index], [a:b] slices, calls, `a if c else b`, or/and/not,
 //   == != < > <= >= in, not in, is [not] <test>, + - * / // % ~, filters |trim |length |lower |upper
 //   |capitalize |title |string |int |float |first |last |join |default |tojson |replace |list |reverse
-//   |safe |abs |count, string methods strip/lstrip/rstrip/startswith/endswith/lower/upper/split/replace,
-//   dict methods items/keys/values/get, functions raise_exception, namespace, range.
+//   |safe |abs |count |select |reject |selectattr |rejectattr (with a test name and its arguments), string
+//   methods strip/lstrip/rstrip/startswith/endswith/lower/upper/split/replace, dict methods
+//   items/keys/values/get, functions raise_exception, namespace, range.
 #pragma once
 
 #include <cstdint>

@@ -430,6 +430,21 @@ TEST(ChatJinja, ToolsAndCallsInTemplateContext) {
       *r,
       "function:get_weather:string;user=hi|assistant[abc function get_weather Paris {\"city\": \"Paris\"}]=|"
       "tool(abc get_weather)=21|");
+  // selectattr / rejectattr, as Mistral's tool templates use them (user_messages, tool-free history).
+  Tokenizer::Vocab v2 = v;
+  v2.chat_template =
+      "{% set users = messages|selectattr('role', 'equalto', 'user')|list %}{{ users|length }} "
+      "{{ users[-1].content }} {% for m in messages|rejectattr('role', 'equalto', 'tool')"
+      "|selectattr('tool_calls', 'undefined') %}{{ m.role }},{% endfor %} "
+      "{{ messages|selectattr('tool_calls')|list|length }} {{ [0, 1, none, 'x']|select|list|length }} "
+      "{{ [1, 2, 3, 4]|reject('even')|join('-') }}";
+  auto tok2 = Tokenizer::from_vocab(v2, "test");
+  ASSERT_TRUE(tok2.ok()) << tok2.error().message;
+  const Msgs h = {msg("user", "a"), calls({{"abc", "f", "{}"}}), result("abc", "r"), msg("assistant", "b"),
+                  msg("user", "c")};
+  auto r2 = (*tok2)->render_chat_template(h);
+  ASSERT_TRUE(r2.ok()) << r2.error().message;
+  EXPECT_EQ(*r2, "2 c user,assistant,user, 1 2 1-3");  // what Jinja2 prints for the same template
   auto none = (*tok)->render_chat_template({msg("user", "hi")});
   ASSERT_TRUE(none.ok()) << none.error().message;
   EXPECT_EQ(*none, "no tools;user=hi|");
