@@ -642,6 +642,66 @@ std::pair<long, long> re_length(const Re& r) {
   return {0, 0};
 }
 
+bool re_nullable(const Re& r) {
+  switch (r.kind) {
+    case Re::kSet:
+      return false;
+    case Re::kSeq:
+      for (const auto& k : r.kids)
+        if (!re_nullable(k)) return false;
+      return true;
+    case Re::kAlt:
+      for (const auto& k : r.kids)
+        if (re_nullable(k)) return true;
+      return false;
+    case Re::kRep:
+      return r.min == 0 || re_nullable(r.kids[0]);
+  }
+  return false;
+}
+
+// The same language without the empty string (parse_gbnf refuses repeating what can match nothing).
+Re re_nonempty(const Re& r) {
+  switch (r.kind) {
+    case Re::kSet:
+      return r;
+    case Re::kAlt: {
+      Re out(Re::kAlt);
+      for (const auto& k : r.kids) out.kids.push_back(re_nonempty(k));
+      return out;
+    }
+    case Re::kSeq: {
+      // the first element that writes something is element i; those before it write nothing
+      Re out(Re::kAlt);
+      for (size_t i = 0; i < r.kids.size(); ++i) {
+        Re alt(Re::kSeq);
+        alt.kids.push_back(re_nonempty(r.kids[i]));
+        for (size_t j = i + 1; j < r.kids.size(); ++j) alt.kids.push_back(r.kids[j]);
+        out.kids.push_back(std::move(alt));
+        if (!re_nullable(r.kids[i])) break;
+      }
+      return out;
+    }
+    case Re::kRep: {
+      // X{m,n} without the empty string: X' X'{0,n-1} where X' = X without the empty string (when X can
+      // match nothing, any of the m copies may, so the lower count drops to one)
+      const Re& x = r.kids[0];
+      const bool null_x = re_nullable(x);
+      Re xp = null_x ? re_nonempty(x) : x;
+      if (r.max == 0) return Re(Re::kAlt);  // the empty language
+      Re out(Re::kSeq);
+      out.kids.push_back(xp);
+      Re more(Re::kRep);
+      more.min = null_x ? 0 : std::max(r.min - 1, 0);
+      more.max = r.max < 0 ? -1 : r.max - 1;
+      more.kids.push_back(xp);
+      out.kids.push_back(std::move(more));
+      return out;
+    }
+  }
+  return r;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Integer ranges as digit grammars.
 
@@ -1493,6 +1553,41 @@ class Compiler {
     return rule("value", join(alts, " | "));
   }
 
+  // x repeated between mn and mx times (mx -1: unbounded) with counts within parse_gbnf's limit of 1000
+  // per {m,n}: larger counts are built from blocks of 1000 (exact, up to 10^6).
+  std::string repeat(const std::string& x, long mn, long mx) {
+    constexpr long kMax = 1000;
+    const std::string unit = x;  // a rule name or a parenthesized group
+    auto exact = [&](long m) -> std::string {
+      if (m == 0) return "";
+      if (m <= kMax) return m == 1 ? unit : unit + "{" + std::to_string(m) + "}";
+      const std::string block = rule("rep", unit + "{" + std::to_string(kMax) + "}");
+      const long q = m / kMax, r = m % kMax;
+      return block + (q == 1 ? "" : "{" + std::to_string(q) + "}") +
+             (r ? " " + unit + "{" + std::to_string(r) + "}" : "");
+    };
+    auto upto = [&](long k) -> std::string {  // 0..k more
+      if (k == 0) return "";
+      if (k == 1) return unit + "?";
+      if (k <= kMax) return unit + "{0," + std::to_string(k) + "}";
+      const std::string block = rule("rep", unit + "{" + std::to_string(kMax) + "}");
+      const long q = k / kMax, r = k % kMax;
+      const std::string low =
+          (q - 1 >= 1 ? block + "{0," + std::to_string(q - 1) + "} " : "") + unit + "{0,999}";
+      const std::string high = block + (q == 1 ? "" : "{" + std::to_string(q) + "}") +
+                               (r ? " " + unit + "{0," + std::to_string(r) + "}" : "");
+      return "( " + low + " | " + high + " )";
+    };
+    std::string a = exact(mn);
+    std::string b;
+    if (mx < 0)
+      b = unit + "*";
+    else
+      b = upto(mx - mn);
+    if (a.empty() && b.empty()) return "\"\"";
+    return a.empty() ? b : b.empty() ? a : a + " " + b;
+  }
+
   static std::string join(const std::vector<std::string>& v, const std::string& sep) {
     std::string out;
     for (size_t i = 0; i < v.size(); ++i) out += (i ? sep : "") + v[i];
@@ -1777,8 +1872,7 @@ class Compiler {
       if (hi == 0 || (!item && lo == 0)) return std::string();
       if (!item) return std::nullopt;
       const std::string unit = "( " + w + " \",\" " + w + " " + *item + " )";
-      if (hi < 0) return unit + (lo == 0 ? "*" : lo == 1 ? "+" : "{" + std::to_string(lo) + ",}");
-      return unit + "{" + std::to_string(lo) + "," + std::to_string(hi) + "}";
+      return repeat(unit, lo, hi);
     };
     // tail(i) for i in [1, k]
     std::vector<std::optional<std::string>> tail(static_cast<size_t>(k) + 2);
@@ -1857,9 +1951,7 @@ class Compiler {
     }
     b_.string();
     if (mn == 0 && mx < 0) return "json-string";
-    std::string rep = mx < 0 ? (mn == 1 ? "+" : "{" + std::to_string(mn) + ",}")
-                             : "{" + std::to_string(mn) + "," + std::to_string(mx) + "}";
-    return rule("str", "\"\\\"\" json-char" + rep + " \"\\\"\"");
+    return rule("str", "\"\\\"\" " + repeat("json-char", mn, mx) + " \"\\\"\"");
   }
 
   std::optional<std::string> regex_gbnf(const Re& r) {
@@ -1883,15 +1975,19 @@ class Compiler {
         return "( " + join(alts, " | ") + " )";
       }
       case Re::kRep: {
+        if (re_nullable(r.kids[0])) {
+          // X nullable: X{m,n} = X'{0,n} with X' = X without the empty string
+          Re rep(Re::kRep);
+          rep.min = 0;
+          rep.max = r.max;
+          rep.kids.push_back(re_nonempty(r.kids[0]));
+          return regex_gbnf(rep);
+        }
         auto e = regex_gbnf(r.kids[0]);
         if (!e) return r.min == 0 ? std::optional<std::string>("\"\"") : std::nullopt;
         std::string inner = rule("re", *e);
-        if (r.min == 0 && r.max < 0) return inner + "*";
         if (r.min == 1 && r.max < 0) return inner + "+";
-        if (r.min == 0 && r.max == 1) return inner + "?";
-        if (r.max < 0) return inner + "{" + std::to_string(r.min) + ",}";
-        if (r.min == r.max) return inner + "{" + std::to_string(r.min) + "}";
-        return inner + "{" + std::to_string(r.min) + "," + std::to_string(r.max) + "}";
+        return "( " + repeat(inner, r.min, r.max) + " )";
       }
     }
     return std::nullopt;
@@ -1944,7 +2040,7 @@ class Compiler {
     // email: dot-atom local part @ a dotted domain of letters, digits and hyphens
     fixed("fmt-atom", "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]+");
     fixed("fmt-label", "[a-zA-Z0-9] ( [a-zA-Z0-9-]* [a-zA-Z0-9] )?");
-    return fixed("fmt-email", "fmt-atom ( \".\" fmt-atom )* \"@\" fmt-label ( \".\" fmt-label )*");
+    return fixed("fmt-email", "fmt-atom ( \".\" fmt-atom )* \"@\" fmt-label ( \".\" fmt-label )+");
   }
 
   // --- numbers ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ TARGETS=(
   "fuzz_gguf:tests/fuzz/corpus/gguf:tests/fuzz/gguf.dict"
   "fuzz_safetensors:tests/fuzz/corpus/safetensors:tests/fuzz/safetensors.dict"
   "fuzz_json_config:tests/fuzz/corpus/json:tests/fuzz/json.dict"
+  "fuzz_json_schema:tests/fuzz/corpus/json_schema:tests/fuzz/json_schema.dict"
   "fuzz_sp_model:tests/tokenizer/fuzz/corpus/sp_model:"
   "fuzz_chat_template:tests/tokenizer/fuzz/corpus/chat_template:"
   "fuzz_tokenizer_encode:tests/tokenizer/fuzz/corpus/tokenizer_encode:"

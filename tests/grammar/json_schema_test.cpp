@@ -122,6 +122,13 @@ TEST(JsonSchema, Strings) {
   EXPECT_TRUE(accepts(g, R"("\ud83d\ude00x")"));        // a surrogate pair is one code point
   EXPECT_FALSE(accepts(g, R"("abcd")"));
   EXPECT_FALSE(accepts(g, R"("\ud83dx")"));  // a lone surrogate
+  // counts above parse_gbnf's 1000 per repetition are built from blocks, exactly
+  auto big = compile(json::parse(R"({"type": "string", "minLength": 1500, "maxLength": 2500})"));
+  for (size_t n : {1499, 1500, 2000, 2499, 2500, 2501})
+    EXPECT_EQ(accepts(big, "\"" + std::string(n, 'x') + "\""), n >= 1500 && n <= 2500) << n;
+  auto wide = compile(json::parse(R"({"type": "string", "maxLength": 3001})"));
+  for (size_t n : {0, 999, 1000, 1001, 2999, 3000, 3001, 3002})
+    EXPECT_EQ(accepts(wide, "\"" + std::string(n, 'x') + "\""), n <= 3001) << n;
 }
 
 TEST(JsonSchema, Patterns) {
