@@ -1106,7 +1106,8 @@ class Compiler {
   // Does this schema carry any key other than annotations (and `except`)?
   static bool has_constraints(const json& s, const std::set<std::string>& except) {
     for (auto it = s.begin(); it != s.end(); ++it)
-      if (constraining_key(it.key()) && !except.count(it.key())) return true;
+      if ((constraining_key(it.key()) || (it.key() == "format" && is_known_format(*it))) && !except.count(it.key()))
+        return true;
     return false;
   }
 

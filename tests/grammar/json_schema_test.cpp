@@ -179,6 +179,11 @@ TEST(JsonSchema, Formats) {
   auto em = compile(json::parse(R"({"type": "string", "format": "email"})"));
   EXPECT_TRUE(accepts(em, R"("a.b+c@example.org")"));
   EXPECT_FALSE(accepts(em, R"("a@")"));
+  // without a type, format constrains strings only
+  auto untyped = compile(json::parse(R"({"format": "date"})"));
+  EXPECT_TRUE(accepts(untyped, "12"));
+  EXPECT_FALSE(accepts(untyped, R"("2024-13-01")"));
+  EXPECT_TRUE(accepts(untyped, R"("2024-12-01")"));
   // an unknown format is an annotation
   auto uri = compile(json::parse(R"({"type": "string", "format": "x-custom"})"));
   EXPECT_TRUE(accepts(uri, R"("anything")"));
