@@ -6,8 +6,9 @@
 //  * the schema is refused: the message must name an unsupported keyword ("keyword 'k' is not
 //    supported"), counted per keyword; or say the schema admits no value, and then every instance
 //    must be invalid.
-// Instances the output layout cannot write are excluded and counted by reason (never silently): numbers
-// beyond the digit policy (16 integer, 16 fraction digits).
+// Instances excluded are counted by reason (never silently): numbers the output layout cannot write
+// (beyond 16 integer / 16 fraction digits), and the 2020-12 cases that expect `format` to be an
+// annotation only (the compiler asserts date, time, date-time, uuid, email and ipv4).
 // Serialization: the compiler's documented layout — numbers canonical (integral values without fraction),
 // strings with JSON.stringify's escapes, object keys sorted with the names listed in some `properties`
 // of the schema first (the grammar writes listed properties before additional ones).
@@ -222,6 +223,13 @@ int main(int argc, char** argv) {
         collect_property_names(schema, listed);
         for (const auto& t : g["tests"]) {
           const bool valid = t["valid"].get<bool>();
+          // The compiler asserts the formats it knows (the issue asks for it; 2020-12 makes that the
+          // format-assertion vocabulary's behaviour): the suite's annotation-only cases are excluded.
+          if (t["description"].get<std::string>().find("only an annotation by default") != std::string::npos) {
+            ++st.excluded;
+            ++excluded_by_reason["format asserted, the suite expects annotation only"];
+            continue;
+          }
           bool representable = true;
           for (int indent : {0, 2}) {
             std::string inst;
