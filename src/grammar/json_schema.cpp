@@ -1106,7 +1106,8 @@ class Compiler {
   // Does this schema carry any key other than annotations (and `except`)?
   static bool has_constraints(const json& s, const std::set<std::string>& except) {
     for (auto it = s.begin(); it != s.end(); ++it)
-      if ((constraining_key(it.key()) || (it.key() == "format" && is_known_format(*it))) && !except.count(it.key()))
+      if ((constraining_key(it.key()) || (it.key() == "format" && is_known_format(*it))) &&
+          !except.count(it.key()))
         return true;
     return false;
   }
@@ -1338,6 +1339,10 @@ class Compiler {
     }
     if (t == "array") {
       auto [prefix, items] = array_parts(s, ptr);
+      if (s.value("uniqueItems", false) == true)
+        for (size_t i = 0; i < v.size(); ++i)
+          for (size_t j = i + 1; j < v.size(); ++j)
+            if (v[i] == v[j]) return false;
       if (auto m = s.find("minItems"); m != s.end() && m->is_number() && double(v.size()) < m->get<double>())
         return false;
       if (auto m = s.find("maxItems"); m != s.end() && m->is_number() && double(v.size()) > m->get<double>())
@@ -1372,7 +1377,7 @@ class Compiler {
       const std::string& k = it.key();
       if (!kUnsupported.count(k)) continue;
       const json& v = it.value();
-      if (k == "uniqueItems" && v == false) continue;
+      if (k == "uniqueItems") continue;  // enforced in compile_array where it can be, refused there if not
       if ((k == "minProperties" || k == "minContains") && v.is_number() && v.get<double>() <= 0) continue;
       if (k == "minProperties" && v.is_number() && s.contains("required") && s["required"].is_array() &&
           v.get<double>() <= double(s["required"].size())) {
@@ -1839,6 +1844,61 @@ class Compiler {
     return rule("key-x", "\"\\\"\" " + build(0));
   }
 
+  // uniqueItems over items with a small finite set of values (an enum, const, boolean or null): one rule
+  // per set of values already written, so no value repeats.
+  std::optional<std::string> unique_array(const json* items, long mn, long mx, const std::string& ptr,
+                                          int depth) {
+    constexpr size_t kMaxValues = 8;
+    const std::string why = "only for items with at most 8 possible values (enum, const, boolean, null)";
+    if (!items) unsupported(ptr, "uniqueItems", why);
+    const json f = flatten(*items, ptr + "/items", depth + 1);
+    std::vector<json> cands;
+    if (f.is_object() && (f.contains("enum") || f.contains("const"))) {
+      if (f.contains("const")) cands.push_back(f["const"]);
+      if (f.contains("enum") && f["enum"].is_array())
+        for (const auto& v : f["enum"]) cands.push_back(v);
+    } else if (f.is_object() && f.contains("type") &&
+               f.size() <= size_t{2} + (f.contains("nullable") ? 1 : 0)) {
+      const auto t = type_set(f);
+      if (t.size() <= 2 && !t.count("number") && !t.count("integer") && !t.count("string") &&
+          !t.count("object") && !t.count("array")) {
+        if (t.count("boolean")) cands.insert(cands.end(), {json(true), json(false)});
+        if (t.count("null")) cands.push_back(nullptr);
+      }
+    }
+    if (cands.empty() && !(f.is_boolean() && !f.get<bool>())) unsupported(ptr, "uniqueItems", why);
+    std::vector<std::string> lits;
+    std::set<std::string> seen;
+    for (const auto& v : cands) {
+      if (!valid(v, *items, ptr + "/items", depth + 1)) continue;
+      auto lit = value_literal(v, ptr);
+      if (lit && seen.insert(*lit).second) lits.push_back(*lit);
+    }
+    if (lits.size() > kMaxValues) unsupported(ptr, "uniqueItems", why);
+    const std::string w = b_.ws();
+    const size_t n = lits.size();
+    // after(mask): the rest of the array once the values in mask were written (at least one)
+    std::vector<std::string> after(size_t{1} << n);
+    for (size_t mask = (size_t{1} << n) - 1; mask > 0; --mask) {
+      const long count = __builtin_popcountll(mask);
+      std::vector<std::string> alts;
+      if (mx < 0 || count < mx)
+        for (size_t i = 0; i < n; ++i)
+          if (!(mask & (size_t{1} << i)) && !after[mask | (size_t{1} << i)].empty())
+            alts.push_back(w + " \",\" " + w + " " + lits[i] + " " + after[mask | (size_t{1} << i)]);
+      const bool can_stop = count >= mn;
+      if (alts.empty() && !can_stop) continue;  // dead end: after[mask] stays empty
+      after[mask] = rule("uniq", alts.empty() ? "\"\"" : join(alts, " | ") + (can_stop ? " | \"\"" : ""));
+    }
+    std::vector<std::string> alts;
+    for (size_t i = 0; i < n; ++i)
+      if (!after[size_t{1} << i].empty())
+        alts.push_back("\"[\" " + w + " " + lits[i] + " " + after[size_t{1} << i] + " " + w + " \"]\"");
+    if (mn == 0) alts.push_back("\"[\" " + w + " \"]\"");
+    if (alts.empty()) return std::nullopt;
+    return rule("arr", join(alts, " | "));
+  }
+
   std::optional<std::string> compile_array(const json& s, const std::string& ptr, int depth) {
     const std::string w = b_.ws();
     auto [prefix, rest_schema] = array_parts(s, ptr);
@@ -1856,6 +1916,8 @@ class Compiler {
     if (mx >= 0 && mn > mx) return std::nullopt;
     if (mn > 100000 || mx > 100000)
       unsupported(ptr, mn > 100000 ? "minItems" : "maxItems", "more than 100000 items");
+    if (s.value("uniqueItems", false) == true && !(mx >= 0 && mx <= 1))
+      return unique_array(prefix.empty() ? rest_schema : nullptr, mn, mx, ptr, depth);
     std::vector<std::optional<std::string>> pre;
     for (size_t i = 0; i < prefix.size(); ++i)
       pre.push_back(compile(*prefix[i], ptr + "/prefixItems/" + std::to_string(i), depth + 1));
