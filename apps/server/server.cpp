@@ -163,6 +163,7 @@ class Server {
       : o_(o), tok_(std::move(tok)), eng_(std::move(eng)) {
     model_id_ = std::filesystem::path(o.model).filename().string();
     if (tok_->has_tool_tokens()) tool_calls_id_ = tok_->piece_to_id("[TOOL_CALLS]");
+    byte_space_id_ = tok_->piece_to_id("<0x20>");
   }
 
   httplib::Server& http() { return svr_; }
@@ -366,6 +367,7 @@ class Server {
     int64_t completion_tokens = 0, cached_tokens = 0;
     std::string finish = "length";
     bool done = false;
+    bool at_start = true;  // no token with bytes yet
   };
 
   // A request admitted to the engine: its choices and where their events arrive.
@@ -475,6 +477,7 @@ class Server {
     };
     auto next_beat = Clock::now() + kHeartbeat;
     const int32_t tool_calls_id = tool_calls_id_;
+    const bool lead_space = r.chat && r.params.grammar != nullptr;
     while (n_done < n) {
       std::optional<std::pair<int, TokenEvent>> item;
       for (;;) {
@@ -511,8 +514,13 @@ class Server {
       if (ev.token >= 0 && !c.ts.stopped) {
         ++c.completion_tokens;
         if (ev.token == tool_calls_id) c.reader.push_tool_calls_token();
+        // A chat grammar allows one leading space for the dummy prefix the decoder drops; when the model
+        // spells it as the byte token <0x20> instead, the decoder keeps it: drop it here, so the client
+        // sees exactly a sentence of the grammar.
+        const bool skip = c.at_start && lead_space && ev.token == byte_space_id_;
+        if (tok_->type(ev.token) != TokenType::kControl) c.at_start = false;
         auto piece = c.dec.push(ev.token);
-        if (piece) push_text(c.ts, *piece, r.stop);
+        if (piece && !skip) push_text(c.ts, *piece, r.stop);
         if (r.logprobs) {
           json e = token_logprob(ev.token, ev.logprob);
           json top = json::array();
@@ -841,6 +849,7 @@ class Server {
   Metrics metrics_;
   std::string model_id_;
   int32_t tool_calls_id_ = -1;  // v3's [TOOL_CALLS] control token
+  int32_t byte_space_id_ = -1;  // the byte-fallback token of " "
   int64_t created_ = static_cast<int64_t>(std::time(nullptr));
   std::atomic<bool> shutting_down_{false};
 };
