@@ -706,7 +706,9 @@ Re re_nonempty(const Re& r) {
 // Integer ranges as digit grammars.
 
 std::string pow10_str(int n) {
-  return "1" + std::string(static_cast<size_t>(n), '0');
+  std::string s(static_cast<size_t>(n) + 1, '0');
+  s[0] = '1';
+  return s;
 }
 
 // Same-length digit strings lo <= hi: alternatives for every string between them.
@@ -977,6 +979,13 @@ class Compiler {
     if (!schema_error_.empty()) throw Refusal{schema_error_};
     auto r = compile(root_, "", 0);
     if (!r) refuse("", "the schema admits no value");
+    while (!pending_.empty()) {
+      const Pending p = pending_.back();
+      pending_.pop_back();
+      ref_nesting_ = 0;
+      auto body = compile(*p.target, p.ptr, 0);
+      b_.define(p.name, body ? *body : std::string(kNothing));
+    }
     return *r;
   }
 
@@ -1466,13 +1475,21 @@ class Compiler {
         if (!it->second) return std::nullopt;
         return *it->second;
       }
+      check_rules();
       const std::string name = b_.reserve(prefix_ + "-ref" + tptr);
       ref_rules_[tptr] = name;
-      auto body = compile(t, tptr, depth + 1);
+      if (ref_nesting_ >= kEagerRefs) {
+        // Deep chains of references are compiled from a work list (bounded stack); their emptiness is
+        // then not propagated (an empty target becomes a rule that matches nothing).
+        pending_.push_back({&t, tptr, name});
+        return name;
+      }
+      ++ref_nesting_;
+      auto body = compile(t, tptr, 0);
+      --ref_nesting_;
       if (!body) {
-        // The empty language: a rule nobody can use (kept, so the grammar stays well-formed).
         ref_rules_[tptr] = std::nullopt;
-        b_.define(name, "[^\\x00-\\U0010FFFF]");
+        b_.define(name, kNothing);
         return std::nullopt;
       }
       b_.define(name, *body);
@@ -2187,7 +2204,9 @@ class Compiler {
       with_frac(li, lfb, FracB{});
       const std::string a = dec_add(li, 1);
       if (dec_less(a, hi_i) || a == hi_i) {
-        if (a != hi_i) alts.push_back(uint_range(a, dec_add(hi_i, -1)) + " ( \".\" [0-9]{1,16} )?");
+        if (a != hi_i)
+          alts.push_back(uint_range(a, dec_add(hi_i, -1)) + " ( \".\" " +
+                         b_.fixed("json-digits-16", "[0-9]{1,16}") + " )?");
       }
       with_frac(hi_i, FracB{}, hfb);
     }
@@ -2219,7 +2238,8 @@ class Compiler {
     out.empty_ok = lo_ok && hi_ok;
     if (budget > 0) {
       if (!lo.on && !hi.on) {
-        out.expr = "[0-9]{1," + std::to_string(budget) + "}";
+        out.expr =
+            b_.fixed("json-digits-" + std::to_string(budget), "[0-9]{1," + std::to_string(budget) + "}");
       } else {
         const int lo_d = lo.on ? (lo.digits.empty() ? 0 : lo.digits[0] - '0') : -1;
         const int hi_d = hi.on ? (hi.digits.empty() ? 0 : hi.digits[0] - '0') : 10;
@@ -2259,6 +2279,15 @@ class Compiler {
   }
 
   static inline const json kFalse = false;
+  static constexpr int kEagerRefs = 16;
+  // The empty language: a rule nobody can use (kept, so the grammar stays well-formed).
+  static constexpr const char* kNothing = "[^\\x00-\\U0010FFFF]";
+  struct Pending {
+    const json* target;
+    std::string ptr, name;
+  };
+  std::vector<Pending> pending_;
+  int ref_nesting_ = 0;
   RuleTable& b_;
   const json& root_;
   std::string prefix_;
