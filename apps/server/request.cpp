@@ -328,7 +328,23 @@ Tool parse_function(const json& fn, const std::string& param, bool default_stric
   t.schema_param = p + "parameters";
   t.schema = present(fn, "parameters") ? schema_field(fn["parameters"], t.schema_param)
                                        : json{{"type", "object"}, {"properties", json::object()}};
-  t.spec.parameters = t.schema.dump();
+  t.spec.parameters = t.schema.dump();  // the prompt shows them as given
+  // Arguments are a JSON object (OpenAI's and mistral-common's rule): the grammar's schema says so.
+  if (t.schema.is_boolean()) {
+    if (!t.schema.get<bool>())
+      throw BadRequest{"'" + t.schema_param + "' admits no arguments (false)", t.schema_param};
+    t.schema = json{{"type", "object"}};
+  } else if (!t.schema.contains("type")) {
+    t.schema["type"] = "object";
+  } else {
+    const json& ty = t.schema["type"];
+    const bool object =
+        ty == "object" || (ty.is_array() && std::find(ty.begin(), ty.end(), "object") != ty.end());
+    if (!object)
+      throw BadRequest{"'" + t.schema_param + "' must describe a JSON object (type \"object\")",
+                       t.schema_param};
+    t.schema["type"] = "object";
+  }
   t.strict = get_bool(fn, "strict", default_strict, p);
   return t;
 }

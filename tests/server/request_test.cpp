@@ -137,6 +137,15 @@ TEST(RequestFields, ToolsAndToolChoice) {
   bad["type"] = "code_interpreter";
   EXPECT_EQ(chat_param(chat_body({{"tools", {kWeather, bad}}})), "tools[1].type");
   EXPECT_EQ(chat_param(chat_body({{"tools", {kWeather, kWeather}}})), "tools[1]");
+  // arguments are an object: parameters without a type are read as objects, another type is refused
+  bad = kWeather;
+  bad["function"]["parameters"] = {{"type", "string"}};
+  EXPECT_EQ(chat_param(chat_body({{"tools", {bad}}})), "tools[0].function.parameters");
+  bad["function"]["parameters"] = true;
+  EXPECT_EQ(parse_chat_request(chat_body({{"tools", {bad}}}), 4096).tools[0].schema,
+            json({{"type", "object"}}));
+  bad["function"]["parameters"] = json::object();
+  EXPECT_EQ(parse_chat_request(chat_body({{"tools", {bad}}}), 4096).tools[0].spec.parameters, "{}");
   EXPECT_EQ(chat_param(chat_body({{"tools", json::array({kWeather})}, {"grammar", "root ::= \"a\""}})),
             "grammar");
   json many = json::array();
