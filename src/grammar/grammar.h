@@ -109,9 +109,10 @@ class TokenMasker {
 
   // Counters since construction (benchmarks, logs).
   struct Stats {
-    uint64_t hits = 0;    // masks served from the cache
-    uint64_t misses = 0;  // masks computed
-    uint64_t class_runs = 0;  // of those, computed with the class-run shortcut (token_mask.cpp)
+    uint64_t hits = 0;          // masks served from the cache
+    uint64_t misses = 0;        // masks computed
+    uint64_t class_runs = 0;    // of those, computed with the class-run shortcut (token_mask.cpp)
+    uint64_t subtree_runs = 0;  // trie subtrees below the root done by the same shortcut
   };
   Stats stats() const;
   void clear_cache() const;

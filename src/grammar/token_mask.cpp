@@ -25,12 +25,15 @@ namespace {
 struct Trie {
   struct NodeInfo {
     uint32_t child_begin = 0, child_count = 0;
-    uint32_t tok_begin = 0, tok_count = 0;
+    uint32_t tok_begin = 0, tok_count = 0;  // tokens ending here: toks[tok_begin, +tok_count)
+    uint32_t sub_end = 0;                   // tokens in the subtree: toks[tok_begin, sub_end)
   };
   std::vector<NodeInfo> nodes;       // [0]: the root (empty string)
   std::vector<uint8_t> child_byte;   // [n_edges]
   std::vector<uint32_t> child_node;  // [n_edges]
   std::vector<int32_t> toks;
+  std::vector<uint32_t>
+      toks_len;  // [toks] length of the string the trie holds for it (a suffix of its bytes)
 
   void build(std::vector<std::pair<std::string_view, int32_t>> entries) {
     std::sort(entries.begin(), entries.end());
@@ -38,6 +41,7 @@ struct Trie {
     child_byte.clear();
     child_node.clear();
     toks.clear();
+    toks_len.clear();
     nodes.emplace_back();
     build_node(0, entries, 0, entries.size(), 0);
   }
@@ -47,7 +51,10 @@ struct Trie {
                   size_t hi, size_t depth) {
     size_t i = lo;
     nodes[id].tok_begin = static_cast<uint32_t>(toks.size());
-    while (i < hi && e[i].first.size() == depth) toks.push_back(e[i++].second);
+    while (i < hi && e[i].first.size() == depth) {
+      toks_len.push_back(static_cast<uint32_t>(depth));
+      toks.push_back(e[i++].second);
+    }
     nodes[id].tok_count = static_cast<uint32_t>(toks.size()) - nodes[id].tok_begin;
     // Groups by the byte at `depth`.
     std::vector<std::pair<size_t, size_t>> groups;
@@ -66,8 +73,36 @@ struct Trie {
     }
     for (size_t gi = 0; gi < groups.size(); ++gi)
       build_node(child_node[nodes[id].child_begin + gi], e, groups[gi].first, groups[gi].second, depth + 1);
+    nodes[id].sub_end = static_cast<uint32_t>(toks.size());
   }
 };
+
+// Bytes at the start of b that are whole UTF-8 characters of c.
+size_t class_prefix(const CodeClass& c, std::string_view b) {
+  size_t i = 0;
+  while (i < b.size()) {
+    const auto b0 = static_cast<uint8_t>(b[i]);
+    uint32_t cp, len, val;
+    if (b0 < 0x80) {
+      cp = b0, len = 1;
+    } else {
+      if (!utf8_lead(b0, len, val) || i + len > b.size()) break;
+      bool ok = true;
+      for (uint32_t k = 1; k < len; ++k) {
+        const auto bk = static_cast<uint8_t>(b[i + k]);
+        ok = ok && (bk & 0xC0) == 0x80;
+        val = val << 6 | (bk & 0x3Fu);
+      }
+      uint32_t lo, hi;
+      utf8_span(val, len, 0, lo, hi);
+      if (!ok || lo > hi) break;
+      cp = val;
+    }
+    if (!c.contains(cp)) break;
+    i += len;
+  }
+  return i;
+}
 
 // Per code-point class: tokens made only of whole characters of the class, and the others' remainders.
 struct ClassData {
@@ -75,7 +110,26 @@ struct ClassData {
   Trie rest;
 };
 
-constexpr int kBroadClass = 64;  // classes starting with at least this many bytes get ClassData
+constexpr int kBroadClass = 64;       // classes starting with at least this many bytes get ClassData
+constexpr uint32_t kSubtreeRun = 24;  // trie subtrees this big are checked for a class run below the root
+
+void append_utf8(uint32_t cp, std::string& out) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
 
 int popcount4(const std::array<uint64_t, 4>& a) {
   return __builtin_popcountll(a[0]) + __builtin_popcountll(a[1]) + __builtin_popcountll(a[2]) +
@@ -104,7 +158,7 @@ struct TokenMasker::Impl {
   mutable std::list<CacheEntry> lru;  // most recent first
   mutable std::unordered_multimap<uint64_t, std::list<CacheEntry>::iterator> index;
   mutable std::unordered_map<uint64_t, std::shared_ptr<const ClassData>> class_data;  // by class hash
-  mutable std::atomic<uint64_t> hits{0}, misses{0}, class_runs{0};
+  mutable std::atomic<uint64_t> hits{0}, misses{0}, class_runs{0}, subtree_runs{0};
 
   std::shared_ptr<const ClassData> class_data_for(const CodeClass& c) const;
   void compute(const Matcher::State& s, std::vector<uint32_t>& mask) const;
@@ -123,28 +177,7 @@ std::shared_ptr<const ClassData> TokenMasker::Impl::class_data_for(const CodeCla
   for (size_t t = 0; t < v.bytes.size(); ++t) {
     if (v.special[t] || v.bytes[t].empty()) continue;
     const std::string_view b = v.bytes[t];
-    size_t i = 0;
-    while (i < b.size()) {
-      const auto b0 = static_cast<uint8_t>(b[i]);
-      uint32_t cp, len, val;
-      if (b0 < 0x80) {
-        cp = b0, len = 1;
-      } else {
-        if (!utf8_lead(b0, len, val) || i + len > b.size()) break;
-        bool ok = true;
-        for (uint32_t k = 1; k < len; ++k) {
-          const auto bk = static_cast<uint8_t>(b[i + k]);
-          ok = ok && (bk & 0xC0) == 0x80;
-          val = val << 6 | (bk & 0x3Fu);
-        }
-        uint32_t lo, hi;
-        utf8_span(val, len, 0, lo, hi);
-        if (!ok || lo > hi) break;
-        cp = val;
-      }
-      if (!c.contains(cp)) break;
-      i += len;
-    }
+    const size_t i = class_prefix(c, b);
     if (i == b.size()) {
       d->all_in[t / 32] |= 1u << (t % 32);
     } else {
@@ -156,6 +189,85 @@ std::shared_ptr<const ClassData> TokenMasker::Impl::class_data_for(const CodeCla
   if (class_data.size() >= 64) class_data.clear();  // bounded: broad classes are few in practice
   class_data.emplace(c.hash, d);
   return d;
+}
+
+// The class C of a class run at `set`, or UINT32_MAX: a broad class C on some stacks' tops (no partial
+// character), no other stack able to start a character of C, and one character of C leading back to `set`
+// itself. Then every character of C does (the others die on its first byte; the C stacks take any member
+// alike), so a token is allowed iff what follows its longest run of whole C characters is.
+static uint32_t class_run(Stepper& st, const StackSet& set) {
+  const Grammar& g = st.g;
+  int best = kBroadClass - 1;
+  uint32_t cls = UINT32_MAX;
+  for (const Node* n : set.tops) {
+    const Elem e = g.elems[n->pos];
+    if (e.kind != ElemKind::kClass || n->partial != 0) continue;
+    const int pc = popcount4(g.classes[e.arg].first);
+    if (pc > best) best = pc, cls = e.arg;
+  }
+  if (cls == UINT32_MAX) return cls;
+  const CodeClass& c = g.classes[cls];
+  // Bytes the other stacks can start with (as Stepper::first_bytes).
+  std::array<uint64_t, 4> fb{};
+  for (const Node* n : set.tops) {
+    const Elem e = g.elems[n->pos];
+    if (e.kind == ElemKind::kByte) {
+      fb[e.arg >> 6] |= uint64_t{1} << (e.arg & 63);
+    } else if (e.kind == ElemKind::kClass) {
+      if (n->partial != 0) {
+        fb[2] |= ~uint64_t{0};
+      } else if (e.arg != cls) {
+        for (int i = 0; i < 4; ++i) fb[i] |= g.classes[e.arg].first[i];
+      }
+    }
+  }
+  for (int i = 0; i < 4; ++i)
+    if (fb[i] & c.first[i]) return UINT32_MAX;
+  uint32_t cp = c.ranges.front().first;
+  char ch[4];
+  size_t nch = 0;
+  if (cp < 0x80) {
+    ch[nch++] = static_cast<char>(cp);
+  } else {
+    std::string tmp;
+    append_utf8(cp, tmp);
+    for (char x : tmp) ch[nch++] = x;
+  }
+  const size_t mark = st.arena.mark();
+  thread_local StackSet a, b;
+  st.advance_byte(set, static_cast<uint8_t>(ch[0]), a);
+  for (size_t i = 1; i < nch; ++i) {
+    st.advance_byte(a, static_cast<uint8_t>(ch[i]), b);
+    std::swap(a, b);
+  }
+  const bool loops = same_set(a, set);
+  st.arena.release(mark);
+  return loops ? cls : UINT32_MAX;
+}
+
+// Below a trie node whose set is a class run: each token's bytes past the node, after their longest run of
+// whole class characters, are run from the set directly (no trie walk of the subtree).
+static void run_subtree(Stepper& st, const Trie& t, const Vocabulary& v, const Trie::NodeInfo& ni,
+                        size_t depth, const StackSet& set, const CodeClass& c, uint32_t* mask) {
+  thread_local StackSet a, b;
+  for (uint32_t k = ni.tok_begin + ni.tok_count; k < ni.sub_end; ++k) {
+    const auto id = static_cast<uint32_t>(t.toks[k]);
+    const std::string_view bytes = v.bytes[id];
+    const size_t off = bytes.size() - t.toks_len[k] + depth;  // where the node's string ends in the token
+    const size_t p = off + class_prefix(c, bytes.substr(off));
+    bool ok = true;
+    if (p < bytes.size()) {
+      const size_t mark = st.arena.mark();
+      a = set;
+      for (size_t i = p; i < bytes.size() && ok; ++i) {
+        st.advance_byte(a, static_cast<uint8_t>(bytes[i]), b);
+        std::swap(a, b);
+        ok = !a.empty();
+      }
+      st.arena.release(mark);
+    }
+    if (ok) mask[id / 32] |= 1u << (id % 32);
+  }
 }
 
 void TokenMasker::Impl::walk(Stepper& st, const Trie& t, uint32_t node, const StackSet& s,
@@ -177,8 +289,15 @@ void TokenMasker::Impl::walk(Stepper& st, const Trie& t, uint32_t node, const St
         mask[id / 32] |= 1u << (id % 32);
       }
       if (ci.child_count && !next.tops.empty()) {
-        // pool[depth] is reused by the deeper levels only at depth + 1 and beyond.
-        walk(st, t, c, next, pool, depth + 1, mask);
+        uint32_t cls = UINT32_MAX;
+        if (ci.sub_end - ci.tok_begin - ci.tok_count >= kSubtreeRun) cls = class_run(st, next);
+        if (cls != UINT32_MAX) {
+          subtree_runs.fetch_add(1, std::memory_order_relaxed);
+          run_subtree(st, t, v, ci, depth + 1, next, st.g.classes[cls], mask);
+        } else {
+          // pool[depth] is reused by the deeper levels only at depth + 1 and beyond.
+          walk(st, t, c, next, pool, depth + 1, mask);
+        }
       }
     }
     st.arena.release(mark);
@@ -205,58 +324,12 @@ void TokenMasker::Impl::compute(const Matcher::State& s, std::vector<uint32_t>& 
   // The class-run shortcut, when it applies.
   const Trie* walk_trie = &trie;
   std::shared_ptr<const ClassData> cd;
-  int best = kBroadClass - 1;
-  uint32_t cls = UINT32_MAX;
-  for (const Node* n : set.tops) {
-    const Elem e = g.elems[n->pos];
-    if (e.kind != ElemKind::kClass || n->partial != 0) continue;
-    const int pc = popcount4(g.classes[e.arg].first);
-    if (pc > best) best = pc, cls = e.arg;
-  }
+  const uint32_t cls = class_run(st, set);
   if (cls != UINT32_MAX) {
-    const CodeClass& c = g.classes[cls];
-    StackSet others;
-    for (const Node* n : set.tops) {
-      const Elem e = g.elems[n->pos];
-      if (!(e.kind == ElemKind::kClass && e.arg == cls && n->partial == 0)) others.tops.push_back(n);
-    }
-    std::array<uint64_t, 4> fb;
-    st.first_bytes(others, fb);
-    bool disjoint = true;
-    for (int i = 0; i < 4; ++i) disjoint = disjoint && (fb[i] & c.first[i]) == 0;
-    if (disjoint) {
-      // One character of the class must lead back to this very set.
-      const uint32_t cp = c.ranges.front().first;
-      uint8_t buf[4];
-      size_t nb;
-      if (cp < 0x80) {
-        buf[0] = static_cast<uint8_t>(cp), nb = 1;
-      } else if (cp < 0x800) {
-        buf[0] = static_cast<uint8_t>(0xC0 | (cp >> 6)), buf[1] = static_cast<uint8_t>(0x80 | (cp & 0x3F)),
-        nb = 2;
-      } else if (cp < 0x10000) {
-        buf[0] = static_cast<uint8_t>(0xE0 | (cp >> 12)),
-        buf[1] = static_cast<uint8_t>(0x80 | ((cp >> 6) & 0x3F));
-        buf[2] = static_cast<uint8_t>(0x80 | (cp & 0x3F)), nb = 3;
-      } else {
-        buf[0] = static_cast<uint8_t>(0xF0 | (cp >> 18)),
-        buf[1] = static_cast<uint8_t>(0x80 | ((cp >> 12) & 0x3F));
-        buf[2] = static_cast<uint8_t>(0x80 | ((cp >> 6) & 0x3F)),
-        buf[3] = static_cast<uint8_t>(0x80 | (cp & 0x3F));
-        nb = 4;
-      }
-      StackSet a = set, b;
-      for (size_t i = 0; i < nb; ++i) {
-        st.advance_byte(a, buf[i], b);
-        std::swap(a, b);
-      }
-      if (same_set(a, set)) {
-        cd = class_data_for(c);
-        class_runs.fetch_add(1, std::memory_order_relaxed);
-        for (size_t w = 0; w < words; ++w) mask[w] |= cd->all_in[w];
-        walk_trie = &cd->rest;
-      }
-    }
+    cd = class_data_for(g.classes[cls]);
+    class_runs.fetch_add(1, std::memory_order_relaxed);
+    for (size_t w = 0; w < words; ++w) mask[w] |= cd->all_in[w];
+    walk_trie = &cd->rest;
   }
   if (!set.tops.empty()) walk(st, *walk_trie, 0, set, pool, 0, mask.data());
   arena.release(mark);
@@ -366,7 +439,8 @@ bool TokenMasker::accept(Matcher& m, int32_t t) const {
 
 TokenMasker::Stats TokenMasker::stats() const {
   return {impl_->hits.load(std::memory_order_relaxed), impl_->misses.load(std::memory_order_relaxed),
-          impl_->class_runs.load(std::memory_order_relaxed)};
+          impl_->class_runs.load(std::memory_order_relaxed),
+          impl_->subtree_runs.load(std::memory_order_relaxed)};
 }
 
 void TokenMasker::clear_cache() const {

@@ -25,16 +25,47 @@ const Vocabulary& tiny_vocab() {
     add("", true);  // 1 EOS
     add("", true);  // 2 a tool token
     t.eos = 1;
-    for (const char* s : {"a", "b", "ab", "\"", "{", "}", "[", "]", ",", ":", " ", "\n", "0", "1", "12", "\\",
-                          "\xC3\xA9", "\xC3", "\xA9", "\xE2\x82\xAC", "\xE2", "\x82\xAC", "\xF0\x9F\x98\x80", "\xFF",
-                          "a\"", "\": ", "true", "null", "-", ".", "e", "x"})
+    for (const char* s : {"a",
+                          "b",
+                          "ab",
+                          "\"",
+                          "{",
+                          "}",
+                          "[",
+                          "]",
+                          ",",
+                          ":",
+                          " ",
+                          "\n",
+                          "0",
+                          "1",
+                          "12",
+                          "\\",
+                          "\xC3\xA9",
+                          "\xC3",
+                          "\xA9",
+                          "\xE2\x82\xAC",
+                          "\xE2",
+                          "\x82\xAC",
+                          "\xF0\x9F\x98\x80",
+                          "\xFF",
+                          "a\"",
+                          "\": ",
+                          "true",
+                          "null",
+                          "-",
+                          ".",
+                          "e",
+                          "x"})
       add(s, false);
     return t;
   }();
   return v;
 }
 
-bool bit(const std::vector<uint32_t>& m, size_t t) { return (m[t / 32] >> (t % 32)) & 1u; }
+bool bit(const std::vector<uint32_t>& m, size_t t) {
+  return (m[t / 32] >> (t % 32)) & 1u;
+}
 
 void check_mask(const TokenMasker& tm, const Matcher& m) {
   const Vocabulary& v = tm.vocabulary();
@@ -66,13 +97,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto g = parse_gbnf(text, o);
   if (!g.ok()) {
     const auto& e = g.error();
-    mixtral::fuzz::require(e.message.rfind("grammar line ", 0) == 0, "error does not start with 'grammar line '");
+    mixtral::fuzz::require(e.message.rfind("grammar line ", 0) == 0,
+                           "error does not start with 'grammar line '");
     mixtral::fuzz::require(e.message.find('\n') == std::string::npos, "multi-line error message");
     mixtral::fuzz::require(e.kind == mixtral::ErrorKind::kData, "parse error is not a data error");
     return 0;
   }
   static const TokenMasker tm(tiny_vocab());
-  std::string feed = nul == std::string_view::npos ? std::string("{\"a\": [1, \"\xC3\xA9\"]}ab") : std::string(all.substr(nul + 1));
+  std::string feed = nul == std::string_view::npos ? std::string("{\"a\": [1, \"\xC3\xA9\"]}ab")
+                                                   : std::string(all.substr(nul + 1));
   if (feed.size() > 64) feed.resize(64);
   Matcher m(*g);
   check_mask(tm, m);

@@ -263,6 +263,26 @@ std::unique_ptr<Tokenizer> sp_style_tokenizer() {
   return tok.ok() ? std::move(*tok) : nullptr;
 }
 
+// States where the class-run shortcut applies at the root and below it (after an escape's letter the
+// string goes on: the subtree of tokens starting with 'n' is run without walking it).
+TEST(Mask, ClassRunsBelowTheRoot) {
+  auto tok = sp_style_tokenizer();
+  ASSERT_TRUE(tok);
+  const Vocabulary v = vocabulary_of(*tok);
+  TokenMasker tm(v, MaskerOptions{0});
+  auto g = parse_gbnf(R"(root ::= "\"" ( [^"\\\x00-\x1F] | "\\" ["\\/bfnrt] )* "\"" ","?)");
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  for (const char* prefix : {"\"", "\"ab", "\"\\", "\"x\\", "\"caf\xC3", "\"\\n", "\"a\"", "\"a\","}) {
+    Matcher m(*g);
+    ASSERT_TRUE(m.advance_bytes(prefix)) << prefix;
+    std::vector<uint32_t> mask;
+    tm.fill_mask(m, mask);
+    EXPECT_EQ(mask, brute_mask(v, m)) << prefix << describe_diff(v, mask, brute_mask(v, m));
+  }
+  EXPECT_GE(tm.stats().class_runs, 3u);
+  EXPECT_GE(tm.stats().subtree_runs, 1u);
+}
+
 TEST(Mask, VocabularyOf) {
   auto tok = sp_style_tokenizer();
   ASSERT_TRUE(tok);
