@@ -97,8 +97,9 @@ class Engine {
   Result<BenchResult> bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth,
                             double bandwidth_before = 0);
   // Decode with sampling, free and grammar-constrained, in the same run: each rep decodes n_gen tokens from
-  // position 0 unconstrained, then n_gen tokens under opts.grammar (the matcher starts over whenever the
-  // grammar ends), sampling with opts' settings after every step. Needs opts.grammar and opts.masker.
+  // position 0 under opts.grammar (the matcher starts over whenever the grammar ends) and, in alternating
+  // order, the same n_gen tokens fed again with sampling but no mask, so that only the grammar's work
+  // differs (opts' sampler settings and seed). Needs opts.grammar and opts.masker.
   struct ConstrainedBenchResult {
     int64_t n_gen = 0;
     int reps = 0;

@@ -362,28 +362,35 @@ Result<Engine::ConstrainedBenchResult> Engine::bench_constrained(int64_t n_gen, 
   r.reps = reps;
   const int32_t first = V > 1 ? 1 : 0;  // BOS in Mistral's vocabularies
   const int32_t eos = eos_of(opts);
-  std::vector<float> logits(static_cast<size_t>(V));              // [vocab]
-  MX_TRY_STATUS(rt.forward(&first, 1, 0, logits.data(), false));  // warm-up
-  std::vector<double> mask_us;                                    // [reps * n_gen]
+  std::vector<float> logits(static_cast<size_t>(V));  // [vocab]
+  std::vector<double> mask_us;                        // [reps * n_gen]
   double free_s = 0, con_s = 0;
-  for (int rep = 0; rep < reps; ++rep) {
-    // The same sampler settings and seed for both runs; only the mask differs.
-    Sampler free_sampler({opts.temperature, opts.top_k, opts.top_p, opts.seed + static_cast<uint64_t>(rep)});
-    int32_t tok = first;
-    auto t0 = clock::now();
+  // Each run decodes n_gen tokens from position 0 and returns its seconds. The constrained run samples
+  // under the grammar (the same seed every time, so the same tokens); the free run feeds those very tokens
+  // and samples without the mask (its draws unused). Both read the same experts (a random model's routing
+  // follows the tokens, and the grammar's tokens differ from free text): only the grammar's work differs.
+  std::vector<int32_t> inputs(static_cast<size_t>(n_gen), first);  // [n_gen] the constrained run's inputs
+  auto free_run = [&]() -> Result<double> {
+    Sampler sampler({opts.temperature, opts.top_k, opts.top_p, opts.seed});
+    int64_t sink = 0;  // keeps the draws
+    const auto t0 = clock::now();
     for (int64_t i = 0; i < n_gen; ++i) {
-      MX_TRY_STATUS(rt.forward(&tok, 1, i, logits.data(), false));
-      tok = free_sampler.sample(logits.data(), V);
+      MX_TRY_STATUS(rt.forward(&inputs[static_cast<size_t>(i)], 1, i, logits.data(), false));
+      sink += sampler.sample(logits.data(), V);
     }
-    double sec = std::chrono::duration<double>(clock::now() - t0).count();
-    free_s += sec;
-    r.tg_reps.push_back(static_cast<double>(n_gen) / sec);
-
-    Sampler con_sampler({opts.temperature, opts.top_k, opts.top_p, opts.seed + static_cast<uint64_t>(rep)});
+    const double sec = std::chrono::duration<double>(clock::now() - t0).count();
+    MX_CHECK(sink >= 0, "sampled ids are non-negative");
+    return sec;
+  };
+  bool timed = false;  // the first constrained run (untimed) records the inputs
+  auto constrained_run = [&]() -> Result<double> {
+    Sampler sampler({opts.temperature, opts.top_k, opts.top_p, opts.seed});
     Constraint con(opts, V);
-    tok = first;
-    t0 = clock::now();
+    int32_t tok = first;
+    const auto t0 = clock::now();
     for (int64_t i = 0; i < n_gen; ++i) {
+      if (!timed) inputs[static_cast<size_t>(i)] = tok;
+      MX_CHECK(inputs[static_cast<size_t>(i)] == tok, "bench: the constrained run repeats itself");
       MX_TRY_STATUS(rt.forward(&tok, 1, i, logits.data(), false));
       const auto m0 = clock::now();
       if (!con.mask(logits.data())) {  // a dead end: start over
@@ -391,19 +398,38 @@ Result<Engine::ConstrainedBenchResult> Engine::bench_constrained(int64_t n_gen, 
         MX_CHECK(con.mask(logits.data()), "grammar: no token can start a sentence");
       }
       const auto m1 = clock::now();
-      tok = con_sampler.sample(logits.data(), V);
+      tok = sampler.sample(logits.data(), V);
       const auto m2 = clock::now();
       con.accept(tok);
       if (tok == eos || con.must_end()) {  // a whole sentence: the next starts over
-        ++r.sentences;
+        if (timed) ++r.sentences;
         con.restart();
       }
       // The grammar's share: filling and applying the mask, and taking the token (sampling excluded).
-      mask_us.push_back(std::chrono::duration<double, std::micro>((m1 - m0) + (clock::now() - m2)).count());
+      if (timed)
+        mask_us.push_back(std::chrono::duration<double, std::micro>((m1 - m0) + (clock::now() - m2)).count());
     }
-    sec = std::chrono::duration<double>(clock::now() - t0).count();
-    con_s += sec;
-    r.tg_constrained_reps.push_back(static_cast<double>(n_gen) / sec);
+    return std::chrono::duration<double>(clock::now() - t0).count();
+  };
+  {  // warm-up; records the inputs
+    auto warm = constrained_run();
+    if (!warm.ok()) return warm.error();
+  }
+  timed = true;
+  for (int rep = 0; rep < reps; ++rep) {
+    // Alternating which goes first, so that a drift within a rep favours neither.
+    double f = 0, c = 0;
+    if (rep % 2 == 0) {
+      MX_ASSIGN_OR_RETURN(f, free_run());
+      MX_ASSIGN_OR_RETURN(c, constrained_run());
+    } else {
+      MX_ASSIGN_OR_RETURN(c, constrained_run());
+      MX_ASSIGN_OR_RETURN(f, free_run());
+    }
+    free_s += f;
+    con_s += c;
+    r.tg_reps.push_back(static_cast<double>(n_gen) / f);
+    r.tg_constrained_reps.push_back(static_cast<double>(n_gen) / c);
   }
   r.tg_tps = static_cast<double>(n_gen * reps) / free_s;
   r.tg_tps_constrained = static_cast<double>(n_gen * reps) / con_s;
