@@ -178,6 +178,55 @@ fs.rmSync(schemaDir, { recursive: true, force: true });
 fs.mkdirSync(schemaDir, { recursive: true });
 schemas.forEach((s, i) => fs.writeFileSync(path.join(schemaDir, `${i}.json`), JSON.stringify(s)));
 
+// ---- the command line's contract: errors, the -n warning, --grammar, bench's fields ----------------------
+const BUILTIN = path.resolve(args.builtin);
+const cli = (argv) => spawnSync(args.mixtral, argv, { encoding: 'utf8' });
+const failures = [];
+const expect = (cond, what, r) => {
+  if (!cond) failures.push(`cli: ${what}${r ? `: exit ${r.status}, stdout ${JSON.stringify(r.stdout)}, stderr ${JSON.stringify(r.stderr)}` : ''}`);
+};
+{
+  const good = path.join(WORK, 'good.json'), bad = path.join(WORK, 'unsupported.json');
+  const gbnf = path.join(WORK, 'bad.gbnf'), tuple = path.join(WORK, 'tuple.gbnf');
+  fs.writeFileSync(good, JSON.stringify({ type: 'object', properties: { a: { type: 'integer', minimum: 0, maximum: 9 } },
+    required: ['a'], additionalProperties: false }));
+  fs.writeFileSync(bad, JSON.stringify({ type: 'object', properties: { a: { type: 'object', patternProperties: { x: {} } } } }));
+  fs.writeFileSync(gbnf, 'root ::= "a" missing\n');
+  fs.writeFileSync(tuple, 'root ::= "(" [a-e]{1,4} ("," [0-9]{1,2}){0,3} ")"\n');
+  const base = ['run', '-m', BUILTIN, '--prompt-tokens', '1', '-t', '1'];
+  let r = cli([...base, '--json-schema', good, '--grammar', tuple]);
+  expect(r.status === 2 && /excludes/.test(r.stderr), 'both --json-schema and --grammar: usage error (2)', r);
+  r = cli([...base, '--json-schema', bad]);
+  expect(r.status === 1 && r.stderr.trim().split('\n').length === 1 && r.stderr.includes(bad) &&
+    r.stderr.includes('patternProperties') && r.stderr.includes('/properties/a/patternProperties'),
+  'unsupported keyword: one line naming the file, the keyword and its pointer (exit 1)', r);
+  r = cli([...base, '--grammar', gbnf]);
+  expect(r.status === 1 && r.stderr.includes(gbnf) && /line 1 col \d+/.test(r.stderr) && r.stderr.includes('missing'),
+    'GBNF error: the file, line and column (exit 1)', r);
+  r = cli([...base, '--json-schema', path.join(WORK, 'absent.json')]);
+  expect(r.status === 1 && r.stderr.includes('absent.json'), 'missing file: named (exit 1)', r);
+  r = cli([...base, '--json-schema', good, '-n', '2', '--temp', '0']);
+  expect(r.status === 0 && /incomplete/.test(r.stderr) && r.stdout.length > 0 && '{"a":'.startsWith(r.stdout.replace(/\s/g, '').slice(0, 5)),
+    '-n cutting the output short: a warning on stderr', r);
+  for (let seed = 0; seed < 4; ++seed) {
+    r = cli([...base, '--grammar', tuple, '--temp', '1.5', '--seed', String(seed)]);
+    expect(r.status === 0 && /^\([a-e]{1,4}(,[0-9]{1,2}){0,3}\)$/.test(r.stdout) && r.stderr === '',
+      `--grammar: output is exactly one sentence (seed ${seed})`, r);
+  }
+  r = cli([...base, '--json-schema', good, '--ids', '--temp', '0']);
+  expect(r.status === 0 && /^\[[0-9,]+\]\n$/.test(r.stdout), '--ids with a schema: the ids alone', r);
+  r = cli(['bench', '-m', BUILTIN, '-p', '0', '-n', '8', '-r', '2', '-t', '1', '--no-bandwidth', '--json', '--json-schema', good]);
+  let j = {};
+  try { j = JSON.parse(r.stdout.trim().split('\n').pop()); } catch { /* reported below */ }
+  expect(r.status === 0 && j.tg_tps_constrained > 0 && j.tg_tps_sampled > 0 &&
+    Math.abs(j.constrained_ratio - j.tg_tps_constrained / j.tg_tps_sampled) < 1e-3 * j.constrained_ratio + 1e-4 &&
+    j.grammar_us_median > 0 && j.grammar_us_p99 >= j.grammar_us_median && /constrained by/.test(r.stdout),
+  'bench --json-schema: tg_tps_constrained, constrained_ratio and the grammar time', r);
+  r = cli(['bench', '-m', BUILTIN, '-p', '4', '-n', '0', '--no-bandwidth', '--json-schema', good]);
+  expect(r.status === 2, 'bench --json-schema with -n 0: usage error', r);
+  log(`command-line checks: ${failures.length} failed`);
+}
+
 // ---- runs (JOBS at a time) -----------------------------------------------------------------------------
 function runOne(job) {
   return new Promise((resolve) => {
@@ -212,7 +261,6 @@ const ajv = new Ajv2020({ strict: false, allErrors: true });
 addFormats(ajv);
 const validators = schemas.map((s) => ajv.compile(s));
 const tally = {};
-const failures = [];
 let tokens = 0;
 for (const r of results.sort((a, b) => a.i - b.i)) {
   const key = `${r.mname} temp ${r.temp}`;
