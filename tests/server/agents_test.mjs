@@ -202,6 +202,10 @@ const TOOLS = [
   { type: 'function', function: { name: 'add', description: 'Adds two small integers', parameters: { type: 'object', properties: { a: { type: 'integer', minimum: 0, maximum: 99 }, b: { type: 'integer', minimum: 0, maximum: 99 } }, required: ['a', 'b'], additionalProperties: false } } },
 ];
 
+// The same tools in the Responses API's flat form, and the text of a response's message items.
+const RTOOLS = TOOLS.map((t) => ({ type: 'function', ...t.function }));
+const outText = (o) => o.output.filter((i) => i.type === 'message').flatMap((i) => i.content).map((p) => p.text).join('');
+
 // ---- model and server ------------------------------------------------------------------------------
 fs.rmSync(WORK, { recursive: true, force: true });
 fs.mkdirSync(WORK, { recursive: true });
@@ -350,11 +354,20 @@ await section('tools: tool_choice required / named / none / auto, parallel_tool_
   assert.ok(!none.json.choices[0].message.tool_calls?.length, 'none: no calls');
   assert.notEqual(none.json.choices[0].finish_reason, 'tool_calls');
   assert.equal(typeof none.json.choices[0].message.content, 'string');
-  // Cut by max_tokens inside the calls: finish "length", and the call envelope never shows as text.
-  const cut = await post(base, '/v1/chat/completions', toolReq({ tool_choice: 'required', max_tokens: 6 }));
-  assert.equal(cut.status, 200, cut.text);
-  assert.equal(cut.json.choices[0].finish_reason, 'length');
-  assert.ok(!(cut.json.choices[0].message.content ?? '').includes('tool_calls'), `envelope leaked as text: ${cut.text}`);
+  // Cut by max_tokens inside the calls: finish "length", the call envelope never shows as text (required
+  // allows no text at all), and any call given is complete and valid.
+  for (const max_tokens of [6, 60]) {
+    const cut = await post(base, '/v1/chat/completions', toolReq({ tool_choice: 'required', max_tokens }));
+    assert.equal(cut.status, 200, cut.text);
+    const c = cut.json.choices[0];
+    assert.equal(c.finish_reason, 'length');
+    assert.ok(c.message.content === null || c.message.content === '', `the envelope leaked as text: ${cut.text}`);
+    if (c.message.tool_calls?.length) checkCalls(c.message.tool_calls, TOOLS, 'cut');
+    const r = await post(base, '/v1/responses', { model: 'test', input: 'weather?', tools: RTOOLS, tool_choice: 'required', max_output_tokens: max_tokens, temperature: 0 });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.status, 'incomplete');
+    assert.equal(outText(r.json), '', `the envelope leaked as output_text: ${r.text}`);
+  }
   for (const seed of [1, 2, 3]) {
     const auto = await post(base, '/v1/chat/completions', toolReq({ tool_choice: 'auto', temperature: 1, seed, max_tokens: 60 }));
     assert.equal(auto.status, 200, auto.text);
@@ -471,8 +484,6 @@ function checkResponseObject(o, status = 'completed') {
     assert.equal(o.usage.total_tokens, o.usage.input_tokens + o.usage.output_tokens);
   }
 }
-const outText = (o) => o.output.filter((i) => i.type === 'message').flatMap((i) => i.content).map((p) => p.text).join('');
-const RTOOLS = TOOLS.map((t) => ({ type: 'function', ...t.function }));
 await section('POST /v1/responses: text, instructions, items, text.format json_schema, tools', async () => {
   const a = await post(base, '/v1/responses', { model: 'test', input: 'hello', instructions: 'be brief', max_output_tokens: 8, temperature: 0 });
   assert.equal(a.status, 200, a.text);
