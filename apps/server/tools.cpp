@@ -239,16 +239,12 @@ ReplyReader::Final ReplyReader::finish() const {
     f.content = text_;
     return f;
   }
-  bool complete = closed_ && !calls_.empty();
-  for (size_t i = 0; i < calls_.size() && complete; ++i)
-    complete = args_done_[i] && !calls_[i].name.empty() &&
-               !json::parse(calls_[i].arguments, nullptr, false).is_discarded();
-  if (!complete) {  // cut short (max_tokens) or not the layout: the text as it is
-    f.content = text_;
-    return f;
-  }
-  f.calls = calls_;
-  f.calls_complete = true;
+  // Calls: never shown as text, even when cut short (max_tokens); only the calls that are whole.
+  for (size_t i = 0; i < calls_.size(); ++i)
+    if (args_done_[i] && !calls_[i].name.empty() &&
+        !json::parse(calls_[i].arguments, nullptr, false).is_discarded())
+      f.calls.push_back(calls_[i]);
+  f.calls_complete = closed_ && !calls_.empty() && f.calls.size() == calls_.size();
   return f;
 }
 

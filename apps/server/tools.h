@@ -58,9 +58,9 @@ class ReplyReader {
   bool in_calls() const { return mode_ == Mode::kCalls; }
 
   struct Final {
-    std::optional<std::string> content;  // null when the reply is only calls
-    std::vector<ToolCall> calls;         // complete calls (all of them, or none when the JSON was cut)
-    bool calls_complete = false;         // calls mode and the whole structure closed
+    std::optional<std::string> content;  // null when the reply is calls (also when cut short)
+    std::vector<ToolCall> calls;         // the calls that are whole (a call cut short is left out)
+    bool calls_complete = false;         // calls, and the whole structure closed
   };
   Final finish() const;
 

@@ -303,14 +303,21 @@ TEST(ReplyReader, V3CallsAfterTheControlToken) {
   EXPECT_EQ(t, "{not a call}");
 }
 
-TEST(ReplyReader, CutShortCallsComeBackAsText) {
+TEST(ReplyReader, CutShortCallsAreNeverText) {
   ReplyReader rd(ToolFormat::kGeneric, true, counter_ids());
-  const std::string cut = R"({"tool_calls": [{"name": "a", "arguments": {"q": "abc)";
+  const std::string cut =
+      R"({"tool_calls": [{"name": "a", "arguments": {"q": 1}}, {"name": "b", "arguments": {"q": "abc)";
   rd.push(cut);
   const auto f = rd.finish();
   EXPECT_FALSE(f.calls_complete);
-  EXPECT_TRUE(f.calls.empty());
-  EXPECT_EQ(f.content.value_or(""), cut);
+  EXPECT_FALSE(f.content.has_value());
+  ASSERT_EQ(f.calls.size(), 1u);  // the whole one only
+  EXPECT_EQ(f.calls[0].name, "a");
+  EXPECT_EQ(f.calls[0].arguments, R"({"q": 1})");
+  ReplyReader early(ToolFormat::kGeneric, true, counter_ids());
+  early.push(R"({"tool)");
+  EXPECT_FALSE(early.finish().content.has_value());
+  EXPECT_TRUE(early.finish().calls.empty());
 }
 
 TEST(ReplyReader, WithoutToolsEverythingIsText) {
