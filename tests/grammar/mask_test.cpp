@@ -7,6 +7,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "grammar/grammar.h"
@@ -328,6 +329,43 @@ TEST(Mask, V1VocabularyMatchesBruteForce) {
   n += check_walks(kJsonish, v, 1, 12, 21, lead);
   n += check_walks(kFreeJson, v, 1, 10, 22);
   EXPECT_GE(n, 10);
+}
+
+// fill_mask from several threads at once on one masker (shared cache and class data) gives the masks
+// one thread gives.
+TEST(Mask, ConcurrentFillMask) {
+  const Vocabulary v = small_vocab();
+  auto g = parse_gbnf(kFreeJson);
+  ASSERT_TRUE(g.ok());
+  const std::string doc = "{\"ab\": [1, \"a\xC3\xA9\", {\"b\": null}], \"a\": -0.1}";
+  std::vector<std::vector<uint32_t>> want;
+  {
+    TokenMasker solo(v, MaskerOptions{0});
+    Matcher m(*g);
+    for (char c : doc) {
+      want.emplace_back();
+      solo.fill_mask(m, want.back());
+      ASSERT_TRUE(m.advance_bytes(std::string(1, c)));
+    }
+  }
+  TokenMasker shared(v, MaskerOptions{8});
+  std::vector<int> bad(4, 0);
+  std::vector<std::thread> threads;
+  for (int k = 0; k < 4; ++k) {
+    threads.emplace_back([&, k] {
+      for (int round = 0; round < 5; ++round) {
+        Matcher m(*g);
+        std::vector<uint32_t> mask;
+        for (size_t i = 0; i < doc.size(); ++i) {
+          shared.fill_mask(m, mask);
+          bad[static_cast<size_t>(k)] += mask != want[i];
+          m.advance_bytes(doc.substr(i, 1));
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(bad, std::vector<int>(4, 0));
 }
 
 TEST(Mask, ApplyMask) {
