@@ -1286,6 +1286,7 @@ class Compiler {
       } else if (k == "uniqueItems" && x.is_boolean() && y.is_boolean()) {
         out[k] = x.get<bool>() || y.get<bool>();
       } else {
+        if (kUnsupported.count(k)) unsupported(ptr, k);
         unsupported(ptr, "allOf", "cannot combine two different '" + k + "' keywords");
       }
     }
