@@ -32,6 +32,13 @@ bool accepts(const GrammarPtr& g, const std::string& text) {
   return m.advance_bytes(text) && m.can_end();
 }
 
+// A JSON string of n 'x' characters.
+std::string quoted(size_t n) {
+  std::string s(n + 2, 'x');
+  s.front() = s.back() = '"';
+  return s;
+}
+
 std::string refusal(const json& schema, const SchemaOptions& opts = {}) {
   auto g = json_schema_to_gbnf(schema, opts);
   return g.ok() ? std::string("(compiled)") : g.error().message;
@@ -125,10 +132,10 @@ TEST(JsonSchema, Strings) {
   // counts above parse_gbnf's 1000 per repetition are built from blocks, exactly
   auto big = compile(json::parse(R"({"type": "string", "minLength": 1500, "maxLength": 2500})"));
   for (size_t n : {1499, 1500, 2000, 2499, 2500, 2501})
-    EXPECT_EQ(accepts(big, "\"" + std::string(n, 'x') + "\""), n >= 1500 && n <= 2500) << n;
+    EXPECT_EQ(accepts(big, quoted(n)), n >= 1500 && n <= 2500) << n;
   auto wide = compile(json::parse(R"({"type": "string", "maxLength": 3001})"));
   for (size_t n : {0, 999, 1000, 1001, 2999, 3000, 3001, 3002})
-    EXPECT_EQ(accepts(wide, "\"" + std::string(n, 'x') + "\""), n <= 3001) << n;
+    EXPECT_EQ(accepts(wide, quoted(n)), n <= 3001) << n;
 }
 
 TEST(JsonSchema, Patterns) {
@@ -348,7 +355,7 @@ TEST(JsonSchema, Limits) {
   EXPECT_NE(e.find("max_depth (64)"), std::string::npos) << e;
   json wide = {{"type", "object"}, {"properties", json::object()}};
   for (int i = 0; i < 400; ++i)
-    wide["properties"]["p" + std::to_string(i)] = {
+    wide["properties"][std::string("p").append(std::to_string(i))] = {
         {"type", "integer"}, {"minimum", i}, {"maximum", 1000 + i}};
   SchemaOptions small;
   small.max_rules = 200;
