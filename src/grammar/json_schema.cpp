@@ -1327,6 +1327,14 @@ class Compiler {
       if (!types.count("number") && !(integral && types.count("integer"))) return false;
       const auto c = canonical_number(v);
       if (!c) return false;
+      if (auto m = s.find("multipleOf"); m != s.end()) {
+        const long k = multiple_of(s, ptr);
+        const Decimal d = parse_decimal(*c);
+        if (!d.fp.empty()) return false;
+        long r = 0;
+        for (char ch : d.ip) r = (r * 10 + (ch - '0')) % k;
+        if (r != 0) return false;
+      }
       const Decimal d = parse_decimal(*c);
       auto [lo, hi] = bounds(s, ptr);
       if (lo && (cmp_decimal(d, lo->v) < 0 || (!lo->incl && cmp_decimal(d, lo->v) == 0))) return false;
@@ -1409,8 +1417,7 @@ class Compiler {
         if (auto p = s.find("properties"); p != s.end() && p->is_object()) n = p->size();
         if (double(n) <= v.get<double>()) continue;
       }
-      if (k == "multipleOf" && v.is_number() && s.value("type", json()) == "integer" && v.get<double>() == 1)
-        continue;
+      if (k == "multipleOf") continue;  // compile_number enforces it or refuses
       unsupported(ptr, k);
     }
   }
@@ -2125,8 +2132,56 @@ class Compiler {
   }
 
   // --- numbers ----------------------------------------------------------------------------------
+  // multipleOf: a positive integer up to 64 (else refused).
+  static long multiple_of(const json& s, const std::string& ptr) {
+    const json& m = s["multipleOf"];
+    if (!m.is_number() || m.get<double>() <= 0) refuse(ptr + "/multipleOf", "must be a number above 0");
+    const double k = m.get<double>();
+    if (k != std::floor(k) || k > 64)
+      unsupported(ptr, "multipleOf", "only integer divisors up to 64 (integers written without fraction)");
+    return static_cast<long>(k);
+  }
+
+  // Integers that are multiples of k (at most 16 digits, no bounds): one rule per (remainder, digits left).
+  std::string multiples(long k) {
+    // m[r][n]: the rest of a number whose prefix has remainder r, with at most n more digits
+    std::map<std::pair<long, int>, std::string> memo;
+    std::function<std::string(long, int)> rest = [&](long r, int n) -> std::string {
+      if (auto it = memo.find({r, n}); it != memo.end()) return it->second;
+      std::vector<std::string> alts;
+      if (n > 0) {
+        std::map<long, std::string> by_next;  // next remainder -> digits
+        for (int d = 0; d <= 9; ++d) by_next[(r * 10 + d) % k] += char('0' + d);
+        for (const auto& [next, digits] : by_next) {
+          const std::string sub = rest(next, n - 1);
+          if (sub.empty()) continue;
+          alts.push_back("[" + digits + "] " + sub);
+        }
+      }
+      std::string body = join(alts, " | ");
+      if (r == 0) body = alts.empty() ? "\"\"" : "( " + body + " )?";
+      const std::string name = alts.empty() && r != 0 ? "" : rule("mult", body);
+      memo[{r, n}] = name;
+      return name;
+    };
+    std::vector<std::string> alts;
+    std::map<long, std::string> first;
+    for (int d = 1; d <= 9; ++d) first[d % k] += char('0' + d);
+    for (const auto& [r, digits] : first) {
+      const std::string sub = rest(r, kIntDigits - 1);
+      if (!sub.empty()) alts.push_back("[" + digits + "] " + sub);
+    }
+    const std::string pos = rule("mult-pos", join(alts, " | "));
+    return rule("mult-int", "\"0\" | \"-\"? " + pos);
+  }
+
   std::optional<std::string> compile_number(const json& s, const std::string& ptr, bool integer) {
     auto [lo, hi] = bounds(s, ptr);
+    if (s.contains("multipleOf")) {
+      const long k = multiple_of(s, ptr);
+      if (lo || hi) unsupported(ptr, "multipleOf", "together with minimum/maximum");
+      return k == 1 ? b_.integer() : multiples(k);
+    }
     if (!lo && !hi) return integer ? b_.integer() : b_.number();
     if (lo && hi) {
       const int c = cmp_decimal(lo->v, hi->v);
