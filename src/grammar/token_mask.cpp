@@ -151,8 +151,7 @@ struct TokenMasker::Impl {
   MaskerOptions opts;
   size_t words = 0;
   Trie trie;
-  std::vector<int32_t> specials;  // ids of special tokens
-  size_t max_len = 0;             // longest token, bytes (walk depth)
+  size_t max_len = 0;  // longest token, bytes (walk depth)
 
   mutable std::mutex mu;              // guards everything below
   mutable std::list<CacheEntry> lru;  // most recent first
@@ -354,9 +353,7 @@ TokenMasker::TokenMasker(Vocabulary v, MaskerOptions opts) : impl_(std::make_uni
   impl_->words = words();
   std::vector<std::pair<std::string_view, int32_t>> entries;
   for (size_t t = 0; t < impl_->v.bytes.size(); ++t) {
-    if (impl_->v.special[t]) {
-      impl_->specials.push_back(static_cast<int32_t>(t));
-    } else if (!impl_->v.bytes[t].empty()) {
+    if (!impl_->v.special[t] && !impl_->v.bytes[t].empty()) {  // control tokens: only via token terminals
       entries.push_back({impl_->v.bytes[t], static_cast<int32_t>(t)});
       impl_->max_len = std::max(impl_->max_len, impl_->v.bytes[t].size());
     }
