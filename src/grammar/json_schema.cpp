@@ -1313,6 +1313,18 @@ class Compiler {
     if (is_null_ok) return true;
     if (auto e = s.find("enum"); e != s.end() && std::find(e->begin(), e->end(), v) == e->end()) return false;
     if (auto c = s.find("const"); c != s.end() && *c != v) return false;
+    const auto excluded = excluded_types(s, ptr, depth);
+    if (excluded.count(
+            v.is_null()      ? "null"
+            : v.is_boolean() ? "boolean"
+            : v.is_object()  ? "object"
+            : v.is_array()   ? "array"
+            : v.is_string()  ? "string"
+            : v.is_number_integer() || v.is_number_unsigned() ||
+                    (std::isfinite(v.get<double>()) && v.get<double>() == std::floor(v.get<double>()))
+                ? "integer"
+                : "number"))
+      return false;
     const auto types = type_set(s);
     std::string t = v.is_null()      ? "null"
                     : v.is_boolean() ? "boolean"
@@ -1384,6 +1396,21 @@ class Compiler {
     return true;
   }
 
+  // The types a `not` excludes: `not` of a schema that only names types (or of true/{}: everything).
+  std::set<std::string> excluded_types(const json& s, const std::string& ptr, int depth) {
+    auto it = s.find("not");
+    if (it == s.end()) return {};
+    const json n = flatten(*it, ptr + "/not", depth + 1);
+    if (n == false) return {};
+    if (n == true || !has_constraints(n, {})) return {kTypes.begin(), kTypes.end()};
+    if (!has_constraints(n, {"type"})) {
+      if (!n["type"].is_string() && !n["type"].is_array())
+        refuse(ptr + "/not/type", "must be a string or an array");
+      return type_set(n);
+    }
+    unsupported(ptr, "not", "only 'not' of types");
+  }
+
   static bool is_known_format(const json& f) {
     static const std::set<std::string> known = {"date", "time", "date-time", "uuid", "email", "ipv4"};
     return f.is_string() && known.count(f.get<std::string>());
@@ -1409,7 +1436,7 @@ class Compiler {
         continue;
       if ((k == "propertyNames" || k == "unevaluatedProperties" || k == "unevaluatedItems") && v == true)
         continue;
-      if (k == "not" && v == false) continue;
+      if (k == "not") continue;  // excluded_types() enforces it or refuses
       if (k == "if" && !s.contains("then") && !s.contains("else")) continue;
       if (k == "maxProperties" && v.is_number() && s.contains("additionalProperties") &&
           s["additionalProperties"] == false) {
@@ -1566,6 +1593,10 @@ class Compiler {
           refuse(ptr + "/type", "unknown type '" + n + "'");
     }
     if (s.value("nullable", false) == true) types.insert("null");
+    const auto excluded = excluded_types(s, ptr, depth);
+    if (excluded.count("integer") && !excluded.count("number") && types.count("number"))
+      unsupported(ptr, "not", "excluding integers from numbers");
+    for (const auto& t : excluded) types.erase(t);
     std::vector<std::string> alts;
     auto add = [&](std::optional<std::string> a) {
       if (a) alts.push_back(*a);

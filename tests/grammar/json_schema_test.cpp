@@ -96,6 +96,23 @@ TEST(JsonSchema, MultipleOfIntegers) {
             std::string::npos);
 }
 
+TEST(JsonSchema, NotOfTypes) {
+  auto g = compile(json::parse(R"({"not": {"type": ["string", "null"]}})"));
+  EXPECT_TRUE(accepts(g, "1.5"));
+  EXPECT_TRUE(accepts(g, "[]"));
+  EXPECT_FALSE(accepts(g, R"("s")"));
+  EXPECT_FALSE(accepts(g, "null"));
+  auto e = compile(json::parse(R"({"enum": [1, 1.5, "a"], "not": {"type": "integer"}})"));
+  EXPECT_FALSE(accepts(e, "1"));
+  EXPECT_TRUE(accepts(e, "1.5"));
+  EXPECT_TRUE(accepts(e, R"("a")"));
+  EXPECT_NE(
+      refusal(json::parse(R"({"not": {"type": "integer"}})")).find("/not: keyword 'not' is not supported"),
+      std::string::npos);
+  EXPECT_NE(refusal(json::parse(R"({"not": {"minimum": 3}})")).find("/not: keyword 'not' is not supported"),
+            std::string::npos);
+}
+
 TEST(JsonSchema, NumberBoundsExact) {
   auto g = compile(json::parse(R"({"type": "number", "minimum": -1.25, "exclusiveMaximum": 2.5})"));
   // every decimal with up to 3 fraction digits in [-4, 4], against the bounds computed here
