@@ -458,6 +458,11 @@ int main(int argc, char** argv) {
   mk->add_option("--types", types, "weight types")->capture_default_str();
   mk->add_option("--layouts", layouts, "layouts")->capture_default_str();
   mk->add_option("-t,--threads", tm.threads, "worker threads");
+  mk->add_option(
+        "--vocab-format", tm.vocab_format,
+        "v1, or v3: Mistral's v3 control pieces ([INST] 3 .. [/TOOL_RESULTS] 9, tool calls) in the GGUF "
+        "vocabulary and a tokenizer.model[.v3] in the HF and consolidated directories")
+      ->capture_default_str();
 
   // serve
   mixtral::server::ServerOptions so;

@@ -133,6 +133,7 @@ struct TestModelOptions {
   std::string out_dir;
   int threads = 0;
   bool progress = false;
+  std::string vocab_format = "v1";  // "v1" or "v3" (Mistral's v3 control pieces at ids 3..9)
 };
 Status make_test_model(const TestModelOptions& opts);
 

@@ -451,6 +451,7 @@ Status make_test_model(const TestModelOptions& opts) {
   spec.layouts = opts.layouts;
   spec.out_dir = opts.out_dir;
   spec.progress = opts.progress;
+  spec.vocab_format = opts.vocab_format;
   ThreadPool pool(resolve_threads(opts.threads));
   return make_test_model(spec, pool);
 }

@@ -15,12 +15,14 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <string_view>
 
 #include "io/gguf.h"
 #include "io/safetensors.h"
@@ -300,6 +302,10 @@ std::string hf_config_json(const ModelConfig& c, DType t) {
   return j.dump(2) + "\n";
 }
 
+// The SentencePiece tokenizer.model of the vocabulary (defined beside make_vocab); written into the
+// HF and consolidated directories of a v3 vocabulary.
+Status write_sp_model(const std::string& path, const TestModelSpec& spec);
+
 void progress(const TestModelSpec& spec, const std::string& what) {
   if (spec.progress) std::fprintf(stderr, "make-test-model: writing %s\n", what.c_str());
 }
@@ -309,6 +315,7 @@ Status write_hf(const TestModelSpec& spec, const CanonModel& m, DType t, ThreadP
   progress(spec, dir);
   MX_TRY_STATUS(make_dir(dir));
   MX_TRY_STATUS(write_text(dir + "/config.json", hf_config_json(m.c, t)));
+  if (spec.vocab_format == "v3") MX_TRY_STATUS(write_sp_model(dir + "/tokenizer.model", spec));
   const auto ts = hf_tensors(m, t);
   return write_safetensors(dir + "/model.safetensors", st_specs(ts, pool));
 }
@@ -318,6 +325,7 @@ Status write_hf_sharded(const TestModelSpec& spec, const CanonModel& m, DType t,
   progress(spec, dir);
   MX_TRY_STATUS(make_dir(dir));
   MX_TRY_STATUS(write_text(dir + "/config.json", hf_config_json(m.c, t)));
+  if (spec.vocab_format == "v3") MX_TRY_STATUS(write_sp_model(dir + "/tokenizer.model", spec));
   const auto ts = hf_tensors(m, t);
   constexpr size_t kShards = 3;
   // Split the tensors in order into 3 shards of about equal bytes (each at least one tensor).
@@ -366,6 +374,7 @@ Status write_consolidated(const TestModelSpec& spec, const CanonModel& m, DType 
   if (c.sliding_window > 0) p["sliding_window"] = c.sliding_window;
   p["moe"] = {{"num_experts", c.n_experts}, {"num_experts_per_tok", c.n_experts_used}};
   MX_TRY_STATUS(write_text(dir + "/params.json", p.dump(2) + "\n"));
+  if (spec.vocab_format == "v3") MX_TRY_STATUS(write_sp_model(dir + "/tokenizer.model.v3", spec));
 
   std::vector<OutTensor> ts;
   ts.push_back(out_tensor("tok_embeddings.weight", t, m.embed, false));
@@ -392,26 +401,40 @@ Status write_consolidated(const TestModelSpec& spec, const CanonModel& m, DType 
   return write_safetensors(dir + "/consolidated.safetensors", st_specs(ts, pool));
 }
 
-// A SentencePiece-style vocabulary llama.cpp accepts: <unk>, <s>, </s>, the 256 byte tokens,
-// then unique printable pieces.
+// Mistral's v3 control pieces at their ids in mistral-common's v3 SentencePiece vocabulary (after <unk>,
+// <s>, </s>; its tests spell [INST] 3, [/INST] 4, [AVAILABLE_TOOLS] 6, [/AVAILABLE_TOOLS] 7).
+constexpr const char* kV3Controls[] = {
+    "[INST]",         "[/INST]",        "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+    "[TOOL_RESULTS]", "[/TOOL_RESULTS]"};
+constexpr int64_t kNumV3Controls = sizeof kV3Controls / sizeof kV3Controls[0];
+
+// The smallest vocabulary: the special and byte pieces and 3 normal ones.
+int64_t min_vocab(const std::string& format) {
+  return 3 + (format == "v3" ? kNumV3Controls : 0) + 256 + 3;
+}
+
+// A SentencePiece-style vocabulary llama.cpp accepts: <unk>, <s>, </s>, (v3: the control pieces above),
+// the 256 byte tokens, then unique printable pieces. Scores: 0 up to the first normal piece, then
+// -(id - first normal id), as SentencePiece's BPE merge order.
 struct Vocab {
   std::vector<std::string> tokens;
   std::vector<float> scores;
-  std::vector<int32_t> types;
+  std::vector<int32_t> types;  // SentencePiece piece types: 1 normal, 2 unknown, 3 control, 6 byte
 };
 
-Vocab make_vocab(int64_t n) {
+Vocab make_vocab(int64_t n, const std::string& format) {
   Vocab v;
+  std::vector<std::pair<std::string, int32_t>> special = {{"<unk>", 2}, {"<s>", 3}, {"</s>", 3}};
+  if (format == "v3")
+    for (const char* c : kV3Controls) special.emplace_back(c, 3);
+  const int64_t first_normal = static_cast<int64_t>(special.size()) + 256;
   auto add = [&](std::string s, int32_t type) {
-    v.scores.push_back(static_cast<int64_t>(v.tokens.size()) < 259
-                           ? 0.0f
-                           : -static_cast<float>(static_cast<int64_t>(v.tokens.size()) - 259));
+    const auto id = static_cast<int64_t>(v.tokens.size());
+    v.scores.push_back(id < first_normal ? 0.0f : -static_cast<float>(id - first_normal));
     v.tokens.push_back(std::move(s));
     v.types.push_back(type);
   };
-  add("<unk>", 2);  // unknown
-  add("<s>", 3);    // control
-  add("</s>", 3);
+  for (auto& [piece, type] : special) add(piece, type);
   for (int b = 0; b < 256; ++b) {
     char buf[8];
     std::snprintf(buf, sizeof buf, "<0x%02X>", b);
@@ -433,6 +456,59 @@ Vocab make_vocab(int64_t n) {
     if (seen.insert(piece).second) add(piece, 1);  // normal
   }
   return v;
+}
+
+// Protocol-buffer wire format, just what a SentencePiece ModelProto needs.
+void pb_varint(std::string& out, uint64_t v) {
+  for (; v >= 0x80; v >>= 7) out += static_cast<char>((v & 0x7f) | 0x80);
+  out += static_cast<char>(v);
+}
+void pb_int(std::string& out, uint32_t field, int64_t v) {  // wire type 0; negatives as 10-byte varints
+  pb_varint(out, uint64_t{field} << 3);
+  pb_varint(out, static_cast<uint64_t>(v));
+}
+void pb_bytes(std::string& out, uint32_t field, std::string_view b) {  // wire type 2
+  pb_varint(out, (uint64_t{field} << 3) | 2);
+  pb_varint(out, b.size());
+  out.append(b);
+}
+void pb_float(std::string& out, uint32_t field, float f) {  // wire type 5, little-endian
+  pb_varint(out, (uint64_t{field} << 3) | 5);
+  uint32_t u = 0;
+  std::memcpy(&u, &f, 4);
+  for (int i = 0; i < 4; ++i) out += static_cast<char>((u >> (8 * i)) & 0xff);
+}
+
+// sentencepiece_model.proto: ModelProto {1: repeated SentencePiece {1 piece, 2 score, 3 type},
+// 2: TrainerSpec {3 model_type (2 = BPE), 4 vocab_size, 35 byte_fallback, 40..43 unk/bos/eos/pad ids},
+// 3: NormalizerSpec {1 name, 3 add_dummy_prefix, 4 remove_extra_whitespaces, 5 escape_whitespaces}}, as
+// Mistral's tokenizer.model files set them (identity normaliser, dummy prefix, byte fallback).
+Status write_sp_model(const std::string& path, const TestModelSpec& spec) {
+  const Vocab v = make_vocab(spec.config.vocab_size, spec.vocab_format);
+  std::string proto, msg;
+  for (size_t i = 0; i < v.tokens.size(); ++i) {
+    msg.clear();
+    pb_bytes(msg, 1, v.tokens[i]);
+    pb_float(msg, 2, v.scores[i]);
+    pb_int(msg, 3, v.types[i]);
+    pb_bytes(proto, 1, msg);
+  }
+  msg.clear();
+  pb_int(msg, 3, 2);
+  pb_int(msg, 4, static_cast<int64_t>(v.tokens.size()));
+  pb_int(msg, 35, 1);
+  pb_int(msg, 40, 0);
+  pb_int(msg, 41, 1);
+  pb_int(msg, 42, 2);
+  pb_int(msg, 43, -1);
+  pb_bytes(proto, 2, msg);
+  msg.clear();
+  pb_bytes(msg, 1, "identity");
+  pb_int(msg, 3, 1);
+  pb_int(msg, 4, 0);
+  pb_int(msg, 5, 1);
+  pb_bytes(proto, 3, msg);
+  return write_text(path, proto);
 }
 
 uint32_t gguf_file_type(DType t) {
@@ -497,7 +573,7 @@ Status write_gguf(const TestModelSpec& spec, const CanonModel& m, DType t, bool 
   if (c.sliding_window > 0)
     w.set_u32(a + ".attention.sliding_window", static_cast<uint32_t>(c.sliding_window));
 
-  const Vocab v = make_vocab(c.vocab_size);
+  const Vocab v = make_vocab(c.vocab_size, spec.vocab_format);
   w.set_string("tokenizer.ggml.model", "llama");
   w.set_string_array("tokenizer.ggml.tokens", v.tokens);
   w.set_f32_array("tokenizer.ggml.scores", v.scores);
@@ -576,9 +652,13 @@ Status validate(const TestModelSpec& spec) {
   if (c.n_experts <= 0) return bad("experts", c.n_experts, "must be positive");
   if (c.n_experts_used <= 0 || c.n_experts_used > c.n_experts)
     return bad("top-k", c.n_experts_used, "must be in [1, experts = " + std::to_string(c.n_experts) + "]");
-  if (c.vocab_size < 262)
+  if (spec.vocab_format != "v1" && spec.vocab_format != "v3")
+    return Error::usage("make-test-model: vocab-format '" + spec.vocab_format + "': unknown (v1, v3)");
+  if (c.vocab_size < min_vocab(spec.vocab_format))
     return bad("vocab", c.vocab_size,
-               "must be at least 262 (3 special tokens, 256 byte tokens and a few pieces)");
+               "must be at least " + std::to_string(min_vocab(spec.vocab_format)) + " (" +
+                   (spec.vocab_format == "v3" ? "10" : "3") +
+                   " special tokens, 256 byte tokens and a few pieces)");
   if (c.sliding_window < 0) return bad("sliding-window", c.sliding_window, "must be >= 0 (0: none)");
   if (c.max_seq_len < 0) return bad("ctx", c.max_seq_len, "must be >= 0");
   if (!(c.norm_eps > 0) || !std::isfinite(c.norm_eps))

@@ -8,7 +8,11 @@
   * the configs (config.json, params.json, GGUF metadata and tokenizer) carry what the brief says;
   * norms and the router stay F32 in GGUF; the sharded index maps every tensor, total_size is right;
   * the same seed writes the same bytes, another seed other weights;
-  * bad specs: exit status 2 and a one-line error naming the field.
+  * bad specs: exit status 2 and a one-line error naming the field;
+  * --vocab-format v3: Mistral's v3 control pieces at mistral-common's ids ([INST] 3 .. [/TOOL_RESULTS] 9,
+    type control) before the bytes, in the GGUF metadata and in the tokenizer.model (HF) and
+    tokenizer.model.v3 (consolidated) written beside the weights (read with a protobuf reader of its own);
+    every layout's tokenizer builds the mistral-v3 chat prompt and parses the tool control tokens.
 """
 import argparse
 import filecmp
@@ -264,6 +268,115 @@ def check_variants(mixtral, out):
     shutil.rmtree(d, ignore_errors=True)
 
 
+V3_CONTROLS = ["[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
+               "[/TOOL_RESULTS]"]
+
+
+def pb_fields(buf):
+    """Protocol-buffer message -> [(field, value)]: varints as ints, fixed32 as float, bytes as bytes."""
+    out, i = [], 0
+
+    def varint():
+        nonlocal i
+        v = shift = 0
+        while True:
+            b = buf[i]
+            i += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return v
+    while i < len(buf):
+        tag = varint()
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            v = varint()
+            out.append((field, v - (1 << 64) if v >= 1 << 63 else v))
+        elif wire == 2:
+            n = varint()
+            out.append((field, bytes(buf[i:i + n])))
+            i += n
+        elif wire == 5:
+            out.append((field, float(np.frombuffer(buf[i:i + 4], dtype="<f4")[0])))
+            i += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+    return out
+
+
+def read_sp_model(path):
+    """tokenizer.model -> (pieces, scores, types, trainer {field: value}, normalizer {field: value})."""
+    pieces, scores, types, trainer, norm = [], [], [], {}, {}
+    with open(path, "rb") as f:
+        for field, v in pb_fields(f.read()):
+            if field == 1:
+                d = dict(pb_fields(v))
+                pieces.append(d[1].decode())
+                scores.append(d.get(2, 0.0))
+                types.append(d.get(3, 1))
+            elif field == 2:
+                trainer = dict(pb_fields(v))
+            elif field == 3:
+                norm = dict(pb_fields(v))
+    return pieces, scores, types, trainer, norm
+
+
+def check_v3(mixtral, out):
+    d = out + "-v3"
+    shutil.rmtree(d, ignore_errors=True)
+    p = run(mixtral, ["make-test-model", d] + spec_with(types="f32,q8_0", layouts="hf,hf-sharded,consolidated,gguf-merged",
+                                                       vocab_format="v3"))
+    check(p.returncode == 0, f"--vocab-format v3: exit {p.returncode} {p.stderr.strip()}")
+    if p.returncode != 0:
+        return
+    V, first = 270, 3 + len(V3_CONTROLS) + 256  # SPEC's vocab; the first normal piece
+    meta, _, _ = reference.gguf_read(os.path.join(d, "gguf-merged-q8_0.gguf"))
+    toks, scores, tt = (meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.scores"], meta["tokenizer.ggml.token_type"])
+    ok = (len(toks) == len(scores) == len(tt) == V and toks[:10] == ["<unk>", "<s>", "</s>"] + V3_CONTROLS
+          and tt[:10] == [2] + [3] * 9 and toks[10] == "<0x00>" and toks[265] == "<0xFF>" and set(tt[10:266]) == {6}
+          and set(tt[266:]) == {1} and toks[266:270] == ["\u2581a", "a", "\u2581b", "b"]
+          and scores == [0.0] * first + [-float(i) for i in range(V - first)]
+          and meta["tokenizer.ggml.bos_token_id"] == 1 and meta["tokenizer.ggml.eos_token_id"] == 2)
+    check(ok, "v3 gguf: control pieces [INST]..[/TOOL_RESULTS] at ids 3..9 (type control), bytes at 10..265")
+    for rel in ("hf-f32/tokenizer.model", "hf-f32-sharded/tokenizer.model", "consolidated-f32/tokenizer.model.v3"):
+        path = os.path.join(d, rel)
+        if not os.path.exists(path):
+            check(False, f"v3: {rel} written")
+            continue
+        pieces, sc, ty, trainer, norm = read_sp_model(path)
+        ok = (pieces == toks and sc == scores and ty == tt and trainer.get(3) == 2 and trainer.get(35) == 1
+              and (trainer.get(40), trainer.get(41), trainer.get(42)) == (0, 1, 2) and norm.get(1) == b"identity"
+              and norm.get(3) == 1)
+        check(ok, f"v3 {rel}: the GGUF vocabulary as a SentencePiece BPE model (byte fallback, identity, dummy prefix)")
+        try:  # the SentencePiece library itself, where this Python has it (Debian's python3-sentencepiece)
+            import sentencepiece
+        except ImportError:
+            continue
+        sp = sentencepiece.SentencePieceProcessor(model_file=path)
+        check(sp.vocab_size() == V and all(sp.is_control(i) for i in range(1, 10)) and sp.encode("ab") == [266, 269]
+              and sp.encode("x") == [10 + 0xE2, 10 + 0x96, 10 + 0x81, 10 + ord("x")],
+              f"v3 {rel}: SentencePiece loads it (control ids 1..9, 'ab' -> 266 269, byte fallback)")
+    check(not os.path.exists(os.path.join(d, "hf-q8_0")), "v3: no HF directory for q8_0")
+    check(not any(os.path.exists(os.path.join(out, r)) for r in ("hf-f32/tokenizer.model",
+                                                                  "consolidated-f32/tokenizer.model.v3")),
+          "v1 (the default): no tokenizer files beside the HF and consolidated weights")
+    chat = os.path.join(d, "chat.json")
+    with open(chat, "w") as f:
+        json.dump({"messages": [{"role": "user", "content": "ab"}]}, f)
+    special = "[TOOL_CALLS][AVAILABLE_TOOLS][/AVAILABLE_TOOLS][TOOL_RESULTS][/TOOL_RESULTS][/INST]"
+    for rel in ("gguf-merged-q8_0.gguf", "hf-f32", "hf-f32-sharded", "consolidated-f32"):
+        m = os.path.join(d, rel)
+        a = run(mixtral, ["tokenize", "-m", m, "--chat", chat])
+        b = run(mixtral, ["tokenize", "-m", m, "--special", "--text", special])
+        c = run(mixtral, ["tokenize", "-m", m, "--text", "[INST]"])
+        ids = [json.loads(x.stdout) if x.returncode == 0 else x.stderr.strip() for x in (a, b, c)]
+        # mistral-v3 layout <s>[INST]▁ab[/INST]: "▁a" 266, "b" 269; without --special "[INST]" is plain text.
+        check(ids[0] == [1, 3, 266, 269, 4] and ids[1] == [1, 5, 6, 7, 8, 9, 4] and isinstance(ids[2], list)
+              and 3 not in ids[2] and len(ids[2]) > 2,
+              f"v3 {rel}: chat prompt {ids[0]} (mistral-v3), control tokens {ids[1]}, plain '[INST]' {ids[2]}")
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def check_errors(mixtral, out):
     cases = [  # options replaced in SPEC, words the one-line error must contain
         (dict(dim=100, types="q8_0"), ["dim 100", "32"]),
@@ -280,6 +393,8 @@ def check_errors(mixtral, out):
         (dict(types="q4_k"), ["dim 64", "256", "q4_k"]),  # K-quant rows are whole 256-element blocks
         (dict(types="q8_0", layouts="consolidated"), ["consolidated", "float"]),
         (dict(sliding_window=-1), ["sliding-window -1"]),
+        (dict(vocab=268, vocab_format="v3"), ["vocab 268", "269"]),
+        (dict(vocab_format="v2"), ["vocab-format", "v2"]),
     ]
     for overrides, words in cases:
         p = run(mixtral, ["make-test-model", out + "-bad"] + spec_with(**{"types": "f32", "layouts": "hf", **overrides}))
@@ -300,6 +415,7 @@ def main():
         check_files(out)
         check_determinism(a.mixtral, out)
         check_variants(a.mixtral, out)
+        check_v3(a.mixtral, out)
         check_errors(a.mixtral, out)
     except (RuntimeError, subprocess.TimeoutExpired, KeyError, OSError) as e:
         check(False, f"{type(e).__name__}: {e}")
