@@ -277,6 +277,8 @@ std::string get_string(const json& b, const char* k, const std::string& prefix) 
   return b[k].get<std::string>();
 }
 
+// Text parts are joined with "\n\n" and empty ones skipped, as mistral-common's normaliser aggregates a
+// message's text chunks (v3..v13 tokenizers); the one rule serves every chat format.
 std::string content_text(const json& c, const std::string& param, std::initializer_list<const char*> types) {
   if (c.is_string()) return c.get<std::string>();
   if (c.is_array()) {
@@ -295,7 +297,10 @@ std::string content_text(const json& c, const std::string& param, std::initializ
       if (!part.contains("text") || !part["text"].is_string())
         throw BadRequest{p + ".text must be a string", p + ".text"};
       check_fields(part, {"type", "text", "annotations", "logprobs"}, p + ".");
-      out += part["text"].get<std::string>();
+      const std::string& text = part["text"].get_ref<const std::string&>();
+      if (text.empty()) continue;
+      if (!out.empty()) out += "\n\n";
+      out += text;
     }
     return out;
   }

@@ -174,7 +174,7 @@ TEST(RequestFields, HistoryWithToolCalls) {
   const GenRequest r = parse_chat_request(chat_body({{"messages", msgs}}), 4096);
   ASSERT_EQ(r.messages.size(), 4u);
   EXPECT_EQ(r.messages[0].role, "system");
-  EXPECT_EQ(r.messages[1].content, "weather?");
+  EXPECT_EQ(r.messages[1].content, "wea\n\nther?");  // text parts joined as mistral-common does
   EXPECT_EQ(r.messages[2].content, "");
   ASSERT_EQ(r.messages[2].tool_calls.size(), 1u);
   EXPECT_EQ(r.messages[2].tool_calls[0].id, "abcDEF123");
@@ -195,6 +195,24 @@ TEST(RequestFields, HistoryWithToolCalls) {
   json user_no_content = msgs;
   user_no_content[1].erase("content");
   EXPECT_EQ(chat_param(chat_body({{"messages", user_no_content}})), "messages[1].content");
+}
+
+// mistral-common's normaliser (_aggregate_content_chunks, v3..v13) joins a message's text chunks with
+// "\n\n" and skips empty ones; a plain string is taken as it is.
+TEST(RequestFields, ContentPartsJoinedAsMistralCommon) {
+  auto parts = [](std::vector<std::string> texts) {
+    json a = json::array();
+    for (auto& t : texts) a.push_back({{"type", "text"}, {"text", t}});
+    return a;
+  };
+  EXPECT_EQ(content_text(parts({"a", "b", "c"}), "m"), "a\n\nb\n\nc");
+  EXPECT_EQ(content_text(parts({"", "a", "", "b", ""}), "m"), "a\n\nb");
+  EXPECT_EQ(content_text(parts({"only"}), "m"), "only");
+  EXPECT_EQ(content_text(parts({}), "m"), "");
+  EXPECT_EQ(content_text(json("a\n\nb"), "m"), "a\n\nb");
+  const json in =
+      json::array({{{"type", "input_text"}, {"text", "x"}}, {{"type", "output_text"}, {"text", "y"}}});
+  EXPECT_EQ(content_text(in, "m", {"input_text", "output_text"}), "x\n\ny");
 }
 
 // ---- Reading replies ----
