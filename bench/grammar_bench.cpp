@@ -8,11 +8,13 @@
 // Also the grammar compile time.
 //
 //   mixtral_bench_grammar [--benchmark_... flags] [TOKENIZER]   (e.g. tokenizer-fixtures/v1/tokenizer.model)
+//   mixtral_bench_grammar --print-gbnf=N                         (prints case N's grammar)
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -241,10 +243,61 @@ double percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
 }
 
+// Bounded repetitions (grammars 4..7): schemas through json_schema_to_gbnf.
+const char* kBoundedSchemas[] = {
+    R"({"type": "string", "maxLength": 100})",
+    R"({"type": "string", "minLength": 5, "maxLength": 40})",
+    R"({"type": "string", "pattern": "^[a-z]{3,30}$"})",
+    R"({"type": "array", "items": {"type": "string"}, "maxItems": 20})",
+};
+
+// Text of whole words, cut to at most n code points (at least lo: padded with "x").
+std::string text_of(std::mt19937& rng, size_t lo, size_t n) {
+  std::string s;
+  size_t cps = 0;
+  auto count = [](const std::string& w) {
+    size_t c = 0;
+    for (char ch : w) c += (static_cast<uint8_t>(ch) & 0xC0) != 0x80;
+    return c;
+  };
+  const size_t want = lo + rng() % (n - lo + 1);
+  while (true) {
+    std::string w = word(rng);
+    if (w.find('\\') != std::string::npos) continue;  // escapes count as one character
+    w = (s.empty() ? "" : " ") + w;
+    if (cps + count(w) > want) break;
+    s += w, cps += count(w);
+  }
+  while (cps < lo) s += 'x', ++cps;
+  return s;
+}
+
+std::string bounded_doc(int which, std::mt19937& rng) {
+  switch (which) {
+    case 4:
+      return "\"" + text_of(rng, 0, 100) + "\"";
+    case 5:
+      return "\"" + text_of(rng, 5, 40) + "\"";
+    case 6: {
+      std::string s = "\"";
+      const size_t n = 3 + rng() % 28;
+      for (size_t i = 0; i < n; ++i) s += static_cast<char>('a' + rng() % 26);
+      return s + "\"";
+    }
+    default: {
+      std::string s = "[";
+      const size_t n = rng() % 21;
+      for (size_t i = 0; i < n; ++i) s += (i ? ", \"" : "\"") + word(rng) + "\"";
+      return s + "]";
+    }
+  }
+}
+
 std::vector<std::string> docs_for(int which, uint32_t round) {
   std::mt19937 rng(1234 + static_cast<uint32_t>(which) + 100 * round);
   std::vector<std::string> docs;
   for (int i = 0; i < 24; ++i) {
+    if (which >= 4) docs.push_back(bounded_doc(which, rng));
     if (which == 0) docs.push_back(object_doc(rng));
     if (which == 1) docs.push_back(tree_doc(rng, 0));
     if (which == 2) docs.push_back(json_value(rng, 0));
@@ -254,8 +307,9 @@ std::vector<std::string> docs_for(int which, uint32_t round) {
 }
 
 std::string gbnf_for(int which) {
-  if (which == 3) {
-    auto g = json_schema_to_gbnf(nlohmann::json::parse(kObjectSchema));
+  if (which >= 3) {
+    auto g =
+        json_schema_to_gbnf(nlohmann::json::parse(which == 3 ? kObjectSchema : kBoundedSchemas[which - 4]));
     if (!g.ok()) {
       std::fprintf(stderr, "grammar_bench: %s\n", g.error().message.c_str());
       std::abort();
@@ -265,7 +319,10 @@ std::string gbnf_for(int which) {
   return which == 0 ? kObjectGbnf : which == 1 ? kTreeGbnf : kFreeJsonGbnf;
 }
 
-// state.range(0): grammar (0 object, 1 tree, 2 free JSON, 3 the object schema via json_schema_to_gbnf);
+// state.range(0): grammar (0 object, 1 tree, 2 free JSON, 3 the object schema via json_schema_to_gbnf;
+// bounded repetitions via json_schema_to_gbnf: 4 string maxLength 100, 5 string minLength 5 maxLength 40, 6
+// pattern
+// ^[a-z]{3,30}$, 7 array of strings maxItems 20);
 // range(1): 1 cache (warm across runs), 0 none.
 void BM_MaskPerToken(benchmark::State& state) {
   const int which = static_cast<int>(state.range(0));
@@ -298,7 +355,7 @@ void BM_MaskPerToken(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(tokens));
 }
 BENCHMARK(BM_MaskPerToken)
-    ->ArgsProduct({{0, 1, 2, 3}, {1, 0}})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7}, {1, 0}})
     ->ArgNames({"grammar", "cache"})
     ->Unit(benchmark::kMillisecond)
     ->Iterations(3);
@@ -310,7 +367,7 @@ void BM_Compile(benchmark::State& state) {
     benchmark::DoNotOptimize(g);
   }
 }
-BENCHMARK(BM_Compile)->Arg(0)->Arg(1)->Arg(2)->Arg(3)->ArgName("grammar")->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Compile)->DenseRange(0, 7)->ArgName("grammar")->Unit(benchmark::kMicrosecond);
 
 void BM_BuildMasker(benchmark::State& state) {
   for (auto _ : state) {
@@ -324,6 +381,10 @@ BENCHMARK(BM_BuildMasker)->Unit(benchmark::kMillisecond);
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
+  if (argc > 1 && std::string(argv[1]).rfind("--print-gbnf=", 0) == 0) {  // the grammar of one case
+    std::fputs(gbnf_for(std::atoi(argv[1] + 13)).c_str(), stdout);
+    return 0;
+  }
   Setup setup;
   if (argc > 1) {
     auto tok = Tokenizer::load(argv[1]);

@@ -113,6 +113,7 @@ class TokenMasker {
     uint64_t misses = 0;        // masks computed
     uint64_t class_runs = 0;    // of those, computed with the class-run shortcut (token_mask.cpp)
     uint64_t subtree_runs = 0;  // trie subtrees below the root done by the same shortcut
+    uint64_t counted_runs = 0;  // masks computed with the counted-run shortcut (bounded repetitions)
   };
   Stats stats() const;
   void clear_cache() const;

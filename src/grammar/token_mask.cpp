@@ -1,10 +1,15 @@
 // Token masks: the vocabulary's byte strings as a trie, walked with the matcher's stack set (a branch is
-// dropped as soon as no stack survives its bytes), plus two shortcuts:
+// dropped as soon as no stack survives its bytes), plus shortcuts:
 //  - Class runs. When every stack that can take a character of some broad code-point class C sits on C
-//    itself, and taking any character of C leads back to the very same stack set (string content such as
+//    (or on a class containing C), and taking any character of C leads back to the very same stack set
+//    (string content such as
 //    [^"\\]* in JSON: the stacks loop), a token is allowed iff its bytes after its longest prefix of whole
 //    C characters are. So tokens made only of C characters are allowed at once (a precomputed bitset per
 //    class) and only the remainders of the others are walked (a second, much smaller trie per class).
+//  - Counted runs. The same, when a character of C moves the set on instead of back (a bounded repetition
+//    such as a string's {0,100}: a counter moves): the sets after 0, 1, ... p characters are computed up to
+//    the longest token, and a token starting with exactly p whole C characters is decided by S_p (all-C
+//    tokens by a bitset per p; remainders walked in a trie per p).
 //  - A cache of masks per (grammar, stack set), LRU, exact (stacks are compared, not only hashed).
 #include <algorithm>
 #include <atomic>
@@ -104,13 +109,18 @@ size_t class_prefix(const CodeClass& c, std::string_view b) {
   return i;
 }
 
-// Per code-point class: tokens made only of whole characters of the class, and the others' remainders.
+// Per code-point class C, the tokens whose first byte can start a C character (the others are walked in
+// the vocabulary's trie, skipping those first bytes), by p, the number of whole C characters they start with:
+// those made only of C characters, and the remainders of the others past their p characters.
 struct ClassData {
   std::vector<uint32_t> all_in;  // [words] mask bits
-  Trie rest;
+  Trie rest;                     // remainders, any p
+  // [p][words]: tokens made only of C characters, at most p of them (p = 0..max_chars).
+  std::vector<std::vector<uint32_t>> all_in_upto;
+  std::vector<Trie> rest_at;  // [p]: remainders of the others starting with exactly p C characters
 };
 
-constexpr int kBroadClass = 64;       // classes starting with at least this many bytes get ClassData
+constexpr int kBroadClass = 8;        // classes starting with at least this many bytes get ClassData
 constexpr uint32_t kSubtreeRun = 24;  // trie subtrees this big are checked for a class run below the root
 
 void append_utf8(uint32_t cp, std::string& out) {
@@ -151,18 +161,22 @@ struct TokenMasker::Impl {
   MaskerOptions opts;
   size_t words = 0;
   Trie trie;
-  size_t max_len = 0;  // longest token, bytes (walk depth)
+  size_t max_len = 0;    // longest token, bytes (walk depth)
+  size_t max_chars = 0;  // longest token, UTF-8 characters (lead and ASCII bytes)
 
   mutable std::mutex mu;              // guards everything below
   mutable std::list<CacheEntry> lru;  // most recent first
   mutable std::unordered_multimap<uint64_t, std::list<CacheEntry>::iterator> index;
   mutable std::unordered_map<uint64_t, std::shared_ptr<const ClassData>> class_data;  // by class hash
-  mutable std::atomic<uint64_t> hits{0}, misses{0}, class_runs{0}, subtree_runs{0};
+  mutable std::atomic<uint64_t> hits{0}, misses{0}, class_runs{0}, subtree_runs{0}, counted_runs{0};
 
   std::shared_ptr<const ClassData> class_data_for(const CodeClass& c) const;
   void compute(const Matcher::State& s, std::vector<uint32_t>& mask) const;
+  bool counted_run(Stepper& st, const StackSet& set, uint32_t cls, std::vector<StackSet>& pool,
+                   uint32_t* mask) const;
+  // skip: first bytes not walked from the root (nullptr: none).
   void walk(Stepper& st, const Trie& t, uint32_t node, const StackSet& s, std::vector<StackSet>& pool,
-            size_t depth, uint32_t* mask) const;
+            size_t depth, uint32_t* mask, const std::array<uint64_t, 4>* skip = nullptr) const;
 };
 
 std::shared_ptr<const ClassData> TokenMasker::Impl::class_data_for(const CodeClass& c) const {
@@ -172,29 +186,93 @@ std::shared_ptr<const ClassData> TokenMasker::Impl::class_data_for(const CodeCla
   }
   auto d = std::make_shared<ClassData>();
   d->all_in.assign(words, 0);
+  d->all_in_upto.assign(max_chars + 1, std::vector<uint32_t>(words, 0));
   std::vector<std::pair<std::string_view, int32_t>> rest;
+  std::vector<std::vector<std::pair<std::string_view, int32_t>>> rest_at(max_chars + 1);
   for (size_t t = 0; t < v.bytes.size(); ++t) {
-    if (v.special[t] || v.bytes[t].empty()) continue;
+    if (v.special[t] || v.bytes[t].empty() || !c.first_has(static_cast<uint8_t>(v.bytes[t][0]))) continue;
     const std::string_view b = v.bytes[t];
     const size_t i = class_prefix(c, b);
+    size_t p = 0;  // whole characters in b[0, i)
+    for (size_t k = 0; k < i; ++k) p += (static_cast<uint8_t>(b[k]) & 0xC0) != 0x80;
     if (i == b.size()) {
       d->all_in[t / 32] |= 1u << (t % 32);
+      d->all_in_upto[p][t / 32] |= 1u << (t % 32);  // made cumulative below
     } else {
       rest.push_back({b.substr(i), static_cast<int32_t>(t)});
+      rest_at[p].push_back({b.substr(i), static_cast<int32_t>(t)});
     }
   }
+  for (size_t q = 1; q <= max_chars; ++q)
+    for (size_t w = 0; w < words; ++w) d->all_in_upto[q][w] |= d->all_in_upto[q - 1][w];
   d->rest.build(std::move(rest));
+  d->rest_at.resize(max_chars + 1);
+  for (size_t p = 0; p <= max_chars; ++p) d->rest_at[p].build(std::move(rest_at[p]));
   std::lock_guard<std::mutex> lock(mu);
   if (class_data.size() >= 64) class_data.clear();  // bounded: broad classes are few in practice
   class_data.emplace(c.hash, d);
   return d;
 }
 
-// The class C of a class run at `set`, or UINT32_MAX: a broad class C on some stacks' tops (no partial
-// character), no other stack able to start a character of C, and one character of C leading back to `set`
-// itself. Then every character of C does (the others die on its first byte; the C stacks take any member
-// alike), so a token is allowed iff what follows its longest run of whole C characters is.
-static uint32_t class_run(Stepper& st, const StackSet& set) {
+// Every member of d is in c (both sorted disjoint ranges; a false "no" only costs the shortcut).
+static bool covers(const CodeClass& d, const CodeClass& c) {
+  for (const auto& [lo, hi] : c.ranges) {
+    auto it =
+        std::lower_bound(d.ranges.begin(), d.ranges.end(), lo,
+                         [](const std::pair<uint32_t, uint32_t>& r, uint32_t v) { return r.second < v; });
+    if (it == d.ranges.end() || it->first > lo || it->second < hi) return false;
+  }
+  return true;
+}
+
+// Every character of class cls advances `set` alike: each top either sits on a class containing all of cls
+// with no partial character (it takes any member the same way: on to the element after it) or cannot start
+// a character of cls (its first bytes are not cls's).
+static bool uniform(const Grammar& g, const StackSet& set, uint32_t cls) {
+  const CodeClass& c = g.classes[cls];
+  for (const Node* n : set.tops) {
+    const Elem e = g.elems[n->pos];
+    if (e.kind == ElemKind::kByte) {
+      if (e.arg < 256 && c.first_has(static_cast<uint8_t>(e.arg))) return false;
+    } else if (e.kind == ElemKind::kClass && n->partial == 0) {  // partial tops take continuation bytes only
+      const CodeClass& d = g.classes[e.arg];
+      if (e.arg == cls || covers(d, c)) continue;
+      for (int i = 0; i < 4; ++i)
+        if (d.first[i] & c.first[i]) return false;
+    }
+  }
+  return true;
+}
+
+// The first character of class c, UTF-8 (1..4 bytes).
+static size_t first_char(const CodeClass& c, char* ch) {
+  std::string tmp;
+  append_utf8(c.ranges.front().first, tmp);
+  std::memcpy(ch, tmp.data(), tmp.size());
+  return tmp.size();
+}
+
+// out := in advanced by the bytes ch[0, nch).
+static void advance_bytes(Stepper& st, const StackSet& in, const char* ch, size_t nch, StackSet& out) {
+  thread_local StackSet tmp;
+  st.advance_byte(in, static_cast<uint8_t>(ch[0]), out);
+  for (size_t i = 1; i < nch && !out.empty(); ++i) {
+    st.advance_byte(out, static_cast<uint8_t>(ch[i]), tmp);
+    std::swap(out, tmp);
+  }
+}
+
+// A class run at `set`: a broad class C (at least kBroadClass first bytes) on some top with no partial
+// character, and every character of C advancing `set` alike (uniform), so the set after a token's longest
+// prefix of whole C characters depends only on how many there are. loops: one character of C leads back to
+// `set` itself (string content [^"\\]*: then every prefix does); else a counted run (e.g. the {0,100} of a
+// bounded string: each character moves a counter on).
+struct Run {
+  uint32_t cls = UINT32_MAX;
+  bool loops = false;
+};
+
+static Run class_run(Stepper& st, const StackSet& set) {
   const Grammar& g = st.g;
   int best = kBroadClass - 1;
   uint32_t cls = UINT32_MAX;
@@ -204,44 +282,15 @@ static uint32_t class_run(Stepper& st, const StackSet& set) {
     const int pc = popcount4(g.classes[e.arg].first);
     if (pc > best) best = pc, cls = e.arg;
   }
-  if (cls == UINT32_MAX) return cls;
-  const CodeClass& c = g.classes[cls];
-  // Bytes the other stacks can start with (as Stepper::first_bytes).
-  std::array<uint64_t, 4> fb{};
-  for (const Node* n : set.tops) {
-    const Elem e = g.elems[n->pos];
-    if (e.kind == ElemKind::kByte) {
-      fb[e.arg >> 6] |= uint64_t{1} << (e.arg & 63);
-    } else if (e.kind == ElemKind::kClass) {
-      if (n->partial != 0) {
-        fb[2] |= ~uint64_t{0};
-      } else if (e.arg != cls) {
-        for (int i = 0; i < 4; ++i) fb[i] |= g.classes[e.arg].first[i];
-      }
-    }
-  }
-  for (int i = 0; i < 4; ++i)
-    if (fb[i] & c.first[i]) return UINT32_MAX;
-  uint32_t cp = c.ranges.front().first;
+  if (cls == UINT32_MAX || !uniform(g, set, cls)) return {};
   char ch[4];
-  size_t nch = 0;
-  if (cp < 0x80) {
-    ch[nch++] = static_cast<char>(cp);
-  } else {
-    std::string tmp;
-    append_utf8(cp, tmp);
-    for (char x : tmp) ch[nch++] = x;
-  }
+  const size_t nch = first_char(g.classes[cls], ch);
   const size_t mark = st.arena.mark();
-  thread_local StackSet a, b;
-  st.advance_byte(set, static_cast<uint8_t>(ch[0]), a);
-  for (size_t i = 1; i < nch; ++i) {
-    st.advance_byte(a, static_cast<uint8_t>(ch[i]), b);
-    std::swap(a, b);
-  }
+  thread_local StackSet a;
+  advance_bytes(st, set, ch, nch, a);
   const bool loops = same_set(a, set);
   st.arena.release(mark);
-  return loops ? cls : UINT32_MAX;
+  return {cls, loops};
 }
 
 // Below a trie node whose set is a class run: each token's bytes past the node, after their longest run of
@@ -270,9 +319,12 @@ static void run_subtree(Stepper& st, const Trie& t, const Vocabulary& v, const T
 }
 
 void TokenMasker::Impl::walk(Stepper& st, const Trie& t, uint32_t node, const StackSet& s,
-                             std::vector<StackSet>& pool, size_t depth, uint32_t* mask) const {
+                             std::vector<StackSet>& pool, size_t depth, uint32_t* mask,
+                             const std::array<uint64_t, 4>* skip) const {
   std::array<uint64_t, 4> fb;
   st.first_bytes(s, fb);
+  if (skip)
+    for (int i = 0; i < 4; ++i) fb[i] &= ~(*skip)[i];
   const Trie::NodeInfo& ni = t.nodes[node];
   for (uint32_t e = ni.child_begin; e < ni.child_begin + ni.child_count; ++e) {
     const uint8_t b = t.child_byte[e];
@@ -289,7 +341,10 @@ void TokenMasker::Impl::walk(Stepper& st, const Trie& t, uint32_t node, const St
       }
       if (ci.child_count && !next.tops.empty()) {
         uint32_t cls = UINT32_MAX;
-        if (ci.sub_end - ci.tok_begin - ci.tok_count >= kSubtreeRun) cls = class_run(st, next);
+        if (ci.sub_end - ci.tok_begin - ci.tok_count >= kSubtreeRun) {
+          const Run r = class_run(st, next);
+          if (r.loops) cls = r.cls;
+        }
         if (cls != UINT32_MAX) {
           subtree_runs.fetch_add(1, std::memory_order_relaxed);
           run_subtree(st, t, v, ci, depth + 1, next, st.g.classes[cls], mask);
@@ -301,6 +356,43 @@ void TokenMasker::Impl::walk(Stepper& st, const Trie& t, uint32_t node, const St
     }
     st.arena.release(mark);
   }
+}
+
+// A counted class run at `set` (class_run, not a loop): S_p, the set after p characters of C, for p up to
+// the longest token (in characters) or until it dies; then a token made only of C characters, p of them, is
+// allowed iff S_p is not empty, and one starting with exactly p whole C characters iff its remainder walks
+// from S_p. false (nothing written) when some S_p (p below the longest token) is not uniform for C: the
+// caller walks the whole trie instead.
+bool TokenMasker::Impl::counted_run(Stepper& st, const StackSet& set, uint32_t cls,
+                                    std::vector<StackSet>& pool, uint32_t* mask) const {
+  const CodeClass& c = st.g.classes[cls];
+  char ch[4];
+  const size_t nch = first_char(c, ch);
+  thread_local std::vector<StackSet> seq;  // [p] S_p; live: [0, k)
+  if (seq.size() < max_chars + 1) seq.resize(max_chars + 1);
+  const size_t mark = st.arena.mark();
+  seq[0] = set;
+  size_t k = 1;  // S_p for p >= k is empty
+  for (; k <= max_chars; ++k) {
+    const StackSet& prev = seq[k - 1];
+    if (prev.tops.empty()) break;
+    if (k > 1 && !uniform(st.g, prev, cls)) {  // S_0 was checked by class_run
+      st.arena.release(mark);
+      return false;
+    }
+    advance_bytes(st, prev, ch, nch, seq[k]);
+    if (seq[k].empty()) break;
+  }
+  const std::shared_ptr<const ClassData> cd = class_data_for(c);
+  const std::vector<uint32_t>& upto = cd->all_in_upto[k - 1];
+  for (size_t w = 0; w < words; ++w) mask[w] |= upto[w];
+  walk(st, trie, 0, set, pool, 0, mask, &c.first);
+  for (size_t p = 0; p < k; ++p) {
+    const Trie& t = cd->rest_at[p];
+    if (!seq[p].tops.empty() && t.nodes[0].child_count) walk(st, t, 0, seq[p], pool, 0, mask);
+  }
+  st.arena.release(mark);
+  return true;
 }
 
 void TokenMasker::Impl::compute(const Matcher::State& s, std::vector<uint32_t>& mask) const {
@@ -320,17 +412,22 @@ void TokenMasker::Impl::compute(const Matcher::State& s, std::vector<uint32_t>& 
     if (e.kind == ElemKind::kToken && e.arg < v.bytes.size()) mask[e.arg / 32] |= 1u << (e.arg % 32);
   }
 
-  // The class-run shortcut, when it applies.
-  const Trie* walk_trie = &trie;
+  // The class-run shortcuts, when they apply.
+  const std::array<uint64_t, 4>* walk_skip = nullptr;  // first bytes class data covered
   std::shared_ptr<const ClassData> cd;
-  const uint32_t cls = class_run(st, set);
-  if (cls != UINT32_MAX) {
-    cd = class_data_for(g.classes[cls]);
+  const Run run = set.tops.empty() ? Run{} : class_run(st, set);
+  if (run.cls != UINT32_MAX && run.loops) {
+    cd = class_data_for(g.classes[run.cls]);
     class_runs.fetch_add(1, std::memory_order_relaxed);
     for (size_t w = 0; w < words; ++w) mask[w] |= cd->all_in[w];
-    walk_trie = &cd->rest;
+    walk(st, cd->rest, 0, set, pool, 0, mask.data());
+    walk_skip = &g.classes[run.cls].first;
   }
-  if (!set.tops.empty()) walk(st, *walk_trie, 0, set, pool, 0, mask.data());
+  if (run.cls != UINT32_MAX && !run.loops && counted_run(st, set, run.cls, pool, mask.data())) {
+    counted_runs.fetch_add(1, std::memory_order_relaxed);
+  } else if (!set.tops.empty()) {
+    walk(st, trie, 0, set, pool, 0, mask.data(), walk_skip);
+  }
   arena.release(mark);
 
   // EOS exactly where the grammar can end.
@@ -356,6 +453,9 @@ TokenMasker::TokenMasker(Vocabulary v, MaskerOptions opts) : impl_(std::make_uni
     if (!impl_->v.special[t] && !impl_->v.bytes[t].empty()) {  // control tokens: only via token terminals
       entries.push_back({impl_->v.bytes[t], static_cast<int32_t>(t)});
       impl_->max_len = std::max(impl_->max_len, impl_->v.bytes[t].size());
+      size_t chars = 0;
+      for (char ch : impl_->v.bytes[t]) chars += (static_cast<uint8_t>(ch) & 0xC0) != 0x80;
+      impl_->max_chars = std::max(impl_->max_chars, chars);
     }
   }
   impl_->trie.build(std::move(entries));
@@ -437,7 +537,8 @@ bool TokenMasker::accept(Matcher& m, int32_t t) const {
 TokenMasker::Stats TokenMasker::stats() const {
   return {impl_->hits.load(std::memory_order_relaxed), impl_->misses.load(std::memory_order_relaxed),
           impl_->class_runs.load(std::memory_order_relaxed),
-          impl_->subtree_runs.load(std::memory_order_relaxed)};
+          impl_->subtree_runs.load(std::memory_order_relaxed),
+          impl_->counted_runs.load(std::memory_order_relaxed)};
 }
 
 void TokenMasker::clear_cache() const {

@@ -51,7 +51,8 @@ std::string describe_diff(const Vocabulary& v, const std::vector<uint32_t>& got,
   return s;
 }
 
-uint64_t class_runs_seen = 0;  // masks the shortcut computed, over all walks so far
+uint64_t class_runs_seen = 0;    // masks the shortcut computed, over all walks so far
+uint64_t counted_runs_seen = 0;  // the same for the counted-run shortcut
 
 // Random walks through the grammar: at each step the mask (cached and uncached) equals brute force, then
 // a random allowed token is accepted. Returns the number of steps checked.
@@ -97,6 +98,7 @@ int check_walks(const std::string& gbnf, const Vocabulary& v, int walks, int ste
   const auto st = cached.stats();
   EXPECT_EQ(st.hits + st.misses, static_cast<uint64_t>(checked));
   class_runs_seen += uncached.stats().class_runs;
+  counted_runs_seen += uncached.stats().counted_runs;
   return checked;
 }
 
@@ -284,6 +286,56 @@ TEST(Mask, ClassRunsBelowTheRoot) {
   EXPECT_GE(tm.stats().subtree_runs, 1u);
 }
 
+// Bounded repetitions of a class (counted runs: a string's maxLength, {m,n} in patterns, digit counts):
+// masks equal brute force along random generations, and at the boundaries: no character left, one left
+// (tokens of two characters refused, é counting as one), the minimum not reached yet.
+TEST(Mask, CountedRunsMatchBruteForce) {
+  const Vocabulary v = small_vocab();
+  const uint64_t before = counted_runs_seen;
+  int n = 0;
+  n += check_walks(R"(root ::= "\"" ( [^"\\\x00-\x1F] | "\\" ["\\/bfnrt] ){0,5} "\"")", v, 8, 12, 31);
+  n += check_walks(R"(root ::= "\"" [^"]{3} [^"]{0,3} "\"")", v, 8, 12, 32);
+  n += check_walks(R"(root ::= [a-z\u00e9]{2,4} "x"?)", v, 8, 8, 33);
+  n += check_walks(R"(root ::= [0-9]{1,3} "." [0-9]{2})", v, 8, 10, 34);
+  n += check_walks(R"(root ::= [a-z]{0,3} [a-z]* "\"")", v, 8, 10, 35);  // two runs of one class in a row
+  n += check_walks(R"(root ::= ([a-e]{1,2} "-"){2} | [a-b]{3})", v, 8, 8, 36);
+  n += check_walks(R"(root ::= [^"]{0,2} "\"" | .{1,4})", v, 8, 8, 37);  // not uniform: walked whole
+  EXPECT_GT(n, 200);
+  EXPECT_GT(counted_runs_seen - before, 60u);
+
+  TokenMasker tm(v, MaskerOptions{0});
+  auto g = parse_gbnf(R"(root ::= "\"" [^"\\]{0,3} "\"")");
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  auto id = [&](const std::string& b) {
+    for (size_t t = 0; t < v.bytes.size(); ++t)
+      if (!v.special[t] && v.bytes[t] == b) return static_cast<int32_t>(t);
+    ADD_FAILURE() << "no token " << b;
+    return int32_t{0};
+  };
+  struct Case {
+    const char* prefix;
+    std::vector<std::string> allowed, refused;
+  };
+  const std::vector<Case> cases = {
+      {"\"", {"ab", "\xC3\xA9", "a\xC3", "\"", "12"}, {"\\"}},
+      {"\"ab", {"a", "\xC3\xA9", "\xC3", "a\"", "\""}, {"ab", "12", "a\xC3"}},  // one left
+      {"\"a\xC3\xA9", {"a", "\xC3", "\"", "a\""}, {"ab", "a\xC3"}},             // é is one character
+      {"\"abc", {"\""}, {"a", "\xC3", "\xC3\xA9", "ab"}},                       // none left
+      {"\"a\xC3", {"\xA9", "\xA9\""}, {"a", "\""}},                             // inside a character
+  };
+  for (const auto& c : cases) {
+    Matcher m(*g);
+    ASSERT_TRUE(m.advance_bytes(c.prefix)) << c.prefix;
+    std::vector<uint32_t> mask;
+    tm.fill_mask(m, mask);
+    const auto want = brute_mask(v, m);
+    EXPECT_EQ(mask, want) << c.prefix << describe_diff(v, mask, want);
+    for (const auto& a : c.allowed) EXPECT_TRUE(bit(mask, id(a))) << c.prefix << " + " << a;
+    for (const auto& r : c.refused) EXPECT_FALSE(bit(mask, id(r))) << c.prefix << " + " << r;
+  }
+  EXPECT_GE(tm.stats().counted_runs, 3u);
+}
+
 TEST(Mask, VocabularyOf) {
   auto tok = sp_style_tokenizer();
   ASSERT_TRUE(tok);
@@ -312,7 +364,10 @@ TEST(Mask, SentencePieceVocabularyMatchesBruteForce) {
   n += check_walks(kJsonish, v, 4, 40, 11, lead);
   n += check_walks(kFreeJson, v, 4, 40, 12, lead);
   n += check_walks(R"(root ::= [^\n]* "\n" [日本語]+)", v, 4, 30, 13);
-  EXPECT_GT(n, 60);
+  n += check_walks(R"(root ::= "\"" ( [^"\\\x00-\x1F] | "\\" ["\\/bfnrt] ){2,6} "\"" [ \n]{0,3} "}")", v, 6,
+                   12,
+                   14);  // counted runs with pieces longer than what is left
+  EXPECT_GT(n, 80);
 }
 
 // The 32000-piece v1 vocabulary (the fixture tests/tokenizer builds from the npm vocabularies): masks along
@@ -328,7 +383,9 @@ TEST(Mask, V1VocabularyMatchesBruteForce) {
   int n = 0;
   n += check_walks(kJsonish, v, 1, 12, 21, lead);
   n += check_walks(kFreeJson, v, 1, 10, 22);
-  EXPECT_GE(n, 10);
+  n += check_walks(R"(root ::= "\"" ( [^"\\\x00-\x1F] | "\\" ["\\/bfnrt] ){0,12} "\"")", v, 1, 8,
+                   23);  // maxLength
+  EXPECT_GE(n, 14);
 }
 
 // fill_mask from several threads at once on one masker (shared cache and class data) gives the masks
