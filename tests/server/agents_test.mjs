@@ -853,43 +853,101 @@ await section('Vercel AI SDK createOpenAI (Responses API): generateText, generat
   assert.equal(ms.steps[0].finishReason, 'tool-calls');
 });
 
-// ---- v3 tool tokens: only where the model's vocabulary has them ------------------------------------
-// make-test-model gains an option for Mistral's v3 control tokens (if the server work adds one); with it the
-// tool sections run again on such a model. Without it they are reported as skipped.
-const mkHelp = spawnSync(BIN, ['make-test-model', '--help'], { encoding: 'utf8' }).stdout ?? '';
-const v3flag = (mkHelp.match(/--[a-z0-9-]*(tool|v3)[a-z0-9-]*/i) ?? [])[0];
-if (v3flag) {
-  await section(`v3 tool tokens (make-test-model ${v3flag}): tool calls, streaming, round trip, Responses`, async () => {
-    const dir = path.join(WORK, 'v3');
-    const mk3 = spawnSync(BIN, ['make-test-model', dir, '--types', 'q8_0', '--layouts', 'gguf-merged', '--dim', '64', '--ffn', '128',
-      '--layers', '1', '--heads', '2', '--kv-heads', '1', '--vocab', '512', '--threads', '2', v3flag], { stdio: 'inherit' });
-    assert.equal(mk3.status, 0);
-    const s3 = await startServer(path.join(dir, 'gguf-merged-q8_0.gguf'), ['--parallel', '4', '--ctx-size', '4096']);
-    for (const tool_choice of ['required', { type: 'function', function: { name: 'add' } }]) {
-      const r = await post(s3.base, '/v1/chat/completions', toolReq({ tool_choice }));
+// ---- v3 tool tokens: a vocabulary with Mistral's v3 control pieces (make-test-model --vocab-format v3) ----
+// The calls follow the [TOOL_CALLS] control token as mistral-common's JSON array: the reply's logprobs show a
+// token without bytes (the control piece) and then `[{"name": ..., "arguments": ...}]`, never the generic
+// `{"tool_calls": ...}` form. (The byte-exact v3 prompt is checked by tests/tokenizer/chat_test.cpp.)
+// --quick: one tool_choice "required" call and the round trip.
+await section('v3 tool tokens (make-test-model --vocab-format v3): required / named / auto, streaming, round trip, Responses', async () => {
+  const dir = path.join(WORK, 'v3');
+  // The main model's shape (a smaller one rambles in JSON white space until max_tokens at temperature 0).
+  const mk3 = spawnSync(BIN, ['make-test-model', dir, '--types', 'q8_0', '--layouts', 'gguf-merged', '--dim', '128', '--ffn', '256',
+    '--layers', '2', '--heads', '4', '--kv-heads', '2', '--vocab', '512', '--threads', '2', '--vocab-format', 'v3'], { stdio: 'inherit' });
+  assert.equal(mk3.status, 0);
+  const s3 = await startServer(path.join(dir, 'gguf-merged-q8_0.gguf'), ['--parallel', '4', '--ctx-size', '4096']);
+  try {
+    const bytesText = (toks) => Buffer.from(toks.flatMap((t) => t.bytes)).toString('utf8');
+    // A chat reply of tool calls made with [TOOL_CALLS]; returns its message.
+    const v3Calls = (r, what, only = null) => {
+      assert.equal(r.status, 200, `${what}: ${r.text}`);
+      const c = r.json.choices[0];
+      assert.equal(c.finish_reason, 'tool_calls', `${what}: ${r.text.slice(0, 2000)}`);
+      checkCalls(c.message.tool_calls, TOOLS, what, only);
+      assert.ok(!(c.message.content ?? '').includes('TOOL_CALLS'), `${what}: control tokens never reach the client`);
+      const toks = c.logprobs.content;
+      const k = toks.findIndex((t) => t.bytes.length === 0);
+      assert.ok(k >= 0, `${what}: a control token in ${JSON.stringify(toks.slice(0, 4))}`);
+      assert.match(bytesText(toks.slice(0, k)), /^\s*$/, `${what}: nothing but space before [TOOL_CALLS]`);
+      const after = bytesText(toks.slice(k + 1));
+      assert.match(after, /^\s*\[\s*\{\s*"name"/, `${what}: the calls after [TOOL_CALLS] are a JSON array: ${after}`);
+      const arr = JSON.parse(after);
+      assert.deepEqual(arr.map((x) => x.name), c.message.tool_calls.map((x) => x.function.name), what);
+      assert.deepEqual(arr.map((x) => x.arguments), c.message.tool_calls.map((x) => JSON.parse(x.function.arguments)), what);
+      return c.message;
+    };
+    const req = (extra) => toolReq({ logprobs: true, ...extra });
+    const m = v3Calls(await post(s3.base, '/v1/chat/completions', req({ tool_choice: 'required' })), 'v3 required');
+    // Round trip: the calls and their results go back; the answer is text or more calls (tool_choice auto).
+    const rt = await post(s3.base, '/v1/chat/completions', { model: 'test', tools: TOOLS, max_tokens: 8, temperature: 0,
+      messages: [...user('What is the weather in Paris?'), m, ...m.tool_calls.map((c) => ({ role: 'tool', tool_call_id: c.id, content: '{"temp": 21}' }))] });
+    assert.equal(rt.status, 200, rt.text);
+    assert.ok(['stop', 'length', 'tool_calls'].includes(rt.json.choices[0].finish_reason), rt.text);
+    if (QUICK) return;
+
+    v3Calls(await post(s3.base, '/v1/chat/completions', req({ tool_choice: { type: 'function', function: { name: 'add' } } })), 'v3 named', 'add');
+    // auto: text or calls, whichever the model picks (this random model picks text: [TOOL_CALLS] is one
+    // token of 512); calls would still come after [TOOL_CALLS].
+    for (const [temperature, seed] of [[0, 0], [1, 1]]) {
+      const r = await post(s3.base, '/v1/chat/completions', req({ tool_choice: 'auto', temperature, seed, max_tokens: 16 }));
       assert.equal(r.status, 200, r.text);
-      assert.equal(r.json.choices[0].finish_reason, 'tool_calls');
-      checkCalls(r.json.choices[0].message.tool_calls, TOOLS, 'v3', typeof tool_choice === 'object' ? 'add' : null);
-      assert.ok(!(r.json.choices[0].message.content ?? '').includes('[TOOL_CALLS]'), 'control tokens never reach the client');
-      const ev = await postSSE(s3.base, '/v1/chat/completions', toolReq({ tool_choice }));
-      let args = '';
-      for (const e of ev.slice(0, -1)) for (const d of e.data.choices[0]?.delta?.tool_calls ?? []) args += d.function?.arguments ?? '';
-      assert.equal(args, r.json.choices[0].message.tool_calls.map((c) => c.function.arguments).join(''));
-      const m = r.json.choices[0].message;
-      const rt = await post(s3.base, '/v1/chat/completions', { model: 'test', tools: TOOLS, max_tokens: 8, temperature: 0, messages: [...user('x'), m,
-        ...m.tool_calls.map((c) => ({ role: 'tool', tool_call_id: c.id, content: '21' }))] });
-      assert.equal(rt.status, 200, rt.text);
+      const c = r.json.choices[0];
+      if (c.message.tool_calls && c.finish_reason === 'tool_calls') { v3Calls(r, `v3 auto seed ${seed}`); continue; }
+      assert.ok(['stop', 'length'].includes(c.finish_reason), r.text);
+      assert.equal(typeof c.message.content, 'string', r.text);
+      assert.ok(c.logprobs.content.length > 0 && c.logprobs.content[0].bytes.length > 0, `v3 auto: text from the first token: ${r.text}`);
     }
+    // Streaming: the deltas reassemble into the non-streamed calls (same request at temperature 0).
+    const ev = await postSSE(s3.base, '/v1/chat/completions', toolReq({ tool_choice: 'required' }));
+    const byIndex = new Map();
+    let finish = null;
+    for (const e of ev) {
+      if (e.data === '[DONE]') continue;
+      const ch = e.data.choices[0];
+      if (!ch) continue;
+      finish = ch.finish_reason ?? finish;
+      assert.ok(!(ch.delta?.content ?? '').includes('TOOL_CALLS'), 'no control text in the stream');
+      for (const d of ch.delta?.tool_calls ?? []) {
+        const cur = byIndex.get(d.index) ?? { id: '', name: '', args: '' };
+        cur.id += d.id ?? '';
+        cur.name += d.function?.name ?? '';
+        cur.args += d.function?.arguments ?? '';
+        byIndex.set(d.index, cur);
+      }
+    }
+    assert.equal(ev.at(-1).data, '[DONE]');
+    assert.equal(finish, 'tool_calls');
+    const streamed = [...byIndex.keys()].sort((a, b) => a - b).map((i) => byIndex.get(i));
+    for (const c of streamed) assert.match(c.id, CALL_ID, 'streamed call id');
+    assert.deepEqual(streamed.map((c) => [c.name, c.args]), m.tool_calls.map((c) => [c.function.name, c.function.arguments]));
+    // Responses API: a function_call item, and its output going back.
+    const resp = await post(s3.base, '/v1/responses', { model: 'test', input: 'Weather in Paris?', tools: RTOOLS, tool_choice: 'required', max_output_tokens: MAXT, temperature: 0 });
+    assert.equal(resp.status, 200, resp.text);
+    const fc = resp.json.output.find((i) => i.type === 'function_call');
+    checkWeatherOrAdd(fc);
+    const back = await post(s3.base, '/v1/responses', { model: 'test', tools: RTOOLS, max_output_tokens: 8, temperature: 0,
+      input: [{ role: 'user', content: 'Weather in Paris?' }, fc, { type: 'function_call_output', call_id: fc.call_id, output: '21' }] });
+    assert.equal(back.status, 200, back.text);
+    // The Vercel AI SDK on the v3 model.
     const p = createOpenAI({ baseURL: `${s3.base}/v1`, apiKey: 'unused' });
     const weather = aiTool({ description: 'weather', inputSchema: Weather, execute: async () => ({ temp: 21 }) });
     const g = await generateText({ model: p('test'), prompt: 'Weather?', tools: { get_weather: weather }, toolChoice: 'required', temperature: 0, maxOutputTokens: MAXT, maxRetries: 0 });
     assert.equal(g.finishReason, 'tool-calls');
+    checkWeather(g.toolCalls[0].input, 'v3 ai sdk input');
+  } finally {
     s3.proc.kill('SIGTERM');
     await s3.exited;
-  });
-} else {
-  log('skip v3 tool tokens: make-test-model has no option for them');
-}
+  }
+});
 
 // ---- the built-in tiny KJV model (v1 SentencePiece vocabulary): schemas at temperature 0 and 1 -------
 if (KJV && !QUICK) {
