@@ -4,9 +4,10 @@
 // this layout (a model writes natural JSON; nothing can repeat forever except what the schema allows):
 //  * Whitespace: none before or after the top value; between any two tokens (after [ { , : and before
 //    ] } , :) the rule `ws`: nothing, one space, or one newline followed by at most 32 spaces/tabs.
-//  * Object members: the properties named in `properties` come in key order (nlohmann::json keeps keys
-//    sorted), required ones mandatory and optional ones optional, then any additional members (whose
-//    keys differ from the listed ones as written text). No duplicate listed key can be written.
+//  * Object members: the properties named in `properties` come in the schema's order (then required keys
+//    not named there, in `required`'s order), required ones mandatory and optional ones optional, then any
+//    additional members (whose keys differ from the listed ones as written text). No duplicate listed key can
+//    be written.
 //  * Numbers: JSON syntax, at most 16 integer digits and 16 fraction digits, an optional exponent of at
 //    most 3 digits; no "-0". Integers (type integer) are written without fraction or exponent. A number
 //    with bounds (minimum/maximum/exclusive*) is written without exponent and checked exactly: the
@@ -15,7 +16,8 @@
 //    point); minLength/maxLength count code points. Strings constrained by enum, const, pattern or
 //    format are written canonically: characters that need no escape raw, `"` and `\` as \" and \\,
 //    controls as \b \f \n \r \t or \u00xx (what JSON.stringify and nlohmann::json write).
-//  * enum/const values are written canonically (keys sorted, numbers in shortest form, integral numbers
+//  * enum/const values are written canonically (object members in the schema's order, numbers in shortest
+//  form, integral numbers
 //    without fraction), with `ws` between tokens.
 // Refusals: a constraining keyword the grammar does not enforce is an error
 //   "<pointer>/<kw>: keyword '<kw>' is not supported[: why]"
@@ -39,7 +41,9 @@
 
 namespace mixtral::grammar {
 
-using nlohmann::json;
+// Schemas are read as ordered_json: object members keep the schema's order (properties are written in
+// that order). Value equality goes through same_value (ordered_json's == compares members in order).
+using json = nlohmann::ordered_json;
 
 namespace {
 
@@ -51,8 +55,40 @@ struct Refusal {
   std::string message;
 };
 
+// Equality of JSON values as JSON defines it: object members unordered, 1 == 1.0.
+bool same_value(const json& a, const json& b) {
+  if (a.is_object() && b.is_object()) {
+    if (a.size() != b.size()) return false;
+    if (a.size() > 16) {  // (ordered_json's find is linear)
+      std::unordered_map<std::string_view, const json*> in_b;
+      for (auto it = b.begin(); it != b.end(); ++it) in_b.emplace(it.key(), &it.value());
+      for (auto it = a.begin(); it != a.end(); ++it) {
+        auto j = in_b.find(it.key());
+        if (j == in_b.end() || !same_value(it.value(), *j->second)) return false;
+      }
+      return true;
+    }
+    for (auto it = a.begin(); it != a.end(); ++it) {
+      auto j = b.find(it.key());
+      if (j == b.end() || !same_value(it.value(), *j)) return false;
+    }
+    return true;
+  }
+  if (a.is_array() && b.is_array()) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (!same_value(a[i], b[i])) return false;
+    return true;
+  }
+  return a == b;
+}
+bool has_value(const json& arr, const json& v) {
+  return std::any_of(arr.begin(), arr.end(), [&](const json& e) { return same_value(e, v); });
+}
+
+// `ptr` is a JSON pointer into the schema; the root ("") is written "/" in messages.
 [[noreturn]] void refuse(const std::string& ptr, const std::string& what) {
-  throw Refusal{ptr + ": " + what};
+  throw Refusal{(ptr.empty() ? "/" : ptr) + ": " + what};
 }
 [[noreturn]] void unsupported(const std::string& ptr, const std::string& kw, const std::string& why = "") {
   throw Refusal{ptr + "/" + kw + ": keyword '" + kw + "' is not supported" + (why.empty() ? "" : ": " + why)};
@@ -993,8 +1029,7 @@ class Compiler {
   // --- limits -------------------------------------------------------------------------------------
   void check_depth(int depth, const std::string& ptr) {
     if (depth > opts_.max_depth)
-      refuse(ptr.empty() ? "/" : ptr,
-             "schema nesting exceeds max_depth (" + std::to_string(opts_.max_depth) + ")");
+      refuse(ptr, "schema nesting exceeds max_depth (" + std::to_string(opts_.max_depth) + ")");
   }
   void check_rules() {
     if (b_.rules.size() - base_rules_ > opts_.max_rules)
@@ -1184,10 +1219,11 @@ class Compiler {
     // Object members: each key gets every branch's applicable schema.
     if (a.contains("properties") || b.contains("properties") || a.contains("additionalProperties") ||
         b.contains("additionalProperties")) {
-      std::set<std::string> names;
+      std::vector<std::string> names;  // a's properties in order, then b's others
       for (const json* s : {&a, &b})
         if (auto p = s->find("properties"); p != s->end() && p->is_object())
-          for (auto it = p->begin(); it != p->end(); ++it) names.insert(it.key());
+          for (auto it = p->begin(); it != p->end(); ++it)
+            if (std::find(names.begin(), names.end(), it.key()) == names.end()) names.push_back(it.key());
       json props = json::object();
       for (const auto& n : names) {
         json parts = json::array();
@@ -1237,7 +1273,7 @@ class Compiler {
       const json &x = a[k], &y = b[k];
       if (k == "format" && x != y && is_known_format(x) && is_known_format(y)) {
         unsupported(ptr, "allOf", "cannot combine two different formats");
-      } else if (x == y || !constraining_key(k)) {
+      } else if (same_value(x, y) || !constraining_key(k)) {
         out[k] = x;
       } else if (k == "type") {
         std::set<std::string> tx = type_set(a), ty = type_set(b);
@@ -1258,7 +1294,7 @@ class Compiler {
         if (!x.is_array() || !y.is_array()) refuse(ptr, "enum must be an array");
         json e = json::array();
         for (const auto& v : x)
-          if (std::find(y.begin(), y.end(), v) != y.end()) e.push_back(v);
+          if (has_value(y, v)) e.push_back(v);
         out[k] = e;
       } else if (k == "const") {
         return false;  // x != y
@@ -1311,8 +1347,8 @@ class Compiler {
     }
     const bool is_null_ok = s.value("nullable", false) == true && v.is_null();
     if (is_null_ok) return true;
-    if (auto e = s.find("enum"); e != s.end() && std::find(e->begin(), e->end(), v) == e->end()) return false;
-    if (auto c = s.find("const"); c != s.end() && *c != v) return false;
+    if (auto e = s.find("enum"); e != s.end() && !has_value(*e, v)) return false;
+    if (auto c = s.find("const"); c != s.end() && !same_value(*c, v)) return false;
     const auto excluded = excluded_types(s, ptr, depth);
     if (excluded.count(
             v.is_null()      ? "null"
@@ -1372,7 +1408,7 @@ class Compiler {
       if (s.value("uniqueItems", false) == true)
         for (size_t i = 0; i < v.size(); ++i)
           for (size_t j = i + 1; j < v.size(); ++j)
-            if (v[i] == v[j]) return false;
+            if (same_value(v[i], v[j])) return false;
       if (auto m = s.find("minItems"); m != s.end() && m->is_number() && double(v.size()) < m->get<double>())
         return false;
       if (auto m = s.find("maxItems"); m != s.end() && m->is_number() && double(v.size()) > m->get<double>())
@@ -1568,19 +1604,25 @@ class Compiler {
       if (s.contains("enum")) {
         if (!s["enum"].is_array()) refuse(ptr + "/enum", "must be an array");
         for (const auto& v : s["enum"])
-          if (!s.contains("const") || v == s["const"]) values.push_back(v);
+          if (!s.contains("const") || same_value(v, s["const"])) values.push_back(v);
         if (s.contains("const") && !values.empty()) values.erase(values.begin());
       }
       json rest = s;
       rest.erase("enum");
       rest.erase("const");
-      std::vector<std::string> alts;
+      std::vector<std::string> alts;  // objects and arrays (ws between their tokens)
       std::set<std::string> seen;
+      std::vector<std::string> scalars;  // canonical texts of the other values
       for (const auto& v : values) {
         if (!valid(v, rest, ptr, depth + 1)) continue;
-        auto lit = value_literal(v, ptr);
-        if (lit && seen.insert(*lit).second) alts.push_back(*lit);
+        if (v.is_structured()) {
+          auto lit = value_literal(v, ptr);
+          if (lit && seen.insert(*lit).second) alts.push_back(*lit);
+        } else if (auto t = scalar_text(v, ptr); t && seen.insert(*t).second) {
+          scalars.push_back(*t);
+        }
       }
+      if (!scalars.empty()) alts.push_back(trie_alternatives(scalars));
       if (alts.empty()) return std::nullopt;
       return rule("enum", join(alts, " | "));
     }
@@ -1689,6 +1731,67 @@ class Compiler {
     return out + (v.empty() ? "" : " " + w) + " \"}\"";
   }
 
+  // The canonical text of a scalar value (null, boolean, number, string); nullopt: cannot be written.
+  static std::optional<std::string> scalar_text(const json& v, const std::string& ptr) {
+    if (v.is_null()) return "null";
+    if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
+    if (v.is_number()) return canonical_number(v);
+    return "\"" + canonical_string_body(v.get_ref<const std::string&>(), ptr) + "\"";
+  }
+
+  // GBNF of "any one of `texts`" as a prefix trie: alternatives that share a prefix share its bytes, so
+  // the matcher holds about one parse stack per distinct next code point (not one per value): a big enum
+  // stays far under the matcher's bound on stacks. Edges are cut at code point boundaries; every 16
+  // levels of branching a node becomes a named rule (bounded group nesting).
+  std::string trie_alternatives(std::vector<std::string> texts) {
+    std::sort(texts.begin(), texts.end());
+    texts.erase(std::unique(texts.begin(), texts.end()), texts.end());
+    // The length of the code point starting at byte i of t.
+    auto cp_len = [](const std::string& t, size_t i) {
+      const auto c = static_cast<unsigned char>(t[i]);
+      const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
+      return std::min(n, t.size() - i);
+    };
+    // texts[lo, hi) share their first `at` bytes (sorted, distinct).
+    std::function<std::string(size_t, size_t, size_t, int)> node = [&](size_t lo, size_t hi, size_t at,
+                                                                       int level) -> std::string {
+      const bool ends_here = texts[lo].size() == at;  // sorted: the shortest (a prefix of the rest) first
+      if (ends_here) ++lo;
+      std::vector<std::string> alts;
+      for (size_t i = lo; i < hi;) {
+        // The group of texts with the same next code point; their longest common prefix from `at`.
+        const size_t n = cp_len(texts[i], at);
+        const std::string_view first(texts[i].data() + at, n);
+        size_t j = i + 1;
+        while (j < hi && std::string_view(texts[j]).substr(at, n) == first) ++j;
+        size_t common = at + n;  // the edge: [at, common)
+        while (common < texts[i].size()) {
+          const size_t m = cp_len(texts[i], common);
+          const std::string_view next(texts[i].data() + common, m);
+          bool all = true;
+          for (size_t k = i + 1; k < j && all; ++k)
+            all = texts[k].size() >= common + m && std::string_view(texts[k]).substr(common, m) == next;
+          if (!all) break;
+          common += m;
+        }
+        std::string alt = GbnfBuilder::literal(texts[i].substr(at, common - at));
+        if (j - i > 1 || texts[i].size() > common) {
+          alt += ' ';
+          alt += node(i, j, common, level + 1);
+        }
+        alts.push_back(std::move(alt));
+        i = j;
+      }
+      std::string body = join(alts, " | ");
+      if (level > 0 && level % 16 == 0) {
+        std::string r = rule("enum-trie", ends_here ? "( " + body + " )?" : body);
+        return r;
+      }
+      return ends_here ? "( " + body + " )?" : alts.size() == 1 ? body : "( " + body + " )";
+    };
+    return node(0, texts.size(), 0, 0);
+  }
+
   // oneOf as anyOf: true when no value can satisfy two branches (by types, or by finite value sets, or
   // by a required property whose finite value sets differ — a discriminator).
   bool provably_exclusive(const std::vector<json>& br, const std::string& ptr, int depth) {
@@ -1749,11 +1852,12 @@ class Compiler {
   std::optional<std::string> compile_object(const json& s, const std::string& ptr, int depth) {
     const std::string w = b_.ws();
     std::set<std::string> required;
+    std::vector<std::string> required_order;  // as listed in `required`
     if (auto r = s.find("required"); r != s.end()) {
       if (!r->is_array()) refuse(ptr + "/required", "must be an array of strings");
       for (const auto& e : *r) {
         if (!e.is_string()) refuse(ptr + "/required", "must be an array of strings");
-        required.insert(e.get<std::string>());
+        if (required.insert(e.get<std::string>()).second) required_order.push_back(e.get<std::string>());
       }
     }
     struct Member {
@@ -1777,16 +1881,23 @@ class Compiler {
     } else if (addl_allowed) {
       addl = b_.value();
     }
+    // Members in the schema's order: the properties as listed, then required keys not listed in
+    // properties (constrained by additionalProperties) in `required`'s order.
+    std::vector<std::string> all_keys;
+    std::unordered_map<std::string, const json*> prop_schema;  // (ordered_json's find is linear)
     if (props)
-      for (auto it = props->begin(); it != props->end(); ++it) listed.insert(it.key());
-    // Required keys not listed in properties: members constrained by additionalProperties.
-    std::set<std::string> all_keys = listed;
-    for (const auto& r : required) all_keys.insert(r);
+      for (auto it = props->begin(); it != props->end(); ++it)
+        if (listed.insert(it.key()).second) {
+          all_keys.push_back(it.key());
+          prop_schema[it.key()] = &it.value();
+        }
+    for (const auto& r : required_order)
+      if (!listed.count(r)) all_keys.push_back(r);
     for (const auto& k : all_keys) {
       std::optional<std::string> v;
       const std::string kptr = ptr + "/properties/" + escape_pointer_token(k);
-      if (props && props->contains(k))
-        v = compile((*props)[k], kptr, depth + 1);
+      if (auto p = prop_schema.find(k); p != prop_schema.end())
+        v = compile(*p->second, kptr, depth + 1);
       else
         v = addl_allowed ? addl : std::nullopt;
       const bool req = required.count(k) > 0;
@@ -2389,7 +2500,7 @@ class Compiler {
 
 }  // namespace
 
-Result<std::string> GbnfBuilder::add_schema(const nlohmann::json& schema, std::string_view prefix,
+Result<std::string> GbnfBuilder::add_schema(const json& schema, std::string_view prefix,
                                             const SchemaOptions& opts) {
   const size_t before = impl_->rules.size();
   try {
@@ -2411,7 +2522,89 @@ Result<std::string> GbnfBuilder::add_schema(const nlohmann::json& schema, std::s
   }
 }
 
-Result<std::string> json_schema_to_gbnf(const nlohmann::json& schema, const SchemaOptions& opts) {
+namespace {
+
+// SAX events -> ordered_json, with a hash index of each open object's keys (members are appended, never
+// looked up in the member vector).
+class OrderedBuilder {
+ public:
+  json root;
+  bool failed = false;
+
+  bool null() { return put(json(nullptr)); }
+  bool boolean(bool v) { return put(json(v)); }
+  bool number_integer(json::number_integer_t v) { return put(json(v)); }
+  bool number_unsigned(json::number_unsigned_t v) { return put(json(v)); }
+  bool number_float(json::number_float_t v, const json::string_t&) { return put(json(v)); }
+  bool string(json::string_t& v) { return put(json(std::move(v))); }
+  bool binary(json::binary_t&) { return false; }  // (not in JSON text)
+  bool start_object(std::size_t) { return open(json::object()); }
+  bool key(json::string_t& k) {
+    frames_.back().key = std::move(k);
+    return true;
+  }
+  bool end_object() { return close(); }
+  bool start_array(std::size_t) { return open(json::array()); }
+  bool end_array() { return close(); }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) {
+    failed = true;
+    return false;
+  }
+
+ private:
+  struct Frame {
+    json* v;                                          // the open object or array
+    std::unordered_map<std::string, size_t> members;  // object: key -> index in *v
+    std::string key;                                  // object: the key of the next value
+  };
+  std::vector<Frame> frames_;
+
+  // Stores v where the next value goes; returns where it now lives.
+  json* place(json&& v) {
+    if (frames_.empty()) {
+      root = std::move(v);
+      return &root;
+    }
+    Frame& f = frames_.back();
+    if (f.v->is_array()) {
+      f.v->get_ref<json::array_t&>().push_back(std::move(v));
+      return &f.v->back();
+    }
+    auto& obj = f.v->get_ref<json::object_t&>();  // ordered_map: a vector of (key, value)
+    auto [it, fresh] = f.members.try_emplace(f.key, obj.size());
+    if (!fresh) {
+      auto& slot = (obj.begin() + static_cast<std::ptrdiff_t>(it->second))->second;
+      slot = std::move(v);  // a repeated key: the last value
+      return &slot;
+    }
+    obj.emplace_back(f.key, std::move(v));
+    return &obj.back().second;
+  }
+  bool put(json&& v) {
+    place(std::move(v));
+    return true;
+  }
+  bool open(json&& v) {
+    json* p = place(std::move(v));
+    frames_.push_back({p, {}, {}});
+    return true;
+  }
+  bool close() {
+    frames_.pop_back();
+    return true;
+  }
+};
+
+}  // namespace
+
+json parse_ordered_json(std::string_view text) {
+  OrderedBuilder b;
+  const bool ok = json::sax_parse(text.begin(), text.end(), &b, json::input_format_t::json, true, false);
+  if (!ok || b.failed) return json(json::value_t::discarded);
+  return std::move(b.root);
+}
+
+Result<std::string> json_schema_to_gbnf(const json& schema, const SchemaOptions& opts) {
   GbnfBuilder b;
   auto root = b.add_schema(schema, "s", opts);
   if (!root) return root.error();

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 
 #include "grammar/grammar.h"
@@ -15,7 +16,7 @@
 namespace mixtral::grammar {
 namespace {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 GrammarPtr compile(const json& schema, const SchemaOptions& opts = {}) {
   auto g = json_schema_to_gbnf(schema, opts);
@@ -253,6 +254,64 @@ TEST(JsonSchema, ObjectsRequiredOptionalAdditional) {
   EXPECT_FALSE(accepts(none, R"({"a": 1})"));
 }
 
+TEST(JsonSchema, PropertiesInTheSchemasOrder) {
+  // Read from text as ordered_json: members keep the order they were written in (as OpenAI strict mode,
+  // zod and pydantic expect), not nlohmann::json's sorted order.
+  auto g = compile(json::parse(R"({"type": "object", "properties": {"z": {"type": "integer"},
+      "a": {"type": "string"}, "m": {"type": "boolean"}}, "required": ["z", "m"],
+      "additionalProperties": false})"));
+  EXPECT_TRUE(accepts(g, R"({"z": 1, "a": "x", "m": true})"));
+  EXPECT_TRUE(accepts(g, R"({"z": 1, "m": false})"));
+  EXPECT_FALSE(accepts(g, R"({"a": "x", "m": true, "z": 1})"));  // sorted order
+  EXPECT_FALSE(accepts(g, R"({"m": true, "z": 1})"));
+  EXPECT_FALSE(accepts(g, R"({"z": 1, "m": true, "a": "x"})"));
+  // Required keys not in properties follow the listed ones in `required`'s order.
+  auto r = compile(json::parse(R"({"properties": {"y": {"type": "integer"}}, "required": ["q", "b", "y"],
+      "additionalProperties": {"type": "integer"}})"));
+  EXPECT_TRUE(accepts(r, R"({"y": 1, "q": 2, "b": 3})"));
+  EXPECT_FALSE(accepts(r, R"({"y": 1, "b": 3, "q": 2})"));
+  // allOf merges keep the first branch's order, then the second's new properties.
+  auto m = compile(json::parse(R"({"allOf": [{"properties": {"s": {"type": "integer"}, "c": {}}},
+      {"properties": {"k": {"type": "integer"}, "s": {"minimum": 3}}, "required": ["k", "s"]}]})"));
+  EXPECT_TRUE(accepts(m, R"({"s": 3, "c": null, "k": 1})"));
+  EXPECT_FALSE(accepts(m, R"({"c": null, "k": 1, "s": 3})"));
+  // Value equality ignores member order: enum intersection and const against enum.
+  auto e =
+      compile(json::parse(R"({"allOf": [{"enum": [{"b": 1, "a": 2}, 5]}, {"enum": [{"a": 2, "b": 1}]}]})"));
+  EXPECT_TRUE(accepts(e, R"({"b": 1, "a": 2})"));
+  EXPECT_FALSE(accepts(e, "5"));
+  auto c = compile(
+      json::parse(R"({"const": {"n": [1, {"y": 0, "x": 1}]}, "enum": [{"n": [1, {"x": 1, "y": 0}]}]})"));
+  EXPECT_TRUE(accepts(c, R"({"n": [1, {"x": 1, "y": 0}]})"));  // written as the enum spells it
+  EXPECT_FALSE(accepts(c, R"({"n": [1, {"x": 1, "y": 1}]})"));
+}
+
+// parse_ordered_json: the order as written, nlohmann::json's values, and linear time (nlohmann's own
+// ordered_json parse is quadratic in an object's size: ~30 s for 90000 keys).
+TEST(JsonSchema, ParseOrderedJson) {
+  const std::string text =
+      R"({"z": 1, "a": [true, null, {"y": "s", "b": 2.5}], "m": {}, "a": -3, "k": "\u00e9"})";
+  const json j = parse_ordered_json(text);
+  ASSERT_FALSE(j.is_discarded());
+  EXPECT_EQ(j.dump(),
+            "{\"z\":1,\"a\":-3,\"m\":{},\"k\":\"\u00e9\"}");  // a repeated key: first place, last value
+  EXPECT_EQ(nlohmann::json::parse(j.dump()), nlohmann::json::parse(text));
+  EXPECT_EQ(parse_ordered_json(R"([1, {"q": [2, {"x": {}}]}, "t"])").dump(), R"([1,{"q":[2,{"x":{}}]},"t"])");
+  for (const char* bad : {"", "{", R"({"a" 1})", "[1,]", "1 2", "{\"a\":1}}"})
+    EXPECT_TRUE(parse_ordered_json(bad).is_discarded()) << bad;
+  std::string big = "{";
+  for (int i = 0; i < 90000; ++i)
+    big += (i ? ",\"k" : "\"k") + std::to_string(89999 - i) + "\":" + std::to_string(i);
+  big += "}";
+  const auto t0 = std::chrono::steady_clock::now();
+  const json b = parse_ordered_json(big);
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(b.size(), 90000u);
+  EXPECT_EQ(b.begin().key(), "k89999");
+  EXPECT_EQ(b.back(), 89999);
+  EXPECT_LT(ms, 3000.0);
+}
+
 TEST(JsonSchema, EnumConstNullable) {
   auto g = compile(json::parse(R"({"enum": ["red", 2, null, {"k": [1, "x"]}], "nullable": true})"));
   EXPECT_TRUE(accepts(g, R"("red")"));
@@ -272,6 +331,47 @@ TEST(JsonSchema, EnumConstNullable) {
   auto n = compile(json::parse(R"({"type": "integer", "nullable": true})"));
   EXPECT_TRUE(accepts(n, "null"));
   EXPECT_TRUE(accepts(n, "7"));
+}
+
+// A big enum compiles as a prefix trie: the matcher holds about one stack per distinct next character,
+// far under its bound of 4096 stacks (20000 plain alternatives went past it at the first byte, and the
+// grammar then allowed nothing).
+TEST(JsonSchema, BigEnumsAsPrefixTrie) {
+  json strings = json::array(), ints = json::array();
+  std::set<std::string> in;
+  for (int i = 0; i < 20000; ++i) {
+    const std::string v = (i % 3 == 0   ? "item-"
+                           : i % 3 == 1 ? "it\u00e9m-"
+                                        : "\u00e8") +
+                          std::to_string(i * 7);
+    strings.push_back(v);
+    in.insert(v);
+    ints.push_back(i * 3);  // 0 3 6 ... 59997: values that are prefixes of others (3, 30, 300, ...)
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  auto g = compile(json{{"enum", strings}});
+  auto n = compile(json{{"type", "integer"}, {"enum", ints}});
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  for (int i : {0, 1, 2, 3, 4, 5, 9999, 19998, 19999}) {
+    const std::string v = strings[static_cast<size_t>(i)].get<std::string>();
+    EXPECT_TRUE(accepts(g, json(v).dump())) << v;
+    EXPECT_FALSE(accepts(g, json(v + "0").dump()) && !in.count(v + "0")) << v;
+    EXPECT_TRUE(accepts(n, std::to_string(i * 3)));
+    EXPECT_FALSE(accepts(n, std::to_string(i * 3 + 1)));
+  }
+  for (const char* bad :
+       {R"("item-")", R"("item-1")", R"("it\u00e9m-0")", R"("\u00e9m-1")", R"("")", "1", R"("x")"})
+    EXPECT_FALSE(accepts(g, bad)) << bad;
+  EXPECT_TRUE(accepts(g, "\"it\u00e9m-7\""));  // raw UTF-8 (canonical spelling)
+  EXPECT_TRUE(accepts(g,
+                      "\"\u00e8"
+                      "14\""));
+  EXPECT_FALSE(accepts(n, "60000"));
+  EXPECT_FALSE(accepts(n, "-3"));
+  EXPECT_TRUE(accepts(n, "30"));
+  EXPECT_TRUE(accepts(n, "300"));
+  EXPECT_FALSE(accepts(n, "31"));
+  EXPECT_LT(ms, 5000.0);
 }
 
 TEST(JsonSchema, ArraysItemsPrefixBounds) {
@@ -344,12 +444,12 @@ TEST(JsonSchema, RefsAndRecursion) {
                 "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}, "required": ["v"],
                 "additionalProperties": false}},
       "$ref": "#/$defs/node"})"));
-  EXPECT_TRUE(accepts(g, R"({"kids": [{"v": 2}, {"kids": [{"kids": [], "v": 4}], "v": 3}], "v": 1})"));
-  EXPECT_FALSE(accepts(g, R"({"kids": [{"w": 2}], "v": 1})"));
-  EXPECT_FALSE(accepts(g, R"({"v": 1, "kids": []})"));  // listed properties come in key order
+  EXPECT_TRUE(accepts(g, R"({"v": 1, "kids": [{"v": 2}, {"v": 3, "kids": [{"v": 4, "kids": []}]}]})"));
+  EXPECT_FALSE(accepts(g, R"({"v": 1, "kids": [{"w": 2}]})"));
+  EXPECT_FALSE(accepts(g, R"({"kids": [], "v": 1})"));  // listed properties come in the schema's order
   auto d7 = compile(json::parse(R"({"definitions": {"a": {"type": "string"}},
       "properties": {"x": {"$ref": "#/definitions/a"}, "self": {"$ref": "#"}}})"));
-  EXPECT_TRUE(accepts(d7, R"({"self": {"x": "t"}, "x": "s"})"));
+  EXPECT_TRUE(accepts(d7, R"({"x": "s", "self": {"x": "t"}})"));
   EXPECT_FALSE(accepts(d7, R"({"self": {"x": 1}})"));
   EXPECT_NE(refusal(json::parse(R"({"$ref": "https://example.com/x.json"})")).find("/$ref: keyword '$ref'"),
             std::string::npos);
