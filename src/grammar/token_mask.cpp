@@ -114,13 +114,18 @@ size_t class_prefix(const CodeClass& c, std::string_view b) {
 // those made only of C characters, and the remainders of the others past their p characters.
 struct ClassData {
   std::vector<uint32_t> all_in;  // [words] mask bits
-  Trie rest;                     // remainders, any p
+  Trie rest;                     // remainders, any p; with rest_whole also the tokens not starting in C
+  bool rest_whole = false;       // broad classes: a loop walks rest alone (one trie walk, no skipping)
   // [p][words]: tokens made only of C characters, at most p of them (p = 0..max_chars).
   std::vector<std::vector<uint32_t>> all_in_upto;
   std::vector<Trie> rest_at;  // [p]: remainders of the others starting with exactly p C characters
 };
 
-constexpr int kBroadClass = 8;        // classes starting with at least this many bytes get ClassData
+// Class-run shortcuts consider classes of at least kBroadClass first bytes; below kBroadLoop only where at
+// least kRunTokens tokens start with them; below the root, only classes of kBroadLoop first bytes.
+constexpr int kBroadClass = 8;
+constexpr int kBroadLoop = 64;
+constexpr uint32_t kRunTokens = 256;
 constexpr uint32_t kSubtreeRun = 24;  // trie subtrees this big are checked for a class run below the root
 
 void append_utf8(uint32_t cp, std::string& out) {
@@ -161,8 +166,9 @@ struct TokenMasker::Impl {
   MaskerOptions opts;
   size_t words = 0;
   Trie trie;
-  size_t max_len = 0;    // longest token, bytes (walk depth)
-  size_t max_chars = 0;  // longest token, UTF-8 characters (lead and ASCII bytes)
+  size_t max_len = 0;                       // longest token, bytes (walk depth)
+  size_t max_chars = 0;                     // longest token, UTF-8 characters (lead and ASCII bytes)
+  std::array<uint32_t, 256> first_count{};  // tokens (with bytes) per first byte
 
   mutable std::mutex mu;              // guards everything below
   mutable std::list<CacheEntry> lru;  // most recent first
@@ -186,12 +192,17 @@ std::shared_ptr<const ClassData> TokenMasker::Impl::class_data_for(const CodeCla
   }
   auto d = std::make_shared<ClassData>();
   d->all_in.assign(words, 0);
+  d->rest_whole = popcount4(c.first) >= kBroadLoop;
   d->all_in_upto.assign(max_chars + 1, std::vector<uint32_t>(words, 0));
   std::vector<std::pair<std::string_view, int32_t>> rest;
   std::vector<std::vector<std::pair<std::string_view, int32_t>>> rest_at(max_chars + 1);
   for (size_t t = 0; t < v.bytes.size(); ++t) {
-    if (v.special[t] || v.bytes[t].empty() || !c.first_has(static_cast<uint8_t>(v.bytes[t][0]))) continue;
+    if (v.special[t] || v.bytes[t].empty()) continue;
     const std::string_view b = v.bytes[t];
+    if (!c.first_has(static_cast<uint8_t>(b[0]))) {
+      if (d->rest_whole) rest.push_back({b, static_cast<int32_t>(t)});
+      continue;
+    }
     const size_t i = class_prefix(c, b);
     size_t p = 0;  // whole characters in b[0, i)
     for (size_t k = 0; k < i; ++k) p += (static_cast<uint8_t>(b[k]) & 0xC0) != 0x80;
@@ -272,15 +283,24 @@ struct Run {
   bool loops = false;
 };
 
-static Run class_run(Stepper& st, const StackSet& set) {
+// first_count (nullable): [256] tokens per first byte; with it a class of fewer than kBroadLoop first bytes
+// counts only when at least kRunTokens tokens start with them (else walking them costs less).
+static Run class_run(Stepper& st, const StackSet& set, int min_first, const uint32_t* first_count = nullptr) {
   const Grammar& g = st.g;
-  int best = kBroadClass - 1;
+  int best = min_first - 1;
   uint32_t cls = UINT32_MAX;
   for (const Node* n : set.tops) {
     const Elem e = g.elems[n->pos];
     if (e.kind != ElemKind::kClass || n->partial != 0) continue;
-    const int pc = popcount4(g.classes[e.arg].first);
-    if (pc > best) best = pc, cls = e.arg;
+    const CodeClass& c = g.classes[e.arg];
+    const int pc = popcount4(c.first);
+    if (pc <= best) continue;
+    if (first_count && pc < kBroadLoop) {
+      uint32_t toks = 0;
+      for (int b = 0; b < 256; ++b) toks += c.first_has(static_cast<uint8_t>(b)) ? first_count[b] : 0;
+      if (toks < kRunTokens) continue;
+    }
+    best = pc, cls = e.arg;
   }
   if (cls == UINT32_MAX || !uniform(g, set, cls)) return {};
   char ch[4];
@@ -342,7 +362,7 @@ void TokenMasker::Impl::walk(Stepper& st, const Trie& t, uint32_t node, const St
       if (ci.child_count && !next.tops.empty()) {
         uint32_t cls = UINT32_MAX;
         if (ci.sub_end - ci.tok_begin - ci.tok_count >= kSubtreeRun) {
-          const Run r = class_run(st, next);
+          const Run r = class_run(st, next, kBroadLoop);
           if (r.loops) cls = r.cls;
         }
         if (cls != UINT32_MAX) {
@@ -415,17 +435,17 @@ void TokenMasker::Impl::compute(const Matcher::State& s, std::vector<uint32_t>& 
   // The class-run shortcuts, when they apply.
   const std::array<uint64_t, 4>* walk_skip = nullptr;  // first bytes class data covered
   std::shared_ptr<const ClassData> cd;
-  const Run run = set.tops.empty() ? Run{} : class_run(st, set);
+  const Run run = set.tops.empty() ? Run{} : class_run(st, set, kBroadClass, first_count.data());
   if (run.cls != UINT32_MAX && run.loops) {
     cd = class_data_for(g.classes[run.cls]);
     class_runs.fetch_add(1, std::memory_order_relaxed);
     for (size_t w = 0; w < words; ++w) mask[w] |= cd->all_in[w];
     walk(st, cd->rest, 0, set, pool, 0, mask.data());
-    walk_skip = &g.classes[run.cls].first;
+    walk_skip = cd->rest_whole ? nullptr : &g.classes[run.cls].first;
   }
   if (run.cls != UINT32_MAX && !run.loops && counted_run(st, set, run.cls, pool, mask.data())) {
     counted_runs.fetch_add(1, std::memory_order_relaxed);
-  } else if (!set.tops.empty()) {
+  } else if (!set.tops.empty() && !(cd && cd->rest_whole)) {
     walk(st, trie, 0, set, pool, 0, mask.data(), walk_skip);
   }
   arena.release(mark);
@@ -453,6 +473,7 @@ TokenMasker::TokenMasker(Vocabulary v, MaskerOptions opts) : impl_(std::make_uni
     if (!impl_->v.special[t] && !impl_->v.bytes[t].empty()) {  // control tokens: only via token terminals
       entries.push_back({impl_->v.bytes[t], static_cast<int32_t>(t)});
       impl_->max_len = std::max(impl_->max_len, impl_->v.bytes[t].size());
+      ++impl_->first_count[static_cast<uint8_t>(impl_->v.bytes[t][0])];
       size_t chars = 0;
       for (char ch : impl_->v.bytes[t]) chars += (static_cast<uint8_t>(ch) & 0xC0) != 0x80;
       impl_->max_chars = std::max(impl_->max_chars, chars);
