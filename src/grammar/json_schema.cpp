@@ -827,13 +827,18 @@ struct RuleTable {
   std::vector<std::pair<std::string, std::string>> rules;  // name, body (in definition order)
   std::unordered_map<std::string, size_t> index;           // name -> rules[]
   std::unordered_map<std::string, std::string> by_body;    // body -> name (defined rules, for sharing)
+  std::unordered_map<std::string, int> next_suffix;        // base -> the first "-N" not yet tried
 
   std::string unique(std::string_view base) {
     std::string clean;
     for (char c : base) clean += std::isalnum(static_cast<unsigned char>(c)) || c == '-' ? c : '-';
     if (clean.empty()) clean = "r";
     std::string name = clean;
-    for (int n = 2; index.count(name); ++n) name = clean + "-" + std::to_string(n);
+    if (!index.count(name)) return name;
+    int& n =
+        next_suffix.try_emplace(clean, 2).first->second;  // (from 2 each time: quadratic in a base's uses)
+    do name = clean + "-" + std::to_string(n++);
+    while (index.count(name));
     return name;
   }
   std::string reserve(std::string_view base) {
@@ -1031,10 +1036,12 @@ class Compiler {
     if (depth > opts_.max_depth)
       refuse(ptr, "schema nesting exceeds max_depth (" + std::to_string(opts_.max_depth) + ")");
   }
-  void check_rules() {
-    if (b_.rules.size() - base_rules_ > opts_.max_rules)
-      refuse("", "schema too large: the grammar exceeds max_rules (" + std::to_string(opts_.max_rules) +
-                     " rules)");
+  // Refuses when `more` rules would take the grammar past max_rules; the pointer is that of the
+  // subschema being compiled.
+  void check_rules(size_t more = 0) {
+    if (b_.rules.size() - base_rules_ + more > opts_.max_rules)
+      refuse(at_ ? *at_ : "", "schema too large: the grammar exceeds max_rules (" +
+                                  std::to_string(opts_.max_rules) + " rules)");
   }
   std::string rule(const std::string& base, std::string body) {
     check_rules();
@@ -1534,6 +1541,12 @@ class Compiler {
   // --- grammar generation --------------------------------------------------------------------------
   // Returns a GBNF expression for the values valid against s, nullopt when none is.
   std::optional<std::string> compile(const json& s, const std::string& ptr, int depth) {
+    struct At {  // at_ = ptr while this subschema compiles
+      const std::string*& at;
+      const std::string* saved;
+      ~At() { at = saved; }
+    } at{at_, at_};
+    at_ = &ptr;
     check_depth(depth, ptr);
     if (s.is_boolean()) return s.get<bool>() ? std::optional<std::string>(b_.value()) : std::nullopt;
     if (!s.is_object()) refuse(ptr.empty() ? "/" : ptr, "a schema must be an object or a boolean");
@@ -1893,6 +1906,7 @@ class Compiler {
         }
     for (const auto& r : required_order)
       if (!listed.count(r)) all_keys.push_back(r);
+    check_rules(2 * all_keys.size());  // two rules a member (below): refuse before compiling any
     for (const auto& k : all_keys) {
       std::optional<std::string> v;
       const std::string kptr = ptr + "/properties/" + escape_pointer_token(k);
@@ -2496,6 +2510,7 @@ class Compiler {
   std::map<std::string, std::optional<std::string>> ref_rules_;
   std::map<std::string, Frac> frac_memo_;
   std::deque<json> store_;
+  const std::string* at_ = nullptr;  // the pointer of the subschema being compiled (for messages)
 };
 
 }  // namespace

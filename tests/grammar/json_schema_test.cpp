@@ -497,6 +497,21 @@ TEST(JsonSchema, Limits) {
   EXPECT_TRUE(accepts(g, R"({"p0": 0, "p399": 1399})"));
   EXPECT_FALSE(accepts(g, R"({"p1": 0})"));
   EXPECT_LT(ms, 2000.0);
+  // Too many properties for max_rules: refused fast, naming where (the root is "/").
+  std::string text = R"({"type": "object", "properties": {)";
+  for (int i = 0; i < 12000; ++i)
+    text += (i ? R"(, "q)" : R"("q)") + std::to_string(i) + R"(": {"type": "integer"})";
+  text += "}}";
+  const json huge = parse_ordered_json(text);
+  for (const json& h : {huge, json{{"type", "array"}, {"items", huge}}}) {
+    const auto t1 = std::chrono::steady_clock::now();
+    const std::string r = refusal(h);
+    const double rms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
+    const std::string where = h.contains("items") ? "/items" : "/";
+    EXPECT_EQ(r.rfind(where + ": schema too large: the grammar exceeds max_rules (10000", 0), 0u) << r;
+    EXPECT_LT(rms, 1000.0);
+  }
 }
 
 TEST(JsonSchema, BuilderSharesRulesAcrossSchemas) {
