@@ -2,9 +2,11 @@
 
 #include <random>
 
+#include "grammar/json_schema.h"
+
 namespace mixtral::server {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 
 namespace {
 
@@ -126,7 +128,7 @@ std::vector<ChatMessage> responses_messages(const json& input, const std::string
       c.name = get_string(it, "name", p + ".");
       if (c.name.empty()) throw BadRequest{p + ".name is required", p + ".name"};
       c.arguments = present(it, "arguments") ? get_string(it, "arguments", p + ".") : "{}";
-      const json args = json::parse(c.arguments, nullptr, false);
+      const json args = grammar::parse_ordered_json(c.arguments);
       if (args.is_discarded() || !args.is_object())
         throw BadRequest{p + ".arguments must be the JSON text of an object", p + ".arguments"};
       if (!assistant_open) msgs.push_back({"assistant", "", {}, "", ""});
@@ -385,6 +387,16 @@ std::vector<json> ResponseBuilder::on(const ReplyEvent& ev) {
       break;
     }
   }
+  return out;
+}
+
+std::vector<json> ResponseBuilder::fail(const std::string& code, const std::string& message) {
+  std::vector<json> out;
+  close_open(out);
+  out.push_back(event("error", {{"code", code}, {"message", message}, {"param", nullptr}}));
+  json r = response("failed");
+  r["error"] = {{"code", code}, {"message", message}};
+  out.push_back(event("response.failed", {{"response", r}}));
   return out;
 }
 

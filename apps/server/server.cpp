@@ -26,6 +26,7 @@
 #include <thread>
 
 #include "grammar/grammar.h"
+#include "grammar/json_schema.h"
 #include "mixtral/server_engine.h"
 #include "mixtral/tokenizer.h"
 #include "request.h"
@@ -36,7 +37,7 @@ namespace mixtral::server {
 
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 using Clock = std::chrono::steady_clock;
 
 std::string dump(const json& j) {
@@ -385,6 +386,7 @@ class Server {
     int64_t created = 0;
     Clock::time_point deadline;
     int64_t prompt_tokens = 0;
+    std::string error;  // set when a choice ended in an error (FinishReason::kGrammarError): no answer
   };
 
   // Parses and validates a request into a job, compiling its grammar; a BadRequest names the field.
@@ -452,6 +454,12 @@ class Server {
   using OnEvents =
       std::function<bool(int, const std::vector<ReplyEvent>&, const json& lps, const std::string& finish)>;
   static constexpr std::chrono::milliseconds kHeartbeat{250};
+
+  static std::string grammar_error_message(int64_t generated) {
+    return "the output grammar allowed no next token after " + std::to_string(generated) +
+           " generated tokens: the grammar has a dead end, or matching it needs more than the matcher's "
+           "limit of 4096 parse stacks (e.g. a very large or ambiguous enum/anyOf); no answer was produced";
+  }
 
   // Drives every choice of the job to its end. alive (if given) is called once every kHeartbeat; false
   // means the client is gone. Returns false when the client went away (the caller frees the sequences).
@@ -529,6 +537,12 @@ class Server {
           c.logprobs.push_back(e);
           c.pending_lps.push_back(e);
         }
+      }
+      if (ev.finish == FinishReason::kGrammarError) {  // the whole request fails: stop every choice
+        job.error = grammar_error_message(c.completion_tokens);
+        job.ch->abandoned = true;
+        job.seqs->cancel_all(*eng_);
+        break;
       }
       bool finished = false;
       if (ev.finish != FinishReason::kNone) {
@@ -633,7 +647,7 @@ class Server {
       res.set_header("Retry-After", "5");
       return send_error(res, 503, "the server is shutting down", nullptr, "server_error");
     }
-    json body = json::parse(req.body, nullptr, false);
+    json body = grammar::parse_ordered_json(req.body);  // members in the client's order, in linear time
     if (body.is_discarded()) return send_error(res, 400, "the request body is not valid JSON");
     std::shared_ptr<Job> job;
     try {
@@ -692,32 +706,26 @@ class Server {
     };
 
     if (!r.stream) {
-      // One JSON object, sent chunked: while it is being generated the server writes a space (JSON
-      // allows leading whitespace) every kHeartbeat, so a client that has gone away fails a write and its
-      // sequences are freed then, not when max_tokens or the timeout would end them.
-      res.set_chunked_content_provider(
-          "application/json",
-          [this, job, release, &req](size_t, httplib::DataSink& sink) {
-            const int fd = connection_fd(req);
-            if (!run(*job, nullptr, [&] { return peer_open(fd, req) && sink.write(" ", 1); })) {
-              release(false);
-              return false;
-            }
-            json out;
-            if (job->endpoint == Endpoint::kResponses) {
-              ResponseBuilder rb(*job->rr, job->id, job->created, job->model);
-              rb.set_output(job->choices[0].reader.finish());
-              rb.set_finish(job->choices[0].finish, response_usage(*job));
-              out = rb.response(job->choices[0].finish == "length" ? "incomplete" : "completed");
-            } else {
-              out = answer(*job);
-            }
-            const std::string s = dump(out);
-            sink.write(s.data(), s.size());
-            sink.done();
-            return true;
-          },
-          release);
+      // One JSON object, generated before the status line is written (so an error can still be a 500):
+      // every kHeartbeat the connection is polled, so a client that has gone away has its sequences freed
+      // then, not when max_tokens or the timeout would end them.
+      const int fd = connection_fd(req);
+      if (!run(*job, nullptr, [&] { return peer_open(fd, req); })) {
+        release(false);
+        return send_error(res, 499, "the client closed the connection", nullptr, "server_error");
+      }
+      if (!job->error.empty())
+        return send_error(res, 500, job->error, nullptr, "server_error", "grammar_error");
+      json out;
+      if (job->endpoint == Endpoint::kResponses) {
+        ResponseBuilder rb(*job->rr, job->id, job->created, job->model);
+        rb.set_output(job->choices[0].reader.finish());
+        rb.set_finish(job->choices[0].finish, response_usage(*job));
+        out = rb.response(job->choices[0].finish == "length" ? "incomplete" : "completed");
+      } else {
+        out = answer(*job);
+      }
+      res.set_content(dump(out), "application/json");
       return;
     }
 
@@ -807,6 +815,10 @@ class Server {
       return true;
     };
     if (!run(job, on_events, [&] { return peer_open(fd, req); })) return false;
+    if (!job.error.empty()) {  // as OpenAI's stream errors: one data line with an error object, no [DONE]
+      send(error_body(job.error, "server_error", nullptr, "grammar_error"));
+      return true;
+    }
     if (r.include_usage) {
       json u{{"id", job.id},
              {"object", chat ? "chat.completion.chunk" : "text_completion"},
@@ -838,6 +850,10 @@ class Server {
       return true;
     };
     if (!run(job, on_events, [&] { return peer_open(fd, req); })) return false;
+    if (!job.error.empty()) {
+      send(rb.fail("grammar_error", job.error));
+      return true;
+    }
     send(rb.finish(job.choices[0].finish, response_usage(job)));
     return true;
   }

@@ -6,7 +6,7 @@
 
 namespace mixtral::server {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 using grammar::GbnfBuilder;
 
 namespace {

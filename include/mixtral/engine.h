@@ -43,7 +43,7 @@ struct GenerateOptions {
 enum class GenerateStop {
   kLength,   // max_tokens generated (with a grammar: the output may be incomplete)
   kEos,      // EOS sampled (with a grammar: where it can end)
-  kGrammar,  // the grammar must end here, or (a dead end of the grammar) allows no token
+  kGrammar,  // the grammar must end here (a grammar that allows no token is an Error::data)
 };
 
 // Per layer and token: the experts chosen and their weights (introspection).

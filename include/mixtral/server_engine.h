@@ -52,7 +52,9 @@ struct CompletionParams {
   std::shared_ptr<const grammar::Grammar> grammar;
 };
 
-enum class FinishReason { kNone, kStop, kLength, kCancelled };
+// kGrammarError: the grammar allowed no token at all (a dead end, or its matcher went past its bound on
+// parse stacks) — an error, never a normal stop; the event carries no token.
+enum class FinishReason { kNone, kStop, kLength, kCancelled, kGrammarError };
 
 struct TokenEvent {
   int32_t token = -1;  // -1 when the event only finishes the request

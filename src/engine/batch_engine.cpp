@@ -459,8 +459,8 @@ void BatchEngine::Impl::run() {
       if (s.req->cancelled) continue;
       TokenEvent ev;
       const int32_t tok = sample(s, lr, ev);
-      if (tok < 0) {  // the grammar allows nothing here (a grammar with a dead end): stop
-        finish(s, FinishReason::kStop);
+      if (tok < 0) {  // the grammar allows nothing here: an error, not a stop (the caller reports it)
+        finish(s, FinishReason::kGrammarError);
         continue;
       }
       ev.token = tok;

@@ -188,10 +188,10 @@ Result<std::vector<int32_t>> Engine::generate(const std::vector<int32_t>& prompt
   GenerateStop why = GenerateStop::kLength;
   std::vector<int32_t> out;
   for (int64_t i = 0; i < opts.max_tokens; ++i) {
-    if (con && !con->mask(logits.data())) {  // a dead end of the grammar
-      why = GenerateStop::kGrammar;
-      break;
-    }
+    if (con && !con->mask(logits.data()))  // no token allowed: an error, never a quiet stop
+      return Error::data("the grammar allowed no next token after " + std::to_string(i) +
+                         " generated tokens: it has a dead end, or matching it needs more than the "
+                         "matcher's limit of 4096 parse stacks (e.g. a very large or ambiguous alternation)");
     const int32_t tok = sampler.sample(logits.data(), V);
     if (con) con->accept(tok);
     out.push_back(tok);

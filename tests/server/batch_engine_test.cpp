@@ -341,6 +341,35 @@ TEST(BatchEngine, GrammarEosOnlyWhereItCanEnd) {
   EXPECT_TRUE(std::regex_match(text, std::regex("x(y(z[0-9]{0,5})?)?")) && text.size() >= 2) << text;
 }
 
+// A grammar whose matcher goes past its bound (4096 parse stacks, grammar_impl.h) after "{": each of
+// 5000 alternatives is a distinct stack once "~" is read, so "~" is never allowed and the mask after
+// "{" allows nothing. That is an error (kGrammarError), never a stop that looks like a finished answer.
+TEST(BatchEngine, GrammarThatAllowsNothingIsAnError) {
+  std::string g = R"(root ::= "{" "~" ()";
+  for (int i = 0; i < 5000; ++i) g += (i ? " | \"" : "\"") + std::to_string(i) + "\"";
+  g += " )";
+  auto e = load(2);
+  std::vector<Collector> cs(3);
+  for (size_t i = 0; i < cs.size(); ++i) {
+    CompletionParams p;
+    p.prompt = prompt_of(static_cast<int>(i), 5);
+    p.max_tokens = 8;
+    p.grammar = compile(i == 2 ? R"(root ::= "{" [0-9])" : g.c_str());  // the last one is well formed
+    p.temperature = 1.0f;
+    p.seed = i;
+    ASSERT_EQ(e->submit(p, cs[i].cb()).status, BatchEngine::Submit::kOk);
+  }
+  for (size_t i = 0; i < 2; ++i) {
+    cs[i].wait();
+    EXPECT_EQ(cs[i].finish, FinishReason::kGrammarError) << i;
+    EXPECT_EQ(text_of(cs[i].tokens), "{") << i;  // the one token allowed, then nothing
+  }
+  cs[2].wait();
+  EXPECT_EQ(cs[2].finish, FinishReason::kStop);
+  EXPECT_TRUE(std::regex_match(text_of(cs[2].tokens), std::regex(R"(\{[0-9])"))) << text_of(cs[2].tokens);
+  EXPECT_EQ(e->stats().kv_blocks_in_use, 0);
+}
+
 TEST(BatchEngine, GrammarWithoutMaskerIsABadRequest) {
   auto e = load(1, 256, 64, /*with_masker=*/false);
   Collector c;

@@ -9,13 +9,14 @@
 #include <vector>
 
 #include "grammar/grammar.h"
+#include "grammar/json_schema.h"
 #include "responses.h"
 #include "tools.h"
 
 namespace mixtral::server {
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 
 json chat_body(json extra = json::object()) {
   json b{{"model", "m"}, {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}};
@@ -459,6 +460,36 @@ TEST(ToolGrammar, JsonFormats) {
   EXPECT_FALSE(accepts(g, R"({"n": "3"})"));
 }
 
+// Key order survives from the wire (bodies are read with parse_ordered_json, as the server does): tool
+// parameters reach the prompt as written (mistral-common's json.dumps keeps a dict's order), and schemas
+// make the model write properties in the schema's order (z, a, m here; nlohmann::json would sort them).
+TEST(ToolGrammar, PropertyOrderFromTheWire) {
+  const std::string params =
+      R"({"type":"object","properties":{"z":{"type":"integer"},"a":{"type":"string"},)"
+      R"("m":{"type":"boolean"}},"required":["z","a","m"],"additionalProperties":false})";
+  const json body = grammar::parse_ordered_json(
+      R"({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function",)"
+      R"( "function": {"name": "f", "parameters": )" +
+      params +
+      R"(}}], "tool_choice": "required", "response_format": {"type": "json_schema", "json_schema":)"
+      R"( {"name": "s", "schema": )" +
+      params + "}}}");
+  ASSERT_FALSE(body.is_discarded());
+  GenRequest r = parse_chat_request(body, 4096);
+  ASSERT_EQ(r.tools.size(), 1u);
+  EXPECT_EQ(r.tools[0].spec.parameters, params);  // byte for byte
+  auto g = compile(build_grammar(r, ToolFormat::kGeneric));
+  ASSERT_TRUE(g);
+  EXPECT_TRUE(accepts(g, R"({"tool_calls": [{"name": "f", "arguments": {"z": 1, "a": "x", "m": true}}]})"));
+  EXPECT_FALSE(accepts(g, R"({"tool_calls": [{"name": "f", "arguments": {"a": "x", "m": true, "z": 1}}]})"));
+  r.tools.clear();
+  r.tool_choice = {};
+  g = compile(build_grammar(r, ToolFormat::kGeneric));
+  ASSERT_TRUE(g);
+  EXPECT_TRUE(accepts(g, R"({"z": 1, "a": "x", "m": true})"));
+  EXPECT_FALSE(accepts(g, R"({"a": "x", "m": true, "z": 1})"));
+}
+
 // ---- The Responses API ----
 
 TEST(Responses, InputItemsBecomeMessages) {
@@ -597,6 +628,25 @@ TEST(Responses, CutShortIsIncomplete) {
   const auto evs = rb.finish("length", ResponseUsage{4, 0, 3});
   EXPECT_EQ(evs.back()["type"], "response.incomplete");
   EXPECT_EQ(evs.back()["response"]["incomplete_details"]["reason"], "max_output_tokens");
+}
+
+// A failed generation (a grammar that allowed no token) ends the stream with `error`, then
+// response.failed: the open text item is closed first, sequence numbers continue.
+TEST(Responses, FailedEndsWithErrorThenFailed) {
+  const ResponsesRequest rr = parse_responses_request({{"input", "hi"}}, 4096);
+  ResponseBuilder rb(rr, "resp_1", 100, "m");
+  const auto start = rb.start();
+  rb.on({ReplyEvent::Kind::kText, 0, "ab", "", ""});
+  const auto evs = rb.fail("grammar_error", "no token");
+  ASSERT_GE(evs.size(), 3u);
+  EXPECT_EQ(evs[evs.size() - 2]["type"], "error");
+  EXPECT_EQ(evs[evs.size() - 2]["code"], "grammar_error");
+  EXPECT_EQ(evs[evs.size() - 2]["message"], "no token");
+  EXPECT_EQ(evs.back()["type"], "response.failed");
+  EXPECT_EQ(evs.back()["response"]["status"], "failed");
+  EXPECT_EQ(evs.back()["response"]["error"]["code"], "grammar_error");
+  EXPECT_EQ(evs.back()["sequence_number"].get<int>(), evs[evs.size() - 2]["sequence_number"].get<int>() + 1);
+  EXPECT_EQ(evs.front()["type"], "response.output_text.done");  // the open item closed first
 }
 
 }  // namespace
