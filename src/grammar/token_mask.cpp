@@ -116,8 +116,9 @@ struct ClassData {
   std::vector<uint32_t> all_in;  // [words] mask bits
   Trie rest;                     // remainders, any p; with rest_whole also the tokens not starting in C
   bool rest_whole = false;       // broad classes: a loop walks rest alone (one trie walk, no skipping)
-  // [p][words]: tokens made only of C characters, at most p of them (p = 0..max_chars).
+  // [p][words]: tokens made only of C characters, at most p of them (p = 0..min(max_chars, kUptoCap)).
   std::vector<std::vector<uint32_t>> all_in_upto;
+  std::vector<std::vector<int32_t>> all_in_long;  // [p]: tokens made only of p > kUptoCap C characters
   std::vector<Trie> rest_at;  // [p]: remainders of the others starting with exactly p C characters
 };
 
@@ -126,6 +127,7 @@ struct ClassData {
 constexpr int kBroadClass = 8;
 constexpr int kBroadLoop = 64;
 constexpr uint32_t kRunTokens = 256;
+constexpr size_t kUptoCap = 16;       // counted runs: a bitset per p up to this many characters, lists beyond
 constexpr uint32_t kSubtreeRun = 24;  // trie subtrees this big are checked for a class run below the root
 
 void append_utf8(uint32_t cp, std::string& out) {
@@ -193,7 +195,9 @@ std::shared_ptr<const ClassData> TokenMasker::Impl::class_data_for(const CodeCla
   auto d = std::make_shared<ClassData>();
   d->all_in.assign(words, 0);
   d->rest_whole = popcount4(c.first) >= kBroadLoop;
-  d->all_in_upto.assign(max_chars + 1, std::vector<uint32_t>(words, 0));
+  const size_t cap = std::min(max_chars, kUptoCap);
+  d->all_in_upto.assign(cap + 1, std::vector<uint32_t>(words, 0));
+  d->all_in_long.resize(max_chars + 1);
   std::vector<std::pair<std::string_view, int32_t>> rest;
   std::vector<std::vector<std::pair<std::string_view, int32_t>>> rest_at(max_chars + 1);
   for (size_t t = 0; t < v.bytes.size(); ++t) {
@@ -208,13 +212,17 @@ std::shared_ptr<const ClassData> TokenMasker::Impl::class_data_for(const CodeCla
     for (size_t k = 0; k < i; ++k) p += (static_cast<uint8_t>(b[k]) & 0xC0) != 0x80;
     if (i == b.size()) {
       d->all_in[t / 32] |= 1u << (t % 32);
-      d->all_in_upto[p][t / 32] |= 1u << (t % 32);  // made cumulative below
+      if (p <= cap) {
+        d->all_in_upto[p][t / 32] |= 1u << (t % 32);  // made cumulative below
+      } else {
+        d->all_in_long[p].push_back(static_cast<int32_t>(t));
+      }
     } else {
       rest.push_back({b.substr(i), static_cast<int32_t>(t)});
       rest_at[p].push_back({b.substr(i), static_cast<int32_t>(t)});
     }
   }
-  for (size_t q = 1; q <= max_chars; ++q)
+  for (size_t q = 1; q <= cap; ++q)
     for (size_t w = 0; w < words; ++w) d->all_in_upto[q][w] |= d->all_in_upto[q - 1][w];
   d->rest.build(std::move(rest));
   d->rest_at.resize(max_chars + 1);
@@ -404,8 +412,13 @@ bool TokenMasker::Impl::counted_run(Stepper& st, const StackSet& set, uint32_t c
     if (seq[k].empty()) break;
   }
   const std::shared_ptr<const ClassData> cd = class_data_for(c);
-  const std::vector<uint32_t>& upto = cd->all_in_upto[k - 1];
+  const std::vector<uint32_t>& upto = cd->all_in_upto[std::min(k - 1, kUptoCap)];
   for (size_t w = 0; w < words; ++w) mask[w] |= upto[w];
+  for (size_t p = kUptoCap + 1; p < k; ++p)  // long all-C tokens (few)
+    for (const int32_t t : cd->all_in_long[p]) {
+      const auto u = static_cast<uint32_t>(t);
+      mask[u / 32] |= 1u << (u % 32);
+    }
   walk(st, trie, 0, set, pool, 0, mask, &c.first);
   for (size_t p = 0; p < k; ++p) {
     const Trie& t = cd->rest_at[p];

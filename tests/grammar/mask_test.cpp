@@ -300,6 +300,14 @@ TEST(Mask, CountedRunsMatchBruteForce) {
   n += check_walks(R"(root ::= [a-z]{0,3} [a-z]* "\"")", v, 8, 10, 35);  // two runs of one class in a row
   n += check_walks(R"(root ::= ([a-e]{1,2} "-"){2} | [a-b]{3})", v, 8, 8, 36);
   n += check_walks(R"(root ::= [^"]{0,2} "\"" | .{1,4})", v, 8, 8, 37);  // not uniform: walked whole
+  // Tokens longer than 16 characters (kept in lists, not bitsets), around a maximum of 20.
+  Vocabulary lv = v;
+  for (const char* t :
+       {"aaaaaaaaaaaaaaaaaa", "abababababababababab", "aaaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbb\""}) {
+    lv.bytes.push_back(t);
+    lv.special.push_back(0);
+  }
+  n += check_walks(R"(root ::= "\"" [^"\\]{0,20} "\"")", lv, 8, 10, 38);
   EXPECT_GT(n, 200);
   EXPECT_GT(counted_runs_seen - before, 30u);  // (narrow classes count with many tokens only: see below)
 
