@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -387,6 +388,10 @@ class Server {
     Clock::time_point deadline;
     int64_t prompt_tokens = 0;
     std::string error;  // set when a choice ended in an error (FinishReason::kGrammarError): no answer
+    // run()'s progress (run can return early at pause_at and be called again)
+    int n_done = 0;
+    int retry_from = -1;  // deferred choices from here wait for room in the queue
+    bool paused = false;  // the last run() returned at its pause_at, before the end
   };
 
   // Parses and validates a request into a job, compiling its grammar; a BadRequest names the field.
@@ -454,6 +459,8 @@ class Server {
   using OnEvents =
       std::function<bool(int, const std::vector<ReplyEvent>&, const json& lps, const std::string& finish)>;
   static constexpr std::chrono::milliseconds kHeartbeat{250};
+  // A non-streaming answer is held this long before its status line is sent (see generate).
+  static constexpr std::chrono::seconds kHoldStatus{5};
 
   static std::string grammar_error_message(int64_t generated) {
     return "the output grammar allowed no next token after " + std::to_string(generated) +
@@ -461,13 +468,16 @@ class Server {
            "limit of 4096 parse stacks (e.g. a very large or ambiguous enum/anyOf); no answer was produced";
   }
 
-  // Drives every choice of the job to its end. alive (if given) is called once every kHeartbeat; false
-  // means the client is gone. Returns false when the client went away (the caller frees the sequences).
-  bool run(Job& job, const OnEvents& on_events, const std::function<bool()>& alive) {
+  // Drives every choice of the job to its end, or until pause_at (then job.paused; call again to go on).
+  // alive (if given) is called once every kHeartbeat; false means the client is gone. Returns false when
+  // the client went away (the caller frees the sequences).
+  bool run(Job& job, const OnEvents& on_events, const std::function<bool()>& alive,
+           Clock::time_point pause_at = Clock::time_point::max()) {
     GenRequest& r = *job.r;
     const int n = r.n;
-    int n_done = 0;
-    int retry_from = -1;  // deferred choices from here wait for room in the queue
+    int& n_done = job.n_done;
+    int& retry_from = job.retry_from;
+    job.paused = false;
     auto submit_rest = [&](int from) {
       retry_from = -1;
       for (int i = from; i < n; ++i) {
@@ -489,13 +499,17 @@ class Server {
     while (n_done < n) {
       std::optional<std::pair<int, TokenEvent>> item;
       for (;;) {
-        item = job.ch->next(std::min(job.deadline, next_beat));
+        item = job.ch->next(std::min({job.deadline, next_beat, pause_at}));
         if (Clock::now() >= next_beat) {
           next_beat = Clock::now() + kHeartbeat;
           if (alive && !alive()) return false;
           if (retry_from >= 0) submit_rest(retry_from);
         }
-        if (item || Clock::now() >= job.deadline) break;
+        if (item || Clock::now() >= job.deadline || Clock::now() >= pause_at) break;
+      }
+      if (!item && Clock::now() < job.deadline) {  // pause_at
+        job.paused = true;
+        return true;
       }
       if (!item) {  // total timeout: cancel and answer with what there is
         job.ch->abandoned = true;
@@ -706,26 +720,46 @@ class Server {
     };
 
     if (!r.stream) {
-      // One JSON object, generated before the status line is written (so an error can still be a 500):
-      // every kHeartbeat the connection is polled, so a client that has gone away has its sequences freed
-      // then, not when max_tokens or the timeout would end them.
+      // One JSON object. For up to kHoldStatus it is generated before the status line is written (so a
+      // grammar error there is a 500), the connection polled every kHeartbeat. A longer generation is
+      // sent chunked: the server writes a space (JSON allows leading whitespace) every kHeartbeat, so
+      // clients with a read timeout keep waiting and a client that has gone away fails a write; either
+      // way its sequences are freed then, not when max_tokens or the timeout would end them. An error
+      // after the status line was sent is the body {"error": {...}} (never a completion object).
+      auto whole = [this](const Job& j) {
+        if (!j.error.empty()) return error_body(j.error, "server_error", nullptr, "grammar_error");
+        if (j.endpoint != Endpoint::kResponses) return answer(j);
+        ResponseBuilder rb(*j.rr, j.id, j.created, j.model);
+        rb.set_output(j.choices[0].reader.finish());
+        rb.set_finish(j.choices[0].finish, response_usage(j));
+        return rb.response(j.choices[0].finish == "length" ? "incomplete" : "completed");
+      };
       const int fd = connection_fd(req);
-      if (!run(*job, nullptr, [&] { return peer_open(fd, req); })) {
+      if (!run(
+              *job, nullptr, [&] { return peer_open(fd, req); }, Clock::now() + kHoldStatus)) {
         release(false);
         return send_error(res, 499, "the client closed the connection", nullptr, "server_error");
       }
-      if (!job->error.empty())
-        return send_error(res, 500, job->error, nullptr, "server_error", "grammar_error");
-      json out;
-      if (job->endpoint == Endpoint::kResponses) {
-        ResponseBuilder rb(*job->rr, job->id, job->created, job->model);
-        rb.set_output(job->choices[0].reader.finish());
-        rb.set_finish(job->choices[0].finish, response_usage(*job));
-        out = rb.response(job->choices[0].finish == "length" ? "incomplete" : "completed");
-      } else {
-        out = answer(*job);
+      if (!job->paused) {
+        if (!job->error.empty())
+          return send_error(res, 500, job->error, nullptr, "server_error", "grammar_error");
+        res.set_content(dump(whole(*job)), "application/json");
+        return;
       }
-      res.set_content(dump(out), "application/json");
+      res.set_chunked_content_provider(
+          "application/json",
+          [this, job, release, whole, &req](size_t, httplib::DataSink& sink) {
+            const int fd = connection_fd(req);
+            if (!run(*job, nullptr, [&] { return peer_open(fd, req) && sink.write(" ", 1); })) {
+              release(false);
+              return false;
+            }
+            const std::string s = dump(whole(*job));
+            sink.write(s.data(), s.size());
+            sink.done();
+            return true;
+          },
+          release);
       return;
     }
 
