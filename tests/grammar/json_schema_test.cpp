@@ -371,7 +371,7 @@ TEST(JsonSchema, BigEnumsAsPrefixTrie) {
   EXPECT_TRUE(accepts(n, "30"));
   EXPECT_TRUE(accepts(n, "300"));
   EXPECT_FALSE(accepts(n, "31"));
-  EXPECT_LT(ms, 5000.0);
+  EXPECT_LT(ms, 10000.0);  // ~70 ms in release, ~1.6 s under ASan
 }
 
 TEST(JsonSchema, ArraysItemsPrefixBounds) {
@@ -510,7 +510,7 @@ TEST(JsonSchema, Limits) {
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
     const std::string where = h.contains("items") ? "/items" : "/";
     EXPECT_EQ(r.rfind(where + ": schema too large: the grammar exceeds max_rules (10000", 0), 0u) << r;
-    EXPECT_LT(rms, 1000.0);
+    EXPECT_LT(rms, 3000.0);  // (was ~11 s: a linear probe per rule name; ~50 ms in release now)
   }
 }
 
