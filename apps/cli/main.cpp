@@ -102,7 +102,7 @@ Result<std::shared_ptr<const mixtral::grammar::Grammar>> load_grammar(const Gram
   MX_ASSIGN_OR_RETURN(std::string text, read_text_file(path, flag));
   std::string gbnf;
   if (schema) {
-    auto j = g::parse_ordered_json(text);  // properties keep the file's order
+    auto j = mixtral::parse_ordered_json(text);  // properties keep the file's order
     if (j.is_discarded()) return Error::data(std::string(flag) + ": " + path + ": not valid JSON");
     auto compiled = g::json_schema_to_gbnf(j);
     if (!compiled) return Error::data(std::string(flag) + ": " + path + ": " + compiled.error().message);

@@ -178,7 +178,7 @@ ToolCall parse_tool_call(const json& tc, const std::string& p) {
   c.name = get_string(fn, "name", p + ".function.");
   if (c.name.empty()) throw BadRequest{p + ".function.name is required", p + ".function.name"};
   c.arguments = present(fn, "arguments") ? get_string(fn, "arguments", p + ".function.") : "{}";
-  const json args = grammar::parse_ordered_json(c.arguments);
+  const json args = mixtral::parse_ordered_json(c.arguments);
   if (args.is_discarded() || !args.is_object())
     throw BadRequest{p + ".function.arguments must be the JSON text of an object", p + ".function.arguments"};
   return c;

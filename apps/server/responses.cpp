@@ -128,7 +128,7 @@ std::vector<ChatMessage> responses_messages(const json& input, const std::string
       c.name = get_string(it, "name", p + ".");
       if (c.name.empty()) throw BadRequest{p + ".name is required", p + ".name"};
       c.arguments = present(it, "arguments") ? get_string(it, "arguments", p + ".") : "{}";
-      const json args = grammar::parse_ordered_json(c.arguments);
+      const json args = mixtral::parse_ordered_json(c.arguments);
       if (args.is_discarded() || !args.is_object())
         throw BadRequest{p + ".arguments must be the JSON text of an object", p + ".arguments"};
       if (!assistant_open) msgs.push_back({"assistant", "", {}, "", ""});

@@ -661,7 +661,7 @@ class Server {
       res.set_header("Retry-After", "5");
       return send_error(res, 503, "the server is shutting down", nullptr, "server_error");
     }
-    json body = grammar::parse_ordered_json(req.body);  // members in the client's order, in linear time
+    json body = mixtral::parse_ordered_json(req.body);  // members in the client's order, in linear time
     if (body.is_discarded()) return send_error(res, 400, "the request body is not valid JSON");
     std::shared_ptr<Job> job;
     try {

@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "io/ordered_json.h"
 #include "mixtral/result.h"
 
 namespace mixtral::grammar {
@@ -45,13 +46,6 @@ class GbnfBuilder {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-// Parses JSON text into an ordered_json (object members in the order written) in time linear in the
-// text: nlohmann's own ordered_json parse looks every key up in a vector, quadratic in an object's size
-// (a 1 MB object of 90000 keys takes ~30 s), which untrusted input must not be able to ask for. A key
-// written twice keeps its first position and its last value (as nlohmann::json's parse keeps the last).
-// A syntax error gives a discarded value (is_discarded()), as parse(text, nullptr, false) does.
-nlohmann::ordered_json parse_ordered_json(std::string_view text);
 
 // One schema as a whole grammar (root = a value valid against it).
 Result<std::string> json_schema_to_gbnf(const nlohmann::ordered_json& schema, const SchemaOptions& opts = {});

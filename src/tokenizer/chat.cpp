@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "io/ordered_json.h"
 #include "io/quote.h"
 #include "tokenizer/jinja.h"
 #include "tokenizer/tokenizer_impl.h"
@@ -169,7 +170,7 @@ std::string py_dumps(const Json& j) {
 // _parse_json_content): empty text is {}, JSON text is its value, anything else stays a string.
 Json json_or_string(const std::string& text) {
   if (text.empty()) return Json::object();
-  Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  Json j = parse_ordered_json(text);
   if (j.is_discarded()) return Json(text);
   return j;
 }
@@ -212,7 +213,7 @@ Status validate_tools(const ChatOptions& opts) {
     if (!is_function_name(t.name))
       return Error::data(tat + ".name: " + quote_name(t.name) +
                          " is not a function name (1 to 64 of a-z, A-Z, 0-9, _ and -)");
-    const Json p = Json::parse(t.parameters, nullptr, false);
+    const Json p = parse_ordered_json(t.parameters);
     if (p.is_discarded() || !p.is_object())
       return Error::data(tat + ".parameters: not a JSON object (a JSON Schema)");
   }
@@ -328,7 +329,7 @@ Json tools_json(const std::vector<ToolSpec>& tools) {
     Json fn = Json::object();
     fn["name"] = t.name;
     fn["description"] = t.description;
-    fn["parameters"] = Json::parse(t.parameters, nullptr, false);  // validated: an object
+    fn["parameters"] = parse_ordered_json(t.parameters);  // validated: an object
     Json tool = Json::object();
     tool["type"] = "function";
     tool["function"] = std::move(fn);

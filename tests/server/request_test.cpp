@@ -467,7 +467,7 @@ TEST(ToolGrammar, PropertyOrderFromTheWire) {
   const std::string params =
       R"({"type":"object","properties":{"z":{"type":"integer"},"a":{"type":"string"},)"
       R"("m":{"type":"boolean"}},"required":["z","a","m"],"additionalProperties":false})";
-  const json body = grammar::parse_ordered_json(
+  const json body = mixtral::parse_ordered_json(
       R"({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function",)"
       R"( "function": {"name": "f", "parameters": )" +
       params +
