@@ -425,9 +425,7 @@ void check_format_and_tools(const GenRequest& r) {
       throw BadRequest{"two tools are named '" + t.spec.name + "'", t.param};
 }
 
-namespace {
-
-std::vector<Tool> parse_chat_tools(const json& b) {
+std::vector<Tool> parse_tools(const json& b, ToolLayout layout) {
   std::vector<Tool> tools;
   if (!present(b, "tools")) return tools;
   const json& ts = b["tools"];
@@ -438,7 +436,12 @@ std::vector<Tool> parse_chat_tools(const json& b) {
     const std::string p = "tools[" + std::to_string(i) + "]";
     const json& t = ts[i];
     if (!t.is_object() || !t.contains("type") || t["type"] != "function")
-      throw BadRequest{p + ".type must be \"function\"", p + ".type"};
+      throw BadRequest{p + ".type must be \"function\" (no built-in tools here)", p + ".type"};
+    if (layout == ToolLayout::kResponses) {
+      check_fields(t, {"type", "name", "description", "parameters", "strict"}, p + ".");
+      tools.push_back(parse_function(t, p, /*default_strict=*/true));  // the Responses API's default
+      continue;
+    }
     check_fields(t, {"type", "function"}, p + ".");
     if (!present(t, "function")) throw BadRequest{p + ".function is required", p + ".function"};
     check_fields(t["function"], {"name", "description", "parameters", "strict"}, p + ".function.");
@@ -448,8 +451,6 @@ std::vector<Tool> parse_chat_tools(const json& b) {
   }
   return tools;
 }
-
-}  // namespace
 
 GenRequest parse_chat_request(const json& b, int64_t ctx) {
   if (!b.is_object()) throw BadRequest{"the request body must be a JSON object", ""};
@@ -471,7 +472,7 @@ GenRequest parse_chat_request(const json& b, int64_t ctx) {
   r.params.top_logprobs = r.logprobs ? r.top_logprobs : -1;
   parse_stream(b, r);
   r.format = parse_format(b);
-  r.tools = parse_chat_tools(b);
+  r.tools = parse_tools(b, ToolLayout::kChat);
   if (present(b, "tool_choice")) r.tool_choice = parse_tool_choice(b["tool_choice"], r.tools);
   r.parallel_tool_calls = get_bool(b, "parallel_tool_calls", true);
   check_format_and_tools(r);

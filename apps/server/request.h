@@ -89,6 +89,10 @@ std::string content_text(const nlohmann::ordered_json& c, const std::string& par
 bool valid_function_name(const std::string& s);
 // A JSON Schema object from a request (object or boolean); `param` names it in errors.
 nlohmann::ordered_json schema_field(const nlohmann::ordered_json& v, const std::string& param);
+// The tools array: chat's {"type": "function", "function": {...}} or the Responses API's flat
+// {"type": "function", "name", ...} (whose strict defaults to true). At most kMaxTools.
+enum class ToolLayout { kChat, kResponses };
+std::vector<Tool> parse_tools(const nlohmann::ordered_json& body, ToolLayout layout);
 // One tool definition (its function object: name, description, parameters, strict).
 Tool parse_function(const nlohmann::ordered_json& fn, const std::string& param, bool default_strict);
 // tool_choice: "none" | "auto" | "required" | {"type":"function", "function":{"name"}} (chat) or

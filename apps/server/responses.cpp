@@ -69,25 +69,6 @@ OutputFormat parse_text_format(const json& b) {
   return f;
 }
 
-std::vector<Tool> parse_tools(const json& b) {
-  std::vector<Tool> tools;
-  if (!present(b, "tools")) return tools;
-  const json& ts = b["tools"];
-  if (!ts.is_array()) throw BadRequest{"'tools' must be an array", "tools"};
-  if (ts.size() > kMaxTools)
-    throw BadRequest{"at most " + std::to_string(kMaxTools) + " tools are allowed", "tools"};
-  for (size_t i = 0; i < ts.size(); ++i) {
-    const std::string p = "tools[" + std::to_string(i) + "]";
-    const json& t = ts[i];
-    if (!t.is_object() || !t.contains("type") || t["type"] != "function")
-      throw BadRequest{p + ".type must be \"function\" (no built-in tools here)", p + ".type"};
-    check_fields(t, {"type", "name", "description", "parameters", "strict"}, p + ".");
-    // The Responses API's strict defaults to true.
-    tools.push_back(parse_function(t, p, true));
-  }
-  return tools;
-}
-
 }  // namespace
 
 std::vector<ChatMessage> responses_messages(const json& input, const std::string& instructions) {
@@ -205,7 +186,7 @@ ResponsesRequest parse_responses_request(const json& b, int64_t ctx) {
     get_bool(b["stream_options"], "include_obfuscation", false, "stream_options.");
   }
   r.format = parse_text_format(b);
-  r.tools = parse_tools(b);
+  r.tools = parse_tools(b, ToolLayout::kResponses);
   if (present(b, "tool_choice")) r.tool_choice = parse_tool_choice(b["tool_choice"], r.tools);
   r.parallel_tool_calls = get_bool(b, "parallel_tool_calls", true);
   check_format_and_tools(r);

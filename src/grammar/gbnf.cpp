@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "grammar/grammar_impl.h"
+#include "tokenizer/utf8.h"
 
 namespace mixtral::grammar {
 
@@ -23,24 +24,6 @@ std::atomic<uint64_t> g_serial{1};
 uint64_t mix(uint64_t h, uint64_t v) {
   h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
   return h * 0xFF51AFD7ED558CCDull;
-}
-
-void append_utf8(uint32_t cp, std::string& out) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
 }
 
 enum class RuleKind : uint8_t { kUser, kGroup, kRepeat };
@@ -302,7 +285,7 @@ class Parser {
       uint32_t cp;
       if (!parse_char(cp)) return false;
       if (cp >= 0xD800 && cp <= 0xDFFF) return fail(at, "surrogate code point in a literal");
-      append_utf8(cp, bytes);
+      tok::append_utf8(bytes, cp);
     }
     if (!count_elems(bytes.size())) return false;
     for (char b : bytes) seq.push_back({ElemKind::kByte, static_cast<uint8_t>(b)});

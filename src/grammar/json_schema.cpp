@@ -39,6 +39,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "tokenizer/utf8.h"
+
 namespace mixtral::grammar {
 
 // Schemas are read as ordered_json: object members keep the schema's order (properties are written in
@@ -180,24 +182,6 @@ std::string canonical_escape(uint32_t c) {
   }
 }
 
-void append_utf8(std::string& s, uint32_t c) {
-  if (c < 0x80) {
-    s += char(c);
-  } else if (c < 0x800) {
-    s += char(0xC0 | (c >> 6));
-    s += char(0x80 | (c & 0x3F));
-  } else if (c < 0x10000) {
-    s += char(0xE0 | (c >> 12));
-    s += char(0x80 | ((c >> 6) & 0x3F));
-    s += char(0x80 | (c & 0x3F));
-  } else {
-    s += char(0xF0 | (c >> 18));
-    s += char(0x80 | ((c >> 12) & 0x3F));
-    s += char(0x80 | ((c >> 6) & 0x3F));
-    s += char(0x80 | (c & 0x3F));
-  }
-}
-
 // Decodes UTF-8; false on malformed input.
 bool decode_utf8(std::string_view s, std::vector<uint32_t>& out) {
   size_t i = 0;
@@ -236,7 +220,7 @@ std::optional<std::string> json_char_set(const Ranges& set) {
   if (!raw.empty()) {
     if (raw.size() == 1 && raw[0].first == raw[0].second) {
       std::string lit;
-      append_utf8(lit, raw[0].first);
+      tok::append_utf8(lit, raw[0].first);
       alts.push_back(GbnfBuilder::literal(lit));
     } else {
       std::string cls = "[";
@@ -262,7 +246,7 @@ std::string canonical_string_body(const std::string& s, const std::string& ptr) 
     if (c < 0x20 || c == '"' || c == '\\')
       out += canonical_escape(c);
     else
-      append_utf8(out, c);
+      tok::append_utf8(out, c);
   }
   return out;
 }

@@ -21,6 +21,7 @@
 
 #include "core/check.h"
 #include "grammar/grammar_impl.h"
+#include "tokenizer/utf8.h"
 
 namespace mixtral::grammar {
 
@@ -129,24 +130,6 @@ constexpr int kBroadLoop = 64;
 constexpr uint32_t kRunTokens = 256;
 constexpr size_t kUptoCap = 16;       // counted runs: a bitset per p up to this many characters, lists beyond
 constexpr uint32_t kSubtreeRun = 24;  // trie subtrees this big are checked for a class run below the root
-
-void append_utf8(uint32_t cp, std::string& out) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
 
 int popcount4(const std::array<uint64_t, 4>& a) {
   return __builtin_popcountll(a[0]) + __builtin_popcountll(a[1]) + __builtin_popcountll(a[2]) +
@@ -266,7 +249,7 @@ static bool uniform(const Grammar& g, const StackSet& set, uint32_t cls) {
 // The first character of class c, UTF-8 (1..4 bytes).
 static size_t first_char(const CodeClass& c, char* ch) {
   std::string tmp;
-  append_utf8(c.ranges.front().first, tmp);
+  tok::append_utf8(tmp, c.ranges.front().first);
   std::memcpy(ch, tmp.data(), tmp.size());
   return tmp.size();
 }
