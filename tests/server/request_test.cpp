@@ -152,7 +152,9 @@ TEST(RequestFields, ToolsAndToolChoice) {
   json many = json::array();
   for (int i = 0; i < 129; ++i) {
     json t = kWeather;
-    t["function"]["name"] = "f" + std::to_string(i);
+    std::string name = "f";  // (not "f" + std::to_string(i): GCC 12's -Wrestrict false positive)
+    name += std::to_string(i);
+    t["function"]["name"] = name;
     many.push_back(t);
   }
   EXPECT_EQ(chat_param(chat_body({{"tools", many}})), "tools");
