@@ -236,8 +236,9 @@ bool present(const json& b, const char* k) {
 
 void check_fields(const json& obj, const std::vector<const char*>& allowed, const std::string& prefix) {
   if (!obj.is_object()) return;
-  for (const auto& [k, v] : obj.items()) {
-    if (v.is_null()) continue;
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    if (it->is_null()) continue;
+    const std::string& k = it.key();
     if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return k == a; }))
       throw BadRequest{"unsupported field '" + prefix + k + "'", prefix + k};
   }
