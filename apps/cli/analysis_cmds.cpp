@@ -32,16 +32,6 @@ using json = nlohmann::json;
 
 constexpr const char* kBuiltinName = "tiny-kjv.gguf";
 
-Result<std::string> read_text(const std::string& path, const char* flag) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return Error::io(std::string(flag) + ": " + path + ": cannot open file");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) return Error::io(std::string(flag) + ": " + path + ": read error");
-  return ss.str();
-}
-
-
 // ---------------------------------------------------------------------------------------------------------
 // perplexity
 
@@ -73,7 +63,7 @@ struct PerplexityArgs {
 int cmd_perplexity(const PerplexityArgs& a) {
   if (a.ctx != 0 && a.ctx < 2) return fail(Error::usage("--ctx must be at least 2"));
   if (a.stride < 0) return fail(Error::usage("--stride must be positive"));
-  auto text = read_text(a.text_file, "--text-file");
+  auto text = read_text_file(a.text_file, "--text-file");
   if (!text.ok()) return fail(text.error());
   auto tok = Tokenizer::load(a.model);
   if (!tok.ok()) return fail(tok.error());

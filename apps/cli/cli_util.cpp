@@ -2,6 +2,7 @@
 
 #include <climits>
 #include <cstdio>
+#include <fstream>
 #include <sstream>
 
 namespace mixtral::cli {
@@ -69,6 +70,15 @@ Result<Loaded> load_model(const EngineOptions& eo) {
                        " pieces but the model's vocabulary has " +
                        std::to_string(l.engine->config().vocab_size));
   return l;
+}
+
+Result<std::string> read_text_file(const std::string& path, const char* flag) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return Error::io(std::string(flag) + ": " + path + ": cannot open file");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) return Error::io(std::string(flag) + ": " + path + ": read error");
+  return ss.str();
 }
 
 }  // namespace mixtral::cli

@@ -16,6 +16,8 @@ namespace mixtral::cli {
 int fail(const Error& e);
 // "1,2,3" (spaces allowed) -> ids; an Error naming the flag on anything else.
 Result<std::vector<int32_t>> parse_ids(const std::string& text, const char* flag);
+// The whole of a text file; errors name the flag and the path.
+Result<std::string> read_text_file(const std::string& path, const char* flag);
 // ids -> "[1,2,3]"
 std::string json_ids(const std::vector<int32_t>& ids);
 // User text quoted in a one-line message: control characters escaped, long text shortened.

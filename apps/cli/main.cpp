@@ -82,15 +82,6 @@ struct GrammarArgs {
   bool given() const { return !schema_file.empty() || !grammar_file.empty(); }
 };
 
-Result<std::string> read_text_file(const std::string& path, const char* flag) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return Error::io(std::string(flag) + ": " + path + ": cannot open file");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) return Error::io(std::string(flag) + ": " + path + ": read error");
-  return ss.str();
-}
-
 // The grammar of --json-schema or --grammar, with the tokenizer's control pieces for `<PIECE>` terminals.
 // Every error is one line naming the file (and, for a schema, the keyword and its JSON pointer).
 Result<std::shared_ptr<const mixtral::grammar::Grammar>> load_grammar(const GrammarArgs& ga,
@@ -99,7 +90,7 @@ Result<std::shared_ptr<const mixtral::grammar::Grammar>> load_grammar(const Gram
   const bool schema = !ga.schema_file.empty();
   const std::string& path = schema ? ga.schema_file : ga.grammar_file;
   const char* flag = schema ? "--json-schema" : "--grammar";
-  MX_ASSIGN_OR_RETURN(std::string text, read_text_file(path, flag));
+  MX_ASSIGN_OR_RETURN(std::string text, mixtral::cli::read_text_file(path, flag));
   std::string gbnf;
   if (schema) {
     auto j = mixtral::parse_ordered_json(text);  // properties keep the file's order
