@@ -4,7 +4,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "mixtral/config.h"
@@ -17,12 +20,20 @@ struct Grammar;
 class TokenMasker;
 }  // namespace grammar
 
+// Element type of the KV cache (K and V alike), `--cache-type` on every command.
+enum class KvCacheType { kF32, kF16, kQ8_0 };
+const char* kv_cache_type_name(KvCacheType t);                      // "f32", "f16", "q8_0"
+std::optional<KvCacheType> parse_kv_cache_type(std::string_view s);  // the names above
+// Bytes of K and V of one token position over every layer (q8_0 needs head_dim % 32 == 0).
+size_t kv_bytes_per_token(const ModelConfig& c, KvCacheType t);
+
 struct EngineOptions {
   std::string model_path;
   int threads = 0;           // 0: all cores
   int64_t ctx_size = 0;      // KV cache positions; 0: min(trained context, 4096)
   int64_t batch_size = 256;  // prompt tokens per forward step
   bool repack = true;        // repack weights at load for the kernels (LoadOptions::repack)
+  KvCacheType cache_type = KvCacheType::kF16;
 };
 
 struct GenerateOptions {
@@ -31,6 +42,11 @@ struct GenerateOptions {
   int64_t top_k = 40;
   float top_p = 0.95f;
   uint64_t seed = 0;
+  float min_p = 0.0f;                // 0: off
+  float repetition_penalty = 1.0f;   // --repeat-penalty (CTRL-style, prompt and output)
+  float presence_penalty = 0.0f;     // OpenAI's, over generated tokens
+  float frequency_penalty = 0.0f;    // OpenAI's, over generated tokens
+  std::vector<std::pair<int32_t, float>> logit_bias;  // (token id, added to its logit)
   bool stop_at_eos = true;
   // Constrained output: only tokens the grammar allows are sampled (the mask comes before top-k/p and the
   // temperature); EOS only where the grammar can end, and generation stops once it must end. The masker
@@ -62,6 +78,11 @@ class Engine {
   const ModelConfig& config() const;
   int64_t ctx_size() const;
   int threads() const;
+  KvCacheType cache_type() const;
+  // generate() keeps its sequence (prompt and output) in the KV cache and reuses the longest common
+  // prefix with the next prompt, so a chat turn prefills only what is new: the number of prompt tokens the
+  // last generate() took from the cache. score() and bench() start from an empty cache.
+  int64_t reused_tokens() const;
 
   // Logits of every position of one prefill of `tokens`: [n, vocab] row-major. With
   // one_by_one, the same sequence is evaluated a token at a time (decode path).

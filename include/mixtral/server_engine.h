@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "mixtral/config.h"
+#include "mixtral/engine.h"
 #include "mixtral/result.h"
 
 namespace mixtral {
@@ -30,6 +31,10 @@ struct BatchEngineOptions {
   int64_t block_size = 16;  // positions per KV block
   int64_t max_queue = 256;  // waiting requests beyond `parallel`; more are refused
   bool repack = true;       // repack weights at load for the kernels (LoadOptions::repack)
+  KvCacheType cache_type = KvCacheType::kF16;
+  // Bytes of the KV block pool (K and V, every layer); 0: room for `parallel` full contexts of ctx_size.
+  // Too small for one full context is a usage error naming --kv-memory.
+  int64_t kv_memory = 0;
   // The vocabulary's byte trie for constrained sampling (grammar::vocabulary_of the model's tokenizer);
   // needed by requests with a grammar. Its eos is the end-of-sequence token.
   std::shared_ptr<const grammar::TokenMasker> masker;
@@ -45,6 +50,7 @@ struct CompletionParams {
   uint64_t seed = 0;
   float presence_penalty = 0.0f, frequency_penalty = 0.0f;  // OpenAI's, over generated tokens
   float repetition_penalty = 1.0f;                          // CTRL-style, over prompt and generated tokens
+  std::vector<std::pair<int32_t, float>> logit_bias;        // (token id in [0, vocab), added to its logit)
   int top_logprobs = -1;  // -1: no logprobs; 0..20: the chosen token's logprob and this many alternatives
   bool ignore_eos = false;
   // Constrained output: only tokens the grammar allows are sampled; EOS only where it can end, and the
@@ -67,6 +73,9 @@ struct TokenEvent {
 struct BatchEngineStats {
   int64_t queued = 0, active = 0;
   int64_t kv_blocks_total = 0, kv_blocks_in_use = 0, kv_blocks_cached = 0, block_size = 0;
+  int64_t kv_bytes_total = 0;  // the block pool (K and V, every layer)
+  int64_t kv_bytes_per_token = 0;
+  const char* kv_cache_type = "";  // "f32", "f16", "q8_0"
   uint64_t prompt_tokens = 0;         // prompt tokens of admitted requests
   uint64_t prompt_tokens_cached = 0;  // of which taken from the prefix cache
   uint64_t prompt_tokens_computed = 0;

@@ -82,6 +82,27 @@ Status check_grammar_options(const GenerateOptions& o, int64_t n_vocab) {
 }
 }  // namespace
 
+const char* kv_cache_type_name(KvCacheType t) {
+  switch (t) {
+    case KvCacheType::kF32: return "f32";
+    case KvCacheType::kF16: return "f16";
+    case KvCacheType::kQ8_0: return "q8_0";
+  }
+  return "?";
+}
+
+std::optional<KvCacheType> parse_kv_cache_type(std::string_view s) {
+  for (KvCacheType t : {KvCacheType::kF32, KvCacheType::kF16, KvCacheType::kQ8_0})
+    if (s == kv_cache_type_name(t)) return t;
+  return std::nullopt;
+}
+
+size_t kv_bytes_per_token(const ModelConfig& c, KvCacheType t) {
+  const auto elems = static_cast<size_t>(c.n_kv_heads * c.head_dim);
+  const size_t row = t == KvCacheType::kF32 ? 4 * elems : t == KvCacheType::kF16 ? 2 * elems : elems / 32 * 34;
+  return 2 * row * static_cast<size_t>(c.n_layers);
+}
+
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
 

@@ -29,7 +29,7 @@ void attend_one(const float* qh, const PagedKv& kv, const int32_t* table, int64_
   const int64_t lo = p.window > 0 ? std::max<int64_t>(0, pos - p.window + 1) : 0;
   float mx = -INFINITY;
   for (int64_t j = lo; j <= pos; ++j) {
-    const float* kj = kv.k + (static_cast<int64_t>(table[j / bs]) * bs + j % bs) * kvd + kvh * hd;
+    const float* kj = static_cast<const float*>(kv.k) + (static_cast<int64_t>(table[j / bs]) * bs + j % bs) * kvd + kvh * hd;
     s[j] = dot(qh, kj, hd) * p.scale;
     mx = std::max(mx, s[j]);
   }
@@ -41,7 +41,7 @@ void attend_one(const float* qh, const PagedKv& kv, const int32_t* table, int64_
   const float inv = 1.0f / sum;
   for (int64_t i = 0; i < hd; ++i) o[i] = 0.0f;
   for (int64_t j = lo; j <= pos; ++j) {
-    const float* vj = kv.v + (static_cast<int64_t>(table[j / bs]) * bs + j % bs) * kvd + kvh * hd;
+    const float* vj = static_cast<const float*>(kv.v) + (static_cast<int64_t>(table[j / bs]) * bs + j % bs) * kvd + kvh * hd;
     const float w = s[j] * inv;
     for (int64_t i = 0; i < hd; ++i) o[i] += w * vj[i];
   }
@@ -61,7 +61,7 @@ void attend_range(const detail::PagedAttnFn fast, const float* q, const PagedKv&
     const float* qg = q + (t * p.n_heads + kvh * group) * hd;  // [group, hd]
     float* og = out + (t * p.n_heads + kvh * group) * hd;      // [group, hd]
     if (fast != nullptr) {
-      const detail::PagedAttnArgs a{qg,    kv.k, kv.v, tables[t], kv.block_size, p.n_kv_heads, hd,
+      const detail::PagedAttnArgs a{qg,    static_cast<const float*>(kv.k), static_cast<const float*>(kv.v), tables[t], kv.block_size, p.n_kv_heads, hd,
                                     group, kvh,  lo,   pos[t],    p.scale,       og,           s.data()};
       fast(a);
     } else {

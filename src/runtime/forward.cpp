@@ -135,7 +135,7 @@ void Runtime::forward_paged(const BatchToken* e, int64_t n, PagedKvCache& kv, fl
       std::memcpy(kc + row * kvd, kn + t * kvd, sizeof(float) * static_cast<size_t>(kvd));
       std::memcpy(vc + row * kvd, vn + t * kvd, sizeof(float) * static_cast<size_t>(kvd));
     }
-    kernels::paged_attention(q, kernels::PagedKv{kc, vc, bs}, tables_.data(), pos_.data(), n, ap, att, pool_);
+    kernels::paged_attention(q, kernels::PagedKv{kc, vc, DType::F32, bs, c_.n_kv_heads, hd}, tables_.data(), pos_.data(), n, ap, att, pool_);
     att_in_.reset(att, n, qd);
     kernels::matmul(w.wo, att_in_, o, dim, pool_);
     for (int64_t i = 0; i < n * dim; ++i) x[i] += o[i];

@@ -38,7 +38,7 @@ TEST(PagedAttention, MatchesContiguousReferenceThroughShuffledBlocks) {
   std::vector<float> want(q.size()), got_ref(q.size());
   kernels::ref::attention(q.data(), k.data(), v.data(), pos.data(), n_pos, n_pos, p, want.data());
   ThreadPool pool1(1), pool2(2);
-  kernels::PagedKv kv{pk.data(), pv.data(), bs};
+  kernels::PagedKv kv{pk.data(), pv.data(), DType::F32, bs, p.n_kv_heads, p.head_dim};
   kernels::ref::paged_attention(q.data(), kv, tables.data(), pos.data(), n_pos, p, got_ref.data());
   const kernels::Isa best = kernels::detect_isa();
   for (kernels::Isa isa : {kernels::Isa::kScalar, best}) {
@@ -92,7 +92,7 @@ TEST(PagedAttention, MixtralShapeLongContextAndWindow) {
       kernels::set_isa(isa);
       SCOPED_TRACE(std::string(kernels::isa_name(isa)) + " window " + std::to_string(window));
       std::vector<float> got(q.size());
-      kernels::paged_attention(q.data(), kernels::PagedKv{pk.data(), pv.data(), bs}, tables.data(),
+      kernels::paged_attention(q.data(), kernels::PagedKv{pk.data(), pv.data(), DType::F32, bs, p.n_kv_heads, p.head_dim}, tables.data(),
                                pos.data(), n, p, got.data(), pool);
       for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 2e-5f) << i;
     }
