@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+
+#include "core/check.h"
 
 namespace mixtral {
 
@@ -56,11 +59,85 @@ int32_t Sampler::sample(const float* logits, int64_t vocab) {
   double total = 0.0;
   for (size_t i = 0; i < keep; ++i) total += p[i];
   double r = uniform() * total;
+  size_t last = 0;  // the last candidate with a nonzero probability (rounding may leave r >= 0 at the end)
   for (size_t i = 0; i < keep; ++i) {
+    if (p[i] == 0.0) continue;
     r -= p[i];
+    last = i;
     if (r < 0.0) return cand_[i].second;
   }
-  return cand_[keep - 1].second;
+  return cand_[last].second;
+}
+
+SequenceSampler::SequenceSampler(const SamplingParams& p, int64_t vocab)
+    : p_(p), vocab_(vocab), sampler_(SamplerOptions{p.temperature, p.top_k, p.top_p, p.seed}) {
+  MX_CHECK(vocab > 0, "sampler: empty vocabulary");
+  for (const auto& [id, bias] : p_.logit_bias)
+    MX_CHECK(id >= 0 && id < vocab, "sampler: logit_bias token %d outside the vocabulary", id);
+  work_.resize(static_cast<size_t>(vocab));
+}
+
+void SequenceSampler::add_prompt(const int32_t* ids, int64_t n) {
+  if (p_.repetition_penalty != 1.0f) seen_.insert(ids, ids + n);
+}
+
+void SequenceSampler::accept(int32_t tok) {
+  if (p_.repetition_penalty != 1.0f) seen_.insert(tok);
+  if (p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) ++gen_counts_[tok];
+}
+
+int32_t SequenceSampler::sample(const float* logits, const uint32_t* allowed, int64_t n_allowed,
+                                TokenLogprobs* lp) {
+  const int64_t V = vocab_;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  float* w = work_.data();  // [vocab] logits after the mask, bias, penalties and min-p
+  std::copy(logits, logits + V, w);
+  if (allowed) {  // the mask first: bias, penalties, min-p and the sampler then see only allowed tokens
+    const int64_t n = std::min(n_allowed, V);
+    bool any = false;
+    for (int64_t t = 0; t < n; ++t) {
+      if ((allowed[t / 32] >> (t % 32)) & 1u)
+        any = true;
+      else
+        w[t] = ninf;
+    }
+    if (!any) return -1;
+    std::fill(w + n, w + V, ninf);
+  }
+  for (const auto& [t, bias] : p_.logit_bias) w[t] += bias;
+  if (p_.repetition_penalty != 1.0f)
+    for (int32_t t : seen_) w[t] = w[t] > 0 ? w[t] / p_.repetition_penalty : w[t] * p_.repetition_penalty;
+  if (p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f)
+    for (const auto& [t, c] : gen_counts_)
+      w[t] -= p_.presence_penalty + p_.frequency_penalty * static_cast<float>(c);
+  if (p_.min_p > 0.0f && p_.temperature > 0.0f) {
+    const float mx = *std::max_element(w, w + V);
+    const float cut = mx + p_.temperature * std::log(p_.min_p);  // p_i >= min_p * p_max at the temperature
+    for (int64_t i = 0; i < V; ++i)
+      if (w[i] < cut) w[i] = ninf;
+  }
+  const int32_t tok = sampler_.sample(w, V);
+  if (lp && p_.top_logprobs >= 0) {  // log-softmax of the model's logits (before mask, bias, penalties)
+    const float mx = *std::max_element(logits, logits + V);
+    double sum = 0;
+    for (int64_t i = 0; i < V; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+    const double lse = mx + std::log(sum);
+    lp->logprob = static_cast<float>(logits[tok] - lse);
+    lp->top.clear();
+    const int64_t k = std::min<int64_t>(p_.top_logprobs, V);
+    if (k > 0) {
+      std::vector<int32_t> idx(static_cast<size_t>(V));  // [vocab] token ids, the best k first
+      for (int64_t i = 0; i < V; ++i) idx[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+      });
+      for (int64_t i = 0; i < k; ++i) {
+        const int32_t t = idx[static_cast<size_t>(i)];
+        lp->top.emplace_back(t, static_cast<float>(logits[t] - lse));
+      }
+    }
+  }
+  return tok;
 }
 
 }  // namespace mixtral
