@@ -15,6 +15,7 @@ namespace {
 
 using detail::PagedChunkArgs;
 using detail::PagedChunkFn;
+static_assert(detail::kMaxChunkKeys == kAttnChunk);
 
 // Tokens of one sequence per tile: the prefill tokens that read the same whole chunk share one pass over
 // its keys and values (fewer reads), in tiles of at most this many so the work still spreads over threads.

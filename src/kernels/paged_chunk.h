@@ -16,6 +16,9 @@ namespace mixtral::kernels::detail {
 
 enum KvKind { kKvF32 = 0, kKvF16 = 1, kKvQ8_0 = 2 };
 
+// Keys per call at most (kernels::kAttnChunk; paged_attention.cpp checks they agree).
+constexpr int64_t kMaxChunkKeys = 256;
+
 // Attention of n_rows query rows over the keys [j0, j1) of one chunk of one kv head, unnormalised:
 //   s[r, j] = scale * q[r] . k[j],  m[r] = max_j s[r, j],  l[r] = sum_j e^(s[r, j] - m[r]),
 //   o[r] = sum_j e^(s[r, j] - m[r]) v[j]   (j ascending).
@@ -30,7 +33,7 @@ struct PagedChunkArgs {
   size_t block_bytes, row_bytes;  // bytes of one block; of one (position, kv head) row
   const int32_t* table;           // the sequence's blocks
   int64_t kvh;
-  int64_t j0, j1;  // keys [j0, j1), inside one chunk
+  int64_t j0, j1;  // keys [j0, j1), inside one chunk (0 < j1 - j0 <= kMaxChunkKeys)
   int64_t n_rows;
   const float* const* q;  // [n_rows] -> [head_dim]
   float* const* part;     // [n_rows] -> [head_dim + 2]: o, then m, then l
