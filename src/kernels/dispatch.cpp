@@ -107,39 +107,11 @@ const KernelTable& table() {
   return *active().table.load(std::memory_order_relaxed);
 }
 
-detail::WeightKind weight_kind(const TensorView& w) {
-  switch (w.dtype) {
-    case DType::F32:
-      return detail::kWF32;
-    case DType::F16:
-      return detail::kWF16;
-    case DType::BF16:
-      return detail::kWBF16;
-    case DType::Q8_0:
-      return detail::kWQ8_0;
-    case DType::Q4_0:
-      return detail::kWQ4_0;
-    case DType::Q4_K:
-      return detail::kWQ4_K;
-    case DType::Q5_K:
-      return detail::kWQ5_K;
-    case DType::Q6_K:
-      return detail::kWQ6_K;
-    case DType::Q4_0_G8:
-      return detail::kWQ4_0G8;
-    case DType::Q8_0_G8:
-      return detail::kWQ8_0G8;
-    default:
-      MX_CHECK(false, "matmul: weight dtype %s has no kernel", std::string(dtype_name(w.dtype)).c_str());
-  }
-}
-
-bool is_quantized(detail::WeightKind k) {
-  return k == detail::kWQ8_0 || k == detail::kWQ4_0 || k == detail::kWQ4_0G8 || k == detail::kWQ8_0G8;
-}
-
-bool is_k_quant(detail::WeightKind k) {
-  return k == detail::kWQ4_K || k == detail::kWQ5_K || k == detail::kWQ6_K;
+// t's index in detail::kWeightTypes (its kernels' place in every table); -1: none (the fallback below).
+int weight_index(DType t) {
+  for (int i = 0; i < detail::kNumWeightTypes; ++i)
+    if (detail::kWeightTypes[i].dtype == t) return i;
+  return -1;
 }
 
 // Grows v to at least n elements (never shrinks: buffers are reused across calls).
@@ -186,16 +158,18 @@ void interleave_q8_k(const BlockQ8_K* xk, int64_t n, int64_t nb, int64_t j, int 
 struct detail::PreparedAccess {
   using Format = PreparedInput::Format;
 
-  // Whether weight kind `kind` reads a quantized format under table k, and its key.
-  static bool key_of(const KernelTable& k, WeightKind kind, Format& key) {
-    key.k_quant = is_k_quant(kind);
+  // Whether weight type kWeightTypes[i] reads a quantized format under table k, and its key.
+  static bool key_of(const KernelTable& k, int i, Format& key) {
+    const Activations reads = kWeightTypes[i].reads;
+    key.k_quant = reads == Activations::kQ8_K;
     key.tokens8 = 0;
     key.quantize = nullptr;
     key.arrange = nullptr;
-    if (key.k_quant) return true;
-    if (!is_quantized(kind)) return false;
-    key.quantize = k.quantize_q8;
-    key.arrange = k.arrange_q8[kind];
+    if (reads == Activations::kF32) return false;
+    if (reads == Activations::kQ8_0) {
+      key.quantize = k.quantize_q8;
+      key.arrange = k.matmul[i].arrange;
+    }
     return true;
   }
 
@@ -272,14 +246,13 @@ struct detail::PreparedAccess {
     return f;
   }
 
-  // Fills a's activations for weight kind `kind` under table k: x's Q8_0 blocks for quantized weights (in
-  // the table's grouped order where it has one for the kind, for every token count, so decode and prefill
-  // of a kernel sum in the same order), its Q8_K blocks for the K-quants, its f32 rows otherwise.
-  static void activations(const KernelTable& k, WeightKind kind, PreparedInput& x, ThreadPool& pool,
-                          MatmulArgs& a) {
+  // Fills a's activations for weight type kWeightTypes[i] under table k: the format it reads (Q8_0 blocks
+  // in the order of the table's arrange function for the type, for every token count, so decode and
+  // prefill of a kernel sum in the same order; Q8_K blocks; or none), and the f32 rows.
+  static void activations(const KernelTable& k, int i, PreparedInput& x, ThreadPool& pool, MatmulArgs& a) {
     a.x = x.x_;
     Format key;
-    if (!key_of(k, kind, key)) return;
+    if (!key_of(k, i, key)) return;
     const Format& f = get(x, key, pool);
     if (f.k_quant) {
       a.xk = f.xk.data();
@@ -326,14 +299,14 @@ struct detail::PreparedAccess {
 
 namespace {
 
-// The matmul arguments of weight w (kind `kind`) under table k, with x in the weight's dot format.
-detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, detail::WeightKind kind,
-                           PreparedInput& x, ThreadPool& pool) {
+// The matmul arguments of weight w (kWeightTypes[i]) under table k, with x in the weight's dot format.
+detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, int i, PreparedInput& x,
+                           ThreadPool& pool) {
   detail::MatmulArgs a;
   a.w = static_cast<const uint8_t*>(w.data);
   a.w_stride = w.row_stride();
   a.cols = w.cols();
-  detail::PreparedAccess::activations(k, kind, x, pool, a);
+  detail::PreparedAccess::activations(k, i, x, pool, a);
   return a;
 }
 
@@ -385,19 +358,13 @@ PreparedInput& thread_input(const TensorView& w, const float* x, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Fallback for weight types without a kernel-table entry (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K): each thread
+// Fallback for the supported weight types not in kWeightTypes (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K): each thread
 // dequantizes tiles of weight rows to f32 with the scalar dequantize_row and runs the table's f32 tile on
-// them. Correct for every supported type; the fast paths replace it type by type.
+// them. Correct for every supported type; a type added to kWeightTypes leaves it.
 namespace fallback {
 
-bool has_kernel(DType t) {
-  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
-         t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K || t == DType::Q4_0_G8 ||
-         t == DType::Q8_0_G8;
-}
-
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool) {
-  const KernelTable& k = table();
+  const detail::MatmulTileFn f32_tile = table().matmul[weight_index(DType::F32)].tile;
   const int64_t rows = w.rows(), cols = w.cols();
   constexpr int64_t kTileRows = 16;
   run_rows(pool, rows, w.row_stride(), n, [&](int64_t r0, int64_t nr) {
@@ -412,7 +379,7 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ld
     for (int64_t r = r0; r < r0 + nr; r += kTileRows) {
       const int64_t m = std::min(kTileRows, r0 + nr - r);
       for (int64_t i = 0; i < m; ++i) dequantize_row(w.dtype, w.row(r + i), tile.data() + i * cols, cols);
-      k.matmul[detail::kWF32](a, 0, m, 0, n, y + r, ldy);
+      f32_tile(a, 0, m, 0, n, y + r, ldy);
     }
   });
 }
@@ -423,7 +390,7 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, PreparedInput& x,
   thread_local std::vector<float> up;  // [n, ffn] W3 x
   float* u = grow(up, n * ffn);
   for (const auto& [w, dst] : {std::pair{&w1, out}, std::pair{&w3, u}}) {
-    if (has_kernel(w->dtype)) {
+    if (weight_index(w->dtype) >= 0) {
       kernels::matmul(*w, x, dst, ffn, pool);
     } else {
       fallback::matmul(*w, x.data(), n, dst, ffn, pool);
@@ -439,11 +406,14 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, PreparedInput& x,
 DType preferred_layout(DType t, int64_t cols) {
   // The generic table reads the G8 layouts by unpacking them back, so only tables with grouped kernels
   // for them (an arrange function) gain from the repack.
-  const KernelTable& k = table();
-  const bool whole_groups = cols % kQKG8 == 0;
-  if (t == DType::Q4_0 && whole_groups && k.arrange_q8[detail::kWQ4_0G8] != nullptr) return DType::Q4_0_G8;
-  if (t == DType::Q8_0 && whole_groups && k.arrange_q8[detail::kWQ8_0G8] != nullptr) return DType::Q8_0_G8;
-  return t;
+  const int i = weight_index(t);
+  if (i < 0 || detail::kWeightTypes[i].repacked == t) return t;
+  const DType packed = detail::kWeightTypes[i].repacked;
+  const int p = weight_index(packed);
+  MX_CHECK(p >= 0, "kWeightTypes: %s repacks into a type without kernels",
+           std::string(dtype_name(t)).c_str());
+  if (cols % traits(packed).block_size != 0 || table().matmul[p].arrange == nullptr) return t;
+  return packed;
 }
 
 Isa detect_isa() {
@@ -511,10 +481,10 @@ void PreparedInput::gather(const PreparedInput& src, const int32_t* rows, int64_
 void PreparedInput::prepare_for(const TensorView& w, ThreadPool& pool) {
   MX_CHECK(w.cols() == cols_, "PreparedInput::prepare_for: %lld columns for weight %s",
            static_cast<long long>(cols_), shape_string(w).c_str());
-  if (n_ == 0 || !fallback::has_kernel(w.dtype)) return;
+  const int i = weight_index(w.dtype);
+  if (n_ == 0 || i < 0) return;
   Format key;
-  if (detail::PreparedAccess::key_of(table(), weight_kind(w), key))
-    detail::PreparedAccess::get(*this, key, pool);
+  if (detail::PreparedAccess::key_of(table(), i, key)) detail::PreparedAccess::get(*this, key, pool);
 }
 
 void matmul(const TensorView& w, PreparedInput& x, float* y, int64_t ldy, ThreadPool& pool) {
@@ -523,11 +493,11 @@ void matmul(const TensorView& w, PreparedInput& x, float* y, int64_t ldy, Thread
   MX_CHECK(ldy >= rows, "matmul: ldy %lld < rows %lld", static_cast<long long>(ldy),
            static_cast<long long>(rows));
   if (n == 0 || rows == 0) return;
-  if (!fallback::has_kernel(w.dtype)) return fallback::matmul(w, x.data(), n, y, ldy, pool);
+  const int i = weight_index(w.dtype);
+  if (i < 0) return fallback::matmul(w, x.data(), n, y, ldy, pool);
   const KernelTable& k = table();
-  const detail::WeightKind kind = weight_kind(w);
-  const detail::MatmulArgs a = prepare(k, w, kind, x, pool);
-  const detail::MatmulTileFn tile = k.matmul[kind];
+  const detail::MatmulArgs a = prepare(k, w, i, x, pool);
+  const detail::MatmulTileFn tile = k.matmul[i].tile;
   run_rows(pool, rows, a.w_stride, n, [&](int64_t r0, int64_t nr) { tile(a, r0, nr, 0, n, y + r0, ldy); });
 }
 
@@ -543,14 +513,13 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, PreparedInput& x,
   MX_CHECK(w3.rows() == ffn && w3.cols() == w1.cols(), "matmul_swiglu: w1 %s and w3 %s differ in shape",
            shape_string(w1).c_str(), shape_string(w3).c_str());
   if (n == 0 || ffn == 0) return;
-  if (!fallback::has_kernel(w1.dtype) || !fallback::has_kernel(w3.dtype))
-    return fallback::matmul_swiglu(w1, w3, x, out, pool);
+  const int i1 = weight_index(w1.dtype), i3 = weight_index(w3.dtype);
+  if (i1 < 0 || i3 < 0) return fallback::matmul_swiglu(w1, w3, x, out, pool);
   const KernelTable& k = table();
-  const detail::WeightKind k1 = weight_kind(w1), k3 = weight_kind(w3);
-  // Both from x's cache: one format when the two kinds read the same one, else two.
-  const detail::MatmulArgs a1 = prepare(k, w1, k1, x, pool);
-  const detail::MatmulArgs a3 = prepare(k, w3, k3, x, pool);
-  const detail::MatmulTileFn t1 = k.matmul[k1], t3 = k.matmul[k3];
+  // Both from x's cache: one format when the two types read the same one, else two.
+  const detail::MatmulArgs a1 = prepare(k, w1, i1, x, pool);
+  const detail::MatmulArgs a3 = prepare(k, w3, i3, x, pool);
+  const detail::MatmulTileFn t1 = k.matmul[i1].tile, t3 = k.matmul[i3].tile;
   constexpr int64_t kTokenBlock = 64;
   run_rows(pool, ffn, std::max(a1.w_stride, a3.w_stride), n, [&](int64_t r0, int64_t nr) {
     thread_local std::vector<float> up;  // [min(n, kTokenBlock), nr] W3 x for this piece

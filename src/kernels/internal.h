@@ -1,14 +1,16 @@
 // Private interface between the dispatcher (dispatch.cpp: argument checks, threading, scratch buffers)
 // and the per-instruction-set kernel tables (generic/, avx2/, avx512/).
 //
-// Only declarations and plain structs live here: the per-ISA translation units are compiled with
-// their own -m flags, so an inline function shared through a header could be emitted with AVX-512
-// instructions and picked by the linker for a generic caller. Each ISA file keeps its helpers in an
+// Only declarations, plain structs, constants and consteval checks live here: the per-ISA translation units
+// are compiled with their own -m flags, so an inline function shared through a header could be emitted with
+// AVX-512 instructions and picked by the linker for a generic caller. Each ISA file keeps its helpers in an
 // anonymous namespace and uses no std:: templates that could be emitted out of line.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+
+#include "tensor/dtype.h"
 
 namespace mixtral {
 struct BlockQ8_K;    // tensor/quant.h
@@ -21,35 +23,50 @@ enum class Isa;  // kernels.h
 
 namespace mixtral::kernels::detail {
 
-// Weight dtypes the matmul kernels handle, as table indices.
-enum WeightKind {
-  kWF32 = 0,
-  kWF16 = 1,
-  kWBF16 = 2,
-  kWQ8_0 = 3,
-  kWQ4_0 = 4,
-  kWQ4_K = 5,
-  kWQ5_K = 6,
-  kWQ6_K = 7,
-  kWQ4_0G8 = 8,  // DType::Q4_0_G8: Q4_0 repacked at load (tensor/quant.h); reads Q4_0's activation format
-  kWQ8_0G8 = 9,  // DType::Q8_0_G8: Q8_0 repacked at load; likewise
-  kNumWeightKinds = 10
+// The activation format a weight type's matmul kernels read (MatmulArgs).
+enum class Activations {
+  kF32,   // the f32 rows as given
+  kQ8_0,  // Q8_0 blocks (values, scales, sums), in the table's order for the type (MatmulKernel::arrange)
+  kQ8_K,  // Q8_K super-blocks, and for several tokens the 8-token layout (KernelTable::k_tokens8_lane)
 };
+
+// One weight type with matmul kernels in every table: the type, the activations its kernels read, and the
+// layout the loader may rewrite it into (kernels::preferred_layout picks `repacked` where the active table
+// reads that layout in grouped order, i.e. has an arrange function for it; `dtype` itself: never repacked).
+struct WeightType {
+  DType dtype;
+  Activations reads;
+  DType repacked;
+};
+
+// The weight types with table kernels, in table order: every KernelTable has one MatmulKernel per entry,
+// checked when the table compiles (lists_every_weight_type). Any other supported type runs through the
+// dequantizing fallback of dispatch.cpp.
+constexpr WeightType kWeightTypes[] = {
+    {DType::F32, Activations::kF32, DType::F32},          {DType::F16, Activations::kF32, DType::F16},
+    {DType::BF16, Activations::kF32, DType::BF16},        {DType::Q8_0, Activations::kQ8_0, DType::Q8_0_G8},
+    {DType::Q4_0, Activations::kQ8_0, DType::Q4_0_G8},    {DType::Q4_K, Activations::kQ8_K, DType::Q4_K},
+    {DType::Q5_K, Activations::kQ8_K, DType::Q5_K},       {DType::Q6_K, Activations::kQ8_K, DType::Q6_K},
+    {DType::Q4_0_G8, Activations::kQ8_0, DType::Q4_0_G8},  // Q4_0 repacked at load (tensor/quant.h)
+    {DType::Q8_0_G8, Activations::kQ8_0, DType::Q8_0_G8},  // Q8_0 repacked at load
+};
+constexpr int kNumWeightTypes = static_cast<int>(sizeof(kWeightTypes) / sizeof(kWeightTypes[0]));
 
 // Everything one matmul call's tiles share.
 struct MatmulArgs {
   const uint8_t* w = nullptr;  // W row 0; row r at w + r * w_stride
   size_t w_stride = 0;         // bytes per W row
   int64_t cols = 0;
-  // F32/F16/BF16 weights: the activations as given.
+  // Activations::kF32 types: the activations as given.
   const float* x = nullptr;  // [n, cols]
-  // Q8_0/Q4_0 weights: the activations rounded to Q8_0 (quantize_row's rule), values and scales apart;
-  // xq in the table's grouped order (ArrangeQ8Fn) where it has an arrange function for the weight kind
-  // (for every token count, so decode and prefill of a kernel sum in the same order), else column order.
+  // Activations::kQ8_0 types: the activations rounded to Q8_0 (quantize_row's rule), values and scales
+  // apart; xq in the table's grouped order (ArrangeQ8Fn) where it has an arrange function for the weight
+  // type (for every token count, so decode and prefill of a kernel sum in the same order), else column order.
   const int8_t* xq = nullptr;     // [n, cols]
   const float* xd = nullptr;      // [n, cols / 32], the fp16 block scales widened to f32
   const int32_t* xsum = nullptr;  // [n, cols / 32], sum(q_x) per block (exact, for integer corrections)
-  // K-quant weights: the activations rounded to Q8_K (quantize_row's rule), with their 16-value sums.
+  // Activations::kQ8_K types: the activations rounded to Q8_K (quantize_row's rule), with their 16-value
+  // sums.
   const BlockQ8_K* xk = nullptr;  // [n, cols / 256]
   // The same, 8 tokens side by side in lanes of the table's width, where it reads them
   // (KernelTable::k_tokens8_lane != 0) and n > 1.
@@ -127,14 +144,34 @@ using RmsnormFn = void (*)(const float* x, const float* w, int64_t n, int64_t di
 using SiluMulFn = void (*)(float* x, const float* g, int64_t n);
 using SoftmaxFn = void (*)(float* x, int64_t n);
 
+// One weight type's matmul in a table.
+struct MatmulKernel {
+  DType dtype;          // kWeightTypes[i].dtype for entry i (checked by lists_every_weight_type)
+  MatmulTileFn tile;    // never nullptr
+  ArrangeQ8Fn arrange;  // Activations::kQ8_0 types: the order its tile reads the activations in (nullptr:
+                        // column order); nullptr for the others
+};
+
+// Whether k lists every weight type of kWeightTypes, in order, each with a tile and an arrange function
+// only where it reads Q8_0. Each table asserts it where it is defined, so a type added to kWeightTypes
+// does not compile until every table has its kernel. (consteval: no code of it is emitted into an ISA
+// file, see above.)
+template <size_t N>
+consteval bool lists_every_weight_type(const MatmulKernel (&k)[N]) {
+  if (static_cast<int>(N) != kNumWeightTypes) return false;
+  for (int i = 0; i < kNumWeightTypes; ++i) {
+    if (k[i].dtype != kWeightTypes[i].dtype || k[i].tile == nullptr) return false;
+    if (k[i].arrange != nullptr && kWeightTypes[i].reads != Activations::kQ8_0) return false;
+  }
+  return true;
+}
+
 struct KernelTable {
   const char* name;
-  MatmulTileFn matmul[kNumWeightKinds];
+  const MatmulKernel* matmul;  // [kNumWeightTypes] in kWeightTypes order
   QuantizeQ8Fn quantize_q8;
   QuantizeQ8KFn quantize_q8_k;
-  ArrangeQ8Fn arrange_q8[kNumWeightKinds];  // per weight kind: grouped order for prefill, or nullptr
-  int k_tokens8_lane;  // the K-quant kernels read MatmulArgs::xk8 (lanes of 4 or 8 bytes) when n > 1; 0:
-                       // never
+  int k_tokens8_lane;  // the Q8_K readers take MatmulArgs::xk8 (lanes of 4 or 8 bytes) when n > 1; 0: never
   AttnChunkFn attn_chunk;
   PagedAttnFn paged_attn;
   RmsnormFn rmsnorm;
@@ -145,8 +182,9 @@ struct KernelTable {
 // The table the dispatched ops use now.
 const KernelTable& active_table();
 
-// The portable table (always present) and the per-ISA ones (nullptr where this build has none).
-// The ISA tables fill the entries they do not accelerate from the generic one.
+// The portable table (always present) and the per-ISA ones (nullptr where this build has none). Every
+// table has its own matmul kernel for every weight type; the AVX2 table takes its Q8_K quantizer from
+// the generic one, the AVX-512 table its paged attention from the AVX2 one.
 const KernelTable& generic_table();
 const KernelTable* avx2_table();
 const KernelTable* avx512_table();

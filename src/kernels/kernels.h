@@ -1,6 +1,9 @@
-// The narrow kernel interface the forward pass calls. Every op has a scalar reference in
-// kernels/ref (the oracle for tests) and fast paths chosen at run time by CPUID
-// (one translation unit per instruction set). All buffers are f32 unless a TensorView says otherwise.
+// The narrow kernel interface the forward pass calls. Every op has a scalar reference in kernels/ref (the
+// oracle for tests). matmul, rmsnorm, silu_mul, softmax and attention run a table of kernels chosen at run
+// time by CPUID (one translation unit per instruction set, kernels/internal.h); rope is one portable loop.
+// Matmul weight types outside the tables' list (internal.h kWeightTypes: F32, F16, BF16, Q8_0, Q4_0,
+// Q4_K, Q5_K, Q6_K and the repacked G8 layouts) are dequantized to f32 tiles on the way. All buffers are
+// f32 unless a TensorView says otherwise.
 #pragma once
 
 #include <cstdint>
@@ -20,10 +23,11 @@ void set_isa(Isa isa);  // force (tests, benchmarks); clamped to what the CPU su
 const char* isa_name(Isa isa);
 
 // The in-memory layout the active kernels read fastest for a [rows, cols] matmul weight stored as t:
-// Q4_0 -> Q4_0_G8 and Q8_0 -> Q8_0_G8 (the same values with each 8-block group in the kernels' grouped
-// order, tensor/quant.h) where the active table has a grouped kernel for it and cols is whole groups;
-// otherwise t. The values and the activation rounding are the same, so results agree within the
-// float summation order (bit for bit where a table reads both layouts in grouped order).
+// its repacked layout in internal.h's kWeightTypes (Q4_0 -> Q4_0_G8, Q8_0 -> Q8_0_G8: the same values with
+// each 8-block group in the kernels' grouped order, tensor/quant.h) where the active table reads that
+// layout in grouped order and cols is whole groups; otherwise t. The values and the activation rounding are
+// the same, so results agree within the float summation order (bit for bit where a table reads both layouts
+// in grouped order).
 DType preferred_layout(DType t, int64_t cols);
 
 namespace detail {
@@ -33,8 +37,8 @@ struct PreparedAccess;  // dispatch.cpp: finds or makes a format
 // Activations x: [n, cols] f32 plus their dot formats, each made lazily on the first matmul that needs
 // it and kept until the contents change, so one layer input read by several weights (Wq, Wk, Wv; an
 // expert's W1 and W3; the experts of a decode step) is quantized once:
-//  - Q8_0/Q4_0 weights: Q8_0 values with per-block scales and sums, in the active kernel table's order
-//    for that weight kind (its arrange function; none = column order);
+//  - Q8_0/Q4_0 weights (either layout): Q8_0 values with per-block scales and sums, in the active kernel
+//    table's order for that weight type (its arrange function; none = column order);
 //  - K-quant weights: Q8_K super-blocks, and for several tokens under a table whose kernels read them
 //    so, the same blocks 8 tokens side by side (BlockQ8_KX8, made from the Q8_K ones);
 //  - float weights, and the types without a table kernel (dequantized to f32): the f32 rows themselves.
@@ -101,9 +105,10 @@ class PreparedInput {
 // y[t, r] = sum_c W[r, c] * x[t, c]
 //   W: [rows, cols] any supported dtype; x: [n, cols]; y: [n, rows] (row stride ldy >= rows)
 // Activations go through their weight type's dot format (Q8_0 blocks for Q8_0/Q4_0, Q8_K for the
-// K-quants); each weight row is read once for all n tokens. The PreparedInput form makes that format
-// only if x does not hold it yet (x.cols() == cols), so several weights reading the same input share
-// one quantization; the float* form prepares x afresh on every call (a thread-local PreparedInput).
+// K-quants, none for float weights and the fallback types); each weight row is read once for all n tokens.
+// The PreparedInput form makes that format only if x does not hold it yet (x.cols() == cols), so several
+// weights reading the same input share one quantization; the float* form prepares x afresh on every call (a
+// thread-local PreparedInput).
 void matmul(const TensorView& w, PreparedInput& x, float* y, int64_t ldy, ThreadPool& pool);
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool);
 

@@ -16,10 +16,10 @@
 #include <cstring>
 #include <random>
 #include <string>
-#include <tuple>
 #include <utility>
 #include <vector>
 
+#include "core/check.h"
 #include "core/thread_pool.h"
 #include "kernels/internal.h"
 #include "tensor/quant.h"
@@ -52,6 +52,32 @@ const detail::KernelTable* table_of(Isa isa) {
       return detail::avx512_table();
   }
   return nullptr;
+}
+
+// t's entry in detail::kWeightTypes and its index there (every table's order); nullptr and -1 for the types
+// without table kernels (dispatch.cpp's dequantizing fallback).
+const detail::WeightType* weight_type(DType t, int* index = nullptr) {
+  for (int i = 0; i < detail::kNumWeightTypes; ++i)
+    if (detail::kWeightTypes[i].dtype == t) {
+      if (index != nullptr) *index = i;
+      return &detail::kWeightTypes[i];
+    }
+  if (index != nullptr) *index = -1;
+  return nullptr;
+}
+
+// Table k's kernels for weight type t (one with table kernels).
+const detail::MatmulKernel& kernel_of(const detail::KernelTable& k, DType t) {
+  int i = -1;
+  weight_type(t, &i);
+  MX_CHECK(i >= 0, "%s has no table kernels", std::string(dtype_name(t)).c_str());
+  return k.matmul[i];
+}
+
+// The activations t's kernels read (f32 for the fallback types).
+detail::Activations reads(DType t) {
+  const detail::WeightType* wt = weight_type(t);
+  return wt != nullptr ? wt->reads : detail::Activations::kF32;
 }
 
 // Dispatches the public ops to `isa`'s kernels.
@@ -121,21 +147,25 @@ struct MatmulTol {
   double vs_f64;  // fast vs float64 dot of the decoded weights with the unrounded f32 activations
 };
 MatmulTol tol_for(DType t) {
-  switch (t) {
-    case DType::Q8_0:
-    case DType::Q4_0:
-    case DType::Q4_0_G8:
-    case DType::Q8_0_G8:
+  switch (reads(t)) {
+    case detail::Activations::kQ8_0:
       // vs_ref: integer block dots are exact; the f32 sum of the scaled block terms runs in another order
       // (8 lanes per block, then a horizontal sum; the c . x correction summed apart): observed <= 1.3e-7.
       // vs_f64: dominated by rounding the activations to Q8_0: observed <= 1.4% of the largest output for
       // >= 8 blocks of Gaussian data (checked with >= 16 rows); the rigorous per-output bound is quant_bound.
       return {2e-6, 2.5e-2};
-    default:
-      // f32 accumulation of up to 4096 products in another order (8/16 lanes + FMA vs serial), both
-      // relative to sum |w x|: observed <= 2.4e-7 vs ref and vs float64.
-      return {2e-6, 2e-6};
+    case detail::Activations::kQ8_K:
+      // Both differ from the f32 activations of ref and float64 by the Q8_K rounding of x (half a step,
+      // amax / 254, per value): bound 2e-2 relative to sum |w x| as in KQuantsMatchReference, which checks
+      // these types against the Q8_K-decoded activations to 1e-5.
+      return {2e-2, 2e-2};
+    case detail::Activations::kF32:
+      break;
   }
+  // f32 accumulation of up to 4096 products in another order (8/16 lanes + FMA vs serial), both relative
+  // to sum |w x|: observed <= 2.4e-7 vs ref and vs float64. The same for the fallback types (their
+  // dequantized rows times the f32 activations, as ref computes them).
+  return {2e-6, 2e-6};
 }
 
 // For quantized weights, a rigorous per-output bound on |y - y64|: rounding x to Q8_0 moves each element
@@ -144,7 +174,7 @@ MatmulTol tol_for(DType t) {
 // Empty for float weights.
 std::vector<double> quant_bound(DType t, const Weights& w, const std::vector<float>& x, int64_t n,
                                 int64_t ldy) {
-  if (t != DType::Q8_0 && t != DType::Q4_0 && t != DType::Q4_0_G8 && t != DType::Q8_0_G8) return {};
+  if (reads(t) != detail::Activations::kQ8_0) return {};
   const int64_t rows = w.view.rows(), cols = w.view.cols();
   std::vector<double> bound(static_cast<size_t>(n * ldy), 0.0);
   for (int64_t tk = 0; tk < n; ++tk) {
@@ -424,8 +454,8 @@ TEST_F(MatmulTest, KQuantsWithOutlierActivations) {
 // every prefill tile remainder: the repack changes where the kernels read, never what they sum.
 TEST_F(MatmulTest, RepackedLayoutsMatchTheFileLayouts) {
   const int64_t shapes[][2] = {{1, 256}, {5, 512}, {21, 768}, {67, 256}, {35, 4096}, {18, 2304}};
-  for (const auto& [file, packed, kind] : {std::tuple{DType::Q4_0, DType::Q4_0_G8, detail::kWQ4_0},
-                                           std::tuple{DType::Q8_0, DType::Q8_0_G8, detail::kWQ8_0}})
+  for (const auto& [file, packed] :
+       {std::pair{DType::Q4_0, DType::Q4_0_G8}, std::pair{DType::Q8_0, DType::Q8_0_G8}})
     for (const auto& s : shapes)
       for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 9, 16, 33}) {
         const int64_t rows = s[0], cols = s[1], ldy = rows + 1;
@@ -446,8 +476,7 @@ TEST_F(MatmulTest, RepackedLayoutsMatchTheFileLayouts) {
         ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float))) << "ref";
         for (Isa isa : supported_isas()) {
           const detail::KernelTable* k = table_of(isa);
-          const int packed_kind = kind == detail::kWQ4_0 ? detail::kWQ4_0G8 : detail::kWQ8_0G8;
-          if (k->arrange_q8[kind] != k->arrange_q8[packed_kind]) continue;  // checked by check() above
+          if (kernel_of(*k, file).arrange != kernel_of(*k, packed).arrange) continue;  // checked by check()
           use_isa(isa);
           SCOPED_TRACE(isa_name(isa));
           matmul(q.view, x.data(), n, want.data(), ldy, pool2_);
@@ -455,6 +484,42 @@ TEST_F(MatmulTest, RepackedLayoutsMatchTheFileLayouts) {
           ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
         }
       }
+}
+
+// The registration: every table has a kernel for every type of kWeightTypes (lists_every_weight_type checks
+// it when a table compiles; this checks the tables this machine runs), an activation order only where the
+// type reads Q8_0, and repacked layouts that are table types reading the same activations. Then every
+// supported weight type, with table kernels or through the fallback, against ref on every ISA.
+TEST_F(MatmulTest, EveryWeightTypeOnEveryTable) {
+  for (Isa isa : supported_isas()) {
+    const detail::KernelTable* k = table_of(isa);
+    ASSERT_NE(k, nullptr);
+    SCOPED_TRACE(k->name);
+    for (int i = 0; i < detail::kNumWeightTypes; ++i) {
+      const detail::WeightType& wt = detail::kWeightTypes[i];
+      SCOPED_TRACE(dname(wt.dtype));
+      EXPECT_EQ(k->matmul[i].dtype, wt.dtype);
+      EXPECT_NE(k->matmul[i].tile, nullptr);
+      if (wt.reads != detail::Activations::kQ8_0) {
+        EXPECT_EQ(k->matmul[i].arrange, nullptr);
+      }
+      const detail::WeightType* packed = weight_type(wt.repacked);
+      ASSERT_NE(packed, nullptr) << "repacked into a type without table kernels";
+      EXPECT_EQ(packed->reads, wt.reads);
+    }
+  }
+  std::vector<DType> types;  // every type this build computes with (Q8_K: the K-quants' activations only)
+  for (uint32_t id = 0; id < kFirstInternal; ++id)
+    if (const auto tr = dtype_traits(id); tr && tr->supported && static_cast<DType>(id) != DType::Q8_K)
+      types.push_back(static_cast<DType>(id));
+  types.push_back(DType::Q4_0_G8);
+  types.push_back(DType::Q8_0_G8);
+  int with_kernels = 0;
+  for (DType t : types) {
+    with_kernels += weight_type(t) != nullptr;
+    for (int64_t n : {1, 5}) check(t, 21, 512, n);
+  }
+  EXPECT_EQ(with_kernels, detail::kNumWeightTypes);
 }
 
 TEST_F(MatmulTest, RowStrideAndManyRows) {
@@ -536,7 +601,7 @@ constexpr DType kPreparedTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType
                                     DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q5_0};
 
 bool needs_format(DType t) {
-  return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+  return reads(t) != detail::Activations::kF32;
 }
 
 // y = W x through the float* form (its own, fresh quantization).  x: [n, cols]; returns [n, ldy]
@@ -605,7 +670,7 @@ TEST_F(MatmulTest, PreparedInputSharedAcrossWeightKinds) {
     SCOPED_TRACE(isa_name(isa));
     const detail::KernelTable& k = detail::active_table();
     // Q8_0 for Q4_0 and for Q8_0 (one format when both kernels read the same order), Q8_K for the K-quants.
-    const int64_t want = 2 + (k.arrange_q8[detail::kWQ4_0] != k.arrange_q8[detail::kWQ8_0] ? 1 : 0);
+    const int64_t want = 2 + (kernel_of(k, DType::Q4_0).arrange != kernel_of(k, DType::Q8_0).arrange ? 1 : 0);
     PreparedInput in;
     in.reset(x.data(), n, cols);
     for (size_t i = 0; i < ws.size(); ++i) {

@@ -3,10 +3,13 @@
 // is instantiated here (see internal.h).
 //
 // Quantized matmul: vpmaddubsw (unsigned x signed bytes to int16 pairs) and vpmaddwd to int32.
-//   Q8_0 x Q8_0: one 32-value block per 256-bit step, |w| . (x with w's sign) (|w| <= 128 and |x| <= 127
-//                keep the int16 pairs exact); the 8 int32 lanes are widened to f32 and scaled by
-//                d_w * d_x per block, then summed at the end.
-//   Q4_0 x Q8_0: over grouped activations (see Q4GroupRT and Q4Tile): nibbles . x - 8 sum(x) per block.
+//   Q8_0 x Q8_0: as in the file, one 32-value block per 256-bit step in column order (Q8Kernel),
+//                |w| . (x with w's sign) (|w| <= 128 and |x| <= 127 keep the int16 pairs exact); the 8
+//                int32 lanes are widened to f32 and scaled by d_w * d_x per block, then summed at the end.
+//                Repacked (Q8_0_G8): over grouped activations, one int32 lane per block (Q8G8Tile).
+//   Q4_0 x Q8_0: either layout, over grouped activations (Q4GroupRT for one token, Q4Tile for more):
+//                nibbles . x - 8 sum(x) per block.
+// The K-quants run the kernels shared with the AVX-512 file (x86/kquant.inc) in their 256-bit form.
 #include "kernels/internal.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -20,88 +23,10 @@
 namespace mixtral::kernels::detail {
 namespace {
 
-// Fully unrolls the loops over a micro-tile's rows/tokens/vectors so its accumulators live in registers
-// (GCC does not unroll them at -O2 and would keep the arrays on the stack).
-#define MX_UNROLL _Pragma("GCC unroll 16")
-
-// Software prefetch distance for weight rows, in bytes ahead of the block being read (0: off). One
-// thread streams several rows at once; prefetching ahead keeps more misses in flight than the hardware
-// prefetchers alone do on cores whose single-thread bandwidth is latency-bound. Measured: on a Xeon VM
-// 512 B gave +5..40% decode GB/s at 1 thread over none (2048 B was worse); on an AMD EPYC VM (AVX2
-// exposed) 1536 B gave Q4_0 +15%, Q8_0 +20% and Q4_K +20% over 512 B, with 1024-2048 B alike.
-#ifndef MX_PREFETCH_BYTES
-#define MX_PREFETCH_BYTES 1536
-#endif
-constexpr int64_t kPrefetchBytes = MX_PREFETCH_BYTES;
-
-// Prefetches [base + offset, base + offset + n) (addresses formed as integers: they may lie past the
-// weights, where a prefetch is simply dropped).
-inline void prefetch_bytes(const void* base, int64_t offset, int64_t n) {
-  if constexpr (kPrefetchBytes > 0) {
-    const uintptr_t a = reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(offset);
-    for (int64_t i = 0; i < n; i += 64) _mm_prefetch(reinterpret_cast<const char*>(a + i), _MM_HINT_T0);
-  }
-}
-
-inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-inline float hmax256(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-inline float sqrt_ss(float v) {
-  return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v)));
-}
+#include "kernels/x86/common.inc"
 
 inline __m256 abs256(__m256 v) {
   return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Tiling (see avx512.cpp): K<R, T>::run computes an R-row x T-token micro-tile over all columns
-// (rows r0 + r * rstep).
-
-template <template <int, int> class K, int R, int T>
-void row_pass(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
-  int64_t rr = 0;
-  for (; rr + R <= nr; rr += R) K<R, T>::run(a, r0 + rr, 1, t0, y + rr, ldy);
-  for (; rr < nr; ++rr) K<1, T>::run(a, r0 + rr, 1, t0, y + rr, ldy);
-}
-
-// Decoding (one token): micro-tile k takes row k of each of R contiguous parts of the rows, so each of
-// the R streams it reads runs on through consecutive rows (one long sequential stream per part)
-// instead of R short ones per tile.
-template <template <int, int> class K, int R>
-void row_pass_decode(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
-  const int64_t part = nr / R;
-  for (int64_t k = 0; k < part; ++k) K<R, 1>::run(a, r0 + k, part, t0, y + k, ldy);
-  for (int64_t r = R * part; r < nr; ++r) K<1, 1>::run(a, r0 + r, 1, t0, y + r, ldy);
-}
-
-template <template <int, int> class K, int R, int T>
-void token_rest(int64_t ct, const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
-  if (ct == T) {
-    row_pass<K, R, T>(a, r0, nr, t0, y, ldy);
-  } else if constexpr (T > 1) {
-    token_rest<K, R, T - 1>(ct, a, r0, nr, t0, y, ldy);
-  }
-}
-
-template <template <int, int> class K, int RD, int RP, int T>
-void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
-  if (nt == 1) return row_pass_decode<K, RD>(a, r0, nr, t0, y, ldy);
-  for (int64_t tt = 0; tt < nt; tt += T) {
-    const int64_t ct = nt - tt < T ? nt - tt : T;
-    token_rest<K, RP, T>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -185,10 +110,11 @@ struct Q8Kernel {
 };
 
 // ---------------------------------------------------------------------------------------------------
-// Prefill over grouped activations (ArrangeQ8Fn, internal.h): 8 blocks per group, one int32
-// lane per block, so each (row, token) pays one conversion, one scale multiply and one FMA per 8 blocks
-// instead of per block. A weight row's group is transposed once (4x4 dwords per 128-bit half, the same
-// transpose that arranged the activations) and kept in registers for kGroupTokens tokens.
+// Q4_0 and Q8_0_G8 over grouped activations (ArrangeQ8Fn, internal.h), for every token count: 8 blocks per
+// group, one int32 lane per block, so each (row, token) pays one conversion, one scale multiply and one
+// FMA per 8 blocks instead of per block. A weight row's group is transposed once (4x4 dwords per 128-bit
+// half, the same transpose that arranged the activations; Q4_0_G8 and Q8_0_G8 are stored so) and used
+// for several tokens (Q8_0_G8 prefill: kGroupTokens).
 //   Q4_0: nibbles (0..15) . x summed in int16 over the 8 vectors of a group (16 products of at most
 //         15 * 127 per lane: 30480 < 2^15), one vpmaddwd to int32, minus 8 sum(x) per block (exact);
 //   Q8_0: |w| . (x with w's sign) per vector (int16 pairs would overflow if added), vpmaddwd each, the
@@ -208,31 +134,23 @@ inline void tail_blocks(const MatmulArgs& a, const Block* w, int64_t b_begin, in
       sgn = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs));
       u = _mm256_abs_epi8(sgn);
     } else {
-      const __m256i raw =
-          _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs)));
-      u = _mm256_and_si256(_mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
-                           _mm256_set1_epi8(0x0f));
+      u = q4_nibbles(w[b]);
       sgn = _mm256_setzero_si256();
     }
     MX_UNROLL
     for (int t = 0; t < T; ++t) {
       __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (t0 + t) * cols + b * kQK8_0));
       if constexpr (sizeof(Block) == sizeof(BlockQ8_0)) x = _mm256_sign_epi8(x, sgn);
-      const __m256i d32 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
-      __m128i s = _mm_add_epi32(_mm256_castsi256_si128(d32), _mm256_extracti128_si256(d32, 1));
-      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-      s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-      int32_t dot = _mm_cvtsi128_si32(s);
+      int32_t dot = hsum256_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
       if constexpr (sizeof(Block) != sizeof(BlockQ8_0)) dot -= 8 * a.xsum[(t0 + t) * nb + b];
       y[t] += static_cast<float>(dot) * (dw * a.xd[(t0 + t) * nb + b]);
     }
   }
 }
 
-// One weight row x T tokens over grouped activations.
-// R weight rows (r0 + i * rstep) x T tokens over grouped activations. Each (row, token) runs the same
-// operations whatever R and T, so decode (R rows in lockstep, one token) and prefill (one row, T tokens)
-// give bit-identical results.
+// R weight rows (r0 + i * rstep) x T tokens over grouped activations, each row's group transposed once and
+// used for the T tokens; the decode kernel (R = 4 rows in lockstep, T = 1). Each (row, token) runs the
+// same operations whatever R and T.
 template <class Load>
 struct Q4GroupRT {
   template <int R, int T>
@@ -296,11 +214,7 @@ struct Q4GroupRT {
 // tokens: loads, not multiplies, bound the one-row kernel above on AVX2 (16 vector registers cannot
 // hold a row's 8 unpacked vectors and T accumulators at once). The integer dot of a (row, token) is
 // exact in any order and its float epilogue is the same operations as Q4GroupRT's, so results are
-// bit-identical to it (and to decode).
-
-// Weights are prefetched further ahead here than in decode: a tile spends long enough on each group
-// that 512 B ahead arrives late (4 KiB, about two rows: 2.6x faster for 2 tokens, measured).
-constexpr int64_t kTilePrefetchBytes = 4096;
+// bit-identical to it (decode). Weights are prefetched kTilePrefetchBytes ahead (common.inc).
 // Tile shape, overridable for measurements. Measured on the EPYC VM, 1 thread, 14336 x 4096 Q4_0_G8 (the
 // repacked layout), GFLOP/s at 4 / 16 / 512 tokens: 2x4 150 / 159 / 169, 2x5 151 / 151 / 170,
 // 3x4 125 / 148 / 165, 3x3 105 / 142 / 160, 1x8 140 / 100 / 122.
@@ -391,13 +305,6 @@ struct Q4Tile {
   };
 };
 
-// One token over grouped activations: row k of each of 4 contiguous parts in lockstep, so four
-// sequential weight streams are in flight (see row_pass_decode).
-template <class Load>
-void q4_group_decode(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
-  row_pass_decode<Q4GroupRT<Load>::template K, 4>(a, r0, nr, t0, y, ldy);
-}
-
 // Q8_0_G8 (Q8_0 repacked at load, tensor/quant.h): the group's 8 vectors already in grouped order, read
 // in place. R rows (r0 + i * rstep) x T tokens; each (row, token) runs the same operations whatever R and
 // T (decode: 4 rows in lockstep, one token; prefill: one row, kGroupTokens tokens), so results are
@@ -455,27 +362,17 @@ struct Q8G8Tile {
   };
 };
 
-// Q8_0_G8 for every token count (rows are whole groups: no tail blocks).
-void q8_g8_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
-                  int64_t ldy) {
-  if (nt == 1) return row_pass_decode<Q8G8Tile<kPrefetchBytes>::K, 4>(a, r0, nr, t0, y, ldy);
-  for (int64_t tt = 0; tt < nt; tt += kGroupTokens) {
-    const int64_t ct = nt - tt < kGroupTokens ? nt - tt : kGroupTokens;
-    token_rest<Q8G8Tile<kTilePrefetchBytes>::K, 1, kGroupTokens>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
-  }
-}
+// Q8_0_G8 for every token count (rows are whole groups: no tail blocks): 4 rows in lockstep for one token,
+// else one row x kGroupTokens tokens.
+constexpr MatmulTileFn q8_g8_matmul =
+    tiles<Q8G8Tile<kPrefetchBytes>::K, 4, Q8G8Tile<kTilePrefetchBytes>::K, 1, kGroupTokens>;
 
-// Q4_0 (either layout, see Q4FileGroup) over grouped activations, for every token count: prefill tiles,
-// or four rows in lockstep for one token.
+// Q4_0 (either layout, see Q4FileGroup) over grouped activations, for every token count: four rows in
+// lockstep for one token (row k of each of 4 contiguous parts: four sequential weight streams), else
+// prefill tiles.
 template <class Load>
-void q4_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
-  if (nt == 1) return q4_group_decode<Load>(a, r0, nr, t0, y, ldy);
-  for (int64_t tt = 0; tt < nt; tt += kQ4TileTokens) {
-    const int64_t ct = nt - tt < kQ4TileTokens ? nt - tt : kQ4TileTokens;
-    token_rest<Q4Tile<Load>::template K, kQ4TileRows, kQ4TileTokens>(ct, a, r0, nr, t0 + tt, y + tt * ldy,
-                                                                     ldy);
-  }
-}
+constexpr MatmulTileFn q4_matmul =
+    tiles<Q4GroupRT<Load>::template K, 4, Q4Tile<Load>::template K, kQ4TileRows, kQ4TileTokens>;
 
 // ---------------------------------------------------------------------------------------------------
 // K-quants: the shared 256-bit kernels (vpmaddwd form).
@@ -886,24 +783,29 @@ void attn_chunk(const AttnChunkArgs& a) {
   }
 }
 
+constexpr MatmulKernel kMatmul[] = {
+    {DType::F32, tiles<F32Kernel, 4, F32Kernel, 4, 2>, nullptr},
+    {DType::F16, tiles<F16Kernel, 4, F16Kernel, 4, 2>, nullptr},
+    {DType::BF16, tiles<BF16Kernel, 4, BF16Kernel, 4, 2>, nullptr},
+    {DType::Q8_0, tiles<Q8Kernel, 4, Q8Kernel, 2, 3>, nullptr},  // column order
+    {DType::Q4_0, q4_matmul<Q4FileGroup>, arrange_q8},
+    {DType::Q4_K, k_matmul<Q4KUnpack>, nullptr},
+    {DType::Q5_K, k_matmul<Q5KUnpack>, nullptr},
+    {DType::Q6_K, k_matmul<Q6KUnpack>, nullptr},
+    {DType::Q4_0_G8, q4_matmul<Q4G8Group>, arrange_q8},
+    {DType::Q8_0_G8, q8_g8_matmul, arrange_q8},
+};
+static_assert(lists_every_weight_type(kMatmul), "avx2 table: a weight type without its kernel");
+
 #undef MX_UNROLL
 
 }  // namespace
 
 const KernelTable* avx2_table() {
   static const KernelTable table = {
-      "avx2",
-      {tiles<F32Kernel, 4, 4, 2>, tiles<F16Kernel, 4, 4, 2>, tiles<BF16Kernel, 4, 4, 2>,
-       tiles<Q8Kernel, 4, 2, 3>, q4_matmul<Q4FileGroup>, k_matmul<Q4KUnpack>, k_matmul<Q5KUnpack>,
-       k_matmul<Q6KUnpack>, q4_matmul<Q4G8Group>, q8_g8_matmul},
-      quantize_q8,
-      generic_table().quantize_q8_k,
-      {nullptr, nullptr, nullptr, nullptr, arrange_q8, nullptr, nullptr, nullptr, arrange_q8, arrange_q8},
+      "avx2",     kMatmul,    quantize_q8, generic_table().quantize_q8_k,
       4,  // K-quant prefill over 8-token tiles, dword lanes
-      attn_chunk,
-      paged_attn,
-      rmsnorm,
-      silu_mul,
+      attn_chunk, paged_attn, rmsnorm,     silu_mul,
       softmax,
   };
   return &table;

@@ -2,9 +2,9 @@
 // called after dispatch.cpp has checked the CPU. Helpers stay in an anonymous namespace and no std::
 // template is instantiated here, so no AVX-512 code can leak into a generic caller through the linker.
 //
-// Quantized matmul: Q4_0 and Q8_0 in 512-bit VNNI steps over pairs of grouped activations (see
-// GroupTile), the K-quants in the 256-bit steps shared with the AVX2 file. vpdpbusd multiplies unsigned
-// by signed bytes, so
+// Quantized matmul: Q4_0 and Q8_0 (either layout) in 512-bit VNNI steps over pairs of grouped activations
+// (see GroupTile), the K-quants in the kernels shared with the AVX2 file (x86/kquant.inc) in their
+// AVX512-VNNI form. vpdpbusd multiplies unsigned by signed bytes, so
 //   Q8_0 x Q8_0: (w + 128) . x - 128 * sum(x) = w . x,
 //   Q4_0 x Q8_0: nibbles (0..15) . x - 8 * sum(x),
 // the second term subtracted per block in int32 before the conversion to f32.
@@ -38,35 +38,7 @@
 namespace mixtral::kernels::detail {
 namespace {
 
-// Fully unrolls the loops over a micro-tile's rows/tokens/vectors so its accumulators live in registers
-// (GCC does not unroll them at -O2 and would keep the arrays on the stack).
-#define MX_UNROLL _Pragma("GCC unroll 16")
-
-// Software prefetch distance for weight rows, in bytes ahead of the block being read (0: off). One
-// thread streams several rows at once; prefetching ahead keeps more misses in flight than the hardware
-// prefetchers alone do on cores whose single-thread bandwidth is latency-bound. 1536 B, as in the AVX2
-// file (measured there); on a Sapphire Rapids Xeon the 4-row Q4_0 decode then reads at 86% of the
-// measured bandwidth end to end, the same as the AVX2 kernel.
-#ifndef MX_PREFETCH_BYTES
-#define MX_PREFETCH_BYTES 1536
-#endif
-constexpr int64_t kPrefetchBytes = MX_PREFETCH_BYTES;
-
-// Prefetches [base + offset, base + offset + n) (addresses formed as integers: they may lie past the
-// weights, where a prefetch is simply dropped).
-inline void prefetch_bytes(const void* base, int64_t offset, int64_t n) {
-  if constexpr (kPrefetchBytes > 0) {
-    const uintptr_t a = reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(offset);
-    for (int64_t i = 0; i < n; i += 64) _mm_prefetch(reinterpret_cast<const char*>(a + i), _MM_HINT_T0);
-  }
-}
-
-inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+#include "kernels/x86/common.inc"
 
 // Horizontal sum / max (own versions: GCC 12's _mm512_reduce_* trip -Wuninitialized).
 inline float hsum512(__m512 v) {
@@ -75,63 +47,17 @@ inline float hsum512(__m512 v) {
 }
 inline float hmax512(__m512 v) {
   const __m512 hi = _mm512_shuffle_f32x4(v, v, 0xee);
-  __m256 m = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_castps512_ps256(hi));
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+  return hmax256(_mm256_max_ps(_mm512_castps512_ps256(v), _mm512_castps512_ps256(hi)));
 }
 
 inline __mmask16 tail_mask(int64_t n) {
   return static_cast<__mmask16>((1u << n) - 1u);
 }
 
-inline float sqrt_ss(float v) {
-  return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v)));
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Tiling: K<R, T>::run computes an R-row x T-token micro-tile over all columns (rows r0 + r * rstep). Tokens
-// outer (a T-token activation slice stays in L1), rows inner (the driver's row chunk stays in L2).
-
-template <template <int, int> class K, int R, int T>
-void row_pass(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
-  int64_t rr = 0;
-  for (; rr + R <= nr; rr += R) K<R, T>::run(a, r0 + rr, 1, t0, y + rr, ldy);
-  for (; rr < nr; ++rr) K<1, T>::run(a, r0 + rr, 1, t0, y + rr, ldy);
-}
-
-// Decoding (one token): micro-tile k takes row k of each of R contiguous parts of the rows, so each of
-// the R streams it reads runs on through consecutive rows (one long sequential stream per part)
-// instead of R short ones per tile.
-template <template <int, int> class K, int R>
-void row_pass_decode(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
-  const int64_t part = nr / R;
-  for (int64_t k = 0; k < part; ++k) K<R, 1>::run(a, r0 + k, part, t0, y + k, ldy);
-  for (int64_t r = R * part; r < nr; ++r) K<1, 1>::run(a, r0 + r, 1, t0, y + r, ldy);
-}
-
-template <template <int, int> class K, int R, int T>
-void token_rest(int64_t ct, const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
-  if (ct == T) {
-    row_pass<K, R, T>(a, r0, nr, t0, y, ldy);
-  } else if constexpr (T > 1) {
-    token_rest<K, R, T - 1>(ct, a, r0, nr, t0, y, ldy);
-  }
-}
-
-// RD rows per micro-tile when decoding (one token), RP x T when there are more.
-template <template <int, int> class K, int RD, int RP, int T>
-void tiles(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
-  if (nt == 1) return row_pass_decode<K, RD>(a, r0, nr, t0, y, ldy);
-  for (int64_t tt = 0; tt < nt; tt += T) {
-    const int64_t ct = nt - tt < T ? nt - tt : T;
-    token_rest<K, RP, T>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Quantized weights.
+
+#include "kernels/x86/grouped.inc"
 
 // One block (column order) as 32 unsigned bytes u with u . x - c . x the signed dot product, for the
 // blocks after a row's last full group:
@@ -145,12 +71,7 @@ struct Q8Unpack {
 };
 struct Q4Unpack {
   using Block = BlockQ4_0;
-  static __m256i run(const BlockQ4_0& b) {
-    // the 16 bytes in both halves; elements 0..15 = low nibbles, 16..31 = high nibbles
-    const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)));
-    return _mm256_and_si256(_mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
-                            _mm256_set1_epi8(0x0f));
-  }
+  static __m256i run(const BlockQ4_0& b) { return q4_nibbles(b); }
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -173,8 +94,6 @@ struct Q4Unpack {
 // Why 512 bits: Zen 5 and Intel cores run vpdpbusd on 512-bit vectors at the 256-bit rate in vectors
 // per cycle, doubling the multiplies; Zen 4 splits them in two, so there the multiplies stay and the
 // instructions (decode, loop, epilogue) halve.
-
-#include "kernels/x86/grouped.inc"
 
 // ArrangeQ8Fn of this table: grouped order (arrange_q8), then each pair of full groups interleaved by
 // 32-byte vectors. A row's last group, when their count is odd, and the blocks after it stay as they are.
@@ -239,9 +158,6 @@ struct Q8PairUnpack {  // u = w + 128, c = 128
   static __m512i vec(const __m512i* c, int v) { return c[v]; }
 };
 
-// Weights are prefetched further ahead in prefill tiles than in decode: a tile spends long enough on
-// each pair that the decode distance arrives late.
-constexpr int64_t kTilePrefetchBytes = 4096;
 // Tile shape (overridable for measurements). Measured on a Zen 5 core (EPYC, full-width AVX-512), 1 thread,
 // 14336 x 4096 x 512 tokens, GFLOP/s Q4_0_G8 / Q8_0_G8, builds alternating: 3x4 434-443 / 322-332,
 // 2x4 410-420 / 304-309, 2x6 387-401 / 300-306; the same 3x4 with the unpacked pairs forced through
@@ -344,11 +260,8 @@ struct GroupTile {
           for (int t = 0; t < T; ++t) {
             const __m256i x =
                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
-            const __m256i d32 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
-            __m128i sm = _mm_add_epi32(_mm256_castsi256_si128(d32), _mm256_extracti128_si256(d32, 1));
-            sm = _mm_add_epi32(sm, _mm_shuffle_epi32(sm, 0x4e));
-            sm = _mm_add_epi32(sm, _mm_shuffle_epi32(sm, 0xb1));
-            const int32_t dot = _mm_cvtsi128_si32(sm) - (xs[t * nb + b] << Unpack::kShift);
+            const int32_t dot = hsum256_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)) -
+                                (xs[t * nb + b] << Unpack::kShift);
             tail[t] += static_cast<float>(dot) * (dwb * xd[t * nb + b]);
           }
         }
@@ -359,18 +272,13 @@ struct GroupTile {
   };
 };
 
-// Q4_0 and Q8_0: kDecodeRows rows in lockstep for one token, else kTileRows x kTileTokens tiles.
+// Q4_0 and Q8_0: kDecodeRows rows in lockstep for one token, else kTileRows x kTileTokens tiles (weights
+// prefetched kTilePrefetchBytes ahead: a tile spends long enough on each pair that the decode distance
+// arrives late).
 template <class Unpack>
-void group_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
-                  int64_t ldy) {
-  if (nt == 1)
-    return row_pass_decode<GroupTile<Unpack, kPrefetchBytes>::template K, kDecodeRows>(a, r0, nr, t0, y, ldy);
-  for (int64_t tt = 0; tt < nt; tt += kTileTokens) {
-    const int64_t ct = nt - tt < kTileTokens ? nt - tt : kTileTokens;
-    token_rest<GroupTile<Unpack, kTilePrefetchBytes>::template K, kTileRows, kTileTokens>(
-        ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
-  }
-}
+constexpr MatmulTileFn group_matmul =
+    tiles<GroupTile<Unpack, kPrefetchBytes>::template K, kDecodeRows,
+          GroupTile<Unpack, kTilePrefetchBytes>::template K, kTileRows, kTileTokens>;
 
 // ---------------------------------------------------------------------------------------------------
 // K-quants: the shared kernels with 512-bit decode and prefill, vpdpwssd adding the scaled pairs (one
@@ -812,6 +720,20 @@ void attn_chunk(const AttnChunkArgs& a) {
   }
 }
 
+constexpr MatmulKernel kMatmul[] = {
+    {DType::F32, tiles<F32Kernel, 4, F32Kernel, 4, 4>, nullptr},
+    {DType::F16, tiles<F16Kernel, 4, F16Kernel, 4, 4>, nullptr},
+    {DType::BF16, tiles<BF16Kernel, 4, BF16Kernel, 4, 4>, nullptr},
+    {DType::Q8_0, group_matmul<Q8PairUnpack<Q8FileGroup>>, arrange_q8_pairs},
+    {DType::Q4_0, group_matmul<Q4PairUnpack<Q4FileGroup>>, arrange_q8_pairs},
+    {DType::Q4_K, k_matmul<Q4KUnpack>, nullptr},
+    {DType::Q5_K, k_matmul<Q5KUnpack>, nullptr},
+    {DType::Q6_K, k_matmul<Q6KUnpack>, nullptr},
+    {DType::Q4_0_G8, group_matmul<Q4PairUnpack<Q4G8Group>>, arrange_q8_pairs},
+    {DType::Q8_0_G8, group_matmul<Q8PairUnpack<Q8G8Group>>, arrange_q8_pairs},
+};
+static_assert(lists_every_weight_type(kMatmul), "avx512 table: a weight type without its kernel");
+
 #undef MX_UNROLL
 
 }  // namespace
@@ -820,20 +742,11 @@ const KernelTable* MX_AVX512_TABLE() {
   // Paged attention runs the AVX2 kernel (every AVX-512 CPU has AVX2), the portable one without it.
   static const KernelTable* const k_from = avx2_table() != nullptr ? avx2_table() : &generic_table();
   static const KernelTable table = {
-      "avx512",
-      {tiles<F32Kernel, 4, 4, 4>, tiles<F16Kernel, 4, 4, 4>, tiles<BF16Kernel, 4, 4, 4>,
-       group_matmul<Q8PairUnpack<Q8FileGroup>>, group_matmul<Q4PairUnpack<Q4FileGroup>>, k_matmul<Q4KUnpack>,
-       k_matmul<Q5KUnpack>, k_matmul<Q6KUnpack>, group_matmul<Q4PairUnpack<Q4G8Group>>,
-       group_matmul<Q8PairUnpack<Q8G8Group>>},
-      quantize_q8,
-      quantize_q8_k,
-      {nullptr, nullptr, nullptr, arrange_q8_pairs, arrange_q8_pairs, nullptr, nullptr, nullptr,
-       arrange_q8_pairs, arrange_q8_pairs},
+      "avx512",    kMatmul,
+      quantize_q8, quantize_q8_k,
       8,  // K-quant prefill over 8-token tiles, qword lanes
-      attn_chunk,
-      k_from->paged_attn,
-      rmsnorm,
-      silu_mul,
+      attn_chunk,  k_from->paged_attn,
+      rmsnorm,     silu_mul,
       softmax,
   };
   return &table;

@@ -334,25 +334,30 @@ void silu_mul(float* x, const float* g, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i])) * g[i];
 }
 
+constexpr MatmulKernel kMatmul[] = {
+    // activations in column order throughout
+    {DType::F32, float_tile<widen_f32>, nullptr},
+    {DType::F16, float_tile<widen_f16>, nullptr},
+    {DType::BF16, float_tile<widen_bf16>, nullptr},
+    {DType::Q8_0, quant_tile<unpack_q8>, nullptr},
+    {DType::Q4_0, quant_tile<unpack_q4>, nullptr},
+    {DType::Q4_K, k_tile<BlockQ4_K, unpack_q4_k>, nullptr},
+    {DType::Q5_K, k_tile<BlockQ5_K, unpack_q5_k>, nullptr},
+    {DType::Q6_K, k_tile<BlockQ6_K, unpack_q6_k>, nullptr},
+    {DType::Q4_0_G8, quant_tile<unpack_g8<DType::Q4_0_G8, BlockQ4_0, unpack_q4>>, nullptr},
+    {DType::Q8_0_G8, quant_tile<unpack_g8<DType::Q8_0_G8, BlockQ8_0, unpack_q8>>, nullptr},
+};
+static_assert(lists_every_weight_type(kMatmul), "scalar table: a weight type without its kernel");
+
 }  // namespace
 
 const KernelTable& generic_table() {
   static const KernelTable table = {
-      "scalar",
-      {float_tile<widen_f32>, float_tile<widen_f16>, float_tile<widen_bf16>, quant_tile<unpack_q8>,
-       quant_tile<unpack_q4>, k_tile<BlockQ4_K, unpack_q4_k>, k_tile<BlockQ5_K, unpack_q5_k>,
-       k_tile<BlockQ6_K, unpack_q6_k>, quant_tile<unpack_g8<DType::Q4_0_G8, BlockQ4_0, unpack_q4>>,
-       quant_tile<unpack_g8<DType::Q8_0_G8, BlockQ8_0, unpack_q8>>},
-      quantize_q8,
-      quantize_q8_k,
-      {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-       nullptr},  // column order throughout
-      0,          // K-quants read the tokens' Q8_K rows
+      "scalar",   kMatmul,  quantize_q8, quantize_q8_k,
+      0,  // K-quants read the tokens' Q8_K rows
       attn_chunk,
       nullptr,  // paged attention: kernels/paged_attention.cpp's loop
-      rmsnorm,
-      silu_mul,
-      softmax,
+      rmsnorm,    silu_mul, softmax,
   };
   return table;
 }
