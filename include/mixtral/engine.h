@@ -126,7 +126,7 @@ class Engine {
     int reps = 0;
     double tg_tps = 0, tg_tps_constrained = 0;  // all reps' tokens over all reps' time
     std::vector<double> tg_reps, tg_constrained_reps;
-    double mask_us_median = 0, mask_us_p99 = 0;  // per constrained token: fill_mask + apply_mask + accept
+    double mask_us_median = 0, mask_us_p99 = 0;  // per constrained token: fill_mask + accept
     int64_t sentences = 0;                       // grammar sentences completed over the constrained runs
   };
   Result<ConstrainedBenchResult> bench_constrained(int64_t n_gen, int reps, const GenerateOptions& opts);

@@ -11,8 +11,8 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 
+#include "engine/core.h"
 #include "grammar/grammar.h"
 #include "mixtral/server_engine.h"
 #include "runtime/runtime.h"
@@ -22,13 +22,6 @@ namespace mixtral {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-constexpr int32_t kEosId = 2;  // without a masker (whose vocabulary names the EOS token)
-
-int resolve_threads(int t) {
-  if (t > 0) return t;
-  const unsigned hc = std::thread::hardware_concurrency();
-  return hc == 0 ? 1 : static_cast<int>(hc);
-}
 
 struct Request {
   uint64_t id = 0;
@@ -44,23 +37,19 @@ struct Seq {
   std::vector<uint64_t> hashes;      // chained hash of each published full block
   int64_t n_prompt = 0, n_done = 0;  // positions whose K/V are in the cache
   int64_t n_gen = 0, max_tokens = 0, cached = 0;
-  int64_t reserved = 0;  // blocks promised at admission, not yet allocated
-  std::unique_ptr<Sampler> sampler;
-  std::unordered_map<int32_t, int32_t> gen_counts;  // generated token -> times (presence/frequency)
-  std::unordered_set<int32_t> seen;                 // prompt + generated (repetition penalty)
-  std::unique_ptr<grammar::Matcher> matcher;        // where the output stands in params.grammar (or null)
+  int64_t reserved = 0;                // blocks promised at admission, not yet allocated
+  std::unique_ptr<SequenceStep> step;  // its sampling (and grammar) state
   bool finished = false;
 };
 }  // namespace
 
 struct BatchEngine::Impl {
   BatchEngineOptions opts;
-  std::unique_ptr<Model> model;
-  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<EngineCore> core;
   std::unique_ptr<Runtime> runtime;
   std::unique_ptr<PagedKvCache> kv;
   int64_t ctx = 0;
-  int32_t eos = kEosId;
+  int32_t eos = 0;
 
   mutable std::mutex mu;  // guards the queue, flags, active count, stats
   std::condition_variable cv;
@@ -77,8 +66,6 @@ struct BatchEngine::Impl {
   std::vector<std::unique_ptr<Seq>> active;
   int64_t reserved_total = 0;
   std::vector<float> logits;          // [max_batch, vocab]
-  std::vector<float> work;            // [vocab]
-  std::vector<uint32_t> mask;         // [masker words] bit t: token t may follow (constrained sequences)
   std::vector<uint64_t> step_counts;  // [n_layers, n_experts]
   // Events of a step, delivered after its bookkeeping (so a finished request sees its blocks freed).
   std::vector<std::pair<std::shared_ptr<Request>, TokenEvent>> outbox;
@@ -86,8 +73,6 @@ struct BatchEngine::Impl {
   void run();
   bool admit(const std::shared_ptr<Request>& r);
   void finish(Seq& s, FinishReason why);
-  // The next token of s, or -1 when its grammar allows none (it then stops).
-  int32_t sample(Seq& s, const float* row, TokenEvent& ev);
   void ensure_block(Seq& s, int64_t pos);
   void publish_full_blocks(Seq& s);
 };
@@ -106,51 +91,55 @@ BatchEngine::~BatchEngine() {
 }
 
 Result<std::unique_ptr<BatchEngine>> BatchEngine::load(const BatchEngineOptions& opts) {
-  if (opts.threads < 0) return Error::usage("--threads must be positive");
-  if (opts.ctx_size < 0) return Error::usage("--ctx-size must be positive");
   if (opts.parallel <= 0) return Error::usage("--parallel must be positive");
+  if (opts.kv_memory < 0) return Error::usage("--kv-memory must not be negative");
   if (opts.block_size <= 0 || opts.max_batch <= 0 || opts.max_queue < 0)
     return Error::usage("bad batch engine options");
   auto impl = std::make_unique<Impl>();
   impl->opts = opts;
-  LoadOptions lo;
-  lo.repack = opts.repack;
-  MX_ASSIGN_OR_RETURN(impl->model, load_model(opts.model_path, lo));
-  const ModelConfig& c = impl->model->config;
-  impl->pool = std::make_unique<ThreadPool>(resolve_threads(opts.threads));
-  impl->ctx =
-      opts.ctx_size > 0 ? opts.ctx_size : (c.max_seq_len > 0 ? std::min<int64_t>(c.max_seq_len, 4096) : 4096);
+  MX_ASSIGN_OR_RETURN(impl->core, EngineCore::load({opts.model_path, opts.threads, opts.ctx_size, opts.repack,
+                                                    opts.cache_type}));
+  const EngineCore& core = *impl->core;
+  const ModelConfig& c = core.config();
+  impl->ctx = core.ctx;
   // Every decode of `parallel` sequences must fit one step.
   impl->opts.max_batch = std::max<int64_t>(opts.max_batch, opts.parallel);
   RuntimeOptions ro;
-  ro.n_ctx = 1;  // the contiguous cache is unused here
   ro.max_batch = impl->opts.max_batch;
-  impl->runtime = std::make_unique<Runtime>(*impl->model, ro, *impl->pool);
-  // Room for `parallel` full contexts, so an admitted request never waits for blocks.
+  impl->runtime = std::make_unique<Runtime>(*core.model, ro, *core.pool);
+  // The pool: kv_memory bytes, else room for `parallel` full contexts. At least one full context, so an
+  // admitted request never waits for blocks.
   const int64_t per_seq = (impl->ctx + opts.block_size - 1) / opts.block_size;
-  impl->kv = std::make_unique<PagedKvCache>(c, per_seq * opts.parallel, opts.block_size);
+  const auto block_bytes = static_cast<int64_t>(kv_bytes_per_token(c, opts.cache_type)) * opts.block_size;
+  const int64_t n_blocks = opts.kv_memory > 0 ? opts.kv_memory / block_bytes : per_seq * opts.parallel;
+  if (n_blocks < per_seq)
+    return Error::usage(
+        "--kv-memory " + std::to_string(opts.kv_memory) + " holds " + std::to_string(n_blocks) +
+        " blocks of " + std::to_string(opts.block_size) + " positions (" + std::to_string(block_bytes) +
+        " bytes each, " + kv_cache_type_name(opts.cache_type) + "); one full context of " +
+        std::to_string(impl->ctx) + " needs " + std::to_string(per_seq * block_bytes) + " bytes");
+  impl->kv = std::make_unique<PagedKvCache>(c, core.kv_type, n_blocks, opts.block_size);
   impl->logits.resize(static_cast<size_t>(impl->opts.max_batch * c.vocab_size));
-  impl->work.resize(static_cast<size_t>(c.vocab_size));
-  if (opts.masker) {
-    if (opts.masker->n_vocab() > c.vocab_size)
-      return Error::usage("the grammar vocabulary has " + std::to_string(opts.masker->n_vocab()) +
-                          " tokens; the model has " + std::to_string(c.vocab_size));
-    const int32_t e = opts.masker->vocabulary().eos;
-    if (e >= 0) impl->eos = e;
-  }
+  if (opts.masker && opts.masker->n_vocab() > c.vocab_size)
+    return Error::usage("the grammar vocabulary has " + std::to_string(opts.masker->n_vocab()) +
+                        " tokens; the model has " + std::to_string(c.vocab_size));
+  impl->eos = core.eos_with(opts.masker.get());
   impl->st.n_layers = c.n_layers;
   impl->st.n_experts = c.n_experts;
   impl->st.expert_selections.assign(static_cast<size_t>(c.n_layers * c.n_experts), 0);
   impl->step_counts.assign(static_cast<size_t>(c.n_layers * c.n_experts), 0);
   impl->st.kv_blocks_total = impl->kv->n_blocks();
   impl->st.block_size = opts.block_size;
+  impl->st.kv_bytes_total = static_cast<int64_t>(impl->kv->bytes());
+  impl->st.kv_bytes_per_token = static_cast<int64_t>(impl->kv->bytes_per_token());
+  impl->st.kv_cache_type = kv_cache_type_name(opts.cache_type);
   Impl* p = impl.get();
   impl->thread = std::thread([p] { p->run(); });
   return std::unique_ptr<BatchEngine>(new BatchEngine(std::move(impl)));
 }
 
 const ModelConfig& BatchEngine::config() const {
-  return impl_->model->config;
+  return impl_->core->config();
 }
 int64_t BatchEngine::ctx_size() const {
   return impl_->ctx;
@@ -179,7 +168,7 @@ BatchEngineStats BatchEngine::stats() const {
 
 BatchEngine::SubmitResult BatchEngine::submit(CompletionParams params, Callback cb) {
   Impl& I = *impl_;
-  const int64_t n = static_cast<int64_t>(params.prompt.size()), V = I.model->config.vocab_size;
+  const int64_t n = static_cast<int64_t>(params.prompt.size()), V = I.core->config().vocab_size;
   if (n == 0) return {Submit::kBadRequest, 0, "the prompt is empty"};
   for (int32_t t : params.prompt)
     if (t < 0 || t >= V)
@@ -189,6 +178,15 @@ BatchEngine::SubmitResult BatchEngine::submit(CompletionParams params, Callback 
             "the prompt has " + std::to_string(n) + " tokens; the context holds " + std::to_string(I.ctx) +
                 " (prompt plus at least one generated token)"};
   if (params.max_tokens <= 0) return {Submit::kBadRequest, 0, "max_tokens must be at least 1"};
+  for (const auto& [id, bias] : params.logit_bias) {
+    if (id < 0 || id >= V)
+      return {
+          Submit::kBadRequest, 0,
+          "logit_bias: token id " + std::to_string(id) + " is out of range [0, " + std::to_string(V) + ")"};
+    if (std::isnan(bias) || bias == std::numeric_limits<float>::infinity())
+      return {Submit::kBadRequest, 0,
+              "logit_bias: the bias of token " + std::to_string(id) + " must be a number"};
+  }
   if (params.grammar && !I.opts.masker)
     return {Submit::kBadRequest, 0,
             "constrained output needs the model's vocabulary, and this engine was loaded without one "
@@ -263,9 +261,20 @@ bool BatchEngine::Impl::admit(const std::shared_ptr<Request>& r) {
   s->n_done = s->cached = static_cast<int64_t>(s->blocks.size()) * bs;
   s->max_tokens = r->params.max_tokens;
   const CompletionParams& p = r->params;
-  s->sampler = std::make_unique<Sampler>(SamplerOptions{p.temperature, p.top_k, p.top_p, p.seed});
-  if (p.repetition_penalty != 1.0f) s->seen.insert(prompt.begin(), prompt.end());
-  if (p.grammar) s->matcher = std::make_unique<grammar::Matcher>(p.grammar);
+  SamplingParams sp;
+  sp.temperature = p.temperature;
+  sp.top_k = p.top_k;
+  sp.top_p = p.top_p;
+  sp.min_p = p.min_p;
+  sp.seed = p.seed;
+  sp.presence_penalty = p.presence_penalty;
+  sp.frequency_penalty = p.frequency_penalty;
+  sp.repetition_penalty = p.repetition_penalty;
+  sp.logit_bias = p.logit_bias;
+  sp.top_logprobs = p.top_logprobs;
+  s->step = std::make_unique<SequenceStep>(sp, core->config().vocab_size, p.grammar, opts.masker.get(), eos,
+                                           !p.ignore_eos);
+  s->step->add_prompt(prompt.data(), n);
   {
     std::lock_guard<std::mutex> lk(mu);
     st.prompt_tokens += static_cast<uint64_t>(n);
@@ -312,54 +321,8 @@ void BatchEngine::Impl::finish(Seq& s, FinishReason why) {
   s.reserved = 0;
 }
 
-int32_t BatchEngine::Impl::sample(Seq& s, const float* row, TokenEvent& ev) {
-  const CompletionParams& p = s.req->params;
-  const int64_t V = model->config.vocab_size;
-  float* w = work.data();  // [vocab] logits after the grammar's mask, penalties and min_p
-  std::copy(row, row + V, w);
-  if (s.matcher) {  // the mask first: penalties, min_p and the sampler then see only allowed tokens
-    const grammar::TokenMasker& masker = *opts.masker;
-    masker.fill_mask(*s.matcher, mask);
-    if (p.ignore_eos && eos >= 0 && eos < masker.n_vocab())
-      mask[static_cast<size_t>(eos) / 32] &= ~(1u << (eos % 32));
-    if (std::all_of(mask.begin(), mask.end(), [](uint32_t m) { return m == 0; })) return -1;
-    grammar::apply_mask(mask, w, masker.n_vocab());
-    // Ids the tokenizer does not have (a model vocabulary padded beyond it) are never grammatical.
-    std::fill(w + masker.n_vocab(), w + V, -std::numeric_limits<float>::infinity());
-  }
-  if (p.repetition_penalty != 1.0f)
-    for (int32_t t : s.seen) w[t] = w[t] > 0 ? w[t] / p.repetition_penalty : w[t] * p.repetition_penalty;
-  if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f)
-    for (const auto& [t, c] : s.gen_counts)
-      w[t] -= p.presence_penalty + p.frequency_penalty * static_cast<float>(c);
-  if (p.min_p > 0.0f && p.temperature > 0.0f) {
-    const float mx = *std::max_element(w, w + V);
-    const float cut = mx + p.temperature * std::log(p.min_p);  // p_i >= min_p * p_max at the temperature
-    for (int64_t i = 0; i < V; ++i)
-      if (w[i] < cut) w[i] = -std::numeric_limits<float>::infinity();
-  }
-  const int32_t tok = s.sampler->sample(w, V);
-  if (p.top_logprobs >= 0) {  // log-softmax of the model's logits (before penalties)
-    const float mx = *std::max_element(row, row + V);
-    double sum = 0;
-    for (int64_t i = 0; i < V; ++i) sum += std::exp(static_cast<double>(row[i] - mx));
-    const float lse = mx + static_cast<float>(std::log(sum));
-    ev.logprob = row[tok] - lse;
-    if (p.top_logprobs > 0) {
-      std::vector<int32_t> idx(static_cast<size_t>(V));
-      for (int64_t i = 0; i < V; ++i) idx[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-      const int64_t k = std::min<int64_t>(p.top_logprobs, V);
-      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                        [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
-      for (int64_t i = 0; i < k; ++i)
-        ev.top.emplace_back(idx[static_cast<size_t>(i)], row[idx[static_cast<size_t>(i)]] - lse);
-    }
-  }
-  return tok;
-}
-
 void BatchEngine::Impl::run() {
-  const int64_t V = model->config.vocab_size;
+  const int64_t V = core->config().vocab_size;
   std::vector<BatchToken> entries;  // [<= max_batch]
   std::vector<Seq*> owner;          // [<= max_batch] the sequence of each entry
   std::vector<Seq*> sampled;        // sequences whose last entry wants logits, in entry order
@@ -441,7 +404,7 @@ void BatchEngine::Impl::run() {
     if (!entries.empty()) {
       std::fill(step_counts.begin(), step_counts.end(), 0);
       runtime->set_expert_counts(&step_counts);
-      runtime->forward_paged(entries.data(), static_cast<int64_t>(entries.size()), *kv, logits.data());
+      runtime->step(entries.data(), static_cast<int64_t>(entries.size()), *kv, logits.data());
       runtime->set_expert_counts(nullptr);
       for (size_t i = 0; i < entries.size(); ++i) {
         Seq& s = *owner[i];
@@ -458,22 +421,20 @@ void BatchEngine::Impl::run() {
       publish_full_blocks(s);
       if (s.req->cancelled) continue;
       TokenEvent ev;
-      const int32_t tok = sample(s, lr, ev);
+      TokenLogprobs lp;
+      const int32_t tok = s.step->sample(lr, &lp);
       if (tok < 0) {  // the grammar allows nothing here: an error, not a stop (the caller reports it)
         finish(s, FinishReason::kGrammarError);
         continue;
       }
       ev.token = tok;
+      ev.logprob = lp.logprob;
+      ev.top = std::move(lp.top);
       s.tokens.push_back(tok);
       ++s.n_gen;
       ++n_gen;
-      ++s.gen_counts[tok];
-      if (s.req->params.repetition_penalty != 1.0f) s.seen.insert(tok);
-      bool grammar_end = false;
-      if (s.matcher) {  // the mask allowed tok, so the matcher takes it
-        MX_CHECK(opts.masker->accept(*s.matcher, tok), "grammar: the sampled token was not allowed");
-        grammar_end = tok == eos || s.matcher->must_end();
-      }
+      s.step->accept(tok);  // the mask allowed tok, so the grammar's matcher takes it
+      const bool grammar_end = s.step->has_grammar() && (tok == eos || s.step->must_end());
       if (grammar_end || (tok == eos && !s.req->params.ignore_eos)) {
         ev.finish = FinishReason::kStop;
       } else if (s.n_gen >= s.max_tokens || static_cast<int64_t>(s.tokens.size()) >= ctx) {

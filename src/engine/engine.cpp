@@ -9,8 +9,10 @@
 #include <thread>
 
 #include "core/membw.h"
+#include "engine/core.h"
 #include "grammar/grammar.h"
 #include "kernels/kernels.h"
+#include "kernels/paged_attention.h"
 #include "model/test_model.h"
 #include "runtime/runtime.h"
 #include "sampler/sampler.h"
@@ -18,58 +20,35 @@
 namespace mixtral {
 
 struct Engine::Impl {
-  std::unique_ptr<Model> model;
-  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<EngineCore> core;
   std::unique_ptr<Runtime> runtime;
-  int threads = 1;
+  std::unique_ptr<PagedKvCache> kv;  // one sequence's blocks, covering the context
+  std::unique_ptr<SoloSequence> seq;
+  std::vector<int32_t> cached;  // the tokens whose K/V are at positions [0, size) of the cache
+  int64_t reused = 0;           // prompt tokens the last generate() took from the cache
+
+  // Evaluates tokens at [n_past, n_past + n) and keeps `cached` true to the cache.
+  Status eval(const int32_t* tokens, int64_t n, int64_t n_past, float* logits, bool all_logits) {
+    cached.resize(std::min<size_t>(cached.size(), static_cast<size_t>(std::max<int64_t>(n_past, 0))));
+    MX_TRY_STATUS(seq->eval(tokens, n, n_past, logits, all_logits));
+    if (static_cast<int64_t>(cached.size()) == n_past) cached.insert(cached.end(), tokens, tokens + n);
+    return Status();
+  }
 };
 
 namespace {
-int resolve_threads(int t) {
-  if (t > 0) return t;
-  const unsigned hc = std::thread::hardware_concurrency();
-  return hc == 0 ? 1 : static_cast<int>(hc);
-}
-constexpr int32_t kEosId = 2;  // without a masker (whose vocabulary names the EOS token)
-
-// One sequence's grammar state over the model's vocabulary: masks the logits before sampling and takes
-// the sampled token.
-class Constraint {
- public:
-  Constraint(const GenerateOptions& o, int64_t n_vocab)
-      : masker_(*o.masker),
-        grammar_(o.grammar),
-        matcher_(o.grammar),
-        allow_eos_(o.stop_at_eos),
-        V_(n_vocab) {}
-  // Leaves only the allowed tokens in logits [vocab]; false when the grammar allows none.
-  bool mask(float* logits) {
-    masker_.fill_mask(matcher_, mask_);
-    const int32_t eos = masker_.vocabulary().eos;
-    if (!allow_eos_ && eos >= 0) mask_[static_cast<size_t>(eos) / 32] &= ~(1u << (eos % 32));
-    if (std::all_of(mask_.begin(), mask_.end(), [](uint32_t m) { return m == 0; })) return false;
-    grammar::apply_mask(mask_, logits, masker_.n_vocab());
-    std::fill(logits + masker_.n_vocab(), logits + V_, -std::numeric_limits<float>::infinity());
-    return true;
-  }
-  void accept(int32_t tok) {
-    MX_CHECK(masker_.accept(matcher_, tok), "grammar: the sampled token was not allowed");
-  }
-  bool must_end() const { return matcher_.must_end(); }
-  void restart() { matcher_ = grammar::Matcher(grammar_); }
-
- private:
-  const grammar::TokenMasker& masker_;
-  std::shared_ptr<const grammar::Grammar> grammar_;
-  grammar::Matcher matcher_;
-  std::vector<uint32_t> mask_;  // [masker words] bit t: token t may follow
-  bool allow_eos_;
-  int64_t V_;
-};
-
-// The EOS id of generation: the masker's vocabulary's when given.
-int32_t eos_of(const GenerateOptions& o) {
-  return o.masker && o.masker->vocabulary().eos >= 0 ? o.masker->vocabulary().eos : kEosId;
+SamplingParams sampling_of(const GenerateOptions& o) {
+  SamplingParams p;
+  p.temperature = o.temperature;
+  p.top_k = o.top_k;
+  p.top_p = o.top_p;
+  p.min_p = o.min_p;
+  p.seed = o.seed;
+  p.presence_penalty = o.presence_penalty;
+  p.frequency_penalty = o.frequency_penalty;
+  p.repetition_penalty = o.repetition_penalty;
+  p.logit_bias = o.logit_bias;
+  return p;
 }
 
 Status check_grammar_options(const GenerateOptions& o, int64_t n_vocab) {
@@ -84,9 +63,12 @@ Status check_grammar_options(const GenerateOptions& o, int64_t n_vocab) {
 
 const char* kv_cache_type_name(KvCacheType t) {
   switch (t) {
-    case KvCacheType::kF32: return "f32";
-    case KvCacheType::kF16: return "f16";
-    case KvCacheType::kQ8_0: return "q8_0";
+    case KvCacheType::kF32:
+      return "f32";
+    case KvCacheType::kF16:
+      return "f16";
+    case KvCacheType::kQ8_0:
+      return "q8_0";
   }
   return "?";
 }
@@ -98,49 +80,48 @@ std::optional<KvCacheType> parse_kv_cache_type(std::string_view s) {
 }
 
 size_t kv_bytes_per_token(const ModelConfig& c, KvCacheType t) {
-  const auto elems = static_cast<size_t>(c.n_kv_heads * c.head_dim);
-  const size_t row = t == KvCacheType::kF32 ? 4 * elems : t == KvCacheType::kF16 ? 2 * elems : elems / 32 * 34;
-  return 2 * row * static_cast<size_t>(c.n_layers);
+  return 2 * kernels::kv_row_bytes(kv_dtype(t), c.n_kv_heads, c.head_dim) * static_cast<size_t>(c.n_layers);
 }
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
 
 Result<std::unique_ptr<Engine>> Engine::load(const EngineOptions& opts) {
-  if (opts.threads < 0) return Error::usage("--threads must be positive");
-  if (opts.ctx_size < 0) return Error::usage("--ctx-size must be positive");
   if (opts.batch_size <= 0) return Error::usage("--batch-size must be positive");
   auto impl = std::make_unique<Impl>();
-  LoadOptions lo;
-  lo.repack = opts.repack;
-  MX_ASSIGN_OR_RETURN(impl->model, load_model(opts.model_path, lo));
-  impl->threads = resolve_threads(opts.threads);
-  impl->pool = std::make_unique<ThreadPool>(impl->threads);
-  const ModelConfig& c = impl->model->config;
-  int64_t ctx = opts.ctx_size;
-  if (ctx == 0) ctx = c.max_seq_len > 0 ? std::min<int64_t>(c.max_seq_len, 4096) : 4096;
+  MX_ASSIGN_OR_RETURN(impl->core, EngineCore::load({opts.model_path, opts.threads, opts.ctx_size, opts.repack,
+                                                    opts.cache_type}));
+  const EngineCore& core = *impl->core;
   RuntimeOptions ro;
-  ro.n_ctx = ctx;
-  ro.max_batch = std::min(opts.batch_size, ctx);
-  impl->runtime = std::make_unique<Runtime>(*impl->model, ro, *impl->pool);
+  ro.max_batch = std::min(opts.batch_size, core.ctx);
+  impl->runtime = std::make_unique<Runtime>(*core.model, ro, *core.pool);
+  impl->kv = std::make_unique<PagedKvCache>(core.config(), core.kv_type,
+                                            (core.ctx + kKvBlockSize - 1) / kKvBlockSize, kKvBlockSize);
+  impl->seq = std::make_unique<SoloSequence>(*impl->runtime, *impl->kv, core.ctx);
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
 const ModelConfig& Engine::config() const {
-  return impl_->model->config;
+  return impl_->core->config();
 }
 int64_t Engine::ctx_size() const {
-  return impl_->runtime->n_ctx();
+  return impl_->core->ctx;
 }
 int Engine::threads() const {
-  return impl_->threads;
+  return impl_->core->threads;
+}
+KvCacheType Engine::cache_type() const {
+  return impl_->core->cache_type;
+}
+int64_t Engine::reused_tokens() const {
+  return impl_->reused;
 }
 bool Engine::has_vocab() const {
-  return !impl_->model->vocab.empty();
+  return !impl_->core->model->vocab.empty();
 }
 
 std::string Engine::token_text(int32_t id) const {
-  const auto& vocab = impl_->model->vocab;
+  const auto& vocab = impl_->core->model->vocab;
   if (id < 0 || static_cast<size_t>(id) >= vocab.size()) return "";
   std::string piece = vocab[static_cast<size_t>(id)];
   // "<0xAB>" byte pieces and the "▁" word marker, as SentencePiece writes them.
@@ -162,12 +143,11 @@ Result<std::vector<float>> Engine::score(const std::vector<int32_t>& tokens, boo
                                          std::vector<RoutingRecord>* routing) {
   const int64_t n = static_cast<int64_t>(tokens.size()), V = config().vocab_size;
   std::vector<float> logits(static_cast<size_t>(n * V));  // [n, vocab]
-  Runtime& rt = *impl_->runtime;
+  Impl& I = *impl_;
   if (routing) {
-    rt.set_routing_sink([routing](int64_t layer, int64_t n_past, const Routing& r) {
-      const int64_t nt = static_cast<int64_t>(r.experts.size()) / r.k;
+    I.runtime->set_routing_sink([routing](int64_t layer, const int32_t* pos, int64_t nt, const Routing& r) {
       for (int64_t t = 0; t < nt; ++t) {
-        RoutingRecord rec{layer, n_past + t, {}, {}};
+        RoutingRecord rec{layer, pos[t], {}, {}};
         rec.experts.assign(r.experts.begin() + t * r.k, r.experts.begin() + (t + 1) * r.k);
         rec.weights.assign(r.weights.begin() + t * r.k, r.weights.begin() + (t + 1) * r.k);
         routing->push_back(std::move(rec));
@@ -175,14 +155,13 @@ Result<std::vector<float>> Engine::score(const std::vector<int32_t>& tokens, boo
     });
   }
   Status st;
-  if (one_by_one) {
+  if (one_by_one && n > 0) {
     for (int64_t i = 0; i < n && st.ok(); ++i)
-      st = rt.forward(tokens.data() + i, 1, i, logits.data() + i * V, true);
-    if (n == 0) st = rt.forward(tokens.data(), 0, 0, logits.data(), true);
+      st = I.eval(tokens.data() + i, 1, i, logits.data() + i * V, true);
   } else {
-    st = rt.forward(tokens.data(), n, 0, logits.data(), true);
+    st = I.eval(tokens.data(), n, 0, logits.data(), true);
   }
-  rt.set_routing_sink(nullptr);
+  I.runtime->set_routing_sink(nullptr);
   if (!st.ok()) return st.error();
   return logits;
 }
@@ -190,50 +169,54 @@ Result<std::vector<float>> Engine::score(const std::vector<int32_t>& tokens, boo
 Result<std::vector<int32_t>> Engine::generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
                                               const std::function<void(int32_t)>& on_token,
                                               GenerateStop* stop) {
-  if (opts.max_tokens < 0) return Error::usage("-n must not be negative");
-  if (!(opts.temperature >= 0.0f)) return Error::usage("--temp must not be negative");
-  if (opts.top_k < 0) return Error::usage("--top-k must not be negative");
-  if (!(opts.top_p > 0.0f && opts.top_p <= 1.0f)) return Error::usage("--top-p must be in (0, 1]");
-  Runtime& rt = *impl_->runtime;
+  Impl& I = *impl_;
   const int64_t n = static_cast<int64_t>(prompt.size()), V = config().vocab_size;
+  if (opts.max_tokens < 0) return Error::usage("-n must not be negative");
+  const SamplingParams sp = sampling_of(opts);
+  MX_TRY_STATUS(check_sampling(sp, V));
   MX_TRY_STATUS(check_grammar_options(opts, V));
-  if (n + opts.max_tokens > rt.n_ctx())
+  if (n + opts.max_tokens > ctx_size())
     return Error::usage("prompt of " + std::to_string(n) + " tokens plus " + std::to_string(opts.max_tokens) +
-                        " new tokens exceeds the context of " + std::to_string(rt.n_ctx()) + " (--ctx-size)");
+                        " new tokens exceeds the context of " + std::to_string(ctx_size()) + " (--ctx-size)");
+  // The longest common prefix with what the cache holds, less at least the last prompt token (its logits
+  // start the answer).
+  int64_t reuse = 0;
+  const int64_t can = std::min<int64_t>(static_cast<int64_t>(I.cached.size()), n - 1);
+  while (reuse < can && I.cached[static_cast<size_t>(reuse)] == prompt[static_cast<size_t>(reuse)]) ++reuse;
   std::vector<float> logits(static_cast<size_t>(V));  // [vocab] of the last position
-  MX_TRY_STATUS(rt.forward(prompt.data(), n, 0, logits.data(), false));
-  Sampler sampler({opts.temperature, opts.top_k, opts.top_p, opts.seed});
-  std::unique_ptr<Constraint> con;
-  if (opts.grammar) con = std::make_unique<Constraint>(opts, V);
-  const int32_t eos = eos_of(opts);
+  MX_TRY_STATUS(I.eval(prompt.data() + reuse, n - reuse, reuse, logits.data(), false));
+  I.reused = reuse;
+  const int32_t eos = I.core->eos_with(opts.masker.get());
+  SequenceStep step(sp, V, opts.grammar, opts.masker.get(), eos, opts.stop_at_eos);
+  step.add_prompt(prompt.data(), n);
   GenerateStop why = GenerateStop::kLength;
   std::vector<int32_t> out;
   for (int64_t i = 0; i < opts.max_tokens; ++i) {
-    if (con && !con->mask(logits.data()))  // no token allowed: an error, never a quiet stop
+    const int32_t tok = step.sample(logits.data());
+    if (tok < 0)  // no token allowed: an error, never a quiet stop
       return Error::data("the grammar allowed no next token after " + std::to_string(i) +
                          " generated tokens: it has a dead end, or matching it needs more than the "
                          "matcher's limit of 4096 parse stacks (e.g. a very large or ambiguous alternation)");
-    const int32_t tok = sampler.sample(logits.data(), V);
-    if (con) con->accept(tok);
+    step.accept(tok);
     out.push_back(tok);
     if (on_token) on_token(tok);
     if (opts.stop_at_eos && tok == eos) {
       why = GenerateStop::kEos;
       break;
     }
-    if (con && con->must_end()) {
+    if (step.must_end()) {
       why = GenerateStop::kGrammar;
       break;
     }
     if (i + 1 == opts.max_tokens) break;
-    MX_TRY_STATUS(rt.forward(&tok, 1, n + i, logits.data(), false));
+    MX_TRY_STATUS(I.eval(&tok, 1, n + i, logits.data(), false));
   }
   if (stop) *stop = why;
   return out;
 }
 
 std::string Engine::describe(int64_t ctx) const {
-  const Model& m = *impl_->model;
+  const Model& m = *impl_->core->model;
   const ModelConfig& c = m.config;
   std::ostringstream s;
   s << "model:        " << m.path << "\n";
@@ -264,16 +247,19 @@ std::string Engine::describe(int64_t ctx) const {
   s << "tensors:      " << m.tensors.size() << " (" << total << " bytes)\n";
   for (const auto& [name, e] : by_type)
     s << "  " << name << ": " << e.first << " tensors, " << e.second << " bytes\n";
-  const size_t kv = 2 * sizeof(float) * static_cast<size_t>(ctx * c.n_layers * c.n_kv_heads * c.head_dim);
+  const KvCacheType kt = cache_type();
+  const size_t per_token = kv_bytes_per_token(c, kt), kv = per_token * static_cast<size_t>(ctx);
+  s << "KV cache:     " << per_token << " bytes per token (" << kv_cache_type_name(kt) << ", K and V of "
+    << c.n_layers << " layers)\n";
   s << "memory for a context of " << ctx << ": weights " << total << " bytes (mapped) + KV cache " << kv
-    << " bytes (f32) = " << (total + kv) << " bytes\n";
+    << " bytes (" << kv_cache_type_name(kt) << ") = " << (total + kv) << " bytes\n";
   s << "bytes read per decoded token: " << static_cast<size_t>(bytes_per_token()) << "\n";
   return s.str();
 }
 
 double Engine::bytes_per_token() const {
   // One decode step reads attention, router and output head, and top-k of n experts per layer.
-  const Model& m = *impl_->model;
+  const Model& m = *impl_->core->model;
   const ModelConfig& c = m.config;
   double experts = 0, other = 0;
   for (const auto& L : m.layers) {
@@ -310,16 +296,16 @@ double Engine::measure_bandwidth(int threads) {
 Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth,
                                           double bandwidth_before) {
   using clock = std::chrono::steady_clock;
-  Runtime& rt = *impl_->runtime;
+  Impl& I = *impl_;
   const int64_t V = config().vocab_size;
   if (n_prompt < 0 || n_gen < 0 || reps <= 0) return Error::usage("bench: -p, -n must be >= 0 and -r > 0");
-  if (std::max(n_prompt, n_gen) > rt.n_ctx())
+  if (std::max(n_prompt, n_gen) > ctx_size())
     return Error::usage("bench: " + std::to_string(std::max(n_prompt, n_gen)) +
-                        " tokens exceed the context of " + std::to_string(rt.n_ctx()) + " (--ctx-size)");
+                        " tokens exceed the context of " + std::to_string(ctx_size()) + " (--ctx-size)");
   BenchResult r;
   r.n_prompt = n_prompt;
   r.n_gen = n_gen;
-  r.threads = impl_->threads;
+  r.threads = threads();
   r.reps = reps;
   r.bytes_per_token = bytes_per_token();
   r.isa = kernels::isa_name(kernels::active_isa());
@@ -331,17 +317,17 @@ Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int r
   // shared machine it drifts by 10-20% within a minute; the higher reading gives the stricter fraction).
   // Before the warm-up, which absorbs some of what the measurement leaves behind.
   r.bandwidth = bandwidth_before;
-  if (measure_bandwidth && r.bandwidth <= 0) r.bandwidth = measure_read_bandwidth_isolated(impl_->threads);
+  if (measure_bandwidth && r.bandwidth <= 0) r.bandwidth = measure_read_bandwidth_isolated(threads());
   // Warm-up as llama-bench does it: one untimed prefill of n_prompt tokens (it touches every expert, so
   // page faults and buffer growth are not timed: they cost the first rep of a 512-token Q4_K_M prefill
   // about 10%) and one decode step.
-  if (n_prompt > 0) MX_TRY_STATUS(rt.forward(toks.data(), n_prompt, 0, logits.data(), false));
-  if (n_gen > 0 || n_prompt == 0) MX_TRY_STATUS(rt.forward(toks.data(), 1, 0, logits.data(), false));
+  if (n_prompt > 0) MX_TRY_STATUS(I.eval(toks.data(), n_prompt, 0, logits.data(), false));
+  if (n_gen > 0 || n_prompt == 0) MX_TRY_STATUS(I.eval(toks.data(), 1, 0, logits.data(), false));
   double pp = 0, tg = 0;
   for (int rep = 0; rep < reps; ++rep) {
     if (n_prompt > 0) {
       const auto t0 = clock::now();
-      MX_TRY_STATUS(rt.forward(toks.data(), n_prompt, 0, logits.data(), false));
+      MX_TRY_STATUS(I.eval(toks.data(), n_prompt, 0, logits.data(), false));
       const double sec = std::chrono::duration<double>(clock::now() - t0).count();
       pp += sec;
       r.pp_reps.push_back(static_cast<double>(n_prompt) / sec);
@@ -350,7 +336,7 @@ Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int r
       int32_t tok = toks[0];
       const auto t0 = clock::now();
       for (int64_t i = 0; i < n_gen; ++i) {
-        MX_TRY_STATUS(rt.forward(&tok, 1, i, logits.data(), false));
+        MX_TRY_STATUS(I.eval(&tok, 1, i, logits.data(), false));
         tok = static_cast<int32_t>((tok + 1) % V);
       }
       const double sec = std::chrono::duration<double>(clock::now() - t0).count();
@@ -361,8 +347,8 @@ Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int r
   if (n_prompt > 0) r.pp_tps = static_cast<double>(n_prompt * reps) / pp;
   if (n_gen > 0) r.tg_tps = static_cast<double>(n_gen * reps) / tg;
   if (measure_bandwidth) {
-    r.bandwidth = std::max(r.bandwidth, measure_read_bandwidth_isolated(impl_->threads));
-    r.weights_bandwidth = measure_regions_bandwidth(*impl_->pool, token_regions(*impl_->model));
+    r.bandwidth = std::max(r.bandwidth, measure_read_bandwidth_isolated(threads()));
+    r.weights_bandwidth = measure_regions_bandwidth(*I.core->pool, token_regions(*I.core->model));
   }
   return r;
 }
@@ -370,19 +356,21 @@ Result<Engine::BenchResult> Engine::bench(int64_t n_prompt, int64_t n_gen, int r
 Result<Engine::ConstrainedBenchResult> Engine::bench_constrained(int64_t n_gen, int reps,
                                                                  const GenerateOptions& opts) {
   using clock = std::chrono::steady_clock;
-  Runtime& rt = *impl_->runtime;
+  Impl& I = *impl_;
   const int64_t V = config().vocab_size;
   if (n_gen <= 0 || reps <= 0) return Error::usage("bench: -n and -r must be > 0 with a grammar");
-  if (n_gen > rt.n_ctx())
+  if (n_gen > ctx_size())
     return Error::usage("bench: " + std::to_string(n_gen) + " tokens exceed the context of " +
-                        std::to_string(rt.n_ctx()) + " (--ctx-size)");
+                        std::to_string(ctx_size()) + " (--ctx-size)");
   if (!opts.grammar) return Error::usage("bench_constrained: no grammar");
   MX_TRY_STATUS(check_grammar_options(opts, V));
   ConstrainedBenchResult r;
   r.n_gen = n_gen;
   r.reps = reps;
-  const int32_t first = V > 1 ? 1 : 0;  // BOS in Mistral's vocabularies
-  const int32_t eos = eos_of(opts);
+  const int32_t first = I.core->bos;
+  const int32_t eos = I.core->eos_with(opts.masker.get());
+  const SamplingParams sp = sampling_of(opts);
+  MX_TRY_STATUS(check_sampling(sp, V));
   std::vector<float> logits(static_cast<size_t>(V));  // [vocab]
   std::vector<double> mask_us;                        // [reps * n_gen]
   double free_s = 0, con_s = 0;
@@ -392,12 +380,12 @@ Result<Engine::ConstrainedBenchResult> Engine::bench_constrained(int64_t n_gen, 
   // follows the tokens, and the grammar's tokens differ from free text): only the grammar's work differs.
   std::vector<int32_t> inputs(static_cast<size_t>(n_gen), first);  // [n_gen] the constrained run's inputs
   auto free_run = [&]() -> Result<double> {
-    Sampler sampler({opts.temperature, opts.top_k, opts.top_p, opts.seed});
+    SequenceStep step(sp, V, nullptr, nullptr, eos, opts.stop_at_eos);
     int64_t sink = 0;  // keeps the draws
     const auto t0 = clock::now();
     for (int64_t i = 0; i < n_gen; ++i) {
-      MX_TRY_STATUS(rt.forward(&inputs[static_cast<size_t>(i)], 1, i, logits.data(), false));
-      sink += sampler.sample(logits.data(), V);
+      MX_TRY_STATUS(I.eval(&inputs[static_cast<size_t>(i)], 1, i, logits.data(), false));
+      sink += step.sample(logits.data());
     }
     const double sec = std::chrono::duration<double>(clock::now() - t0).count();
     MX_CHECK(sink >= 0, "sampled ids are non-negative");
@@ -405,28 +393,29 @@ Result<Engine::ConstrainedBenchResult> Engine::bench_constrained(int64_t n_gen, 
   };
   bool timed = false;  // the first constrained run (untimed) records the inputs
   auto constrained_run = [&]() -> Result<double> {
-    Sampler sampler({opts.temperature, opts.top_k, opts.top_p, opts.seed});
-    Constraint con(opts, V);
+    SequenceStep con(sp, V, opts.grammar, opts.masker.get(), eos, opts.stop_at_eos);
     int32_t tok = first;
     const auto t0 = clock::now();
     for (int64_t i = 0; i < n_gen; ++i) {
       if (!timed) inputs[static_cast<size_t>(i)] = tok;
       MX_CHECK(inputs[static_cast<size_t>(i)] == tok, "bench: the constrained run repeats itself");
-      MX_TRY_STATUS(rt.forward(&tok, 1, i, logits.data(), false));
+      MX_TRY_STATUS(I.eval(&tok, 1, i, logits.data(), false));
       const auto m0 = clock::now();
-      if (!con.mask(logits.data())) {  // a dead end: start over
-        con.restart();
-        MX_CHECK(con.mask(logits.data()), "grammar: no token can start a sentence");
-      }
+      con.fill_mask();
       const auto m1 = clock::now();
-      tok = sampler.sample(logits.data(), V);
+      tok = con.sample(logits.data());
+      if (tok < 0) {  // a dead end: start over
+        con.restart();
+        tok = con.sample(logits.data());
+        MX_CHECK(tok >= 0, "grammar: no token can start a sentence");
+      }
       const auto m2 = clock::now();
       con.accept(tok);
       if (tok == eos || con.must_end()) {  // a whole sentence: the next starts over
         if (timed) ++r.sentences;
         con.restart();
       }
-      // The grammar's share: filling and applying the mask, and taking the token (sampling excluded).
+      // The grammar's share: filling the mask and taking the token (sampling under the mask excluded).
       if (timed)
         mask_us.push_back(std::chrono::duration<double, std::micro>((m1 - m0) + (clock::now() - m2)).count());
     }

@@ -1,21 +1,40 @@
 #include "runtime/paged_kv_cache.h"
 
 #include <algorithm>
+#include <new>
+#include <string>
 
 #include "core/check.h"
 
 namespace mixtral {
 
-PagedKvCache::PagedKvCache(const ModelConfig& c, int64_t n_blocks, int64_t block_size)
-    : n_blocks_(n_blocks),
+namespace {
+constexpr std::align_val_t kAlign{64};  // cache lines, and every vector width the kernels load
+
+uint8_t* alloc_bytes(size_t n) {
+  return static_cast<uint8_t*>(::operator new[](n, kAlign));
+}
+}  // namespace
+
+void PagedKvCache::FreeBytes::operator()(uint8_t* p) const {
+  ::operator delete[](p, kAlign);
+}
+
+PagedKvCache::PagedKvCache(const ModelConfig& c, DType type, int64_t n_blocks, int64_t block_size)
+    : type_(type),
+      n_blocks_(n_blocks),
       block_size_(block_size),
       n_layers_(c.n_layers),
-      kvd_(c.n_kv_heads * c.head_dim),
-      layer_stride_(n_blocks * block_size * c.n_kv_heads * c.head_dim),
-      k_(new float[static_cast<size_t>(layer_stride_ * c.n_layers)]),
-      v_(new float[static_cast<size_t>(layer_stride_ * c.n_layers)]),
+      n_kv_heads_(c.n_kv_heads),
+      head_dim_(c.head_dim),
+      row_bytes_(kernels::kv_row_bytes(type, c.n_kv_heads, c.head_dim)),
+      layer_bytes_(static_cast<size_t>(n_blocks * block_size) * row_bytes_),
       meta_(static_cast<size_t>(n_blocks)) {
+  MX_CHECK(kernels::is_kv_type(type), "paged KV cache: %s is not a cache type",
+           std::string(dtype_name(type)).c_str());
   MX_CHECK(n_blocks > 0 && n_blocks < (int64_t{1} << 31) && block_size > 0, "bad paged KV cache size");
+  k_.reset(alloc_bytes(layer_bytes_ * static_cast<size_t>(n_layers_)));
+  v_.reset(alloc_bytes(layer_bytes_ * static_cast<size_t>(n_layers_)));
   free_.reserve(static_cast<size_t>(n_blocks));
   for (int64_t b = n_blocks - 1; b >= 0; --b) free_.push_back(static_cast<int32_t>(b));
 }

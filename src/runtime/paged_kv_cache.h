@@ -1,8 +1,8 @@
-// Paged KV cache: a pool of fixed-size blocks (block_size positions x every layer), handed to
-// sequences on demand through per-sequence block tables, with refcounts and a prefix cache keyed
-// by a chained hash of each full block's tokens. A full block is immutable, so sequences that share
-// a prompt prefix share its blocks; a released block stays cached (LRU) until its memory is needed.
-// Not thread-safe: one scheduler thread owns it.
+// Paged KV cache: a pool of fixed-size blocks (block_size positions x every layer) of one element type
+// (F32, F16 or Q8_0, K and V alike), handed to sequences on demand through per-sequence block tables, with
+// refcounts and a prefix cache keyed by a chained hash of each full block's tokens. A full block is
+// immutable, so sequences that share a prompt prefix share its blocks; a released block stays cached (LRU)
+// until its memory is needed. Not thread-safe: one scheduler thread owns it.
 #pragma once
 
 #include <cstdint>
@@ -11,21 +11,30 @@
 #include <unordered_map>
 #include <vector>
 
+#include "kernels/paged_attention.h"
 #include "model/config.h"
+#include "tensor/dtype.h"
 
 namespace mixtral {
 
 class PagedKvCache {
  public:
-  PagedKvCache(const ModelConfig& c, int64_t n_blocks, int64_t block_size);
+  // type: F32, F16 or Q8_0 (Q8_0 needs head_dim % 32 == 0: the engines refuse it first).
+  PagedKvCache(const ModelConfig& c, DType type, int64_t n_blocks, int64_t block_size);
 
+  DType type() const { return type_; }
   int64_t block_size() const { return block_size_; }
   int64_t n_blocks() const { return n_blocks_; }
-  int64_t row_size() const { return kvd_; }  // floats per position and layer (n_kv_heads * head_dim)
-  // Per layer, all blocks.   k, v: [n_blocks, block_size, n_kv_heads * head_dim]
-  float* k(int64_t layer) { return k_.get() + layer * layer_stride_; }
-  float* v(int64_t layer) { return v_.get() + layer * layer_stride_; }
-  size_t bytes() const { return 2 * sizeof(float) * static_cast<size_t>(layer_stride_ * n_layers_); }
+  // One layer's blocks for the kernels (paged_kv_store, paged_attention).
+  //   k, v: [n_blocks, block_size * kv_row_bytes(type, n_kv_heads, head_dim)] bytes
+  kernels::PagedKv layer(int64_t l) const {
+    return {
+        k_.get() + l * layer_bytes_, v_.get() + l * layer_bytes_, type_, block_size_, n_kv_heads_, head_dim_};
+  }
+  size_t bytes() const { return 2 * layer_bytes_ * static_cast<size_t>(n_layers_); }  // the whole pool
+  size_t bytes_per_token() const {
+    return 2 * row_bytes_ * static_cast<size_t>(n_layers_);
+  }  // K and V, all layers
 
   // A block for one sequence (refcount 1): a free one, else the least recently used cached one
   // (dropped from the prefix cache). -1 when every block is referenced.
@@ -56,11 +65,17 @@ class PagedKvCache {
   };
   void unpublish(int32_t b);
 
-  int64_t n_blocks_, block_size_, n_layers_, kvd_, layer_stride_;
-  std::unique_ptr<float[]> k_, v_;                    // uninitialised: pages are touched as blocks fill
-  std::vector<Meta> meta_;                            // [n_blocks]
-  std::vector<int32_t> free_;                         // never-published free blocks (a stack)
-  std::list<int32_t> lru_;                            // published, refcount 0, least recently used first
+  struct FreeBytes {
+    void operator()(uint8_t* p) const;
+  };
+  DType type_;
+  int64_t n_blocks_, block_size_, n_layers_, n_kv_heads_, head_dim_;
+  size_t row_bytes_, layer_bytes_;               // one position's K (or V) in one layer; one layer's blocks
+  std::unique_ptr<uint8_t[], FreeBytes> k_, v_;  // [n_layers, layer_bytes_] uninitialised: pages are
+                                                 // touched as blocks fill
+  std::vector<Meta> meta_;                       // [n_blocks]
+  std::vector<int32_t> free_;                    // never-published free blocks (a stack)
+  std::list<int32_t> lru_;                       // published, refcount 0, least recently used first
   std::unordered_multimap<uint64_t, int32_t> index_;  // hash -> published block
   int64_t n_in_use_ = 0;
 };

@@ -1,5 +1,5 @@
-// Paged KV cache, paged attention and the batched forward step: equal to the contiguous single-sequence
-// forward, and per-token results independent of what else shares the batch.
+// Paged KV cache, paged attention over every cache type and the step function: a prefill equal to decoding
+// token by token, and per-token results independent of what else shares the batch.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -17,87 +17,82 @@
 namespace mixtral {
 namespace {
 
-TEST(PagedAttention, MatchesContiguousReferenceThroughShuffledBlocks) {
-  const int64_t H = 4, KVH = 2, hd = 8, bs = 4, n_pos = 19, n_blocks = 7;
-  const kernels::AttentionParams p{H, KVH, hd, 0, 1.0f / std::sqrt(8.0f)};
-  std::mt19937 rng(7);
-  std::normal_distribution<float> nd;
-  std::vector<float> k(n_pos * KVH * hd), v(n_pos * KVH * hd), q(n_pos * H * hd);  // contiguous [n_pos, ...]
-  for (auto* a : {&k, &v, &q})
-    for (float& f : *a) f = nd(rng);
-  std::vector<int32_t> table = {5, 0, 3, 6, 2};  // positions 0..19 -> shuffled blocks
-  std::vector<float> pk(n_blocks * bs * KVH * hd, NAN), pv(pk.size(), NAN);
-  for (int64_t j = 0; j < n_pos; ++j) {
-    const int64_t row = table[static_cast<size_t>(j / bs)] * bs + j % bs;
-    std::copy_n(k.begin() + j * KVH * hd, KVH * hd, pk.begin() + row * KVH * hd);
-    std::copy_n(v.begin() + j * KVH * hd, KVH * hd, pv.begin() + row * KVH * hd);
-  }
-  std::vector<int32_t> pos(n_pos);
-  std::iota(pos.begin(), pos.end(), 0);
-  std::vector<const int32_t*> tables(n_pos, table.data());
-  std::vector<float> want(q.size()), got_ref(q.size());
-  kernels::ref::attention(q.data(), k.data(), v.data(), pos.data(), n_pos, n_pos, p, want.data());
-  ThreadPool pool1(1), pool2(2);
-  kernels::PagedKv kv{pk.data(), pv.data(), DType::F32, bs, p.n_kv_heads, p.head_dim};
-  kernels::ref::paged_attention(q.data(), kv, tables.data(), pos.data(), n_pos, p, got_ref.data());
-  const kernels::Isa best = kernels::detect_isa();
-  for (kernels::Isa isa : {kernels::Isa::kScalar, best}) {
-    kernels::set_isa(isa);
-    SCOPED_TRACE(kernels::isa_name(isa));
-    std::vector<float> got1(q.size()), got2(q.size());
-    kernels::paged_attention(q.data(), kv, tables.data(), pos.data(), n_pos, p, got1.data(), pool1);
-    kernels::paged_attention(q.data(), kv, tables.data(), pos.data(), n_pos, p, got2.data(), pool2);
-    for (size_t i = 0; i < want.size(); ++i) {
-      ASSERT_NEAR(got2[i], want[i], 1e-5f) << i;
-      ASSERT_EQ(got1[i], got2[i]) << i;  // 1 thread == 2 threads, bitwise
-      // The portable path is the reference's arithmetic, bit for bit.
-      if (isa == kernels::Isa::kScalar) {
-        ASSERT_EQ(got2[i], got_ref[i]) << i;
-      }
+// Causal attention of one query row over rows [lo, pos] of contiguous k, v, in double: the independent
+// reference.   q: [n_heads, hd]; k, v: [n_pos, n_kv_heads, hd]; out: [n_heads, hd]
+void attention_f64(const float* q, const float* k, const float* v, int64_t pos, int64_t window,
+                   const kernels::AttentionParams& p, float* out) {
+  const int64_t hd = p.head_dim, group = p.n_heads / p.n_kv_heads, kvd = p.n_kv_heads * hd;
+  const int64_t lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+  for (int64_t h = 0; h < p.n_heads; ++h) {
+    const int64_t kvh = h / group;
+    std::vector<double> s(static_cast<size_t>(pos + 1));
+    double mx = -INFINITY, sum = 0;
+    for (int64_t j = lo; j <= pos; ++j) {
+      double d = 0;
+      for (int64_t i = 0; i < hd; ++i) d += static_cast<double>(q[h * hd + i]) * k[j * kvd + kvh * hd + i];
+      s[static_cast<size_t>(j)] = d * p.scale;
+      mx = std::max(mx, s[static_cast<size_t>(j)]);
+    }
+    for (int64_t j = lo; j <= pos; ++j)
+      sum += s[static_cast<size_t>(j)] = std::exp(s[static_cast<size_t>(j)] - mx);
+    for (int64_t i = 0; i < hd; ++i) {
+      double o = 0;
+      for (int64_t j = lo; j <= pos; ++j) o += s[static_cast<size_t>(j)] / sum * v[j * kvd + kvh * hd + i];
+      out[h * hd + i] = static_cast<float>(o);
     }
   }
-  kernels::set_isa(best);
 }
 
 // Mixtral's attention shape (32 query heads on 8 kv heads of 128) over 1000 positions in shuffled blocks
-// of 16, with a window: every ISA within 2e-5 of the contiguous float reference.
-TEST(PagedAttention, MixtralShapeLongContextAndWindow) {
+// of 16, with and without a window, for every cache type: within 2e-5 of the double reference over the
+// rows the cache holds (read back with paged_kv_load), and 1 thread == 2 threads bit for bit.
+TEST(PagedAttention, MixtralShapeLongContextWindowAndCacheTypes) {
   const int64_t H = 32, KVH = 8, hd = 128, bs = 16, n_ctx = 1000, n_blocks = (n_ctx + bs - 1) / bs + 3;
+  const int64_t kvd = KVH * hd;
   std::mt19937 rng(11);
   std::normal_distribution<float> nd;
-  std::vector<float> k(n_ctx * KVH * hd), v(k.size());  // contiguous [n_ctx, KVH, hd]
+  std::vector<float> k(static_cast<size_t>(n_ctx * kvd)), v(k.size());  // [n_ctx, KVH, hd]
   for (auto* a : {&k, &v})
     for (float& f : *a) f = nd(rng);
   std::vector<int32_t> table(static_cast<size_t>(n_blocks));
   std::iota(table.begin(), table.end(), 0);
   std::shuffle(table.begin(), table.end(), rng);
-  std::vector<float> pk(static_cast<size_t>(n_blocks * bs * KVH * hd), NAN), pv(pk.size(), NAN);
-  for (int64_t j = 0; j < n_ctx; ++j) {
-    const int64_t row = table[static_cast<size_t>(j / bs)] * bs + j % bs;
-    std::copy_n(k.begin() + j * KVH * hd, KVH * hd, pk.begin() + row * KVH * hd);
-    std::copy_n(v.begin() + j * KVH * hd, KVH * hd, pv.begin() + row * KVH * hd);
-  }
-  const std::vector<int32_t> pos = {0, 1, 17, 500, 998, 999};  // [n] query positions
+  std::vector<int64_t> slots(static_cast<size_t>(n_ctx));  // [n_ctx]
+  for (int64_t j = 0; j < n_ctx; ++j)
+    slots[static_cast<size_t>(j)] = table[static_cast<size_t>(j / bs)] * bs + j % bs;
+  const std::vector<int32_t> pos = {0, 1, 17, 255, 256, 500, 998, 999};  // [n] query positions
   const int64_t n = static_cast<int64_t>(pos.size());
   std::vector<float> q(static_cast<size_t>(n * H * hd));  // [n, H, hd]
   for (float& f : q) f = nd(rng);
   std::vector<const int32_t*> tables(static_cast<size_t>(n), table.data());
-  ThreadPool pool(2);
-  const kernels::Isa best = kernels::detect_isa();
-  for (int64_t window : {int64_t{0}, int64_t{100}}) {
-    const kernels::AttentionParams p{H, KVH, hd, window, 1.0f / std::sqrt(128.0f)};
-    std::vector<float> want(q.size());
-    kernels::ref::attention(q.data(), k.data(), v.data(), pos.data(), n, n_ctx, p, want.data());
-    for (kernels::Isa isa : {kernels::Isa::kScalar, best}) {
-      kernels::set_isa(isa);
-      SCOPED_TRACE(std::string(kernels::isa_name(isa)) + " window " + std::to_string(window));
-      std::vector<float> got(q.size());
-      kernels::paged_attention(q.data(), kernels::PagedKv{pk.data(), pv.data(), DType::F32, bs, p.n_kv_heads, p.head_dim}, tables.data(),
-                               pos.data(), n, p, got.data(), pool);
-      for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 2e-5f) << i;
+  ThreadPool pool1(1), pool2(2);
+  for (DType type : {DType::F32, DType::F16, DType::Q8_0}) {
+    const size_t block_bytes = static_cast<size_t>(bs) * kernels::kv_row_bytes(type, KVH, hd);
+    std::vector<uint8_t> pk(static_cast<size_t>(n_blocks) * block_bytes), pv(pk.size());
+    const kernels::PagedKv kv{pk.data(), pv.data(), type, bs, KVH, hd};
+    kernels::paged_kv_store(kv, k.data(), v.data(), slots.data(), n_ctx);
+    std::vector<float> kc(k.size()), vc(v.size());  // [n_ctx, KVH, hd] what the cache holds
+    for (int64_t j = 0; j < n_ctx; ++j)
+      kernels::paged_kv_load(kv, slots[static_cast<size_t>(j)], kc.data() + j * kvd, vc.data() + j * kvd);
+    double worst = 0;  // the type's rounding of the rows
+    for (size_t i = 0; i < k.size(); ++i)
+      worst = std::max(worst, static_cast<double>(std::fabs(kc[i] - k[i])));
+    EXPECT_LT(worst, type == DType::F32 ? 1e-30 : type == DType::F16 ? 4e-3 : 3e-2) << dtype_name(type);
+    for (int64_t window : {int64_t{0}, int64_t{100}}) {
+      const kernels::AttentionParams p{H, KVH, hd, window, 1.0f / std::sqrt(128.0f)};
+      std::vector<float> want(q.size()), got1(q.size()), got2(q.size());
+      for (int64_t t = 0; t < n; ++t)
+        attention_f64(q.data() + t * H * hd, kc.data(), vc.data(), pos[static_cast<size_t>(t)], window, p,
+                      want.data() + t * H * hd);
+      SCOPED_TRACE(std::string(dtype_name(type)) + " window " + std::to_string(window));
+      kernels::paged_attention(q.data(), kv, tables.data(), pos.data(), n, p, got1.data(), pool1);
+      kernels::paged_attention(q.data(), kv, tables.data(), pos.data(), n, p, got2.data(), pool2);
+      for (size_t i = 0; i < got1.size(); ++i) {
+        ASSERT_NEAR(got1[i], want[i], 2e-5f) << i;
+        ASSERT_EQ(got1[i], got2[i]) << i;
+      }
     }
   }
-  kernels::set_isa(best);
 }
 
 TEST(PagedKvCache, RefcountsPrefixCacheAndEviction) {
@@ -105,7 +100,9 @@ TEST(PagedKvCache, RefcountsPrefixCacheAndEviction) {
   c.n_layers = 1;
   c.n_kv_heads = 1;
   c.head_dim = 4;
-  PagedKvCache kv(c, 3, 2);
+  PagedKvCache kv(c, DType::F16, 3, 2);
+  EXPECT_EQ(kv.bytes_per_token(), 2u * 2 * 4);  // K and V, 4 halves each
+  EXPECT_EQ(kv.bytes(), 3u * 2 * kv.bytes_per_token());
   const int32_t t1[2] = {5, 6}, t2[2] = {7, 8};
   const uint64_t h1 = PagedKvCache::block_hash(0, t1, 2), h2 = PagedKvCache::block_hash(h1, t2, 2);
   EXPECT_NE(h1, PagedKvCache::block_hash(0, t2, 2));
@@ -175,30 +172,32 @@ std::vector<int32_t> tokens_of(int seed, int n, int vocab) {
   return t;
 }
 
-TEST_P(PagedForward, PrefillChunksMatchContiguousForward) {
+// A prefill in chunks (SoloSequence: 16, 16, 5 tokens) gives every position the bits of decoding the same
+// tokens one at a time, for every cache type; f16 and q8_0 caches stay close to the f32 cache.
+TEST_P(PagedForward, PrefillChunksEqualTokenByTokenDecode) {
   auto m = load_model(model_path(GetParam()));
   ASSERT_TRUE(m.ok()) << m.error().message;
   const Model& model = **m;
   const int64_t V = model.config.vocab_size, n = 37;
   ThreadPool pool(2);
-  Runtime rt(model, {64, 64}, pool);
+  Runtime rt(model, {16}, pool);
   const auto toks = tokens_of(1, n, static_cast<int>(V));
-  std::vector<float> want(static_cast<size_t>(n * V));  // [n, V]
-  ASSERT_TRUE(rt.forward(toks.data(), n, 0, want.data(), true).ok());
-
-  PagedKvCache kv(model.config, 8, 16);
-  std::vector<int32_t> table = {6, 2, 4};  // any blocks
-  std::vector<float> got(static_cast<size_t>(n * V));
-  // Three chunks of 16, 16, 5 tokens, all positions asking for logits.
-  for (int64_t s = 0; s < n; s += 16) {
-    const int64_t m_ = std::min<int64_t>(16, n - s);
-    std::vector<BatchToken> e;
-    for (int64_t i = s; i < s + m_; ++i)
-      e.push_back({toks[static_cast<size_t>(i)], static_cast<int32_t>(i), table.data(), true});
-    rt.forward_paged(e.data(), m_, kv, got.data() + s * V);
+  std::vector<float> f32_logits;  // [n, V]
+  for (DType type : {DType::F32, DType::F16, DType::Q8_0}) {
+    SCOPED_TRACE(dtype_name(type));
+    if (type == DType::Q8_0 && model.config.head_dim % 32 != 0) continue;
+    PagedKvCache kv(model.config, type, 4, 16);
+    SoloSequence seq(rt, kv, 64);
+    std::vector<float> chunked(static_cast<size_t>(n * V)), single(chunked.size());  // [n, V]
+    ASSERT_TRUE(seq.eval(toks.data(), n, 0, chunked.data(), true).ok());
+    for (int64_t i = 0; i < n; ++i)
+      ASSERT_TRUE(seq.eval(toks.data() + i, 1, i, single.data() + i * V, true).ok());
+    for (size_t i = 0; i < chunked.size(); ++i) ASSERT_EQ(chunked[i], single[i]) << i;
+    if (type == DType::F32) f32_logits = chunked;
+    for (size_t i = 0; i < chunked.size(); ++i)
+      ASSERT_NEAR(chunked[i], f32_logits[i], 0.05f * (1 + std::fabs(f32_logits[i]))) << i;
+    EXPECT_EQ(seq.eval(toks.data(), 60, 10, chunked.data(), false).error().kind, ErrorKind::kUsage);
   }
-  for (size_t i = 0; i < want.size(); ++i)
-    ASSERT_NEAR(got[i], want[i], 2e-4f * (1 + std::fabs(want[i]))) << i;
 }
 
 // Greedy answers must not depend on the batch: the logits of a token evaluated alone and evaluated among
@@ -210,9 +209,9 @@ TEST_P(PagedForward, PerTokenResultsIndependentOfBatchComposition) {
   const Model& model = **m;
   const int64_t V = model.config.vocab_size;
   ThreadPool pool(2);
-  Runtime rt(model, {64, 64}, pool);
+  Runtime rt(model, {64}, pool);
   const auto a = tokens_of(2, 20, static_cast<int>(V)), b = tokens_of(3, 64, static_cast<int>(V));
-  PagedKvCache kv(model.config, 16, 16);
+  PagedKvCache kv(model.config, DType::F16, 16, 16);
   const std::vector<int32_t> ta = {0, 1}, tb = {2, 3, 4, 5}, ta2 = {6, 7};
   const kernels::Isa saved = kernels::active_isa();
   for (kernels::Isa isa : {kernels::Isa::kScalar, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
@@ -223,7 +222,7 @@ TEST_P(PagedForward, PerTokenResultsIndependentOfBatchComposition) {
     std::vector<float> alone(static_cast<size_t>(20 * V)), mixed(static_cast<size_t>(20 * V));
     for (int32_t i = 0; i < 20; ++i) {
       BatchToken e{a[static_cast<size_t>(i)], i, ta.data(), true};
-      rt.forward_paged(&e, 1, kv, alone.data() + i * V);
+      rt.step(&e, 1, kv, alone.data() + i * V);
     }
     // Mixed: the same tokens of a (in other blocks), each step sharing the batch with 1..40 tokens of b
     // (b's positions [i, i + nb) are rewritten with the same tokens; earlier ones exist from earlier steps).
@@ -235,7 +234,7 @@ TEST_P(PagedForward, PerTokenResultsIndependentOfBatchComposition) {
       e.insert(e.begin() + nb / 2, BatchToken{a[static_cast<size_t>(i)], i, ta2.data(), true});
       std::vector<float> lg(
           static_cast<size_t>(2 * V));  // [2, V]: b's last token and a's token, in entry order
-      rt.forward_paged(e.data(), static_cast<int64_t>(e.size()), kv, lg.data());
+      rt.step(e.data(), static_cast<int64_t>(e.size()), kv, lg.data());
       std::copy_n(lg.begin(), V, mixed.begin() + i * V);
     }
     int64_t differ = 0;
