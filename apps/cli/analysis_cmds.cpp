@@ -8,17 +8,21 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "cli_util.h"
+#include "core/check.h"
 #include "core/progress.h"
 #include "mixtral/tokenizer.h"
+#include "sampler/sampler.h"
 
 #ifndef MIXTRAL_SOURCE_DIR
 #define MIXTRAL_SOURCE_DIR ""
@@ -54,10 +58,124 @@ std::vector<Window> sliding_windows(int64_t n, int64_t ctx, int64_t stride) {
 }
 
 struct PerplexityArgs {
-  std::string model, text_file;
+  std::string model, text_file, kld_base_out, kld_base_in;
   int64_t ctx = 0, stride = 0;
   int threads = 0;
+  KvCacheType cache_type = KvCacheType::kF16;
   bool json = false;
+};
+
+// A file of next-token log-probabilities: `--kl-divergence-base` writes it, `--kl-divergence` reads it.
+// Native little-endian layout:
+//   char magic[8] = "MXLOGP01"; uint64 vocab, count, ctx, stride;
+//   int32 targets[count]: the scored tokens in order (the text's tokens 1..n-1);
+//   float32 logprobs[count][vocab]: row i is log p(. | the tokens before target i), as the window saw them.
+constexpr char kLogprobMagic[8] = {'M', 'X', 'L', 'O', 'G', 'P', '0', '1'};
+struct LogprobHeader {
+  uint64_t vocab = 0, count = 0, ctx = 0, stride = 0;
+};
+
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
+
+class LogprobWriter {
+ public:
+  static Result<LogprobWriter> create(const std::string& path, const LogprobHeader& h,
+                                      const std::vector<int32_t>& targets) {
+    LogprobWriter w;
+    w.path_ = path;
+    w.f_.reset(std::fopen(path.c_str(), "wb"));
+    if (!w.f_) return Error::io("--kl-divergence-base: " + path + ": cannot create file");
+    const bool ok =
+        std::fwrite(kLogprobMagic, 1, 8, w.f_.get()) == 8 && std::fwrite(&h, sizeof h, 1, w.f_.get()) == 1 &&
+        std::fwrite(targets.data(), sizeof(int32_t), targets.size(), w.f_.get()) == targets.size();
+    if (!ok) return Error::io("--kl-divergence-base: " + path + ": write error");
+    return w;
+  }
+  Status write_row(const std::vector<float>& row) {  // row: [vocab]
+    if (std::fwrite(row.data(), sizeof(float), row.size(), f_.get()) != row.size())
+      return Error::io("--kl-divergence-base: " + path_ + ": write error");
+    return {};
+  }
+  Status close() {
+    if (std::fclose(f_.release()) != 0) return Error::io("--kl-divergence-base: " + path_ + ": write error");
+    return {};
+  }
+
+ private:
+  std::string path_;
+  FilePtr f_;
+};
+
+class LogprobReader {
+ public:
+  // Opens the file and refuses one written for another model, text, --ctx or --stride.
+  static Result<LogprobReader> open(const std::string& path, const LogprobHeader& want,
+                                    const std::vector<int32_t>& targets) {
+    const std::string where = "--kl-divergence: " + path + ": ";
+    LogprobReader r;
+    r.path_ = path;
+    r.f_.reset(std::fopen(path.c_str(), "rb"));
+    if (!r.f_) return Error::io(where + "cannot open file");
+    char magic[8];
+    LogprobHeader h;
+    if (std::fread(magic, 1, 8, r.f_.get()) != 8 || std::memcmp(magic, kLogprobMagic, 8) != 0 ||
+        std::fread(&h, sizeof h, 1, r.f_.get()) != 1)
+      return Error::data(where + "not a log-probabilities file (one written by --kl-divergence-base)");
+    if (h.vocab != want.vocab)
+      return Error::data(where + "written for a vocabulary of " + std::to_string(h.vocab) +
+                         " tokens; this model has " + std::to_string(want.vocab));
+    if (h.count != want.count)
+      return Error::data(where + "holds " + std::to_string(h.count) + " positions; this text has " +
+                         std::to_string(want.count) + " (another --text-file?)");
+    if (h.ctx != want.ctx || h.stride != want.stride)
+      return Error::data(where + "written with --ctx " + std::to_string(h.ctx) + " --stride " +
+                         std::to_string(h.stride) + "; this run has --ctx " + std::to_string(want.ctx) +
+                         " --stride " + std::to_string(want.stride));
+    std::error_code ec;
+    const uint64_t size = fs::file_size(path, ec);
+    const uint64_t expect = 8 + sizeof h + h.count * sizeof(int32_t) + h.count * h.vocab * sizeof(float);
+    if (ec || size != expect)
+      return Error::data(where + std::to_string(size) + " bytes where its header says " +
+                         std::to_string(expect) + " (truncated?)");
+    std::vector<int32_t> got(static_cast<size_t>(h.count));  // [count]
+    if (std::fread(got.data(), sizeof(int32_t), got.size(), r.f_.get()) != got.size())
+      return Error::io(where + "read error");
+    for (size_t i = 0; i < got.size(); ++i)
+      if (got[i] != targets[i])
+        return Error::data(where + "its tokens differ from this text's at token " + std::to_string(i + 1) +
+                           " (another --text-file or tokenizer?)");
+    return r;
+  }
+  Status read_row(std::vector<float>& row) {  // row: [vocab]
+    if (std::fread(row.data(), sizeof(float), row.size(), f_.get()) != row.size())
+      return Error::io("--kl-divergence: " + path_ + ": read error");
+    return {};
+  }
+
+ private:
+  std::string path_;
+  FilePtr f_;
+};
+
+// Mean with its standard error, and the max, of a stream of values.
+struct Stats {
+  int64_t n = 0;
+  double sum = 0, sum_sq = 0, max = -INFINITY;
+  void add(double v) {
+    ++n;
+    sum += v;
+    sum_sq += v * v;
+    max = std::max(max, v);
+  }
+  double mean() const { return n ? sum / static_cast<double>(n) : 0.0; }
+  double stderr_of_mean() const {
+    if (n < 2) return 0.0;
+    const double m = mean(), var = (sum_sq - static_cast<double>(n) * m * m) / static_cast<double>(n - 1);
+    return std::sqrt(std::max(var, 0.0) / static_cast<double>(n));
+  }
 };
 
 int cmd_perplexity(const PerplexityArgs& a) {
@@ -77,6 +195,7 @@ int cmd_perplexity(const PerplexityArgs& a) {
   EngineOptions eo;
   eo.model_path = a.model;
   eo.threads = a.threads;
+  eo.cache_type = a.cache_type;
   eo.ctx_size = 1;  // set below, once the trained context is known
   int64_t ctx = a.ctx;
   {
@@ -99,9 +218,29 @@ int cmd_perplexity(const PerplexityArgs& a) {
   Engine& engine = *loaded->engine;
   const int64_t V = engine.config().vocab_size;
 
+  // Every token but the first is scored once, in order: the targets of the log-probabilities files.
+  const std::vector<int32_t> targets(ids->begin() + 1, ids->end());  // [n - 1]
+  const LogprobHeader header{static_cast<uint64_t>(V), static_cast<uint64_t>(n - 1),
+                             static_cast<uint64_t>(ctx), static_cast<uint64_t>(stride)};
+  std::optional<LogprobWriter> base_out;
+  std::optional<LogprobReader> base_in;
+  if (!a.kld_base_out.empty()) {
+    auto w = LogprobWriter::create(a.kld_base_out, header, targets);
+    if (!w.ok()) return fail(w.error());
+    base_out.emplace(std::move(*w));
+  }
+  if (!a.kld_base_in.empty()) {
+    auto r = LogprobReader::open(a.kld_base_in, header, targets);
+    if (!r.ok()) return fail(r.error());
+    base_in.emplace(std::move(*r));
+  }
+
   const std::vector<Window> windows = sliding_windows(n, ctx, stride);
   Progress bar("perplexity", n - 1);
-  double nll = 0.0;  // sum of -log p over scored tokens, nats
+  double nll = 0.0, base_nll = 0.0;  // sums of -log p over scored tokens, nats (this run, the base file's)
+  Stats kld;                         // KL(base || this run) per scored position, nats
+  int64_t same_top = 0;              // positions whose most likely token is the base's
+  std::vector<float> logp(static_cast<size_t>(V)), base(static_cast<size_t>(V));  // [V] each
   int64_t scored = 0;
   for (const Window& w : windows) {
     const std::vector<int32_t> win(ids->begin() + w.begin, ids->begin() + w.end);
@@ -115,7 +254,26 @@ int cmd_perplexity(const PerplexityArgs& a) {
       for (int64_t j = 1; j < V; ++j) mx = std::max(mx, static_cast<double>(row[j]));
       double sum = 0.0;
       for (int64_t j = 0; j < V; ++j) sum += std::exp(static_cast<double>(row[j]) - mx);
-      nll -= static_cast<double>(row[win[static_cast<size_t>(t)]]) - mx - std::log(sum);
+      const double lse = mx + std::log(sum);
+      const int32_t target = win[static_cast<size_t>(t)];
+      nll -= static_cast<double>(row[target]) - lse;
+      if (!base_out && !base_in) continue;
+      // The log-probabilities as the file holds them (float32): equal runs compare exactly equal.
+      for (int64_t j = 0; j < V; ++j) logp[static_cast<size_t>(j)] = static_cast<float>(row[j] - lse);
+      if (base_out) {
+        if (Status st = base_out->write_row(logp); !st.ok()) return fail(st.error());
+      }
+      if (base_in) {
+        if (Status st = base_in->read_row(base); !st.ok()) return fail(st.error());
+        double kl = 0.0;
+        for (int64_t j = 0; j < V; ++j) {
+          const double lb = base[static_cast<size_t>(j)];
+          kl += std::exp(lb) * (lb - static_cast<double>(logp[static_cast<size_t>(j)]));
+        }
+        kld.add(kl);
+        same_top += argmax(base.data(), V) == argmax(logp.data(), V);
+        base_nll -= base[static_cast<size_t>(target)];
+      }
     }
     scored += T - first;
     bar.update(scored);
@@ -123,18 +281,48 @@ int cmd_perplexity(const PerplexityArgs& a) {
                    std::to_string(std::exp(nll / static_cast<double>(std::max<int64_t>(scored, 1)))));
   }
   bar.finish();
+  MX_CHECK(scored == n - 1, "perplexity: %lld tokens scored of %lld", static_cast<long long>(scored),
+           static_cast<long long>(n - 1));
+  if (base_out) {
+    if (Status st = base_out->close(); !st.ok()) return fail(st.error());
+  }
   const double mean = nll / static_cast<double>(scored);
+  const double base_ppl = std::exp(base_nll / static_cast<double>(scored));
+  const double same_top_pct = 100.0 * static_cast<double>(same_top) / static_cast<double>(scored);
   if (a.json) {
-    json j = {{"model", a.model},        {"text_file", a.text_file},  {"tokens", n},
-              {"tokens_scored", scored}, {"windows", windows.size()}, {"ctx", ctx},
-              {"stride", stride},        {"mean_nll", mean},          {"perplexity", std::exp(mean)}};
+    json j = {{"model", a.model},
+              {"text_file", a.text_file},
+              {"tokens", n},
+              {"tokens_scored", scored},
+              {"windows", windows.size()},
+              {"ctx", ctx},
+              {"stride", stride},
+              {"cache_type", kv_cache_type_name(a.cache_type)},
+              {"mean_nll", mean},
+              {"perplexity", std::exp(mean)}};
+    if (base_in) {
+      j["kl_divergence_base"] = a.kld_base_in;
+      j["base_perplexity"] = base_ppl;
+      j["kld_mean"] = kld.mean();
+      j["kld_stderr"] = kld.stderr_of_mean();
+      j["kld_max"] = kld.max;
+      j["same_top_pct"] = same_top_pct;
+    }
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("tokens scored: %lld (of %lld; %zu windows, ctx %lld, stride %lld)\n",
+    std::printf("tokens scored: %lld (of %lld; %zu windows, ctx %lld, stride %lld; %s KV cache)\n",
                 static_cast<long long>(scored), static_cast<long long>(n), windows.size(),
-                static_cast<long long>(ctx), static_cast<long long>(stride));
+                static_cast<long long>(ctx), static_cast<long long>(stride),
+                kv_cache_type_name(a.cache_type));
     std::printf("mean NLL: %.6f nats/token\n", mean);
     std::printf("perplexity: %.4f\n", std::exp(mean));
+    if (base_in) {
+      std::printf("base perplexity (%s): %.4f; this run %+.6f\n", a.kld_base_in.c_str(), base_ppl,
+                  std::exp(mean) - base_ppl);
+      std::printf("KL divergence from the base: mean %.6g +/- %.2g nats, max %.6g\n", kld.mean(),
+                  kld.stderr_of_mean(), kld.max);
+      std::printf("same top token as the base: %.3f%%\n", same_top_pct);
+    }
   }
   return 0;
 }
@@ -145,6 +333,7 @@ int cmd_perplexity(const PerplexityArgs& a) {
 struct RouteArgs {
   std::string model, prompt, html, png;
   int threads = 0;
+  KvCacheType cache_type = KvCacheType::kF16;
 };
 
 std::string html_escape(const std::string& s) {
@@ -345,6 +534,7 @@ int cmd_route(const RouteArgs& a) {
   EngineOptions eo;
   eo.model_path = a.model;
   eo.threads = a.threads;
+  eo.cache_type = a.cache_type;
   auto loaded = load_model(eo);
   if (!loaded.ok()) return fail(loaded.error());
   const Tokenizer& tok = *loaded->tok;
@@ -441,6 +631,15 @@ std::function<std::optional<int>()> add_analysis_commands(CLI::App& app) {
   pp->add_option("--stride", pa->stride,
                  "tokens between window starts; only new tokens are scored (default: ctx/2)");
   pp->add_option("-t,--threads", pa->threads, "worker threads (default: all cores)");
+  add_cache_type_option(pp, &pa->cache_type);
+  auto* kb =
+      pp->add_option("--kl-divergence-base", pa->kld_base_out,
+                     "write every scored position's next-token log-probabilities to this file (run it with "
+                     "--cache-type f32: the base of --kl-divergence)");
+  pp->add_option("--kl-divergence", pa->kld_base_in,
+                 "read a --kl-divergence-base file (same model, text, --ctx, --stride) and report the KL "
+                 "divergence from it, its perplexity and how often the top token agrees")
+      ->excludes(kb);
   pp->add_flag("--json", pa->json, "print one JSON object instead of the text report");
 
   auto ra = std::make_shared<RouteArgs>();
@@ -451,6 +650,7 @@ std::function<std::optional<int>()> add_analysis_commands(CLI::App& app) {
   rt->add_option("--html", ra->html, "output page (self-contained HTML, inline SVG)")->required();
   rt->add_option("--png", ra->png, "also render the page to PNG with headless Chromium");
   rt->add_option("-t,--threads", ra->threads, "worker threads (default: all cores)");
+  add_cache_type_option(rt, &ra->cache_type);
 
   return [pa, pp, ra, rt]() -> std::optional<int> {
     if (pp->parsed()) return cmd_perplexity(*pa);

@@ -1,9 +1,13 @@
 #include "cli_util.h"
 
 #include <climits>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <sstream>
+#include <utility>
 
 namespace mixtral::cli {
 
@@ -59,6 +63,94 @@ Result<std::vector<int32_t>> parse_ids(const std::string& text, const char* flag
   }
   if (ids.empty()) return Error::usage(std::string(flag) + ": no token ids given");
   return ids;
+}
+
+void add_cache_type_option(CLI::App* app, KvCacheType* t) {
+  app->add_option_function<std::string>(
+         "--cache-type", [t](const std::string& s) { *t = *parse_kv_cache_type(s); },
+         std::string("KV cache element type of K and V: f32, f16 or q8_0 (default: ") +
+             kv_cache_type_name(*t) + ")")
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            return parse_kv_cache_type(s) ? std::string() : quote_text(s) + " is not one of f32, f16, q8_0";
+          },
+          "f32|f16|q8_0"));
+}
+
+namespace {
+
+// "ID=BIAS": ID a token id, BIAS a number in [-100, 100].
+std::optional<std::pair<int32_t, float>> parse_bias_item(const std::string& s) {
+  const size_t eq = s.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == s.size()) return std::nullopt;
+  size_t used_id = 0, used_bias = 0;
+  long long id = -1;
+  float bias = 0;
+  try {
+    id = std::stoll(s.substr(0, eq), &used_id);
+    bias = std::stof(s.substr(eq + 1), &used_bias);
+  } catch (...) {
+    return std::nullopt;
+  }
+  if (used_id != eq || used_bias != s.size() - eq - 1 || id < 0 || id > INT32_MAX || !std::isfinite(bias) ||
+      bias < -100.0f || bias > 100.0f)
+    return std::nullopt;
+  return std::make_pair(static_cast<int32_t>(id), bias);
+}
+
+}  // namespace
+
+void add_sampling_options(CLI::App* app, GenerateOptions* go) {
+  app->add_option("--temp", go->temperature, "temperature (0: greedy)")->capture_default_str();
+  app->add_option("--top-k", go->top_k, "top-k (0: off)")->capture_default_str();
+  app->add_option("--top-p", go->top_p, "top-p (1: off)")->capture_default_str();
+  app->add_option("--seed", go->seed, "random seed")->capture_default_str();
+  app->add_option("--min-p", go->min_p,
+                  "keep tokens with p >= min-p * p of the best token, at the temperature (0: off)")
+      ->check(CLI::Range(0.0f, 1.0f))
+      ->capture_default_str();
+  app->add_option(
+         "--repeat-penalty", go->repetition_penalty,
+         "divide positive (multiply negative) logits of tokens in the prompt or output by this (1: off)")
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            char* end = nullptr;
+            const float x = std::strtof(v.c_str(), &end);
+            return end != v.c_str() && *end == '\0' && x > 0 ? std::string()
+                                                             : quote_text(v) + " must be positive";
+          },
+          "POSITIVE"))
+      ->capture_default_str();
+  app->add_option("--presence-penalty", go->presence_penalty,
+                  "subtract this from the logit of every token already generated (0: off)")
+      ->check(CLI::Range(-2.0f, 2.0f))
+      ->capture_default_str();
+  app->add_option("--frequency-penalty", go->frequency_penalty,
+                  "subtract this times its count from the logit of every token generated (0: off)")
+      ->check(CLI::Range(-2.0f, 2.0f))
+      ->capture_default_str();
+  app->add_option_function<std::vector<std::string>>(
+         "--logit-bias",
+         [go](const std::vector<std::string>& items) {
+           go->logit_bias.clear();
+           for (const std::string& it : items) go->logit_bias.push_back(*parse_bias_item(it));
+         },
+         "ID=BIAS: add BIAS (-100..100; -100 bans, 100 forces) to token ID's logit (repeatable)")
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            return parse_bias_item(s) ? std::string()
+                                      : quote_text(s) + " is not ID=BIAS with BIAS in [-100, 100]";
+          },
+          "ID=BIAS"))
+      ->allow_extra_args(false);
+}
+
+Status check_logit_bias(const GenerateOptions& go, int64_t vocab) {
+  for (const auto& [id, bias] : go.logit_bias)
+    if (id >= vocab)
+      return Error::usage("--logit-bias: token " + std::to_string(id) + " is outside the vocabulary of " +
+                          std::to_string(vocab));
+  return {};
 }
 
 Result<Loaded> load_model(const EngineOptions& eo) {

@@ -45,6 +45,7 @@ struct ModelArgs {
   int threads = 0;
   int64_t ctx_size = 0;
   bool no_repack = false;
+  mixtral::KvCacheType cache_type = mixtral::KvCacheType::kF16;
   void add(CLI::App* app, bool required = true) {
     auto* m =
         app->add_option("-m,--model", model,
@@ -57,15 +58,18 @@ struct ModelArgs {
         "--no-repack", no_repack,
         "use the weights where the file mapping holds them (by default they move to huge pages at load, "
         "Q4_0/Q8_0 repacked for the kernels: same values, faster)");
+    mixtral::cli::add_cache_type_option(app, &cache_type);
   }
-  mixtral::Result<std::unique_ptr<mixtral::Engine>> load() const {
+  mixtral::EngineOptions options() const {
     mixtral::EngineOptions o;
     o.model_path = model;
     o.threads = threads;
     o.ctx_size = ctx_size;
     o.repack = !no_repack;
-    return mixtral::Engine::load(o);
+    o.cache_type = cache_type;
+    return o;
   }
+  mixtral::Result<std::unique_ptr<mixtral::Engine>> load() const { return mixtral::Engine::load(options()); }
 };
 
 // --json-schema FILE | --grammar FILE: what the output of `run` and `bench` is constrained to.
@@ -112,13 +116,10 @@ Result<std::shared_ptr<const mixtral::grammar::Grammar>> load_grammar(const Gram
 // them), stops where the grammar must end (or at EOS where it can), warns when -n cuts the output short.
 int cmd_run_constrained(const ModelArgs& ma, const std::string& prompt, const std::string& prompt_tokens,
                         mixtral::GenerateOptions go, bool ids_only, const GrammarArgs& ga) {
-  mixtral::EngineOptions o;
-  o.model_path = ma.model;
-  o.threads = ma.threads;
-  o.ctx_size = ma.ctx_size;
-  o.repack = !ma.no_repack;
-  auto loaded = mixtral::cli::load_model(o);
+  auto loaded = mixtral::cli::load_model(ma.options());
   if (!loaded) return fail(loaded.error());
+  if (Status st = mixtral::cli::check_logit_bias(go, loaded->engine->config().vocab_size); !st)
+    return fail(st.error());
   const mixtral::Tokenizer& tok = *loaded->tok;
   auto g = load_grammar(ga, tok);
   if (!g) return fail(g.error());
@@ -162,19 +163,14 @@ int cmd_run_constrained(const ModelArgs& ma, const std::string& prompt, const st
 
 int cmd_run(const ModelArgs& ma, const std::string& prompt, const std::string& prompt_tokens,
             const mixtral::GenerateOptions& go, bool ids_only) {
-  if (!prompt.empty() && prompt_tokens.empty()) {
-    mixtral::EngineOptions o;
-    o.model_path = ma.model;
-    o.threads = ma.threads;
-    o.ctx_size = ma.ctx_size;
-    o.repack = !ma.no_repack;
-    return mixtral::cli::run_text_prompt(o, prompt, go, ids_only);
-  }
+  if (!prompt.empty() && prompt_tokens.empty())
+    return mixtral::cli::run_text_prompt(ma.options(), prompt, go, ids_only);
   auto ids = parse_ids(prompt_tokens, "--prompt-tokens");
   if (!ids) return fail(ids.error());
   auto engine = ma.load();
   if (!engine) return fail(engine.error());
   mixtral::Engine& e = **engine;
+  if (Status st = mixtral::cli::check_logit_bias(go, e.config().vocab_size); !st) return fail(st.error());
   const bool text = !ids_only && e.has_vocab();
   auto out = e.generate(*ids, go, [&](int32_t tok) {
     if (ids_only) return;
@@ -231,18 +227,28 @@ int cmd_score(const ModelArgs& ma, const std::string& tokens, const std::string&
 }
 
 int cmd_info(const ModelArgs& ma, int64_t ctx) {
-  mixtral::EngineOptions o;
-  o.model_path = ma.model;
+  mixtral::EngineOptions o = ma.options();
   o.threads = 1;
   o.ctx_size = 1;    // info allocates no real cache
   o.repack = false;  // and computes nothing
   auto engine = mixtral::Engine::load(o);
   if (!engine) return fail(engine.error());
+  const mixtral::ModelConfig& c = (*engine)->config();
   if (ctx <= 0) {
-    const int64_t trained = (*engine)->config().max_seq_len;
+    const int64_t trained = c.max_seq_len;
     ctx = trained > 0 ? std::min<int64_t>(trained, 4096) : 4096;
   }
   std::fputs((*engine)->describe(ctx).c_str(), stdout);
+  std::string per_type;
+  for (auto t : {mixtral::KvCacheType::kF32, mixtral::KvCacheType::kF16, mixtral::KvCacheType::kQ8_0}) {
+    per_type += per_type.empty() ? "" : ", ";
+    per_type += std::string(mixtral::kv_cache_type_name(t)) + " ";
+    if (t == mixtral::KvCacheType::kQ8_0 && c.head_dim % 32 != 0)  // q8_0 blocks of 32 along a head
+      per_type += "n/a (head dimension not divisible by 32)";
+    else
+      per_type += std::to_string(mixtral::kv_bytes_per_token(c, t));
+  }
+  std::printf("KV cache bytes per token: %s\n", per_type.c_str());
   return 0;
 }
 
@@ -271,12 +277,9 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
     cgo.masker =
         std::make_shared<const mixtral::grammar::TokenMasker>(mixtral::grammar::vocabulary_of(**tok));
   }
-  mixtral::EngineOptions o;
-  o.model_path = ma.model;
-  o.threads = ma.threads;
+  mixtral::EngineOptions o = ma.options();
   o.ctx_size = ma.ctx_size > 0 ? ma.ctx_size : std::max<int64_t>(std::max(n_prompt, n_gen), 1);
   o.batch_size = std::max<int64_t>(n_prompt, 1);
-  o.repack = !ma.no_repack;
   // The first bandwidth reading before the load (Engine::measure_bandwidth says why).
   const double bw_before = no_bw ? 0.0 : mixtral::Engine::measure_bandwidth(ma.threads);
   auto engine = mixtral::Engine::load(o);
@@ -372,10 +375,7 @@ int main(int argc, char** argv) {
   auto* pt_opt = run->add_option("--prompt-tokens", prompt_tokens, "prompt as token ids: 1,2,3");
   p_opt->excludes(pt_opt);
   run->add_option("-n,--n-predict", go.max_tokens, "tokens to generate")->capture_default_str();
-  run->add_option("--temp", go.temperature, "temperature (0: greedy)")->capture_default_str();
-  run->add_option("--top-k", go.top_k, "top-k (0: off)")->capture_default_str();
-  run->add_option("--top-p", go.top_p, "top-p (1: off)")->capture_default_str();
-  run->add_option("--seed", go.seed, "random seed")->capture_default_str();
+  mixtral::cli::add_sampling_options(run, &go);
   run->add_flag("--ids", ids_only, "print the generated ids as one JSON array on the last line");
   GrammarArgs run_g;
   run_g.add(run, "prints only");

@@ -3,12 +3,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -20,19 +21,10 @@ namespace {
 
 using json = nlohmann::json;
 
-Result<std::string> read_file(const std::string& path, const char* flag) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return Error::io(std::string(flag) + ": " + path + ": cannot open file");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) return Error::io(std::string(flag) + ": " + path + ": read error");
-  return ss.str();
-}
-
 // {"messages": [{"role": ..., "content": ...}, ...]}; content may also be OpenAI's [{"type": "text", "text":
 // ...}].
 Result<std::vector<ChatMessage>> read_chat_file(const std::string& path) {
-  MX_ASSIGN_OR_RETURN(std::string text, read_file(path, "--chat"));
+  MX_ASSIGN_OR_RETURN(std::string text, read_text_file(path, "--chat"));
   json j;
   try {
     j = json::parse(text);
@@ -142,7 +134,7 @@ int cmd_tokenize(const TokenizeArgs& a) {
   }
   std::string input = a.text;
   if (!a.text_file.empty()) {
-    auto data = read_file(a.text_file, "--text-file");
+    auto data = read_text_file(a.text_file, "--text-file");
     if (!data.ok()) return fail(data.error());
     input = std::move(*data);
   }
@@ -164,11 +156,12 @@ int cmd_detokenize(const TokenizerArgs& src, const std::string& ids_text) {
   return 0;
 }
 
-
 struct ChatArgs {
   std::string model, system, chat_template = "auto";
   int threads = 0;
   int64_t ctx_size = 0;
+  KvCacheType cache_type = KvCacheType::kF16;
+  bool verbose = false;
   GenerateOptions go;
 };
 
@@ -181,10 +174,14 @@ int cmd_chat(ChatArgs a) {
   eo.model_path = a.model;
   eo.threads = a.threads;
   eo.ctx_size = a.ctx_size;
+  eo.cache_type = a.cache_type;
+  // One engine for the whole conversation: its KV cache keeps the last turn, so each turn prefills only the
+  // tokens after the prefix it shares with the previous one.
   auto loaded = load_model(eo);
   if (!loaded.ok()) return fail(loaded.error());
   Engine& engine = *loaded->engine;
   const Tokenizer& tok = *loaded->tok;
+  if (Status st = check_logit_bias(a.go, engine.config().vocab_size); !st.ok()) return fail(st.error());
   auto fmt = chat_format(tok, a.chat_template);
   if (!fmt.ok()) return fail(fmt.error());
   a.go.stop_at_eos = true;
@@ -195,7 +192,9 @@ int cmd_chat(ChatArgs a) {
   std::vector<ChatMessage> history;
   if (!a.system.empty()) history.push_back({"system", a.system});
   const size_t n_fixed = history.size();
+  std::vector<int32_t> said;  // the last prompt and the answer's tokens (no EOS): what the cache holds
   std::string line;
+  int64_t turn = 0;
   while (true) {
     if (tty) {
       std::fputs("\n> ", stdout);
@@ -206,20 +205,37 @@ int cmd_chat(ChatArgs a) {
     if (line == "/exit" || line == "/quit") break;
     if (line == "/reset") {
       history.resize(n_fixed);
+      said.clear();
       continue;
     }
     if (line.empty()) continue;
     history.push_back({"user", line});
-    // Build the prompt; drop the oldest exchanges while it does not leave room for the answer.
+    auto fits = [&](const std::vector<int32_t>& p) {
+      return static_cast<int64_t>(p.size()) + a.go.max_tokens <= engine.ctx_size();
+    };
     Result<std::vector<int32_t>> prompt = tok.apply_chat(history, *fmt);
-    while (prompt.ok() && static_cast<int64_t>(prompt->size()) + a.go.max_tokens > engine.ctx_size() &&
-           history.size() >= n_fixed + 3) {
+    // The conversation as the model saw it (its answers' own tokens, which re-encoding the answer's text may
+    // spell differently) plus the new message's ids, wherever the template's ids for the history extend its
+    // ids for the history before the new message (mistral-v1, v3 without a system prompt): the engine's
+    // cache then covers everything but the new message.
+    if (prompt.ok() && !said.empty()) {
+      const std::vector<ChatMessage> before(history.begin(), history.end() - 1);
+      auto closed = tok.apply_chat(before, *fmt);
+      if (closed.ok() && closed->size() <= prompt->size() &&
+          std::equal(closed->begin(), closed->end(), prompt->begin())) {
+        std::vector<int32_t> p = said;
+        p.insert(p.end(), prompt->begin() + static_cast<std::ptrdiff_t>(closed->size()), prompt->end());
+        if (fits(p)) prompt = std::move(p);
+      }
+    }
+    // Otherwise the template's ids; drop the oldest exchanges while they do not leave room for the answer.
+    while (prompt.ok() && !fits(*prompt) && history.size() >= n_fixed + 3) {
       history.erase(history.begin() + static_cast<std::ptrdiff_t>(n_fixed),
                     history.begin() + static_cast<std::ptrdiff_t>(n_fixed) + 2);
       prompt = tok.apply_chat(history, *fmt);
     }
     if (!prompt.ok()) return fail(prompt.error());
-    if (static_cast<int64_t>(prompt->size()) + a.go.max_tokens > engine.ctx_size()) {
+    if (!fits(*prompt)) {
       std::fprintf(
           stderr,
           "mixtral: error: this message (%zu prompt tokens + -n %lld) does not fit the context of %lld "
@@ -232,7 +248,12 @@ int cmd_chat(ChatArgs a) {
     StreamingDecoder dec(tok, true);
     std::string answer;
     Status bad;
+    using Clock = std::chrono::steady_clock;
+    const Clock::time_point start = Clock::now();
+    Clock::time_point first;  // when the first token came (the time to first token)
+    int64_t n_out = 0;
     auto out = engine.generate(*prompt, a.go, [&](int32_t id) {
+      if (n_out++ == 0) first = Clock::now();
       if (id == tok.eos_id() || !bad.ok()) return;
       auto piece = dec.push(id);
       if (!piece.ok()) {
@@ -245,6 +266,20 @@ int cmd_chat(ChatArgs a) {
     });
     if (!out.ok()) return fail(out.error());
     if (!bad.ok()) return fail(bad.error());
+    ++turn;
+    if (a.verbose) {
+      const Clock::time_point end = Clock::now();
+      const double ttft_ms = n_out ? std::chrono::duration<double, std::milli>(first - start).count() : 0.0;
+      const double decode_s = n_out > 1 ? std::chrono::duration<double>(end - first).count() : 0.0;
+      const int64_t reused = engine.reused_tokens();
+      std::fprintf(
+          stderr,
+          "[turn %lld: prompt %zu tokens: %lld reused from the cache, %lld computed; first token after "
+          "%.1f ms; %lld tokens, %.2f tokens/s after the first]\n",
+          static_cast<long long>(turn), prompt->size(), static_cast<long long>(reused),
+          static_cast<long long>(static_cast<int64_t>(prompt->size()) - reused), ttft_ms,
+          static_cast<long long>(n_out), decode_s > 0 ? static_cast<double>(n_out - 1) / decode_s : 0.0);
+    }
     const std::string tail = dec.finish();
     answer += tail;
     std::fputs(tail.c_str(), stdout);
@@ -256,6 +291,9 @@ int cmd_chat(ChatArgs a) {
     }
     a.go.seed += 1;  // a fresh sample stream per answer
     history.push_back({"assistant", answer});
+    said = std::move(*prompt);
+    said.insert(said.end(), out->begin(), out->end());
+    if (!said.empty() && said.back() == tok.eos_id()) said.pop_back();
   }
   return 0;
 }
@@ -266,6 +304,8 @@ int run_text_prompt(const EngineOptions& eo, const std::string& prompt, const Ge
                     bool ids_only) {
   auto loaded = load_model(eo);
   if (!loaded.ok()) return fail(loaded.error());
+  if (Status st = check_logit_bias(go, loaded->engine->config().vocab_size); !st.ok())
+    return fail(st.error());
   const Tokenizer& tok = *loaded->tok;
   auto ids = tok.encode(prompt, tok.add_bos(), false);
   if (!ids.ok()) return fail(ids.error());
@@ -320,11 +360,13 @@ std::function<std::optional<int>()> add_tokenizer_commands(CLI::App& app) {
       ->required();
   ch->add_option("-t,--threads", ca->threads, "worker threads (default: all cores)");
   ch->add_option("-c,--ctx-size", ca->ctx_size, "context size in tokens (default: min(trained, 4096))");
+  add_cache_type_option(ch, &ca->cache_type);
   ch->add_option("-n,--n-predict", ca->go.max_tokens, "most tokens per answer")->capture_default_str();
-  ch->add_option("--temp", ca->go.temperature, "temperature (0: greedy)")->capture_default_str();
-  ch->add_option("--top-k", ca->go.top_k, "top-k (0: off)")->capture_default_str();
-  ch->add_option("--top-p", ca->go.top_p, "top-p (1: off)")->capture_default_str();
-  ch->add_option("--seed", ca->go.seed, "random seed")->capture_default_str();
+  add_sampling_options(ch, &ca->go);
+  ch->add_flag(
+      "--verbose", ca->verbose,
+      "after each answer, on stderr: prompt tokens reused from the cache and computed, time to first "
+      "token, decode rate");
   ch->add_option("--system", ca->system, "system prompt");
   ch->add_option("--chat-template", ca->chat_template, "auto, mistral-v1, mistral-v3 or jinja")
       ->capture_default_str();
