@@ -57,10 +57,33 @@ void check_metadata(const json& b) {
     if (present(b, k) && !b[k].is_string()) throw BadRequest{quoted(k) + " must be a string", k};
 }
 
-void check_logit_bias(const json& b) {
-  if (!present(b, "logit_bias")) return;
-  if (!b["logit_bias"].is_object()) throw BadRequest{"'logit_bias' must be an object", "logit_bias"};
-  if (!b["logit_bias"].empty()) throw BadRequest{"'logit_bias' is not supported", "logit_bias"};
+// OpenAI's logit_bias: {"<token id>": bias in [-100, 100], ...}, the id in decimal digits. The ids' range
+// is checked against the vocabulary by check_logit_bias_ids.
+std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& b) {
+  std::vector<std::pair<int32_t, float>> out;
+  if (!present(b, "logit_bias")) return out;
+  const json& lb = b["logit_bias"];
+  if (!lb.is_object())
+    throw BadRequest{"'logit_bias' must be an object of token ids to numbers in [-100, 100]", "logit_bias"};
+  std::set<int32_t> seen;
+  for (auto it = lb.begin(); it != lb.end(); ++it) {
+    const std::string& k = it.key();
+    int64_t id = 0;
+    bool ok = !k.empty() && k.size() <= 10;
+    for (char c : k) {
+      ok = ok && c >= '0' && c <= '9';
+      if (ok) id = id * 10 + (c - '0');
+    }
+    if (!ok || id > INT32_MAX)
+      throw BadRequest{"'logit_bias' keys must be token ids (decimal integers), not '" + k + "'",
+                       "logit_bias"};
+    if (!seen.insert(static_cast<int32_t>(id)).second)
+      throw BadRequest{"'logit_bias' names token " + std::to_string(id) + " twice", "logit_bias"};
+    if (!it->is_number() || !(it->get<double>() >= -100 && it->get<double>() <= 100))
+      throw BadRequest{"'logit_bias' values must be numbers in [-100, 100] (token " + k + ")", "logit_bias"};
+    out.emplace_back(static_cast<int32_t>(id), it->get<float>());
+  }
+  return out;
 }
 
 std::vector<std::string> parse_stop(const json& b) {
@@ -453,17 +476,25 @@ std::vector<Tool> parse_tools(const json& b, ToolLayout layout) {
   return tools;
 }
 
+void check_logit_bias_ids(const CompletionParams& p, int64_t n_vocab) {
+  for (const auto& tb : p.logit_bias)
+    if (tb.first >= n_vocab)
+      throw BadRequest{"'logit_bias' names token " + std::to_string(tb.first) +
+                           ", outside the vocabulary of " + std::to_string(n_vocab) + " tokens",
+                       "logit_bias"};
+}
+
 GenRequest parse_chat_request(const json& b, int64_t ctx) {
   if (!b.is_object()) throw BadRequest{"the request body must be a JSON object", ""};
   check_fields(b, kChatFields, "");
   check_metadata(b);
-  check_logit_bias(b);
   GenRequest r;
   r.chat = true;
   r.model = get_string(b, "model");
   r.messages = parse_messages(b);
   parse_max_tokens(b, r, ctx, true);
   parse_sampling(b, r.params);
+  r.params.logit_bias = parse_logit_bias(b);
   parse_n(b, r);
   r.stop = parse_stop(b);
   r.logprobs = get_bool(b, "logprobs", false);
@@ -484,7 +515,6 @@ GenRequest parse_completion_request(const json& b, int64_t ctx) {
   if (!b.is_object()) throw BadRequest{"the request body must be a JSON object", ""};
   check_fields(b, kCompletionFields, "");
   check_metadata(b);
-  check_logit_bias(b);
   GenRequest r;
   r.chat = false;
   r.model = get_string(b, "model");
@@ -509,6 +539,7 @@ GenRequest parse_completion_request(const json& b, int64_t ctx) {
     throw BadRequest{"'suffix' is not supported", "suffix"};
   parse_max_tokens(b, r, ctx, false);
   parse_sampling(b, r.params);
+  r.params.logit_bias = parse_logit_bias(b);
   parse_n(b, r);
   if (present(b, "best_of") && get_int(b, "best_of", 1, kMaxChoices, 1) != r.n)
     throw BadRequest{"'best_of' must equal 'n' (no server-side ranking)", "best_of"};

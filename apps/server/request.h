@@ -100,6 +100,8 @@ Tool parse_function(const nlohmann::ordered_json& fn, const std::string& param, 
 ToolChoice parse_tool_choice(const nlohmann::ordered_json& v, const std::vector<Tool>& tools);
 // Sampling fields common to every endpoint (temperature, top_p, top_k, min_p, penalties, seed).
 void parse_sampling(const nlohmann::ordered_json& b, CompletionParams& cp);
+// logit_bias's token ids against the model's vocabulary (parsing checked their form and the values).
+void check_logit_bias_ids(const CompletionParams& p, int64_t n_vocab);
 // Cross-field checks once format, tools and tool_choice are known.
 void check_format_and_tools(const GenRequest& r);
 

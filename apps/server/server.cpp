@@ -32,6 +32,7 @@
 #include "mixtral/tokenizer.h"
 #include "request.h"
 #include "responses.h"
+#include "stop.h"
 #include "tools.h"
 
 namespace mixtral::server {
@@ -215,7 +216,7 @@ class Server {
         send_error(res, 503, "shutting down", nullptr, "server_error");
         return;
       }
-      res.set_content(R"({"status":"ok"})", "application/json");
+      res.set_content(dump(health_json()), "application/json");
     });
     svr_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(dump(json{{"object", "list"}, {"data", json::array({model_json()})}}),
@@ -272,9 +273,24 @@ class Server {
     return json{{"token", t}, {"logprob", lp}, {"bytes", bytes}};
   }
 
+  // GET /health: status and the KV block pool.
+  json health_json() const {
+    const BatchEngineStats s = eng_->stats();
+    return json{{"status", "ok"},
+                {"kv_cache",
+                 {{"type", s.kv_cache_type},
+                  {"block_size", s.block_size},
+                  {"blocks_total", s.kv_blocks_total},
+                  {"blocks_in_use", s.kv_blocks_in_use},
+                  {"blocks_cached", s.kv_blocks_cached},
+                  {"bytes_total", s.kv_bytes_total},
+                  {"bytes_per_token", s.kv_bytes_per_token}}}};
+  }
+
   std::string metrics_text() {
     const BatchEngineStats s = eng_->stats();
     std::ostringstream o;
+    o.precision(15);  // counts and byte sizes below 10^15 print as exact integers
     o << "# HELP mixtral_requests_total HTTP requests by path and status.\n# TYPE mixtral_requests_total "
          "counter\n";
     {
@@ -307,6 +323,12 @@ class Server {
     g("mixtral_kv_blocks_total", "gauge", "KV cache blocks in the pool.",
       static_cast<double>(s.kv_blocks_total));
     g("mixtral_kv_block_size", "gauge", "Positions per KV block.", static_cast<double>(s.block_size));
+    g("mixtral_kv_cache_bytes", "gauge", "Bytes of the KV block pool (K and V, every layer).",
+      static_cast<double>(s.kv_bytes_total));
+    g("mixtral_kv_cache_bytes_per_token", "gauge", "KV cache bytes of one position (K and V, every layer).",
+      static_cast<double>(s.kv_bytes_per_token));
+    o << "# HELP mixtral_kv_cache_info The KV cache type (K and V).\n# TYPE mixtral_kv_cache_info gauge\n"
+      << "mixtral_kv_cache_info{type=\"" << s.kv_cache_type << "\"} 1\n";
     g("mixtral_process_resident_memory_bytes", "gauge", "Resident set size.",
       static_cast<double>(resident_bytes()));
     o << "# HELP mixtral_expert_selections_total Tokens routed to each expert, per layer.\n"
@@ -318,51 +340,15 @@ class Server {
     return o.str();
   }
 
-  // Text streaming with stop strings: hold back what could still become a stop string.
-  struct TextState {
-    std::string text;    // everything decoded so far (cut at a stop string)
-    size_t emitted = 0;  // bytes of text already sent
-    bool stopped = false;
-  };
-  void push_text(TextState& ts, const std::string& piece, const std::vector<std::string>& stop) {
-    if (ts.stopped) return;
-    const size_t from = ts.text.size();
-    ts.text += piece;
-    size_t cut = std::string::npos;
-    for (const auto& s : stop) {
-      const size_t start = from >= s.size() ? from - s.size() + 1 : 0;
-      const size_t at = ts.text.find(s, start);
-      if (at != std::string::npos) cut = std::min(cut, at);
-    }
-    if (cut != std::string::npos) {
-      ts.text.resize(cut);
-      ts.stopped = true;
-    }
-  }
-  // Bytes of ts.text that can be sent now.
-  size_t sendable(const TextState& ts, const std::vector<std::string>& stop, bool final) const {
-    if (final || ts.stopped || stop.empty()) return ts.text.size();
-    size_t hold = 0;  // longest suffix of text that is a proper prefix of a stop string
-    for (const auto& s : stop)
-      for (size_t k = std::min(s.size() - 1, ts.text.size()); k > hold; --k)
-        if (ts.text.compare(ts.text.size() - k, k, s, 0, k) == 0) {
-          hold = k;
-          break;
-        }
-    size_t n = ts.text.size() - hold;
-    while (n > ts.emitted && n < ts.text.size() && (static_cast<unsigned char>(ts.text[n]) & 0xC0) == 0x80)
-      --n;
-    return std::max(n, ts.emitted);
-  }
-
   enum class Endpoint { kChat, kCompletions, kResponses };
 
   // One choice of a request as it is generated.
   struct ChoiceState {
-    ChoiceState(const Tokenizer& tok, bool chat, ToolFormat fmt, bool calls_possible)
-        : dec(tok, /*at_sequence_start=*/chat), reader(fmt, calls_possible) {}
+    ChoiceState(const Tokenizer& tok, bool chat, const std::vector<std::string>& stop, ToolFormat fmt,
+                bool calls_possible)
+        : dec(tok, /*at_sequence_start=*/chat), ts(stop), reader(fmt, calls_possible) {}
     StreamingDecoder dec;
-    TextState ts;
+    StopText ts;  // the text, cut at a stop string, and what of it was passed on
     ReplyReader reader;
     json logprobs = json::array();     // chat form: [{token, logprob, bytes, top_logprobs}]
     json pending_lps = json::array();  // logprobs of tokens whose text is not sent yet
@@ -407,6 +393,7 @@ class Server {
                                                                   : parse_completion_request(body, ctx));
     }
     GenRequest& r = *job->r;
+    check_logit_bias_ids(r.params, tok_->n_vocab());
     job->fmt = tok_->has_tool_tokens() ? ToolFormat::kV3 : ToolFormat::kGeneric;
     if (r.chat) {
       ChatOptions co;
@@ -437,7 +424,7 @@ class Server {
       r.params.grammar = *g;
     }
     for (int i = 0; i < r.n; ++i)
-      job->choices.emplace_back(*tok_, r.chat, job->fmt, job->plan.calls_possible);
+      job->choices.emplace_back(*tok_, r.chat, r.stop, job->fmt, job->plan.calls_possible);
     job->seqs->ids.assign(static_cast<size_t>(r.n), 0);
     return job;
   }
@@ -518,8 +505,7 @@ class Server {
           ChoiceState& c = job.choices[static_cast<size_t>(i)];
           if (c.done) continue;
           c.done = true;
-          if (on_events &&
-              !on_events(i, c.reader.push(c.ts.text.substr(c.ts.emitted)), c.pending_lps, "length"))
+          if (on_events && !on_events(i, c.reader.push(c.ts.take_rest()), c.pending_lps, "length"))
             return false;
         }
         break;
@@ -533,7 +519,7 @@ class Server {
       }
       if (c.done) continue;  // after a stop string ended it
       c.cached_tokens = ev.cached_tokens;
-      if (ev.token >= 0 && !c.ts.stopped) {
+      if (ev.token >= 0 && !c.ts.stopped()) {
         ++c.completion_tokens;
         if (ev.token == tool_calls_id) c.reader.push_tool_calls_token();
         // A chat grammar allows one leading space for the dummy prefix the decoder drops; when the model
@@ -542,7 +528,7 @@ class Server {
         const bool skip = c.at_start && lead_space && ev.token == byte_space_id_;
         if (tok_->type(ev.token) != TokenType::kControl) c.at_start = false;
         auto piece = c.dec.push(ev.token);
-        if (piece && !skip) push_text(c.ts, *piece, r.stop);
+        if (piece && !skip) c.ts.push(*piece);
         if (r.logprobs) {
           json e = token_logprob(ev.token, ev.logprob);
           json top = json::array();
@@ -562,9 +548,9 @@ class Server {
       if (ev.finish != FinishReason::kNone) {
         finished = true;
         if (ev.finish == FinishReason::kStop) c.finish = "stop";
-        if (!c.ts.stopped) push_text(c.ts, c.dec.finish(), r.stop);
+        if (!c.ts.stopped()) c.ts.push(c.dec.finish());
       }
-      if (c.ts.stopped) {
+      if (c.ts.stopped()) {
         c.finish = "stop";
         if (!finished) {  // a stop string: end the sequence now; later events are ignored
           std::lock_guard<std::mutex> lk(job.seqs->mu);
@@ -572,12 +558,7 @@ class Server {
           finished = true;
         }
       }
-      const size_t to = sendable(c.ts, r.stop, finished);
-      std::vector<ReplyEvent> evs;
-      if (to > c.ts.emitted) {
-        evs = c.reader.push(std::string_view(c.ts.text).substr(c.ts.emitted, to - c.ts.emitted));
-        c.ts.emitted = to;
-      }
+      std::vector<ReplyEvent> evs = c.reader.push(c.ts.take(finished));
       if (finished) {
         for (auto& e : c.reader.flush()) evs.push_back(std::move(e));
         c.done = true;
@@ -638,7 +619,7 @@ class Server {
         choice["message"] = msg;
         choice["logprobs"] = r.logprobs ? json{{"content", c.logprobs}} : json(nullptr);
       } else {
-        choice["text"] = c.ts.text;
+        choice["text"] = c.ts.text();
         choice["logprobs"] = r.logprobs ? legacy_from(c.logprobs) : json(nullptr);
       }
       choices.push_back(choice);
@@ -927,6 +908,14 @@ int serve(const ServerOptions& o) {
   eo.parallel = o.parallel;
   eo.max_queue = o.max_queue;
   eo.repack = !o.no_repack;
+  const auto cache_type = parse_kv_cache_type(o.cache_type);
+  if (!cache_type) {
+    std::fprintf(stderr, "mixtral: error: --cache-type: '%s' is not one of f32, f16, q8_0\n",
+                 o.cache_type.c_str());
+    return 2;
+  }
+  eo.cache_type = *cache_type;
+  eo.kv_memory = o.kv_memory;
   eo.masker = std::make_shared<const grammar::TokenMasker>(grammar::vocabulary_of(**tok));
   auto eng = BatchEngine::load(eo);
   if (!eng) {
@@ -946,9 +935,14 @@ int serve(const ServerOptions& o) {
     std::fprintf(stderr, "mixtral: error: cannot listen on %s:%d\n", o.host.c_str(), o.port);
     return 1;
   }
-  std::fprintf(stderr, "mixtral serve: listening on http://%s:%d (model %s, parallel %d, context %lld)\n",
+  const BatchEngineStats st = s.engine().stats();
+  std::fprintf(stderr,
+               "mixtral serve: listening on http://%s:%d (model %s, parallel %d, context %lld, KV cache %s: "
+               "%lld blocks of %lld positions, %lld bytes)\n",
                o.host.c_str(), port, o.model.c_str(), o.parallel,
-               static_cast<long long>(s.engine().ctx_size()));
+               static_cast<long long>(s.engine().ctx_size()), st.kv_cache_type,
+               static_cast<long long>(st.kv_blocks_total), static_cast<long long>(st.block_size),
+               static_cast<long long>(st.kv_bytes_total));
   std::atomic<bool> stopped{false};
   std::thread waiter([&] {
     int sig = 0;

@@ -25,6 +25,8 @@ struct ServerOptions {
   int request_timeout_s = 600;       // whole request (queue + generation)
   double shutdown_grace_s = 10;      // in-flight requests may finish for this long on SIGINT/SIGTERM
   bool no_repack = false;            // keep weights in the file's layout (BatchEngineOptions::repack)
+  std::string cache_type = "f16";    // KV cache type (parse_kv_cache_type)
+  int64_t kv_memory = 0;             // bytes of the KV block pool; 0: parallel full contexts
 };
 
 // Registers the `serve` flags on app, writing into o.

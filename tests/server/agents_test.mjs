@@ -8,9 +8,7 @@
 // and the server stays up. Each section runs even when an earlier one failed; the exit status is 1 if any
 // failed.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
@@ -26,20 +24,13 @@ import { tool as liTool } from '@llamaindex/core/tools';
 import { generateObject, generateText, streamText, streamObject, tool as aiTool, stepCountIs } from 'ai';
 import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
 import { createOpenAI } from '@ai-sdk/openai';
+import { arg, hasArg, log, makeTestModel, post, startServer as start } from './harness.mjs';
 
-const hasArg = (name) => process.argv.includes(name);
-const arg = (name) => {
-  const i = process.argv.indexOf(name);
-  if (i < 0 || i + 1 >= process.argv.length) throw new Error(`missing ${name}`);
-  return process.argv[i + 1];
-};
 const BIN = arg('--mixtral');
 const WORK = arg('--workdir');
 const KJV = hasArg('--kjv') ? arg('--kjv') : null;
 // --quick (the sanitizer build): one sampled seed per schema instead of two, no second model.
 const QUICK = hasArg('--quick');
-const t0 = Date.now();
-const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
 globalThis.AI_SDK_LOG_WARNINGS = false;
 
 // ---- harness: sections run independently; failures are counted and reported at the end -------------
@@ -67,51 +58,7 @@ async function section(name, fn) {
   }
 }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-const servers = [];
-process.on('exit', () => { for (const p of servers) if (p.exitCode === null) p.kill('SIGKILL'); });
-
-async function startServer(model, extra = [], port_ = 0) {
-  const port = port_ || await freePort();
-  const args = ['serve', '--model', model, '--port', String(port), '--threads', '2', ...extra];
-  const proc = spawn(BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  servers.push(proc);
-  let stderr = '';
-  proc.stderr.on('data', (d) => { stderr += d; });
-  const exited = new Promise((resolve) => proc.on('exit', (code, sig) => resolve({ code, sig })));
-  const base = `http://127.0.0.1:${port}`;
-  for (let i = 0; ; ++i) {
-    try {
-      const r = await fetch(`${base}/health`);
-      if (r.ok) break;
-    } catch { /* not up yet */ }
-    if (proc.exitCode !== null || i > 600) throw new Error(`server did not start: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return { proc, base, exited, port, model, extra, stderr: () => stderr };
-}
-
-async function post(base, p, body) {
-  const r = await fetch(base + p, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: typeof body === 'string' ? body : JSON.stringify(body),
-  });
-  const text = await r.text();
-  let json = null;
-  try { json = JSON.parse(text); } catch { /* not JSON */ }
-  return { status: r.status, json, text };
-}
+const startServer = (model, extra = [], port = 0) => start(BIN, model, extra, { port });
 
 // POST with stream: true; returns the SSE events as [{event, data}] (data parsed; '[DONE]' kept as a string).
 async function postSSE(base, p, body) {
@@ -209,11 +156,7 @@ const outText = (o) => o.output.filter((i) => i.type === 'message').flatMap((i) 
 // ---- model and server ------------------------------------------------------------------------------
 fs.rmSync(WORK, { recursive: true, force: true });
 fs.mkdirSync(WORK, { recursive: true });
-const mk = spawnSync(BIN, ['make-test-model', WORK, '--types', 'q8_0', '--layouts', 'gguf-merged', '--dim', '128',
-  '--ffn', '256', '--layers', '2', '--heads', '4', '--kv-heads', '2', '--vocab', '512', '--threads', '2'],
-{ stdio: 'inherit' });
-assert.equal(mk.status, 0, 'make-test-model');
-const MODEL = path.join(WORK, 'gguf-merged-q8_0.gguf');
+const MODEL = makeTestModel(BIN, WORK);
 srv = await startServer(MODEL, ['--parallel', '8', '--ctx-size', '4096']);
 const { base } = srv;
 const V1 = `${base}/v1`;
@@ -864,10 +807,8 @@ await section('Vercel AI SDK createOpenAI (Responses API): generateText, generat
 await section('v3 tool tokens (make-test-model --vocab-format v3): required / named / auto, streaming, round trip, Responses', async () => {
   const dir = path.join(WORK, 'v3');
   // The main model's shape (a smaller one rambles in JSON white space until max_tokens at temperature 0).
-  const mk3 = spawnSync(BIN, ['make-test-model', dir, '--types', 'q8_0', '--layouts', 'gguf-merged', '--dim', '128', '--ffn', '256',
-    '--layers', '2', '--heads', '4', '--kv-heads', '2', '--vocab', '512', '--threads', '2', '--vocab-format', 'v3'], { stdio: 'inherit' });
-  assert.equal(mk3.status, 0);
-  const s3 = await startServer(path.join(dir, 'gguf-merged-q8_0.gguf'), ['--parallel', '4', '--ctx-size', '4096']);
+  const v3 = makeTestModel(BIN, dir, {}, ['--vocab-format', 'v3']);
+  const s3 = await startServer(v3, ['--parallel', '4', '--ctx-size', '4096']);
   try {
     const bytesText = (toks) => Buffer.from(toks.flatMap((t) => t.bytes)).toString('utf8');
     // A chat reply of tool calls made with [TOOL_CALLS]; returns its message.

@@ -66,8 +66,41 @@ TEST(RequestFields, MetadataFieldsAreAccepted) {
                                   {"logit_bias", json::object()}})),
             "");
   EXPECT_EQ(chat_param(chat_body({{"service_tier", "flex"}})), "service_tier");
-  EXPECT_EQ(chat_param(chat_body({{"logit_bias", {{"42", 5}}}})), "logit_bias");
   EXPECT_EQ(chat_param(chat_body({{"user", 5}})), "user");
+}
+
+TEST(RequestFields, LogitBiasIsParsedAndChecked) {
+  const GenRequest r =
+      parse_chat_request(chat_body({{"logit_bias", {{"42", 5}, {"0", -100}, {"7", 100}, {"9", 0.5}}}}), 4096);
+  const std::vector<std::pair<int32_t, float>> want = {{42, 5.0f}, {0, -100.0f}, {7, 100.0f}, {9, 0.5f}};
+  EXPECT_EQ(r.params.logit_bias, want);
+  EXPECT_TRUE(parse_chat_request(chat_body(), 4096).params.logit_bias.empty());
+  const json c{{"prompt", "x"}, {"logit_bias", {{"3", -1}}}};
+  EXPECT_EQ(parse_completion_request(c, 4096).params.logit_bias,
+            (std::vector<std::pair<int32_t, float>>{{3, -1.0f}}));
+  for (const json& bad : {json(5), json("x"), json::array({1}), json{{"-1", 1}},  // not a token id
+                          json{{"1.5", 1}},                                       // not an integer
+                          json{{"abc", 1}},                                       //
+                          json{{"", 1}},                                          //
+                          json{{"99999999999", 1}},                               // beyond int32
+                          json{{"1", 100.5}},                                     // out of [-100, 100]
+                          json{{"1", -101}},                                      //
+                          json{{"1", "5"}},                                       // not a number
+                          json{{"1", nullptr}},                                   //
+                          json{{"1", 1}, {"01", 2}}})                             // the same token twice
+    EXPECT_EQ(chat_param(chat_body({{"logit_bias", bad}})), "logit_bias") << bad.dump();
+  // The vocabulary's range is checked once the model is known.
+  CompletionParams p;
+  p.logit_bias = {{0, 1.0f}, {511, -1.0f}};
+  EXPECT_NO_THROW(check_logit_bias_ids(p, 512));
+  p.logit_bias.push_back({512, 1.0f});
+  try {
+    check_logit_bias_ids(p, 512);
+    ADD_FAILURE() << "token 512 of 512 accepted";
+  } catch (const BadRequest& e) {
+    EXPECT_EQ(e.param, "logit_bias");
+    EXPECT_NE(e.message.find("512"), std::string::npos) << e.message;
+  }
 }
 
 TEST(RequestFields, ChoicesUpToEight) {
@@ -573,6 +606,8 @@ TEST(Responses, FieldsHonouredOrRefused) {
             "tool_choice");
   EXPECT_EQ(responses_param({{"input", "x"}, {"reasoning", {{"effort", "low"}}}}), "reasoning");
   EXPECT_EQ(responses_param({{"input", "x"}, {"wat", 1}}), "wat");
+  // OpenAI's Responses API has no logit_bias (chat and completions do).
+  EXPECT_EQ(responses_param({{"input", "x"}, {"logit_bias", {{"1", 5}}}}), "logit_bias");
   EXPECT_EQ(responses_param({{"input", "x"}, {"text", {{"format", {{"type", "yaml"}}}}}}),
             "text.format.type");
 }

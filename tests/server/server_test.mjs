@@ -3,71 +3,19 @@
 // Makes a tiny model with `mixtral make-test-model`, starts the server on a free 127.0.0.1 port, checks
 // every endpoint and limit, and stops it with SIGTERM (exit status 0 expected).
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import OpenAI from 'openai';
 import { ChatOpenAI } from '@langchain/openai';
+import { arg, hasArg, log, makeTestModel, metrics, post, startServer as start } from './harness.mjs';
 
-const arg = (name) => {
-  const i = process.argv.indexOf(name);
-  if (i < 0 || i + 1 >= process.argv.length) throw new Error(`missing ${name}`);
-  return process.argv[i + 1];
-};
 const BIN = arg('--mixtral');
 const WORK = arg('--workdir');
 // Allowed RSS growth over the soak. Under ASan freed memory sits in the allocator's quarantine (256 MB by
 // default), so the sanitizer build passes a larger bound.
-const RSS_SLACK_MB = process.argv.includes('--rss-slack-mb') ? Number(arg('--rss-slack-mb')) : 32;
-const t0 = Date.now();
-const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-// A failed assertion must not leave a server running.
-const servers = [];
-process.on('exit', () => { for (const p of servers) if (p.exitCode === null) p.kill('SIGKILL'); });
-
-async function startServer(extra, model = MODEL) {
-  const port = await freePort();
-  const args = ['serve', '--model', model, '--port', String(port), '--threads', '2', ...extra];
-  const proc = spawn(BIN, args, { stdio: ['ignore', 'inherit', 'pipe'] });
-  servers.push(proc);
-  let stderr = '';
-  proc.stderr.on('data', (d) => { stderr += d; process.stderr.write(d); });
-  const exited = new Promise((resolve) => proc.on('exit', (code, sig) => resolve({ code, sig })));
-  const base = `http://127.0.0.1:${port}`;
-  for (let i = 0; ; ++i) {
-    try {
-      const r = await fetch(`${base}/health`);
-      if (r.ok) break;
-    } catch { /* not up yet */ }
-    if (proc.exitCode !== null || i > 300) throw new Error(`server did not start: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return { proc, base, exited, port };
-}
-
-async function metrics(base) {
-  const text = await (await fetch(`${base}/metrics`)).text();
-  const m = {};
-  for (const line of text.split('\n')) {
-    if (!line || line.startsWith('#')) continue;
-    const sp = line.lastIndexOf(' ');
-    m[line.slice(0, sp)] = Number(line.slice(sp + 1));
-  }
-  return m;
-}
+const RSS_SLACK_MB = hasArg('--rss-slack-mb') ? Number(arg('--rss-slack-mb')) : 32;
+const startServer = (extra, model = MODEL) => start(BIN, model, extra, { echo: true });
 
 async function waitFor(pred, ms, what) {
   const end = Date.now() + ms;
@@ -76,18 +24,6 @@ async function waitFor(pred, ms, what) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
-}
-
-async function post(base, p, body, headers = {}) {
-  const r = await fetch(base + p, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: typeof body === 'string' ? body : JSON.stringify(body),
-  });
-  const text = await r.text();
-  let json = null;
-  try { json = JSON.parse(text); } catch { /* not JSON */ }
-  return { status: r.status, headers: r.headers, json, text };
 }
 
 function assertOpenAIError(res, status, param) {
@@ -103,11 +39,7 @@ function assertOpenAIError(res, status, param) {
 // ---- model -----------------------------------------------------------------------------------------
 fs.rmSync(WORK, { recursive: true, force: true });
 fs.mkdirSync(WORK, { recursive: true });
-const mk = spawnSync(BIN, ['make-test-model', WORK, '--types', 'q8_0', '--layouts', 'gguf-merged', '--dim', '128',
-  '--ffn', '256', '--layers', '2', '--heads', '4', '--kv-heads', '2', '--vocab', '512', '--threads', '2'],
-{ stdio: 'inherit' });
-assert.equal(mk.status, 0, 'make-test-model');
-const MODEL = path.join(WORK, 'gguf-merged-q8_0.gguf');
+const MODEL = makeTestModel(BIN, WORK);
 log('model', MODEL);
 
 const CTX = 512;
@@ -125,6 +57,58 @@ const chat = (content, extra = {}) => ({ model: 'test', messages: [{ role: 'user
   const h = await fetch(`${base}/health`);
   assert.equal(h.status, 200);
   log('models, health: ok');
+}
+
+// ---- the KV pool in /health and /metrics; --cache-type and --kv-memory ------------------------------
+// K and V of one position over every layer: 2 layers x 2 KV heads x head_dim 32 (dim 128 / 4 heads) x 2,
+// at 4 (f32), 2 (f16) or 34/32 (q8_0: 32 int8 values and an f16 scale per 32) bytes per value.
+const kvValues = 2 * 2 * (128 / 4) * 2;
+const kvBytesPerToken = { f32: kvValues * 4, f16: kvValues * 2, q8_0: (kvValues / 32) * 34 };
+async function checkPool(base_, type, what) {
+  const h = await (await fetch(`${base_}/health`)).json();
+  assert.equal(h.status, 'ok');
+  const kv = h.kv_cache;
+  assert.equal(kv.type, type, what);
+  assert.equal(kv.bytes_per_token, kvBytesPerToken[type], what);
+  assert.equal(kv.bytes_total, kv.blocks_total * kv.block_size * kv.bytes_per_token, `${what}: ${JSON.stringify(kv)}`);
+  const m = await metrics(base_);
+  assert.equal(m.mixtral_kv_blocks_total, kv.blocks_total);
+  assert.equal(m.mixtral_kv_block_size, kv.block_size);
+  assert.equal(m.mixtral_kv_cache_bytes, kv.bytes_total);
+  assert.equal(m.mixtral_kv_cache_bytes_per_token, kv.bytes_per_token);
+  assert.equal(m[`mixtral_kv_cache_info{type="${type}"}`], 1);
+  for (const k of ['blocks_in_use', 'blocks_cached']) assert.equal(typeof kv[k], 'number');
+  return kv;
+}
+{
+  // The default: f16, room for --parallel 16 contexts of 512 positions.
+  const kv = await checkPool(base, 'f16', 'default pool');
+  assert.ok(kv.blocks_total * kv.block_size >= 16 * CTX, JSON.stringify(kv));
+  assert.ok(kv.blocks_total * kv.block_size < 16 * CTX + 16 * kv.block_size, JSON.stringify(kv));
+  // Flags: bad values are usage errors (exit 2) naming the flag, before the model is read.
+  const bad = (args, flag) => {
+    const r = spawnSync(BIN, ['serve', '--model', MODEL, '--port', '0', ...args], { encoding: 'utf8', timeout: 60000 });
+    assert.equal(r.status, 2, `${args.join(' ')}: exit ${r.status}, ${r.stderr}`);
+    assert.ok(r.stderr.includes(flag), `${args.join(' ')}: ${r.stderr}`);
+  };
+  bad(['--cache-type', 'q4_0'], '--cache-type');
+  bad(['--cache-type', 'F16x'], '--cache-type');
+  bad(['--kv-memory', '12X'], '--kv-memory');
+  bad(['--kv-memory', '-1'], '--kv-memory');
+  bad(['--kv-memory', '0'], '--kv-memory');
+  bad(['--kv-memory', '1K', '--ctx-size', '512'], '--kv-memory');  // less than one context
+  // --kv-memory with a suffix (M = MiB) sizes the pool; each cache type's bytes per token.
+  for (const [type, mem, bytes] of [['q8_0', '1M', 1 << 20], ['f32', '3145728', 3 << 20]]) {
+    const s = await startServer(['--parallel', '2', '--ctx-size', String(CTX), '--cache-type', type, '--kv-memory', mem]);
+    const kv2 = await checkPool(s.base, type, `${type} ${mem}`);
+    assert.equal(kv2.blocks_total, Math.floor(bytes / (kv2.block_size * kvBytesPerToken[type])), JSON.stringify(kv2));
+    const c = new OpenAI({ baseURL: `${s.base}/v1`, apiKey: 'unused', maxRetries: 0 });
+    const r = await c.chat.completions.create(chat('pool', { max_tokens: 8, ignore_eos: true }));
+    assert.equal(r.usage.completion_tokens, 8);
+    s.proc.kill('SIGTERM');
+    assert.equal((await s.exited).code, 0);
+  }
+  log('KV pool, --cache-type, --kv-memory: ok');
 }
 
 // ---- chat: non-streaming and streaming give the same text at temperature 0 -------------------------
@@ -201,6 +185,51 @@ let reference;
   }
   assert.ok(joined.trimStart().startsWith(r.choices[0].message.content.trimStart().slice(0, 5)));
   log('logprobs: ok');
+}
+
+// ---- logit_bias: +100 forces a token, -100 bans one ------------------------------------------------
+{
+  const prompt = `bias ${words(3, 5)}`;
+  const first = async (logit_bias, extra = {}) => {
+    const r = await client.completions.create({ model: 'test', prompt, temperature: 0, max_tokens: 1, logprobs: 2, logit_bias, ...extra });
+    return r.choices[0].logprobs;
+  };
+  const ref = await first(undefined);
+  const top = Object.entries(ref.top_logprobs[0]).sort((a, b) => b[1] - a[1]);
+  assert.equal(ref.tokens[0], top[0][0]);
+  // The id of the greedy token, found by banning halves of the vocabulary (the answer changes while the
+  // banned half holds it).
+  let lo = 0, hi = 512;
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1;
+    const ban = {};
+    for (let id = lo; id < mid; ++id) ban[id] = -100;
+    if ((await first(ban)).tokens[0] !== ref.tokens[0]) hi = mid;
+    else lo = mid;
+  }
+  const greedy = lo;
+  // Banned, the runner-up comes first; the reported logprobs stay the model's own.
+  const banned = await first({ [greedy]: -100 });
+  assert.equal(banned.tokens[0], top[1][0], 'with the greedy token banned, the runner-up');
+  assert.equal(banned.token_logprobs[0], top[1][1]);
+  // Forced: +100 on it makes every token of another prompt that token (chat, streamed and not).
+  const forced = chat(`force ${words(4, 5)}`, { max_tokens: 6, ignore_eos: true, logprobs: true, logit_bias: { [greedy]: 100 } });
+  const f = await client.chat.completions.create(forced);
+  assert.deepEqual(f.choices[0].logprobs.content.map((e) => e.token), Array(6).fill(ref.tokens[0]));
+  let streamed = '';
+  for await (const c of await client.chat.completions.create({ ...forced, stream: true })) streamed += c.choices[0]?.delta?.content ?? '';
+  assert.equal(streamed, f.choices[0].message.content);
+  const unforced = await client.chat.completions.create({ ...forced, logit_bias: undefined });
+  assert.notDeepEqual(unforced.choices[0].logprobs.content.map((e) => e.token), Array(6).fill(ref.tokens[0]));
+  // Refused: out of the vocabulary, bad keys and values; and on the Responses API (OpenAI has none there).
+  const P = '/v1/chat/completions';
+  const good = chat('x', { max_tokens: 2 });
+  assertOpenAIError(await post(base, P, { ...good, logit_bias: { 512: 1 } }), 400, 'logit_bias');
+  assertOpenAIError(await post(base, P, { ...good, logit_bias: { x: 1 } }), 400, 'logit_bias');
+  assertOpenAIError(await post(base, P, { ...good, logit_bias: { 5: 101 } }), 400, 'logit_bias');
+  assertOpenAIError(await post(base, '/v1/completions', { prompt: 'x', logit_bias: [1] }), 400, 'logit_bias');
+  assertOpenAIError(await post(base, '/v1/responses', { input: 'x', logit_bias: { 5: 1 } }), 400, 'logit_bias');
+  log(`logit_bias: ok (greedy token ${greedy} ${JSON.stringify(ref.tokens[0])} banned -> ${JSON.stringify(banned.tokens[0])}, forced)`);
 }
 
 // ---- /v1/completions -------------------------------------------------------------------------------
@@ -433,11 +462,8 @@ let reference;
 {
   const dir = path.join(WORK, 'slow');
   fs.mkdirSync(dir, { recursive: true });
-  const mk3 = spawnSync(BIN, ['make-test-model', dir, '--types', 'q8_0', '--layouts', 'gguf-merged', '--dim', '512',
-    '--ffn', '2048', '--layers', '4', '--heads', '8', '--kv-heads', '2', '--vocab', '512', '--threads', '2'],
-  { stdio: 'inherit' });
-  assert.equal(mk3.status, 0, 'make-test-model (slow)');
-  const s3 = await startServer(['--parallel', '1', '--ctx-size', '4096'], path.join(dir, 'gguf-merged-q8_0.gguf'));
+  const slow = makeTestModel(BIN, dir, { dim: 512, ffn: 2048, layers: 4, heads: 8 });
+  const s3 = await startServer(['--parallel', '1', '--ctx-size', '4096'], slow);
   const c3 = new OpenAI({ baseURL: `${s3.base}/v1`, apiKey: 'unused', maxRetries: 0 });
   const before = (await metrics(s3.base)).mixtral_generation_tokens_total;
   const ac = new AbortController();
