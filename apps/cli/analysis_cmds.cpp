@@ -68,7 +68,7 @@ struct PerplexityArgs {
 // A file of next-token log-probabilities: `--kl-divergence-base` writes it, `--kl-divergence` reads it.
 // Native little-endian layout:
 //   char magic[8] = "MXLOGP01"; uint64 vocab, count, ctx, stride;
-//   int32 targets[count]: the scored tokens in order (the text's tokens 1..n-1);
+//   int32 targets[count]: the scored tokens in order;
 //   float32 logprobs[count][vocab]: row i is log p(. | the tokens before target i), as the window saw them.
 constexpr char kLogprobMagic[8] = {'M', 'X', 'L', 'O', 'G', 'P', '0', '1'};
 struct LogprobHeader {
@@ -218,10 +218,14 @@ int cmd_perplexity(const PerplexityArgs& a) {
   Engine& engine = *loaded->engine;
   const int64_t V = engine.config().vocab_size;
 
-  // Every token but the first is scored once, in order: the targets of the log-probabilities files.
-  const std::vector<int32_t> targets(ids->begin() + 1, ids->end());  // [n - 1]
-  const LogprobHeader header{static_cast<uint64_t>(V), static_cast<uint64_t>(n - 1),
-                             static_cast<uint64_t>(ctx), static_cast<uint64_t>(stride)};
+  const std::vector<Window> windows = sliding_windows(n, ctx, stride);
+  // The scored tokens in order (each window's targets first..T-1, below): the log-probabilities files' rows.
+  std::vector<int32_t> targets;  // [tokens scored]
+  for (const Window& w : windows)
+    for (int64_t t = std::max<int64_t>(w.end - w.begin - w.n_new, 1); t < w.end - w.begin; ++t)
+      targets.push_back((*ids)[static_cast<size_t>(w.begin + t)]);
+  const LogprobHeader header{static_cast<uint64_t>(V), targets.size(), static_cast<uint64_t>(ctx),
+                             static_cast<uint64_t>(stride)};
   std::optional<LogprobWriter> base_out;
   std::optional<LogprobReader> base_in;
   if (!a.kld_base_out.empty()) {
@@ -235,8 +239,7 @@ int cmd_perplexity(const PerplexityArgs& a) {
     base_in.emplace(std::move(*r));
   }
 
-  const std::vector<Window> windows = sliding_windows(n, ctx, stride);
-  Progress bar("perplexity", n - 1);
+  Progress bar("perplexity", static_cast<int64_t>(targets.size()));
   double nll = 0.0, base_nll = 0.0;  // sums of -log p over scored tokens, nats (this run, the base file's)
   Stats kld;                         // KL(base || this run) per scored position, nats
   int64_t same_top = 0;              // positions whose most likely token is the base's
@@ -281,8 +284,8 @@ int cmd_perplexity(const PerplexityArgs& a) {
                    std::to_string(std::exp(nll / static_cast<double>(std::max<int64_t>(scored, 1)))));
   }
   bar.finish();
-  MX_CHECK(scored == n - 1, "perplexity: %lld tokens scored of %lld", static_cast<long long>(scored),
-           static_cast<long long>(n - 1));
+  MX_CHECK(scored == static_cast<int64_t>(targets.size()), "perplexity: %lld tokens scored of %zu",
+           static_cast<long long>(scored), targets.size());
   if (base_out) {
     if (Status st = base_out->close(); !st.ok()) return fail(st.error());
   }

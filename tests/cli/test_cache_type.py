@@ -146,9 +146,9 @@ def test_info(a):
               f"info --cache-type {t}: the context's KV line says {m.group(0) if m else None}")
 
 
-def perplexity(a, extra):
-    rc, out, err = mx(a, ["perplexity", "--model", a.model, "--text-file", a.text, "--ctx", "64", "--stride", "32",
-                          "-t", "2", "--json"] + extra)
+def perplexity(a, extra, stride=32):
+    rc, out, err = mx(a, ["perplexity", "--model", a.model, "--text-file", a.text, "--ctx", "64", "--stride",
+                          str(stride), "-t", "2", "--json"] + extra)
     if rc != 0:
         return rc, None, err
     return rc, json.loads(out.strip().splitlines()[-1]), err
@@ -177,6 +177,12 @@ def test_kl_divergence(a):
         else:
             check(0 < k["kld_mean"] < 5e-3 and k["kld_max"] < 0.1 and k["same_top_pct"] > 90,
                   f"{t} against f32: KLD small and positive ({k['kld_mean']:.3g}, max {k['kld_max']:.3g})")
+    # Windows without overlap: each window's first token goes unscored, and the file holds what was scored.
+    disjoint = os.path.join(a.workdir, "disjoint-f32.logp")
+    rc, j2, err = perplexity(a, ["--cache-type", "f32", "--kl-divergence-base", disjoint], stride=64)
+    rc2, k2, err2 = perplexity(a, ["--cache-type", "f32", "--kl-divergence", disjoint], stride=64)
+    check(rc == 0 and rc2 == 0 and j2["tokens_scored"] == j2["tokens"] - j2["windows"] and k2["kld_max"] == 0,
+          f"--stride = --ctx: {j2 and j2['tokens_scored']} positions written and read back, KLD 0 ({err}{err2})")
     # Refusals: another --ctx, another text, not a base file.
     for extra, what in ((["--ctx", "32", "--stride", "16"], "another --ctx"),):
         rc, out, err = mx(a, ["perplexity", "--model", a.model, "--text-file", a.text, "--kl-divergence", base] + extra)
