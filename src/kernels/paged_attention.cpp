@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "core/check.h"
@@ -19,7 +20,7 @@ static_assert(detail::kMaxChunkKeys == kAttnChunk);
 
 // Tokens of one sequence per tile: the prefill tokens that read the same whole chunk share one pass over
 // its keys and values (fewer reads), in tiles of at most this many so the work still spreads over threads.
-constexpr int64_t kTileTokens = 16;
+constexpr int64_t kTileTokens = 32;
 
 int kv_kind(DType t) {
   switch (t) {
@@ -330,11 +331,31 @@ void paged_attention(const float* q, const PagedKv& kv, const int32_t* const* bl
   // The caller's thread_locals, named here (the workers' own would be other objects).
   float* const part = part_buf.data();
   const Partials& plan = pl;
+  // Items (tile, kv head) by chunk, then kv head, then tile: the tiles that read the same keys and values
+  // run one after another, while those are still in cache.
+  thread_local std::vector<int64_t> items;     // [tiles * n_kv_heads] tile * n_kv_heads + kv head
+  thread_local std::vector<int64_t> by_chunk;  // [tiles] tile indices ordered by chunk
+  by_chunk.resize(tiles.size());
+  std::iota(by_chunk.begin(), by_chunk.end(), 0);
+  std::stable_sort(by_chunk.begin(), by_chunk.end(), [&](int64_t x, int64_t y) {
+    return tiles[static_cast<size_t>(x)].j0 / kAttnChunk < tiles[static_cast<size_t>(y)].j0 / kAttnChunk;
+  });
+  items.clear();
+  for (size_t b = 0; b < by_chunk.size();) {
+    size_t e = b;  // [b, e): the tiles of one chunk
+    while (e < by_chunk.size() && tiles[static_cast<size_t>(by_chunk[e])].j0 / kAttnChunk ==
+                                      tiles[static_cast<size_t>(by_chunk[b])].j0 / kAttnChunk)
+      ++e;
+    for (int64_t h = 0; h < p.n_kv_heads; ++h)
+      for (size_t i = b; i < e; ++i) items.push_back(by_chunk[i] * p.n_kv_heads + h);
+    b = e;
+  }
   const Tile* const tl = tiles.data();
-  pool.parallel_for(static_cast<int64_t>(tiles.size()) * p.n_kv_heads, 1, [&](int64_t b, int64_t e) {
+  const int64_t* const it = items.data();
+  pool.parallel_for(static_cast<int64_t>(items.size()), 1, [&](int64_t b, int64_t e) {
     thread_local ChunkScratch cs;
     for (int64_t i = b; i < e; ++i)
-      run_tile(fn, tl[i / p.n_kv_heads], i % p.n_kv_heads, q, kv, block_tables, p, plan, part, cs);
+      run_tile(fn, tl[it[i] / p.n_kv_heads], it[i] % p.n_kv_heads, q, kv, block_tables, p, plan, part, cs);
   });
   pool.parallel_for(n, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) merge(plan, part, t, p, out);
