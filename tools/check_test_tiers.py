@@ -34,13 +34,13 @@ def main():
             counts[tiers[0]] += 1
         else:
             bad.append(f"{test['name']} (labels: {', '.join(labels) or 'none'})")
+    print("check_test_tiers: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
     if bad:
         print(f"check_test_tiers: {len(bad)} test(s) without exactly one tier label of "
               f"{', '.join(args.tiers)} (see tests/CMakeLists.txt):", file=sys.stderr)
         for line in bad:
             print(f"  {line}", file=sys.stderr)
         return 1
-    print("check_test_tiers: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
     return 0
 
 
