@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <condition_variable>
 #include <filesystem>
@@ -262,6 +263,32 @@ TEST(EngineCore, GenerateReusesTheCachedPrefix) {
   EXPECT_EQ(e->reused_tokens(), static_cast<int64_t>(b.size()) - 1);
   const int64_t V = e->config().vocab_size;
   EXPECT_EQ((*g1)[0], argmax(fresh->data() + (static_cast<int64_t>(b.size()) - 1) * V, V));
+}
+
+// score()'s routing records: one per layer and position, with the token's position, the same from a
+// prefill in chunks as token by token.
+TEST(EngineCore, RoutingRecordsCarryPositions) {
+  auto e = load_engine(2, KvCacheType::kF16, 16);
+  ASSERT_TRUE(e);
+  const auto toks = prompt_of(7, 40);
+  std::vector<RoutingRecord> chunked, single;
+  ASSERT_TRUE(e->score(toks, false, &chunked).ok());
+  ASSERT_TRUE(e->score(toks, true, &single).ok());
+  const int64_t L = e->config().n_layers, n = static_cast<int64_t>(toks.size());
+  ASSERT_EQ(static_cast<int64_t>(chunked.size()), L * n);
+  ASSERT_EQ(single.size(), chunked.size());
+  auto key = [](const RoutingRecord& r) { return std::pair{r.position, r.layer}; };
+  auto by_key = [&](const RoutingRecord& a, const RoutingRecord& b) { return key(a) < key(b); };
+  std::sort(chunked.begin(), chunked.end(), by_key);
+  std::sort(single.begin(), single.end(), by_key);
+  for (size_t i = 0; i < chunked.size(); ++i) {
+    EXPECT_EQ(chunked[i].position, static_cast<int64_t>(i) / L);
+    EXPECT_EQ(chunked[i].layer, static_cast<int64_t>(i) % L);
+    EXPECT_EQ(key(chunked[i]), key(single[i]));
+    EXPECT_EQ(chunked[i].experts, single[i].experts);
+    EXPECT_EQ(chunked[i].weights, single[i].weights);
+    EXPECT_EQ(chunked[i].experts.size(), 2u);
+  }
 }
 
 TEST(EngineCore, KvBytesPerTokenAndDescribe) {
