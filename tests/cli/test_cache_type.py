@@ -118,8 +118,8 @@ def test_run_and_flags(a):
     check(agree == len(gen), f"each penalised greedy token is the argmax of the penalised logits ({agree}/{len(gen)})")
     check(gen != plain, f"the penalties change the greedy output ({gen} vs {plain})")
 
-    forced = run_ids(a, ["-n", "5", "--temp", "0", "--logit-bias", "300=100"])
-    check(forced == [300] * 5, f"--logit-bias 300=100 forces token 300: {forced}")
+    forced = run_ids(a, ["-n", "5", "--temp", "0", "--logit-bias", "5=0", "--logit-bias", "300=100"])
+    check(forced == [300] * 5, f"--logit-bias 300=100 (the second of two) forces token 300: {forced}")
     banned = run_ids(a, ["-n", "5", "--temp", "0", "--logit-bias", f"{plain[0]}=-100"])
     check(len(banned) > 0 and plain[0] not in banned, f"--logit-bias {plain[0]}=-100 bans it: {banned}")
     minp = run_ids(a, ["-n", str(n), "--temp", "1", "--top-k", "0", "--top-p", "1", "--min-p", "1", "--seed", "7",
