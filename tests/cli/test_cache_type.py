@@ -8,8 +8,8 @@
    the flag; greedy output under penalties and a bias equals the argmax of `score`'s logits with the same
    penalties applied here in NumPy, step by step; --logit-bias ID=100 forces ID; --min-p 1 at temperature 1
    is greedy.
-3. `perplexity --kl-divergence-base / --kl-divergence`: f32 against f32 is exactly 0 with the same top token
-   everywhere; f16 and q8_0 against f32 are small and positive; files for another text or --ctx are refused
+3. `perplexity --kl-divergence-base / --kl-divergence`: f32 against f32 (at 2 threads against 1) is exactly 0
+   with the same top token everywhere; f16 and q8_0 against f32 are small and positive; files for another text or --ctx are refused
    with one line naming the file.
 4. `chat --verbose`: from turn 2 on, the cached conversation is reused: the previous prompt and answer.
 
@@ -62,7 +62,7 @@ def expect_usage(a, args, flag):
 
 
 def run_ids(a, extra):
-    rc, out, err = mx(a, ["run", "--model", a.model, "-p", PROMPT, "--ids", "-t", "2"] + extra)
+    rc, out, err = mx(a, ["run", "--model", a.model, "-p", PROMPT, "--ids", "-t", "1"] + extra)
     if rc != 0:
         check(False, f"run {' '.join(extra)} exits 0 (stderr: {err.strip()[:200]})")
         return []
@@ -84,7 +84,7 @@ def penalised_greedy(logits, history_prompt, generated, rep, pres, freq, bias):
 def test_run_and_flags(a):
     # Every cache type and command accepts the flag; each type writes text.
     for t in TYPES:
-        rc, out, err = mx(a, ["run", "--model", a.model, "-p", PROMPT, "-n", "12", "--temp", "0", "-t", "2",
+        rc, out, err = mx(a, ["run", "--model", a.model, "-p", PROMPT, "-n", "12", "--temp", "0", "-t", "1",
                               "--cache-type", t])
         check(rc == 0 and len(out.strip()) > 0, f"run --cache-type {t} writes text: {out.strip()[:60]!r}")
     for cmd in (["run", "-p", PROMPT], ["score", "--tokens", "1,2,3"], ["perplexity", "--text-file", "x"],
@@ -108,7 +108,7 @@ def test_run_and_flags(a):
     check(len(gen) == n, f"penalised greedy run gives {n} tokens: {gen}")
     logits_path = os.path.join(a.workdir, "pen_logits.npy")
     rc, _, err = mx(a, ["score", "--model", a.model, "--tokens", ",".join(map(str, prompt + gen)),
-                        "--logits-out", logits_path, "--cache-type", "f32", "-t", "2"])
+                        "--logits-out", logits_path, "--cache-type", "f32", "-t", "1"])
     check(rc == 0, f"score of the penalised continuation (stderr: {err.strip()[:200]})")
     L = np.load(logits_path)
     agree = 0
@@ -146,9 +146,9 @@ def test_info(a):
               f"info --cache-type {t}: the context's KV line says {m.group(0) if m else None}")
 
 
-def perplexity(a, extra, stride=32):
+def perplexity(a, extra, stride=32, threads=1):
     rc, out, err = mx(a, ["perplexity", "--model", a.model, "--text-file", a.text, "--ctx", "64", "--stride",
-                          str(stride), "-t", "2", "--json"] + extra)
+                          str(stride), "-t", str(threads), "--json"] + extra)
     if rc != 0:
         return rc, None, err
     return rc, json.loads(out.strip().splitlines()[-1]), err
@@ -163,7 +163,8 @@ def test_kl_divergence(a):
     scored = j["tokens_scored"]
     check(os.path.getsize(base) == 40 + scored * 4 + scored * 4096 * 4, "the base file holds header, targets, rows")
     for t in TYPES:
-        rc, k, err = perplexity(a, ["--cache-type", t, "--kl-divergence", base])
+        # f32 at 2 threads against the base at 1: the logits do not depend on the thread count.
+        rc, k, err = perplexity(a, ["--cache-type", t, "--kl-divergence", base], threads=2 if t == "f32" else 1)
         check(rc == 0, f"perplexity --cache-type {t} --kl-divergence (stderr: {err.strip()[:200]})")
         if rc != 0:
             continue
@@ -173,7 +174,8 @@ def test_kl_divergence(a):
               f"{t}: the base file's perplexity is the f32 run's")
         if t == "f32":
             check(k["kld_mean"] == 0 and k["kld_max"] == 0 and k["same_top_pct"] == 100 and
-                  k["perplexity"] == j["perplexity"], f"f32 against f32: KLD exactly 0, same top token everywhere")
+                  k["perplexity"] == j["perplexity"],
+                  "f32 against f32 (2 threads against 1): KLD exactly 0, same top token everywhere")
         else:
             check(0 < k["kld_mean"] < 5e-3 and k["kld_max"] < 0.1 and k["same_top_pct"] > 90,
                   f"{t} against f32: KLD small and positive ({k['kld_mean']:.3g}, max {k['kld_max']:.3g})")
@@ -204,7 +206,7 @@ def test_kl_divergence(a):
 def test_chat(a):
     turns = ["Who made the heaven?", "And the earth?", "What was upon the deep?", "Who moved upon the waters?",
              "What did God say?"]
-    rc, out, err = mx(a, ["chat", "--model", a.model, "--verbose", "-n", "24", "--temp", "0", "-t", "2", "-c", "1024",
+    rc, out, err = mx(a, ["chat", "--model", a.model, "--verbose", "-n", "12", "--temp", "0", "-t", "1", "-c", "1024",
                           "--cache-type", "q8_0"], stdin="\n".join(turns) + "\n")
     stats = [tuple(map(int, m)) for m in re.findall(
         r"\[turn (\d+): prompt (\d+) tokens: (\d+) reused from the cache, (\d+) computed; "
