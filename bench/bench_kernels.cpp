@@ -1,7 +1,8 @@
 // Kernel benchmarks. Decode mat-vecs report bytes/s of weights streamed (compare with BM_ReadBandwidth,
 // the machine's own streaming-read roofline); prefill matmuls and attention report FLOP/s.
 // Weights are replicated over >= 256 MiB and rotated per iteration so every call reads them from DRAM,
-// as in a real forward pass. MIXTRAL_ISA=scalar|avx2|avx512 forces an instruction set.
+// as in a real forward pass. MIXTRAL_ISA=scalar|avx2|avx512 forces an instruction set. Paged attention per
+// cache type: bench_attention.cpp.
 //
 //   mixtral_bench_kernels --benchmark_filter=Decode
 #include <benchmark/benchmark.h>
@@ -18,7 +19,6 @@
 #include "core/membw.h"
 #include "core/thread_pool.h"
 #include "kernels/kernels.h"
-#include "kernels/paged_attention.h"
 #include "tensor/quant.h"
 
 namespace mixtral::kernels {
@@ -196,42 +196,6 @@ void BM_Attention(benchmark::State& st) {
   st.SetLabel(isa_name(active_isa()));
 }
 
-// Paged attention as the server runs it (Mixtral heads, blocks of 16 in shuffled order), n decoding tokens of
-// different sequences, each at position n_ctx - 1: args n, n_ctx, threads, cache type
-void BM_PagedAttention(benchmark::State& st) {
-  const int64_t n = st.range(0), n_ctx = st.range(1), heads = 32, kv = 8, hd = 128, bs = 16;
-  const int64_t per_seq = (n_ctx + bs - 1) / bs, n_blocks = n * per_seq;
-  const auto type = static_cast<DType>(st.range(3));
-  ThreadPool pool(static_cast<int>(st.range(2)));
-  const std::vector<float> q = randn(n * heads * hd, 4);  // [n, heads, hd]
-  const size_t pool_bytes = static_cast<size_t>(n_blocks * bs) * kv_row_bytes(type, kv, hd);
-  std::vector<uint8_t> kb(pool_bytes), vb(pool_bytes);  // [n_blocks, block bytes]
-  const PagedKv cache{kb.data(), vb.data(), type, bs, kv, hd};
-  {
-    const std::vector<float> k = randn(n_blocks * bs * kv * hd, 5),
-                             v = randn(k.size(), 6);  // [slots, kv * hd]
-    std::vector<int64_t> slots(static_cast<size_t>(n_blocks * bs));
-    for (size_t i = 0; i < slots.size(); ++i) slots[i] = static_cast<int64_t>(i);
-    paged_kv_store(cache, k.data(), v.data(), slots.data(), n_blocks * bs);
-  }
-  std::vector<int32_t> blocks(static_cast<size_t>(n_blocks));  // [n, per_seq]
-  for (int64_t i = 0; i < n_blocks; ++i)
-    blocks[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7919) % n_blocks);
-  std::vector<const int32_t*> tables(static_cast<size_t>(n));
-  for (int64_t t = 0; t < n; ++t) tables[static_cast<size_t>(t)] = blocks.data() + t * per_seq;
-  const std::vector<int32_t> pos(static_cast<size_t>(n), static_cast<int32_t>(n_ctx - 1));
-  std::vector<float> out(q.size());  // [n, heads, hd]
-  const AttentionParams p{heads, kv, hd, 0, 1.0f / std::sqrt(static_cast<float>(hd))};
-  for (auto _ : st) {
-    paged_attention(q.data(), cache, tables.data(), pos.data(), n, p, out.data(), pool);
-    benchmark::DoNotOptimize(out.data());
-  }
-  st.counters["FLOP/s"] = benchmark::Counter(
-      4.0 * hd * heads * static_cast<double>(n * n_ctx) * static_cast<double>(st.iterations()),
-      benchmark::Counter::kIsRate);
-  st.SetLabel(std::string(dtype_name(type)) + " " + isa_name(active_isa()));
-}
-
 // The streaming-read roofline: each thread reads its part of a cold buffer as 3 interleaved sequential
 // streams with software prefetch (core/membw.h: the pattern that reads fastest here, as in `mixtral
 // bench`'s probe).
@@ -251,11 +215,11 @@ void BM_ReadBandwidth(benchmark::State& st) {
   st.SetBytesProcessed(static_cast<int64_t>(st.iterations() * n * 8));
 }
 
-constexpr int64_t kF32 = static_cast<int64_t>(DType::F32), kQ8 = static_cast<int64_t>(DType::Q8_0),
-                  kQ4 = static_cast<int64_t>(DType::Q4_0), kF16 = static_cast<int64_t>(DType::F16),
-                  kBF16 = static_cast<int64_t>(DType::BF16), kQ4K = static_cast<int64_t>(DType::Q4_K),
-                  kQ5K = static_cast<int64_t>(DType::Q5_K), kQ6K = static_cast<int64_t>(DType::Q6_K),
-                  kQ4G8 = static_cast<int64_t>(DType::Q4_0_G8), kQ8G8 = static_cast<int64_t>(DType::Q8_0_G8);
+constexpr int64_t kQ8 = static_cast<int64_t>(DType::Q8_0), kQ4 = static_cast<int64_t>(DType::Q4_0),
+                  kF16 = static_cast<int64_t>(DType::F16), kBF16 = static_cast<int64_t>(DType::BF16),
+                  kQ4K = static_cast<int64_t>(DType::Q4_K), kQ5K = static_cast<int64_t>(DType::Q5_K),
+                  kQ6K = static_cast<int64_t>(DType::Q6_K), kQ4G8 = static_cast<int64_t>(DType::Q4_0_G8),
+                  kQ8G8 = static_cast<int64_t>(DType::Q8_0_G8);
 
 BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
@@ -296,10 +260,6 @@ BENCHMARK(BM_MatmulPrefill)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
-BENCHMARK(BM_PagedAttention)
-    ->ArgNames({"n", "n_ctx", "threads", "type"})
-    ->ArgsProduct({{1, 16}, {1024}, {1, 2}, {kF32, kF16, kQ8}})
-    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Attention)
     ->ArgNames({"n", "n_ctx", "threads"})
     ->ArgsProduct({{1}, {300, 4096}, {1, 2}})
