@@ -1,10 +1,10 @@
 // Serving benchmark (not a test): aggregate generation tokens/s at 1, 4 and 16 concurrent streams, time
 // to first token under 16-stream load, and prefix reuse on a shared ~1000-token system prompt.
-//   node bench.mjs --mixtral BIN --model MODEL [--threads N] [--tokens 64] [--reps N] [--quick]
+//   node bench.mjs --mixtral BIN --model MODEL [--threads N] [--tokens 64] [--reps N] [--cache-type T] [--quick]
 // --quick: only the 1/4/16-stream rates and their TTFT (no probe under load, no prefix-reuse run).
-import { spawn } from 'node:child_process';
-import net from 'node:net';
+// --cache-type: the server's KV cache type (f32, f16, q8_0; default the server's).
 import OpenAI from 'openai';
+import { startServer } from './harness.mjs';
 
 const opt = (name, def) => {
   const i = process.argv.indexOf(name);
@@ -12,17 +12,11 @@ const opt = (name, def) => {
 };
 const BIN = opt('--mixtral'), MODEL = opt('--model'), THREADS = opt('--threads', '0'), NTOK = Number(opt('--tokens', '64'));
 const REPS = Number(opt('--reps', '1'));  // best of REPS runs per concurrency (shared machines are noisy)
-const port = await new Promise((res) => {
-  const s = net.createServer();
-  s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => res(p)); });
-});
-const proc = spawn(BIN, ['serve', '--model', MODEL, '--port', String(port), '--parallel', '16', '--ctx-size', '2048',
-  '--threads', THREADS], { stdio: ['ignore', 'inherit', 'inherit'] });
-const base = `http://127.0.0.1:${port}`;
-for (;;) {
-  try { if ((await fetch(`${base}/health`)).ok) break; } catch { /* starting */ }
-  await new Promise((r) => setTimeout(r, 100));
-}
+const CACHE_TYPE = opt('--cache-type', null);
+const srv = await startServer(BIN, MODEL, ['--parallel', '16', '--ctx-size', '2048', ...(CACHE_TYPE ? ['--cache-type', CACHE_TYPE] : [])],
+  { echo: true, threads: Number(THREADS) });
+const { base, proc } = srv;
+console.log(`KV cache: ${JSON.stringify((await (await fetch(`${base}/health`)).json()).kv_cache)}`);
 const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'x', maxRetries: 0, timeout: 600000 });
 const word = (i) => 'abcdefghijklmnopqrstuvwxyz'.slice(i % 20, (i % 20) + 2 + (i % 5));
 const text = (seed, n) => Array.from({ length: n }, (_, k) => word(seed * 13 + k * 7)).join(' ');

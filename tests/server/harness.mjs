@@ -41,11 +41,12 @@ export function makeTestModel(bin, dir, shape = {}, extra = []) {
   return `${dir}/gguf-merged-q8_0.gguf`;
 }
 
-// Starts `bin serve --model model` on 127.0.0.1 (port 0: a free one) with 2 threads and `extra` flags, and
-// waits until /health answers 200. echo: copy its stderr to ours as it comes (else kept, see stderr()).
-export async function startServer(bin, model, extra = [], { port = 0, echo = false } = {}) {
+// Starts `bin serve --model model` on 127.0.0.1 (port 0: a free one) with `threads` threads (0: all cores)
+// and `extra` flags, and waits until /health answers 200. echo: copy its output to ours as it comes (else
+// stderr is kept, see stderr()).
+export async function startServer(bin, model, extra = [], { port = 0, echo = false, threads = 2 } = {}) {
   if (!port) port = await freePort();
-  const args = ['serve', '--model', model, '--port', String(port), '--threads', '2', ...extra];
+  const args = ['serve', '--model', model, '--port', String(port), '--threads', String(threads), ...extra];
   const proc = spawn(bin, args, { stdio: ['ignore', echo ? 'inherit' : 'ignore', 'pipe'] });
   servers.push(proc);
   let stderr = '';
