@@ -2,7 +2,7 @@
 // over f32 / f16 / q8_0 caches in blocks of 16 (scattered, as a server's pool fills), against the
 // contiguous f32 kernels::attention on the same shapes.
 //   Decode: one token at position 512, 4096 or 16384.   Prefill: 512 tokens after a cached prefix of 0
-//   or 4096 positions.   At 1 and 2 threads.
+//   or 4096 positions.   At 1 and 2 threads.   Store: paged_kv_store of 1 or 512 new rows.
 // Each call reads the next of several copies of the cache (the layers of a forward pass), together at
 // least 128 MiB, so the rows come from DRAM as they do in a real step. "KV" counts the K and V bytes of
 // the keys one token reads (decode) or of the keys the call reads once at least (prefill); a decode's
@@ -143,11 +143,33 @@ void BM_Prefill(benchmark::State& st) {
   run_attention(st, static_cast<int>(st.range(0)), st.range(1), kPrefill, static_cast<int>(st.range(2)));
 }
 
+// paged_kv_store of one step's new rows (args: cache kind, rows), into a cache of kPrefill positions.
+void BM_Store(benchmark::State& st) {
+  const int kind = static_cast<int>(st.range(0));
+  const int64_t n = st.range(1);
+  Cache& c = cache_for(kind, kPrefill);
+  const std::vector<float> k = random_floats(n * kKvHeads * kHeadDim, 5), v = random_floats(k.size(), 6);
+  std::vector<int64_t> slots(static_cast<size_t>(n));  // [n] positions 0 .. n - 1 of the sequence
+  for (int64_t j = 0; j < n; ++j)
+    slots[static_cast<size_t>(j)] = int64_t{c.table[static_cast<size_t>(j / kBlock)]} * kBlock + j % kBlock;
+  for (auto _ : st) {
+    paged_kv_store(c.paged(0), k.data(), v.data(), slots.data(), n);
+    benchmark::ClobberMemory();
+  }
+  st.counters["rows"] =
+      benchmark::Counter(static_cast<double>(n * st.iterations()), benchmark::Counter::kIsRate);
+  st.SetLabel(kind_name(kind));
+}
+
 BENCHMARK(BM_Decode)
     ->ArgNames({"kind", "pos", "threads"})
     ->ArgsProduct({{kContiguous, kPagedF32, kPagedF16, kPagedQ8_0}, {512, 4096, 16384}, {1, 2}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
+BENCHMARK(BM_Store)
+    ->ArgNames({"kind", "rows"})
+    ->ArgsProduct({{kPagedF32, kPagedF16, kPagedQ8_0}, {1, kPrefill}})
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Prefill)
     ->ArgNames({"kind", "prefix", "threads"})
     ->ArgsProduct({{kContiguous, kPagedF32, kPagedF16, kPagedQ8_0}, {0, 4096}, {1, 2}})

@@ -48,4 +48,9 @@ using PagedChunkFn = void (*)(const PagedChunkArgs& a);
 PagedChunkFn paged_chunk_avx2();
 PagedChunkFn paged_chunk_avx512();
 
+// One row of n floats to cache type `kind` (F16 or Q8_0), byte for byte as quantize_row writes it.
+//   x: [n] (Q8_0: n % 32 == 0); dst: the row
+using KvRowStoreFn = void (*)(int kind, const float* x, int64_t n, uint8_t* dst);
+KvRowStoreFn kv_row_store_avx2();  // nullptr where this build has none
+
 }  // namespace mixtral::kernels::detail

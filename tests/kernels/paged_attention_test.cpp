@@ -170,13 +170,30 @@ TEST(PagedKv, StoreLoadRoundTrip) {
     std::vector<float> kr(static_cast<size_t>(n * kvd)), vr(kr.size());  // [n, kvd]
     for (size_t i = 0; i < kr.size(); ++i) {
       kr[i] = nd(rng) * (i % 97 == 0 ? 1000.0f : 1.0f);  // some large values: f16 rounding, q8 scales
-      vr[i] = nd(rng) * 1e-3f;
+      vr[i] = nd(rng) * (i % 5 == 0 ? 1e-6f : 1e-3f);    // some f16 subnormals
     }
+    std::fill(kr.begin(), kr.begin() + 32, 0.0f);  // an all-zero q8_0 block (scale 0)
+    for (int j = 0; j < 32; ++j)  // scale exactly 1, so x / d lands on halves: rounded away from zero
+      kr[static_cast<size_t>(32 + j)] =
+          j == 0 ? 127.0f : (j % 2 ? 1.0f : -1.0f) * (static_cast<float>(j / 2) + 0.5f);
     std::vector<int64_t> slots(static_cast<size_t>(n));  // every slot once, in a scattered order
     std::iota(slots.begin(), slots.end(), 0);
     std::shuffle(slots.begin(), slots.end(), rng);
-    paged_kv_store(kv, kr.data(), vr.data(), slots.data(), n / 2);  // in two calls
-    paged_kv_store(kv, kr.data() + n / 2 * kvd, vr.data() + n / 2 * kvd, slots.data() + n / 2, n - n / 2);
+    // Every ISA's converter writes the bytes quantize_row does (the portable path's).
+    std::vector<uint8_t> k0, v0;
+    for (Isa isa : isas()) {
+      set_isa(isa);
+      std::fill(k.begin(), k.end(), 0);
+      std::fill(v.begin(), v.end(), 0);
+      paged_kv_store(kv, kr.data(), vr.data(), slots.data(), n / 2);  // in two calls
+      paged_kv_store(kv, kr.data() + n / 2 * kvd, vr.data() + n / 2 * kvd, slots.data() + n / 2, n - n / 2);
+      if (isa == Isa::kScalar) {
+        k0 = k;
+        v0 = v;
+      }
+      EXPECT_TRUE(k == k0 && v == v0) << isa_name(isa);
+    }
+    set_isa(detect_isa());
     std::vector<float> kl(static_cast<size_t>(kvd)), vl(kl.size());
     for (int64_t i = 0; i < n; ++i) {
       paged_kv_load(kv, slots[static_cast<size_t>(i)], kl.data(), vl.data());

@@ -100,12 +100,58 @@ struct V {
 
 #include "kernels/x86/paged_attention.inc"
 
+// Rounds half away from zero, as std::round (the fraction is exact, so no x + 0.5 double rounding).
+inline __m256 round_half_away(__m256 x) {
+  const __m256 t = _mm256_round_ps(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m256 frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(x, t));
+  const __m256 up = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+  const __m256 one = _mm256_or_ps(_mm256_and_ps(x, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(1.0f));  // +-1
+  return _mm256_add_ps(t, _mm256_and_ps(up, one));
+}
+
+// KvRowStoreFn. F16: vcvtps2ph rounds to nearest even like f32_to_fp16. Q8_0: quantize_row's rule per
+// block of 32: d = amax / 127, q = round(x * (1 / d)) (0 for an all-zero block), d stored as fp16.
+void kv_row_store(int kind, const float* x, int64_t n, uint8_t* dst) {
+  if (kind == kKvF16) {
+    uint16_t* h = reinterpret_cast<uint16_t*>(dst);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+      _mm_storeu_si128(
+          reinterpret_cast<__m128i*>(h + i),
+          _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; ++i) h[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return;
+  }
+  BlockQ8_0* b = reinterpret_cast<BlockQ8_0*>(dst);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t i0 = 0; i0 < n; i0 += kQK8_0, ++b) {
+    __m256 v[4];
+    MX_UNROLL
+    for (int u = 0; u < 4; ++u) v[u] = _mm256_loadu_ps(x + i0 + 8 * u);
+    const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                   _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+    const float d = V::hmax(m) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    b->d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256i q[4];
+    MX_UNROLL
+    for (int u = 0; u < 4; ++u)
+      q[u] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[u], _mm256_set1_ps(id))));
+    // packs interleave the 128-bit halves: dwords 0 4 1 5 2 6 3 7 back in order.
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b->qs),
+                        _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
+}
+
 #undef MX_UNROLL
 
 }  // namespace
 
 PagedChunkFn paged_chunk_avx2() {
   return paged_chunk;
+}
+KvRowStoreFn kv_row_store_avx2() {
+  return kv_row_store;
 }
 
 }  // namespace mixtral::kernels::detail
@@ -114,6 +160,9 @@ PagedChunkFn paged_chunk_avx2() {
 
 namespace mixtral::kernels::detail {
 PagedChunkFn paged_chunk_avx2() {
+  return nullptr;
+}
+KvRowStoreFn kv_row_store_avx2() {
   return nullptr;
 }
 }  // namespace mixtral::kernels::detail
