@@ -1,13 +1,13 @@
 // Attention benchmarks on Mixtral 8x7B's shape (32 query heads, 8 kv heads, head_dim 128): paged attention
-// over f32 / f16 / q8_0 caches in blocks of 16 (scattered, as a server's pool fills), against the
-// contiguous f32 kernels::attention on the same shapes.
+// over f32 / f16 / q8_0 caches in blocks of 16 (scattered, as a server's pool fills). (The contiguous f32
+// kernel these replaced is gone; its figures on the same shapes are in docs/performance.md.)
 //   Decode: one token at position 512, 4096 or 16384.   Prefill: 512 tokens after a cached prefix of 0
 //   or 4096 positions.   At 1 and 2 threads.   Store: paged_kv_store of 1 or 512 new rows.
 // Each call reads the next of several copies of the cache (the layers of a forward pass), together at
 // least 128 MiB, so the rows come from DRAM as they do in a real step. "KV" counts the K and V bytes of
 // the keys one token reads (decode) or of the keys the call reads once at least (prefill); a decode's
 // KV/s against BM_ReadBandwidth (bench_kernels) is its fraction of the memory roofline.
-// MIXTRAL_ISA=scalar|avx2|avx512 forces an instruction set. Old and new alternate with
+// MIXTRAL_ISA=scalar|avx2|avx512 forces an instruction set. Types alternate with
 //   mixtral_bench_attention --benchmark_repetitions=5 --benchmark_enable_random_interleaving=true
 #include <benchmark/benchmark.h>
 
@@ -31,13 +31,13 @@ namespace {
 constexpr int64_t kHeads = 32, kKvHeads = 8, kHeadDim = 128, kBlock = 16, kPrefill = 512;
 constexpr size_t kColdBytes = size_t{128} << 20;
 
-// Cache kinds benchmarked: the contiguous f32 baseline, then the paged cache per type.
-enum Kind { kContiguous = 0, kPagedF32 = 1, kPagedF16 = 2, kPagedQ8_0 = 3 };
+// Cache types benchmarked.
+enum Kind { kPagedF32 = 0, kPagedF16 = 1, kPagedQ8_0 = 2 };
 DType kind_type(int kind) {
   return kind == kPagedF16 ? DType::F16 : kind == kPagedQ8_0 ? DType::Q8_0 : DType::F32;
 }
 const char* kind_name(int kind) {
-  static const char* const names[] = {"contiguous f32", "paged f32", "paged f16", "paged q8_0"};
+  static const char* const names[] = {"paged f32", "paged f16", "paged q8_0"};
   return names[kind];
 }
 
@@ -49,14 +49,13 @@ std::vector<float> random_floats(int64_t n, uint64_t seed) {
   return x;
 }
 
-// n_copies copies of one layer's cache for `ctx` positions: contiguous [ctx, kv heads, head_dim] f32, or
-// a block pool (one shuffled table shared by the copies).
+// n_copies copies of one layer's block pool for `ctx` positions (one shuffled table shared by the copies).
 struct Cache {
   int kind = 0;
   int64_t ctx = 0, n_copies = 0;
   size_t copy_bytes = 0;       // bytes of K (or V) of one copy
   std::vector<uint8_t> k, v;   // [n_copies, copy_bytes]
-  std::vector<int32_t> table;  // [ctx / kBlock] paged only
+  std::vector<int32_t> table;  // [ctx / kBlock]
 
   Cache(int kd, int64_t c) : kind(kd), ctx(c) {
     const int64_t n_blocks = (ctx + kBlock - 1) / kBlock;
@@ -67,18 +66,13 @@ struct Cache {
     v.resize(k.size());
     const std::vector<float> kr = random_floats(n_blocks * kBlock * kKvHeads * kHeadDim, 1),
                              vr = random_floats(static_cast<int64_t>(kr.size()), 2);  // [slots, kv * hd]
-    if (kind == kContiguous) {
-      std::memcpy(k.data(), kr.data(), copy_bytes);
-      std::memcpy(v.data(), vr.data(), copy_bytes);
-    } else {
-      table.resize(static_cast<size_t>(n_blocks));
-      std::iota(table.begin(), table.end(), 0);
-      std::shuffle(table.begin(), table.end(), std::mt19937(3));
-      std::vector<int64_t> slots(static_cast<size_t>(n_blocks * kBlock));  // position j -> its slot
-      for (int64_t j = 0; j < n_blocks * kBlock; ++j)
-        slots[static_cast<size_t>(j)] = int64_t{table[static_cast<size_t>(j / kBlock)]} * kBlock + j % kBlock;
-      paged_kv_store(paged(0), kr.data(), vr.data(), slots.data(), n_blocks * kBlock);
-    }
+    table.resize(static_cast<size_t>(n_blocks));
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), std::mt19937(3));
+    std::vector<int64_t> slots(static_cast<size_t>(n_blocks * kBlock));  // position j -> its slot
+    for (int64_t j = 0; j < n_blocks * kBlock; ++j)
+      slots[static_cast<size_t>(j)] = int64_t{table[static_cast<size_t>(j / kBlock)]} * kBlock + j % kBlock;
+    paged_kv_store(paged(0), kr.data(), vr.data(), slots.data(), n_blocks * kBlock);
     for (int64_t c = 1; c < n_copies; ++c) {
       std::memcpy(k.data() + c * copy_bytes, k.data(), copy_bytes);
       std::memcpy(v.data() + c * copy_bytes, v.data(), copy_bytes);
@@ -92,8 +86,6 @@ struct Cache {
                    kKvHeads,
                    kHeadDim};
   }
-  const float* kf(int64_t copy) const { return reinterpret_cast<const float*>(k.data() + copy * copy_bytes); }
-  const float* vf(int64_t copy) const { return reinterpret_cast<const float*>(v.data() + copy * copy_bytes); }
 };
 
 // Caches are made once per (kind, capacity) and kept, so interleaved runs do not rebuild them.
@@ -117,11 +109,7 @@ void run_attention(benchmark::State& st, int kind, int64_t first, int64_t n, int
   const AttentionParams p{kHeads, kKvHeads, kHeadDim, 0, 1.0f / std::sqrt(static_cast<float>(kHeadDim))};
   int64_t copy = 0;
   for (auto _ : st) {
-    if (kind == kContiguous) {
-      attention(q.data(), c.kf(copy), c.vf(copy), pos.data(), n, first + n, p, out.data(), pool);
-    } else {
-      paged_attention(q.data(), c.paged(copy), tables.data(), pos.data(), n, p, out.data(), pool);
-    }
+    paged_attention(q.data(), c.paged(copy), tables.data(), pos.data(), n, p, out.data(), pool);
     benchmark::DoNotOptimize(out.data());
     copy = (copy + 1) % c.n_copies;
   }
@@ -163,7 +151,7 @@ void BM_Store(benchmark::State& st) {
 
 BENCHMARK(BM_Decode)
     ->ArgNames({"kind", "pos", "threads"})
-    ->ArgsProduct({{kContiguous, kPagedF32, kPagedF16, kPagedQ8_0}, {512, 4096, 16384}, {1, 2}})
+    ->ArgsProduct({{kPagedF32, kPagedF16, kPagedQ8_0}, {512, 4096, 16384}, {1, 2}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 BENCHMARK(BM_Store)
@@ -172,7 +160,7 @@ BENCHMARK(BM_Store)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Prefill)
     ->ArgNames({"kind", "prefix", "threads"})
-    ->ArgsProduct({{kContiguous, kPagedF32, kPagedF16, kPagedQ8_0}, {0, 4096}, {1, 2}})
+    ->ArgsProduct({{kPagedF32, kPagedF16, kPagedQ8_0}, {0, 4096}, {1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -96,49 +96,6 @@ using QuantizeQ8Fn = void (*)(const float* x, int64_t cols, int8_t* qs, float* d
 //   x: [cols] (cols % 256 == 0); out: [cols / 256]
 using QuantizeQ8KFn = void (*)(const float* x, int64_t cols, BlockQ8_K* out);
 
-// Attention of one query (all heads) over the keys [j0, j1) of the cache, unnormalised, so chunks of one
-// query's keys can run on different threads and be merged (flash-decoding):
-//   out[h, :] = sum_j e^(s[h, j] - m[h]) v[j, kv(h), :],  l[h] = sum_j e^(s[h, j] - m[h]),  m[h] = max_j s[h,
-//   j]
-// with s[h, j] = scale * q[h, :] . k[j, kv(h), :] and kv(h) = h / (n_heads / n_kv_heads).
-// Keys are walked in blocks with the kv heads inner, so each cache row (the call's kv heads of a
-// position, contiguous) is read whole while its block is in cache.
-// A call may take a group of whole kv heads (their query heads alike): k and v then point at the
-// group's first kv head and kv_stride still spans every kv head of a cache position.
-struct AttnChunkArgs {
-  const float* q;     // [n_heads, head_dim]
-  const float* k;     // key j, kv head i at k + j * kv_stride + i * head_dim
-  const float* v;     // the same for values
-  int64_t kv_stride;  // floats per cache position (>= n_kv_heads * head_dim)
-  int64_t n_heads, n_kv_heads, head_dim;
-  int64_t j0, j1;  // keys [j0, j1), j1 > j0
-  float scale;
-  float* out;      // [n_heads, head_dim]
-  float* m;        // [n_heads]
-  float* l;        // [n_heads]
-  float* scratch;  // [n_heads, j1 - j0] scores, then their exponentials
-};
-using AttnChunkFn = void (*)(const AttnChunkArgs& a);
-
-// Paged attention of one (token, kv head): the `group` query heads that read kv head kvh attend over
-// keys [lo, pos], row j of the token's sequence being row j % block_size of block table[j / block_size].
-// Every head's scores, softmax and weighted sum of values run in a fixed order, so the result depends on
-// nothing but this item's inputs (not on the thread, nor on other tokens of the batch).
-struct PagedAttnArgs {
-  const float* q;        // [group, head_dim] query heads kvh * group .. (kvh + 1) * group - 1
-  const float* k;        // block pool [n_blocks, block_size, n_kv_heads, head_dim]
-  const float* v;        // the same for values
-  const int32_t* table;  // [ceil((pos + 1) / block_size)] the sequence's blocks
-  int64_t block_size, n_kv_heads, head_dim, group, kvh;
-  int64_t lo, pos;  // keys [lo, pos]
-  float scale;
-  float* out;      // [group, head_dim]
-  float* scratch;  // [group, pos - lo + 1] scores, then their exponentials
-};
-// nullptr in a table: the portable per-(token, head) loop of kernels/paged_attention.cpp.
-// Only called with head_dim % 8 == 0.
-using PagedAttnFn = void (*)(const PagedAttnArgs& a);
-
 // out[t, :] = x[t, :] * inv_rms * w for n rows of dim (x may alias out).
 using RmsnormFn = void (*)(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out);
 using SiluMulFn = void (*)(float* x, const float* g, int64_t n);
@@ -172,8 +129,6 @@ struct KernelTable {
   QuantizeQ8Fn quantize_q8;
   QuantizeQ8KFn quantize_q8_k;
   int k_tokens8_lane;  // the Q8_K readers take MatmulArgs::xk8 (lanes of 4 or 8 bytes) when n > 1; 0: never
-  AttnChunkFn attn_chunk;
-  PagedAttnFn paged_attn;
   RmsnormFn rmsnorm;
   SiluMulFn silu_mul;
   SoftmaxFn softmax;

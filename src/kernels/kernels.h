@@ -1,5 +1,5 @@
 // The narrow kernel interface the forward pass calls. Every op has a scalar reference in kernels/ref (the
-// oracle for tests). matmul, rmsnorm, silu_mul, softmax and attention run a table of kernels chosen at run
+// oracle for tests). matmul, rmsnorm, silu_mul and softmax run a table of kernels chosen at run
 // time by CPUID (one translation unit per instruction set, kernels/internal.h); rope is one portable loop.
 // Matmul weight types outside the tables' list (internal.h kWeightTypes: F32, F16, BF16, Q8_0, Q4_0,
 // Q4_K, Q5_K, Q6_K and the repacked G8 layouts) are dequantized to f32 tiles on the way. All buffers are
@@ -138,11 +138,7 @@ struct AttentionParams {
   int64_t window;  // 0: full causal; else keys in (pos - window, pos]
   float scale;     // usually 1 / sqrt(head_dim)
 };
-// Causal attention of n queries at positions pos[t] over a KV cache holding positions [0, n_ctx).
-//   q: [n, n_heads, head_dim]; k, v: [n_ctx, n_kv_heads, head_dim]; out: [n, n_heads, head_dim]
-//   Query t sees keys at positions <= pos[t] (and inside the window).
-void attention(const float* q, const float* k, const float* v, const int32_t* pos, int64_t n, int64_t n_ctx,
-               const AttentionParams& p, float* out, ThreadPool& pool);
+// Attention itself: kernels/paged_attention.h (over the paged KV cache, its own SIMD per ISA).
 
 // x[i] = silu(x[i]) * g[i]
 void silu_mul(float* x, const float* g, int64_t n);
@@ -154,8 +150,6 @@ namespace ref {
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy);
 void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out);
 void rope(float* x, const int32_t* pos, int64_t n, const RopeParams& p);
-void attention(const float* q, const float* k, const float* v, const int32_t* pos, int64_t n, int64_t n_ctx,
-               const AttentionParams& p, float* out);
 void silu_mul(float* x, const float* g, int64_t n);
 void softmax(float* x, int64_t n);
 }  // namespace ref

@@ -571,61 +571,6 @@ float exp_sum(float* x, int64_t n, float mx) {
   return hsum256(vsum);
 }
 
-constexpr int64_t kAttnAhead = 8;  // cache rows prefetched ahead in paged attention
-
-// PagedAttnFn (internal.h): up to 4 query heads per pass over the keys, so each key row is loaded once for
-// the heads that share it; values summed 64 dimensions (8 accumulators) at a time.
-void paged_attn(const PagedAttnArgs& a) {
-  const int64_t hd = a.head_dim, kvd = a.n_kv_heads * hd, bs = a.block_size, nk = a.pos - a.lo + 1;
-  // fn(j, row) for keys j = lo..pos in order, row: this kv head's part of cache row j in `base`, walking
-  // the table block by block (no division per row). This part of a row is a short run (head_dim floats)
-  // in a long row, and blocks are scattered: rows kAttnAhead ahead are prefetched (pf_bytes of each).
-  auto for_rows = [&](const float* base, int64_t pf_bytes, auto&& fn) {
-    for (int64_t j0 = a.lo; j0 <= a.pos;) {
-      const int64_t blk = j0 / bs, off = j0 % bs, cnt = bs - off < a.pos + 1 - j0 ? bs - off : a.pos + 1 - j0;
-      const float* r0 = base + (static_cast<int64_t>(a.table[blk]) * bs + off) * kvd + a.kvh * hd;
-      if (pf_bytes > 0 && j0 + cnt <= a.pos) {  // the next block's first rows
-        const float* nb = base + static_cast<int64_t>(a.table[blk + 1]) * bs * kvd + a.kvh * hd;
-        for (int64_t r = 0; r < kAttnAhead && r < a.pos + 1 - j0 - cnt; ++r)
-          prefetch_bytes(nb + r * kvd, 0, pf_bytes);
-      }
-      for (int64_t r = 0; r < cnt; ++r) {
-        if (pf_bytes > 0 && r + kAttnAhead < cnt) prefetch_bytes(r0 + (r + kAttnAhead) * kvd, 0, pf_bytes);
-        fn(j0 + r, r0 + r * kvd);
-      }
-      j0 += cnt;
-    }
-  };
-  for (int64_t g0 = 0; g0 < a.group; g0 += 4) {
-    const int gn = a.group - g0 < 4 ? static_cast<int>(a.group - g0) : 4;
-    const float* q = a.q + g0 * hd;  // [gn, hd]
-    float* s = a.scratch + g0 * nk;  // [gn, nk]
-    for_rows(a.k, g0 == 0 ? hd * 4 : 0, [&](int64_t j, const float* kj) {
-      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-      for (int64_t i = 0; i < hd; i += 8) {
-        const __m256 kv = _mm256_loadu_ps(kj + i);
-        for (int g = 0; g < gn; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * hd + i), kv, acc[g]);
-      }
-      for (int g = 0; g < gn; ++g) s[g * nk + (j - a.lo)] = hsum256(acc[g]) * a.scale;
-    });
-  }
-  for (int64_t g = 0; g < a.group; ++g) {
-    float* s = a.scratch + g * nk;
-    const float inv = 1.0f / exp_sum(s, nk, row_max(s, nk));
-    float* o = a.out + g * hd;
-    for (int64_t c0 = 0; c0 < hd; c0 += 64) {
-      const int nv = hd - c0 < 64 ? static_cast<int>((hd - c0) / 8) : 8;
-      __m256 acc[8];
-      for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
-      for_rows(a.v + c0, g == 0 ? nv * 32 : 0, [&](int64_t j, const float* vj) {
-        const __m256 w = _mm256_set1_ps(s[j - a.lo] * inv);
-        for (int u = 0; u < nv; ++u) acc[u] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 8 * u), acc[u]);
-      });
-      for (int u = 0; u < nv; ++u) _mm256_storeu_ps(o + c0 + 8 * u, acc[u]);
-    }
-  }
-}
-
 void softmax(float* x, int64_t n) {
   if (n <= 0) return;
   const float inv = 1.0f / exp_sum(x, n, row_max(x, n));
@@ -658,131 +603,6 @@ void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, 
   }
 }
 
-// Attention over one chunk of keys (see AttnChunkArgs and avx512.cpp): keys in blocks of kKeyBlock with
-// the kv heads inner; scores for up to 4 query heads per key row read, P V with 4 heads x 16 dims in
-// registers per pass over the block's value rows.
-constexpr int64_t kKeyBlock = 32;
-
-struct HeadGroup {
-  const float* q;  // [g, hd]
-  const float* k;  // chunk key j at k + j * stride
-  const float* v;  // chunk value j at v + j * stride
-  int64_t stride;  // floats per cache position
-  int64_t hd;
-  int64_t len;  // keys in the chunk (row length of s)
-  float scale;
-  float* s;    // [g, len] scores, then exponentials
-  float* out;  // [g, hd]
-};
-
-void scores(const HeadGroup& h, int64_t g0, int64_t ng, int64_t jb, int64_t je) {
-  const int64_t hd = h.hd, hd8 = hd / 8 * 8;
-  for (int64_t j = jb; j < je; ++j) {
-    const float* kj = h.k + j * h.stride;
-    __m256 acc[4];
-    MX_UNROLL
-    for (int g = 0; g < 4; ++g) acc[g] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < hd8; c += 8) {
-      const __m256 kv = _mm256_loadu_ps(kj + c);
-      MX_UNROLL
-      for (int g = 0; g < 4; ++g)
-        if (g < ng) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(h.q + (g0 + g) * hd + c), kv, acc[g]);
-    }
-    for (int64_t g = 0; g < ng; ++g) {
-      float dot = hsum256(acc[g]);
-      for (int64_t c = hd8; c < hd; ++c) dot += h.q[(g0 + g) * hd + c] * kj[c];
-      h.s[(g0 + g) * h.len + j] = dot * h.scale;
-    }
-  }
-}
-
-void weighted_values(const HeadGroup& h, int64_t g0, int64_t ng, int64_t jb, int64_t je) {
-  const int64_t hd = h.hd, hd16 = hd / 16 * 16;
-  for (int64_t c = 0; c < hd16; c += 16) {
-    __m256 acc[4][2];
-    MX_UNROLL
-    for (int g = 0; g < 4; ++g) {
-      if (g < ng && jb > 0) {
-        acc[g][0] = _mm256_loadu_ps(h.out + (g0 + g) * hd + c);
-        acc[g][1] = _mm256_loadu_ps(h.out + (g0 + g) * hd + c + 8);
-      } else {
-        acc[g][0] = acc[g][1] = _mm256_setzero_ps();
-      }
-    }
-    for (int64_t j = jb; j < je; ++j) {
-      const float* vj = h.v + j * h.stride + c;
-      const __m256 v0 = _mm256_loadu_ps(vj), v1 = _mm256_loadu_ps(vj + 8);
-      MX_UNROLL
-      for (int g = 0; g < 4; ++g) {
-        if (g < ng) {
-          const __m256 p = _mm256_broadcast_ss(h.s + (g0 + g) * h.len + j);
-          acc[g][0] = _mm256_fmadd_ps(p, v0, acc[g][0]);
-          acc[g][1] = _mm256_fmadd_ps(p, v1, acc[g][1]);
-        }
-      }
-    }
-    for (int g = 0; g < ng; ++g) {
-      _mm256_storeu_ps(h.out + (g0 + g) * hd + c, acc[g][0]);
-      _mm256_storeu_ps(h.out + (g0 + g) * hd + c + 8, acc[g][1]);
-    }
-  }
-  for (int64_t g = g0; g < g0 + ng; ++g) {
-    for (int64_t c = hd16; c < hd; ++c) {
-      float sum = jb > 0 ? h.out[g * hd + c] : 0.0f;
-      for (int64_t j = jb; j < je; ++j) sum += h.s[g * h.len + j] * h.v[j * h.stride + c];
-      h.out[g * hd + c] = sum;
-    }
-  }
-}
-
-// Cache rows prefetched in software, keys kAttnPrefetchRows positions ahead and values one key block
-// ahead, as in avx512.cpp (where it is measured): a Mixtral position's keys fill a 4 KiB page, where the
-// hardware prefetchers stop.
-constexpr int64_t kAttnPrefetchRows = 8;
-
-inline void prefetch_row(const float* row, int64_t bytes) {
-  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(row) + b, _MM_HINT_T0);
-}
-
-void attn_chunk(const AttnChunkArgs& a) {
-  const int64_t g = a.n_heads / a.n_kv_heads, hd = a.head_dim, len = a.j1 - a.j0, stride = a.kv_stride;
-  auto group = [&](int64_t kvh) {
-    HeadGroup h;
-    h.q = a.q + kvh * g * hd;
-    h.k = a.k + a.j0 * stride + kvh * hd;
-    h.v = a.v + a.j0 * stride + kvh * hd;
-    h.stride = stride;
-    h.hd = hd;
-    h.len = len;
-    h.scale = a.scale;
-    h.s = a.scratch + kvh * g * len;
-    h.out = a.out + kvh * g * hd;
-    return h;
-  };
-  const int64_t row_bytes =
-      a.n_kv_heads * hd * static_cast<int64_t>(sizeof(float));  // one position's k (or v)
-  for (int64_t jb = 0; jb < len; jb += kKeyBlock) {
-    const int64_t je = len - jb < kKeyBlock ? len : jb + kKeyBlock;
-    for (int64_t j = jb; j < je; ++j) {  // each cache row read front to back
-      if (j + kAttnPrefetchRows < len) prefetch_row(a.k + (a.j0 + j + kAttnPrefetchRows) * stride, row_bytes);
-      for (int64_t kvh = 0; kvh < a.n_kv_heads; ++kvh)
-        for (int64_t g0 = 0; g0 < g; g0 += 4) scores(group(kvh), g0, g - g0 < 4 ? g - g0 : 4, j, j + 1);
-    }
-  }
-  for (int64_t h = 0; h < a.n_heads; ++h) {
-    float* s = a.scratch + h * len;
-    a.m[h] = row_max(s, len);
-    a.l[h] = exp_sum(s, len, a.m[h]);
-  }
-  for (int64_t jb = 0; jb < len; jb += kKeyBlock) {
-    const int64_t je = len - jb < kKeyBlock ? len : jb + kKeyBlock;
-    for (int64_t j = je; j < std::min(len, je + kKeyBlock); ++j)
-      prefetch_row(a.v + (a.j0 + j) * stride, row_bytes);
-    for (int64_t kvh = 0; kvh < a.n_kv_heads; ++kvh)
-      for (int64_t g0 = 0; g0 < g; g0 += 4) weighted_values(group(kvh), g0, g - g0 < 4 ? g - g0 : 4, jb, je);
-  }
-}
-
 constexpr MatmulKernel kMatmul[] = {
     {DType::F32, tiles<F32Kernel, 4, F32Kernel, 4, 2>, nullptr},
     {DType::F16, tiles<F16Kernel, 4, F16Kernel, 4, 2>, nullptr},
@@ -805,8 +625,7 @@ const KernelTable* avx2_table() {
   static const KernelTable table = {
       "avx2",     kMatmul,    quantize_q8, generic_table().quantize_q8_k,
       4,  // K-quant prefill over 8-token tiles, dword lanes
-      attn_chunk, paged_attn, rmsnorm,     silu_mul,
-      softmax,
+      rmsnorm, silu_mul, softmax,
   };
   return &table;
 }

@@ -291,35 +291,6 @@ void softmax(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-// Attention over one chunk of keys (see AttnChunkArgs): cache rows read in key order, all heads per row.
-void attn_chunk(const AttnChunkArgs& a) {
-  const int64_t g = a.n_heads / a.n_kv_heads, hd = a.head_dim, len = a.j1 - a.j0, stride = a.kv_stride;
-  for (int64_t j = 0; j < len; ++j) {
-    const float* row = a.k + (a.j0 + j) * stride;  // [n_kv_heads, hd]
-    for (int64_t h = 0; h < a.n_heads; ++h)
-      a.scratch[h * len + j] = dot_f32(a.q + h * hd, row + h / g * hd, hd) * a.scale;
-  }
-  for (int64_t h = 0; h < a.n_heads; ++h) {
-    float* s = a.scratch + h * len;
-    float mx = s[0];
-    for (int64_t j = 1; j < len; ++j) mx = std::max(mx, s[j]);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < len; ++j) sum += (s[j] = std::exp(s[j] - mx));
-    a.m[h] = mx;
-    a.l[h] = sum;
-  }
-  std::fill(a.out, a.out + a.n_heads * hd, 0.0f);
-  for (int64_t j = 0; j < len; ++j) {
-    const float* row = a.v + (a.j0 + j) * stride;  // [n_kv_heads, hd]
-    for (int64_t h = 0; h < a.n_heads; ++h) {
-      const float p = a.scratch[h * len + j];
-      const float* vr = row + h / g * hd;
-      float* o = a.out + h * hd;
-      for (int64_t i = 0; i < hd; ++i) o[i] += p * vr[i];
-    }
-  }
-}
-
 void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out) {
   for (int64_t t = 0; t < n; ++t) {
     const float* xr = x + t * dim;
@@ -355,8 +326,6 @@ const KernelTable& generic_table() {
   static const KernelTable table = {
       "scalar",   kMatmul,  quantize_q8, quantize_q8_k,
       0,  // K-quants read the tokens' Q8_K rows
-      attn_chunk,
-      nullptr,  // paged attention: kernels/paged_attention.cpp's loop
       rmsnorm,    silu_mul, softmax,
   };
   return table;

@@ -123,41 +123,6 @@ void rope(float* x, const int32_t* pos, int64_t n, const RopeParams& p) {
   }
 }
 
-void attention(const float* q, const float* k, const float* v, const int32_t* pos, int64_t n, int64_t n_ctx,
-               const AttentionParams& p, float* out) {
-  const int64_t hd = p.head_dim, group = p.n_heads / p.n_kv_heads;
-  std::vector<float> s(static_cast<size_t>(n_ctx));  // [n_ctx] scores of one (query, head)
-  for (int64_t t = 0; t < n; ++t) {
-    MX_CHECK(pos[t] >= 0 && pos[t] < n_ctx, "ref::attention: pos %d outside the cache [0, %lld)", pos[t],
-             static_cast<long long>(n_ctx));
-    const int64_t hi = pos[t];
-    const int64_t lo = p.window > 0 ? std::max<int64_t>(0, hi - p.window + 1) : 0;
-    for (int64_t h = 0; h < p.n_heads; ++h) {
-      const float* qh = q + (t * p.n_heads + h) * hd;
-      const int64_t kvh = h / group;
-      float mx = -INFINITY;
-      for (int64_t j = lo; j <= hi; ++j) {
-        const float* kj = k + (j * p.n_kv_heads + kvh) * hd;
-        float d = 0.0f;
-        for (int64_t i = 0; i < hd; ++i) d += qh[i] * kj[i];
-        s[j] = d * p.scale;
-        mx = std::max(mx, s[j]);
-      }
-      float sum = 0.0f;
-      for (int64_t j = lo; j <= hi; ++j) {
-        s[j] = std::exp(s[j] - mx);
-        sum += s[j];
-      }
-      float* o = out + (t * p.n_heads + h) * hd;
-      for (int64_t i = 0; i < hd; ++i) o[i] = 0.0f;
-      for (int64_t j = lo; j <= hi; ++j) {
-        const float* vj = v + (j * p.n_kv_heads + kvh) * hd;
-        for (int64_t i = 0; i < hd; ++i) o[i] += s[j] / sum * vj[i];
-      }
-    }
-  }
-}
-
 void silu_mul(float* x, const float* g, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i])) * g[i];
 }
