@@ -45,7 +45,7 @@ def main():
     ids = json.loads(run([a.mixtral, "tokenize", "--model", a.model, "--text", PROMPT]))
     tok_arg = ",".join(map(str, ids))
     run([a.mixtral, "score", "--model", a.model, "--tokens", tok_arg, "--routing-out", w("routing.json"),
-         "--threads", "2"])
+         "--threads", "2", "--cache-type", "f32"])
     run([sys.executable, REFERENCE, "logits", "--model", a.model, "--tokens", tok_arg, "--out", w("ref.npy"),
          "--routing-out", w("ref.json")])
     with open(w("routing.json")) as f:
@@ -69,7 +69,7 @@ def main():
 
     # The page, rendered by headless Chromium.
     run([a.mixtral, "route", "--model", a.model, "--prompt", PROMPT, "--html", w("route.html"), "--png",
-         w("route.png"), "--threads", "2"], env=dict(os.environ, MIXTRAL_CHROMIUM=a.chromium))
+         w("route.png"), "--threads", "2", "--cache-type", "f32"], env=dict(os.environ, MIXTRAL_CHROMIUM=a.chromium))
     with open(w("route.html"), encoding="utf-8") as f:
         page = f.read()
     for bad in ("<script", "src=\"http", "href=\"http", "<link", "@import", "url("):

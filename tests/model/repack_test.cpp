@@ -63,13 +63,15 @@ std::vector<const TensorView*> matmul_views(const Model& m) {
 // Logits of a 9-token prefill (every position) and 3 decode steps after it: [12, vocab].
 std::vector<float> logits_of(const Model& m) {
   ThreadPool pool(2);
-  Runtime rt(m, {32, 16}, pool);
+  Runtime rt(m, {32}, pool);
+  PagedKvCache kv(m.config, DType::F32, 1, 16);  // one block of 16 positions
+  SoloSequence seq(rt, kv, 16);
   const int64_t V = m.config.vocab_size;
   const std::vector<int32_t> prompt = {1, 17, 200, 45, 9, 130, 77, 3, 250}, more = {12, 99, 140};
   std::vector<float> out(static_cast<size_t>(12 * V));
-  EXPECT_TRUE(rt.forward(prompt.data(), 9, 0, out.data(), true).ok());
+  EXPECT_TRUE(seq.eval(prompt.data(), 9, 0, out.data(), true).ok());
   for (int64_t i = 0; i < 3; ++i)
-    EXPECT_TRUE(rt.forward(&more[static_cast<size_t>(i)], 1, 9 + i, out.data() + (9 + i) * V, false).ok());
+    EXPECT_TRUE(seq.eval(&more[static_cast<size_t>(i)], 1, 9 + i, out.data() + (9 + i) * V, false).ok());
   return out;
 }
 

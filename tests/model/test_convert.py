@@ -125,7 +125,7 @@ class Runner:
     def score(self, path):
         out = os.path.join(self.tmp, "engine.npy")
         self.ok(["score", "--model", path, "--tokens", ",".join(map(str, PROMPT)), "--logits-out", out,
-                 "--threads", "2"])
+                 "--threads", "2", "--cache-type", "f32"])
         return np.load(out)
 
     def llamacpp(self, paths):
@@ -406,7 +406,7 @@ def test_fallback(r):
     prompt = [t for t in PROMPT if t < 270][:16]
     ref, _ = reference.Model(out).forward(prompt)
     eng_p = r.mixtral(["score", "--model", out, "--tokens", ",".join(map(str, prompt)), "--logits-out",
-                       os.path.join(r.tmp, "odd.npy")])
+                       os.path.join(r.tmp, "odd.npy"), "--cache-type", "f32"])
     check(eng_p.returncode == 0, "the fallback file loads in the engine")
     if eng_p.returncode == 0:
         err = rel_err(np.load(os.path.join(r.tmp, "odd.npy")), ref, ref)

@@ -167,7 +167,7 @@ class Runner:
     def score(self, path, tokens, one_by_one=False):
         out = os.path.join(self.tmp, "engine.npy")
         args = [self.mixtral, "score", "--model", path, "--tokens", ",".join(map(str, tokens)),
-                "--logits-out", out, "--threads", str(self.threads)]
+                "--logits-out", out, "--threads", str(self.threads), "--cache-type", "f32"]
         if one_by_one:
             args.append("--decode-one-by-one")
         self.run(args)
@@ -178,7 +178,8 @@ class Runner:
 
     def greedy(self, path, tokens, n):
         out = self.run([self.mixtral, "run", "--model", path, "--prompt-tokens", ",".join(map(str, tokens)),
-                        "-n", str(n), "--temp", "0", "--ids", "--threads", str(self.threads)])
+                        "-n", str(n), "--temp", "0", "--ids", "--threads", str(self.threads),
+                        "--cache-type", "f32"])
         return json.loads(out.strip().splitlines()[-1])
 
     def llamacpp(self, path, tokens):
