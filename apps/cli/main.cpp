@@ -263,8 +263,9 @@ std::string join_rates(const std::vector<double>& v, const char* sep) {
   return out;
 }
 
-int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bool json, bool no_bw,
-              const GrammarArgs& ga) {
+int cmd_bench(const ModelArgs& ma, mixtral::Engine::BenchOptions bo, bool json, const GrammarArgs& ga) {
+  const int64_t n_prompt = bo.n_prompt, n_gen = bo.n_gen, n_depth = bo.n_depth;
+  const int reps = bo.reps;
   // With a grammar: compiled first (a bad file fails before the long part), timed after the plain runs.
   mixtral::GenerateOptions cgo;
   if (ga.given()) {
@@ -278,13 +279,14 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
         std::make_shared<const mixtral::grammar::TokenMasker>(mixtral::grammar::vocabulary_of(**tok));
   }
   mixtral::EngineOptions o = ma.options();
-  o.ctx_size = ma.ctx_size > 0 ? ma.ctx_size : std::max<int64_t>(std::max(n_prompt, n_gen), 1);
-  o.batch_size = std::max<int64_t>(n_prompt, 1);
+  o.ctx_size = ma.ctx_size > 0 ? ma.ctx_size : std::max<int64_t>(n_depth + std::max(n_prompt, n_gen), 1);
+  // The prompt in one step; the depth's prefill in steps of at least 512.
+  o.batch_size = std::max<int64_t>(n_prompt, n_depth > 0 ? 512 : 1);
   // The first bandwidth reading before the load (Engine::measure_bandwidth says why).
-  const double bw_before = no_bw ? 0.0 : mixtral::Engine::measure_bandwidth(ma.threads);
+  if (bo.measure_bandwidth) bo.bandwidth_before = mixtral::Engine::measure_bandwidth(ma.threads);
   auto engine = mixtral::Engine::load(o);
   if (!engine) return fail(engine.error());
-  auto r = (*engine)->bench(n_prompt, n_gen, reps, !no_bw, bw_before);
+  auto r = (*engine)->bench(bo);
   if (!r) return fail(r.error());
   mixtral::Engine::ConstrainedBenchResult cr;
   if (ga.given()) {
@@ -294,14 +296,17 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
   }
   const double roofline = r->bandwidth > 0 ? r->bandwidth / r->bytes_per_token : 0;
   std::printf("model: %s, %d threads, %d reps, %s kernels\n", ma.model.c_str(), r->threads, r->reps, r->isa);
-  if (n_prompt > 0) std::printf("pp%lld: %.2f tokens/s\n", static_cast<long long>(n_prompt), r->pp_tps);
-  if (n_gen > 0) std::printf("tg%lld: %.2f tokens/s\n", static_cast<long long>(n_gen), r->tg_tps);
+  // "pp512", or llama-bench's "pp512 @ d4096" after a depth.
+  const std::string at = n_depth > 0 ? " @ d" + std::to_string(n_depth) : "";
+  if (n_prompt > 0)
+    std::printf("pp%lld%s: %.2f tokens/s\n", static_cast<long long>(n_prompt), at.c_str(), r->pp_tps);
+  if (n_gen > 0) std::printf("tg%lld%s: %.2f tokens/s\n", static_cast<long long>(n_gen), at.c_str(), r->tg_tps);
   if (r->reps > 1) {  // each rep apart: on a shared machine the spread says how far to trust the mean
     if (n_prompt > 0)
-      std::printf("pp%lld per rep: %s\n", static_cast<long long>(n_prompt),
+      std::printf("pp%lld%s per rep: %s\n", static_cast<long long>(n_prompt), at.c_str(),
                   join_rates(r->pp_reps, ", ").c_str());
     if (n_gen > 0)
-      std::printf("tg%lld per rep: %s\n", static_cast<long long>(n_gen),
+      std::printf("tg%lld%s per rep: %s\n", static_cast<long long>(n_gen), at.c_str(),
                   join_rates(r->tg_reps, ", ").c_str());
   }
   const double ratio = cr.tg_tps > 0 ? cr.tg_tps_constrained / cr.tg_tps : 0;
@@ -344,13 +349,13 @@ int cmd_bench(const ModelArgs& ma, int64_t n_prompt, int64_t n_gen, int reps, bo
     std::printf(
         "{%s\"peak_rss_bytes\": %.0f, \"pp_tps\": %.4f, \"tg_tps\": %.4f, \"threads\": %d, \"n_prompt\": "
         "%lld, "
-        "\"n_gen\": %lld, "
+        "\"n_gen\": %lld, \"n_depth\": %lld, "
         "\"reps\": %d, \"bytes_per_token\": %.0f, \"bandwidth_bytes_per_s\": %.0f, \"roofline_fraction\": "
         "%.4f, \"weights_bandwidth_bytes_per_s\": %.0f, \"weights_roofline_fraction\": %.4f, \"isa\": "
         "\"%s\", "
         "\"pp_tps_reps\": [%s], \"tg_tps_reps\": [%s]}\n",
         grammar_json.c_str(), rss, r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt),
-        static_cast<long long>(n_gen), r->reps, r->bytes_per_token, r->bandwidth,
+        static_cast<long long>(n_gen), static_cast<long long>(n_depth), r->reps, r->bytes_per_token, r->bandwidth,
         roofline > 0 ? r->tg_tps / roofline : 0.0, r->weights_bandwidth,
         weights_roofline > 0 ? r->tg_tps / weights_roofline : 0.0, r->isa,
         join_rates(r->pp_reps, ", ").c_str(), join_rates(r->tg_reps, ", ").c_str());
@@ -401,14 +406,16 @@ int main(int argc, char** argv) {
 
   // bench
   ModelArgs bench_m;
-  int64_t bench_p = 512, bench_n = 128;
-  int bench_r = 3;
+  mixtral::Engine::BenchOptions bench_o;
   bool bench_json = false, bench_no_bw = false;
   auto* bench = app.add_subcommand("bench", "prompt-processing and generation speed (llama-bench style)");
   bench_m.add(bench);
-  bench->add_option("-p,--n-prompt", bench_p, "prompt tokens")->capture_default_str();
-  bench->add_option("-n,--n-gen", bench_n, "generated tokens")->capture_default_str();
-  bench->add_option("-r,--reps", bench_r, "repetitions")->capture_default_str();
+  bench->add_option("-p,--n-prompt", bench_o.n_prompt, "prompt tokens")->capture_default_str();
+  bench->add_option("-n,--n-gen", bench_o.n_gen, "generated tokens")->capture_default_str();
+  bench->add_option("-d,--n-depth", bench_o.n_depth,
+                    "positions already in the KV cache when each test starts (untimed prefill)")
+      ->capture_default_str();
+  bench->add_option("-r,--reps", bench_o.reps, "repetitions")->capture_default_str();
   bench->add_flag("--json", bench_json, "print one JSON object on the last line");
   bench->add_flag("--no-bandwidth", bench_no_bw, "skip measuring the memory bandwidth");
   GrammarArgs bench_g;
@@ -489,7 +496,10 @@ int main(int argc, char** argv) {
   if (score->parsed()) return cmd_score(score_m, score_tokens, logits_out, one_by_one, routing_out);
   if (serve->parsed()) return mixtral::server::serve(so);
   if (info->parsed()) return cmd_info(info_m, info_ctx);
-  if (bench->parsed()) return cmd_bench(bench_m, bench_p, bench_n, bench_r, bench_json, bench_no_bw, bench_g);
+  if (bench->parsed()) {
+    bench_o.measure_bandwidth = !bench_no_bw;
+    return cmd_bench(bench_m, bench_o, bench_json, bench_g);
+  }
   if (mk->parsed()) {
     if (tm.config.head_dim == 0 && tm.config.n_heads > 0)
       tm.config.head_dim = tm.config.dim / tm.config.n_heads;

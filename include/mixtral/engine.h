@@ -99,8 +99,15 @@ class Engine {
   std::string token_text(int32_t id) const;
   bool has_vocab() const;
 
+  struct BenchOptions {
+    int64_t n_prompt = 512, n_gen = 128;
+    int64_t n_depth = 0;  // positions already in the cache when each test starts (llama-bench's -d)
+    int reps = 3;
+    bool measure_bandwidth = true;
+    double bandwidth_before = 0;  // a reading from measure_bandwidth before the model was loaded, or 0
+  };
   struct BenchResult {
-    int64_t n_prompt = 0, n_gen = 0;
+    int64_t n_prompt = 0, n_gen = 0, n_depth = 0;
     int threads = 0, reps = 0;
     double pp_tps = 0, tg_tps = 0;         // all reps' tokens over all reps' time
     std::vector<double> pp_reps, tg_reps;  // [reps] each rep's tokens/s (the spread, on a noisy machine)
@@ -111,12 +118,11 @@ class Engine {
     double weights_bandwidth = 0;
     const char* isa = "";  // the kernels' instruction set: scalar, avx2 or avx512
   };
-  // llama-bench style: a prefill of n_prompt tokens from an empty cache, and n_gen single-token
-  // decode steps, each repeated reps times after an untimed warm-up of one of each.
-  // The read bandwidth is measured after the timed runs, and before them unless bandwidth_before (a
-  // reading from Engine::measure_bandwidth before the model was loaded) is given; the higher one counts.
-  Result<BenchResult> bench(int64_t n_prompt, int64_t n_gen, int reps, bool measure_bandwidth,
-                            double bandwidth_before = 0);
+  // llama-bench style: a prefill of n_prompt tokens and n_gen single-token decode steps, each after an
+  // untimed prefill of n_depth tokens (none: from an empty cache), repeated reps times after an untimed
+  // warm-up of one of each. The read bandwidth is measured after the timed runs, and before them unless
+  // bandwidth_before is given; the higher one counts.
+  Result<BenchResult> bench(const BenchOptions& o);
   // Decode with sampling, free and grammar-constrained, in the same run: each rep decodes n_gen tokens from
   // position 0 under opts.grammar (the matcher starts over whenever the grammar ends) and, in alternating
   // order, the same n_gen tokens fed again with sampling but no mask, so that only the grammar's work

@@ -139,6 +139,21 @@ def main():
     check(rc != 0 and "--ctx-size" in err, f"a prompt beyond -c fails naming --ctx-size (exit {rc}: "
           f"{err.strip()[:120]})")
 
+    # 5: -d (llama-bench's depth): the tests run after that many cached positions, and the context must hold
+    # depth + tokens.
+    rc, out, err = bench(a.mixtral, a.model, ["-p", "4", "-n", "2", "-d", "40", "-r", "1", "--json",
+                                              "--no-bandwidth"])
+    j = json.loads(out.strip().splitlines()[-1]) if rc == 0 else {}
+    check(j.get("n_depth") == 40 and j.get("pp_tps", 0) > 0 and j.get("tg_tps", 0) > 0,
+          f"-d 40: n_depth in the JSON and both rates (exit {rc}: {err.strip()[:120]})")
+    check(re.search(r"^pp4 @ d40: [0-9.]+ tokens/s$", out, re.M) is not None and
+          re.search(r"^tg2 @ d40: [0-9.]+ tokens/s$", out, re.M) is not None, "text lines say @ d40")
+    rc, out, err = bench(a.mixtral, a.model, ["-p", "4", "-n", "2", "-d", "40", "-r", "1", "-c", "43",
+                                              "--no-bandwidth"])
+    check(rc == 2 and "--ctx-size" in err, f"-d 40 -p 4 beyond -c 43 fails naming --ctx-size (exit {rc})")
+    rc, out, err = bench(a.mixtral, a.model, ["-d", "-1", "--no-bandwidth"])
+    check(rc == 2 and "-d" in err, f"-d -1 fails naming -d (exit {rc})")
+
     if FAILURES:
         sys.exit(f"{len(FAILURES)} check(s) failed")
     print("all bench checks passed")
