@@ -300,7 +300,8 @@ int cmd_bench(const ModelArgs& ma, mixtral::Engine::BenchOptions bo, bool json, 
   const std::string at = n_depth > 0 ? " @ d" + std::to_string(n_depth) : "";
   if (n_prompt > 0)
     std::printf("pp%lld%s: %.2f tokens/s\n", static_cast<long long>(n_prompt), at.c_str(), r->pp_tps);
-  if (n_gen > 0) std::printf("tg%lld%s: %.2f tokens/s\n", static_cast<long long>(n_gen), at.c_str(), r->tg_tps);
+  if (n_gen > 0)
+    std::printf("tg%lld%s: %.2f tokens/s\n", static_cast<long long>(n_gen), at.c_str(), r->tg_tps);
   if (r->reps > 1) {  // each rep apart: on a shared machine the spread says how far to trust the mean
     if (n_prompt > 0)
       std::printf("pp%lld%s per rep: %s\n", static_cast<long long>(n_prompt), at.c_str(),
@@ -355,8 +356,8 @@ int cmd_bench(const ModelArgs& ma, mixtral::Engine::BenchOptions bo, bool json, 
         "\"%s\", "
         "\"pp_tps_reps\": [%s], \"tg_tps_reps\": [%s]}\n",
         grammar_json.c_str(), rss, r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt),
-        static_cast<long long>(n_gen), static_cast<long long>(n_depth), r->reps, r->bytes_per_token, r->bandwidth,
-        roofline > 0 ? r->tg_tps / roofline : 0.0, r->weights_bandwidth,
+        static_cast<long long>(n_gen), static_cast<long long>(n_depth), r->reps, r->bytes_per_token,
+        r->bandwidth, roofline > 0 ? r->tg_tps / roofline : 0.0, r->weights_bandwidth,
         weights_roofline > 0 ? r->tg_tps / weights_roofline : 0.0, r->isa,
         join_rates(r->pp_reps, ", ").c_str(), join_rates(r->tg_reps, ", ").c_str());
   return 0;
@@ -412,8 +413,9 @@ int main(int argc, char** argv) {
   bench_m.add(bench);
   bench->add_option("-p,--n-prompt", bench_o.n_prompt, "prompt tokens")->capture_default_str();
   bench->add_option("-n,--n-gen", bench_o.n_gen, "generated tokens")->capture_default_str();
-  bench->add_option("-d,--n-depth", bench_o.n_depth,
-                    "positions already in the KV cache when each test starts (untimed prefill)")
+  bench
+      ->add_option("-d,--n-depth", bench_o.n_depth,
+                   "positions already in the KV cache when each test starts (untimed prefill)")
       ->capture_default_str();
   bench->add_option("-r,--reps", bench_o.reps, "repetitions")->capture_default_str();
   bench->add_flag("--json", bench_json, "print one JSON object on the last line");

@@ -22,7 +22,7 @@ class TokenMasker;
 
 // Element type of the KV cache (K and V alike), `--cache-type` on every command.
 enum class KvCacheType { kF32, kF16, kQ8_0 };
-const char* kv_cache_type_name(KvCacheType t);                      // "f32", "f16", "q8_0"
+const char* kv_cache_type_name(KvCacheType t);                       // "f32", "f16", "q8_0"
 std::optional<KvCacheType> parse_kv_cache_type(std::string_view s);  // the names above
 // Bytes of K and V of one token position over every layer (q8_0 needs head_dim % 32 == 0).
 size_t kv_bytes_per_token(const ModelConfig& c, KvCacheType t);
@@ -42,10 +42,10 @@ struct GenerateOptions {
   int64_t top_k = 40;
   float top_p = 0.95f;
   uint64_t seed = 0;
-  float min_p = 0.0f;                // 0: off
-  float repetition_penalty = 1.0f;   // --repeat-penalty (CTRL-style, prompt and output)
-  float presence_penalty = 0.0f;     // OpenAI's, over generated tokens
-  float frequency_penalty = 0.0f;    // OpenAI's, over generated tokens
+  float min_p = 0.0f;                                 // 0: off
+  float repetition_penalty = 1.0f;                    // --repeat-penalty (CTRL-style, prompt and output)
+  float presence_penalty = 0.0f;                      // OpenAI's, over generated tokens
+  float frequency_penalty = 0.0f;                     // OpenAI's, over generated tokens
   std::vector<std::pair<int32_t, float>> logit_bias;  // (token id, added to its logit)
   bool stop_at_eos = true;
   // Constrained output: only tokens the grammar allows are sampled (the mask comes before top-k/p and the

@@ -75,7 +75,7 @@ struct BatchEngineStats {
   int64_t kv_blocks_total = 0, kv_blocks_in_use = 0, kv_blocks_cached = 0, block_size = 0;
   int64_t kv_bytes_total = 0;  // the block pool (K and V, every layer)
   int64_t kv_bytes_per_token = 0;
-  const char* kv_cache_type = "";  // "f32", "f16", "q8_0"
+  const char* kv_cache_type = "";     // "f32", "f16", "q8_0"
   uint64_t prompt_tokens = 0;         // prompt tokens of admitted requests
   uint64_t prompt_tokens_cached = 0;  // of which taken from the prefix cache
   uint64_t prompt_tokens_computed = 0;

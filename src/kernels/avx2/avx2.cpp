@@ -623,7 +623,7 @@ static_assert(lists_every_weight_type(kMatmul), "avx2 table: a weight type witho
 
 const KernelTable* avx2_table() {
   static const KernelTable table = {
-      "avx2",     kMatmul,    quantize_q8, generic_table().quantize_q8_k,
+      "avx2",  kMatmul,  quantize_q8, generic_table().quantize_q8_k,
       4,  // K-quant prefill over 8-token tiles, dword lanes
       rmsnorm, silu_mul, softmax,
   };

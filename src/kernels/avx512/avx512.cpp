@@ -567,11 +567,9 @@ static_assert(lists_every_weight_type(kMatmul), "avx512 table: a weight type wit
 
 const KernelTable* MX_AVX512_TABLE() {
   static const KernelTable table = {
-      "avx512",    kMatmul,
-      quantize_q8, quantize_q8_k,
+      "avx512", kMatmul,  quantize_q8, quantize_q8_k,
       8,  // K-quant prefill over 8-token tiles, qword lanes
-      rmsnorm,     silu_mul,
-      softmax,
+      rmsnorm,  silu_mul, softmax,
   };
   return &table;
 }

@@ -324,9 +324,9 @@ static_assert(lists_every_weight_type(kMatmul), "scalar table: a weight type wit
 
 const KernelTable& generic_table() {
   static const KernelTable table = {
-      "scalar",   kMatmul,  quantize_q8, quantize_q8_k,
+      "scalar", kMatmul,  quantize_q8, quantize_q8_k,
       0,  // K-quants read the tokens' Q8_K rows
-      rmsnorm,    silu_mul, softmax,
+      rmsnorm,  silu_mul, softmax,
   };
   return table;
 }
