@@ -155,7 +155,7 @@ class Engine {
 struct TestModelOptions {
   ModelConfig config;
   uint64_t seed = 1;
-  std::vector<std::string> types;    // "f32", "f16", "bf16", "q8_0", "q4_0"
+  std::vector<std::string> types;    // GGUF type names: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k..q6_k
   std::vector<std::string> layouts;  // "hf", "hf-sharded", "consolidated", "gguf-merged", "gguf-legacy"
   std::string out_dir;
   int threads = 0;
