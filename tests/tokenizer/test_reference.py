@@ -371,11 +371,13 @@ def main():
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--node", help="node, for the npm mistral-tokenizer-js reference")
     ap.add_argument("--skip-model", action="store_true", help="skip run/chat (no make-test-model)")
+    ap.add_argument("--corpus-size", type=int, default=2400,
+                    help="strings in the corpus (every fixed case, the long inputs, then random mixtures)")
     a = ap.parse_args()
     os.makedirs(a.workdir, exist_ok=True)
     sp1 = spm.SentencePieceProcessor(model_file=os.path.join(a.fixtures, "v1/tokenizer.model"))
     sp3 = spm.SentencePieceProcessor(model_file=os.path.join(a.fixtures, "v3/tokenizer.model.v3"))
-    texts = make_corpus()
+    texts = make_corpus(a.corpus_size)
     corpus_path = os.path.join(a.workdir, "corpus.jsonl")
     with open(corpus_path, "w") as f:
         for t in texts:
