@@ -171,31 +171,6 @@ void BM_SwigluDecode(benchmark::State& st) {
   st.SetLabel(std::string(dtype_name(t)) + " " + isa_name(active_isa()));
 }
 
-// Mixtral 8x7B attention (32 heads, 8 kv heads, head dim 128): args n, n_ctx, threads
-void BM_Attention(benchmark::State& st) {
-  const int64_t n = st.range(0), n_ctx = st.range(1), heads = 32, kv = 8, hd = 128;
-  ThreadPool pool(static_cast<int>(st.range(2)));
-  const std::vector<float> q = randn(n * heads * hd, 4);   // [n, heads, hd]
-  const std::vector<float> k = randn(n_ctx * kv * hd, 5);  // [n_ctx, kv, hd]
-  const std::vector<float> v = randn(n_ctx * kv * hd, 6);  // [n_ctx, kv, hd]
-  std::vector<float> out(q.size());                        // [n, heads, hd]
-  std::vector<int32_t> pos(static_cast<size_t>(n));
-  double keys = 0;  // (query, key) pairs per call
-  for (int64_t t = 0; t < n; ++t) {
-    pos[t] = static_cast<int32_t>(n_ctx - n + t);
-    keys += pos[t] + 1;
-  }
-  const AttentionParams p{heads, kv, hd, 0, 1.0f / std::sqrt(static_cast<float>(hd))};
-  for (auto _ : st) {
-    attention(q.data(), k.data(), v.data(), pos.data(), n, n_ctx, p, out.data(), pool);
-    benchmark::DoNotOptimize(out.data());
-  }
-  // 2 FLOPs per multiply-add, q.k and p.v: 4 hd FLOPs per (query head, key)
-  st.counters["FLOP/s"] = benchmark::Counter(4.0 * hd * heads * keys * static_cast<double>(st.iterations()),
-                                             benchmark::Counter::kIsRate);
-  st.SetLabel(isa_name(active_isa()));
-}
-
 // The streaming-read roofline: each thread reads its part of a cold buffer as 3 interleaved sequential
 // streams with software prefetch (core/membw.h: the pattern that reads fastest here, as in `mixtral
 // bench`'s probe).
@@ -247,7 +222,8 @@ BENCHMARK(BM_SwigluDecode)
 BENCHMARK(BM_MatmulPrefill)
     ->Name("BM_MatmulSmallBatch")
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8, kQ8G8}, {14336}, {4096}, {1, 2, 3, 4, 6, 8, 16}, {1}})
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8, kQ8G8}, {14336}, {4096}, {1, 2, 3, 4, 6, 8, 16}, {1, 2}})
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatmulHot)
     ->ArgNames({"dtype", "rows", "cols", "n"})
@@ -257,13 +233,6 @@ BENCHMARK(BM_MatmulPrefill)
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
     ->ArgsProduct({{kQ8, kQ8G8, kQ4, kQ4G8, kQ4K, kQ6K}, {14336}, {4096}, {64, 512}, {1, 2}})
     ->ArgsProduct({{kQ4G8, kQ4K, kQ6K}, {4096}, {14336}, {128}, {1, 2}})  // an expert's W2, its tokens
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-
-BENCHMARK(BM_Attention)
-    ->ArgNames({"n", "n_ctx", "threads"})
-    ->ArgsProduct({{1}, {300, 4096}, {1, 2}})
-    ->ArgsProduct({{512}, {512}, {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
