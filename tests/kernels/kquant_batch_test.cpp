@@ -1,0 +1,2 @@
+// (filled in this session)
+#include <gtest/gtest.h>
