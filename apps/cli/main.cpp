@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -263,6 +264,23 @@ std::string join_rates(const std::vector<double>& v, const char* sep) {
   return out;
 }
 
+// --parallel's comma list of sequence counts ("1,2,4,8"): each a whole number >= 1, measured in order.
+Result<std::vector<int64_t>> parse_parallel(const std::string& s) {
+  std::vector<int64_t> out;
+  for (size_t start = 0;;) {
+    const size_t end = s.find(',', start);
+    const std::string item = s.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    int64_t v = 0;
+    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size() || v < 1)
+      return Error::usage("bench: --parallel '" + s +
+                          "': each value must be a whole number >= 1 (a list such as 1,2,4,8)");
+    out.push_back(v);
+    if (end == std::string::npos) return out;
+    start = end + 1;
+  }
+}
+
 int cmd_bench(const ModelArgs& ma, mixtral::Engine::BenchOptions bo, bool json, const GrammarArgs& ga) {
   const int64_t n_prompt = bo.n_prompt, n_gen = bo.n_gen, n_depth = bo.n_depth;
   const int reps = bo.reps;
@@ -279,7 +297,9 @@ int cmd_bench(const ModelArgs& ma, mixtral::Engine::BenchOptions bo, bool json, 
         std::make_shared<const mixtral::grammar::TokenMasker>(mixtral::grammar::vocabulary_of(**tok));
   }
   mixtral::EngineOptions o = ma.options();
-  o.ctx_size = ma.ctx_size > 0 ? ma.ctx_size : std::max<int64_t>(n_depth + std::max(n_prompt, n_gen), 1);
+  // --parallel decodes after each sequence's depth and prompt: n_depth + n_prompt + n_gen positions.
+  const int64_t need = bo.parallel.empty() ? n_depth + std::max(n_prompt, n_gen) : n_depth + n_prompt + n_gen;
+  o.ctx_size = ma.ctx_size > 0 ? ma.ctx_size : std::max<int64_t>(need, 1);
   // The prompt in one step; the depth's prefill in steps of at least 512.
   o.batch_size = std::max<int64_t>(n_prompt, n_depth > 0 ? 512 : 1);
   // The first bandwidth reading before the load (Engine::measure_bandwidth says why).
@@ -310,6 +330,25 @@ int cmd_bench(const ModelArgs& ma, mixtral::Engine::BenchOptions bo, bool json, 
       std::printf("tg%lld%s per rep: %s\n", static_cast<long long>(n_gen), at.c_str(),
                   join_rates(r->tg_reps, ", ").c_str());
   }
+  // "tg32 x16", "tg32 x16 @ d16": N sequences decoding together after depth + prompt positions each.
+  std::string parallel_json;  // the "parallel" array, with --parallel
+  for (const auto& p : r->parallel) {
+    const std::string tag = "tg" + std::to_string(n_gen) + " x" + std::to_string(p.n_parallel) +
+                            (p.n_past > 0 ? " @ d" + std::to_string(p.n_past) : "");
+    std::printf("%s: %.2f tokens/s aggregate (%.2f per sequence), %.2f ms/step, %.1f GFLOP/s\n", tag.c_str(),
+                p.tps, p.per_sequence_tps, p.ms_per_step, p.gflops);
+    if (r->reps > 1) std::printf("%s per rep: %s\n", tag.c_str(), join_rates(p.tps_reps, ", ").c_str());
+    char buf[320];
+    std::snprintf(buf, sizeof(buf),
+                  "%s{\"n_parallel\": %lld, \"n_past\": %lld, \"tokens_per_s\": %.4f, "
+                  "\"per_sequence_tokens_per_s\": %.4f, \"ms_per_step\": %.4f, \"flops_per_step\": %.1f, "
+                  "\"gflops\": %.4f, \"tokens_per_s_reps\": [",
+                  parallel_json.empty() ? "" : ", ", static_cast<long long>(p.n_parallel),
+                  static_cast<long long>(p.n_past), p.tps, p.per_sequence_tps, p.ms_per_step,
+                  p.flops_per_step, p.gflops);
+    parallel_json += buf + join_rates(p.tps_reps, ", ") + "]}";
+  }
+  if (!r->parallel.empty()) parallel_json = ", \"parallel\": [" + parallel_json + "]";
   const double ratio = cr.tg_tps > 0 ? cr.tg_tps_constrained / cr.tg_tps : 0;
   if (ga.given()) {
     std::printf(
@@ -354,12 +393,12 @@ int cmd_bench(const ModelArgs& ma, mixtral::Engine::BenchOptions bo, bool json, 
         "\"reps\": %d, \"bytes_per_token\": %.0f, \"bandwidth_bytes_per_s\": %.0f, \"roofline_fraction\": "
         "%.4f, \"weights_bandwidth_bytes_per_s\": %.0f, \"weights_roofline_fraction\": %.4f, \"isa\": "
         "\"%s\", "
-        "\"pp_tps_reps\": [%s], \"tg_tps_reps\": [%s]}\n",
+        "\"pp_tps_reps\": [%s], \"tg_tps_reps\": [%s]%s}\n",
         grammar_json.c_str(), rss, r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt),
         static_cast<long long>(n_gen), static_cast<long long>(n_depth), r->reps, r->bytes_per_token,
         r->bandwidth, roofline > 0 ? r->tg_tps / roofline : 0.0, r->weights_bandwidth,
         weights_roofline > 0 ? r->tg_tps / weights_roofline : 0.0, r->isa,
-        join_rates(r->pp_reps, ", ").c_str(), join_rates(r->tg_reps, ", ").c_str());
+        join_rates(r->pp_reps, ", ").c_str(), join_rates(r->tg_reps, ", ").c_str(), parallel_json.c_str());
   return 0;
 }
 
@@ -409,6 +448,7 @@ int main(int argc, char** argv) {
   ModelArgs bench_m;
   mixtral::Engine::BenchOptions bench_o;
   bool bench_json = false, bench_no_bw = false;
+  std::string bench_parallel;
   auto* bench = app.add_subcommand("bench", "prompt-processing and generation speed (llama-bench style)");
   bench_m.add(bench);
   bench->add_option("-p,--n-prompt", bench_o.n_prompt, "prompt tokens")->capture_default_str();
@@ -420,6 +460,9 @@ int main(int argc, char** argv) {
   bench->add_option("-r,--reps", bench_o.reps, "repetitions")->capture_default_str();
   bench->add_flag("--json", bench_json, "print one JSON object on the last line");
   bench->add_flag("--no-bandwidth", bench_no_bw, "skip measuring the memory bandwidth");
+  bench->add_option("--parallel", bench_parallel,
+                    "also decode N sequences together, one step for all (serve's decode step), for each N "
+                    "of a list such as 1,2,4,8: aggregate tokens/s and GFLOP/s");
   GrammarArgs bench_g;
   bench_g.add(bench, "also times sampled decode, free and constrained to");
 
@@ -500,6 +543,11 @@ int main(int argc, char** argv) {
   if (info->parsed()) return cmd_info(info_m, info_ctx);
   if (bench->parsed()) {
     bench_o.measure_bandwidth = !bench_no_bw;
+    if (bench->count("--parallel") > 0) {
+      auto par = parse_parallel(bench_parallel);
+      if (!par) return fail(par.error());
+      bench_o.parallel = *par;
+    }
     return cmd_bench(bench_m, bench_o, bench_json, bench_g);
   }
   if (mk->parsed()) {

@@ -105,6 +105,22 @@ class Engine {
     int reps = 3;
     bool measure_bandwidth = true;
     double bandwidth_before = 0;  // a reading from measure_bandwidth before the model was loaded, or 0
+    // `--parallel`: one test per value N, in order (bench below). Empty: none.
+    std::vector<int64_t> parallel;
+    // Tests: called after each timed decode step of a parallel test, logits [N, vocab] (row s: sequence s).
+    std::function<void(int64_t n_parallel, int64_t step, const float* logits)> on_parallel_logits;
+  };
+  // One `--parallel` value: N sequences decoding together, each decode step one Runtime::step of N entries
+  // (one token per sequence at its own position, logits for all N), as `serve` builds its decode steps.
+  struct ParallelResult {
+    int64_t n_parallel = 0;
+    int64_t n_past = 0;            // positions in each sequence's cache before its first decode step
+    double tps = 0;                // aggregate decode tokens/s: N * n_gen * reps over all reps' time
+    double per_sequence_tps = 0;   // tps / N
+    double ms_per_step = 0;        // mean time of one decode step
+    double flops_per_step = 0;     // decode_flops summed over the step's N tokens, mean over the n_gen steps
+    double gflops = 0;             // flops_per_step / step time, 1e9/s
+    std::vector<double> tps_reps;  // [reps] each rep's aggregate tokens/s
   };
   struct BenchResult {
     int64_t n_prompt = 0, n_gen = 0, n_depth = 0;
@@ -116,13 +132,27 @@ class Engine {
     // The best pure read of one token's weights where they lie (measure_regions_bandwidth), bytes/s: the
     // rate of the very memory decode reads, against the fresh buffer `bandwidth` reads (0 if not measured).
     double weights_bandwidth = 0;
-    const char* isa = "";  // the kernels' instruction set: scalar, avx2 or avx512
+    const char* isa = "";                  // the kernels' instruction set: scalar, avx2 or avx512
+    std::vector<ParallelResult> parallel;  // one per BenchOptions::parallel value, in its order
   };
   // llama-bench style: a prefill of n_prompt tokens and n_gen single-token decode steps, each after an
   // untimed prefill of n_depth tokens (none: from an empty cache), repeated reps times after an untimed
   // warm-up of one of each. The read bandwidth is measured after the timed runs, and before them unless
   // bandwidth_before is given; the higher one counts.
+  // With o.parallel, after those: per value N (in order), N sequences in one paged KV cache, each with its
+  // own block table; each sequence's n_depth + n_prompt positions are prefilled (untimed, a sequence alone
+  // per step), then n_gen decode steps of N entries each, after one untimed warm-up step and repeated reps
+  // times (each rep decodes the same positions again). Sequence s's token at position p, prompt and decode
+  // alike, is (p * 7919 + s * 104729 + 13) mod vocab: sequences differ, so their routing does, and the
+  // tokens do not depend on the kernels' results. Usage errors name --parallel (a value <= 0, or more
+  // sequences than MemAvailable holds), -n (0) and --ctx-size (n_depth + n_prompt + n_gen past it).
   Result<BenchResult> bench(const BenchOptions& o);
+  // The arithmetic of one decoded token at position pos (attending pos + 1 positions, or the sliding window),
+  // in FLOPs (a multiply-add is 2): per layer 2 x (Wq, Wk, Wv and Wo's parameters + the router's
+  // (n_experts x dim) + top-k experts' 3 x dim x ffn) + 4 x n_heads x head_dim x positions attended
+  // (scores and the weighted sum of values), and the output head's 2 x dim x vocab. Norms, RoPE and the
+  // softmaxes are left out (under 0.1% at 8x7B's sizes).
+  static double decode_flops(const ModelConfig& c, int64_t pos);
   // Decode with sampling, free and grammar-constrained, in the same run: each rep decodes n_gen tokens from
   // position 0 under opts.grammar (the matcher starts over whenever the grammar ends) and, in alternating
   // order, the same n_gen tokens fed again with sampling but no mask, so that only the grammar's work

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <thread>
 
+#include "core/huge_pages.h"
 #include "core/membw.h"
 #include "engine/core.h"
 #include "grammar/grammar.h"
@@ -289,6 +290,130 @@ std::vector<ReadRegion> token_regions(const Model& m) {
 }
 }  // namespace
 
+double Engine::decode_flops(const ModelConfig& c, int64_t pos) {
+  const auto dim = static_cast<double>(c.dim), hd = static_cast<double>(c.head_dim);
+  const double qd = static_cast<double>(c.n_heads) * hd, kvd = static_cast<double>(c.n_kv_heads) * hd;
+  const double attn_params = dim * qd + 2 * dim * kvd + qd * dim;  // Wq, Wk, Wv, Wo
+  const double router_params = static_cast<double>(c.n_experts) * dim;
+  const double expert_params = 3 * dim * static_cast<double>(c.ffn_dim);  // W1, W3, W2
+  const int64_t attended = c.sliding_window > 0 ? std::min(pos + 1, c.sliding_window) : pos + 1;
+  const double layer =
+      2 * (attn_params + router_params + static_cast<double>(c.n_experts_used) * expert_params) +
+      4 * static_cast<double>(c.n_heads) * hd * static_cast<double>(attended);
+  return static_cast<double>(c.n_layers) * layer + 2 * dim * static_cast<double>(c.vocab_size);
+}
+
+namespace {
+// Sequence s's token at position p in a parallel bench (engine.h); sequence 0's are the solo bench's.
+int32_t parallel_token(int64_t s, int64_t p, int64_t vocab) {
+  return static_cast<int32_t>((p * 7919 + s * 104729 + 13) % vocab);
+}
+
+// Refuses --parallel values bench_parallel cannot run: <= 0, without decode steps, past the context, or
+// needing more memory than is available (the KV cache, the logits and the step's activations).
+Status check_parallel(const EngineCore& core, const Engine::BenchOptions& o) {
+  if (o.parallel.empty()) return Status();
+  for (int64_t n : o.parallel)
+    if (n <= 0) return Error::usage("bench: --parallel " + std::to_string(n) + ": each value must be >= 1");
+  if (o.n_gen <= 0) return Error::usage("bench: --parallel needs -n > 0 (the decode steps it times)");
+  const int64_t len = o.n_depth + o.n_prompt + o.n_gen;
+  if (len > core.ctx)
+    return Error::usage("bench: --parallel: " + std::to_string(len) +
+                        " positions per sequence (-d + -p + -n) " + "exceed the context of " +
+                        std::to_string(core.ctx) + " (--ctx-size)");
+  const ModelConfig& c = core.config();
+  const auto max_n = static_cast<double>(*std::max_element(o.parallel.begin(), o.parallel.end()));
+  const auto blocks = static_cast<double>((len + kKvBlockSize - 1) / kKvBlockSize);
+  const double kv =
+      max_n * blocks * static_cast<double>(kKvBlockSize * kv_bytes_per_token(c, core.cache_type));
+  // Per entry: its logits row, the runtime's rows (x, xn, o; q, att; k, v) and the experts' hidden rows.
+  const double per_entry =
+      4.0 * static_cast<double>(c.vocab_size + 3 * c.dim + 2 * c.n_heads * c.head_dim +
+                                2 * c.n_kv_heads * c.head_dim + c.n_experts_used * (2 * c.ffn_dim + c.dim));
+  const double need = kv + max_n * per_entry;
+  const std::optional<size_t> avail = available_memory();
+  if (avail && need > static_cast<double>(*avail)) {
+    char buf[256];
+    std::snprintf(
+        buf, sizeof(buf),
+        "bench: --parallel %.0f needs about %.0f MB (KV cache of %.0f sequences x %lld positions, %s, "
+        "and the step's buffers); %.0f MB are available",
+        max_n, need / 1e6, max_n, static_cast<long long>(len), kv_cache_type_name(core.cache_type),
+        static_cast<double>(*avail) / 1e6);
+    return Error::usage(buf);
+  }
+  return Status();
+}
+
+// The parallel tests of Engine::bench (engine.h): a Runtime of its own, whose batch holds the largest N (and
+// the engine's prefill chunk), over one paged KV cache of max N sequences x (depth + prompt + gen) positions.
+std::vector<Engine::ParallelResult> bench_parallel(const EngineCore& core, int64_t prefill_batch,
+                                                   const Engine::BenchOptions& o) {
+  using clock = std::chrono::steady_clock;
+  const ModelConfig& c = core.config();
+  const int64_t V = c.vocab_size;
+  const int64_t max_n = *std::max_element(o.parallel.begin(), o.parallel.end());
+  const int64_t past = o.n_depth + o.n_prompt, len = past + o.n_gen;
+  const int64_t per_seq = (len + kKvBlockSize - 1) / kKvBlockSize;  // blocks of one sequence
+  RuntimeOptions ro;
+  ro.max_batch = std::max(max_n, prefill_batch);
+  Runtime rt(*core.model, ro, *core.pool);
+  PagedKvCache kv(c, core.kv_type, max_n * per_seq, kKvBlockSize);
+  std::vector<int32_t> tables(static_cast<size_t>(max_n * per_seq));  // [max_n, per_seq] row s: s's blocks
+  for (size_t i = 0; i < tables.size(); ++i) tables[i] = static_cast<int32_t>(i);
+  auto table = [&](int64_t s) { return tables.data() + s * per_seq; };
+  std::vector<BatchToken> entries(static_cast<size_t>(ro.max_batch));  // [max_batch]
+  std::vector<float> logits(static_cast<size_t>(max_n * V));           // [max_n, vocab]
+  // The FLOPs of one sequence's n_gen decode steps.
+  double seq_flops = 0;
+  for (int64_t i = 0; i < o.n_gen; ++i) seq_flops += Engine::decode_flops(c, past + i);
+  std::vector<Engine::ParallelResult> out;
+  int64_t prefilled = 0;  // sequences [0, prefilled) hold their first `past` positions (the same for any N)
+  for (const int64_t n : o.parallel) {
+    for (; prefilled < n; ++prefilled) {
+      for (int64_t b = 0; b < past; b += ro.max_batch) {
+        const int64_t nb = std::min(ro.max_batch, past - b);
+        for (int64_t i = 0; i < nb; ++i)
+          entries[static_cast<size_t>(i)] = {parallel_token(prefilled, b + i, V), static_cast<int32_t>(b + i),
+                                             table(prefilled), false};
+        rt.step(entries.data(), nb, kv, nullptr);
+      }
+    }
+    // Decode step i: each sequence's token at position past + i.
+    auto step = [&](int64_t i) {
+      const int64_t pos = past + i;
+      for (int64_t s = 0; s < n; ++s)
+        entries[static_cast<size_t>(s)] = {parallel_token(s, pos, V), static_cast<int32_t>(pos), table(s),
+                                           true};
+      rt.step(entries.data(), n, kv, logits.data());
+    };
+    step(0);  // warm-up (rep 0 writes the same position again)
+    Engine::ParallelResult pr;
+    pr.n_parallel = n;
+    pr.n_past = past;
+    double sec = 0;
+    for (int rep = 0; rep < o.reps; ++rep) {
+      const auto t0 = clock::now();
+      for (int64_t i = 0; i < o.n_gen; ++i) {
+        step(i);
+        if (o.on_parallel_logits) o.on_parallel_logits(n, i, logits.data());
+      }
+      const double s = std::chrono::duration<double>(clock::now() - t0).count();
+      sec += s;
+      pr.tps_reps.push_back(static_cast<double>(n * o.n_gen) / s);
+    }
+    const double steps = static_cast<double>(o.n_gen * o.reps);
+    pr.tps = static_cast<double>(n) * steps / sec;
+    pr.per_sequence_tps = pr.tps / static_cast<double>(n);
+    pr.ms_per_step = 1e3 * sec / steps;
+    pr.flops_per_step = static_cast<double>(n) * seq_flops / static_cast<double>(o.n_gen);
+    pr.gflops = pr.flops_per_step * steps / sec / 1e9;
+    out.push_back(std::move(pr));
+  }
+  return out;
+}
+}  // namespace
+
 double Engine::measure_bandwidth(int threads) {
   return measure_read_bandwidth_isolated(resolve_threads(threads));
 }
@@ -303,6 +428,7 @@ Result<Engine::BenchResult> Engine::bench(const BenchOptions& o) {
   if (need > ctx_size())
     return Error::usage("bench: " + std::to_string(need) + " positions exceed the context of " +
                         std::to_string(ctx_size()) + " (--ctx-size)");
+  MX_TRY_STATUS(check_parallel(*I.core, o));
   BenchResult r;
   r.n_prompt = o.n_prompt;
   r.n_gen = o.n_gen;
@@ -356,6 +482,7 @@ Result<Engine::BenchResult> Engine::bench(const BenchOptions& o) {
   }
   if (o.n_prompt > 0) r.pp_tps = static_cast<double>(o.n_prompt * o.reps) / pp;
   if (o.n_gen > 0) r.tg_tps = static_cast<double>(o.n_gen * o.reps) / tg;
+  if (!o.parallel.empty()) r.parallel = bench_parallel(*I.core, I.runtime->max_batch(), o);
   if (o.measure_bandwidth) {
     r.bandwidth = std::max(r.bandwidth, measure_read_bandwidth_isolated(threads()));
     r.weights_bandwidth = measure_regions_bandwidth(*I.core->pool, token_regions(*I.core->model));
