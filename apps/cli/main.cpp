@@ -341,7 +341,7 @@ int cmd_bench(const ModelArgs& ma, mixtral::Engine::BenchOptions bo, bool json, 
     char buf[320];
     std::snprintf(buf, sizeof(buf),
                   "%s{\"n_parallel\": %lld, \"n_past\": %lld, \"tokens_per_s\": %.4f, "
-                  "\"per_sequence_tokens_per_s\": %.4f, \"ms_per_step\": %.4f, \"flops_per_step\": %.1f, "
+                  "\"per_sequence_tokens_per_s\": %.4f, \"ms_per_step\": %.6f, \"flops_per_step\": %.1f, "
                   "\"gflops\": %.4f, \"tokens_per_s_reps\": [",
                   parallel_json.empty() ? "" : ", ", static_cast<long long>(p.n_parallel),
                   static_cast<long long>(p.n_past), p.tps, p.per_sequence_tps, p.ms_per_step,

@@ -10,11 +10,16 @@
 3. With the bandwidth measured, roofline_fraction = tg_tps / (bandwidth / bytes_per_token), and the same for
    weights_roofline_fraction from the in-place read of the weights.
 4. MIXTRAL_ISA=scalar is reported as such; bad arguments exit non-zero naming the option.
+5. -d: the tests run after that many cached positions.
+6. --parallel 1,3: a "parallel" array in the JSON, one object per value in order, whose rates agree with each
+   other and with the text lines, and whose FLOPs per decode step equal the count made here from the tensor
+   table's shapes; bad values exit 2 naming --parallel (or -n, --ctx-size).
 
   test_bench.py --mixtral BIN --model models/tiny-kjv.gguf
 """
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -59,6 +64,28 @@ def expected_bytes_per_token(path):
     if "output.weight" not in sizes:  # tied: the output head is the embedding table
         other += sizes["token_embd.weight"]
     return other + experts * k / n_exp
+
+
+def expected_decode_flops(path, pos):
+    """FLOPs of one decoded token at position pos, from the tensor shapes: 2 per weight it multiplies (attention
+    projections, router, top-k of n experts' weights, the output head) and 4 per (query head, head dim,
+    attended position) for the scores and the weighted values."""
+    with open(path, "rb") as f:
+        meta, infos, _ = reference.gguf_header(f.read(), path)
+    arch = meta["general.architecture"]
+    n_exp, k = meta[f"{arch}.expert_count"], meta[f"{arch}.expert_used_count"]
+    n_heads, n_layers = meta[f"{arch}.attention.head_count"], meta[f"{arch}.block_count"]
+    head_dim = meta.get(f"{arch}.attention.key_length", meta[f"{arch}.embedding_length"] // n_heads)
+    elements = {name: math.prod(ne) for name, ne, _, _ in infos}
+    weights = 0
+    for name, n in elements.items():
+        if re.search(r"\.attn_(q|k|v|output)\.weight$|\.ffn_gate_inp\.weight$|^output\.weight$", name):
+            weights += n
+        elif re.search(r"\.ffn_(gate|up|down)(_exps|\.\d+)\.weight$", name):
+            weights += n * k / n_exp
+    if "output.weight" not in elements:  # tied: the output head is the embedding table
+        weights += elements["token_embd.weight"]
+    return 2 * weights + 4 * n_heads * head_dim * (pos + 1) * n_layers
 
 
 def main():
@@ -106,6 +133,7 @@ def main():
     size = os.path.getsize(a.model)
     check(0 < j["peak_rss_bytes"] < size + 256e6, f"peak RSS {j['peak_rss_bytes']} within file size + 256 MB")
     check(j["isa"] in ("scalar", "avx2", "avx512"), f"isa {j['isa']!r} is a kernel ISA")
+    check("parallel" not in j, "no parallel array without --parallel")
     check(re.search(r"threads, 2 reps, " + re.escape(j["isa"]) + r" kernels$", text, re.M) is not None,
           "text header names the kernel ISA")
 
@@ -153,6 +181,57 @@ def main():
     check(rc == 2 and "--ctx-size" in err, f"-d 40 -p 4 beyond -c 43 fails naming --ctx-size (exit {rc})")
     rc, out, err = bench(a.mixtral, a.model, ["-d", "-1", "--no-bandwidth"])
     check(rc == 2 and "-d" in err, f"-d -1 fails naming -d (exit {rc})")
+
+    # 6: --parallel, after a depth of 3 and a prompt of 5 (each sequence's decode starts at position 8).
+    rc, out, err = bench(a.mixtral, a.model, ["-p", "5", "-n", "6", "-d", "3", "-r", "2", "-t", "1", "--json",
+                                              "--no-bandwidth", "--parallel", "1,3"])
+    check(rc == 0, f"--parallel 1,3 exits 0 (stderr: {err.strip()[:200]})")
+    j = json.loads(out.strip().splitlines()[-1]) if rc == 0 else {}
+    par = j.get("parallel", [])
+    check([p.get("n_parallel") for p in par] == [1, 3], f"parallel array for 1 then 3: {par}")
+    check(j.get("pp_tps", 0) > 0 and j.get("tg_tps", 0) > 0, "--parallel keeps the solo pp and tg tests")
+    flops = sum(expected_decode_flops(a.model, 8 + i) for i in range(6)) / 6
+    for p in par:
+        n = p["n_parallel"]
+        for key in ("n_past", "tokens_per_s", "per_sequence_tokens_per_s", "ms_per_step", "flops_per_step",
+                    "gflops", "tokens_per_s_reps"):
+            check(key in p, f"x{n}: JSON has {key}")
+        check(p["n_past"] == 8, f"x{n}: n_past {p['n_past']} = -d 3 + -p 5")
+        check(p["tokens_per_s"] > 0 and p["ms_per_step"] > 0, f"x{n}: rates positive: {p['tokens_per_s']}")
+        reps = p["tokens_per_s_reps"]
+        check(len(reps) == 2 and min(reps) - 0.01 <= p["tokens_per_s"] <= max(reps) + 0.01,
+              f"x{n}: 2 reps {reps} bracket the aggregate {p['tokens_per_s']:.2f}")
+        check(abs(p["per_sequence_tokens_per_s"] * n - p["tokens_per_s"]) <= 1e-3 * p["tokens_per_s"],
+              f"x{n}: per-sequence rate x {n} = aggregate")
+        check(abs(n * 1000 / p["ms_per_step"] - p["tokens_per_s"]) <= 1e-4 * p["tokens_per_s"],
+              f"x{n}: {n} tokens per step / ms_per_step = aggregate tokens/s")
+        check(abs(p["flops_per_step"] - n * flops) <= 1e-9 * n * flops,
+              f"x{n}: flops_per_step {p['flops_per_step']:.0f} = {n * flops:.0f} counted from the tensor shapes")
+        check(abs(p["gflops"] - p["flops_per_step"] / p["ms_per_step"] / 1e6) <= 1e-4 * p["gflops"],
+              f"x{n}: gflops = flops_per_step / step time")
+        tag = f"tg6 x{n} @ d8"
+        line = re.search(r"^" + re.escape(tag) + r": ([0-9.]+) tokens/s aggregate \(([0-9.]+) per sequence\), "
+                         r"([0-9.]+) ms/step, ([0-9.]+) GFLOP/s$", out, re.M)
+        check(line is not None and abs(float(line.group(1)) - p["tokens_per_s"]) < 0.006 and
+              abs(float(line.group(2)) - p["per_sequence_tokens_per_s"]) < 0.006 and
+              abs(float(line.group(3)) - p["ms_per_step"]) < 0.006 and abs(float(line.group(4)) - p["gflops"]) < 0.06,
+              f"text '{tag}' line carries the JSON's rates")
+        line = re.search(r"^" + re.escape(tag) + r" per rep: ([0-9.]+), ([0-9.]+)$", out, re.M)
+        check(line is not None and all(abs(float(line.group(i + 1)) - reps[i]) < 0.006 for i in range(2)),
+              f"text '{tag} per rep' line equals tokens_per_s_reps")
+    for bad in ("0", "-1", "abc", "2,,4", "3,x", "1e9999"):
+        rc, out, err = bench(a.mixtral, a.model, ["-n", "2", "-r", "1", "--no-bandwidth", "--parallel=" + bad])
+        check(rc == 2 and "--parallel" in err and len(err.strip().splitlines()) == 1,
+              f"--parallel {bad} fails with one line naming --parallel (exit {rc}: {err.strip()[:120]})")
+    rc, out, err = bench(a.mixtral, a.model, ["-n", "2", "-r", "1", "--no-bandwidth", "--parallel", "10000000000"])
+    check(rc == 2 and "--parallel" in err and "available" in err,
+          f"--parallel beyond the memory fails naming --parallel (exit {rc}: {err.strip()[:160]})")
+    rc, out, err = bench(a.mixtral, a.model, ["-p", "4", "-n", "0", "-r", "1", "--no-bandwidth", "--parallel", "2"])
+    check(rc == 2 and "-n" in err, f"--parallel with -n 0 fails naming -n (exit {rc}: {err.strip()[:120]})")
+    rc, out, err = bench(a.mixtral, a.model, ["-p", "4", "-n", "4", "-c", "7", "-r", "1", "--no-bandwidth",
+                                              "--parallel", "2"])
+    check(rc == 2 and "--ctx-size" in err, f"--parallel with -p 4 -n 4 beyond -c 7 fails naming --ctx-size "
+          f"(exit {rc}: {err.strip()[:120]})")
 
     if FAILURES:
         sys.exit(f"{len(FAILURES)} check(s) failed")
