@@ -121,11 +121,12 @@ T* grow(std::vector<T>& v, int64_t n) {
   return v.data();
 }
 
-// Runs rows(t0, t1) over tokens [0, n): in parallel when there are several and enough values.
+// Runs rows(t0, t1) over tokens [0, n): in parallel when there is a pool (nullptr: on the calling thread,
+// e.g. inside a parallel region) and several tokens with enough values.
 template <class Fn>
-void over_tokens(ThreadPool& pool, int64_t n, int64_t cols, const Fn& rows) {
-  if (pool.size() > 1 && n >= 2 && n * cols >= (1 << 15)) {
-    pool.run([&](int ith, int nth) { rows(n * ith / nth, n * (ith + 1) / nth); });
+void over_tokens(ThreadPool* pool, int64_t n, int64_t cols, const Fn& rows) {
+  if (pool != nullptr && pool->size() > 1 && n >= 2 && n * cols >= (1 << 15)) {
+    pool->run([&](int ith, int nth) { rows(n * ith / nth, n * (ith + 1) / nth); });
   } else {
     rows(0, n);
   }
@@ -190,9 +191,9 @@ struct detail::PreparedAccess {
   }
 
   // The format `key` of in's rows: the cached one, or made now from the f32 rows (per row, in parallel over
-  // tokens when there are several). The returned buffers stay put until in's next reset or gather (a
-  // later slot's emplace_back moves Formats, not their vectors' storage).
-  static const Format& get(PreparedInput& in, const Format& key, ThreadPool& pool) {
+  // tokens when there are several and a pool). The returned buffers stay put until in's next reset or
+  // gather (a later slot's emplace_back moves Formats, not their vectors' storage).
+  static const Format& get(PreparedInput& in, const Format& key, ThreadPool* pool) {
     for (size_t i = 0; i < in.live_; ++i)
       if (same_key(in.formats_[i], key)) return in.formats_[i];
     const int64_t n = in.n_, cols = in.cols_;
@@ -248,8 +249,9 @@ struct detail::PreparedAccess {
 
   // Fills a's activations for weight type kWeightTypes[i] under table k: the format it reads (Q8_0 blocks
   // in the order of the table's arrange function for the type, for every token count, so decode and
-  // prefill of a kernel sum in the same order; Q8_K blocks; or none), and the f32 rows.
-  static void activations(const KernelTable& k, int i, PreparedInput& x, ThreadPool& pool, MatmulArgs& a) {
+  // prefill of a kernel sum in the same order; Q8_K blocks; or none), and the f32 rows. Formats are made
+  // with pool (nullptr: on the calling thread).
+  static void activations(const KernelTable& k, int i, PreparedInput& x, ThreadPool* pool, MatmulArgs& a) {
     a.x = x.x_;
     Format key;
     if (!key_of(k, i, key)) return;
@@ -306,7 +308,7 @@ detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, int i, Pre
   a.w = static_cast<const uint8_t*>(w.data);
   a.w_stride = w.row_stride();
   a.cols = w.cols();
-  detail::PreparedAccess::activations(k, i, x, pool, a);
+  detail::PreparedAccess::activations(k, i, x, &pool, a);
   return a;
 }
 
@@ -336,6 +338,122 @@ void run_rows(ThreadPool& pool, int64_t rows, size_t row_bytes, int64_t n, const
     const int64_t b = blocks * ith / nth * kRowAlign,
                   e = std::min(rows, blocks * (ith + 1) / nth * kRowAlign);
     if (b < e) range(b, e);
+  });
+}
+
+// One SwiGLU matmul's tiles: out = silu(W1 x) * (W3 x) for weight rows [r0, r0 + nr), all n tokens.
+struct SwigluArgs {
+  detail::MatmulArgs a1, a3;
+  detail::MatmulTileFn t1 = nullptr, t3 = nullptr;
+  detail::SiluMulFn silu_mul = nullptr;
+  int64_t n = 0, ffn = 0;
+  float* out = nullptr;  // [n, ffn]
+};
+
+void swiglu_rows(const SwigluArgs& s, int64_t r0, int64_t nr) {
+  constexpr int64_t kTokenBlock = 64;
+  thread_local std::vector<float> up;  // [min(n, kTokenBlock), nr] W3 x for this piece
+  float* u = grow(up, std::min(s.n, kTokenBlock) * nr);
+  for (int64_t t0 = 0; t0 < s.n; t0 += kTokenBlock) {
+    const int64_t nt = std::min(kTokenBlock, s.n - t0);
+    float* gate = s.out + t0 * s.ffn + r0;  // W1 x lands in place, then becomes silu(W1 x) * (W3 x)
+    s.t1(s.a1, r0, nr, t0, nt, gate, s.ffn);
+    s.t3(s.a3, r0, nr, t0, nt, u, nr);
+    for (int64_t t = 0; t < nt; ++t) s.silu_mul(gate + t * s.ffn, u + t * nr, nr);
+  }
+}
+
+// Estimated cost of a weight row read for n tokens, relative to one token's (a memory-bound stream).
+// Measured per 8x7B Q4_0 expert at 2 threads (W1 + W3 + W2): 1.9, 3.0, 4.5, 6.4 ms for 1, 2, 4, 8 tokens,
+// i.e. about n^0.6; past 8 tokens the token tiles' arithmetic dominates and grows about linearly.
+double token_cost(int64_t n) {
+  const double n8 = std::pow(8.0, 0.6);
+  return n <= 8 ? std::pow(static_cast<double>(n), 0.6)
+                : n8 * (1.0 + 0.8 * (static_cast<double>(n) / 8.0 - 1.0));
+}
+
+// One group of a grouped region, as run_groups sees it.
+struct GroupShape {
+  int64_t rows = 0;
+  int64_t n = 0;          // tokens
+  size_t row_bytes = 0;   // bytes of one row of the largest weight (chunking, as run_rows)
+  double block_cost = 0;  // estimated cost of kRowAlign rows: all weights' bytes x token_cost(n)
+};
+
+// Runs fn(g, r0, nr) over every group's rows [0, rows_g) in ONE pool.run. The groups' kRowAlign-row blocks,
+// in group order, are cut into pool.size() contiguous runs of equal estimated cost (a run may span several
+// groups); inside a group a run is walked as run_rows walks its range (chunks of about kChunkBytes of
+// weights with several tokens, at once for one token).
+template <class Fn>
+void run_groups(ThreadPool& pool, const std::vector<GroupShape>& gs, const Fn& fn) {
+  const auto n_groups = static_cast<int64_t>(gs.size());
+  std::vector<int64_t> first(gs.size() + 1, 0);  // [n_groups + 1] global index of each group's first block
+  std::vector<double> cost(gs.size() + 1, 0.0);  // [n_groups + 1] cost of the blocks before each group
+  for (int64_t g = 0; g < n_groups; ++g) {
+    first[g + 1] = first[g] + (gs[g].rows + kRowAlign - 1) / kRowAlign;
+    cost[g + 1] = cost[g] + static_cast<double>(first[g + 1] - first[g]) * gs[g].block_cost;
+  }
+  // Walks global blocks [b0, b1).
+  auto walk = [&](int64_t b0, int64_t b1) {
+    for (int64_t g = 0; g < n_groups; ++g) {
+      const int64_t lo = std::max(b0, first[g]), hi = std::min(b1, first[g + 1]);
+      if (lo >= hi) continue;
+      const GroupShape& s = gs[g];
+      const int64_t r_begin = (lo - first[g]) * kRowAlign,
+                    r_end = std::min(s.rows, (hi - first[g]) * kRowAlign);
+      const int64_t chunk =
+          s.n == 1
+              ? r_end - r_begin
+              : std::clamp<int64_t>(static_cast<int64_t>(kChunkBytes / std::max<size_t>(s.row_bytes, 1)) /
+                                        kRowAlign * kRowAlign,
+                                    kRowAlign, 256);
+      for (int64_t r = r_begin; r < r_end; r += chunk) fn(g, r, std::min(chunk, r_end - r));
+    }
+  };
+  const int64_t blocks = first[n_groups];
+  if (pool.size() == 1 || blocks < 2) {
+    walk(0, blocks);
+    return;
+  }
+  // The global block where cumulative cost c falls (rounded to the nearest block edge of its group).
+  auto cut = [&](double c) {
+    int64_t g = 0;
+    while (g + 1 < n_groups && cost[g + 1] <= c) ++g;
+    const double in_group = (c - cost[g]) / std::max(gs[g].block_cost, 1e-30);
+    return std::clamp<int64_t>(first[g] + std::llround(in_group), first[g], first[g + 1]);
+  };
+  pool.run([&](int ith, int nth) {
+    const int64_t b0 = ith == 0 ? 0 : cut(cost[n_groups] * ith / nth);
+    const int64_t b1 = ith + 1 == nth ? blocks : cut(cost[n_groups] * (ith + 1) / nth);
+    walk(b0, b1);
+  });
+}
+
+// Makes the formats that weight types kWeightTypes[i] read from their inputs, for every (input, i) pair of
+// need, before a parallel region reads them (PreparedInput is not thread-safe). Several inputs with enough
+// values: one region over the distinct inputs, each made whole by one thread; else on the calling thread,
+// each in parallel over its tokens.
+void prepare_inputs(const KernelTable& k, const std::vector<std::pair<PreparedInput*, int>>& need,
+                    ThreadPool& pool) {
+  std::vector<PreparedInput*> inputs;  // distinct, in first-use order
+  int64_t values = 0;
+  for (const auto& [x, i] : need)
+    if (std::find(inputs.begin(), inputs.end(), x) == inputs.end()) {
+      inputs.push_back(x);
+      values += x->n() * x->cols();
+    }
+  auto make = [&](PreparedInput* x, ThreadPool* p) {
+    detail::MatmulArgs a;
+    for (const auto& [y, i] : need)
+      if (y == x) detail::PreparedAccess::activations(k, i, *x, p, a);
+  };
+  if (pool.size() == 1 || inputs.size() < 2 || values < (1 << 15)) {
+    for (PreparedInput* x : inputs) make(x, &pool);
+    return;
+  }
+  std::atomic<size_t> next{0};
+  pool.run([&](int, int) {
+    for (size_t j = next.fetch_add(1); j < inputs.size(); j = next.fetch_add(1)) make(inputs[j], nullptr);
   });
 }
 
@@ -484,7 +602,7 @@ void PreparedInput::prepare_for(const TensorView& w, ThreadPool& pool) {
   const int i = weight_index(w.dtype);
   if (n_ == 0 || i < 0) return;
   Format key;
-  if (detail::PreparedAccess::key_of(table(), i, key)) detail::PreparedAccess::get(*this, key, pool);
+  if (detail::PreparedAccess::key_of(table(), i, key)) detail::PreparedAccess::get(*this, key, &pool);
 }
 
 void matmul(const TensorView& w, PreparedInput& x, float* y, int64_t ldy, ThreadPool& pool) {
@@ -519,25 +637,98 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, PreparedInput& x,
   // Both from x's cache: one format when the two types read the same one, else two.
   const detail::MatmulArgs a1 = prepare(k, w1, i1, x, pool);
   const detail::MatmulArgs a3 = prepare(k, w3, i3, x, pool);
-  const detail::MatmulTileFn t1 = k.matmul[i1].tile, t3 = k.matmul[i3].tile;
-  constexpr int64_t kTokenBlock = 64;
-  run_rows(pool, ffn, std::max(a1.w_stride, a3.w_stride), n, [&](int64_t r0, int64_t nr) {
-    thread_local std::vector<float> up;  // [min(n, kTokenBlock), nr] W3 x for this piece
-    const size_t up_size = static_cast<size_t>(std::min(n, kTokenBlock) * nr);
-    if (up.size() < up_size) up.resize(up_size);
-    for (int64_t t0 = 0; t0 < n; t0 += kTokenBlock) {
-      const int64_t nt = std::min(kTokenBlock, n - t0);
-      float* gate = out + t0 * ffn + r0;  // W1 x lands in place, then becomes silu(W1 x) * (W3 x)
-      t1(a1, r0, nr, t0, nt, gate, ffn);
-      t3(a3, r0, nr, t0, nt, up.data(), nr);
-      for (int64_t t = 0; t < nt; ++t) k.silu_mul(gate + t * ffn, up.data() + t * nr, nr);
-    }
-  });
+  const SwigluArgs s{a1, a3, k.matmul[i1].tile, k.matmul[i3].tile, k.silu_mul, n, ffn, out};
+  run_rows(pool, ffn, std::max(a1.w_stride, a3.w_stride), n,
+           [&](int64_t r0, int64_t nr) { swiglu_rows(s, r0, nr); });
 }
 
 void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, int64_t n, float* out,
                    ThreadPool& pool) {
   matmul_swiglu(w1, w3, thread_input(w1, x, n), out, pool);
+}
+
+void matmul_groups(const MatmulGroup* g, int64_t n_groups, ThreadPool& pool) {
+  MX_CHECK(n_groups >= 0 && (n_groups == 0 || g != nullptr), "matmul_groups: %lld groups",
+           static_cast<long long>(n_groups));
+  const KernelTable& k = table();
+  std::vector<int64_t> run;  // table-kernel groups with work, in order
+  std::vector<std::pair<PreparedInput*, int>> need;
+  for (int64_t j = 0; j < n_groups; ++j) {
+    MX_CHECK(g[j].x != nullptr, "matmul_groups: group %lld has no input", static_cast<long long>(j));
+    check_matmul(g[j].w, *g[j].x, g[j].y);
+    MX_CHECK(g[j].ldy >= g[j].w.rows(), "matmul_groups: group %lld: ldy %lld < rows %lld",
+             static_cast<long long>(j), static_cast<long long>(g[j].ldy),
+             static_cast<long long>(g[j].w.rows()));
+    if (g[j].x->n() == 0 || g[j].w.rows() == 0) continue;
+    const int i = weight_index(g[j].w.dtype);
+    if (i < 0) {  // fallback type: on its own
+      fallback::matmul(g[j].w, g[j].x->data(), g[j].x->n(), g[j].y, g[j].ldy, pool);
+      continue;
+    }
+    run.push_back(j);
+    need.emplace_back(g[j].x, i);
+  }
+  prepare_inputs(k, need, pool);
+  std::vector<detail::MatmulArgs> args(run.size());
+  std::vector<detail::MatmulTileFn> tiles(run.size());
+  std::vector<GroupShape> shapes(run.size());
+  for (size_t j = 0; j < run.size(); ++j) {
+    const MatmulGroup& gj = g[run[j]];
+    const int i = weight_index(gj.w.dtype);
+    args[j] = prepare(k, gj.w, i, *gj.x, pool);  // formats made above: lookups only
+    tiles[j] = k.matmul[i].tile;
+    shapes[j].rows = gj.w.rows();
+    shapes[j].n = gj.x->n();
+    shapes[j].row_bytes = args[j].w_stride;
+    shapes[j].block_cost = static_cast<double>(kRowAlign * args[j].w_stride) * token_cost(shapes[j].n);
+  }
+  run_groups(pool, shapes, [&](int64_t j, int64_t r0, int64_t nr) {
+    const MatmulGroup& gj = g[run[static_cast<size_t>(j)]];
+    tiles[j](args[j], r0, nr, 0, shapes[j].n, gj.y + r0, gj.ldy);
+  });
+}
+
+void matmul_swiglu_groups(const SwigluGroup* g, int64_t n_groups, ThreadPool& pool) {
+  MX_CHECK(n_groups >= 0 && (n_groups == 0 || g != nullptr), "matmul_swiglu_groups: %lld groups",
+           static_cast<long long>(n_groups));
+  const KernelTable& k = table();
+  std::vector<int64_t> run;  // table-kernel groups with work, in order
+  std::vector<std::pair<PreparedInput*, int>> need;
+  for (int64_t j = 0; j < n_groups; ++j) {
+    const SwigluGroup& gj = g[j];
+    MX_CHECK(gj.x != nullptr, "matmul_swiglu_groups: group %lld has no input", static_cast<long long>(j));
+    check_matmul(gj.w1, *gj.x, gj.out);
+    check_matmul(gj.w3, *gj.x, gj.out);
+    MX_CHECK(gj.w3.rows() == gj.w1.rows() && gj.w3.cols() == gj.w1.cols(),
+             "matmul_swiglu_groups: w1 %s and w3 %s differ in shape", shape_string(gj.w1).c_str(),
+             shape_string(gj.w3).c_str());
+    if (gj.x->n() == 0 || gj.w1.rows() == 0) continue;
+    const int i1 = weight_index(gj.w1.dtype), i3 = weight_index(gj.w3.dtype);
+    if (i1 < 0 || i3 < 0) {  // a fallback type: on its own
+      fallback::matmul_swiglu(gj.w1, gj.w3, *gj.x, gj.out, pool);
+      continue;
+    }
+    run.push_back(j);
+    need.emplace_back(gj.x, i1);
+    need.emplace_back(gj.x, i3);
+  }
+  prepare_inputs(k, need, pool);
+  std::vector<SwigluArgs> args(run.size());
+  std::vector<GroupShape> shapes(run.size());
+  for (size_t j = 0; j < run.size(); ++j) {
+    const SwigluGroup& gj = g[run[j]];
+    const int i1 = weight_index(gj.w1.dtype), i3 = weight_index(gj.w3.dtype);
+    const detail::MatmulArgs a1 = prepare(k, gj.w1, i1, *gj.x, pool);  // formats made above: lookups only
+    const detail::MatmulArgs a3 = prepare(k, gj.w3, i3, *gj.x, pool);
+    args[j] =
+        SwigluArgs{a1, a3, k.matmul[i1].tile, k.matmul[i3].tile, k.silu_mul, gj.x->n(), gj.w1.rows(), gj.out};
+    shapes[j].rows = gj.w1.rows();
+    shapes[j].n = gj.x->n();
+    shapes[j].row_bytes = std::max(a1.w_stride, a3.w_stride);
+    shapes[j].block_cost =
+        static_cast<double>(kRowAlign * (a1.w_stride + a3.w_stride)) * token_cost(shapes[j].n);
+  }
+  run_groups(pool, shapes, [&](int64_t j, int64_t r0, int64_t nr) { swiglu_rows(args[j], r0, nr); });
 }
 
 void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out) {

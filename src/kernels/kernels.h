@@ -119,6 +119,29 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, PreparedInput& x,
 void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, int64_t n, float* out,
                    ThreadPool& pool);
 
+// Several independent matmuls run as one parallel region (the experts of an MoE step): every group's
+// input format is made first (on the calling thread, or one region over the distinct inputs), then one
+// pool.run hands each thread a contiguous run of (group, 16-row range) work of equal estimated cost
+// (weight bytes x a factor growing with the group's token count), so a thread may span several groups and
+// none idles on an unbalanced one. Each (token, row) output runs the same tile code as matmul /
+// matmul_swiglu on that group alone: bit-identical to them, whatever the grouping and thread count.
+// Groups of the fallback types (no table kernel) run one after another through matmul / matmul_swiglu.
+// Inputs may be shared between groups; outputs must not overlap.
+struct MatmulGroup {
+  TensorView w;                // [rows, cols]
+  PreparedInput* x = nullptr;  // [n, cols]
+  float* y = nullptr;          // [n, ldy]: y[t, r] = sum_c W[r, c] * x[t, c]
+  int64_t ldy = 0;             // >= rows
+};
+void matmul_groups(const MatmulGroup* g, int64_t n_groups, ThreadPool& pool);
+
+struct SwigluGroup {
+  TensorView w1, w3;           // [ffn, cols] each
+  PreparedInput* x = nullptr;  // [n, cols]
+  float* out = nullptr;        // [n, ffn]: silu((W1 x)[t, f]) * (W3 x)[t, f]
+};
+void matmul_swiglu_groups(const SwigluGroup* g, int64_t n_groups, ThreadPool& pool);
+
 // out[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * w      x, out: [n, dim]; w: [dim]
 void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out);
 

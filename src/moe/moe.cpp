@@ -61,11 +61,18 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
       tok_w_[static_cast<size_t>(fill[e]++)] = routing_.weights[static_cast<size_t>(t * k + j)];
     }
 
-  // The batch input's dot formats are made once (on first use) and shared by every expert: an expert that
-  // takes every token reads the batch input itself, the others gather their rows from it, quantized rows
-  // included (so x is quantized once per call, not once per expert).
+  // The batch input's dot formats are made once and shared by every expert: an expert that takes every
+  // token reads the batch input itself, the others gather their rows from it, quantized rows included (so
+  // x is quantized once per call, not once per expert). Then every chosen expert runs in one parallel
+  // region per stage (W1/W3 with SwiGLU; W2), the work split over the threads by (expert, row range).
   std::memset(y, 0, sizeof(float) * static_cast<size_t>(n * dim));
   xb_.reset(x, n, dim);
+  if (xe_.size() < static_cast<size_t>(E)) xe_.resize(static_cast<size_t>(E));
+  if (he_.size() < static_cast<size_t>(E)) he_.resize(static_cast<size_t>(E));
+  h_.resize(static_cast<size_t>(n * k * ffn));
+  ye_.resize(static_cast<size_t>(n * k * dim));
+  up_.clear();
+  down_.clear();
   for (int64_t e = 0; e < E; ++e) {
     const int64_t b = start[static_cast<size_t>(e)], m = start[static_cast<size_t>(e) + 1] - b;
     if (m == 0) continue;
@@ -75,17 +82,19 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
     if (m != n) {  // gather this expert's tokens (the whole batch is already in token order: no copy)
       xb_.prepare_for(w1, pool);
       xb_.prepare_for(w3, pool);
-      xe_.gather(xb_, tokens_.data() + b, m);
-      xin = &xe_;
+      xin = &xe_[static_cast<size_t>(e)];
+      xin->gather(xb_, tokens_.data() + b, m);
     }
-    h_.resize(static_cast<size_t>(m * ffn));
-    ye_.resize(static_cast<size_t>(m * dim));
-    kernels::matmul_swiglu(w1, w3, *xin, h_.data(), pool);
-    he_.reset(h_.data(), m, ffn);
-    kernels::matmul(w.w2[static_cast<size_t>(e)], he_, ye_.data(), dim, pool);
-    for (int64_t i = 0; i < m; ++i) {  // scatter, weighted by the router
-      const float wt = tok_w_[static_cast<size_t>(b + i)];
-      float* yt = y + tokens_[static_cast<size_t>(b + i)] * dim;
+    up_.push_back({w1, w3, xin, h_.data() + b * ffn});
+    he_[static_cast<size_t>(e)].reset(h_.data() + b * ffn, m, ffn);
+    down_.push_back({w.w2[static_cast<size_t>(e)], &he_[static_cast<size_t>(e)], ye_.data() + b * dim, dim});
+  }
+  kernels::matmul_swiglu_groups(up_.data(), static_cast<int64_t>(up_.size()), pool);
+  kernels::matmul_groups(down_.data(), static_cast<int64_t>(down_.size()), pool);  // quantizes each h first
+  for (int64_t e = 0; e < E; ++e) {  // scatter, weighted by the router, experts in index order
+    for (int64_t i = start[static_cast<size_t>(e)]; i < start[static_cast<size_t>(e) + 1]; ++i) {
+      const float wt = tok_w_[static_cast<size_t>(i)];
+      float* yt = y + tokens_[static_cast<size_t>(i)] * dim;
       const float* src = ye_.data() + i * dim;
       for (int64_t d = 0; d < dim; ++d) yt[d] += wt * src[d];
     }

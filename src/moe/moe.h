@@ -1,7 +1,8 @@
 // Sparse mixture-of-experts feed-forward: an fp32 router (softmax over all experts, top-k,
 // renormalised), then SwiGLU experts. Tokens of a batch are grouped by expert so each chosen
-// expert runs one GEMM over its tokens (prefill); a single token is the same path with one row
-// per expert (decode: two expert mat-vecs). A dense FFN is one expert of weight 1.
+// expert runs one GEMM over its tokens, all chosen experts in one parallel region per stage
+// (kernels::matmul_swiglu_groups, matmul_groups); a single token is the same path with one row per
+// expert (decode: two expert mat-vecs). A dense FFN is one expert of weight 1.
 #pragma once
 
 #include <cstdint>
@@ -36,11 +37,14 @@ class MoeLayer {
   Routing routing_;
   std::vector<int32_t> tokens_;  // [n * k] token indices grouped by expert
   std::vector<float> tok_w_;     // [n * k] matching routing weights
-  kernels::PreparedInput xb_;    // [n, dim] the batch input x and its formats, quantized once per call
-  kernels::PreparedInput xe_;    // [m, dim] one expert's tokens, gathered from xb_ with its formats
-  std::vector<float> h_;         // [m, ffn] silu(W1 x) * W3 x
-  kernels::PreparedInput he_;    // [m, ffn] h_ as W2's input (quantized once per expert)
-  std::vector<float> ye_;        // [m, dim] expert outputs before scatter
+  kernels::PreparedInput xb_;    // [n, dim] the batch input x and its formats, quantized once
+  std::vector<kernels::PreparedInput>
+      xe_;                // [E] expert e's tokens [m_e, dim], gathered from xb_ with its formats
+  std::vector<float> h_;  // [n * k, ffn] silu(W1 x) * W3 x, rows grouped by expert like tokens_
+  std::vector<kernels::PreparedInput> he_;  // [E] expert e's rows of h_ [m_e, ffn] as W2's input
+  std::vector<float> ye_;                   // [n * k, dim] expert outputs before scatter, grouped like h_
+  std::vector<kernels::SwigluGroup> up_;    // the chosen experts' W1/W3 stage, one region
+  std::vector<kernels::MatmulGroup> down_;  // their W2 stage, one region
 };
 
 }  // namespace mixtral

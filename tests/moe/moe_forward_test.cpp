@@ -182,5 +182,72 @@ TEST(MoeLayer, QuantizedExpertsMatchPerExpertFloatPath) {
   }
 }
 
+// Batch invariance through the grouped expert regions: a batch of many tokens over 8 experts (uneven token
+// counts per expert, some experts with none) gives each token bit for bit what it gets alone (the decode
+// step), whatever the thread count, for weights as the loader leaves them (Q4_0 repacked to Q4_0_G8; Q4_K
+// with Q6_K W2; a dequantizing fallback type, Q5_0).
+TEST(MoeLayer, ManyTokensMatchEachTokenAlone) {
+  ModelConfig c;
+  c.dim = 256;
+  c.ffn_dim = 512;
+  c.n_experts = 8;
+  c.n_experts_used = 2;
+  const int64_t E = c.n_experts, dim = c.dim, ffn = c.ffn_dim, n = 29;
+  std::mt19937 rng(23);
+  std::normal_distribution<float> nd(0.0f, 0.3f);
+  auto quantized = [&](DType t, int64_t rows, int64_t cols, std::vector<uint8_t>& bytes) {
+    const DType file = file_layout(t);
+    const size_t rb = row_bytes(file, cols);
+    bytes.resize(rb * static_cast<size_t>(rows));
+    std::vector<float> row(static_cast<size_t>(cols));  // [cols]
+    for (int64_t r = 0; r < rows; ++r) {
+      for (auto& v : row) v = nd(rng);
+      quantize_row(file, row.data(), bytes.data() + static_cast<size_t>(r) * rb, cols);
+    }
+    if (file != t) repack(file, t, bytes.data(), bytes.data(), rows * cols);
+    TensorView v;
+    v.data = bytes.data();
+    v.dtype = t;
+    v.ndim = 2;
+    v.shape = {rows, cols, 1, 1};
+    return v;
+  };
+  const DType types[][2] = {
+      {DType::Q4_0_G8, DType::Q4_0_G8}, {DType::Q4_K, DType::Q6_K}, {DType::Q5_0, DType::Q5_0}};
+  for (const auto& [t13, t2] : types) {
+    SCOPED_TRACE(std::string(dtype_name(t13)) + "/" + std::string(dtype_name(t2)));
+    LayerWeights w;
+    w.router.resize(static_cast<size_t>(E * dim));  // [E, dim]
+    for (auto& v : w.router) v = nd(rng);
+    std::vector<std::vector<uint8_t>> bytes(static_cast<size_t>(3 * E));  // W1, W3, W2 of each expert
+    for (int64_t e = 0; e < E; ++e) {
+      w.w1.push_back(quantized(t13, ffn, dim, bytes[static_cast<size_t>(3 * e)]));
+      w.w3.push_back(quantized(t13, ffn, dim, bytes[static_cast<size_t>(3 * e + 1)]));
+      w.w2.push_back(quantized(t2, dim, ffn, bytes[static_cast<size_t>(3 * e + 2)]));
+    }
+    std::vector<float> x(static_cast<size_t>(n * dim));  // [n, dim]
+    for (auto& v : x) v = nd(rng);
+
+    ThreadPool pool1(1);
+    MoeLayer single(c);
+    std::vector<float> alone(x.size());  // [n, dim] each token on its own
+    for (int64_t t = 0; t < n; ++t) single.forward(w, x.data() + t * dim, 1, alone.data() + t * dim, pool1);
+    for (int threads : {1, 2, 3}) {
+      ThreadPool pool(threads);
+      MoeLayer layer(c);  // fresh scratch buffers: no earlier call's results left in them
+      std::vector<float> y(x.size(), -1.0f);  // [n, dim]
+      layer.forward(w, x.data(), n, y.data(), pool);
+      std::vector<int64_t> per_expert(static_cast<size_t>(E), 0);
+      for (int32_t e : layer.routing().experts) ++per_expert[static_cast<size_t>(e)];
+      EXPECT_GT(*std::max_element(per_expert.begin(), per_expert.end()),
+                *std::min_element(per_expert.begin(), per_expert.end()))
+          << "uneven token counts per expert";
+      for (int64_t t = 0; t < n; ++t)
+        EXPECT_EQ(0, std::memcmp(y.data() + t * dim, alone.data() + t * dim, sizeof(float) * dim))
+            << "token " << t << ", " << threads << " threads";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mixtral
