@@ -50,6 +50,11 @@ void add_serve_options(CLI::App* app, ServerOptions& o) {
   app->add_option("--parallel", o.parallel, "sequences decoded together (continuous batching)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
+  app->add_option("--step-tokens", o.step_tokens,
+                  "tokens per forward step: the next token of every decoding sequence first, then prefill "
+                  "chunks of new prompts up to this many (at least --parallel)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{65536}));
   app->add_option("-c,--ctx-size", o.ctx_size, "context size per sequence (default: min(trained, 4096))")
       ->check(CLI::NonNegativeNumber);
   app->add_option("--api-key", o.api_key, "require 'Authorization: Bearer KEY'");

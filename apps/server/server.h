@@ -27,6 +27,7 @@ struct ServerOptions {
   bool no_repack = false;            // keep weights in the file's layout (BatchEngineOptions::repack)
   std::string cache_type = "f16";    // KV cache type (parse_kv_cache_type)
   int64_t kv_memory = 0;             // bytes of the KV block pool; 0: parallel full contexts
+  int64_t step_tokens = 64;          // tokens per forward step (BatchEngineOptions::max_batch)
 };
 
 // Registers the `serve` flags on app, writing into o.

@@ -27,7 +27,12 @@ struct BatchEngineOptions {
   int threads = 0;          // 0: all cores
   int64_t ctx_size = 0;     // positions per sequence; 0: min(trained context, 4096)
   int parallel = 4;         // sequences advancing together
-  int64_t max_batch = 64;   // tokens per forward step (decodes + prefill chunks)
+  // The step's token budget (`serve --step-tokens`): each forward step takes first the next token of every
+  // decoding sequence, then prefill chunks of prompts in admission order up to this many tokens in all.
+  // Raised to `parallel` if smaller, so every decode fits one step. Larger: a long prompt reaches its
+  // first token sooner; smaller: the decoding streams' step (their inter-token gap) stays short meanwhile.
+  // The default is chosen by measurement (docs/architecture.md, Continuous batching).
+  int64_t max_batch = 64;
   int64_t block_size = 16;  // positions per KV block
   int64_t max_queue = 256;  // waiting requests beyond `parallel`; more are refused
   bool repack = true;       // repack weights at load for the kernels (LoadOptions::repack)
