@@ -906,6 +906,7 @@ int serve(const ServerOptions& o) {
   eo.threads = o.threads;
   eo.ctx_size = o.ctx_size;
   eo.parallel = o.parallel;
+  eo.max_batch = o.step_tokens;
   eo.max_queue = o.max_queue;
   eo.repack = !o.no_repack;
   const auto cache_type = parse_kv_cache_type(o.cache_type);
