@@ -146,6 +146,75 @@ TEST(BatchEngine, ConcurrentAnswersEqualAnswersAlone) {
   EXPECT_EQ(sel, 2 * 2 * (st.prompt_tokens_computed + st.generated_tokens - N));
 }
 
+// The step budget (max_batch, `serve --step-tokens`): a prompt goes through in chunks of the budget, and
+// the answer does not depend on it.
+TEST(BatchEngine, StepBudgetChunksThePrompt) {
+  const auto prompt = prompt_of(5, 50);
+  std::vector<int32_t> first;
+  for (const int64_t budget : {64, 8, 1}) {
+    auto e = load(1, 256, budget);
+    Collector c;
+    ASSERT_EQ(e->submit(greedy(prompt, 4), c.cb()).status, BatchEngine::Submit::kOk);
+    c.wait();
+    const auto st = e->stats();
+    // ceil(50 / budget) prefill steps (the last one samples the first token), then 3 decode steps.
+    EXPECT_EQ(st.steps, static_cast<uint64_t>((50 + budget - 1) / budget + 3)) << "budget " << budget;
+    EXPECT_EQ(st.prompt_tokens_computed, 50u);
+    if (first.empty()) first = c.tokens;
+    EXPECT_EQ(c.tokens, first) << "budget " << budget;
+  }
+}
+
+// A prompt arriving while a sequence decodes: every step carries the decoding sequence's next token first,
+// and the prompt fills the rest of the budget (4 - 1 = 3 tokens a step), so the stream never skips a step.
+TEST(BatchEngine, DecodesFirstThenPrefillUpToTheBudget) {
+  auto e = load(2, 256, 4);
+  const auto a = prompt_of(1, 3), b = prompt_of(2, 20);
+  std::mutex mu;
+  std::vector<int32_t> a_tokens;
+  size_t a_at_b_first = 0;
+  Collector cb;
+  auto b_cb = cb.cb();
+  Collector ca;  // only for wait()
+  auto a_done = ca.cb();
+  BatchEngine* eng = e.get();
+  // Submitted from A's first token (on the engine thread), so B is admitted at the very next step.
+  ASSERT_EQ(e->submit(greedy(a, 30),
+                      [&](const TokenEvent& ev) {
+                        size_t n = 0;
+                        {
+                          std::lock_guard<std::mutex> lk(mu);
+                          if (ev.token >= 0) a_tokens.push_back(ev.token);
+                          n = a_tokens.size();
+                        }
+                        if (ev.token >= 0 && n == 1) {
+                          EXPECT_EQ(eng->submit(greedy(b, 2),
+                                                [&](const TokenEvent& bev) {
+                                                  if (bev.token >= 0 && cb.tokens.empty()) {
+                                                    std::lock_guard<std::mutex> lk(mu);
+                                                    a_at_b_first = a_tokens.size();
+                                                  }
+                                                  return b_cb(bev);
+                                                })
+                                        .status,
+                                    BatchEngine::Submit::kOk);
+                        }
+                        return a_done(ev);
+                      })
+                .status,
+            BatchEngine::Submit::kOk);
+  ca.wait();
+  cb.wait();
+  // Step 1: A's prompt (its token 1). Steps 2..8: A's next token, then 3, 3, 3, 3, 3, 3, 2 tokens of B's
+  // prompt; B's first token comes from step 8, after A's token 8 of the same step.
+  EXPECT_EQ(a_at_b_first, 8u);
+  EXPECT_EQ(cb.tokens.size(), 2u);
+  EXPECT_EQ(a_tokens.size(), 30u);
+  const auto st = e->stats();
+  EXPECT_EQ(st.steps, 30u);  // B's 8 steps all shared with A's
+  EXPECT_EQ(st.prompt_tokens_computed, a.size() + b.size());
+}
+
 TEST(BatchEngine, SharedPrefixReusesBlocksAndGivesTheSameAnswer) {
   auto base = prompt_of(9, 40);  // 2 full blocks of 16 shareable (the last prompt token is always computed)
   auto a = base, b = base;
