@@ -319,7 +319,7 @@ Status check_parallel(const EngineCore& core, const Engine::BenchOptions& o) {
   const int64_t len = o.n_depth + o.n_prompt + o.n_gen;
   if (len > core.ctx)
     return Error::usage("bench: --parallel: " + std::to_string(len) +
-                        " positions per sequence (-d + -p + -n) " + "exceed the context of " +
+                        " positions per sequence (-d + -p + -n) exceed the context of " +
                         std::to_string(core.ctx) + " (--ctx-size)");
   const ModelConfig& c = core.config();
   const auto max_n = static_cast<double>(*std::max_element(o.parallel.begin(), o.parallel.end()));
