@@ -24,17 +24,17 @@ class TokenMasker;
 
 struct BatchEngineOptions {
   std::string model_path;
-  int threads = 0;          // 0: all cores
-  int64_t ctx_size = 0;     // positions per sequence; 0: min(trained context, 4096)
-  int parallel = 4;         // sequences advancing together
+  int threads = 0;       // 0: all cores
+  int64_t ctx_size = 0;  // positions per sequence; 0: min(trained context, 4096)
+  int parallel = 4;      // sequences advancing together
   // The step's token budget (`serve --step-tokens`): each forward step takes first the next token of every
   // decoding sequence, then prefill chunks of prompts in admission order up to this many tokens in all.
   // Raised to `parallel` if smaller, so every decode fits one step. While a prompt prefills, every step
   // carries ~budget tokens, so the decoding streams' inter-token gap grows with the budget, and the prompt
-  // advances by the budget minus the decodes per step. 64 by measurement (4-layer full-width 8x7B Q4_0, 2 threads, 16 streams decoding, a
-  // 1000-token prompt arriving): the streams' gap grows 2.7x while it prefills, its first token after
-  // ~9 s; 32: 1.6x, 12 s; 128: 4.6x, 6.7 s; 256: 9.6x, 6.4 s (prefill no faster, stall twice as long);
-  // 16: no stall, 26 s (the prompt waits for the streams to end).
+  // advances by the budget minus the decodes per step. 64 by measurement (4-layer full-width 8x7B Q4_0, 2
+  // threads, 16 streams decoding, a 1000-token prompt arriving): the streams' gap grows 2.7x while it
+  // prefills, its first token after ~9 s; 32: 1.6x, 12 s; 128: 4.6x, 6.7 s; 256: 9.6x, 6.4 s (prefill no
+  // faster, stall twice as long); 16: no stall, 26 s (the prompt waits for the streams to end).
   int64_t max_batch = 64;
   int64_t block_size = 16;  // positions per KV block
   int64_t max_queue = 256;  // waiting requests beyond `parallel`; more are refused
