@@ -222,7 +222,7 @@ BENCHMARK(BM_SwigluDecode)
 BENCHMARK(BM_MatmulPrefill)
     ->Name("BM_MatmulSmallBatch")
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8, kQ8G8}, {14336}, {4096}, {1, 2, 3, 4, 6, 8, 16}, {1, 2}})
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8, kQ8G8}, {14336}, {4096}, {1, 2, 3, 4, 5, 6, 8, 12, 16}, {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatmulHot)

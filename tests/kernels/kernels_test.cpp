@@ -319,6 +319,20 @@ TEST_F(MatmulTest, GroupedPrefillGroupsAndTails) {
       for (int64_t n : {2, 3, 4, 5, 6, 8, 9}) check(t, 21, cols, n, 2);
 }
 
+// Every token count of a serving step's per-expert groups and a little beyond (n = 1..17: decode, each
+// micro-tile width, one tile plus a remainder, two and more passes) on 22 rows (3-row tiles and a remainder
+// row), with odd group counts (768 and 1280 columns: 3 and 5 groups of 8 blocks, a lone last group next to
+// the pairs) and, in the file layouts, blocks after the last group (288: 9 blocks, 800: 25 blocks).
+TEST_F(MatmulTest, GroupedSmallTokenCountsAndTails) {
+  const std::pair<DType, std::vector<int64_t>> cases[] = {{DType::Q4_0, {288, 768, 800}},
+                                                          {DType::Q8_0, {288, 768, 800}},
+                                                          {DType::Q4_0_G8, {256, 768, 1280}},
+                                                          {DType::Q8_0_G8, {256, 768, 1280}}};
+  for (const auto& [t, all_cols] : cases)
+    for (int64_t cols : all_cols)
+      for (int64_t n = 1; n <= 17; ++n) check(t, 22, cols, n);
+}
+
 // K-quant weights with Q8_K activations, every ISA vs two oracles:
 //  - float64 of the decoded weights with the Q8_K-decoded activations (the same dot inputs): only the f32
 //    scaling and summation of exact int32 group dots differ; bound 1e-5 relative to sum |w x|
