@@ -162,6 +162,12 @@ struct Q8PairUnpack {  // u = w + 128, c = 128
 // 14336 x 4096 x 512 tokens, GFLOP/s Q4_0_G8 / Q8_0_G8, builds alternating: 3x4 434-443 / 322-332,
 // 2x4 410-420 / 304-309, 2x6 387-401 / 300-306; the same 3x4 with the unpacked pairs forced through
 // memory (as the 256-bit tile did) 375-380 / 303-312.
+// Small batches (a serving step's per-expert groups), same VM, 1 thread, ms per call at n = 2 / 3 / 4 / 8
+// Q4_0_G8: these tiles (3 x n up to 4, then 3 x 4 passes) 1.57 / 1.64 / 1.66 / 2.63; one pass of 1 x n
+// for n = 5..8 (weights read once) 3.3-3.4 at n = 5, 5.7-5.9 at n = 8 against 2.2-2.4 / 2.9; one pass of
+// 3 rows x all tokens with each pair unpacked once into a stack array and the f32 accumulators on the
+// stack (sums of 3 x 8-token sub-blocks in registers) 1.6-2.1 / 2.2-2.4 / 2.5-2.7 / 4.1-4.6: perf puts
+// its time on the weight loads, whose consumers now wait on stores of the unpacked pairs.
 #ifndef MX_GROUP_TILE_ROWS
 #define MX_GROUP_TILE_ROWS 3
 #endif
