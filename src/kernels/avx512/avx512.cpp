@@ -161,13 +161,9 @@ struct Q8PairUnpack {  // u = w + 128, c = 128
 // Tile shape (overridable for measurements). Measured on a Zen 5 core (EPYC, full-width AVX-512), 1 thread,
 // 14336 x 4096 x 512 tokens, GFLOP/s Q4_0_G8 / Q8_0_G8, builds alternating: 3x4 434-443 / 322-332,
 // 2x4 410-420 / 304-309, 2x6 387-401 / 300-306; the same 3x4 with the unpacked pairs forced through
-// memory (as the 256-bit tile did) 375-380 / 303-312.
-// Small batches (a serving step's per-expert groups), same VM, 1 thread, ms per call at n = 2 / 3 / 4 / 8
-// Q4_0_G8: these tiles (3 x n up to 4, then 3 x 4 passes) 1.57 / 1.64 / 1.66 / 2.63; one pass of 1 x n
-// for n = 5..8 (weights read once) 3.3-3.4 at n = 5, 5.7-5.9 at n = 8 against 2.2-2.4 / 2.9; one pass of
-// 3 rows x all tokens with each pair unpacked once into a stack array and the f32 accumulators on the
-// stack (sums of 3 x 8-token sub-blocks in registers) 1.6-2.1 / 2.2-2.4 / 2.5-2.7 / 4.1-4.6: perf puts
-// its time on the weight loads, whose consumers now wait on stores of the unpacked pairs.
+// memory (as the 256-bit tile did) 375-380 / 303-312. Small batches, 1 thread, ms per call, Q4_0_G8 at
+// n = 5 / 8: these tiles (3 x n up to 4 tokens, then 3 x 4 passes) 2.2-2.4 / 2.9; one pass of 1 x n tiles
+// (weights read once) 3.3-3.4 / 5.7-5.9. Q8_0 small batches: GroupPass.
 #ifndef MX_GROUP_TILE_ROWS
 #define MX_GROUP_TILE_ROWS 3
 #endif
@@ -278,13 +274,160 @@ struct GroupTile {
   };
 };
 
-// Q4_0 and Q8_0: kDecodeRows rows in lockstep for one token, else kTileRows x kTileTokens tiles (weights
-// prefetched kTilePrefetchBytes ahead: a tile spends long enough on each pair that the decode distance
-// arrives late).
+// Q8_0 small batches (2 to kPassTokens tokens, a serving step's per-expert groups): one pass of
+// kPassRows-row tiles over all the tokens, so each weight pair is loaded and unpacked once per call. The
+// pair goes to an L1-resident stack array and serves the tokens in sub-blocks of up to kSubTokens, whose
+// R x T int32 sums stay in registers; the f32 accumulators, one per (row, token), live on the stack.
+// Per (row, token) these are the operations of GroupTile, so decode, passes and tiles are bit-identical.
+// Measured on the Zen 5 VM, 1 thread, 14336 x 4096, ms per call at n = 2 / 4 / 8 / 16, alternating builds:
+// Q8_0_G8 pass 2.35 / 2.85-2.91 / 3.80-3.94 / 8.9-9.2 against the 3 x 4 tiles 3.58-4.13 / 3.88-4.86 /
+// 5.19-6.94 / 7.5-9.9 (hence kPassTokens = 8); Q4_0_G8 pass 1.74 / 2.30 / 3.43-3.54 / 7.0 against 1.63-1.69
+// / 1.93-2.44 / 2.86-3.92 / 4.7-6.2, so Q4_0 keeps the tiles. With 3 x 8 sub-blocks and the pair forced
+// through memory the pass was slower for both (perf: the weight loads).
+#ifndef MX_PASS_ROWS
+#define MX_PASS_ROWS 3
+#endif
+#ifndef MX_PASS_TOKENS
+#define MX_PASS_TOKENS 8
+#endif
+constexpr int kPassRows = MX_PASS_ROWS, kPassTokens = MX_PASS_TOKENS, kSubTokens = 4;
+static_assert(kPassRows * kSubTokens <= 24, "the int32 sums must fit the registers");
+
 template <class Unpack>
-constexpr MatmulTileFn group_matmul =
-    tiles<GroupTile<Unpack, kPrefetchBytes>::template K, kDecodeRows,
-          GroupTile<Unpack, kTilePrefetchBytes>::template K, kTileRows, kTileTokens>;
+struct GroupPass {
+  using Block = typename Unpack::Block;
+  using Stored = __m512i[Unpack::kStored];
+
+  // acc[r * kPassTokens + t] += the pair (kHalf: the group) from b0 of rows c for T tokens from xq (whose
+  // xd, xs are [T, nb] from the same token).
+  template <int R, int T, bool kHalf>
+  __attribute__((always_inline)) static void sub(const Stored* c, const __m512* dw, const int8_t* xq,
+                                                 const float* xd, const int32_t* xs, int64_t cols, int64_t nb,
+                                                 int64_t b0, __m512* acc) {
+    const __mmask16 lanes = kHalf ? 0x00ff : 0xffff;
+    __m512i s[R][T];  // [R, T] int32 dots u . x - c sum(x), one lane per block
+    MX_UNROLL
+    for (int v = 0; v < 8; ++v) {
+      __m512i u[R];
+      MX_UNROLL
+      for (int r = 0; r < R; ++r) u[r] = Unpack::vec(c[r], v);
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xp = xq + t * cols + b0 * kQK8_0 + (kHalf ? 32 : 64) * v;
+        __m512i xv = kHalf ? _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp)))
+                           : _mm512_loadu_si512(xp);
+#if !defined(MX_KERNELS_AVX512_SIMDE)
+        if constexpr (R > 1) asm("" : "+v"(xv));  // one load for R rows, not R folded memory operands
+#endif
+        if (v == 0) {
+          const __m512i corr =
+              _mm512_slli_epi32(_mm512_maskz_loadu_epi32(lanes, xs + t * nb + b0), Unpack::kShift);
+          const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), corr);
+          MX_UNROLL
+          for (int r = 0; r < R; ++r) s[r][t] = _mm512_dpbusd_epi32(init, u[r], xv);
+        } else {
+          MX_UNROLL
+          for (int r = 0; r < R; ++r) s[r][t] = _mm512_dpbusd_epi32(s[r][t], u[r], xv);
+        }
+      }
+    }
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) {
+      const __m512 xdt = _mm512_maskz_loadu_ps(lanes, xd + t * nb + b0);
+      MX_UNROLL
+      for (int r = 0; r < R; ++r) {
+        __m512* a = acc + r * kPassTokens + t;
+        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r][t]), _mm512_mul_ps(dw[r], xdt), *a);
+      }
+    }
+  }
+
+  // The pair (kHalf: the group) from b0 of rows w for nt tokens.
+  template <int R, bool kHalf>
+  static void pair(const Block* const* w, int64_t ahead, int64_t b0, const int8_t* xq, const float* xd,
+                   const int32_t* xs, int64_t nt, int64_t cols, int64_t nb, __m512* acc) {
+    alignas(64) Stored c[R];   // [R, kStored] the rows' pairs, in pair order
+    alignas(64) __m512 dw[R];  // [R] their 16 block scales
+    MX_UNROLL
+    for (int r = 0; r < R; ++r) {
+      prefetch_bytes(w[r] + b0, ahead, 2 * kGroupBlocks * static_cast<int64_t>(sizeof(Block)));
+      Unpack::template load<kHalf>(w[r] + b0, c[r], &dw[r]);
+    }
+    for (int64_t t = 0; t < nt; t += kSubTokens) {
+      const int64_t ct = nt - t < kSubTokens ? nt - t : kSubTokens;
+      const int8_t* q = xq + t * cols;
+      const float* d = xd + t * nb;
+      const int32_t* s = xs + t * nb;
+      __m512* at = acc + t;
+      switch (ct) {
+        case 1:
+          sub<R, 1, kHalf>(c, dw, q, d, s, cols, nb, b0, at);
+          break;
+        case 2:
+          sub<R, 2, kHalf>(c, dw, q, d, s, cols, nb, b0, at);
+          break;
+        case 3:
+          sub<R, 3, kHalf>(c, dw, q, d, s, cols, nb, b0, at);
+          break;
+        default:
+          sub<R, 4, kHalf>(c, dw, q, d, s, cols, nb, b0, at);
+          break;
+      }
+    }
+  }
+
+  // Rows r0 .. r0 + R - 1 x tokens t0 .. t0 + nt - 1 (nt <= kPassTokens) over all columns.
+  template <int R>
+  static void run(const MatmulArgs& a, int64_t r0, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+    const int64_t cols = a.cols, nb = cols / kQK8_0, ng = nb / kGroupBlocks;
+    const Block* w[R];
+    MX_UNROLL
+    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const Block*>(a.w + (r0 + r) * a.w_stride);
+    const int8_t* xq = a.xq + t0 * cols;      // [nt, cols] pair order
+    const float* xd = a.xd + t0 * nb;         // [nt, nb]
+    const int32_t* xs = a.xsum + t0 * nb;     // [nt, nb]
+    alignas(64) __m512 acc[R * kPassTokens];  // [R, kPassTokens] one f32 lane per block of a pair
+    for (int r = 0; r < R; ++r)
+      for (int64_t t = 0; t < nt; ++t) acc[r * kPassTokens + t] = _mm512_setzero_ps();
+    // The same pair of the next pass's rows, read after this pass's last pair.
+    const int64_t ahead = R * a.w_stride;
+    for (int64_t p = 0; p < ng / 2; ++p)
+      pair<R, false>(w, ahead, 2 * p * kGroupBlocks, xq, xd, xs, nt, cols, nb, acc);
+    if (ng % 2 != 0) pair<R, true>(w, ahead, (ng - 1) * kGroupBlocks, xq, xd, xs, nt, cols, nb, acc);
+    for (int r = 0; r < R; ++r) {
+      for (int64_t t = 0; t < nt; ++t) {
+        float tail = 0.0f;  // blocks after the last full group, one at a time in column order
+        for (int64_t b = ng * kGroupBlocks; b < nb; ++b) {
+          const __m256i u = Unpack::Column::run(w[r][b]);
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + b * kQK8_0));
+          const int32_t dot = hsum256_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)) -
+                              (xs[t * nb + b] << Unpack::kShift);
+          tail += static_cast<float>(dot) * (_cvtsh_ss(w[r][b].d) * xd[t * nb + b]);
+        }
+        y[t * ldy + r] = hsum512(acc[r * kPassTokens + t]) + tail;
+      }
+    }
+  }
+};
+
+// Q4_0 and Q8_0: kDecodeRows rows in lockstep for one token (GroupTile); with kPass (Q8_0) 2 to kPassTokens
+// tokens in one GroupPass; else kTileRows x kTileTokens tiles. Several tokens prefetch the weights further
+// ahead (the pass: the same pair of the next tile's rows; the tiles: kTilePrefetchBytes): they spend long
+// enough on each pair that the decode distance arrives late.
+template <class Unpack, bool kPass>
+void group_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
+                  int64_t ldy) {
+  if (kPass && nt >= 2 && nt <= kPassTokens) {
+    using Pass = GroupPass<Unpack>;
+    int64_t rr = 0;
+    for (; rr + kPassRows <= nr; rr += kPassRows)
+      Pass::template run<kPassRows>(a, r0 + rr, t0, nt, y + rr, ldy);
+    for (; rr < nr; ++rr) Pass::template run<1>(a, r0 + rr, t0, nt, y + rr, ldy);
+    return;
+  }
+  tiles<GroupTile<Unpack, kPrefetchBytes>::template K, kDecodeRows,
+        GroupTile<Unpack, kTilePrefetchBytes>::template K, kTileRows, kTileTokens>(a, r0, nr, t0, nt, y, ldy);
+}
 
 // ---------------------------------------------------------------------------------------------------
 // K-quants: the shared kernels with 512-bit decode and prefill, vpdpwssd adding the scaled pairs (one
@@ -557,13 +700,13 @@ constexpr MatmulKernel kMatmul[] = {
     {DType::F32, tiles<F32Kernel, 4, F32Kernel, 4, 4>, nullptr},
     {DType::F16, tiles<F16Kernel, 4, F16Kernel, 4, 4>, nullptr},
     {DType::BF16, tiles<BF16Kernel, 4, BF16Kernel, 4, 4>, nullptr},
-    {DType::Q8_0, group_matmul<Q8PairUnpack<Q8FileGroup>>, arrange_q8_pairs},
-    {DType::Q4_0, group_matmul<Q4PairUnpack<Q4FileGroup>>, arrange_q8_pairs},
+    {DType::Q8_0, group_matmul<Q8PairUnpack<Q8FileGroup>, true>, arrange_q8_pairs},
+    {DType::Q4_0, group_matmul<Q4PairUnpack<Q4FileGroup>, false>, arrange_q8_pairs},
     {DType::Q4_K, k_matmul<Q4KUnpack>, nullptr},
     {DType::Q5_K, k_matmul<Q5KUnpack>, nullptr},
     {DType::Q6_K, k_matmul<Q6KUnpack>, nullptr},
-    {DType::Q4_0_G8, group_matmul<Q4PairUnpack<Q4G8Group>>, arrange_q8_pairs},
-    {DType::Q8_0_G8, group_matmul<Q8PairUnpack<Q8G8Group>>, arrange_q8_pairs},
+    {DType::Q4_0_G8, group_matmul<Q4PairUnpack<Q4G8Group>, false>, arrange_q8_pairs},
+    {DType::Q8_0_G8, group_matmul<Q8PairUnpack<Q8G8Group>, true>, arrange_q8_pairs},
 };
 static_assert(lists_every_weight_type(kMatmul), "avx512 table: a weight type without its kernel");
 
