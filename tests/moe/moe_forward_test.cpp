@@ -234,7 +234,7 @@ TEST(MoeLayer, ManyTokensMatchEachTokenAlone) {
     for (int64_t t = 0; t < n; ++t) single.forward(w, x.data() + t * dim, 1, alone.data() + t * dim, pool1);
     for (int threads : {1, 2, 3}) {
       ThreadPool pool(threads);
-      MoeLayer layer(c);  // fresh scratch buffers: no earlier call's results left in them
+      MoeLayer layer(c);                      // fresh scratch buffers: no earlier call's results left in them
       std::vector<float> y(x.size(), -1.0f);  // [n, dim]
       layer.forward(w, x.data(), n, y.data(), pool);
       std::vector<int64_t> per_expert(static_cast<size_t>(E), 0);
