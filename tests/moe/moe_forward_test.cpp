@@ -27,6 +27,43 @@ TensorView f32_view(std::vector<float>& v, int64_t rows, int64_t cols) {
   return t;
 }
 
+// A layer of c.n_experts random experts, values N(0, 0.3): router [E, dim] f32; W1, W3 [ffn, dim] of type
+// t13 and W2 [dim, ffn] of type t2, each quantized in its file layout and repacked as the loader does where
+// the type is a repacked one (Q4_0_G8, Q8_0_G8).
+struct RandomExperts {
+  LayerWeights w;
+  std::vector<std::vector<uint8_t>> bytes;  // [3 E] W1, W3, W2 of each expert (w's views point here)
+
+  RandomExperts(DType t13, DType t2, const ModelConfig& c, std::mt19937& rng)
+      : bytes(static_cast<size_t>(3 * c.n_experts)) {
+    std::normal_distribution<float> nd(0.0f, 0.3f);
+    const int64_t dim = c.dim, ffn = c.ffn_dim;
+    auto quantized = [&](DType t, int64_t rows, int64_t cols, std::vector<uint8_t>& out) {
+      const DType file = file_layout(t);
+      const size_t rb = row_bytes(file, cols);
+      out.resize(rb * static_cast<size_t>(rows));
+      std::vector<float> row(static_cast<size_t>(cols));  // [cols]
+      for (int64_t r = 0; r < rows; ++r) {
+        for (auto& v : row) v = nd(rng);
+        quantize_row(file, row.data(), out.data() + static_cast<size_t>(r) * rb, cols);
+      }
+      if (file != t) repack(file, t, out.data(), out.data(), rows * cols);
+      TensorView v;
+      v.data = out.data();
+      v.dtype = t;
+      v.ndim = 2;
+      v.shape = {rows, cols, 1, 1};
+      return v;
+    };
+    w.router.resize(static_cast<size_t>(c.n_experts * dim));  // [E, dim]
+    for (auto& v : w.router) v = nd(rng);
+    for (int64_t e = 0; e < c.n_experts; ++e) {
+      w.w1.push_back(quantized(t13, ffn, dim, bytes[static_cast<size_t>(3 * e)]));
+      w.w3.push_back(quantized(t13, ffn, dim, bytes[static_cast<size_t>(3 * e + 1)]));
+      w.w2.push_back(quantized(t2, dim, ffn, bytes[static_cast<size_t>(3 * e + 2)]));
+    }
+  }
+};
 TEST(MoeLayer, BatchAndSingleTokensMatchFloat64Definition) {
   ModelConfig c;
   c.dim = 64;
@@ -108,35 +145,13 @@ TEST(MoeLayer, QuantizedExpertsMatchPerExpertFloatPath) {
   const int64_t E = c.n_experts, k = c.n_experts_used, dim = c.dim, ffn = c.ffn_dim, n = 19;
   std::mt19937 rng(5);
   std::normal_distribution<float> nd(0.0f, 0.3f);
-  auto quantized = [&](DType t, int64_t rows, int64_t cols, std::vector<uint8_t>& bytes) {
-    const size_t rb = row_bytes(t, cols);
-    bytes.resize(rb * static_cast<size_t>(rows));
-    std::vector<float> row(static_cast<size_t>(cols));  // [cols]
-    for (int64_t r = 0; r < rows; ++r) {
-      for (auto& v : row) v = nd(rng);
-      quantize_row(t, row.data(), bytes.data() + static_cast<size_t>(r) * rb, cols);
-    }
-    TensorView v;
-    v.data = bytes.data();
-    v.dtype = t;
-    v.ndim = 2;
-    v.shape = {rows, cols, 1, 1};
-    return v;
-  };
   const DType types[][2] = {
       {DType::Q8_0, DType::Q8_0}, {DType::Q4_0, DType::Q4_0}, {DType::Q4_K, DType::Q6_K}};
   ThreadPool pool(2);
   for (const auto& [t13, t2] : types) {
     SCOPED_TRACE(std::string(dtype_name(t13)) + "/" + std::string(dtype_name(t2)));
-    LayerWeights w;
-    w.router.resize(static_cast<size_t>(E * dim));  // [E, dim]
-    for (auto& v : w.router) v = nd(rng);
-    std::vector<std::vector<uint8_t>> bytes(static_cast<size_t>(3 * E));  // W1, W3, W2 of each expert
-    for (int64_t e = 0; e < E; ++e) {
-      w.w1.push_back(quantized(t13, ffn, dim, bytes[static_cast<size_t>(3 * e)]));
-      w.w3.push_back(quantized(t13, ffn, dim, bytes[static_cast<size_t>(3 * e + 1)]));
-      w.w2.push_back(quantized(t2, dim, ffn, bytes[static_cast<size_t>(3 * e + 2)]));
-    }
+    const RandomExperts layer_w(t13, t2, c, rng);
+    const LayerWeights& w = layer_w.w;
     std::vector<float> x(static_cast<size_t>(n * dim));  // [n, dim]
     for (auto& v : x) v = nd(rng);
 
@@ -192,39 +207,15 @@ TEST(MoeLayer, ManyTokensMatchEachTokenAlone) {
   c.ffn_dim = 512;
   c.n_experts = 8;
   c.n_experts_used = 2;
-  const int64_t E = c.n_experts, dim = c.dim, ffn = c.ffn_dim, n = 29;
+  const int64_t E = c.n_experts, dim = c.dim, n = 29;
   std::mt19937 rng(23);
   std::normal_distribution<float> nd(0.0f, 0.3f);
-  auto quantized = [&](DType t, int64_t rows, int64_t cols, std::vector<uint8_t>& bytes) {
-    const DType file = file_layout(t);
-    const size_t rb = row_bytes(file, cols);
-    bytes.resize(rb * static_cast<size_t>(rows));
-    std::vector<float> row(static_cast<size_t>(cols));  // [cols]
-    for (int64_t r = 0; r < rows; ++r) {
-      for (auto& v : row) v = nd(rng);
-      quantize_row(file, row.data(), bytes.data() + static_cast<size_t>(r) * rb, cols);
-    }
-    if (file != t) repack(file, t, bytes.data(), bytes.data(), rows * cols);
-    TensorView v;
-    v.data = bytes.data();
-    v.dtype = t;
-    v.ndim = 2;
-    v.shape = {rows, cols, 1, 1};
-    return v;
-  };
   const DType types[][2] = {
       {DType::Q4_0_G8, DType::Q4_0_G8}, {DType::Q4_K, DType::Q6_K}, {DType::Q5_0, DType::Q5_0}};
   for (const auto& [t13, t2] : types) {
     SCOPED_TRACE(std::string(dtype_name(t13)) + "/" + std::string(dtype_name(t2)));
-    LayerWeights w;
-    w.router.resize(static_cast<size_t>(E * dim));  // [E, dim]
-    for (auto& v : w.router) v = nd(rng);
-    std::vector<std::vector<uint8_t>> bytes(static_cast<size_t>(3 * E));  // W1, W3, W2 of each expert
-    for (int64_t e = 0; e < E; ++e) {
-      w.w1.push_back(quantized(t13, ffn, dim, bytes[static_cast<size_t>(3 * e)]));
-      w.w3.push_back(quantized(t13, ffn, dim, bytes[static_cast<size_t>(3 * e + 1)]));
-      w.w2.push_back(quantized(t2, dim, ffn, bytes[static_cast<size_t>(3 * e + 2)]));
-    }
+    const RandomExperts layer_w(t13, t2, c, rng);
+    const LayerWeights& w = layer_w.w;
     std::vector<float> x(static_cast<size_t>(n * dim));  // [n, dim]
     for (auto& v : x) v = nd(rng);
 
