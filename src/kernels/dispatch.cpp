@@ -315,20 +315,24 @@ detail::MatmulArgs prepare(const KernelTable& k, const TensorView& w, int i, Pre
 constexpr int64_t kRowAlign = 16;           // thread row ranges start at multiples of this
 constexpr size_t kChunkBytes = 256 * 1024;  // weight rows per L2-resident chunk (prefill)
 
+// Walks rows [b, e) of one weight as fn(r0, nr): for one token at once, else in chunks of about kChunkBytes.
+template <class Fn>
+void walk_rows(int64_t b, int64_t e, size_t row_bytes, int64_t n, const Fn& fn) {
+  const int64_t chunk =
+      n == 1 ? e - b
+             : std::clamp<int64_t>(
+                   static_cast<int64_t>(kChunkBytes / std::max<size_t>(row_bytes, 1)) / kRowAlign * kRowAlign,
+                   kRowAlign, 256);
+  for (int64_t r = b; r < e; r += chunk) fn(r, std::min(chunk, e - r));
+}
+
 // Splits rows [0, rows) over the pool in contiguous, aligned ranges: fn(r0, nr) per piece. With several
 // tokens each range is walked in chunks of about kChunkBytes of weights (re-read from L2 for every token
 // tile); a single token (decode) takes its whole range at once, which the kernels stream in a few
 // long sequential runs.
 template <class Fn>
 void run_rows(ThreadPool& pool, int64_t rows, size_t row_bytes, int64_t n, const Fn& fn) {
-  const int64_t chunk =
-      n == 1 ? rows
-             : std::clamp<int64_t>(
-                   static_cast<int64_t>(kChunkBytes / std::max<size_t>(row_bytes, 1)) / kRowAlign * kRowAlign,
-                   kRowAlign, 256);
-  auto range = [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; r += chunk) fn(r, std::min(chunk, e - r));
-  };
+  auto range = [&](int64_t b, int64_t e) { walk_rows(b, e, row_bytes, n, fn); };
   const int64_t blocks = (rows + kRowAlign - 1) / kRowAlign;
   if (pool.size() == 1 || blocks < 2) {
     range(0, rows);
@@ -401,13 +405,7 @@ void run_groups(ThreadPool& pool, const std::vector<GroupShape>& gs, const Fn& f
       const GroupShape& s = gs[g];
       const int64_t r_begin = (lo - first[g]) * kRowAlign,
                     r_end = std::min(s.rows, (hi - first[g]) * kRowAlign);
-      const int64_t chunk =
-          s.n == 1
-              ? r_end - r_begin
-              : std::clamp<int64_t>(static_cast<int64_t>(kChunkBytes / std::max<size_t>(s.row_bytes, 1)) /
-                                        kRowAlign * kRowAlign,
-                                    kRowAlign, 256);
-      for (int64_t r = r_begin; r < r_end; r += chunk) fn(g, r, std::min(chunk, r_end - r));
+      walk_rows(r_begin, r_end, s.row_bytes, s.n, [&](int64_t r0, int64_t nr) { fn(g, r0, nr); });
     }
   };
   const int64_t blocks = first[n_groups];
