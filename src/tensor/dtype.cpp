@@ -15,24 +15,33 @@ struct Entry {
 };
 
 // Block layouts as in GGML (sizes in bytes per block).
-constexpr std::array<Entry, 17> kTable = {{
-    {0, {"f32", 1, 4, true}},
-    {1, {"f16", 1, 2, true}},
-    {2, {"q4_0", 32, 18, true}},
-    {3, {"q4_1", 32, 20, true}},
-    {6, {"q5_0", 32, 22, true}},
-    {7, {"q5_1", 32, 24, true}},
-    {8, {"q8_0", 32, 34, true}},
-    {9, {"q8_1", 32, 36, false}},
-    {10, {"q2_k", 256, 84, true}},
-    {11, {"q3_k", 256, 110, true}},
-    {12, {"q4_k", 256, 144, true}},
-    {13, {"q5_k", 256, 176, true}},
-    {14, {"q6_k", 256, 210, true}},
-    {15, {"q8_k", 256, 292, true}},
-    {30, {"bf16", 1, 2, true}},
-    {1000, {"q4_0_g8", 256, 144, true}},
-    {1001, {"q8_0_g8", 256, 272, true}},
+constexpr std::array<Entry, 26> kTable = {{
+    {0, {"f32", 1, 4, true, true}},
+    {1, {"f16", 1, 2, true, true}},
+    {2, {"q4_0", 32, 18, true, true}},
+    {3, {"q4_1", 32, 20, true, true}},
+    {6, {"q5_0", 32, 22, true, true}},
+    {7, {"q5_1", 32, 24, true, true}},
+    {8, {"q8_0", 32, 34, true, true}},
+    {9, {"q8_1", 32, 36, false, false}},
+    {10, {"q2_k", 256, 84, true, true}},
+    {11, {"q3_k", 256, 110, true, true}},
+    {12, {"q4_k", 256, 144, true, true}},
+    {13, {"q5_k", 256, 176, true, true}},
+    {14, {"q6_k", 256, 210, true, true}},
+    {15, {"q8_k", 256, 292, true, true}},
+    {16, {"iq2_xxs", 256, 66, true, false}},
+    {17, {"iq2_xs", 256, 74, true, false}},
+    {18, {"iq3_xxs", 256, 98, true, false}},
+    {19, {"iq1_s", 256, 50, true, false}},
+    {20, {"iq4_nl", 32, 18, true, false}},
+    {21, {"iq3_s", 256, 110, true, false}},
+    {22, {"iq2_s", 256, 82, true, false}},
+    {23, {"iq4_xs", 256, 136, true, false}},
+    {29, {"iq1_m", 256, 56, true, false}},
+    {30, {"bf16", 1, 2, true, true}},
+    {1000, {"q4_0_g8", 256, 144, true, true}},
+    {1001, {"q8_0_g8", 256, 272, true, true}},
 }};
 
 }  // namespace
@@ -48,6 +57,11 @@ const DTypeTraits& traits(DType t) {
   for (const auto& e : kTable)
     if (e.id == static_cast<uint32_t>(t)) return e.traits;
   MX_CHECK(false, "unknown dtype id %u", static_cast<unsigned>(t));
+}
+
+double bits_per_weight(DType t) {
+  const DTypeTraits& tr = traits(t);
+  return 8.0 * static_cast<double>(tr.block_bytes) / static_cast<double>(tr.block_size);
 }
 
 std::string_view dtype_name(DType t) {

@@ -25,6 +25,15 @@ enum class DType : uint32_t {
   Q5_K = 13,
   Q6_K = 14,
   Q8_K = 15,
+  IQ2_XXS = 16,
+  IQ2_XS = 17,
+  IQ3_XXS = 18,
+  IQ1_S = 19,
+  IQ4_NL = 20,
+  IQ3_S = 21,
+  IQ2_S = 22,
+  IQ4_XS = 23,
+  IQ1_M = 29,
   BF16 = 30,
   // Internal: Q4_0 repacked in groups of 8 blocks (BlockQ4_0G8, tensor/quant.h).
   Q4_0_G8 = 1000,
@@ -41,7 +50,11 @@ struct DTypeTraits {
   int64_t block_size;     // elements per block (1 for plain floats)
   size_t block_bytes;     // bytes per block
   bool supported;         // this build can load and compute with it
+  bool quantizable;       // quantize_row can write it (the i-quants load and compute, not yet written)
 };
+
+// Bits per weight of type t: 8 * block_bytes / block_size (4.5 for q4_0, 2.0625 for iq2_xxs).
+double bits_per_weight(DType t);
 
 // Traits of a known GGML type id; nullopt for ids this build has never heard of (and internal ids).
 std::optional<DTypeTraits> dtype_traits(uint32_t ggml_type);

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/check.h"
+#include "tensor/quant_iq.h"
 #include "tensor/quant_k.h"
 
 namespace mixtral {
@@ -207,6 +208,24 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
       return detail::dequantize_q6_k(src, dst, n);
     case DType::Q8_K:
       return detail::dequantize_q8_k(src, dst, n);
+    case DType::IQ2_XXS:
+      return detail::dequantize_iq2_xxs(src, dst, n);
+    case DType::IQ2_XS:
+      return detail::dequantize_iq2_xs(src, dst, n);
+    case DType::IQ2_S:
+      return detail::dequantize_iq2_s(src, dst, n);
+    case DType::IQ3_XXS:
+      return detail::dequantize_iq3_xxs(src, dst, n);
+    case DType::IQ3_S:
+      return detail::dequantize_iq3_s(src, dst, n);
+    case DType::IQ1_S:
+      return detail::dequantize_iq1_s(src, dst, n);
+    case DType::IQ1_M:
+      return detail::dequantize_iq1_m(src, dst, n);
+    case DType::IQ4_NL:
+      return detail::dequantize_iq4_nl(src, dst, n);
+    case DType::IQ4_XS:
+      return detail::dequantize_iq4_xs(src, dst, n);
     default:
       MX_CHECK(false, "dequantize_row: unsupported dtype %s", std::string(dtype_name(t)).c_str());
   }
@@ -288,6 +307,17 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
       return detail::quantize_q6_k(src, dst, n);
     case DType::Q8_K:
       return detail::quantize_q8_k(src, dst, n);
+    case DType::IQ2_XXS:
+    case DType::IQ2_XS:
+    case DType::IQ2_S:
+    case DType::IQ3_XXS:
+    case DType::IQ3_S:
+    case DType::IQ1_S:
+    case DType::IQ1_M:
+    case DType::IQ4_NL:
+    case DType::IQ4_XS:
+      MX_CHECK(false, "quantize_row: no quantizer for %s yet (this build loads and runs i-quant files only)",
+               std::string(dtype_name(t)).c_str());
     default:
       MX_CHECK(false, "quantize_row: unsupported dtype %s", std::string(dtype_name(t)).c_str());
   }

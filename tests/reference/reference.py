@@ -3,7 +3,8 @@
 
 It shares nothing with mixtral.cpp: its own safetensors and GGUF parsers, its own dequantisers
 (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K; written from GGML's
-block layouts) and its own forward pass, written from the Hugging Face semantics:
+block layouts; the i-quants IQ1_S .. IQ4_XS too once register_iq has GGML's grids from llama.cpp's own
+source) and its own forward pass, written from the Hugging Face semantics:
 
     h = embed(tokens)
     per layer:  x = rms(h) * w_in;  q, k, v = Wq x, Wk x, Wv x;  RoPE (rotate-half) on q, k;
@@ -255,6 +256,172 @@ _GGML_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_BF16: (1, 2), GGML_Q8_0:
                GGML_Q8_K: (256, 292)}
 for _t, (_blk, _) in _DEQUANT.items():
     assert _blk.itemsize == _GGML_BLOCK[_t][1], _t
+
+
+# ------------------------------------------------------------------------------------------------
+# GGML's i-quants. Their grids and sign table are data published in GGML's ggml-common.h; the reference
+# takes them from llama.cpp's own source (the copy node-llama-cpp ships as a git bundle), never from
+# mixtral.cpp, and registers the decoders with _dequantize once it has them (register_iq).
+
+GGML_IQ2_XXS, GGML_IQ2_XS, GGML_IQ3_XXS, GGML_IQ1_S, GGML_IQ4_NL = 16, 17, 18, 19, 20
+GGML_IQ3_S, GGML_IQ2_S, GGML_IQ4_XS, GGML_IQ1_M = 21, 22, 23, 29
+IQ_TYPES = {"iq2_xxs": GGML_IQ2_XXS, "iq2_xs": GGML_IQ2_XS, "iq2_s": GGML_IQ2_S, "iq3_xxs": GGML_IQ3_XXS,
+            "iq3_s": GGML_IQ3_S, "iq1_s": GGML_IQ1_S, "iq1_m": GGML_IQ1_M, "iq4_nl": GGML_IQ4_NL,
+            "iq4_xs": GGML_IQ4_XS}
+LLAMA_BUNDLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_modules", "node-llama-cpp",
+                            "llama", "gitRelease.bundle")
+
+
+def ggml_common_h(bundle=LLAMA_BUNDLE):
+    """The text of ggml/src/ggml-common.h from a llama.cpp git bundle (fetched into a scratch repository)."""
+    import subprocess
+    import tempfile
+    if not os.path.exists(bundle):
+        raise FileNotFoundError(f"{bundle}: no llama.cpp source bundle (npm install in tests/reference)")
+    with tempfile.TemporaryDirectory(prefix="ggml-src-") as d:
+        git = ["git", "-C", d]
+        subprocess.run(["git", "init", "-q", d], check=True)
+        subprocess.run(git + ["fetch", "-q", bundle], check=True, capture_output=True)
+        return subprocess.run(git + ["show", "FETCH_HEAD:ggml/src/ggml-common.h"], check=True,
+                              capture_output=True).stdout.decode()
+
+
+def _ggml_table(text, name):
+    import re
+    m = re.search(r"GGML_TABLE_BEGIN\(\s*(\w+)\s*,\s*" + name + r"\s*,\s*(\w+)\s*\)(.*?)GGML_TABLE_END", text, re.S)
+    if not m:
+        raise ValueError(f"ggml-common.h: no table {name}")
+    vals = [int(v, 0) for v in re.findall(r"-?(?:0x[0-9a-fA-F]+|\d+)", m.group(3))]
+    size = int(m.group(2)) if m.group(2).isdigit() else int(
+        re.search(r"#define\s+" + m.group(2) + r"\s+(\d+)", text).group(1))
+    if len(vals) != size:
+        raise ValueError(f"ggml-common.h: {name} has {len(vals)} values, declared {size}")
+    return vals
+
+
+def _points(entries, per, signed=False):
+    """Grid entries (ints) -> [N, per] points, byte j of an entry = point j."""
+    e = np.array(entries, dtype=np.uint64)[:, None]
+    b = ((e >> (8 * np.arange(per, dtype=np.uint64))) & np.uint64(0xFF)).astype(np.int64)
+    return np.where(b > 127, b - 256, b) if signed else b
+
+
+def _sign_bits(byte):
+    """[...] bytes -> [..., 8] factors +-1 (bit j set: element j negative)."""
+    bits = (np.asarray(byte, dtype=np.int64)[..., None] >> np.arange(8)) & 1
+    return 1.0 - 2.0 * bits
+
+
+def register_iq(text):
+    """Registers the i-quant decoders with _dequantize, using the tables of ggml-common.h's text."""
+    import re
+    g2xxs, g2xs, g2s = (_points(_ggml_table(text, n), 8) for n in ("iq2xxs_grid", "iq2xs_grid", "iq2s_grid"))
+    g3xxs, g3s = (_points(_ggml_table(text, n), 4) for n in ("iq3xxs_grid", "iq3s_grid"))
+    g1s = _points(_ggml_table(text, "iq1s_grid"), 8, signed=True)
+    ksigns = np.array(_ggml_table(text, "ksigns_iq2xs"), dtype=np.int64)  # 7-bit code -> 8 sign bits
+    k4 = np.array(_ggml_table(text, "kvalues_iq4nl"), dtype=np.float64)
+    delta = float(re.search(r"#define\s+IQ1S_DELTA\s+([0-9.]+)", text).group(1))
+    delta_m = float(re.search(r"#define\s+IQ1M_DELTA\s+([0-9.]+)", text).group(1))
+
+    def word(b4):  # [..., 4] bytes -> little-endian u32
+        return (b4.astype(np.int64) << (8 * np.arange(4))).sum(axis=-1)
+
+    def iq2_xxs(b):  # per 32: 4 grid bytes, then a u32 of 4 x 7-bit sign codes and a 4-bit scale
+        nb = b.shape[0]
+        raw = b["qs"].reshape(nb, 8, 8)
+        w = word(raw[:, :, 4:])                                   # [nb, 8]
+        codes = (w[:, :, None] >> (7 * np.arange(4))) & 127      # [nb, 8, 4]
+        v = g2xxs[raw[:, :, :4]] * _sign_bits(ksigns[codes])      # [nb, 8, 4, 8]
+        sc = _f64(b["d"])[:, None] * (0.5 + (w >> 28)) / 4
+        return (sc[:, :, None, None] * v).reshape(nb, 256)
+
+    def iq2_xs(b):  # u16 per 8: 9-bit index, 7-bit sign code; a nibble scale per 16
+        nb = b.shape[0]
+        q = b["qs"].astype(np.int64).reshape(nb, 8, 4)
+        v = g2xs[q & 511] * _sign_bits(ksigns[q >> 9])
+        s = (b["scales"].astype(np.int64)[:, :, None] >> np.array([0, 0, 4, 4])) & 15  # [nb, 8, 4]
+        sc = _f64(b["d"])[:, None, None] * (0.5 + s) / 4
+        return (sc[..., None] * v).reshape(nb, 256)
+
+    def iq2_s(b):  # 8-bit index + 2 bits of qh, a whole sign byte per 8
+        nb = b.shape[0]
+        hi = (b["qh"].astype(np.int64)[:, :, None] >> (2 * np.arange(4))) & 3              # [nb, 8, 4]
+        idx = b["qs"].astype(np.int64).reshape(nb, 8, 4) | (hi << 8)
+        v = g2s[idx] * _sign_bits(b["signs"].reshape(nb, 8, 4))
+        s = (b["scales"].astype(np.int64)[:, :, None] >> np.array([0, 0, 4, 4])) & 15
+        sc = _f64(b["d"])[:, None, None] * (0.5 + s) / 4
+        return (sc[..., None] * v).reshape(nb, 256)
+
+    def iq3_xxs(b):  # 64 4-point indices; per 32 a u32 of 4 sign codes and a scale
+        nb = b.shape[0]
+        vals = g3xxs[b["qs"].astype(np.int64)].reshape(nb, 8, 4, 8)                     # [nb, g, l, 8]
+        w = b["sas"].astype(np.int64)                                                     # [nb, 8]
+        sign = _sign_bits(ksigns[(w[:, :, None] >> (7 * np.arange(4))) & 127])           # [nb, 8, 4, 8]
+        sc = _f64(b["d"])[:, None] * (0.5 + (w >> 28)) / 2
+        return (sc[:, :, None, None] * vals * sign).reshape(nb, 256)
+
+    def iq3_s(b):  # 8-bit index + 1 bit of qh per 4 points, sign bytes, a nibble scale per 32
+        nb = b.shape[0]
+        k = np.arange(64)
+        idx = b["qs"].astype(np.int64) | (((b["qh"][:, k // 8].astype(np.int64) >> (k % 8)) & 1) << 8)
+        vals = g3s[idx].reshape(nb, 256) * _sign_bits(b["signs"]).reshape(nb, 256)
+        s = (b["scales"].astype(np.int64)[:, :, None] >> np.array([0, 4])) & 15          # [nb, 4, 2] -> g
+        sc = _f64(b["d"])[:, None] * (1 + 2 * s.reshape(nb, 8))
+        return np.repeat(sc, 32, axis=1) * vals
+
+    def iq1_s(b):  # 11-bit indices of signed points, per 32 a 3-bit scale and the delta's sign
+        nb = b.shape[0]
+        h = b["qh"].astype(np.int64)                                                      # [nb, 8]
+        idx = b["qs"].astype(np.int64).reshape(nb, 8, 4) | (((h[:, :, None] >> (3 * np.arange(4))) & 7) << 8)
+        dl = np.where(h & 0x8000, -delta, delta)
+        sc = _f64(b["d"])[:, None] * (2 * ((h >> 12) & 7) + 1)
+        return (sc[:, :, None, None] * (g1s[idx] + dl[:, :, None, None])).reshape(nb, 256)
+
+    def iq1_m(b):  # d in the top nibbles of the 4 scale words; a 3-bit scale per 16 in their low 12 bits
+        nb = b.shape[0]
+        sw = b["scales"].astype(np.int64)                                                 # [nb, 4]
+        d16 = ((sw >> 12) << (4 * np.arange(4))).sum(axis=1).astype(np.uint16)
+        d = d16.view(np.float16).astype(np.float64)
+        q16 = np.arange(16)                                                               # 16-element runs
+        s = (sw[:, q16 // 4] >> (3 * (q16 % 4))) & 7                                      # [nb, 16]
+        nib = (b["qh"].astype(np.int64)[:, :, None] >> np.array([0, 4])) & 15             # [nb, 16, 2] -> 32 x 8
+        nib = nib.reshape(nb, 32)
+        idx = b["qs"].astype(np.int64) | ((nib & 7) << 8)
+        dl = np.where(nib & 8, -delta_m, delta_m)
+        v = g1s[idx] + dl[:, :, None]                                                     # [nb, 32, 8]
+        sc = d[:, None] * (2 * np.repeat(s, 2, axis=1) + 1)                               # [nb, 32]
+        return (sc[:, :, None] * v).reshape(nb, 256)
+
+    def iq4_nl(b):
+        return _f64(b["d"])[:, None] * k4[_nibble_halves(b["qs"])]
+
+    def iq4_xs(b):
+        nb = b.shape[0]
+        g = np.arange(8)
+        lo = (b["scales_l"][:, g // 2].astype(np.int64) >> (4 * (g % 2))) & 15
+        hi = (b["scales_h"].astype(np.int64)[:, None] >> (2 * g)) & 3
+        sc = _f64(b["d"])[:, None] * ((lo | (hi << 4)) - 32)                              # [nb, 8]
+        q = b["qs"].reshape(nb * 8, 16)
+        vals = k4[_nibble_halves(q)].reshape(nb, 8, 32)
+        return (sc[:, :, None] * vals).reshape(nb, 256)
+
+    f2 = ("d", "<f2")
+    layouts = {
+        GGML_IQ2_XXS: (np.dtype([f2, ("qs", "u1", 64)]), iq2_xxs),
+        GGML_IQ2_XS: (np.dtype([f2, ("qs", "<u2", 32), ("scales", "u1", 8)]), iq2_xs),
+        GGML_IQ2_S: (np.dtype([f2, ("qs", "u1", 32), ("signs", "u1", 32), ("qh", "u1", 8), ("scales", "u1", 8)]),
+                     iq2_s),
+        GGML_IQ3_XXS: (np.dtype([f2, ("qs", "u1", 64), ("sas", "<u4", 8)]), iq3_xxs),
+        GGML_IQ3_S: (np.dtype([f2, ("qs", "u1", 64), ("qh", "u1", 8), ("signs", "u1", 32), ("scales", "u1", 4)]),
+                     iq3_s),
+        GGML_IQ1_S: (np.dtype([f2, ("qs", "u1", 32), ("qh", "<u2", 8)]), iq1_s),
+        GGML_IQ1_M: (np.dtype([("qs", "u1", 32), ("qh", "u1", 16), ("scales", "<u2", 4)]), iq1_m),
+        GGML_IQ4_NL: (np.dtype([f2, ("qs", "u1", 16)]), iq4_nl),
+        GGML_IQ4_XS: (np.dtype([f2, ("scales_h", "<u2"), ("scales_l", "u1", 4), ("qs", "u1", 128)]), iq4_xs),
+    }
+    for t, (blk, fn) in layouts.items():
+        _DEQUANT[t] = (blk, fn)
+        _GGML_BLOCK[t] = (32 if t == GGML_IQ4_NL else QK_K, blk.itemsize)
 
 
 def gguf_header(raw, path="GGUF"):

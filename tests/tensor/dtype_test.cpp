@@ -1,11 +1,14 @@
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "tensor/quant.h"
+#include "tensor/quant_iq.h"
 #include "tensor/tensor.h"
 
 namespace mixtral {
@@ -19,6 +22,51 @@ TEST(DType, GgmlIdsAndSizes) {
   EXPECT_FALSE(dtype_from_name("q9_9").has_value());
   EXPECT_FALSE(dtype_traits(99).has_value());
   EXPECT_EQ(dtype_traits(12)->name, "q4_k");
+}
+
+// GGML's i-quant types: ids, names and block sizes as GGML defines them (block bytes = the fields of the
+// published structs: fp16 d, index, sign, high-bit and scale bytes), each the size of our block struct.
+TEST(DType, IQuantIdsNamesAndSizes) {
+  struct T {
+    uint32_t id;
+    const char* name;
+    int64_t block;
+    size_t bytes, struct_bytes;
+    double bpw;
+  };
+  const T types[] = {
+      {16, "iq2_xxs", 256, 2 + 256 / 8 * 2, sizeof(BlockIQ2_XXS), 2.0625},
+      {17, "iq2_xs", 256, 2 + 256 / 8 * 2 + 256 / 32, sizeof(BlockIQ2_XS), 2.3125},
+      {18, "iq3_xxs", 256, 2 + 3 * 256 / 8, sizeof(BlockIQ3_XXS), 3.0625},
+      {19, "iq1_s", 256, 2 + 256 / 8 + 256 / 16, sizeof(BlockIQ1_S), 1.5625},
+      {20, "iq4_nl", 32, 2 + 16, sizeof(BlockIQ4_NL), 4.5},
+      {21, "iq3_s", 256, 2 + 13 * 256 / 32 + 256 / 64, sizeof(BlockIQ3_S), 3.4375},
+      {22, "iq2_s", 256, 2 + 256 / 4 + 256 / 16, sizeof(BlockIQ2_S), 2.5625},
+      {23, "iq4_xs", 256, 2 + 2 + 256 / 64 + 256 / 2, sizeof(BlockIQ4_XS), 4.25},
+      {29, "iq1_m", 256, 256 / 8 + 256 / 16 + 256 / 32, sizeof(BlockIQ1_M), 1.75},
+  };
+  for (const T& t : types) {
+    const auto tr = dtype_traits(t.id);
+    ASSERT_TRUE(tr.has_value()) << t.name;
+    EXPECT_EQ(tr->name, t.name);
+    EXPECT_EQ(tr->block_size, t.block) << t.name;
+    EXPECT_EQ(tr->block_bytes, t.bytes) << t.name;
+    EXPECT_EQ(t.struct_bytes, t.bytes) << t.name;
+    EXPECT_TRUE(tr->supported) << t.name;
+    EXPECT_FALSE(tr->quantizable) << t.name << ": no quantizer yet";
+    std::string upper(t.name);
+    for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    EXPECT_EQ(dtype_from_name(upper), static_cast<DType>(t.id)) << t.name;
+    EXPECT_EQ(bits_per_weight(static_cast<DType>(t.id)), t.bpw) << t.name;
+    EXPECT_EQ(row_bytes(static_cast<DType>(t.id), 4096), static_cast<size_t>(4096 / t.block) * t.bytes);
+  }
+  EXPECT_EQ(bits_per_weight(DType::Q4_0), 4.5);
+  EXPECT_EQ(bits_per_weight(DType::Q6_K), 6.5625);
+  EXPECT_EQ(bits_per_weight(DType::F32), 32.0);
+  EXPECT_TRUE(traits(DType::Q4_K).quantizable);
+  // The ids between IQ4_XS and IQ1_M are GGML's integer and f64 types (I8, I16, I32, I64, F64), which no
+  // model weight uses: they stay unknown.
+  for (uint32_t id : {24u, 25u, 26u, 27u, 28u}) EXPECT_FALSE(dtype_traits(id).has_value()) << id;
 }
 
 // The repacked Q4_0 is internal: same bytes per row as Q4_0, but no file type id or name reaches it.

@@ -18,6 +18,7 @@ struct Layout {
   DType type;
   std::vector<int> half_offsets;  // fp16 fields inside a block
   int f32_offset;                 // an f32 field (Q8_K's d), or -1
+  int split_half_offset = -1;     // IQ1_M: an fp16 kept in the top nibbles of 4 u16 words from here
 };
 
 bool write_file(const std::string& path, const void* data, size_t bytes) {
@@ -36,10 +37,27 @@ int main(int argc, char** argv) {
   }
   const std::string dir = argv[1];
   const std::vector<Layout> layouts = {
-      {DType::Q4_0, {0}, -1},   {DType::Q8_0, {0}, -1},    {DType::Q4_1, {0, 2}, -1},
-      {DType::Q5_0, {0}, -1},   {DType::Q5_1, {0, 2}, -1}, {DType::Q2_K, {80, 82}, -1},
-      {DType::Q3_K, {108}, -1}, {DType::Q4_K, {0, 2}, -1}, {DType::Q5_K, {0, 2}, -1},
-      {DType::Q6_K, {208}, -1}, {DType::Q8_K, {}, 0},
+      {DType::Q4_0, {0}, -1},
+      {DType::Q8_0, {0}, -1},
+      {DType::Q4_1, {0, 2}, -1},
+      {DType::Q5_0, {0}, -1},
+      {DType::Q5_1, {0, 2}, -1},
+      {DType::Q2_K, {80, 82}, -1},
+      {DType::Q3_K, {108}, -1},
+      {DType::Q4_K, {0, 2}, -1},
+      {DType::Q5_K, {0, 2}, -1},
+      {DType::Q6_K, {208}, -1},
+      {DType::Q8_K, {}, 0},
+      // The i-quants: every index, sign and scale code is valid, so only d needs to be a finite value.
+      {DType::IQ2_XXS, {0}, -1},
+      {DType::IQ2_XS, {0}, -1},
+      {DType::IQ2_S, {0}, -1},
+      {DType::IQ3_XXS, {0}, -1},
+      {DType::IQ3_S, {0}, -1},
+      {DType::IQ1_S, {0}, -1},
+      {DType::IQ1_M, {}, -1, 48},
+      {DType::IQ4_NL, {0}, -1},
+      {DType::IQ4_XS, {0}, -1},
   };
   std::mt19937 rng(20261127);
   std::uniform_int_distribution<int> byte(0, 255);
@@ -51,12 +69,24 @@ int main(int argc, char** argv) {
     for (auto& b : raw) b = static_cast<uint8_t>(byte(rng));
     for (int64_t b = 0; b < blocks; ++b) {
       uint8_t* blk = raw.data() + b * tr.block_bytes;
-      for (int off : l.half_offsets) {
-        // |v| in [2^-3, 2^3), either sign: finite, normal, and varied.
+      // |v| in [2^-3, 2^3), either sign: finite, normal, and varied.
+      auto random_half = [&] {
         const float v = std::ldexp(1.0f + std::fabs(mag(rng)) / 3.0f, static_cast<int>(mag(rng))) *
                         (byte(rng) & 1 ? -1.0f : 1.0f);
-        const uint16_t h = mixtral::f32_to_fp16(v);
+        return mixtral::f32_to_fp16(v);
+      };
+      for (int off : l.half_offsets) {
+        const uint16_t h = random_half();
         std::memcpy(blk + off, &h, 2);
+      }
+      if (l.split_half_offset >= 0) {
+        const uint16_t h = random_half();
+        for (int w = 0; w < 4; ++w) {  // nibble w of h into the top nibble of word w
+          uint16_t word;
+          std::memcpy(&word, blk + l.split_half_offset + 2 * w, 2);
+          word = static_cast<uint16_t>((word & 0x0fff) | ((h >> (4 * w)) & 0xf) << 12);
+          std::memcpy(blk + l.split_half_offset + 2 * w, &word, 2);
+        }
       }
       if (l.f32_offset >= 0) {
         const float v = mag(rng) * 0.01f;

@@ -56,6 +56,14 @@ TEST(Quant, BlockSizesMatchTheTraits) {
   EXPECT_FALSE(traits(DType::Q8_1).supported);
 }
 
+// The i-quants load and compute but have no quantizer yet: asking for one fails naming the type.
+TEST(Quant, IQuantsRefuseToQuantizeNamingTheType) {
+  std::vector<float> x(256, 1.0f);
+  std::vector<uint8_t> q(256);
+  EXPECT_DEATH(quantize_row(DType::IQ2_XXS, x.data(), q.data(), 256), "no quantizer for iq2_xxs");
+  EXPECT_DEATH(quantize_row(DType::IQ4_NL, x.data(), q.data(), 32), "no quantizer for iq4_nl");
+}
+
 struct Bound {
   DType type;
   double gauss;    // normalised RMS error bound, gaussian data

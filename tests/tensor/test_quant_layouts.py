@@ -6,6 +6,11 @@ quant_dump writes <type>.bin (the blocks) and <type>.f32 (our float32 output). T
 bytes in float64; the two agree to float32 rounding: |ours - ref| <= 2^-20 * (the block's largest |term|),
 where a term is one product d*sc*q or dmin*mn (a wrong bit in any field is off by at least one quantum,
 orders of magnitude more). Every type must also produce varied values (the check cannot pass on zeros).
+
+The i-quants (iq1_s .. iq4_xs) index grids and a sign table that GGML publishes in ggml-common.h; the
+reference reads them from llama.cpp's own source, the git bundle node-llama-cpp installs under
+tests/reference/node_modules (reference.ggml_common_h), never from mixtral.cpp's generated copy. The
+grids themselves are also checked here against the facts that define them (point sets, sign parity).
 """
 import argparse
 import os
@@ -22,14 +27,33 @@ import reference  # noqa: E402
 TYPES = {"q4_0": reference.GGML_Q4_0, "q8_0": reference.GGML_Q8_0, "q4_1": reference.GGML_Q4_1,
          "q5_0": reference.GGML_Q5_0, "q5_1": reference.GGML_Q5_1, "q2_k": reference.GGML_Q2_K,
          "q3_k": reference.GGML_Q3_K, "q4_k": reference.GGML_Q4_K, "q5_k": reference.GGML_Q5_K,
-         "q6_k": reference.GGML_Q6_K, "q8_k": reference.GGML_Q8_K}
+         "q6_k": reference.GGML_Q6_K, "q8_k": reference.GGML_Q8_K, **reference.IQ_TYPES}
+
+
+def check_tables(text):
+    """Facts about GGML's i-quant tables that do not depend on reading them the same way twice."""
+    problems = []
+    signs = reference._ggml_table(text, "ksigns_iq2xs")
+    if signs != [c | (bin(c).count("1") & 1) << 7 for c in range(128)]:
+        problems.append("ksigns_iq2xs is not code | parity << 7")
+    for name, per, want in (("iq2xxs_grid", 8, {8, 25, 43}), ("iq2xs_grid", 8, {8, 25, 43}),
+                            ("iq2s_grid", 8, {8, 25, 43}), ("iq3xxs_grid", 4, {4, 12, 20, 28, 36, 44, 52, 62}),
+                            ("iq3s_grid", 4, set(range(1, 16, 2))), ("iq1s_grid", 8, {0, 1, 255})):
+        entries = reference._ggml_table(text, name)
+        pts = set(reference._points(entries, per).ravel().tolist())
+        if pts != want or len(set(entries)) != len(entries):
+            problems.append(f"{name}: points {sorted(pts)}, {len(set(entries))} distinct of {len(entries)}")
+    return problems
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dump", required=True, help="the quant_dump binary")
     a = ap.parse_args()
-    failures = []
+    text = reference.ggml_common_h()
+    reference.register_iq(text)
+    failures = check_tables(text)
+    print(("FAIL " + "; ".join(failures)) if failures else "ok   GGML's i-quant tables: sign parity, point sets")
     with tempfile.TemporaryDirectory(prefix="mixtral-quant-") as d:
         subprocess.run([a.dump, d], check=True)
         for name, t in TYPES.items():

@@ -1,0 +1,194 @@
+#include "tensor/quant_iq.h"
+
+#include <cstring>
+
+#include "tensor/quant.h"
+
+namespace mixtral {
+namespace iq {
+#include "tensor/iq_grids.inc"
+}  // namespace iq
+
+namespace detail {
+namespace {
+
+using iq::kIqSigns;
+
+// Point j (byte j, unsigned) of a grid entry.
+inline int point(uint64_t entry, int j) {
+  return static_cast<int>((entry >> (8 * j)) & 0xff);
+}
+
+// 8 elements: scale * point * sign, signs as 8 bits (bit j set = element j negative).
+inline void put8(float* y, float scale, uint64_t entry, unsigned signs) {
+  for (int j = 0; j < 8; ++j) {
+    const float v = scale * static_cast<float>(point(entry, j));
+    y[j] = (signs >> j) & 1 ? -v : v;
+  }
+}
+
+// Two 4-point entries (elements 0..3 and 4..7) under one byte of signs.
+inline void put4x2(float* y, float scale, uint32_t lo, uint32_t hi, unsigned signs) {
+  put8(y, scale, static_cast<uint64_t>(lo) | static_cast<uint64_t>(hi) << 32, signs);
+}
+
+inline uint32_t load_u32(const void* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// The IQ1 grids hold signed points: scale * (point + delta).
+inline void put8_signed(float* y, float scale, uint64_t entry, float delta) {
+  for (int j = 0; j < 8; ++j)
+    y[j] = scale * (static_cast<float>(static_cast<int8_t>(point(entry, j))) + delta);
+}
+
+}  // namespace
+
+void dequantize_iq2_xxs(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const BlockIQ2_XXS*>(src);
+  for (int64_t i = 0; i < n / kQK_IQ; ++i, dst += kQK_IQ) {
+    const float d = fp16_to_f32(b[i].d);
+    for (int g = 0; g < kQK_IQ / 32; ++g) {
+      const uint32_t idx = b[i].qs[4 * g] | static_cast<uint32_t>(b[i].qs[4 * g + 1]) << 16;
+      const uint32_t sw = b[i].qs[4 * g + 2] | static_cast<uint32_t>(b[i].qs[4 * g + 3]) << 16;
+      const float scale = d * (0.5f + static_cast<float>(sw >> 28)) * 0.25f;
+      for (int l = 0; l < 4; ++l)
+        put8(dst + 32 * g + 8 * l, scale, iq::kIq2xxsGrid[(idx >> (8 * l)) & 0xff],
+             kIqSigns[(sw >> (7 * l)) & 127]);
+    }
+  }
+}
+
+void dequantize_iq2_xs(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const BlockIQ2_XS*>(src);
+  for (int64_t i = 0; i < n / kQK_IQ; ++i, dst += kQK_IQ) {
+    const float d = fp16_to_f32(b[i].d);
+    for (int g = 0; g < kQK_IQ / 32; ++g) {
+      for (int l = 0; l < 4; ++l) {
+        const unsigned s = (b[i].scales[g] >> (4 * (l / 2))) & 0xf;
+        const float scale = d * (0.5f + static_cast<float>(s)) * 0.25f;
+        const uint16_t q = b[i].qs[4 * g + l];
+        put8(dst + 32 * g + 8 * l, scale, iq::kIq2xsGrid[q & 511], kIqSigns[q >> 9]);
+      }
+    }
+  }
+}
+
+void dequantize_iq2_s(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const BlockIQ2_S*>(src);
+  for (int64_t i = 0; i < n / kQK_IQ; ++i, dst += kQK_IQ) {
+    const float d = fp16_to_f32(b[i].d);
+    const uint8_t* signs = b[i].qs + kQK_IQ / 8;
+    for (int g = 0; g < kQK_IQ / 32; ++g) {
+      for (int l = 0; l < 4; ++l) {
+        const int k = 4 * g + l;
+        const unsigned s = (b[i].scales[g] >> (4 * (l / 2))) & 0xf;
+        const float scale = d * (0.5f + static_cast<float>(s)) * 0.25f;
+        const unsigned index = b[i].qs[k] | ((b[i].qh[g] >> (2 * l)) & 3u) << 8;
+        put8(dst + 8 * k, scale, iq::kIq2sGrid[index], signs[k]);
+      }
+    }
+  }
+}
+
+void dequantize_iq3_xxs(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const BlockIQ3_XXS*>(src);
+  for (int64_t i = 0; i < n / kQK_IQ; ++i, dst += kQK_IQ) {
+    const float d = fp16_to_f32(b[i].d);
+    const uint8_t* qs = b[i].qs;
+    for (int g = 0; g < kQK_IQ / 32; ++g) {
+      const uint32_t sw = load_u32(qs + kQK_IQ / 4 + 4 * g);
+      const float scale = d * (0.5f + static_cast<float>(sw >> 28)) * 0.5f;
+      for (int l = 0; l < 4; ++l) {
+        const int k = 8 * g + 2 * l;  // the two 4-point entries of elements 32g + 8l .. +7
+        put4x2(dst + 4 * k, scale, iq::kIq3xxsGrid[qs[k]], iq::kIq3xxsGrid[qs[k + 1]],
+               kIqSigns[(sw >> (7 * l)) & 127]);
+      }
+    }
+  }
+}
+
+void dequantize_iq3_s(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const BlockIQ3_S*>(src);
+  for (int64_t i = 0; i < n / kQK_IQ; ++i, dst += kQK_IQ) {
+    const float d = fp16_to_f32(b[i].d);
+    for (int g = 0; g < kQK_IQ / 32; ++g) {
+      const unsigned s = (b[i].scales[g / 2] >> (4 * (g % 2))) & 0xf;
+      const float scale = d * static_cast<float>(1 + 2 * s);
+      for (int l = 0; l < 4; ++l) {
+        const int k = 8 * g + 2 * l;
+        auto index = [&](int kk) { return b[i].qs[kk] | ((b[i].qh[kk / 8] >> (kk % 8)) & 1u) << 8; };
+        put4x2(dst + 4 * k, scale, iq::kIq3sGrid[index(k)], iq::kIq3sGrid[index(k + 1)], b[i].signs[k / 2]);
+      }
+    }
+  }
+}
+
+void dequantize_iq1_s(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const BlockIQ1_S*>(src);
+  for (int64_t i = 0; i < n / kQK_IQ; ++i, dst += kQK_IQ) {
+    const float d = fp16_to_f32(b[i].d);
+    for (int g = 0; g < kQK_IQ / 32; ++g) {
+      const unsigned h = b[i].qh[g];
+      const float scale = d * static_cast<float>(2 * ((h >> 12) & 7) + 1);
+      const float delta = h & 0x8000 ? -iq::kIq1sDelta : iq::kIq1sDelta;
+      for (int l = 0; l < 4; ++l) {
+        const unsigned index = b[i].qs[4 * g + l] | ((h >> (3 * l)) & 7u) << 8;
+        put8_signed(dst + 32 * g + 8 * l, scale, iq::kIq1sGrid[index], delta);
+      }
+    }
+  }
+}
+
+void dequantize_iq1_m(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const BlockIQ1_M*>(src);
+  for (int64_t i = 0; i < n / kQK_IQ; ++i, dst += kQK_IQ) {
+    uint16_t w[4];  // the scale words
+    std::memcpy(w, b[i].scales, sizeof(w));
+    const uint16_t d16 =
+        static_cast<uint16_t>((w[0] >> 12) | (w[1] >> 12) << 4 | (w[2] >> 12) << 8 | (w[3] >> 12) << 12);
+    const float d = fp16_to_f32(d16);
+    for (int g = 0; g < kQK_IQ / 32; ++g) {
+      for (int l = 0; l < 4; ++l) {
+        const int k = 4 * g + l, half = l / 2;  // half: elements 32g + 16 half .. +15 share a scale code
+        const unsigned s = (w[g / 2] >> (6 * (g % 2) + 3 * half)) & 7;
+        const unsigned nib = (b[i].qh[2 * g + l / 2] >> (4 * (l % 2))) & 0xf;
+        const float delta = nib & 8 ? -iq::kIq1mDelta : iq::kIq1mDelta;
+        const unsigned index = b[i].qs[k] | (nib & 7u) << 8;
+        put8_signed(dst + 8 * k, d * static_cast<float>(2 * s + 1), iq::kIq1sGrid[index], delta);
+      }
+    }
+  }
+}
+
+void dequantize_iq4_nl(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const BlockIQ4_NL*>(src);
+  for (int64_t i = 0; i < n / kQK4_NL; ++i, dst += kQK4_NL) {
+    const float d = fp16_to_f32(b[i].d);
+    for (int j = 0; j < kQK4_NL / 2; ++j) {
+      dst[j] = d * static_cast<float>(iq::kIq4nlValues[b[i].qs[j] & 0xf]);
+      dst[j + kQK4_NL / 2] = d * static_cast<float>(iq::kIq4nlValues[b[i].qs[j] >> 4]);
+    }
+  }
+}
+
+void dequantize_iq4_xs(const void* src, float* dst, int64_t n) {
+  const auto* b = static_cast<const BlockIQ4_XS*>(src);
+  for (int64_t i = 0; i < n / kQK_IQ; ++i, dst += kQK_IQ) {
+    const float d = fp16_to_f32(b[i].d);
+    for (int g = 0; g < kQK_IQ / 32; ++g) {
+      const int s = ((b[i].scales_l[g / 2] >> (4 * (g % 2))) & 0xf) | ((b[i].scales_h >> (2 * g)) & 3) << 4;
+      const float scale = d * static_cast<float>(s - 32);
+      const uint8_t* q = b[i].qs + 16 * g;
+      for (int j = 0; j < 16; ++j) {
+        dst[32 * g + j] = scale * static_cast<float>(iq::kIq4nlValues[q[j] & 0xf]);
+        dst[32 * g + 16 + j] = scale * static_cast<float>(iq::kIq4nlValues[q[j] >> 4]);
+      }
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace mixtral
