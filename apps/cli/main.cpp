@@ -18,6 +18,7 @@
 #include "convert_cmds.h"
 #include "grammar/grammar.h"
 #include "grammar/json_schema.h"
+#include "imatrix_cmd.h"
 #include "mixtral/engine.h"
 #include "mixtral/tokenizer.h"
 #include "server.h"
@@ -515,6 +516,7 @@ int main(int argc, char** argv) {
   auto run_tokenizer_command = mixtral::cli::add_tokenizer_commands(app);
   auto run_analysis_command = mixtral::cli::add_analysis_commands(app);
   auto run_convert_command = mixtral::cli::add_convert_commands(app);
+  auto run_imatrix_command = mixtral::cli::add_imatrix_command(app);
 
   try {
     app.parse(argc, argv);
@@ -527,6 +529,7 @@ int main(int argc, char** argv) {
   if (auto rc = run_tokenizer_command()) return *rc;
   if (auto rc = run_analysis_command()) return *rc;
   if (auto rc = run_convert_command()) return *rc;
+  if (auto rc = run_imatrix_command()) return *rc;
   if (run->parsed()) {
     if (prompt.empty() && prompt_tokens.empty())
       return fail(Error::usage("run: give --prompt or --prompt-tokens"));

@@ -48,12 +48,12 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
   route(w, c_, x, n, routing_, pool);
 
   // Group (token, weight) pairs by expert: a counting sort over the n*k choices.
-  std::vector<int64_t> start(static_cast<size_t>(E + 1), 0);  // [E + 1] offsets into tokens_
-  for (int32_t e : routing_.experts) ++start[static_cast<size_t>(e) + 1];
-  std::partial_sum(start.begin(), start.end(), start.begin());
+  start_.assign(static_cast<size_t>(E + 1), 0);
+  for (int32_t e : routing_.experts) ++start_[static_cast<size_t>(e) + 1];
+  std::partial_sum(start_.begin(), start_.end(), start_.begin());
   tokens_.resize(static_cast<size_t>(n * k));
   tok_w_.resize(static_cast<size_t>(n * k));
-  std::vector<int64_t> fill(start.begin(), start.end() - 1);
+  std::vector<int64_t> fill(start_.begin(), start_.end() - 1);
   for (int64_t t = 0; t < n; ++t)
     for (int64_t j = 0; j < k; ++j) {
       const auto e = static_cast<size_t>(routing_.experts[static_cast<size_t>(t * k + j)]);
@@ -74,7 +74,7 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
   up_.clear();
   down_.clear();
   for (int64_t e = 0; e < E; ++e) {
-    const int64_t b = start[static_cast<size_t>(e)], m = start[static_cast<size_t>(e) + 1] - b;
+    const int64_t b = start_[static_cast<size_t>(e)], m = start_[static_cast<size_t>(e) + 1] - b;
     if (m == 0) continue;
     const TensorView& w1 = w.w1[static_cast<size_t>(e)];
     const TensorView& w3 = w.w3[static_cast<size_t>(e)];
@@ -92,12 +92,24 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
   kernels::matmul_swiglu_groups(up_.data(), static_cast<int64_t>(up_.size()), pool);
   kernels::matmul_groups(down_.data(), static_cast<int64_t>(down_.size()), pool);  // quantizes each h first
   for (int64_t e = 0; e < E; ++e) {  // scatter, weighted by the router, experts in index order
-    for (int64_t i = start[static_cast<size_t>(e)]; i < start[static_cast<size_t>(e) + 1]; ++i) {
+    for (int64_t i = start_[static_cast<size_t>(e)]; i < start_[static_cast<size_t>(e) + 1]; ++i) {
       const float wt = tok_w_[static_cast<size_t>(i)];
       float* yt = y + tokens_[static_cast<size_t>(i)] * dim;
       const float* src = ye_.data() + i * dim;
       for (int64_t d = 0; d < dim; ++d) yt[d] += wt * src[d];
     }
+  }
+}
+
+void MoeLayer::observe_inputs(const float* x, int64_t layer, MatmulObserver& obs) const {
+  const int64_t E = c_.n_experts, dim = c_.dim, ffn = c_.ffn_dim;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t b = start_[static_cast<size_t>(e)], m = start_[static_cast<size_t>(e) + 1] - b;
+    if (m == 0) continue;
+    const auto ex = static_cast<int32_t>(e);
+    obs.observe(layer, MatmulWeight::kW1, ex, x, tokens_.data() + b, m, dim);
+    obs.observe(layer, MatmulWeight::kW3, ex, x, tokens_.data() + b, m, dim);
+    obs.observe(layer, MatmulWeight::kW2, ex, h_.data() + b * ffn, nullptr, m, ffn);
   }
 }
 

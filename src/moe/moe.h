@@ -20,6 +20,20 @@ struct Routing {
   std::vector<float> weights;    // [n, k] renormalised weights (sum 1 per token)
 };
 
+// Which weight of a layer a matmul multiplies by (attention; the experts' gate, up and down).
+enum class MatmulWeight { kWq, kWk, kWv, kWo, kW1, kW3, kW2 };
+
+// Sees the input rows of every weight matmul of a forward step (importance matrices: `mixtral imatrix`).
+// Runtime::set_matmul_observer; none by default, and then nothing is called.
+class MatmulObserver {
+ public:
+  virtual ~MatmulObserver() = default;
+  // The input of weight w of layer `layer`, for expert `expert` (W1, W3, W2; -1 for attention): its row i
+  // (i in [0, n)) is x + rows[i] * cols, or x + i * cols when rows is null.
+  virtual void observe(int64_t layer, MatmulWeight w, int32_t expert, const float* x, const int32_t* rows,
+                       int64_t n, int64_t cols) = 0;
+};
+
 // Router only: fills r for n tokens. x: [n, dim]
 void route(const LayerWeights& w, const ModelConfig& c, const float* x, int64_t n, Routing& r,
            ThreadPool& pool);
@@ -31,10 +45,14 @@ class MoeLayer {
   //   x: [n, dim]; y: [n, dim] (overwritten); routing is left in routing() for introspection.
   void forward(const LayerWeights& w, const float* x, int64_t n, float* y, ThreadPool& pool);
   const Routing& routing() const { return routing_; }
+  // After forward(w, x, n, ...): shows obs each chosen expert's matmul inputs, experts in index order: W1
+  // and W3 its tokens' rows of x, W2 its rows of silu(W1 x) * W3 x.
+  void observe_inputs(const float* x, int64_t layer, MatmulObserver& obs) const;
 
  private:
   const ModelConfig& c_;
   Routing routing_;
+  std::vector<int64_t> start_;   // [E + 1] expert e's entries of tokens_ are [start_[e], start_[e + 1])
   std::vector<int32_t> tokens_;  // [n * k] token indices grouped by expert
   std::vector<float> tok_w_;     // [n * k] matching routing weights
   kernels::PreparedInput xb_;    // [n, dim] the batch input x and its formats, quantized once

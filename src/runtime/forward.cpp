@@ -62,16 +62,21 @@ void Runtime::step(const BatchToken* e, int64_t n, PagedKvCache& kv, float* logi
     kernels::matmul(w.wq, xn_in_, q, qd, pool_);
     kernels::matmul(w.wk, xn_in_, kn, kvd, pool_);
     kernels::matmul(w.wv, xn_in_, vn, kvd, pool_);
+    if (observer_)
+      for (MatmulWeight mw : {MatmulWeight::kWq, MatmulWeight::kWk, MatmulWeight::kWv})
+        observer_->observe(l, mw, -1, xn, nullptr, n, dim);
     kernels::rope(q, pos_.data(), n, rope_q);
     kernels::rope(kn, pos_.data(), n, rope_k);
     kernels::paged_kv_store(cache, kn, vn, slots_.data(), n);
     kernels::paged_attention(q, cache, tables_.data(), pos_.data(), n, ap, att, pool_);
     att_in_.reset(att, n, qd);
     kernels::matmul(w.wo, att_in_, o, dim, pool_);
+    if (observer_) observer_->observe(l, MatmulWeight::kWo, -1, att, nullptr, n, qd);
     for (int64_t i = 0; i < n * dim; ++i) x[i] += o[i];
     // Mixture of experts.
     kernels::rmsnorm(x, w.ffn_norm.data(), n, dim, c_.norm_eps, xn);
     moe_.forward(w, xn, n, o, pool_);
+    if (observer_) moe_.observe_inputs(xn, l, *observer_);
     if (routing_sink_) routing_sink_(l, pos_.data(), n, moe_.routing());
     if (expert_counts_)
       for (int32_t ex : moe_.routing().experts)

@@ -46,6 +46,8 @@ class Runtime {
   // When set, step adds each entry's chosen experts: counts [n_layers, n_experts].
   void set_expert_counts(std::vector<uint64_t>* counts) { expert_counts_ = counts; }
   void set_routing_sink(RoutingSink sink) { routing_sink_ = std::move(sink); }
+  // When set, step shows o the input rows of every weight matmul (not the router's nor the output's).
+  void set_matmul_observer(MatmulObserver* o) { observer_ = o; }
   int64_t max_batch() const { return opts_.max_batch; }
   const ModelConfig& config() const { return c_; }
 
@@ -57,6 +59,7 @@ class Runtime {
   MoeLayer moe_;
   RoutingSink routing_sink_;
   std::vector<uint64_t>* expert_counts_ = nullptr;
+  MatmulObserver* observer_ = nullptr;
   // Scratch, sized for max_batch entries:
   std::vector<float> x_;                // [B, dim] residual stream
   std::vector<float> xn_;               // [B, dim] normalised input of a sublayer
