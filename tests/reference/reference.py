@@ -609,10 +609,12 @@ class Model:
         self.path = path
         self.cfg, self.w = load_model(path)
 
-    def forward(self, tokens):
+    def forward(self, tokens, observe=None):
         """Logits [n, vocab] (float64) of every position, and routing records per layer and token:
         {"layer", "pos", "experts", "weights", "margin"} with margin = k-th largest router logit minus
-        the (k+1)-th (inf when every expert is used)."""
+        the (k+1)-th (inf when every expert is used). observe(layer, weight, expert, rows), if given, sees
+        the input rows [m, cols] of every weight matmul: weight one of "q", "k", "v", "o" (expert None) and
+        "w1", "w3", "w2" (an expert's routed tokens only)."""
         c, w = self.cfg, self.w
         tokens = np.asarray(tokens, dtype=np.int64)
         n = len(tokens)
@@ -627,6 +629,9 @@ class Model:
         for l in range(c["n_layers"]):
             p = f"model.layers.{l}."
             x = rms_norm(h, w[p + "input_layernorm.weight"], c["eps"])
+            if observe:
+                for name in ("q", "k", "v"):
+                    observe(l, name, None, x)
             q = (x @ w[p + "self_attn.q_proj.weight"].T).reshape(n, H, hd)
             k = (x @ w[p + "self_attn.k_proj.weight"].T).reshape(n, KV, hd)
             v = (x @ w[p + "self_attn.v_proj.weight"].T).reshape(n, KV, hd)
@@ -639,6 +644,8 @@ class Model:
             probs = np.exp(scores)
             probs /= probs.sum(axis=-1, keepdims=True)
             att = np.einsum("hij,jhd->ihd", probs, v).reshape(n, H * hd)
+            if observe:
+                observe(l, "o", None, att)
             h = h + att @ w[p + "self_attn.o_proj.weight"].T
 
             x = rms_norm(h, w[p + "post_attention_layernorm.weight"], c["eps"])
@@ -659,6 +666,10 @@ class Model:
                 xe = x[rows]
                 pe = p + f"block_sparse_moe.experts.{e}."
                 y = silu(xe @ w[pe + "w1.weight"].T) * (xe @ w[pe + "w3.weight"].T)
+                if observe:
+                    observe(l, "w1", e, xe)
+                    observe(l, "w3", e, xe)
+                    observe(l, "w2", e, y)
                 out[rows] += tw[rows, slot][:, None] * (y @ w[pe + "w2.weight"].T)
             h = h + out
             for i in range(n):
@@ -679,6 +690,35 @@ class Model:
             margins.append(float(last[o[0]] - last[o[1]]))
             seq.append(int(o[0]))
         return ids, margins
+
+
+def imatrix(model, chunks):
+    """llama-imatrix's statistic over token chunks, each evaluated alone from position 0: {GGUF weight name:
+    (sums [n_mat, cols], counts [n_mat])}, the sums of the squared inputs of each weight matmul per column and
+    the tokens counted; the expert tensors (blk.L.ffn_{gate,up,down}_exps.weight) one row per expert over
+    the tokens routed to it. Also returns the routing records of every chunk (their margins)."""
+    c = model.cfg
+    E, qd = c["n_experts"], c["n_heads"] * c["head_dim"]
+    names = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output", "w1": "ffn_gate_exps",
+             "w3": "ffn_up_exps", "w2": "ffn_down_exps"}
+    cols = {"q": c["dim"], "k": c["dim"], "v": c["dim"], "o": qd, "w1": c["dim"], "w3": c["dim"], "w2": c["ffn"]}
+    stats = {}
+    for l in range(c["n_layers"]):
+        for k, g in names.items():
+            n_mat = 1 if k in ("q", "k", "v", "o") else E
+            stats[f"blk.{l}.{g}.weight"] = (np.zeros((n_mat, cols[k])), np.zeros(n_mat, dtype=np.int64))
+
+    def observe(layer, weight, expert, rows):
+        sums, counts = stats[f"blk.{layer}.{names[weight]}.weight"]
+        m = 0 if expert is None else expert
+        sums[m] += np.sum(rows * rows, axis=0)
+        counts[m] += rows.shape[0]
+
+    routing = []
+    for chunk in chunks:
+        _, r = model.forward(chunk, observe)
+        routing += r
+    return stats, routing
 
 
 def min_margin(routing):
