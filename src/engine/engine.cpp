@@ -238,16 +238,24 @@ std::string Engine::describe(int64_t ctx) const {
     << " (trained)\n";
   s << "tied_embeddings: " << (c.tie_embeddings ? "yes" : "no") << "\n";
   std::map<std::string, std::pair<int64_t, size_t>> by_type;
+  std::map<std::string, double> type_bits;  // bits per weight of each type
   size_t total = 0;
+  double weights = 0;  // elements of every tensor
   for (const auto& t : m.tensors) {
-    auto& e = by_type[std::string(dtype_name(t.dtype))];
+    const std::string name(dtype_name(t.dtype));
+    auto& e = by_type[name];
     ++e.first;
     e.second += t.nbytes;
     total += t.nbytes;
+    type_bits[name] = bits_per_weight(t.dtype);
+    weights += 8.0 * static_cast<double>(t.nbytes) / type_bits[name];
   }
   s << "tensors:      " << m.tensors.size() << " (" << total << " bytes)\n";
   for (const auto& [name, e] : by_type)
     s << "  " << name << ": " << e.first << " tensors, " << e.second << " bytes\n";
+  s << "bits per weight:";
+  for (const auto& [name, bits] : type_bits) s << " " << name << " " << bits << ",";
+  s << " all tensors " << (weights > 0 ? 8.0 * static_cast<double>(total) / weights : 0.0) << "\n";
   const KvCacheType kt = cache_type();
   const size_t per_token = kv_bytes_per_token(c, kt), kv = per_token * static_cast<size_t>(ctx);
   s << "KV cache:     " << per_token << " bytes per token (" << kv_cache_type_name(kt) << ", K and V of "
