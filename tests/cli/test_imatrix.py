@@ -12,6 +12,11 @@
    float32 rounding (1e-4 relative). The text has a router top-2 margin >= 2e-3 (in logits) at every token and layer
    (asserted), so both pick the same experts.
 3. Bad arguments: usage errors exit 2, data errors exit 1, one line naming the flag or file.
+4. `quantize --imatrix`: the file (ours, and a GGUF and a legacy .dat written here) is read and matched to the
+   input's weights by name and size (a missing, resized or foreign entry is an error naming it), then refused
+   for every type: no quantizer weighs by it yet, and a flag is never taken only to be ignored.
+5. Both expert layouts: a random model written merged (blk.L.ffn_*_exps) and per expert (blk.L.ffn_*.E) gives
+   the same file, and each input's --imatrix check matches it.
 
   test_imatrix.py --mixtral BIN --model models/tiny-kjv.gguf --workdir DIR
 """
@@ -94,6 +99,100 @@ def read_gguf(path):
         infos.append((name, ne, take("I"), take("Q")))
     align = meta.get("general.alignment", (GGUF_U32, 32))[1]
     return meta, infos, (pos + align - 1) // align * align, raw
+
+
+def write_gguf(path, kv, tensors):
+    """A GGUF v3 file: kv [(key, type, value)] (u32, string, array of strings), tensors [(name, float32 array
+    in row-major shape)], data aligned to 32."""
+    def s(x):
+        b = x.encode()
+        return struct.pack("<Q", len(b)) + b
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv))
+    for key, t, v in kv:
+        out += s(key) + struct.pack("<I", t)
+        if t == GGUF_U32:
+            out += struct.pack("<I", v)
+        elif t == GGUF_STRING:
+            out += s(v)
+        else:
+            out += struct.pack("<IQ", GGUF_STRING, len(v)) + b"".join(s(x) for x in v)
+    off, blobs = 0, []
+    for name, a in tensors:
+        ne = list(reversed(a.shape))
+        out += s(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", n) for n in ne)
+        out += struct.pack("<IQ", GGML_F32, off)
+        blob = a.astype("<f4").tobytes()
+        blob += b"\0" * (-len(blob) % 32)
+        blobs.append(blob)
+        off += len(blob)
+    out += b"\0" * (-len(out) % 32)
+    with open(path, "wb") as f:
+        f.write(out + b"".join(blobs))
+
+
+def write_dat(path, entries, chunks, dataset):
+    """llama.cpp's legacy .dat: entries {name: (ncall, float32 values)}."""
+    out = struct.pack("<i", len(entries))
+    for name, (ncall, v) in sorted(entries.items()):
+        out += struct.pack("<i", len(name)) + name.encode() + struct.pack("<ii", ncall, len(v))
+        out += np.asarray(v, dtype="<f4").tobytes()
+    out += struct.pack("<ii", chunks, len(dataset)) + dataset.encode()
+    with open(path, "wb") as f:
+        f.write(out)
+
+
+def check_quantize_imatrix(a, w, ref):
+    """quantize --imatrix: read, matched by name and size, then refused naming the type."""
+    meta = [("general.type", GGUF_STRING, "imatrix"), ("imatrix.datasets", GGUF_ARRAY, ["t.txt"]),
+            ("imatrix.chunk_count", GGUF_U32, 2), ("imatrix.chunk_size", GGUF_U32, CTX)]
+
+    def tensors(entries):
+        out = []
+        for name, (sums, counts) in sorted(entries.items()):
+            out += [(name + ".in_sum2", sums), (name + ".counts", counts.astype(np.float64).reshape(-1, 1))]
+        return out
+
+    def quantize(imatrix, typ, code, needle):
+        out = w("q.gguf")
+        r = run([a.mixtral, "quantize", a.model, out, typ, "--imatrix", imatrix, "--threads", "2"], expect=code)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (imatrix, typ, r.stderr)
+        assert not os.path.exists(out), "quantize wrote a file it refused to make"
+
+    not_yet = "--imatrix is not yet used for type"
+    quantize(w("imatrix.gguf"), "Q4_K_M", 2, not_yet + " Q4_K_M")
+    quantize(w("imatrix.gguf"), "q3_k", 2, not_yet + " Q3_K")
+    quantize(w("imatrix.gguf"), "Q8_0", 2, "--imatrix has no use for type Q8_0")
+    write_gguf(w("ok.gguf"), meta, tensors(ref))
+    quantize(w("ok.gguf"), "Q4_K", 2, not_yet + " Q4_K")
+    # A llama.cpp-made matrix also holds the router (blk.L.ffn_gate_inp.weight): matched, not needed.
+    router = dict(ref)
+    router["blk.0.ffn_gate_inp.weight"] = (np.ones((1, 256)), np.array([96]))
+    write_gguf(w("router.gguf"), meta, tensors(router))
+    quantize(w("router.gguf"), "Q4_K", 2, not_yet + " Q4_K")
+    # The legacy .dat: (sum / count) * ncall, one flat row per weight.
+    write_dat(w("legacy.dat"), {n: (2, (s / np.maximum(c, 1)[:, None] * 2).ravel()) for n, (s, c) in ref.items()},
+              2, "t.txt")
+    quantize(w("legacy.dat"), "Q5_K_M", 2, not_yet + " Q5_K_M")
+
+    missing = {n: v for n, v in ref.items() if n != "blk.2.attn_v.weight"}
+    write_gguf(w("missing.gguf"), meta, tensors(missing))
+    quantize(w("missing.gguf"), "Q4_K", 1, "no entry for 'blk.2.attn_v.weight'")
+    resized = dict(ref)
+    resized["blk.1.ffn_down_exps.weight"] = (np.ones((8, 100)), np.ones(8, dtype=np.int64))
+    write_gguf(w("resized.gguf"), meta, tensors(resized))
+    quantize(w("resized.gguf"), "Q4_K", 1, "'blk.1.ffn_down_exps.weight' has 800 values")
+    foreign = dict(ref)
+    foreign["blk.7.attn_q.weight"] = (np.ones((1, 256)), np.array([1]))
+    write_gguf(w("foreign.gguf"), meta, tensors(foreign))
+    quantize(w("foreign.gguf"), "Q4_K", 1, "'blk.7.attn_q.weight' names no weight")
+    write_gguf(w("nometa.gguf"), meta[:1], tensors(ref))
+    quantize(w("nometa.gguf"), "Q4_K", 1, "imatrix.datasets")
+    with open(w("junk.dat"), "wb") as f:
+        f.write(b"\x01\0\0\0junk")
+    quantize(w("junk.dat"), "Q4_K", 1, w("junk.dat"))
+    quantize(w("none.gguf"), "Q4_K", 1, w("none.gguf"))
+    print("quantize --imatrix: read and matched (GGUF, .dat), refused naming the type; bad matrices named")
 
 
 def main():
@@ -179,6 +278,23 @@ def main():
     assert w("missing.txt") in r.stderr, r.stderr
     assert not os.path.exists(w("x.gguf"))
     print("imatrix: bad arguments rejected")
+
+    check_quantize_imatrix(a, w, ref)
+
+    # 5. Both expert layouts of one random model.
+    run([a.mixtral, "make-test-model", w("tm"), "--layouts", "gguf-merged,gguf-legacy", "--types", "f32",
+         "--layers", "2", "--dim", "64", "--ffn", "96", "--heads", "4", "--kv-heads", "2", "--vocab", "320"])
+    files = []
+    for layout in ("gguf-merged", "gguf-legacy"):
+        m = w(f"tm/{layout}-f32.gguf")
+        files.append(w(f"{layout}.imatrix.gguf"))
+        run([a.mixtral, "imatrix", "--model", m, "--text-file", w("text.txt"), "--ctx", "16", "-o", files[-1],
+             "--threads", "2"])
+        r = run([a.mixtral, "quantize", m, w("q.gguf"), "Q4_K", "--imatrix", files[-1]], expect=2)
+        assert "not yet used for type Q4_K" in r.stderr, r.stderr
+    with open(files[0], "rb") as f0, open(files[1], "rb") as f1:
+        assert f0.read() == f1.read(), "the two expert layouts gave different importance matrices"
+    print("imatrix: merged and per-expert layouts give the same file")
 
 
 if __name__ == "__main__":
