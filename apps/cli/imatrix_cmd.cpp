@@ -10,6 +10,7 @@
 // --process-output; neither is ever quantized with an imatrix here).
 #include "imatrix_cmd.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -153,6 +154,8 @@ int cmd_imatrix(const ImatrixArgs& a) {
         (!dir.empty() && !std::filesystem::is_directory(dir, ec)))
       return fail(Error::usage("imatrix: -o " + a.out + ": not a file in an existing directory"));
   }
+  if (std::error_code ec; std::filesystem::is_directory(a.text_file, ec))
+    return fail(Error::io("--text-file: " + a.text_file + ": is a directory"));
   auto text = read_text_file(a.text_file, "--text-file");
   if (!text) return fail(text.error());
   auto tok = Tokenizer::load(a.model);
@@ -193,6 +196,7 @@ int cmd_imatrix(const ImatrixArgs& a) {
                static_cast<long long>(n_chunks), static_cast<long long>(ctx),
                static_cast<long long>(n_chunks * ctx), static_cast<long long>(n_tokens), (*core)->threads);
   Progress bar("imatrix", n_chunks);
+  const auto t0 = std::chrono::steady_clock::now();
   std::vector<int32_t> chunk(static_cast<size_t>(ctx));  // [ctx]
   for (int64_t i = 0; i < n_chunks; ++i) {
     std::copy(ids->begin() + i * ctx, ids->begin() + (i + 1) * ctx, chunk.begin());
@@ -201,13 +205,16 @@ int cmd_imatrix(const ImatrixArgs& a) {
     bar.add(1);
   }
   bar.finish();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto im = col.finish(a, n_chunks, ctx);
   if (!im) return fail(im.error());
   if (const std::string p = col.partial(); !p.empty())
     std::fprintf(stderr, "mixtral: warning: experts that no token was routed to (written with count 0): %s\n",
                  p.c_str());
   if (Status st = write_imatrix_gguf(*im, a.out); !st) return fail(st.error());
-  std::fprintf(stderr, "imatrix: %zu entries written to %s\n", im->entries.size(), a.out.c_str());
+  std::fprintf(stderr, "imatrix: %lld tokens in %.2f s (%.1f tokens/s), %zu entries written to %s\n",
+               static_cast<long long>(n_chunks * ctx), secs, static_cast<double>(n_chunks * ctx) / secs,
+               im->entries.size(), a.out.c_str());
   return 0;
 }
 
