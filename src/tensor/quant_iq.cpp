@@ -19,11 +19,12 @@ inline int point(uint64_t entry, int j) {
   return static_cast<int>((entry >> (8 * j)) & 0xff);
 }
 
-// 8 elements: scale * point * sign, signs as 8 bits (bit j set = element j negative).
+// 8 elements: scale * point * sign, signs as 8 bits (bit j set = element j negative). The sign is a
+// factor of +-1 (exact), not a branch: random signs would mispredict half the time.
 inline void put8(float* y, float scale, uint64_t entry, unsigned signs) {
   for (int j = 0; j < 8; ++j) {
-    const float v = scale * static_cast<float>(point(entry, j));
-    y[j] = (signs >> j) & 1 ? -v : v;
+    const float sign = static_cast<float>(1 - 2 * static_cast<int>((signs >> j) & 1));
+    y[j] = scale * static_cast<float>(point(entry, j)) * sign;
   }
 }
 
