@@ -177,26 +177,47 @@ int q3k_scale(const uint8_t* q, int s) {
   return (lo | (hi << 4)) - 32;
 }
 
+// An importance matrix's weights qw [256] (the mean squared activation each column of the weight sees) turn
+// the sub-block fits' weights into qw * sqrt(sigma2 + x^2), sigma2 the super-block's mean x^2 (GGML's form):
+// the error is weighed by how much each column's rounding moves the matmul's output.
+// A sub-block whose columns all have importance 0 (no activation reached them) is fitted as if every
+// column mattered alike, not collapsed to zero.
+void importance_weights(const float* x, const float* qw, int sub, float sigma2, float* w) {
+  const bool none = std::all_of(qw, qw + sub, [](float v) { return v == 0.0f; });
+  for (int i = 0; i < sub; ++i) w[i] = (none ? 1.0f : qw[i]) * std::sqrt(sigma2 + x[i] * x[i]);
+}
+float mean_square(const float* x) {
+  float s = 0.0f;
+  for (int i = 0; i < kQK_K; ++i) s += x[i] * x[i];
+  return s / static_cast<float>(kQK_K);
+}
+
 // The asymmetric K-quants (Q2_K: 16 x 16, 4-bit scales; Q4_K/Q5_K: 8 x 32, 6-bit scales) share this:
 // fit every sub-block, quantize the scales and mins to `scale_max` levels against the super-block's largest,
-// then round every element again with the stored scales. L: [256] out, levels in [0, nmax].
+// then round every element again with the stored scales. qw: [256] importance weights, or null (the fits
+// then weigh by |x|, plus the sub-block's rms with weight_by_rms). L: [256] out, levels in [0, nmax].
 struct AsymSuper {
   uint16_t d, dmin;
   uint8_t sc[16], mn[16];  // [n_sub] quantized scales and mins
 };
 AsymSuper quantize_asym_super(const float* x, int sub, int nmax, int scale_max, bool weight_by_rms,
-                              uint8_t* L) {
+                              const float* qw, uint8_t* L) {
   const int n_sub = kQK_K / sub;
   float scales[16], mins[16];  // [n_sub]
   float w[32];                 // [sub]
+  const float sigma2 = qw ? mean_square(x) : 0.0f;
   for (int j = 0; j < n_sub; ++j) {
     const float* xs = x + j * sub;
-    float av = 0.0f;
-    if (weight_by_rms) {
-      for (int i = 0; i < sub; ++i) av += xs[i] * xs[i];
-      av = std::sqrt(av / static_cast<float>(sub));
+    if (qw) {
+      importance_weights(xs, qw + j * sub, sub, sigma2, w);
+    } else {
+      float av = 0.0f;
+      if (weight_by_rms) {
+        for (int i = 0; i < sub; ++i) av += xs[i] * xs[i];
+        av = std::sqrt(av / static_cast<float>(sub));
+      }
+      for (int i = 0; i < sub; ++i) w[i] = av + std::fabs(xs[i]);
     }
-    for (int i = 0; i < sub; ++i) w[i] = av + std::fabs(xs[i]);
     const AsymFit f = fit_scale_min(sub, nmax, xs, w, L + j * sub);
     scales[j] = f.scale;
     mins[j] = f.min;
@@ -227,17 +248,20 @@ AsymSuper quantize_asym_super(const float* x, int sub, int nmax, int scale_max, 
 }
 
 // The symmetric K-quants (Q3_K, Q6_K; 16 x 16): per-sub-block scales from fit_scale_sym with weights
-// rms^2 + x^2, then the scales quantized symmetrically (largest one to -smax) and every element rounded
-// again. Returns the super-block scale; Ls: [16] signed quantized scales; L: [256] levels + nmax.
-float quantize_sym_super(const float* x, int nmax, int smax, int* Ls, uint8_t* L) {
-  float ms = 0.0f;
-  for (int i = 0; i < kQK_K; ++i) ms += x[i] * x[i];
-  ms /= static_cast<float>(kQK_K);
+// rms^2 + x^2 (with importance weights qw [256]: importance_weights), then the scales quantized
+// symmetrically (largest one to -smax) and every element rounded again. Returns the super-block scale; Ls:
+// [16] signed quantized scales; L: [256] levels + nmax.
+float quantize_sym_super(const float* x, int nmax, int smax, const float* qw, int* Ls, uint8_t* L) {
+  const float ms = mean_square(x);
   float scales[16];  // [16]
   float w[16];       // [16]
   float amax = 0.0f, max = 0.0f;
   for (int j = 0; j < 16; ++j) {
-    for (int i = 0; i < 16; ++i) w[i] = ms + x[16 * j + i] * x[16 * j + i];
+    if (qw) {
+      importance_weights(x + 16 * j, qw + 16 * j, 16, ms, w);
+    } else {
+      for (int i = 0; i < 16; ++i) w[i] = ms + x[16 * j + i] * x[16 * j + i];
+    }
     scales[j] = fit_scale_sym(16, nmax, x + 16 * j, w);
     if (std::fabs(scales[j]) > amax) {
       amax = std::fabs(scales[j]);
@@ -477,11 +501,16 @@ void dequantize_q8_k(const void* src, float* dst, int64_t n) {
 // K-quants: quantization
 
 void quantize_q2_k(const float* src, void* dst, int64_t n) {
+  quantize_q2_k(src, dst, n, nullptr);
+}
+
+void quantize_q2_k(const float* src, void* dst, int64_t n, const float* qw) {
   auto* b = static_cast<BlockQ2_K*>(dst);
   for (int64_t i = 0; i < n / kQK_K; ++i) {
     const float* x = src + i * kQK_K;  // [256]
     uint8_t L[kQK_K];                  // [256] levels 0..3
-    const AsymSuper s = quantize_asym_super(x, 16, 3, 15, /*weight_by_rms=*/false, L);
+    const AsymSuper s =
+        quantize_asym_super(x, 16, 3, 15, /*weight_by_rms=*/false, qw ? qw + i * kQK_K : nullptr, L);
     for (int j = 0; j < 16; ++j) b[i].scales[j] = static_cast<uint8_t>(s.sc[j] | (s.mn[j] << 4));
     b[i].d = s.d;
     b[i].dmin = s.dmin;
@@ -490,12 +519,16 @@ void quantize_q2_k(const float* src, void* dst, int64_t n) {
 }
 
 void quantize_q3_k(const float* src, void* dst, int64_t n) {
+  quantize_q3_k(src, dst, n, nullptr);
+}
+
+void quantize_q3_k(const float* src, void* dst, int64_t n, const float* qw) {
   auto* b = static_cast<BlockQ3_K*>(dst);
   for (int64_t i = 0; i < n / kQK_K; ++i) {
     const float* x = src + i * kQK_K;  // [256]
     int Ls[16];                        // [16] signed 6-bit scales
     uint8_t L[kQK_K];                  // [256] levels 0..7 (value + 4)
-    const float d = quantize_sym_super(x, 4, 32, Ls, L);
+    const float d = quantize_sym_super(x, 4, 32, qw ? qw + i * kQK_K : nullptr, Ls, L);
     std::memset(&b[i], 0, sizeof(BlockQ3_K));
     for (int j = 0; j < 16; ++j) {
       const int l = Ls[j] + 32;  // 0..63
@@ -521,11 +554,16 @@ void quantize_q3_k(const float* src, void* dst, int64_t n) {
 }
 
 void quantize_q4_k(const float* src, void* dst, int64_t n) {
+  quantize_q4_k(src, dst, n, nullptr);
+}
+
+void quantize_q4_k(const float* src, void* dst, int64_t n, const float* qw) {
   auto* b = static_cast<BlockQ4_K*>(dst);
   for (int64_t i = 0; i < n / kQK_K; ++i) {
     const float* x = src + i * kQK_K;  // [256]
     uint8_t L[kQK_K];                  // [256] levels 0..15
-    const AsymSuper s = quantize_asym_super(x, 32, 15, 63, /*weight_by_rms=*/true, L);
+    const AsymSuper s =
+        quantize_asym_super(x, 32, 15, 63, /*weight_by_rms=*/true, qw ? qw + i * kQK_K : nullptr, L);
     std::memset(b[i].scales, 0, kKScaleBytes);
     for (int j = 0; j < 8; ++j) pack_scale_min(j, s.sc[j], s.mn[j], b[i].scales);
     b[i].d = s.d;
@@ -537,11 +575,16 @@ void quantize_q4_k(const float* src, void* dst, int64_t n) {
 }
 
 void quantize_q5_k(const float* src, void* dst, int64_t n) {
+  quantize_q5_k(src, dst, n, nullptr);
+}
+
+void quantize_q5_k(const float* src, void* dst, int64_t n, const float* qw) {
   auto* b = static_cast<BlockQ5_K*>(dst);
   for (int64_t i = 0; i < n / kQK_K; ++i) {
     const float* x = src + i * kQK_K;  // [256]
     uint8_t L[kQK_K];                  // [256] levels 0..31
-    const AsymSuper s = quantize_asym_super(x, 32, 31, 63, /*weight_by_rms=*/true, L);
+    const AsymSuper s =
+        quantize_asym_super(x, 32, 31, 63, /*weight_by_rms=*/true, qw ? qw + i * kQK_K : nullptr, L);
     std::memset(b[i].scales, 0, kKScaleBytes);
     std::memset(b[i].qh, 0, sizeof(b[i].qh));
     for (int j = 0; j < 8; ++j) pack_scale_min(j, s.sc[j], s.mn[j], b[i].scales);
@@ -558,12 +601,16 @@ void quantize_q5_k(const float* src, void* dst, int64_t n) {
 }
 
 void quantize_q6_k(const float* src, void* dst, int64_t n) {
+  quantize_q6_k(src, dst, n, nullptr);
+}
+
+void quantize_q6_k(const float* src, void* dst, int64_t n, const float* qw) {
   auto* b = static_cast<BlockQ6_K*>(dst);
   for (int64_t i = 0; i < n / kQK_K; ++i) {
     const float* x = src + i * kQK_K;  // [256]
     int Ls[16];                        // [16] int8 scales
     uint8_t L[kQK_K];                  // [256] levels 0..63 (value + 32)
-    const float d = quantize_sym_super(x, 32, 128, Ls, L);
+    const float d = quantize_sym_super(x, 32, 128, qw ? qw + i * kQK_K : nullptr, Ls, L);
     for (int j = 0; j < 16; ++j) b[i].scales[j] = static_cast<int8_t>(Ls[j]);
     b[i].d = f32_to_fp16(d);
     requantize_sym(x, half(b[i].d), 32, Ls, L);

@@ -26,4 +26,13 @@ void quantize_q5_k(const float* src, void* dst, int64_t n);
 void quantize_q6_k(const float* src, void* dst, int64_t n);
 void quantize_q8_k(const float* src, void* dst, int64_t n);
 
+// The K-quants weighing each element's rounding error by an importance matrix (`mixtral imatrix`): qw [n]
+// the mean squared activation of each element's column (the row's own slice of imatrix_weights), or null
+// (the same as the calls above).
+void quantize_q2_k(const float* src, void* dst, int64_t n, const float* qw);
+void quantize_q3_k(const float* src, void* dst, int64_t n, const float* qw);
+void quantize_q4_k(const float* src, void* dst, int64_t n, const float* qw);
+void quantize_q5_k(const float* src, void* dst, int64_t n, const float* qw);
+void quantize_q6_k(const float* src, void* dst, int64_t n, const float* qw);
+
 }  // namespace mixtral::detail
