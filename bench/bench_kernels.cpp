@@ -46,10 +46,13 @@ void fill_weights(DType t, uint8_t* p, size_t nbytes, uint64_t seed) {
   } else if (t == DType::F32) {
     auto* f = reinterpret_cast<uint32_t*>(p);
     for (size_t i = 0; i < nbytes / 4; ++i) f[i] = (f[i] & 0x807fffffu) | 0x3f000000u;
-  } else if (t == DType::Q4_0_G8 || t == DType::Q8_0_G8) {  // as stored, then repacked as the loader does
-    const DType file = t == DType::Q4_0_G8 ? DType::Q4_0 : DType::Q8_0;
+  } else if (file_layout(t) != t) {  // as stored, then repacked as the loader does
+    const DType file = file_layout(t);
     fill_weights(file, p, nbytes, seed);
-    repack(file, t, p, p, static_cast<int64_t>(nbytes / traits(t).block_bytes) * traits(t).block_size);
+    // As rows of one G8 group or one block (R16: whole groups of 16 such rows).
+    const int64_t cols = row_group(t) == 1 ? traits(t).block_size : traits(file).block_size;
+    const int64_t rows = static_cast<int64_t>(nbytes / row_bytes(t, cols)) / row_group(t) * row_group(t);
+    repack(file, t, p, p, rows, cols);
   } else {
     const size_t bb = traits(t).block_bytes;
     for (size_t b = 0; b + bb <= nbytes; b += bb) {
@@ -194,21 +197,26 @@ constexpr int64_t kQ8 = static_cast<int64_t>(DType::Q8_0), kQ4 = static_cast<int
                   kF16 = static_cast<int64_t>(DType::F16), kBF16 = static_cast<int64_t>(DType::BF16),
                   kQ4K = static_cast<int64_t>(DType::Q4_K), kQ5K = static_cast<int64_t>(DType::Q5_K),
                   kQ6K = static_cast<int64_t>(DType::Q6_K), kQ4G8 = static_cast<int64_t>(DType::Q4_0_G8),
-                  kQ8G8 = static_cast<int64_t>(DType::Q8_0_G8);
+                  kQ8G8 = static_cast<int64_t>(DType::Q8_0_G8),
+                  kQ4R16 = static_cast<int64_t>(DType::Q4_0_R16),
+                  kQ8R16 = static_cast<int64_t>(DType::Q8_0_R16);
 
 BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 BENCHMARK(BM_MatmulDecode)
     ->ArgNames({"dtype", "rows", "cols", "threads"})
-    ->ArgsProduct({{kQ8, kQ8G8, kQ4, kQ4G8, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {14336}, {4096}, {1, 2}})
-    ->ArgsProduct({{kQ8, kQ8G8, kQ4, kQ4G8, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {4096}, {14336}, {1, 2}})
+    ->ArgsProduct(
+        {{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {14336}, {4096}, {1, 2}})
+    ->ArgsProduct(
+        {{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {4096}, {14336}, {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 // The same kernels on 256 x 4096 weights that stay in L2: bytes/s above the read bandwidth say a kernel
 // can keep up with memory, and by how much.
 BENCHMARK(BM_MatmulDecodeHot)
     ->ArgNames({"dtype", "rows", "cols", "threads"})
-    ->ArgsProduct({{kQ8, kQ8G8, kQ4, kQ4G8, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {256}, {4096}, {1}})
+    ->ArgsProduct(
+        {{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {256}, {4096}, {1}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
@@ -222,17 +230,22 @@ BENCHMARK(BM_SwigluDecode)
 BENCHMARK(BM_MatmulPrefill)
     ->Name("BM_MatmulSmallBatch")
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8, kQ8G8}, {14336}, {4096}, {1, 2, 3, 4, 5, 6, 8, 12, 16}, {1, 2}})
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16},
+                   {14336},
+                   {4096},
+                   {1, 2, 3, 4, 5, 6, 8, 12, 16},
+                   {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatmulHot)
     ->ArgNames({"dtype", "rows", "cols", "n"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8, kQ8G8}, {512}, {4096}, {2, 3, 4, 6, 8, 12, 64}})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4K, kQ8, kQ8G8, kQ6K}, {256, 2048}, {4096}, {1}});
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16}, {512}, {4096}, {2, 3, 4, 6, 8, 12, 64}})
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kQ6K}, {256, 2048}, {4096}, {1}});
 BENCHMARK(BM_MatmulPrefill)
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ8, kQ8G8, kQ4, kQ4G8, kQ4K, kQ6K}, {14336}, {4096}, {64, 512}, {1, 2}})
-    ->ArgsProduct({{kQ4G8, kQ4K, kQ6K}, {4096}, {14336}, {128}, {1, 2}})  // an expert's W2, its tokens
+    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ6K}, {14336}, {4096}, {64, 512}, {1, 2}})
+    ->ArgsProduct(
+        {{kQ4G8, kQ4R16, kQ4K, kQ6K}, {4096}, {14336}, {128}, {1, 2}})  // an expert's W2, its tokens
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -519,18 +519,35 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, PreparedInput& x,
 
 }  // namespace
 
-DType preferred_layout(DType t, int64_t cols) {
-  // The generic table reads the G8 layouts by unpacking them back, so only tables with grouped kernels
-  // for them (an arrange function) gain from the repack.
+DType preferred_layout(DType t, int64_t rows, int64_t cols) {
   const int i = weight_index(t);
-  if (i < 0 || detail::kWeightTypes[i].repacked == t) return t;
-  const DType packed = detail::kWeightTypes[i].repacked;
-  const int p = weight_index(packed);
-  MX_CHECK(p >= 0, "kWeightTypes: %s repacks into a type without kernels",
-           std::string(dtype_name(t)).c_str());
-  if (cols % traits(packed).block_size != 0 || table().matmul[p].arrange == nullptr) return t;
-  return packed;
+  if (i < 0) return t;
+  const DType to = table().matmul[i].layout;
+  if (to == t || cols % traits(to).block_size != 0 || rows % row_group(to) != 0) return t;
+  return to;
 }
+
+namespace detail {
+
+void r16_by_rows(DType packed, MatmulTileFn file_tile, const MatmulArgs& a, int64_t r0, int64_t nr,
+                 int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  const DType file = file_layout(packed);
+  thread_local std::vector<uint8_t> group;  // [16, w_stride] one row group back in the file type
+  const uint8_t* unpacked = nullptr;        // the group now in `group`
+  grow(group, kR16Rows * static_cast<int64_t>(a.w_stride));
+  MatmulArgs row = a;
+  row.w = group.data();
+  for (int64_t r = r0; r < r0 + nr; ++r) {
+    const uint8_t* g = a.w + (r / kR16Rows) * kR16Rows * a.w_stride;  // the group's first row
+    if (g != unpacked) {
+      repack(packed, file, g, group.data(), kR16Rows, a.cols);
+      unpacked = g;
+    }
+    file_tile(row, r % kR16Rows, 1, t0, nt, y + (r - r0), ldy);
+  }
+}
+
+}  // namespace detail
 
 Isa detect_isa() {
   static const Isa best = clamp_isa(Isa::kAvx512);

@@ -30,25 +30,24 @@ enum class Activations {
   kQ8_K,  // Q8_K super-blocks, and for several tokens the 8-token layout (KernelTable::k_tokens8_lane)
 };
 
-// One weight type with matmul kernels in every table: the type, the activations its kernels read, and the
-// layout the loader may rewrite it into (kernels::preferred_layout picks `repacked` where the active table
-// reads that layout in grouped order, i.e. has an arrange function for it; `dtype` itself: never repacked).
+// One weight type with matmul kernels in every table: the type and the activations its kernels read.
 struct WeightType {
   DType dtype;
   Activations reads;
-  DType repacked;
 };
 
 // The weight types with table kernels, in table order: every KernelTable has one MatmulKernel per entry,
 // checked when the table compiles (lists_every_weight_type). Any other supported type runs through the
 // dequantizing fallback of dispatch.cpp.
 constexpr WeightType kWeightTypes[] = {
-    {DType::F32, Activations::kF32, DType::F32},          {DType::F16, Activations::kF32, DType::F16},
-    {DType::BF16, Activations::kF32, DType::BF16},        {DType::Q8_0, Activations::kQ8_0, DType::Q8_0_G8},
-    {DType::Q4_0, Activations::kQ8_0, DType::Q4_0_G8},    {DType::Q4_K, Activations::kQ8_K, DType::Q4_K},
-    {DType::Q5_K, Activations::kQ8_K, DType::Q5_K},       {DType::Q6_K, Activations::kQ8_K, DType::Q6_K},
-    {DType::Q4_0_G8, Activations::kQ8_0, DType::Q4_0_G8},  // Q4_0 repacked at load (tensor/quant.h)
-    {DType::Q8_0_G8, Activations::kQ8_0, DType::Q8_0_G8},  // Q8_0 repacked at load
+    {DType::F32, Activations::kF32},       {DType::F16, Activations::kF32},
+    {DType::BF16, Activations::kF32},      {DType::Q8_0, Activations::kQ8_0},
+    {DType::Q4_0, Activations::kQ8_0},     {DType::Q4_K, Activations::kQ8_K},
+    {DType::Q5_K, Activations::kQ8_K},     {DType::Q6_K, Activations::kQ8_K},
+    {DType::Q4_0_G8, Activations::kQ8_0},   // the repacked layouts (tensor/quant.h), made at load
+    {DType::Q8_0_G8, Activations::kQ8_0},   // where a table's MatmulKernel::layout asks for them
+    {DType::Q4_0_R16, Activations::kQ8_0},  //
+    {DType::Q8_0_R16, Activations::kQ8_0},  //
 };
 constexpr int kNumWeightTypes = static_cast<int>(sizeof(kWeightTypes) / sizeof(kWeightTypes[0]));
 
@@ -107,6 +106,8 @@ struct MatmulKernel {
   MatmulTileFn tile;    // never nullptr
   ArrangeQ8Fn arrange;  // Activations::kQ8_0 types: the order its tile reads the activations in (nullptr:
                         // column order); nullptr for the others
+  DType layout;         // the layout this table's kernels read weights stored as `dtype` fastest in: a
+                        // repacked one of the same values (kernels::preferred_layout), or dtype itself
 };
 
 // Whether k lists every weight type of kWeightTypes, in order. Each table asserts it where it is defined,
@@ -121,6 +122,13 @@ consteval bool lists_every_weight_type(const MatmulKernel (&k)[N]) {
     if (k[i].dtype != kWeightTypes[i].dtype) return false;
   return true;
 }
+
+// A MatmulTileFn body for an R16 weight (Q4_0_R16, Q8_0_R16) on a table without kernels for the layout
+// (a model repacked for AVX-512, then run on another table): each row unpacked back to the file type and
+// computed by file_tile, the table's kernel for it, which reads the activations as that kernel's entry
+// does. Rows [r0, r0 + nr) as for any tile.
+void r16_by_rows(DType packed, MatmulTileFn file_tile, const MatmulArgs& a, int64_t r0, int64_t nr,
+                 int64_t t0, int64_t nt, float* y, int64_t ldy);
 
 struct KernelTable {
   const char* name;

@@ -22,13 +22,13 @@ Isa active_isa();       // what the dispatched ops use now
 void set_isa(Isa isa);  // force (tests, benchmarks); clamped to what the CPU supports
 const char* isa_name(Isa isa);
 
-// The in-memory layout the active kernels read fastest for a [rows, cols] matmul weight stored as t:
-// its repacked layout in internal.h's kWeightTypes (Q4_0 -> Q4_0_G8, Q8_0 -> Q8_0_G8: the same values with
-// each 8-block group in the kernels' grouped order, tensor/quant.h) where the active table reads that
-// layout in grouped order and cols is whole groups; otherwise t. The values and the activation rounding are
-// the same, so results agree within the float summation order (bit for bit where a table reads both layouts
-// in grouped order).
-DType preferred_layout(DType t, int64_t cols);
+// The in-memory layout the active kernels read fastest for a [rows, cols] matmul weight stored as t: the
+// active table's choice (internal.h, MatmulKernel::layout: on AVX-512 Q4_0 -> Q4_0_R16 and Q8_0 -> Q8_0_R16,
+// 16 rows interleaved; on AVX2 Q4_0 -> Q4_0_G8 and Q8_0 -> Q8_0_G8, each 8-block group in the kernels'
+// grouped order: tensor/quant.h) where the shape fits it (R16: rows a multiple of 16; G8: cols a multiple
+// of 256); otherwise t. The values and the activation rounding are the same, so results agree within the
+// float summation order.
+DType preferred_layout(DType t, int64_t rows, int64_t cols);
 
 namespace detail {
 struct PreparedAccess;  // dispatch.cpp: finds or makes a format

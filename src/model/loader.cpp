@@ -542,7 +542,7 @@ Status place_weights(const GgufFile& g, size_t limit, Model& m) {
   size_t total = 0;                                 // bytes of the buffer, each tensor at a 64-byte boundary
   for (TensorView* v : all) {
     if (!seen.insert(v->data).second) continue;
-    todo.emplace_back(v, kernels::preferred_layout(v->dtype, v->cols()));
+    todo.emplace_back(v, kernels::preferred_layout(v->dtype, v->rows(), v->cols()));
     total += (v->nbytes() + kAlign - 1) / kAlign * kAlign;
   }
   if (todo.empty()) return {};
@@ -566,7 +566,7 @@ Status place_weights(const GgufFile& g, size_t limit, Model& m) {
     uint8_t* dst = buf.get() + at;
     const size_t n = v->nbytes();
     if (to != v->dtype) {
-      repack(v->dtype, to, v->data, dst, v->numel());
+      repack(v->dtype, to, v->data, dst, v->rows(), v->cols());
       ++m.repacked_tensors;
     } else {
       std::memcpy(dst, v->data, n);

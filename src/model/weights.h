@@ -52,11 +52,11 @@ struct Model {
 
 struct LoadOptions {
   // Move the matmul weights into one huge-page buffer, in the layout the active kernels read fastest
-  // (kernels::preferred_layout: Q4_0 -> Q4_0_G8, Q8_0 -> Q8_0_G8, others as stored), releasing the
-  // mapped file pages they came from, so memory stays about the file size (the file never changes);
-  // they stay mapped when the buffer would not fit in the available memory (Model::weights_note). The values
-  // are the same; results agree within the f32 summation order (tests/model/repack_test.cpp). Off for tools
-  // that read or re-encode the weights as stored (convert, quantize, info).
+  // (kernels::preferred_layout: Q4_0 and Q8_0 row-interleaved on AVX-512, grouped on AVX2, others as stored),
+  // releasing the mapped file pages they came from, so memory stays about the file size (the file never
+  // changes); they stay mapped when the buffer would not fit in the available memory (Model::weights_note).
+  // The values are the same; results agree within the f32 summation order (tests/model/repack_test.cpp). Off
+  // for tools that read or re-encode the weights as stored (convert, quantize, info).
   bool repack = false;
   // The most bytes the huge-page buffer may take (0: 90% of MemAvailable at load time).
   size_t place_limit = 0;

@@ -15,7 +15,7 @@ struct Entry {
 };
 
 // Block layouts as in GGML (sizes in bytes per block).
-constexpr std::array<Entry, 26> kTable = {{
+constexpr std::array<Entry, 28> kTable = {{
     {0, {"f32", 1, 4, true, true}},
     {1, {"f16", 1, 2, true, true}},
     {2, {"q4_0", 32, 18, true, true}},
@@ -42,6 +42,8 @@ constexpr std::array<Entry, 26> kTable = {{
     {30, {"bf16", 1, 2, true, true}},
     {1000, {"q4_0_g8", 256, 144, true, true}},
     {1001, {"q8_0_g8", 256, 272, true, true}},
+    {1002, {"q4_0_r16", 32, 18, true, false}},  // sizes per row; 16 rows interleave (tensor/quant.h)
+    {1003, {"q8_0_r16", 32, 34, true, false}},
 }};
 
 }  // namespace

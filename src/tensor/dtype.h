@@ -39,6 +39,9 @@ enum class DType : uint32_t {
   Q4_0_G8 = 1000,
   // Internal: Q8_0 repacked in groups of 8 blocks (BlockQ8_0G8).
   Q8_0_G8 = 1001,
+  // Internal: Q4_0 / Q8_0 with 16 rows interleaved block by block (BlockQ4_0R16, BlockQ8_0R16).
+  Q4_0_R16 = 1002,
+  Q8_0_R16 = 1003,
 };
 constexpr uint32_t kFirstInternal = 1000;
 inline bool is_internal(DType t) {

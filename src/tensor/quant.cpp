@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "core/check.h"
 #include "tensor/quant_iq.h"
@@ -113,32 +114,89 @@ void unpack_q8_0_g8(const BlockQ8_0G8* src, BlockQ8_0* dst, int64_t n_groups) {
   regroup<BlockQ8_0, BlockQ8_0G8, 8, q8_slot>(src, dst, n_groups, false);
 }
 
+namespace {
+
+// Interleaves the 16 file rows at src (Block: the file type's, kWords 4-byte words of values after the
+// fp16 scale) into one R16 row group at dst, or back (to_group false); kFlip is xor-ed into every value
+// byte on the way (0x80 for Q8_0's unsigned storage, 0 for Q4_0). src and dst may be the same memory: the
+// group goes through a copy.
+template <class Block, class Group, int kWords, uint8_t kFlip>
+void interleave16(const void* src, void* dst, int64_t cols, bool to_group) {
+  static_assert(sizeof(Group) == kR16Rows * sizeof(Block) && sizeof(Block) == 2 + 4 * kWords);
+  const int64_t nb = cols / kQK8_0;  // blocks per row (32 values each for both types)
+  const size_t bytes = static_cast<size_t>(nb) * sizeof(Group);
+  std::vector<uint8_t> copy(static_cast<const uint8_t*>(src), static_cast<const uint8_t*>(src) + bytes);
+  for (int64_t b = 0; b < nb; ++b) {
+    auto* g = reinterpret_cast<Group*>(to_group ? static_cast<uint8_t*>(dst) : copy.data()) + b;
+    for (int r = 0; r < kR16Rows; ++r) {
+      auto* blk = reinterpret_cast<Block*>(to_group ? copy.data() : static_cast<uint8_t*>(dst)) + r * nb + b;
+      if (to_group) g->d[r] = blk->d;
+      if (!to_group) blk->d = g->d[r];
+      for (int m = 0; m < kWords; ++m) {
+        for (int i = 0; i < 4; ++i) {
+          auto* in_block = reinterpret_cast<uint8_t*>(blk->qs) + 4 * m + i;
+          uint8_t* in_group = g->qs + 64 * m + 4 * r + i;
+          if (to_group) *in_group = static_cast<uint8_t>(*in_block ^ kFlip);
+          if (!to_group) *in_block = static_cast<uint8_t>(*in_group ^ kFlip);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
 DType file_layout(DType t) {
   switch (t) {
     case DType::Q4_0_G8:
+    case DType::Q4_0_R16:
       return DType::Q4_0;
     case DType::Q8_0_G8:
+    case DType::Q8_0_R16:
       return DType::Q8_0;
     default:
       return t;
   }
 }
 
-void repack(DType from, DType to, const void* src, void* dst, int64_t n) {
-  MX_CHECK(n % kQKG8 == 0, "repack: %lld elements are not whole groups of %d", static_cast<long long>(n),
-           kQKG8);
+int64_t row_group(DType t) {
+  return t == DType::Q4_0_R16 || t == DType::Q8_0_R16 ? kR16Rows : 1;
+}
+
+void repack(DType from, DType to, const void* src, void* dst, int64_t rows, int64_t cols) {
+  const DType packed = file_layout(from) == from ? to : from;
+  MX_CHECK(file_layout(packed) != packed && file_layout(packed) == (packed == from ? to : from),
+           "repack: no layout change from %s to %s", std::string(dtype_name(from)).c_str(),
+           std::string(dtype_name(to)).c_str());
+  const bool pack = packed == to;
+  if (packed == DType::Q4_0_R16 || packed == DType::Q8_0_R16) {
+    MX_CHECK(rows % kR16Rows == 0 && cols % kQK8_0 == 0, "repack: %lld x %lld is not whole %s row groups",
+             static_cast<long long>(rows), static_cast<long long>(cols),
+             std::string(dtype_name(packed)).c_str());
+    const size_t group_bytes = kR16Rows * row_bytes(file_layout(packed), cols);
+    for (int64_t g = 0; g < rows / kR16Rows; ++g) {
+      const auto* s = static_cast<const uint8_t*>(src) + static_cast<size_t>(g) * group_bytes;
+      auto* d = static_cast<uint8_t*>(dst) + static_cast<size_t>(g) * group_bytes;
+      if (packed == DType::Q4_0_R16) {
+        interleave16<BlockQ4_0, BlockQ4_0R16, 4, 0>(s, d, cols, pack);
+      } else {
+        interleave16<BlockQ8_0, BlockQ8_0R16, 8, 0x80>(s, d, cols, pack);
+      }
+    }
+    return;
+  }
+  const int64_t n = rows * cols;
+  MX_CHECK(cols % kQKG8 == 0, "repack: rows of %lld elements are not whole groups of %d",
+           static_cast<long long>(cols), kQKG8);
   const int64_t g = n / kQKG8;
-  if (from == DType::Q4_0 && to == DType::Q4_0_G8) {
+  if (packed == DType::Q4_0_G8 && pack) {
     repack_q4_0_g8(static_cast<const BlockQ4_0*>(src), static_cast<BlockQ4_0G8*>(dst), g);
-  } else if (from == DType::Q4_0_G8 && to == DType::Q4_0) {
+  } else if (packed == DType::Q4_0_G8) {
     unpack_q4_0_g8(static_cast<const BlockQ4_0G8*>(src), static_cast<BlockQ4_0*>(dst), g);
-  } else if (from == DType::Q8_0 && to == DType::Q8_0_G8) {
+  } else if (pack) {
     repack_q8_0_g8(static_cast<const BlockQ8_0*>(src), static_cast<BlockQ8_0G8*>(dst), g);
-  } else if (from == DType::Q8_0_G8 && to == DType::Q8_0) {
-    unpack_q8_0_g8(static_cast<const BlockQ8_0G8*>(src), static_cast<BlockQ8_0*>(dst), g);
   } else {
-    MX_CHECK(false, "repack: no layout change from %s to %s", std::string(dtype_name(from)).c_str(),
-             std::string(dtype_name(to)).c_str());
+    unpack_q8_0_g8(static_cast<const BlockQ8_0G8*>(src), static_cast<BlockQ8_0*>(dst), g);
   }
 }
 
@@ -185,7 +243,7 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
       const size_t group_bytes = row_bytes(t, kQKG8);
       alignas(8) uint8_t group[sizeof(BlockQ8_0G8)];  // [group bytes] (Q8_0's are the larger)
       for (int64_t i = 0; i < n / kQKG8; ++i) {
-        repack(t, file, g + static_cast<size_t>(i) * group_bytes, group, kQKG8);
+        repack(t, file, g + static_cast<size_t>(i) * group_bytes, group, 1, kQKG8);
         dequantize_row(file, group, dst + i * kQKG8, kQKG8);
       }
       return;
@@ -226,6 +284,10 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
       return detail::dequantize_iq4_nl(src, dst, n);
     case DType::IQ4_XS:
       return detail::dequantize_iq4_xs(src, dst, n);
+    case DType::Q4_0_R16:
+    case DType::Q8_0_R16:  // a row is spread over its group of 16: repack the tensor back to the file type
+      MX_CHECK(false, "dequantize_row: %s rows are interleaved in groups of 16: repack them to %s first",
+               std::string(dtype_name(t)).c_str(), std::string(dtype_name(file_layout(t))).c_str());
     default:
       MX_CHECK(false, "dequantize_row: unsupported dtype %s", std::string(dtype_name(t)).c_str());
   }
@@ -288,7 +350,7 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
     case DType::Q4_0_G8:
     case DType::Q8_0_G8:  // the file type's encoding, then repacked in place
       quantize_row(file_layout(t), src, dst, n);
-      return repack(file_layout(t), t, dst, dst, n);
+      return repack(file_layout(t), t, dst, dst, 1, n);
     case DType::Q4_1:
       return detail::quantize_q4_1(src, dst, n);
     case DType::Q5_0:
@@ -318,6 +380,10 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
     case DType::IQ4_XS:
       MX_CHECK(false, "quantize_row: no quantizer for %s yet (this build loads and runs i-quant files only)",
                std::string(dtype_name(t)).c_str());
+    case DType::Q4_0_R16:
+    case DType::Q8_0_R16:
+      MX_CHECK(false, "quantize_row: %s interleaves 16 rows: quantize to %s, then repack the tensor",
+               std::string(dtype_name(t)).c_str(), std::string(dtype_name(file_layout(t))).c_str());
     default:
       MX_CHECK(false, "quantize_row: unsupported dtype %s", std::string(dtype_name(t)).c_str());
   }

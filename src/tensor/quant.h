@@ -65,18 +65,43 @@ struct BlockQ8_0G8 {
 };
 static_assert(sizeof(BlockQ8_0G8) == kG8Blocks * sizeof(BlockQ8_0));
 
-// Rewrite n_groups groups of 8 blocks in the repacked layout, in place (src and dst may be the same
-// memory) or into another buffer; and back.
+// Rewrite n_groups groups of 8 blocks in the G8 layout, in place (src and dst may be the same memory) or
+// into another buffer; and back.
 void repack_q4_0_g8(const BlockQ4_0* src, BlockQ4_0G8* dst, int64_t n_groups);
 void unpack_q4_0_g8(const BlockQ4_0G8* src, BlockQ4_0* dst, int64_t n_groups);
 void repack_q8_0_g8(const BlockQ8_0* src, BlockQ8_0G8* dst, int64_t n_groups);
 void unpack_q8_0_g8(const BlockQ8_0G8* src, BlockQ8_0* dst, int64_t n_groups);
-// The file type whose values a repacked layout holds (Q4_0 for Q4_0_G8, Q8_0 for Q8_0_G8); t itself for
-// every file type.
+
+// Q4_0_R16 and Q8_0_R16 (internal, made at load for the AVX-512 kernels): 16 consecutive rows interleaved
+// block by block, so that one 64-byte vector holds 4 values of each of the 16 rows (one row per 32-bit
+// lane) and a dot product needs no horizontal sum. Rows 16g .. 16g + 15 at block column b are one block
+// (index g * cols / 32 + b), so a group of 16 rows takes the bytes of 16 file rows and starts where
+// row 16g does; tensors need a multiple of 16 rows. In block (g, b), d[r] is row 16g + r's scale and
+//   Q4_0_R16: qs[64m + 4r + i] = byte 4m + i of that row's Q4_0 qs (m = 0..3; low nibble value 4m + i,
+//             high nibble value 16 + 4m + i);
+//   Q8_0_R16: qs[64m + 4r + i] = value 4m + i of that row's block + 128, as an unsigned byte (m = 0..7).
+// The values and scales are the file type's, so every product is exact as in Q4_0 / Q8_0.
+constexpr int kR16Rows = 16;
+struct BlockQ4_0R16 {
+  uint16_t d[kR16Rows];  // fp16 scales
+  uint8_t qs[kR16Rows * kQK4_0 / 2];
+};
+static_assert(sizeof(BlockQ4_0R16) == kR16Rows * sizeof(BlockQ4_0));
+struct BlockQ8_0R16 {
+  uint16_t d[kR16Rows];  // fp16 scales
+  uint8_t qs[kR16Rows * kQK8_0];
+};
+static_assert(sizeof(BlockQ8_0R16) == kR16Rows * sizeof(BlockQ8_0));
+
+// The file type whose values a repacked layout holds (Q4_0 for Q4_0_G8 and Q4_0_R16, Q8_0 for Q8_0_G8 and
+// Q8_0_R16); t itself for every file type.
 DType file_layout(DType t);
-// n elements (whole groups of 256) from type `from` to its repacked layout `to` (Q4_0 -> Q4_0_G8,
-// Q8_0 -> Q8_0_G8) or back; src and dst may be the same memory. Any other pair is a checked error.
-void repack(DType from, DType to, const void* src, void* dst, int64_t n);
+// Rows a repacked layout interleaves (kR16Rows for the R16 layouts, else 1): a tensor in it needs a multiple.
+int64_t row_group(DType t);
+// A [rows, cols] tensor from type `from` to a repacked layout `to` of the same file type or back (Q4_0 <->
+// Q4_0_G8 / Q4_0_R16, Q8_0 <-> Q8_0_G8 / Q8_0_R16; G8: cols a multiple of 256; R16: rows a multiple of 16);
+// src and dst may be the same memory. Any other pair is a checked error.
+void repack(DType from, DType to, const void* src, void* dst, int64_t rows, int64_t cols);
 
 constexpr int kQK4_1 = 32;
 constexpr int kQK5_0 = 32;

@@ -109,14 +109,16 @@ struct Weights {
 Weights make_weights(DType t, int64_t rows, int64_t cols, uint32_t seed) {
   Weights w;
   const std::vector<float> f = randn(rows * cols, seed, 0.05f);
-  const size_t rb = row_bytes(t, cols);
+  const DType file = file_layout(t);  // a repacked layout: quantized as its file type, then repacked
+  const size_t rb = row_bytes(file, cols);
   w.bytes.resize(rb * static_cast<size_t>(rows));
   std::vector<float> tmp(static_cast<size_t>(cols));
   for (int64_t r = 0; r < rows; ++r) {
-    quantize_row(t, f.data() + r * cols, w.bytes.data() + r * rb, cols);
-    dequantize_row(t, w.bytes.data() + r * rb, tmp.data(), cols);
+    quantize_row(file, f.data() + r * cols, w.bytes.data() + r * rb, cols);
+    dequantize_row(file, w.bytes.data() + r * rb, tmp.data(), cols);
     w.deq.insert(w.deq.end(), tmp.begin(), tmp.end());
   }
+  if (file != t) repack(file, t, w.bytes.data(), w.bytes.data(), rows, cols);
   w.view.data = w.bytes.data();
   w.view.dtype = t;
   w.view.ndim = 2;
@@ -333,6 +335,17 @@ TEST_F(MatmulTest, GroupedSmallTokenCountsAndTails) {
       for (int64_t n = 1; n <= 17; ++n) check(t, 22, cols, n);
 }
 
+// The row-interleaved layouts (AVX-512's choice for Q4_0 and Q8_0) at every token count of a serving step
+// and a little beyond (n = 1..17: each tile width, a full 8-token tile plus a remainder) on 5 groups of 16
+// rows, so that each tile shape (4, 3 and 2 groups side by side) runs with lone groups after it, and on
+// one group alone.
+TEST_F(MatmulTest, RowInterleavedTokenCounts) {
+  for (DType t : {DType::Q4_0_R16, DType::Q8_0_R16})
+    for (int64_t rows : {80, 16})
+      for (int64_t cols : {32, 288, 4096})
+        for (int64_t n = 1; n <= 17; ++n) check(t, rows, cols, n);
+}
+
 // K-quant weights with Q8_K activations, every ISA vs two oracles:
 //  - float64 of the decoded weights with the Q8_K-decoded activations (the same dot inputs): only the f32
 //    scaling and summation of exact int32 group dots differ; bound 1e-5 relative to sum |w x|
@@ -478,7 +491,7 @@ TEST_F(MatmulTest, RepackedLayoutsMatchTheFileLayouts) {
         if (n <= 7) check(packed, rows, cols, n, 1);
         const Weights q = make_weights(file, rows, cols, static_cast<uint32_t>(rows * 13 + cols + n));
         std::vector<uint8_t> g8(q.bytes);  // repacked in place, as the loader does it
-        repack(file, packed, g8.data(), g8.data(), rows * cols);
+        repack(file, packed, g8.data(), g8.data(), rows, cols);
         ASSERT_NE(0, std::memcmp(g8.data(), q.bytes.data(), g8.size())) << "the repack moved nothing";
         TensorView v = q.view;
         v.dtype = packed;
@@ -500,6 +513,56 @@ TEST_F(MatmulTest, RepackedLayoutsMatchTheFileLayouts) {
       }
 }
 
+// The R16 layouts byte by byte against their definition (tensor/quant.h: block (g, b) holds the 16 rows'
+// scales, then qs[64m + 4r + i] = byte 4m + i of row r's Q4_0 qs, or value 4m + i of row r's Q8_0 block
+// + 128), in place and back; then ref and every table whose R16 kernel reads the activations in the file
+// kernel's order (the row-by-row ones) agree bit for bit with the file layout.
+TEST_F(MatmulTest, RowInterleavedLayoutsMatchTheFileLayouts) {
+  for (DType file : {DType::Q4_0, DType::Q8_0}) {
+    const DType packed = file == DType::Q4_0 ? DType::Q4_0_R16 : DType::Q8_0_R16;
+    const size_t block = traits(file).block_bytes, value_bytes = block - 2;
+    const int64_t rows = 48, cols = 288, nb = cols / 32, ldy = rows;
+    SCOPED_TRACE(dname(packed));
+    const Weights q = make_weights(file, rows, cols, 5);
+    std::vector<uint8_t> r16(q.bytes);
+    repack(file, packed, r16.data(), r16.data(), rows, cols);
+    for (int64_t g = 0; g < rows / 16; ++g)
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* out = r16.data() + (g * nb + b) * 16 * block;  // [32 scale bytes, 16 x value bytes]
+        for (int r = 0; r < 16; ++r) {
+          const uint8_t* in = q.bytes.data() + ((g * 16 + r) * nb + b) * block;  // fp16 d, then the values
+          ASSERT_EQ(0, std::memcmp(out + 2 * r, in, 2)) << "scale of row " << r;
+          for (size_t j = 0; j < value_bytes; ++j) {
+            const uint8_t want = file == DType::Q8_0 ? static_cast<uint8_t>(in[2 + j] + 128) : in[2 + j];
+            ASSERT_EQ(out[32 + 64 * (j / 4) + 4 * r + j % 4], want) << "row " << r << " byte " << j;
+          }
+        }
+      }
+    std::vector<uint8_t> back(r16);
+    repack(packed, file, back.data(), back.data(), rows, cols);
+    ASSERT_EQ(back, q.bytes);
+    TensorView v = q.view;
+    v.dtype = packed;
+    v.data = r16.data();
+    for (int64_t n : {1, 3, 9}) {
+      const std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 40));  // [n, cols]
+      std::vector<float> want(static_cast<size_t>(n * ldy)), got(want);             // [n, ldy]
+      ref::matmul(q.view, x.data(), n, want.data(), ldy);
+      ref::matmul(v, x.data(), n, got.data(), ldy);
+      ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float))) << "ref";
+      for (Isa isa : supported_isas()) {
+        const detail::KernelTable* k = table_of(isa);
+        if (kernel_of(*k, file).arrange != kernel_of(*k, packed).arrange) continue;  // checked by check()
+        use_isa(isa);
+        SCOPED_TRACE(isa_name(isa));
+        matmul(q.view, x.data(), n, want.data(), ldy, pool2_);
+        matmul(v, x.data(), n, got.data(), ldy, pool2_);
+        ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
+      }
+    }
+  }
+}
+
 // The registration: every table has a kernel for every type of kWeightTypes (lists_every_weight_type checks
 // it when a table compiles; this checks the tables this machine runs), an activation order only where the
 // type reads Q8_0, and repacked layouts that are table types reading the same activations. Then every
@@ -517,21 +580,26 @@ TEST_F(MatmulTest, EveryWeightTypeOnEveryTable) {
       if (wt.reads != detail::Activations::kQ8_0) {
         EXPECT_EQ(k->matmul[i].arrange, nullptr);
       }
-      const detail::WeightType* packed = weight_type(wt.repacked);
+      const DType layout = k->matmul[i].layout;
+      const detail::WeightType* packed = weight_type(layout);
       ASSERT_NE(packed, nullptr) << "repacked into a type without table kernels";
       EXPECT_EQ(packed->reads, wt.reads);
+      EXPECT_EQ(file_layout(layout), file_layout(wt.dtype)) << "a layout of other values";
+      EXPECT_EQ(kernel_of(*k, layout).layout, layout) << "a layout repacked again";
     }
   }
-  std::vector<DType> types;  // every type this build computes with (Q8_K: the K-quants' activations only)
+  // Every type this build computes with and can write (Q8_K: the K-quants' activations only; the i-quants,
+  // which load and compute but have no quantizer yet, are checked from random blocks in tests/tensor).
+  std::vector<DType> types;
   for (uint32_t id = 0; id < kFirstInternal; ++id)
-    if (const auto tr = dtype_traits(id); tr && tr->supported && static_cast<DType>(id) != DType::Q8_K)
+    if (const auto tr = dtype_traits(id);
+        tr && tr->supported && tr->quantizable && static_cast<DType>(id) != DType::Q8_K)
       types.push_back(static_cast<DType>(id));
-  types.push_back(DType::Q4_0_G8);
-  types.push_back(DType::Q8_0_G8);
+  for (DType t : {DType::Q4_0_G8, DType::Q8_0_G8, DType::Q4_0_R16, DType::Q8_0_R16}) types.push_back(t);
   int with_kernels = 0;
   for (DType t : types) {
     with_kernels += weight_type(t) != nullptr;
-    for (int64_t n : {1, 5}) check(t, 21, 512, n);
+    for (int64_t n : {1, 5}) check(t, row_group(t) > 1 ? 32 : 21, 512, n);
   }
   EXPECT_EQ(with_kernels, detail::kNumWeightTypes);
 }

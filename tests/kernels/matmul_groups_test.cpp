@@ -42,7 +42,7 @@ Weights make_weights(DType t, int64_t rows, int64_t cols, uint32_t seed) {
   const size_t rb = row_bytes(file, cols);
   w.bytes.resize(rb * static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) quantize_row(file, f.data() + r * cols, w.bytes.data() + r * rb, cols);
-  if (file != t) repack(file, t, w.bytes.data(), w.bytes.data(), rows * cols);
+  if (file != t) repack(file, t, w.bytes.data(), w.bytes.data(), rows, cols);
   w.view.data = w.bytes.data();
   w.view.dtype = t;
   w.view.ndim = 2;

@@ -40,7 +40,11 @@ std::string write_model(const std::string& layout, DType type, bool tied) {
   spec.config.vocab_size = 320;
   spec.config.max_seq_len = 64;
   spec.config.tie_embeddings = tied;
-  spec.seed = tied ? 5 : 3;
+  // Seeds whose 12 evaluated positions have no near-tied routing (top-2 choice) or other decision that
+  // f32 rounding can flip: with these, the file layout's AVX-512 kernels, the R16 ones and the scalar ones
+  // agree to 2e-7 of the largest logit for Q4_0 and Q8_0, tied and not. (About one seed in five has a
+  // position where two correct kernels summing in different orders differ by 1e-4 to 1e-2.)
+  spec.seed = tied ? 107 : 7;
   spec.types = {type};
   spec.layouts = {layout};
   spec.out_dir = dir.string();
@@ -96,17 +100,21 @@ double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b, in
 
 class Repack : public ::testing::TestWithParam<std::tuple<const char*, DType>> {};
 
-// Every matmul weight becomes the G8 layout (the tied output head stays the embedding table as stored),
-// the file's records do not change, and the logits equal the file layout's: bit for bit where the
-// kernels read both layouts in the same order (Q4_0 everywhere; Q8_0 on the scalar and AVX-512 kernels),
+// Every matmul weight becomes the active table's layout (AVX-512: R16, 16 rows interleaved; AVX2: G8; the
+// tied output head stays the embedding table as stored), the file's records do not change, and the logits
+// equal the file layout's: bit for bit where the kernels read both layouts in the same order (AVX2's Q4_0),
 // else within the f32 summation-order noise of two correct kernels (AVX2's Q8_0: column order against
-// grouped; bound 1e-5 of the largest logit, observed 1.7e-7).
+// grouped; AVX-512: 16 rows per vector against one row's blocks per vector; bound 1e-5 of the largest
+// logit, observed 1.7e-7).
 TEST_P(Repack, MatmulWeightsRepackedWithTheSameLogits) {
   IsaGuard guard;
   const auto [layout, type] = GetParam();
-  const DType packed = type == DType::Q4_0 ? DType::Q4_0_G8 : DType::Q8_0_G8;
-  const bool simd = kernels::detect_isa() != kernels::Isa::kScalar;  // else nothing is repacked
-  const bool same_order = type == DType::Q4_0 || kernels::detect_isa() != kernels::Isa::kAvx2;
+  const kernels::Isa isa = kernels::detect_isa();
+  const DType packed = isa == kernels::Isa::kAvx512
+                           ? (type == DType::Q4_0 ? DType::Q4_0_R16 : DType::Q8_0_R16)
+                           : (type == DType::Q4_0 ? DType::Q4_0_G8 : DType::Q8_0_G8);
+  const bool simd = isa != kernels::Isa::kScalar;  // else nothing is repacked
+  const bool same_order = type == DType::Q4_0 && isa == kernels::Isa::kAvx2;
   for (bool tied : {false, true}) {
     SCOPED_TRACE(std::string(layout) + " " + std::string(dtype_name(type)) + (tied ? " tied" : ""));
     const std::string path = write_model(layout, type, tied);
@@ -137,6 +145,7 @@ TEST_P(Repack, MatmulWeightsRepackedWithTheSameLogits) {
     kernels::set_isa(kernels::Isa::kScalar);
     const std::vector<float> sa = logits_of(a), sb = logits_of(b);
     EXPECT_EQ(0, std::memcmp(sa.data(), sb.data(), sa.size() * sizeof(float)));
+    EXPECT_LE(max_rel_diff(lb, sa, a.config.vocab_size), 1e-5) << "repacked, fast kernels vs scalar";
     // Under them nothing is repacked: their kernels are no slower on the file's layout.
     auto scalar = load_model(path, on);
     ASSERT_TRUE(scalar.ok());

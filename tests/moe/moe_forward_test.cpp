@@ -47,7 +47,7 @@ struct RandomExperts {
         for (auto& v : row) v = nd(rng);
         quantize_row(file, row.data(), out.data() + static_cast<size_t>(r) * rb, cols);
       }
-      if (file != t) repack(file, t, out.data(), out.data(), rows * cols);
+      if (file != t) repack(file, t, out.data(), out.data(), rows, cols);
       TensorView v;
       v.data = out.data();
       v.dtype = t;

@@ -94,7 +94,7 @@ TEST(Quant, Q8_0G8RepackKeepsEveryValue) {
   std::vector<BlockQ8_0> q8(n / kQK8_0);
   quantize_row(DType::Q8_0, x.data(), q8.data(), n);
   std::vector<BlockQ8_0G8> g8(groups);
-  repack(DType::Q8_0, DType::Q8_0_G8, q8.data(), g8.data(), n);
+  repack(DType::Q8_0, DType::Q8_0_G8, q8.data(), g8.data(), 1, n);
   for (int64_t g = 0; g < groups; ++g)
     for (int j = 0; j < 8; ++j) {
       const BlockQ8_0& b = q8[g * 8 + j];
@@ -109,9 +109,9 @@ TEST(Quant, Q8_0G8RepackKeepsEveryValue) {
   dequantize_row(DType::Q8_0_G8, g8.data(), b.data(), n);
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), n * sizeof(float)));
   std::vector<BlockQ8_0> in_place(q8);
-  repack(DType::Q8_0, DType::Q8_0_G8, in_place.data(), in_place.data(), n);
+  repack(DType::Q8_0, DType::Q8_0_G8, in_place.data(), in_place.data(), 1, n);
   EXPECT_EQ(0, std::memcmp(in_place.data(), g8.data(), sizeof(BlockQ8_0G8) * groups));
-  repack(DType::Q8_0_G8, DType::Q8_0, in_place.data(), in_place.data(), n);
+  repack(DType::Q8_0_G8, DType::Q8_0, in_place.data(), in_place.data(), 1, n);
   EXPECT_EQ(0, std::memcmp(in_place.data(), q8.data(), sizeof(BlockQ8_0) * q8.size()));
   std::vector<BlockQ8_0G8> direct(groups);
   quantize_row(DType::Q8_0_G8, x.data(), direct.data(), n);

@@ -603,17 +603,27 @@ void rmsnorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, 
   }
 }
 
+// An R16 weight row by row, back in its file type (internal.h): the AVX-512 table's layout, read here only
+// when a model repacked for it runs on this table.
+template <DType kPacked, MatmulTileFn kFile>
+void r16_tile(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  r16_by_rows(kPacked, kFile, a, r0, nr, t0, nt, y, ldy);
+}
+
 constexpr MatmulKernel kMatmul[] = {
-    {DType::F32, tiles<F32Kernel, 4, F32Kernel, 4, 2>, nullptr},
-    {DType::F16, tiles<F16Kernel, 4, F16Kernel, 4, 2>, nullptr},
-    {DType::BF16, tiles<BF16Kernel, 4, BF16Kernel, 4, 2>, nullptr},
-    {DType::Q8_0, tiles<Q8Kernel, 4, Q8Kernel, 2, 3>, nullptr},  // column order
-    {DType::Q4_0, q4_matmul<Q4FileGroup>, arrange_q8},
-    {DType::Q4_K, k_matmul<Q4KUnpack>, nullptr},
-    {DType::Q5_K, k_matmul<Q5KUnpack>, nullptr},
-    {DType::Q6_K, k_matmul<Q6KUnpack>, nullptr},
-    {DType::Q4_0_G8, q4_matmul<Q4G8Group>, arrange_q8},
-    {DType::Q8_0_G8, q8_g8_matmul, arrange_q8},
+    {DType::F32, tiles<F32Kernel, 4, F32Kernel, 4, 2>, nullptr, DType::F32},
+    {DType::F16, tiles<F16Kernel, 4, F16Kernel, 4, 2>, nullptr, DType::F16},
+    {DType::BF16, tiles<BF16Kernel, 4, BF16Kernel, 4, 2>, nullptr, DType::BF16},
+    {DType::Q8_0, tiles<Q8Kernel, 4, Q8Kernel, 2, 3>, nullptr, DType::Q8_0_G8},  // column order
+    {DType::Q4_0, q4_matmul<Q4FileGroup>, arrange_q8, DType::Q4_0_G8},
+    {DType::Q4_K, k_matmul<Q4KUnpack>, nullptr, DType::Q4_K},
+    {DType::Q5_K, k_matmul<Q5KUnpack>, nullptr, DType::Q5_K},
+    {DType::Q6_K, k_matmul<Q6KUnpack>, nullptr, DType::Q6_K},
+    {DType::Q4_0_G8, q4_matmul<Q4G8Group>, arrange_q8, DType::Q4_0_G8},
+    {DType::Q8_0_G8, q8_g8_matmul, arrange_q8, DType::Q8_0_G8},
+    {DType::Q4_0_R16, r16_tile<DType::Q4_0_R16, q4_matmul<Q4FileGroup>>, arrange_q8, DType::Q4_0_R16},
+    {DType::Q8_0_R16, r16_tile<DType::Q8_0_R16, tiles<Q8Kernel, 4, Q8Kernel, 2, 3>>, nullptr,
+     DType::Q8_0_R16},
 };
 static_assert(lists_every_weight_type(kMatmul), "avx2 table: a weight type without its kernel");
 

@@ -114,7 +114,7 @@ void unpack_g8(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d)
   constexpr size_t kGroupBytes = kG8Blocks * sizeof(FileBlock);
   for (int64_t i = 0; i < nb / kG8Blocks; ++i) {
     FileBlock blk[kG8Blocks];  // [8]
-    repack(kPacked, file_layout(kPacked), src + static_cast<size_t>(b0 / kG8Blocks + i) * kGroupBytes, blk,
+    repack(kPacked, file_layout(kPacked), src + static_cast<size_t>(b0 / kG8Blocks + i) * kGroupBytes, blk, 1,
            kQKG8);
     kFile(reinterpret_cast<const uint8_t*>(blk), 0, kG8Blocks, qs + i * kQKG8, d + i * kG8Blocks);
   }
@@ -305,18 +305,27 @@ void silu_mul(float* x, const float* g, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i])) * g[i];
 }
 
+// An R16 weight row by row, back in its file type (internal.h).
+template <DType kPacked, MatmulTileFn kFile>
+void r16_tile(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  r16_by_rows(kPacked, kFile, a, r0, nr, t0, nt, y, ldy);
+}
+
+// Activations in column order throughout; every type read as stored (the G8 and R16 layouts unpacked
+// back to their file type on the way).
 constexpr MatmulKernel kMatmul[] = {
-    // activations in column order throughout
-    {DType::F32, float_tile<widen_f32>, nullptr},
-    {DType::F16, float_tile<widen_f16>, nullptr},
-    {DType::BF16, float_tile<widen_bf16>, nullptr},
-    {DType::Q8_0, quant_tile<unpack_q8>, nullptr},
-    {DType::Q4_0, quant_tile<unpack_q4>, nullptr},
-    {DType::Q4_K, k_tile<BlockQ4_K, unpack_q4_k>, nullptr},
-    {DType::Q5_K, k_tile<BlockQ5_K, unpack_q5_k>, nullptr},
-    {DType::Q6_K, k_tile<BlockQ6_K, unpack_q6_k>, nullptr},
-    {DType::Q4_0_G8, quant_tile<unpack_g8<DType::Q4_0_G8, BlockQ4_0, unpack_q4>>, nullptr},
-    {DType::Q8_0_G8, quant_tile<unpack_g8<DType::Q8_0_G8, BlockQ8_0, unpack_q8>>, nullptr},
+    {DType::F32, float_tile<widen_f32>, nullptr, DType::F32},
+    {DType::F16, float_tile<widen_f16>, nullptr, DType::F16},
+    {DType::BF16, float_tile<widen_bf16>, nullptr, DType::BF16},
+    {DType::Q8_0, quant_tile<unpack_q8>, nullptr, DType::Q8_0},
+    {DType::Q4_0, quant_tile<unpack_q4>, nullptr, DType::Q4_0},
+    {DType::Q4_K, k_tile<BlockQ4_K, unpack_q4_k>, nullptr, DType::Q4_K},
+    {DType::Q5_K, k_tile<BlockQ5_K, unpack_q5_k>, nullptr, DType::Q5_K},
+    {DType::Q6_K, k_tile<BlockQ6_K, unpack_q6_k>, nullptr, DType::Q6_K},
+    {DType::Q4_0_G8, quant_tile<unpack_g8<DType::Q4_0_G8, BlockQ4_0, unpack_q4>>, nullptr, DType::Q4_0_G8},
+    {DType::Q8_0_G8, quant_tile<unpack_g8<DType::Q8_0_G8, BlockQ8_0, unpack_q8>>, nullptr, DType::Q8_0_G8},
+    {DType::Q4_0_R16, r16_tile<DType::Q4_0_R16, quant_tile<unpack_q4>>, nullptr, DType::Q4_0_R16},
+    {DType::Q8_0_R16, r16_tile<DType::Q8_0_R16, quant_tile<unpack_q8>>, nullptr, DType::Q8_0_R16},
 };
 static_assert(lists_every_weight_type(kMatmul), "scalar table: a weight type without its kernel");
 
