@@ -7,12 +7,15 @@ f32 model (shape a of test_fidelity.py, merged and per-expert layouts), and this
 attention (q, k, v, output) and expert (gate, up, down) matrices as blocks of random bytes with random
 fp16 scales, sized so each matrix (each expert) keeps its f32 RMS: every index, sign and scale code of an
 i-quant block is valid, so random bytes are a fair sample of the format. Embeddings, norms, router and
-output stay f32. Every token is routed to all experts (see the bounds below).
+output stay f32. A second file per type holds only its token embeddings as i-quant blocks (rows looked up,
+nothing multiplied by quantized activations): there llama.cpp's own decoder meets ours almost exactly. Every token is routed to all experts (see the bounds below).
 
 Checks, per type (iq1_s, iq1_m, iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq3_s, iq4_nl, iq4_xs):
   * engine vs llama.cpp on the merged file, every position (the K-quant bound of test_fidelity.py:
     llama.cpp quantizes the activations to Q8_K, or Q8_0 for iq4_nl; the engine's fallback does not);
   * engine vs the float64 reference (its own decoders, grids read from llama.cpp's source, not ours);
+  * embeddings-only file: engine vs llama.cpp and vs the reference within f32 rounding (every other
+    weight f32, so llama.cpp's decoder is compared with ours almost exactly);
   * the per-expert file (which this llama.cpp does not load) gives the merged file's logits;
   * `mixtral info` prints each type's bits per weight; a tensor whose data is one byte short, or whose
     rows are not whole blocks, is refused naming it.
@@ -49,6 +52,9 @@ TOL_VS_REFERENCE = 2.5e-2
 # four seeds, max 0.0088 .. 0.0207 (median over positions 0.006 .. 0.011); the K-quant bound.
 TOL_VS_LLAMACPP = 3e-2
 TOL_LAYOUTS = 1e-5  # merged vs per-expert file, engine, same blocks
+# Only the embeddings in i-quant blocks, everything else f32: llama.cpp, the engine and the reference differ
+# by f32 rounding only (test_fidelity's f32 bound); a wrong bit of any decoder moves an embedding row.
+TOL_EMBD = 2e-5
 
 
 def is_matrix(name):
@@ -56,6 +62,10 @@ def is_matrix(name):
     not the router (ffn_gate_inp)."""
     parts = name.split(".")
     return len(parts) >= 4 and parts[0] == "blk" and parts[2].removesuffix("_exps") in MATRICES
+
+
+def is_embedding(name):
+    return name == "token_embd.weight"
 
 
 def random_blocks(rng, t, n, rms):
@@ -82,10 +92,10 @@ def random_blocks(rng, t, n, rms):
     return raw.tobytes()
 
 
-def rewrite_gguf(src, dst, ggml_type, seed):
-    """src (an f32 GGUF from make-test-model) with every attention and expert matrix as random blocks,
-    drawn per matrix and expert from a seed of its name, so the merged and the per-expert file hold the
-    same blocks. The last matrix goes last in the file (infos and data)."""
+def rewrite_gguf(src, dst, ggml_type, seed, which=is_matrix):
+    """src (an f32 GGUF from make-test-model) with the tensors `which` picks (default: every attention and
+    expert matrix) as random blocks, drawn per matrix and expert from a seed of its name, so the merged and
+    the per-expert file hold the same blocks. The last one picked goes last in the file (infos and data)."""
     raw = open(src, "rb").read()
     meta, infos, data_start = reference.gguf_header(raw, src)
     r = reference._Reader(raw)
@@ -104,7 +114,7 @@ def rewrite_gguf(src, dst, ggml_type, seed):
     tensors = []  # (name, ne, type, data)
     for name, ne, t, o in infos:
         data = raw[data_start + o:data_start + o + reference.gguf_tensor_bytes(ne, t)]
-        if is_matrix(name):
+        if which(name):
             assert t == reference.GGML_F32, name
             w = np.frombuffer(data, dtype="<f4").astype(np.float64)
             # blk.L.ffn_up_exps.weight [E, rows, cols] -> experts blk.L.ffn_up.0 ..; others: one matrix.
@@ -114,7 +124,7 @@ def rewrite_gguf(src, dst, ggml_type, seed):
                                           x.size, float(np.sqrt(np.mean(x ** 2)))) for key, x in parts)
             t = ggml_type
         tensors.append((name, ne, t, data))
-    last = max(i for i, x in enumerate(tensors) if is_matrix(x[0]))
+    last = max(i for i, x in enumerate(tensors) if which(x[0]))
     tensors = tensors[:last] + tensors[last + 1:] + [tensors[last]]
     head, off, blobs = bytes(head), 0, []
     for name, ne, t, data in tensors:
@@ -169,6 +179,20 @@ def main():
                 err = rel_err(ours, lc, ref)
                 check(err <= TOL_VS_LLAMACPP, f"gguf-merged-{tn}: engine vs llama.cpp max error {err:.3g} "
                                               f"(bound {TOL_VS_LLAMACPP:g})")
+            embd = os.path.join(a.workdir, f"gguf-merged-embd-{tn}.gguf")
+            rewrite_gguf(fid.model_path(a.workdir, "gguf-merged", "f32"), embd, t, zlib.crc32(tn.encode()),
+                         is_embedding)
+            eref, _ = r.ref(embd).forward(prompt)
+            eours, elc = r.score(embd, prompt), r.llamacpp(embd, prompt)
+            err = rel_err(eours, eref, eref)
+            check(err <= TOL_EMBD, f"gguf-merged-embd-{tn}: engine vs reference max error {err:.3g} "
+                                   f"(bound {TOL_EMBD:g})")
+            if elc.shape == eref.shape:
+                err = rel_err(eours, elc, eref)
+                check(err <= TOL_EMBD, f"gguf-merged-embd-{tn}: engine vs llama.cpp max error {err:.3g} "
+                                       f"(bound {TOL_EMBD:g})")
+            else:
+                check(False, f"gguf-merged-embd-{tn}: llama.cpp logits shape {elc.shape}")
             info = r.run([a.mixtral, "info", "--model", merged])
             want = f" {tn} {BPW[tn]:g},"
             check(want in info and f"  {tn}: {2 * 7} tensors, " in info,
