@@ -67,16 +67,18 @@ std::string weight_name(int64_t layer, MatmulWeight w, bool moe) {
 // Sums of squares in float64 (llama.cpp sums in float32: over many chunks that loses digits, not meaning).
 class Collector final : public MatmulObserver {
  public:
-  explicit Collector(const Model& m) : c_(m.config), acc_(static_cast<size_t>(c_.n_layers * kNumWeights)) {
-    const int64_t qd = c_.n_heads * c_.head_dim;
-    for (int64_t l = 0; l < c_.n_layers; ++l) {
+  explicit Collector(const Model& m) {
+    const ModelConfig& c = m.config;
+    acc_.resize(static_cast<size_t>(c.n_layers * kNumWeights));
+    const int64_t qd = c.n_heads * c.head_dim;
+    for (int64_t l = 0; l < c.n_layers; ++l) {
       const bool moe = !m.layers[static_cast<size_t>(l)].router.empty();
       for (MatmulWeight w : kWeights) {
         Acc& a = at(l, w);
         a.name = weight_name(l, w, moe);
         const bool expert = w == MatmulWeight::kW1 || w == MatmulWeight::kW3 || w == MatmulWeight::kW2;
-        a.cols = w == MatmulWeight::kWo ? qd : w == MatmulWeight::kW2 ? c_.ffn_dim : c_.dim;
-        const int64_t n_mat = expert && moe ? c_.n_experts : 1;
+        a.cols = w == MatmulWeight::kWo ? qd : w == MatmulWeight::kW2 ? c.ffn_dim : c.dim;
+        const int64_t n_mat = expert && moe ? c.n_experts : 1;
         a.sums.assign(static_cast<size_t>(n_mat * a.cols), 0.0);
         a.counts.assign(static_cast<size_t>(n_mat), 0);
       }
@@ -140,7 +142,6 @@ class Collector final : public MatmulObserver {
   Acc& at(int64_t layer, MatmulWeight w) {
     return acc_[static_cast<size_t>(layer * kNumWeights + static_cast<int64_t>(w))];
   }
-  const ModelConfig& c_;
   std::vector<Acc> acc_;  // [n_layers, kNumWeights]
 };
 
