@@ -25,6 +25,9 @@ struct ConvertOptions {
   int64_t context_length = 0;  // convert: llama.context_length (0: the config's, else 32768)
   int threads = 0;             // 0: all cores
   bool progress = true;        // a progress bar when stderr is a terminal
+  // quantize: an importance matrix file (`mixtral imatrix`, llama.cpp's GGUF or .dat imatrix; empty: none),
+  // matched to the tensors by name: the K-quant tensors weigh their rounding errors by it.
+  std::string imatrix;
   // Notes for the user (fallback types, requantisation, defaults taken); default: stderr lines.
   std::function<void(const std::string&)> note;
 };

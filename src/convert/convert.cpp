@@ -25,6 +25,8 @@
 #include "core/progress.h"
 #include "core/thread_pool.h"
 #include "io/gguf.h"
+#include "io/imatrix.h"
+#include "io/quote.h"
 #include "mixtral/tokenizer.h"
 #include "model/weights.h"
 #include "tensor/quant.h"
@@ -82,7 +84,7 @@ Result<Target> parse_target(std::string_view name) {
 }
 
 bool can_write(DType t) {
-  return traits(t).supported;
+  return traits(t).quantizable;
 }
 
 DType policy_type(const Target& t, bool pure, const ModelConfig& c, Role role, int64_t layer) {
@@ -167,6 +169,7 @@ struct PlannedTensor {
   std::vector<TensorView> parts;  // each [rows, cols] (a vector as [1, cols]), stacked along dim 0
   int64_t rope_heads = 0;         // > 0: rows are q/k heads in rotate-half order, written interleaved
   int64_t head_dim = 0;
+  std::vector<float> qw;  // [n_mat, cols] importance weights (quantize --imatrix); empty: none
   int64_t rows_per_part() const { return parts[0].rows(); }
   int64_t cols() const { return parts[0].cols(); }
   int64_t numel() const { return rows_per_part() * cols() * static_cast<int64_t>(parts.size()); }
@@ -261,6 +264,49 @@ Status finish_plan(std::vector<PlannedTensor>& plan, const Target& target, const
   return {};
 }
 
+// quantize --imatrix: every entry must name a planned tensor and have its size (columns x matrices: the
+// stacked experts one per expert, or one for all); every K-quant tensor takes its weights (an attention or
+// expert weight must have an entry; token_embd and output take one if there is one, as llama-quantize
+// does). A type whose tensors weigh nothing by it refuses it: a flag is never taken only to be ignored.
+Status attach_imatrix(std::vector<PlannedTensor>& plan, const Target& target, const ConvertOptions& o) {
+  auto read = read_imatrix(o.imatrix);
+  if (!read) return Error{read.error().kind, "--imatrix: " + read.error().message};
+  const Imatrix& im = *read;
+  const std::string where = "--imatrix " + o.imatrix + ": ";
+  std::map<std::string, PlannedTensor*> by_name;
+  for (auto& p : plan) by_name[p.name] = &p;
+  bool used = false;
+  for (const auto& [name, e] : im.entries) {
+    auto it = by_name.find(name);
+    if (it == by_name.end())
+      return Error::data(where + "entry " + quote_name(name) + " names no tensor of " + o.input +
+                         " (an importance matrix of another model?)");
+    PlannedTensor& p = *it->second;
+    const int64_t n_mat = p.shape.size() == 3 ? static_cast<int64_t>(p.parts.size()) : 1;
+    const bool counts_ok =
+        im.legacy || e.counts.size() == 1 || static_cast<int64_t>(e.counts.size()) == n_mat;
+    if (static_cast<int64_t>(e.sums.size()) != p.cols() * n_mat || !counts_ok)
+      return Error::data(where + "entry " + quote_name(name) + " has " + std::to_string(e.sums.size()) +
+                         " values in " + std::to_string(e.counts.size()) + " matrices; the tensor in " +
+                         o.input + " has " + std::to_string(p.cols()) + " columns x " +
+                         std::to_string(n_mat) + " matrices (an importance matrix of another model?)");
+    if (uses_importance(p.dtype)) {
+      p.qw = imatrix_weights(im, e);
+      used = true;
+    }
+  }
+  for (const auto& p : plan) {
+    const bool layer_matmul = p.role != Role::kTokenEmbd && p.role != Role::kOutput &&
+                              p.role != Role::kNorm && p.role != Role::kRouter;
+    if (layer_matmul && uses_importance(p.dtype) && p.qw.empty())
+      return Error::data(where + "no entry for " + quote_name(p.name) + " of " + o.input);
+  }
+  if (!used)
+    return Error::usage("quantize: --imatrix has no use for type " + target.name +
+                        ": only the K-quants (Q2_K..Q6_K and their mixes) weigh their rounding by it here");
+  return {};
+}
+
 // Already-quantised sources: a note saying which, once.
 void note_requantisation(const std::vector<PlannedTensor>& plan, const std::string& input,
                          const std::function<void(const std::string&)>& note) {
@@ -329,16 +375,20 @@ void fill_tensor(const PlannedTensor& t, const FillContext& ctx, uint8_t* dst, s
     std::vector<float> buf(static_cast<size_t>(cols));  // [cols]
     for (int64_t r = begin; r < end; ++r) {
       const TensorView& v = t.parts[static_cast<size_t>(r / rpp)];
+      // This row's importance weights: its expert's (a stacked tensor's part), else the tensor's one row.
+      const float* qw = t.qw.empty()                              ? nullptr
+                        : t.qw.size() > static_cast<size_t>(cols) ? t.qw.data() + (r / rpp) * cols
+                                                                  : t.qw.data();
       const int64_t local = r % rpp;
       const uint8_t* src = v.row(t.rope_heads > 0 ? interleaved_source_row(local, t.head_dim) : local);
       uint8_t* out = dst + static_cast<size_t>(r) * stride;
       if (v.dtype == t.dtype) {
         std::memcpy(out, src, stride);
       } else if (v.dtype == DType::F32) {
-        quantize_row(t.dtype, reinterpret_cast<const float*>(src), out, cols);
+        quantize_row_weighted(t.dtype, reinterpret_cast<const float*>(src), out, cols, qw);
       } else {
         dequantize_row(v.dtype, src, buf.data(), cols);
-        quantize_row(t.dtype, buf.data(), out, cols);
+        quantize_row_weighted(t.dtype, buf.data(), out, cols, qw);
       }
     }
     release_output(dst + static_cast<size_t>(begin) * stride, static_cast<size_t>(end - begin) * stride);
@@ -459,6 +509,7 @@ Status quantize_gguf(const ConvertOptions& o) {
   Planner planner{*model, target, o.pure, {}};
   planner.build();
   MX_TRY_STATUS(finish_plan(planner.out, target, o, note));
+  if (!o.imatrix.empty()) MX_TRY_STATUS(attach_imatrix(planner.out, target, o));
   note_requantisation(planner.out, o.input, note);
 
   GgufWriter w;

@@ -600,7 +600,8 @@ Status make_test_model(const TestModelOptions& opts) {
   spec.seed = opts.seed;
   for (const auto& t : opts.types) {
     auto d = dtype_from_name(t);
-    if (!d || !traits(*d).supported) return Error::usage("--types: unknown or unsupported type '" + t + "'");
+    if (!d || !traits(*d).quantizable)
+      return Error::usage("--types: unknown type or one this build cannot write '" + t + "'");
     spec.types.push_back(*d);
   }
   spec.layouts = opts.layouts;

@@ -408,7 +408,8 @@ Status check_dtype(const Source& s) {
     return Error::data(
         s.file + ": tensor '" + s.name + "' has type " + std::string(dtype_name(s.view.dtype)) +
         ", which this build cannot compute with (supported: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, "
-        "q2_k, q3_k, q4_k, q5_k, q6_k, q8_k)");
+        "q2_k, q3_k, q4_k, q5_k, q6_k, q8_k, iq1_s, iq1_m, iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq3_s, iq4_nl, "
+        "iq4_xs)");
   return {};
 }
 

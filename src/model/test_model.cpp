@@ -678,7 +678,7 @@ Status validate(const TestModelSpec& spec) {
   if (spec.layouts.empty()) return Error::usage("make-test-model: layouts: none given");
   bool any_float = false;
   for (DType t : spec.types) {
-    if (!traits(t).supported)
+    if (!traits(t).quantizable)
       return Error::usage(
           "make-test-model: types: cannot write type '" + std::string(dtype_name(t)) +
           "' (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, q8_k)");

@@ -389,4 +389,26 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
   }
 }
 
+bool uses_importance(DType t) {
+  return t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+}
+
+void quantize_row_weighted(DType t, const float* src, void* dst, int64_t n, const float* qw) {
+  if (!qw || !uses_importance(t)) return quantize_row(t, src, dst, n);
+  MX_CHECK(n % kQK_K == 0, "quantize_row_weighted: %lld elements are not whole %s blocks",
+           static_cast<long long>(n), std::string(dtype_name(t)).c_str());
+  switch (t) {
+    case DType::Q2_K:
+      return detail::quantize_q2_k(src, dst, n, qw);
+    case DType::Q3_K:
+      return detail::quantize_q3_k(src, dst, n, qw);
+    case DType::Q4_K:
+      return detail::quantize_q4_k(src, dst, n, qw);
+    case DType::Q5_K:
+      return detail::quantize_q5_k(src, dst, n, qw);
+    default:
+      return detail::quantize_q6_k(src, dst, n, qw);
+  }
+}
+
 }  // namespace mixtral

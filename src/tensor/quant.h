@@ -230,5 +230,11 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 // F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q8_K round as GGML does; the K-quants choose sub-block scales (and mins)
 // by a weighted least-squares search.
 void quantize_row(DType t, const float* src, void* dst, int64_t n);
+// Whether quantize_row_weighted weighs t's rounding by importance weights (the K-quants Q2_K..Q6_K).
+bool uses_importance(DType t);
+// quantize_row with importance weights qw [n]: each column's mean squared activation in the matmul (a row of
+// an importance matrix, imatrix_weights), by which the K-quants weigh their rounding errors. qw null, or a
+// type without uses_importance: quantize_row.
+void quantize_row_weighted(DType t, const float* src, void* dst, int64_t n, const float* qw);
 
 }  // namespace mixtral

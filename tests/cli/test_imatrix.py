@@ -13,10 +13,12 @@
    (asserted), so both pick the same experts.
 3. Bad arguments: usage errors exit 2, data errors exit 1, one line naming the flag or file.
 4. `quantize --imatrix`: the file (ours, and a GGUF and a legacy .dat written here) is read and matched to the
-   input's weights by name and size (a missing, resized or foreign entry is an error naming it), then refused
-   for every type: no quantizer weighs by it yet, and a flag is never taken only to be ignored.
+   tensors by name and size (a missing, resized or foreign entry is an error naming it); a type without
+   K-quants refuses it. Q4_K with our imatrix against Q4_K without, both dequantized by the reference's own
+   decoders: the importance-weighted squared error sum_j qw_j (w - q(w))_j^2 from the F16 weights (qw the
+   imatrix's per-column mean squares, per expert) is lower for every Q4_K tensor together.
 5. Both expert layouts: a random model written merged (blk.L.ffn_*_exps) and per expert (blk.L.ffn_*.E) gives
-   the same file, and each input's --imatrix check matches it.
+   the same importance matrix, and the same Q4_K file quantized with it.
 
   test_imatrix.py --mixtral BIN --model models/tiny-kjv.gguf --workdir DIR
 """
@@ -142,7 +144,7 @@ def write_dat(path, entries, chunks, dataset):
 
 
 def check_quantize_imatrix(a, w, ref):
-    """quantize --imatrix: read, matched by name and size, then refused naming the type."""
+    """quantize --imatrix: read, matched by name and size; the weighted error of the K-quant tensors."""
     meta = [("general.type", GGUF_STRING, "imatrix"), ("imatrix.datasets", GGUF_ARRAY, ["t.txt"]),
             ("imatrix.chunk_count", GGUF_U32, 2), ("imatrix.chunk_size", GGUF_U32, CTX)]
 
@@ -152,28 +154,31 @@ def check_quantize_imatrix(a, w, ref):
             out += [(name + ".in_sum2", sums), (name + ".counts", counts.astype(np.float64).reshape(-1, 1))]
         return out
 
-    def quantize(imatrix, typ, code, needle):
-        out = w("q.gguf")
+    def quantize(imatrix, typ, code, needle=None, out=None):
+        out = out or w("q.gguf")
         r = run([a.mixtral, "quantize", a.model, out, typ, "--imatrix", imatrix, "--threads", "2"], expect=code)
-        lines = r.stderr.strip().splitlines()
+        if code == 0:
+            assert os.path.exists(out)
+            return
+        lines = [ln for ln in r.stderr.strip().splitlines() if "error" in ln]
         assert len(lines) == 1 and needle in lines[0], (imatrix, typ, r.stderr)
         assert not os.path.exists(out), "quantize wrote a file it refused to make"
 
-    not_yet = "--imatrix is not yet used for type"
-    quantize(w("imatrix.gguf"), "Q4_K_M", 2, not_yet + " Q4_K_M")
-    quantize(w("imatrix.gguf"), "q3_k", 2, not_yet + " Q3_K")
+    quantize(w("imatrix.gguf"), "Q4_K_M", 0, out=w("q4km.gguf"))
+    quantize(w("imatrix.gguf"), "q3_k", 0, out=w("q3k.gguf"))
     quantize(w("imatrix.gguf"), "Q8_0", 2, "--imatrix has no use for type Q8_0")
+    quantize(w("imatrix.gguf"), "Q4_0", 2, "--imatrix has no use for type Q4_0")
     write_gguf(w("ok.gguf"), meta, tensors(ref))
-    quantize(w("ok.gguf"), "Q4_K", 2, not_yet + " Q4_K")
+    quantize(w("ok.gguf"), "Q4_K", 0, out=w("ok-q4k.gguf"))
     # A llama.cpp-made matrix also holds the router (blk.L.ffn_gate_inp.weight): matched, not needed.
     router = dict(ref)
     router["blk.0.ffn_gate_inp.weight"] = (np.ones((1, 256)), np.array([96]))
     write_gguf(w("router.gguf"), meta, tensors(router))
-    quantize(w("router.gguf"), "Q4_K", 2, not_yet + " Q4_K")
+    quantize(w("router.gguf"), "Q4_K", 0, out=w("router-q4k.gguf"))
     # The legacy .dat: (sum / count) * ncall, one flat row per weight.
     write_dat(w("legacy.dat"), {n: (2, (s / np.maximum(c, 1)[:, None] * 2).ravel()) for n, (s, c) in ref.items()},
               2, "t.txt")
-    quantize(w("legacy.dat"), "Q5_K_M", 2, not_yet + " Q5_K_M")
+    quantize(w("legacy.dat"), "Q5_K_M", 0, out=w("legacy-q5km.gguf"))
 
     missing = {n: v for n, v in ref.items() if n != "blk.2.attn_v.weight"}
     write_gguf(w("missing.gguf"), meta, tensors(missing))
@@ -185,14 +190,35 @@ def check_quantize_imatrix(a, w, ref):
     foreign = dict(ref)
     foreign["blk.7.attn_q.weight"] = (np.ones((1, 256)), np.array([1]))
     write_gguf(w("foreign.gguf"), meta, tensors(foreign))
-    quantize(w("foreign.gguf"), "Q4_K", 1, "'blk.7.attn_q.weight' names no weight")
+    quantize(w("foreign.gguf"), "Q4_K", 1, "'blk.7.attn_q.weight' names no tensor")
     write_gguf(w("nometa.gguf"), meta[:1], tensors(ref))
     quantize(w("nometa.gguf"), "Q4_K", 1, "imatrix.datasets")
     with open(w("junk.dat"), "wb") as f:
         f.write(b"\x01\0\0\0junk")
     quantize(w("junk.dat"), "Q4_K", 1, w("junk.dat"))
     quantize(w("none.gguf"), "Q4_K", 1, w("none.gguf"))
-    print("quantize --imatrix: read and matched (GGUF, .dat), refused naming the type; bad matrices named")
+
+    # The weighted error of Q4_K with and without the importance matrix, against the F16 weights.
+    run([a.mixtral, "quantize", a.model, w("plain-q4k.gguf"), "Q4_K", "--threads", "2"])
+    src, imx, plain = (reference.gguf_read(p) for p in (a.model, w("imatrix.gguf"), w("plain-q4k.gguf")))
+    _, weighted, types = reference.gguf_read(w("ok-q4k.gguf"))
+    totals = np.zeros(2)  # [with, without]
+    n = 0
+    for name, t in types.items():
+        if t != reference.GGML_Q4_K or name + ".in_sum2" not in imx[1]:
+            continue
+        sums, counts = imx[1][name + ".in_sum2"], imx[1][name + ".counts"].ravel()  # [n_mat, cols], [n_mat]
+        qw = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 1.0)
+        orig = src[1][name]
+        qw = qw.reshape((-1, 1, orig.shape[-1])) if orig.ndim == 3 else qw.reshape(1, -1)
+        for k, q in enumerate((weighted[name], plain[1][name])):
+            totals[k] += float(np.sum(qw * (orig - q) ** 2))
+        n += 1
+    assert n >= 16, n  # attention (4 per layer) and ffn_gate/up of the experts
+    ratio = totals[0] / totals[1]
+    assert ratio < 0.95, ratio
+    print(f"quantize --imatrix: read and matched (GGUF, .dat); Q4_K's importance-weighted error {ratio:.3f} of "
+          f"the plain Q4_K's over {n} tensors; bad matrices named")
 
 
 def main():
@@ -283,18 +309,18 @@ def main():
 
     # 5. Both expert layouts of one random model.
     run([a.mixtral, "make-test-model", w("tm"), "--layouts", "gguf-merged,gguf-legacy", "--types", "f32",
-         "--layers", "2", "--dim", "64", "--ffn", "96", "--heads", "4", "--kv-heads", "2", "--vocab", "320"])
+         "--layers", "2", "--dim", "256", "--ffn", "256", "--heads", "8", "--kv-heads", "2", "--vocab", "320"])
     files = []
     for layout in ("gguf-merged", "gguf-legacy"):
         m = w(f"tm/{layout}-f32.gguf")
         files.append(w(f"{layout}.imatrix.gguf"))
         run([a.mixtral, "imatrix", "--model", m, "--text-file", w("text.txt"), "--ctx", "16", "-o", files[-1],
              "--threads", "2"])
-        r = run([a.mixtral, "quantize", m, w("q.gguf"), "Q4_K", "--imatrix", files[-1]], expect=2)
-        assert "not yet used for type Q4_K" in r.stderr, r.stderr
-    with open(files[0], "rb") as f0, open(files[1], "rb") as f1:
-        assert f0.read() == f1.read(), "the two expert layouts gave different importance matrices"
-    print("imatrix: merged and per-expert layouts give the same file")
+        run([a.mixtral, "quantize", m, w(f"{layout}-q4k.gguf"), "Q4_K", "--imatrix", files[-1]])
+    for pair in (files, [w("gguf-merged-q4k.gguf"), w("gguf-legacy-q4k.gguf")]):
+        with open(pair[0], "rb") as f0, open(pair[1], "rb") as f1:
+            assert f0.read() == f1.read(), f"the two expert layouts differ: {pair}"
+    print("imatrix: merged and per-expert layouts give the same importance matrix and the same Q4_K with it")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ TARGETS=(
   "fuzz_chat_template:tests/tokenizer/fuzz/corpus/chat_template:"
   "fuzz_tokenizer_encode:tests/tokenizer/fuzz/corpus/tokenizer_encode:"
   "fuzz_gbnf:tests/fuzz/corpus/gbnf:"
+  "fuzz_imatrix:tests/fuzz/corpus/imatrix:tests/fuzz/gguf.dict"
 )
 
 failed=()
