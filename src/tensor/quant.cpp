@@ -369,6 +369,10 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
       return detail::quantize_q6_k(src, dst, n);
     case DType::Q8_K:
       return detail::quantize_q8_k(src, dst, n);
+    case DType::IQ4_NL:
+      return detail::quantize_iq4_nl(src, dst, n);
+    case DType::IQ4_XS:
+      return detail::quantize_iq4_xs(src, dst, n);
     case DType::IQ2_XXS:
     case DType::IQ2_XS:
     case DType::IQ2_S:
@@ -376,8 +380,6 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
     case DType::IQ3_S:
     case DType::IQ1_S:
     case DType::IQ1_M:
-    case DType::IQ4_NL:
-    case DType::IQ4_XS:
       MX_CHECK(false, "quantize_row: no quantizer for %s yet (this build loads and runs i-quant files only)",
                std::string(dtype_name(t)).c_str());
     case DType::Q4_0_R16:
@@ -390,14 +392,19 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
 }
 
 bool uses_importance(DType t) {
-  return t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+  return t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
+         t == DType::IQ4_NL || t == DType::IQ4_XS;
 }
 
 void quantize_row_weighted(DType t, const float* src, void* dst, int64_t n, const float* qw) {
   if (!qw || !uses_importance(t)) return quantize_row(t, src, dst, n);
-  MX_CHECK(n % kQK_K == 0, "quantize_row_weighted: %lld elements are not whole %s blocks",
+  MX_CHECK(n % traits(t).block_size == 0, "quantize_row_weighted: %lld elements are not whole %s blocks",
            static_cast<long long>(n), std::string(dtype_name(t)).c_str());
   switch (t) {
+    case DType::IQ4_NL:
+      return detail::quantize_iq4_nl(src, dst, n, qw);
+    case DType::IQ4_XS:
+      return detail::quantize_iq4_xs(src, dst, n, qw);
     case DType::Q2_K:
       return detail::quantize_q2_k(src, dst, n, qw);
     case DType::Q3_K:

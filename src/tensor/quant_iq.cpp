@@ -1,5 +1,7 @@
 #include "tensor/quant_iq.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "tensor/quant.h"
@@ -187,6 +189,127 @@ void dequantize_iq4_xs(const void* src, float* dst, int64_t n) {
         dst[32 * g + j] = scale * static_cast<float>(iq::kIq4nlValues[q[j] & 0xf]);
         dst[32 * g + 16 + j] = scale * static_cast<float>(iq::kIq4nlValues[q[j] >> 4]);
       }
+    }
+  }
+}
+
+namespace {
+
+constexpr float kIq4Eps = 1e-15f;  // a block whose largest |x| is below this is stored as zeros
+
+// Index of the IQ4 value nearest to v (kIq4nlValues is ascending).
+int nearest_iq4(float v) {
+  const int8_t* k = iq::kIq4nlValues;
+  if (!(v > k[0])) return 0;  // NaN goes to 0 too
+  if (v >= k[15]) return 15;
+  int lo = 0, hi = 15;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    (v < k[mid] ? hi : lo) = mid;
+  }
+  return v - static_cast<float>(k[lo]) < static_cast<float>(k[hi]) - v ? lo : hi;
+}
+
+// Indices of x[0..32) at scale d (each element's nearest value of x / d); d == 0 gives index 0 everywhere.
+void index32(const float* x, float d, uint8_t* L) {
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  for (int j = 0; j < 32; ++j) L[j] = static_cast<uint8_t>(d != 0.0f ? nearest_iq4(id * x[j]) : 0);
+}
+
+// The error weights of n elements: qw * sqrt(sigma2 + x^2) with importance weights (sigma2 = twice the
+// mean square of the n elements), x^2 without.
+void iq4_weights(const float* x, const float* qw, int n, float* w) {
+  if (!qw) {
+    for (int j = 0; j < n; ++j) w[j] = x[j] * x[j];
+    return;
+  }
+  float sigma2 = 0.0f;
+  for (int j = 0; j < n; ++j) sigma2 += x[j] * x[j];
+  sigma2 *= 2.0f / static_cast<float>(n);
+  for (int j = 0; j < n; ++j) w[j] = qw[j] * std::sqrt(sigma2 + x[j] * x[j]);
+}
+
+// The scale of 32 elements: candidate inverse scales (k + kIq4nlValues[0]) / max for k = -kTry .. kTry
+// (max: the element of largest magnitude, with its sign, so that it meets the end value -127 at k = 0),
+// each element's nearest value at each, and per candidate the weighted least-squares scale
+// sum(w q x) / sum(w q^2); the candidate with the least weighted error wins. 0 for an all-(near-)zero block.
+float fit_scale32(const float* x, const float* w) {
+  constexpr int kTry = 7;
+  float amax = 0.0f, max = 0.0f;
+  for (int j = 0; j < 32; ++j) {
+    if (std::fabs(x[j]) > amax) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  if (!(amax >= kIq4Eps)) return 0.0f;
+  const float k0 = static_cast<float>(iq::kIq4nlValues[0]);
+  float best_d = max / k0, best = -1.0f;  // best: sumqx^2 / sumq2, the error reduction (larger is better)
+  for (int t = -kTry; t <= kTry; ++t) {
+    const float id = (static_cast<float>(t) + k0) / max;
+    float sumqx = 0.0f, sumq2 = 0.0f;
+    for (int j = 0; j < 32; ++j) {
+      const float q = static_cast<float>(iq::kIq4nlValues[nearest_iq4(id * x[j])]);
+      sumqx += w[j] * q * x[j];
+      sumq2 += w[j] * q * q;
+    }
+    if (sumq2 > 0.0f && sumqx * sumqx > best * sumq2) {
+      best_d = sumqx / sumq2;
+      best = best_d * sumqx;
+    }
+  }
+  return best_d;
+}
+
+void pack_nibbles32(const uint8_t* L, uint8_t* qs) {
+  for (int j = 0; j < 16; ++j) qs[j] = static_cast<uint8_t>(L[j] | L[j + 16] << 4);
+}
+
+}  // namespace
+
+void quantize_iq4_nl(const float* src, void* dst, int64_t n, const float* qw) {
+  auto* b = static_cast<BlockIQ4_NL*>(dst);
+  float w[kQK4_NL];    // [32] error weights
+  uint8_t L[kQK4_NL];  // [32] value indices
+  for (int64_t i = 0; i < n / kQK4_NL; ++i) {
+    const float* x = src + i * kQK4_NL;
+    iq4_weights(x, qw ? qw + i * kQK4_NL : nullptr, kQK4_NL, w);
+    b[i].d = f32_to_fp16(fit_scale32(x, w));
+    index32(x, fp16_to_f32(b[i].d), L);  // indices for the scale as stored
+    pack_nibbles32(L, b[i].qs);
+  }
+}
+
+void quantize_iq4_xs(const float* src, void* dst, int64_t n, const float* qw) {
+  auto* b = static_cast<BlockIQ4_XS*>(dst);
+  constexpr int kGroups = kQK_IQ / 32;
+  float w[kQK_IQ];       // [256] error weights
+  float scale[kGroups];  // [8] each group's own fitted scale
+  uint8_t L[32];         // [32] value indices of one group
+  for (int64_t i = 0; i < n / kQK_IQ; ++i) {
+    const float* x = src + i * kQK_IQ;
+    iq4_weights(x, qw ? qw + i * kQK_IQ : nullptr, kQK_IQ, w);
+    float amax = 0.0f, max = 0.0f;  // the group scale of largest magnitude, with its sign
+    for (int g = 0; g < kGroups; ++g) {
+      scale[g] = fit_scale32(x + 32 * g, w + 32 * g);
+      if (std::fabs(scale[g]) > amax) {
+        amax = std::fabs(scale[g]);
+        max = scale[g];
+      }
+    }
+    // Group scales as 6-bit codes s - 32 in [-32, 31] of d = -max / 32: the largest is code -32 exactly.
+    b[i].d = f32_to_fp16(-max / 32.0f);
+    const float d = fp16_to_f32(b[i].d);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    b[i].scales_h = 0;
+    std::memset(b[i].scales_l, 0, sizeof(b[i].scales_l));
+    for (int g = 0; g < kGroups; ++g) {
+      const int l = std::clamp(static_cast<int>(std::lround(id * scale[g])), -32, 31);
+      index32(x + 32 * g, d * static_cast<float>(l), L);  // indices for the group's scale as stored
+      pack_nibbles32(L, b[i].qs + 16 * g);
+      const int s = l + 32;
+      b[i].scales_l[g / 2] |= static_cast<uint8_t>((s & 0xf) << (4 * (g % 2)));
+      b[i].scales_h |= static_cast<uint16_t>((s >> 4) << (2 * g));
     }
   }
 }

@@ -139,6 +139,14 @@ void dequantize_iq1_m(const void* src, float* dst, int64_t n);
 void dequantize_iq4_nl(const void* src, float* dst, int64_t n);
 void dequantize_iq4_xs(const void* src, float* dst, int64_t n);
 
+// GGML's IQ4 quantizers (quantize_row_iq4_nl_impl's algorithm): per 32 elements, the best of 15 candidate
+// scales around max / -127 by weighted least squares, each element's nearest value; IQ4_XS then codes the
+// 8 group scales in 6 bits of d = -(largest group scale) / 32 and re-indexes each group at its coded scale.
+// qw [n]: importance weights (an imatrix row); the error weights are qw * sqrt(sigma2 + x^2) with them,
+// x^2 without.
+void quantize_iq4_nl(const float* src, void* dst, int64_t n, const float* qw = nullptr);
+void quantize_iq4_xs(const float* src, void* dst, int64_t n, const float* qw = nullptr);
+
 }  // namespace detail
 
 }  // namespace mixtral

@@ -53,7 +53,8 @@ TEST(DType, IQuantIdsNamesAndSizes) {
     EXPECT_EQ(tr->block_bytes, t.bytes) << t.name;
     EXPECT_EQ(t.struct_bytes, t.bytes) << t.name;
     EXPECT_TRUE(tr->supported) << t.name;
-    EXPECT_FALSE(tr->quantizable) << t.name << ": no quantizer yet";
+    // IQ4_NL and IQ4_XS have quantizers; the grid types do not yet.
+    EXPECT_EQ(tr->quantizable, t.id == 20 || t.id == 23) << t.name;
     std::string upper(t.name);
     for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     EXPECT_EQ(dtype_from_name(upper), static_cast<DType>(t.id)) << t.name;
