@@ -1,7 +1,9 @@
 // quant_dump OUT_DIR: for every block type, blocks of seeded random bytes (their fp16/f32 scale fields
 // replaced by finite random values) and our dequantize_row of them: OUT_DIR/<type>.bin (the blocks) and
 // OUT_DIR/<type>.f32 (little-endian float32 values). test_quant_layouts.py decodes the same bytes with the
-// independent NumPy dequantisers of tests/reference/reference.py and compares.
+// independent NumPy dequantisers of tests/reference/reference.py and compares. Also our quantizers of
+// Q4_0, IQ4_NL and IQ4_XS on gaussian rows, with and without importance weights (see the end of main).
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -100,6 +102,36 @@ int main(int argc, char** argv) {
         !write_file(dir + "/" + name + ".f32", out.data(), out.size() * 4)) {
       std::fprintf(stderr, "quant_dump: cannot write %s/%s.*\n", dir.c_str(), name.c_str());
       return 1;
+    }
+  }
+  // Our quantizers on seeded gaussian rows: gauss.f32 (the input, [kRows, kCols]), qw.f32 (importance
+  // weights, [kCols], log-normal), and per type <type>.quant.bin / .quant.f32 (quantize_row and our
+  // dequantize_row of it) and <type>.wquant.bin / .wquant.f32 (quantize_row_weighted with qw).
+  constexpr int64_t kRows = 64, kCols = 1024;
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(kRows * kCols)), qw(static_cast<size_t>(kCols));
+  for (auto& v : x) v = nd(rng);
+  for (auto& v : qw) v = std::exp(2.0f * nd(rng));
+  if (!write_file(dir + "/gauss.f32", x.data(), x.size() * 4) ||
+      !write_file(dir + "/qw.f32", qw.data(), qw.size() * 4))
+    return 1;
+  for (DType t : {DType::Q4_0, DType::IQ4_NL, DType::IQ4_XS}) {
+    const size_t rb = mixtral::row_bytes(t, kCols);
+    for (const bool weighted : {false, true}) {
+      std::vector<uint8_t> q(rb * kRows);  // [kRows, rb]
+      std::vector<float> y(x.size());      // [kRows, kCols]
+      for (int64_t r = 0; r < kRows; ++r) {
+        mixtral::quantize_row_weighted(t, x.data() + r * kCols, q.data() + r * rb, kCols,
+                                       weighted ? qw.data() : nullptr);
+        mixtral::dequantize_row(t, q.data() + r * rb, y.data() + r * kCols, kCols);
+      }
+      const std::string base =
+          dir + "/" + std::string(mixtral::dtype_name(t)) + (weighted ? ".wquant" : ".quant");
+      if (!write_file(base + ".bin", q.data(), q.size()) ||
+          !write_file(base + ".f32", y.data(), y.size() * 4)) {
+        std::fprintf(stderr, "quant_dump: cannot write %s.*\n", base.c_str());
+        return 1;
+      }
     }
   }
   return 0;
