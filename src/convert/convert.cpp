@@ -45,7 +45,8 @@ struct TargetEntry {
 };
 
 // Plain types are one type everywhere; Q3_K/Q4_K/Q5_K alone are recorded as the _S mix's file type
-// (the nearest llama.cpp has). Q2_K is llama.cpp's Q2_K mix (a pure Q2_K: --pure).
+// (the nearest llama.cpp has). Q2_K is llama.cpp's Q2_K mix (a pure Q2_K: --pure); IQ4_NL and IQ4_XS are
+// llama.cpp's mixes of those names too (policy_type knows them by their base type).
 constexpr TargetEntry kTargets[] = {
     {"F32", DType::F32, 0, Mix::kNone},        {"F16", DType::F16, 1, Mix::kNone},
     {"BF16", DType::BF16, 32, Mix::kNone},     {"Q4_0", DType::Q4_0, 2, Mix::kNone},
@@ -57,6 +58,7 @@ constexpr TargetEntry kTargets[] = {
     {"Q3_K_M", DType::Q3_K, 12, Mix::kQ3_K_M}, {"Q3_K_L", DType::Q3_K, 13, Mix::kQ3_K_L},
     {"Q4_K_S", DType::Q4_K, 14, Mix::kQ4_K_S}, {"Q4_K_M", DType::Q4_K, 15, Mix::kQ4_K_M},
     {"Q5_K_S", DType::Q5_K, 16, Mix::kQ5_K_S}, {"Q5_K_M", DType::Q5_K, 17, Mix::kQ5_K_M},
+    {"IQ4_NL", DType::IQ4_NL, 25, Mix::kNone}, {"IQ4_XS", DType::IQ4_XS, 30, Mix::kNone},
 };
 
 std::string upper(std::string_view s) {
@@ -89,7 +91,8 @@ bool can_write(DType t) {
 
 DType policy_type(const Target& t, bool pure, const ModelConfig& c, Role role, int64_t layer) {
   if (role == Role::kNorm || role == Role::kRouter) return DType::F32;
-  if (t.mix == Mix::kNone || pure) return t.base;
+  const bool iq4 = t.base == DType::IQ4_NL || t.base == DType::IQ4_XS;
+  if ((t.mix == Mix::kNone && !iq4) || pure) return t.base;
   const bool moe = c.n_experts > 1;
   const int64_t n = c.n_layers;
   // llama.cpp's use_more_bits: the first and last eighth of the layers and every third in between.
@@ -102,6 +105,7 @@ DType policy_type(const Target& t, bool pure, const ModelConfig& c, Role role, i
       return moe ? DType::Q8_0 : t.base;
     case Role::kAttnV:
       if (moe) return DType::Q8_0;
+      if (iq4) return c.n_heads >= 4 * c.n_kv_heads ? DType::Q5_K : t.base;
       if (m == Mix::kQ2_K) return c.n_heads >= 4 * c.n_kv_heads ? DType::Q4_K : DType::Q3_K;
       if (m == Mix::kQ3_K_M) return layer < 2 ? DType::Q5_K : DType::Q4_K;
       if (m == Mix::kQ3_K_L) return DType::Q5_K;
@@ -111,7 +115,7 @@ DType policy_type(const Target& t, bool pure, const ModelConfig& c, Role role, i
     case Role::kAttnOutput:
       if (moe)
         return (m == Mix::kQ2_K || m == Mix::kQ3_K_S || m == Mix::kQ3_K_M || m == Mix::kQ4_K_S ||
-                m == Mix::kQ4_K_M)
+                m == Mix::kQ4_K_M || iq4)
                    ? DType::Q5_K
                    : t.base;
       if (m == Mix::kQ2_K) return DType::Q3_K;
@@ -146,6 +150,9 @@ DType row_fallback(DType want, int64_t cols) {
       break;
     case DType::Q6_K:
       chain = {DType::Q8_0};
+      break;
+    case DType::IQ4_XS:
+      chain = {DType::IQ4_NL};
       break;
     default:
       break;
@@ -265,9 +272,10 @@ Status finish_plan(std::vector<PlannedTensor>& plan, const Target& target, const
 }
 
 // quantize --imatrix: every entry must name a planned tensor and have its size (columns x matrices: the
-// stacked experts one per expert, or one for all); every K-quant tensor takes its weights (an attention or
-// expert weight must have an entry; token_embd and output take one if there is one, as llama-quantize
-// does). A type whose tensors weigh nothing by it refuses it: a flag is never taken only to be ignored.
+// stacked experts one per expert, or one for all); every tensor of a type that weighs by it takes its weights
+// (an attention or expert weight must have an entry; token_embd and output take one if there is one, as
+// llama-quantize does). A type whose tensors weigh nothing by it refuses it: a flag is never taken only to be
+// ignored.
 Status attach_imatrix(std::vector<PlannedTensor>& plan, const Target& target, const ConvertOptions& o) {
   auto read = read_imatrix(o.imatrix);
   if (!read) return Error{read.error().kind, "--imatrix: " + read.error().message};
@@ -303,7 +311,8 @@ Status attach_imatrix(std::vector<PlannedTensor>& plan, const Target& target, co
   }
   if (!used)
     return Error::usage("quantize: --imatrix has no use for type " + target.name +
-                        ": only the K-quants (Q2_K..Q6_K and their mixes) weigh their rounding by it here");
+                        ": only the K-quants (Q2_K..Q6_K and their mixes), IQ4_NL and IQ4_XS weigh their "
+                        "rounding by it here");
   return {};
 }
 
@@ -486,10 +495,12 @@ std::string quant_policy_text() {
          "                     q6_k in more-bits layers\n"
          "  Q5_K_S (q5_k)      as the base\n"
          "  Q5_K_M (q5_k)      attn_v (dense) and ffn_down q6_k in more-bits layers\n"
+         "  IQ4_NL, IQ4_XS     attn_v q5_k (dense, if heads >= 4 kv heads), attn_output q5_k (MoE),\n"
+         "                     ffn_down q5_k in the first n/8 layers when quantized without --imatrix\n"
          "  every mix: output.weight (token_embd when tied) q6_k; MoE: attn_k and attn_v q8_0;\n"
          "  token_embd, attn_q, ffn_gate, ffn_up in the base type. --pure: the base type everywhere.\n"
          "Rows whose length is not a multiple of the type's block: q2_k/q3_k/q4_k -> q5_0,\n"
-         "q5_k -> q5_1, q6_k -> q8_0, then q8_0, then f16 (said on stderr).\n"
+         "q5_k -> q5_1, q6_k -> q8_0, then q8_0; iq4_xs -> iq4_nl; then f16 (said on stderr).\n"
          "general.file_type: llama.cpp's number of TYPE (Q3_K, Q4_K, Q5_K alone: the _S number).\n";
 }
 
@@ -508,6 +519,12 @@ Status quantize_gguf(const ConvertOptions& o) {
 
   Planner planner{*model, target, o.pure, {}};
   planner.build();
+  const bool iq4 = target.base == DType::IQ4_NL || target.base == DType::IQ4_XS;
+  // llama.cpp's IQ4 mixes: without an imatrix, ffn_down of the first eighth of the layers in q5_k.
+  if (iq4 && !o.pure && o.imatrix.empty()) {
+    for (auto& p : planner.out)
+      if (p.role == Role::kFfnDown && p.layer < model->config.n_layers / 8) p.dtype = DType::Q5_K;
+  }
   MX_TRY_STATUS(finish_plan(planner.out, target, o, note));
   if (!o.imatrix.empty()) MX_TRY_STATUS(attach_imatrix(planner.out, target, o));
   note_requantisation(planner.out, o.input, note);
