@@ -48,6 +48,8 @@ constexpr WeightType kWeightTypes[] = {
     {DType::Q8_0_G8, Activations::kQ8_0},   // where a table's MatmulKernel::layout asks for them
     {DType::Q4_0_R16, Activations::kQ8_0},  //
     {DType::Q8_0_R16, Activations::kQ8_0},  //
+    {DType::IQ4_NL, Activations::kQ8_0},    // 32-value blocks, each against one Q8_0 activation block
+    {DType::IQ4_XS, Activations::kQ8_0},    // (IQ4_XS: 8 per super-block, x86/iq4.inc says why)
 };
 constexpr int kNumWeightTypes = static_cast<int>(sizeof(kWeightTypes) / sizeof(kWeightTypes[0]));
 

@@ -106,15 +106,36 @@ struct Weights {
   std::vector<double> deq;  // [rows, cols] the decoded values, for float64 checks
 };
 
-Weights make_weights(DType t, int64_t rows, int64_t cols, uint32_t seed) {
+// IQ4_NL / IQ4_XS blocks of random bytes (every nibble, and for IQ4_XS every 6-bit scale code, negative
+// scales included: more than the quantizer writes), each fp16 d set to a random value of the size the
+// quantizer gives 0.05-scale weights.
+void random_iq4_blocks(DType t, uint8_t* row, int64_t cols, std::mt19937& rng) {
+  const DTypeTraits& tr = traits(t);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> mag(0.5f, 1.5f);
+  const float d0 = t == DType::IQ4_XS ? 0.05f / (127.0f * 8.0f) : 0.05f / 64.0f;
+  for (int64_t b = 0; b < cols / tr.block_size; ++b) {
+    uint8_t* blk = row + b * static_cast<int64_t>(tr.block_bytes);
+    for (size_t i = 0; i < tr.block_bytes; ++i) blk[i] = static_cast<uint8_t>(byte(rng));
+    const uint16_t d = f32_to_fp16(d0 * mag(rng) * (byte(rng) < 128 ? -1.0f : 1.0f));
+    std::memcpy(blk, &d, 2);
+  }
+}
+
+Weights make_weights(DType t, int64_t rows, int64_t cols, uint32_t seed, bool random_blocks = false) {
   Weights w;
   const std::vector<float> f = randn(rows * cols, seed, 0.05f);
   const DType file = file_layout(t);  // a repacked layout: quantized as its file type, then repacked
   const size_t rb = row_bytes(file, cols);
   w.bytes.resize(rb * static_cast<size_t>(rows));
   std::vector<float> tmp(static_cast<size_t>(cols));
+  std::mt19937 rng(seed);
   for (int64_t r = 0; r < rows; ++r) {
-    quantize_row(file, f.data() + r * cols, w.bytes.data() + r * rb, cols);
+    if (random_blocks) {
+      random_iq4_blocks(file, w.bytes.data() + r * rb, cols, rng);
+    } else {
+      quantize_row(file, f.data() + r * cols, w.bytes.data() + r * rb, cols);
+    }
     dequantize_row(file, w.bytes.data() + r * rb, tmp.data(), cols);
     w.deq.insert(w.deq.end(), tmp.begin(), tmp.end());
   }
@@ -196,6 +217,28 @@ std::vector<double> quant_bound(DType t, const Weights& w, const std::vector<flo
   return bound;
 }
 
+// y = W x with x rounded to Q8_0 (quantize_row), in float64: sum over blocks of d_x * (decoded w . q_x).
+// The reference for the weight types whose kernels read Q8_0 activations but ref::matmul computes with the
+// f32 activations (IQ4_NL, IQ4_XS: their decoded weights d * (s - 32) * v are exact in f32).
+std::vector<float> q8_activation_reference(const Weights& w, const std::vector<float>& x, int64_t n,
+                                           int64_t ldy) {
+  const int64_t rows = w.view.rows(), cols = w.view.cols(), nb = cols / kQK8_0;
+  std::vector<BlockQ8_0> xq(static_cast<size_t>(n * nb));  // [n, nb]
+  for (int64_t t = 0; t < n; ++t) quantize_row(DType::Q8_0, x.data() + t * cols, xq.data() + t * nb, cols);
+  std::vector<float> y(static_cast<size_t>(n * ldy), 0.0f);  // [n, ldy]
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < rows; ++r) {
+      double s = 0.0;
+      for (int64_t b = 0; b < nb; ++b) {
+        double dot = 0.0;
+        for (int j = 0; j < kQK8_0; ++j) dot += w.deq[r * cols + b * kQK8_0 + j] * xq[t * nb + b].qs[j];
+        s += dot * fp16_to_f32(xq[t * nb + b].d);
+      }
+      y[t * ldy + r] = static_cast<float>(s);
+    }
+  return y;
+}
+
 const char* dname(DType t) {
   return dtype_name(t).data();
 }
@@ -221,15 +264,19 @@ class MatmulTest : public ::testing::Test {
     }
   }
 
+  bool random_blocks_ = false;  // check(): IQ4 weights from random_iq4_blocks, not the quantizer
+
   void check(DType t, int64_t rows, int64_t cols, int64_t n, int64_t ldy_pad = 0) {
     SCOPED_TRACE(std::string(dname(t)) + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
                  " n=" + std::to_string(n) + " ldy=rows+" + std::to_string(ldy_pad));
-    const Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(rows * 131 + cols * 7 + n));
+    const Weights w =
+        make_weights(t, rows, cols, static_cast<uint32_t>(rows * 131 + cols * 7 + n), random_blocks_);
     std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 17));  // [n, cols]
     if (cols >= 64) std::fill(x.begin(), x.begin() + 32, 0.0f);             // an all-zero block: d = 0
     const int64_t ldy = rows + ldy_pad;
     std::vector<float> ref(static_cast<size_t>(n * ldy), 0.0f);  // [n, ldy]
     ref::matmul(w.view, x.data(), n, ref.data(), ldy);
+    if (t == DType::IQ4_NL || t == DType::IQ4_XS) ref = q8_activation_reference(w, x, n, ldy);
 
     // Float64 of the decoded weights with the f32 activations.
     std::vector<float> y64(static_cast<size_t>(n * ldy), 0.0f);  // [n, ldy]
@@ -333,6 +380,25 @@ TEST_F(MatmulTest, GroupedSmallTokenCountsAndTails) {
   for (const auto& [t, all_cols] : cases)
     for (int64_t cols : all_cols)
       for (int64_t n = 1; n <= 17; ++n) check(t, 22, cols, n);
+}
+
+// IQ4_NL and IQ4_XS (x86/iq4.inc) at every token count of a serving step and a little beyond (n = 1..17:
+// decode's 4 rows in lockstep, each prefill tile width and remainder) on 21 rows (4-row decode parts plus a
+// remainder row; 2- and 4-row prefill tiles plus remainders), over whole super-blocks (256, 512 and, for a
+// few token counts, 4096 columns) and, for IQ4_NL, 1..7 blocks after the last 8 (288, 800), from the
+// quantizer and from random blocks (every nibble and scale code).
+TEST_F(MatmulTest, Iq4SmallTokenCountsAndTails) {
+  const std::pair<DType, std::vector<int64_t>> cases[] = {{DType::IQ4_NL, {256, 288, 800, 4096}},
+                                                          {DType::IQ4_XS, {256, 512, 4096}}};
+  for (bool random : {false, true}) {
+    random_blocks_ = random;
+    SCOPED_TRACE(random ? "random blocks" : "quantized");
+    for (const auto& [t, all_cols] : cases)
+      for (int64_t cols : all_cols)
+        for (int64_t n = 1; n <= 17; ++n)
+          if (cols < 4096 || n == 1 || n == 3 || n == 8 || n == 17) check(t, 21, cols, n);
+  }
+  random_blocks_ = false;
 }
 
 // The row-interleaved layouts (AVX-512's choice for Q4_0 and Q8_0) at every token count of a serving step

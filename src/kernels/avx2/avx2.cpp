@@ -9,7 +9,8 @@
 //                Repacked (Q8_0_G8): over grouped activations, one int32 lane per block (Q8G8Tile).
 //   Q4_0 x Q8_0: either layout, over grouped activations (Q4GroupRT for one token, Q4Tile for more):
 //                nibbles . x - 8 sum(x) per block.
-// The K-quants run the kernels shared with the AVX-512 file (x86/kquant.inc) in their 256-bit form.
+// The K-quants run the kernels shared with the AVX-512 file (x86/kquant.inc) in their 256-bit form, IQ4_NL
+// and IQ4_XS theirs (x86/iq4.inc) in the vpmaddubsw form.
 #include "kernels/internal.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -19,6 +20,7 @@
 #include <cmath>
 
 #include "tensor/quant.h"
+#include "tensor/quant_iq.h"
 
 namespace mixtral::kernels::detail {
 namespace {
@@ -375,6 +377,16 @@ constexpr MatmulTileFn q4_matmul =
     tiles<Q4GroupRT<Load>::template K, 4, Q4Tile<Load>::template K, kQ4TileRows, kQ4TileTokens>;
 
 // ---------------------------------------------------------------------------------------------------
+// IQ4_NL and IQ4_XS: the shared kernels (x86/iq4.inc) in their vpmaddubsw form; 4 rows in lockstep for
+// one token, else tiles of 2 rows x 3 tokens (16 vector registers).
+#define MX_IQ4_VNNI 0
+#include "kernels/x86/iq4.inc"
+#undef MX_IQ4_VNNI
+template <class Fmt>
+constexpr MatmulTileFn iq4_matmul =
+    tiles<Iq4Tile<Fmt, kPrefetchBytes>::template K, 4, Iq4Tile<Fmt, kTilePrefetchBytes>::template K, 2, 3>;
+
+// ---------------------------------------------------------------------------------------------------
 // K-quants: the shared 256-bit kernels (vpmaddwd form).
 #define MX_K_VNNI 0
 #include "kernels/x86/kquant.inc"
@@ -624,6 +636,8 @@ constexpr MatmulKernel kMatmul[] = {
     {DType::Q4_0_R16, r16_tile<DType::Q4_0_R16, q4_matmul<Q4FileGroup>>, arrange_q8, DType::Q4_0_R16},
     {DType::Q8_0_R16, r16_tile<DType::Q8_0_R16, tiles<Q8Kernel, 4, Q8Kernel, 2, 3>>, nullptr,
      DType::Q8_0_R16},
+    {DType::IQ4_NL, iq4_matmul<Iq4NlRow>, nullptr, DType::IQ4_NL},
+    {DType::IQ4_XS, iq4_matmul<Iq4XsRow>, nullptr, DType::IQ4_XS},
 };
 static_assert(lists_every_weight_type(kMatmul), "avx2 table: a weight type without its kernel");
 

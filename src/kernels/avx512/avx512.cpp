@@ -4,7 +4,8 @@
 //
 // Quantized matmul: Q4_0 and Q8_0 (either layout) in 512-bit VNNI steps over pairs of grouped activations
 // (see GroupTile), the K-quants in the kernels shared with the AVX2 file (x86/kquant.inc) in their
-// AVX512-VNNI form. vpdpbusd multiplies unsigned by signed bytes, so
+// AVX512-VNNI form, IQ4_NL and IQ4_XS likewise (x86/iq4.inc). vpdpbusd multiplies unsigned by signed
+// bytes, so
 //   Q8_0 x Q8_0: (w + 128) . x - 128 * sum(x) = w . x,
 //   Q4_0 x Q8_0: nibbles (0..15) . x - 8 * sum(x),
 // the second term subtracted per block in int32 before the conversion to f32.
@@ -34,6 +35,7 @@
 #include <cmath>
 
 #include "tensor/quant.h"
+#include "tensor/quant_iq.h"
 
 namespace mixtral::kernels::detail {
 namespace {
@@ -568,6 +570,16 @@ void r16_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t
 }
 
 // ---------------------------------------------------------------------------------------------------
+// IQ4_NL and IQ4_XS: the shared kernels (x86/iq4.inc) in their vpdpbusd form (256-bit VL vectors: one
+// block per vector); 4 rows in lockstep for one token, else tiles of 4 rows x 3 tokens (32 registers).
+#define MX_IQ4_VNNI 1
+#include "kernels/x86/iq4.inc"
+#undef MX_IQ4_VNNI
+template <class Fmt>
+constexpr MatmulTileFn iq4_matmul =
+    tiles<Iq4Tile<Fmt, kPrefetchBytes>::template K, 4, Iq4Tile<Fmt, kTilePrefetchBytes>::template K, 4, 3>;
+
+// ---------------------------------------------------------------------------------------------------
 // K-quants: the shared kernels with 512-bit decode and prefill, vpdpwssd adding the scaled pairs (one
 // instruction instead of vpmaddwd + vpaddd per vector and token).
 #define MX_K_VNNI 1
@@ -847,6 +859,8 @@ constexpr MatmulKernel kMatmul[] = {
     {DType::Q8_0_G8, group_matmul<Q8PairUnpack<Q8G8Group>, true>, arrange_q8_pairs, DType::Q8_0_G8},
     {DType::Q4_0_R16, r16_matmul<R16Q4>, nullptr, DType::Q4_0_R16},
     {DType::Q8_0_R16, r16_matmul<R16Q8>, nullptr, DType::Q8_0_R16},
+    {DType::IQ4_NL, iq4_matmul<Iq4NlRow>, nullptr, DType::IQ4_NL},
+    {DType::IQ4_XS, iq4_matmul<Iq4XsRow>, nullptr, DType::IQ4_XS},
 };
 static_assert(lists_every_weight_type(kMatmul), "avx512 table: a weight type without its kernel");
 

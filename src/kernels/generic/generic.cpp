@@ -7,6 +7,7 @@
 
 #include "kernels/internal.h"
 #include "tensor/quant.h"
+#include "tensor/quant_iq.h"
 
 namespace mixtral::kernels::detail {
 namespace {
@@ -101,6 +102,37 @@ void unpack_q4(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d)
     for (int j = 0; j < kQK4_0 / 2; ++j) {
       qs[b * kQK4_0 + j] = static_cast<int8_t>((blk[b].qs[j] & 0x0f) - 8);
       qs[b * kQK4_0 + j + kQK4_0 / 2] = static_cast<int8_t>((blk[b].qs[j] >> 4) - 8);
+    }
+  }
+}
+
+// IQ4_NL: values iq::kIq4nlValues[nibble], scale d. IQ4_XS: the same values, block (group) g of a
+// super-block scaled by d * (s_g - 32); b0 and nb are whole super-blocks (chunks are 8 blocks, rows whole
+// super-blocks).
+void unpack_iq4_nl(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d) {
+  const auto* blk = reinterpret_cast<const BlockIQ4_NL*>(src) + b0;
+  for (int64_t b = 0; b < nb; ++b) {
+    d[b] = half_to_float(blk[b].d);
+    for (int j = 0; j < kQK4_NL / 2; ++j) {
+      qs[b * kQK4_NL + j] = iq::kIq4nlValues[blk[b].qs[j] & 0x0f];
+      qs[b * kQK4_NL + j + kQK4_NL / 2] = iq::kIq4nlValues[blk[b].qs[j] >> 4];
+    }
+  }
+}
+void unpack_iq4_xs(const uint8_t* src, int64_t b0, int64_t nb, int8_t* qs, float* d) {
+  const auto* blk = reinterpret_cast<const BlockIQ4_XS*>(src) + b0 / 8;
+  for (int64_t s = 0; s < nb / 8; ++s) {
+    const float dd = half_to_float(blk[s].d);
+    for (int g = 0; g < 8; ++g) {
+      const int code =
+          ((blk[s].scales_l[g / 2] >> (4 * (g % 2))) & 0x0f) | (((blk[s].scales_h >> (2 * g)) & 3) << 4);
+      d[8 * s + g] = dd * static_cast<float>(code - 32);
+      const uint8_t* q = blk[s].qs + 16 * g;
+      int8_t* o = qs + (8 * s + g) * kQK4_NL;
+      for (int j = 0; j < 16; ++j) {
+        o[j] = iq::kIq4nlValues[q[j] & 0x0f];
+        o[j + 16] = iq::kIq4nlValues[q[j] >> 4];
+      }
     }
   }
 }
@@ -326,6 +358,8 @@ constexpr MatmulKernel kMatmul[] = {
     {DType::Q8_0_G8, quant_tile<unpack_g8<DType::Q8_0_G8, BlockQ8_0, unpack_q8>>, nullptr, DType::Q8_0_G8},
     {DType::Q4_0_R16, r16_tile<DType::Q4_0_R16, quant_tile<unpack_q4>>, nullptr, DType::Q4_0_R16},
     {DType::Q8_0_R16, r16_tile<DType::Q8_0_R16, quant_tile<unpack_q8>>, nullptr, DType::Q8_0_R16},
+    {DType::IQ4_NL, quant_tile<unpack_iq4_nl>, nullptr, DType::IQ4_NL},
+    {DType::IQ4_XS, quant_tile<unpack_iq4_xs>, nullptr, DType::IQ4_XS},
 };
 static_assert(lists_every_weight_type(kMatmul), "scalar table: a weight type without its kernel");
 
