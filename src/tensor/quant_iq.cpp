@@ -197,17 +197,31 @@ namespace {
 
 constexpr float kIq4Eps = 1e-15f;  // a block whose largest |x| is below this is stored as zeros
 
-// Index of the IQ4 value nearest to v (kIq4nlValues is ascending).
-int nearest_iq4(float v) {
-  const int8_t* k = iq::kIq4nlValues;
-  if (!(v > k[0])) return 0;  // NaN goes to 0 too
-  if (v >= k[15]) return 15;
-  int lo = 0, hi = 15;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    (v < k[mid] ? hi : lo) = mid;
+// Index of the IQ4 value nearest to v (kIq4nlValues is ascending; a tie goes to the larger value). Every
+// midpoint between two values is a multiple of 1/2, so the answer is constant on each [m/2, (m + 1)/2): a
+// table by floor(2v) answers exactly as a search would, without its unpredictable branches.
+struct Iq4Nearest {
+  uint8_t index[512];  // [floor(2v) + 256] for v in [-128, 128)
+  Iq4Nearest() {
+    const int8_t* k = iq::kIq4nlValues;
+    for (int m = -256; m < 256; ++m) {
+      const float v = 0.5f * static_cast<float>(m) + 0.25f;  // inside the interval, never a midpoint
+      int best = 0;
+      for (int i = 1; i < 16; ++i)
+        if (std::fabs(v - static_cast<float>(k[i])) < std::fabs(v - static_cast<float>(k[best]))) best = i;
+      index[m + 256] = static_cast<uint8_t>(best);
+    }
   }
-  return v - static_cast<float>(k[lo]) < static_cast<float>(k[hi]) - v ? lo : hi;
+};
+const Iq4Nearest kIq4Nearest;
+
+int nearest_iq4(float v) {
+  if (!(v > -128.0f)) return 0;  // NaN goes to 0 too
+  if (v >= 127.5f) return 15;
+  const float t = 2.0f * v;  // exact
+  int m = static_cast<int>(t);
+  if (static_cast<float>(m) > t) --m;  // floor
+  return kIq4Nearest.index[m + 256];
 }
 
 // Indices of x[0..32) at scale d (each element's nearest value of x / d); d == 0 gives index 0 everywhere.
