@@ -80,8 +80,8 @@ def check_quantizers(d):
             werr[(name, kind)] = (e2.reshape(-1, cols) * qw).sum()
     for name in ("iq4_nl", "iq4_xs"):
         ok = err[name] <= IQ4_NRMSE_BOUND and err[name] < err["q4_0"]
-        print(f"{'ok  ' if ok else 'FAIL'} {name}: nrmse on gaussians {err[name]:.4f} (bound {IQ4_NRMSE_BOUND}, "
-              f"q4_0 {err['q4_0']:.4f})")
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: nrmse on gaussians {err[name]:.4f} "
+              f"(bound {IQ4_NRMSE_BOUND}, q4_0 {err['q4_0']:.4f})")
         ratio = werr[(name, "wquant")] / werr[(name, "quant")]
         wok = ratio <= WEIGHTED_RATIO_BOUND
         print(f"{'ok  ' if wok else 'FAIL'} {name}: importance-weighted error, weighted / plain quantizer "
