@@ -227,13 +227,14 @@ inline void k_scale_min(int j, const uint8_t* q, int* sc, int* mn) {
 // Scalar reference: n elements of row `src` (encoded as t) to floats. n is a multiple of the block size.
 void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 // Scalar reference: floats to the encoding of t (every supported type).
-// F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q8_K round as GGML does; the K-quants choose sub-block scales (and mins)
-// by a weighted least-squares search.
+// F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q8_K round as GGML does; the K-quants, IQ4_NL and IQ4_XS choose
+// (sub-)block scales (and mins) by a weighted least-squares search; the grid i-quants have no quantizer yet.
 void quantize_row(DType t, const float* src, void* dst, int64_t n);
-// Whether quantize_row_weighted weighs t's rounding by importance weights (the K-quants Q2_K..Q6_K).
+// Whether quantize_row_weighted weighs t's rounding by importance weights (the K-quants Q2_K..Q6_K, IQ4_NL,
+// IQ4_XS).
 bool uses_importance(DType t);
 // quantize_row with importance weights qw [n]: each column's mean squared activation in the matmul (a row of
-// an importance matrix, imatrix_weights), by which the K-quants weigh their rounding errors. qw null, or a
+// an importance matrix, imatrix_weights), by which the K-quants and IQ4 types weigh their rounding errors. qw null, or a
 // type without uses_importance: quantize_row.
 void quantize_row_weighted(DType t, const float* src, void* dst, int64_t n, const float* qw);
 

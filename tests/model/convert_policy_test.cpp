@@ -42,7 +42,9 @@ TEST(ConvertPolicy, TypeNamesAnyCaseAndUnknown) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.error().exit_code(), 2);
   EXPECT_NE(bad.error().message.find("'Q4_K_X'"), std::string::npos);
-  EXPECT_EQ(quant_type_names().size(), 20u);
+  EXPECT_EQ(quant_type_names().size(), 22u);
+  EXPECT_EQ(target("iq4_xs").file_type, 30u);
+  EXPECT_EQ(target("IQ4_NL").file_type, 25u);
 }
 
 TEST(ConvertPolicy, RouterAndNormsAlwaysF32) {
@@ -82,6 +84,24 @@ TEST(ConvertPolicy, Q4KMOnMixtral) {
   EXPECT_EQ(policy_type(t, true, c, Role::kOutput, -1), DType::Q4_K);
 }
 
+// llama.cpp's IQ4_XS and IQ4_NL mixes (llama_tensor_get_type); ffn_down's q5_k in the first n/8 layers
+// without an imatrix is quantize_gguf's, not the policy's.
+TEST(ConvertPolicy, IQ4MixesOnMixtralAndMistral) {
+  for (const char* name : {"IQ4_XS", "IQ4_NL"}) {
+    const Target t = target(name);
+    const ModelConfig moe = mixtral_8x7b(), dense = mistral_7b();
+    EXPECT_EQ(policy_type(t, false, moe, Role::kOutput, -1), DType::Q6_K) << name;
+    EXPECT_EQ(policy_type(t, false, moe, Role::kTokenEmbd, -1), t.base) << name;
+    EXPECT_EQ(policy_type(t, false, moe, Role::kAttnK, 5), DType::Q8_0) << name;
+    EXPECT_EQ(policy_type(t, false, moe, Role::kAttnV, 5), DType::Q8_0) << name;
+    EXPECT_EQ(policy_type(t, false, moe, Role::kAttnOutput, 5), DType::Q5_K) << name;
+    EXPECT_EQ(policy_type(t, false, moe, Role::kFfnDown, 5), t.base) << name;
+    EXPECT_EQ(policy_type(t, false, dense, Role::kAttnV, 5), DType::Q5_K) << name;  // 32 heads, 8 kv heads
+    EXPECT_EQ(policy_type(t, false, dense, Role::kAttnOutput, 5), t.base) << name;
+    EXPECT_EQ(policy_type(t, true, moe, Role::kAttnOutput, 5), t.base) << name;
+  }
+}
+
 TEST(ConvertPolicy, DenseAttnV) {
   const ModelConfig c = mistral_7b();
   EXPECT_EQ(policy_type(target("Q4_K_M"), false, c, Role::kAttnV, 0), DType::Q6_K);
@@ -103,6 +123,8 @@ TEST(ConvertPolicy, RowFallback) {
   EXPECT_EQ(row_fallback(DType::Q6_K, 48), DType::F16);
   EXPECT_EQ(row_fallback(DType::Q8_0, 48), DType::F16);
   EXPECT_EQ(row_fallback(DType::F32, 7), DType::F32);
+  EXPECT_EQ(row_fallback(DType::IQ4_XS, 288), DType::IQ4_NL);
+  EXPECT_EQ(row_fallback(DType::IQ4_XS, 48), DType::F16);
 }
 
 }  // namespace
