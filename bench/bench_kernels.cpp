@@ -199,24 +199,31 @@ constexpr int64_t kQ8 = static_cast<int64_t>(DType::Q8_0), kQ4 = static_cast<int
                   kQ6K = static_cast<int64_t>(DType::Q6_K), kQ4G8 = static_cast<int64_t>(DType::Q4_0_G8),
                   kQ8G8 = static_cast<int64_t>(DType::Q8_0_G8),
                   kQ4R16 = static_cast<int64_t>(DType::Q4_0_R16),
-                  kQ8R16 = static_cast<int64_t>(DType::Q8_0_R16);
+                  kQ8R16 = static_cast<int64_t>(DType::Q8_0_R16),
+                  kIQ4NL = static_cast<int64_t>(DType::IQ4_NL), kIQ4XS = static_cast<int64_t>(DType::IQ4_XS);
 
 BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 BENCHMARK(BM_MatmulDecode)
     ->ArgNames({"dtype", "rows", "cols", "threads"})
-    ->ArgsProduct(
-        {{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {14336}, {4096}, {1, 2}})
-    ->ArgsProduct(
-        {{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {4096}, {14336}, {1, 2}})
+    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16, kIQ4NL, kIQ4XS},
+                   {14336},
+                   {4096},
+                   {1, 2}})
+    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16, kIQ4NL, kIQ4XS},
+                   {4096},
+                   {14336},
+                   {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 // The same kernels on 256 x 4096 weights that stay in L2: bytes/s above the read bandwidth say a kernel
 // can keep up with memory, and by how much.
 BENCHMARK(BM_MatmulDecodeHot)
     ->ArgNames({"dtype", "rows", "cols", "threads"})
-    ->ArgsProduct(
-        {{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16}, {256}, {4096}, {1}})
+    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16, kIQ4NL, kIQ4XS},
+                   {256},
+                   {4096},
+                   {1}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
@@ -230,7 +237,7 @@ BENCHMARK(BM_SwigluDecode)
 BENCHMARK(BM_MatmulPrefill)
     ->Name("BM_MatmulSmallBatch")
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16},
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kIQ4NL, kIQ4XS},
                    {14336},
                    {4096},
                    {1, 2, 3, 4, 5, 6, 8, 12, 16},
@@ -239,11 +246,19 @@ BENCHMARK(BM_MatmulPrefill)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatmulHot)
     ->ArgNames({"dtype", "rows", "cols", "n"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16}, {512}, {4096}, {2, 3, 4, 6, 8, 12, 64}})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kQ6K}, {256, 2048}, {4096}, {1}});
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kIQ4NL, kIQ4XS},
+                   {512},
+                   {4096},
+                   {2, 3, 4, 6, 8, 12, 64}})
+    ->ArgsProduct(
+        {{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kQ6K, kIQ4NL, kIQ4XS}, {256, 2048}, {4096}, {1}});
 BENCHMARK(BM_MatmulPrefill)
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ6K}, {14336}, {4096}, {64, 512}, {1, 2}})
+    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ6K, kIQ4NL, kIQ4XS},
+                   {14336},
+                   {4096},
+                   {64, 512},
+                   {1, 2}})
     ->ArgsProduct(
         {{kQ4G8, kQ4R16, kQ4K, kQ6K}, {4096}, {14336}, {128}, {1, 2}})  // an expert's W2, its tokens
     ->UseRealTime()
