@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -47,7 +48,9 @@ const detail::KernelTable* table_of(Isa isa) {
       return detail::avx2_table();
     case Isa::kAvx512:
 #if defined(MX_TEST_AVX512_EMULATED)
-      if (detect_isa() != Isa::kAvx512) return detail::avx512_emulated_table();
+      // MX_TEST_EMULATED=1: the emulated table on an AVX-512 machine too (checks the SIMDe build's results).
+      if (const char* e = std::getenv("MX_TEST_EMULATED"); detect_isa() != Isa::kAvx512 || (e && *e == '1'))
+        return detail::avx512_emulated_table();
 #endif
       return detail::avx512_table();
   }
@@ -83,7 +86,8 @@ detail::Activations reads(DType t) {
 // Dispatches the public ops to `isa`'s kernels.
 void use_isa(Isa isa) {
   set_isa(isa);
-  if (active_isa() != isa) detail::set_table_for_testing(isa, table_of(isa));
+  if (active_isa() != isa || table_of(isa) != &detail::active_table())
+    detail::set_table_for_testing(isa, table_of(isa));
 }
 
 // Restores the best ISA when a test ends.
