@@ -570,8 +570,8 @@ void r16_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t
 }
 
 // ---------------------------------------------------------------------------------------------------
-// IQ4_NL and IQ4_XS: the shared kernels (x86/iq4.inc) in their vpdpbusd form (256-bit VL vectors: one
-// block per vector); 4 rows in lockstep for one token, else tiles of 4 rows x 3 tokens (32 registers).
+// IQ4_NL and IQ4_XS: the shared kernels (x86/iq4.inc) in their vpdpbusd form (512-bit vectors: two blocks
+// per vector); 4 rows in lockstep for one token, else tiles of 4 rows x 3 tokens (32 registers).
 #define MX_IQ4_VNNI 1
 #include "kernels/x86/iq4.inc"
 #undef MX_IQ4_VNNI
