@@ -234,8 +234,8 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n);
 // IQ4_XS).
 bool uses_importance(DType t);
 // quantize_row with importance weights qw [n]: each column's mean squared activation in the matmul (a row of
-// an importance matrix, imatrix_weights), by which the K-quants and IQ4 types weigh their rounding errors. qw null, or a
-// type without uses_importance: quantize_row.
+// an importance matrix, imatrix_weights), by which the K-quants and IQ4 types weigh their rounding errors. qw
+// null, or a type without uses_importance: quantize_row.
 void quantize_row_weighted(DType t, const float* src, void* dst, int64_t n, const float* qw);
 
 }  // namespace mixtral

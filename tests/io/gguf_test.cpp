@@ -520,12 +520,12 @@ TEST(GgufReader, BlockTypesCheckRowsAndDataSize) {
     const char* name;
     uint64_t block, bytes;
   };
-  for (const T& t : {T{3, "q4_1", 32, 20}, T{6, "q5_0", 32, 22}, T{7, "q5_1", 32, 24}, T{10, "q2_k", 256, 84},
-                     T{11, "q3_k", 256, 110}, T{12, "q4_k", 256, 144}, T{13, "q5_k", 256, 176},
-                     T{14, "q6_k", 256, 210}, T{15, "q8_k", 256, 292}, T{16, "iq2_xxs", 256, 66},
-                     T{17, "iq2_xs", 256, 74}, T{18, "iq3_xxs", 256, 98}, T{19, "iq1_s", 256, 50},
-                     T{20, "iq4_nl", 32, 18}, T{21, "iq3_s", 256, 110}, T{22, "iq2_s", 256, 82},
-                     T{23, "iq4_xs", 256, 136}, T{29, "iq1_m", 256, 56}}) {
+  for (const T& t :
+       {T{3, "q4_1", 32, 20}, T{6, "q5_0", 32, 22}, T{7, "q5_1", 32, 24}, T{10, "q2_k", 256, 84},
+        T{11, "q3_k", 256, 110}, T{12, "q4_k", 256, 144}, T{13, "q5_k", 256, 176}, T{14, "q6_k", 256, 210},
+        T{15, "q8_k", 256, 292}, T{16, "iq2_xxs", 256, 66}, T{17, "iq2_xs", 256, 74},
+        T{18, "iq3_xxs", 256, 98}, T{19, "iq1_s", 256, 50}, T{20, "iq4_nl", 32, 18}, T{21, "iq3_s", 256, 110},
+        T{22, "iq2_s", 256, 82}, T{23, "iq4_xs", 256, 136}, T{29, "iq1_m", 256, 56}}) {
     const uint64_t row = 2 * t.block, rows = 3, need = rows * row / t.block * t.bytes;
     EXPECT_TRUE(
         FailsWith(parse(one_tensor("blk.1.ffn_up.weight", {row - t.block / 2, rows}, t.id, 0, 4096)),
