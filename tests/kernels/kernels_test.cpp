@@ -270,6 +270,26 @@ class MatmulTest : public ::testing::Test {
 
   bool random_blocks_ = false;  // check(): IQ4 weights from random_iq4_blocks, not the quantizer
 
+  // A repacked view `packed` of the file-layout weights `file` against them, x: [n, cols]: ref bit for bit,
+  // and every table whose kernel for the repacked layout reads the activations in the order of its kernel
+  // for the file type (the other tables' repacked kernels are checked by check()).
+  void expect_as_file(const TensorView& file, const TensorView& packed, const std::vector<float>& x,
+                      int64_t n, int64_t ldy) {
+    std::vector<float> want(static_cast<size_t>(n * ldy), 0.0f), got(want);  // [n, ldy]
+    ref::matmul(file, x.data(), n, want.data(), ldy);
+    ref::matmul(packed, x.data(), n, got.data(), ldy);
+    ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float))) << "ref";
+    for (Isa isa : supported_isas()) {
+      const detail::KernelTable* k = table_of(isa);
+      if (kernel_of(*k, file.dtype).arrange != kernel_of(*k, packed.dtype).arrange) continue;
+      use_isa(isa);
+      SCOPED_TRACE(isa_name(isa));
+      matmul(file, x.data(), n, want.data(), ldy, pool2_);
+      matmul(packed, x.data(), n, got.data(), ldy, pool2_);
+      ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
+    }
+  }
+
   void check(DType t, int64_t rows, int64_t cols, int64_t n, int64_t ldy_pad = 0) {
     SCOPED_TRACE(std::string(dname(t)) + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
                  " n=" + std::to_string(n) + " ldy=rows+" + std::to_string(ldy_pad));
@@ -566,20 +586,7 @@ TEST_F(MatmulTest, RepackedLayoutsMatchTheFileLayouts) {
         TensorView v = q.view;
         v.dtype = packed;
         v.data = g8.data();
-        const std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n * 3 + 1));  // [n, cols]
-        std::vector<float> want(static_cast<size_t>(n * ldy), 0.0f), got(want);          // [n, ldy]
-        ref::matmul(q.view, x.data(), n, want.data(), ldy);
-        ref::matmul(v, x.data(), n, got.data(), ldy);
-        ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float))) << "ref";
-        for (Isa isa : supported_isas()) {
-          const detail::KernelTable* k = table_of(isa);
-          if (kernel_of(*k, file).arrange != kernel_of(*k, packed).arrange) continue;  // checked by check()
-          use_isa(isa);
-          SCOPED_TRACE(isa_name(isa));
-          matmul(q.view, x.data(), n, want.data(), ldy, pool2_);
-          matmul(v, x.data(), n, got.data(), ldy, pool2_);
-          ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
-        }
+        expect_as_file(q.view, v, randn(n * cols, static_cast<uint32_t>(n * 3 + 1)), n, ldy);
       }
 }
 
@@ -614,22 +621,8 @@ TEST_F(MatmulTest, RowInterleavedLayoutsMatchTheFileLayouts) {
     TensorView v = q.view;
     v.dtype = packed;
     v.data = r16.data();
-    for (int64_t n : {1, 3, 9}) {
-      const std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 40));  // [n, cols]
-      std::vector<float> want(static_cast<size_t>(n * ldy)), got(want);             // [n, ldy]
-      ref::matmul(q.view, x.data(), n, want.data(), ldy);
-      ref::matmul(v, x.data(), n, got.data(), ldy);
-      ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float))) << "ref";
-      for (Isa isa : supported_isas()) {
-        const detail::KernelTable* k = table_of(isa);
-        if (kernel_of(*k, file).arrange != kernel_of(*k, packed).arrange) continue;  // checked by check()
-        use_isa(isa);
-        SCOPED_TRACE(isa_name(isa));
-        matmul(q.view, x.data(), n, want.data(), ldy, pool2_);
-        matmul(v, x.data(), n, got.data(), ldy, pool2_);
-        ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
-      }
-    }
+    for (int64_t n : {1, 3, 9})
+      expect_as_file(q.view, v, randn(n * cols, static_cast<uint32_t>(n + 40)), n, ldy);
   }
 }
 

@@ -25,20 +25,15 @@ import struct
 import subprocess
 import sys
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import test_fidelity as fid  # noqa: E402  (shapes, runner, bounds)
-from test_fidelity import check, reference, rel_err  # noqa: E402
+from test_fidelity import check, reference  # noqa: E402
+from test_iquants import check_logits  # noqa: E402  (engine vs reference and llama.cpp, the same bounds)
 
-# Relative to max|logit|, every position. Measured: engine vs llama.cpp 0.0133 (iq4_xs), 0.0129 (iq4_xs
-# --imatrix), 8e-7 .. 1.6e-6 (iq4_nl: both quantize the activations to Q8_0 alike); vs reference 0.011 each.
-# Engine vs llama.cpp: llama.cpp quantizes the activations (Q8_K
-# for iq4_xs, Q8_0 for iq4_nl), the engine's kernels may not; the K-quant bound of test_fidelity.py and
-# test_iquants.py. Engine vs reference: test_iquants.py's bound for quantized weights.
-TOL_VS_LLAMACPP = 3e-2
-TOL_VS_REFERENCE = 2.5e-2
+# Bounds (test_iquants.check_logits, relative to max|logit|, every position). Measured: engine vs llama.cpp
+# 0.0133 (iq4_xs), 0.0129 (iq4_xs --imatrix), 8e-7 .. 1.6e-6 (iq4_nl: both quantize the activations to Q8_0
+# alike); vs reference 0.011 each.
 TEXT = ("In the beginning was the Word, and the Word was with God, and the Word was God. The same was in the "
         "beginning with God. All things were made by him; and without him was not any thing made that was "
         "made. In him was life; and the life was the light of men. And the light shineth in darkness; and "
@@ -124,18 +119,7 @@ def main():
             wrong = {n: t for n, t in types.items() if t != want_type(n, base)}
             check(not wrong, f"{label}: tensor types as llama.cpp's {tn} mix ({len(types)} tensors; "
                              f"wrong: {wrong})")
-            ref, _ = r.ref(path).forward(prompt)
-            ours = r.score(path, prompt)
-            err = rel_err(ours, ref, ref)
-            check(err <= TOL_VS_REFERENCE, f"{label}: engine vs reference max error {err:.3g} "
-                                           f"(bound {TOL_VS_REFERENCE:g}, max|logit| {np.abs(ref).max():.3f})")
-            lc = r.llamacpp(path, prompt)
-            check(lc.shape == ref.shape, f"{label}: llama.cpp logits shape {lc.shape}")
-            if lc.shape == ref.shape:
-                print(f"info {label}: llama.cpp vs reference max error {rel_err(lc, ref, ref):.3g}")
-                err = rel_err(ours, lc, ref)
-                check(err <= TOL_VS_LLAMACPP, f"{label}: engine vs llama.cpp max error {err:.3g} "
-                                              f"(bound {TOL_VS_LLAMACPP:g}, every position, dense routing)")
+            check_logits(r, label, path, prompt)  # dense routing: every position compared
             r.forget_models()
         plain, weighted = (open(files[k], "rb").read() for k in ("iq4_xs", "iq4_xs-imatrix"))
         check(len(plain) == len(weighted) and plain != weighted,

@@ -140,6 +140,24 @@ def rewrite_gguf(src, dst, ggml_type, seed, which=is_matrix):
             f.write(b)
 
 
+def check_logits(r, label, path, prompt):
+    """The engine's logits of `prompt` on the file at `path` against the float64 reference and llama.cpp
+    (every position; the file routes densely or has clear margins). Returns (ours, reference)."""
+    ref, _ = r.ref(path).forward(prompt)
+    ours = r.score(path, prompt)
+    err = rel_err(ours, ref, ref)
+    check(err <= TOL_VS_REFERENCE, f"{label}: engine vs reference max error {err:.3g} "
+                                   f"(bound {TOL_VS_REFERENCE:g}, max|logit| {np.abs(ref).max():.3f})")
+    lc = r.llamacpp(path, prompt)
+    check(lc.shape == ref.shape, f"{label}: llama.cpp logits shape {lc.shape}")
+    if lc.shape == ref.shape:
+        print(f"info {label}: llama.cpp vs reference max error {rel_err(lc, ref, ref):.3g}")
+        err = rel_err(ours, lc, ref)
+        check(err <= TOL_VS_LLAMACPP, f"{label}: engine vs llama.cpp max error {err:.3g} "
+                                      f"(bound {TOL_VS_LLAMACPP:g}, every position)")
+    return ours, ref
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mixtral", required=True)
@@ -164,21 +182,10 @@ def main():
                 paths[layout] = os.path.join(a.workdir, f"{layout}-{tn}.gguf")
                 rewrite_gguf(fid.model_path(a.workdir, layout, "f32"), paths[layout], t, zlib.crc32(tn.encode()))
             merged = paths["gguf-merged"]
-            ref, _ = r.ref(merged).forward(prompt)
-            ours = r.score(merged, prompt)
-            err = rel_err(ours, ref, ref)
-            check(err <= TOL_VS_REFERENCE, f"gguf-merged-{tn}: engine vs reference max error {err:.3g} "
-                                           f"(bound {TOL_VS_REFERENCE:g}, max|logit| {np.abs(ref).max():.3f})")
+            ours, ref = check_logits(r, f"gguf-merged-{tn}", merged, prompt)
             lerr = rel_err(r.score(paths["gguf-legacy"], prompt), ours, ref)
             check(lerr <= TOL_LAYOUTS, f"gguf-legacy-{tn}: engine, per-expert vs merged file {lerr:.3g} "
                                        f"(bound {TOL_LAYOUTS:g})")
-            lc = r.llamacpp(merged, prompt)
-            check(lc.shape == ref.shape, f"gguf-merged-{tn}: llama.cpp logits shape {lc.shape}")
-            if lc.shape == ref.shape:
-                print(f"info gguf-merged-{tn}: llama.cpp vs reference max error {rel_err(lc, ref, ref):.3g}")
-                err = rel_err(ours, lc, ref)
-                check(err <= TOL_VS_LLAMACPP, f"gguf-merged-{tn}: engine vs llama.cpp max error {err:.3g} "
-                                              f"(bound {TOL_VS_LLAMACPP:g})")
             embd = os.path.join(a.workdir, f"gguf-merged-embd-{tn}.gguf")
             rewrite_gguf(fid.model_path(a.workdir, "gguf-merged", "f32"), embd, t, zlib.crc32(tn.encode()),
                          is_embedding)
