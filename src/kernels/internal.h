@@ -125,6 +125,10 @@ consteval bool lists_every_weight_type(const MatmulKernel (&k)[N]) {
   return true;
 }
 
+// Tokens an R16 kernel (AVX-512) takes in one pass over the weights: fewer read each row once, so the
+// dispatcher need not cut their rows into L2-sized chunks.
+constexpr int kR16TileTokens = 8;
+
 // A MatmulTileFn body for an R16 weight (Q4_0_R16, Q8_0_R16) on a table without kernels for the layout
 // (a model repacked for AVX-512, then run on another table): each row unpacked back to the file type and
 // computed by file_tile, the table's kernel for it, which reads the activations as that kernel's entry

@@ -477,7 +477,7 @@ struct R16Q8 {  // values + 128, stored so
 #ifndef MX_R16_GROUPS
 #define MX_R16_GROUPS 2
 #endif
-constexpr int kR16Tokens = 8;  // tokens per tile at most
+constexpr int kR16Tokens = kR16TileTokens;  // tokens per tile at most (internal.h)
 constexpr int r16_groups(int t) {
   return t == 1 ? MX_R16_DECODE_GROUPS : t == 2 ? MX_R16_PAIR_GROUPS : MX_R16_GROUPS;
 }
