@@ -134,6 +134,15 @@ def check(ok, what):
         FAILURES.append(what)
 
 
+def summary():
+    """Prints the failed checks (or "all passed"); the exit status: 1 if any check failed."""
+    if FAILURES:
+        print(f"\n{len(FAILURES)} failure(s):\n  " + "\n  ".join(FAILURES))
+        return 1
+    print("all passed")
+    return 0
+
+
 def rel_err(a, b, ref):
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max() / np.abs(ref).max())
 
@@ -419,11 +428,7 @@ def main():
         check(False, str(e))
     finally:
         shutil.rmtree(r.tmp, ignore_errors=True)
-    if FAILURES:
-        print(f"\n{len(FAILURES)} failure(s):\n  " + "\n  ".join(FAILURES))
-        return 1
-    print("all passed")
-    return 0
+    return summary()
 
 
 if __name__ == "__main__":

@@ -210,11 +210,7 @@ def main():
         check(False, str(e))
     finally:
         shutil.rmtree(r.tmp, ignore_errors=True)
-    if fid.FAILURES:
-        print(f"\n{len(fid.FAILURES)} failure(s):\n  " + "\n  ".join(fid.FAILURES))
-        return 1
-    print("all passed")
-    return 0
+    return fid.summary()
 
 
 def check_bad_blocks(r, a, tn):
