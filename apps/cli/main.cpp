@@ -16,11 +16,14 @@
 #include "analysis_cmds.h"
 #include "cli_util.h"
 #include "convert_cmds.h"
+#include "core/dist.h"
+#include "engine/core.h"
 #include "grammar/grammar.h"
 #include "grammar/json_schema.h"
 #include "imatrix_cmd.h"
 #include "mixtral/engine.h"
 #include "mixtral/tokenizer.h"
+#include "runtime/follow.h"
 #include "server.h"
 #include "tokenizer_cmds.h"
 
@@ -403,9 +406,7 @@ int cmd_bench(const ModelArgs& ma, mixtral::Engine::BenchOptions bo, bool json, 
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run_command(int argc, char** argv) {
   CLI::App app{"mixtral.cpp: fast, exact inference for Mixtral mixture-of-experts models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "mixtral 0.1.0");
@@ -564,4 +565,24 @@ int main(int argc, char** argv) {
     return 0;
   }
   return 2;
+}
+
+}  // namespace
+
+// Under mpirun (expert parallelism) rank 0 runs the command and the other ranks follow its forward steps
+// (engine/core.h follower_main); a plain process is rank 0 of 1.
+int main(int argc, char** argv) {
+  if (Status st = mixtral::dist::init(&argc, &argv); !st) {
+    std::fprintf(stderr, "mixtral: %s\n", st.error().message.c_str());
+    return st.error().exit_code();
+  }
+  int rc = 0;
+  if (mixtral::dist::rank() == 0) {
+    rc = run_command(argc, argv);
+    mixtral::follow::send(mixtral::follow::Kind::kEnd, {});
+  } else {
+    rc = mixtral::follower_main();
+  }
+  mixtral::dist::finalize();
+  return rc;
 }

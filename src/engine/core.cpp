@@ -1,17 +1,20 @@
 #include "engine/core.h"
 
+#include <algorithm>
 #include <cmath>
 #include <thread>
 
+#include "core/dist.h"
 #include "kernels/paged_attention.h"
 #include "mixtral/tokenizer.h"
+#include "runtime/follow.h"
 
 namespace mixtral {
 
 int resolve_threads(int t) {
   if (t > 0) return t;
-  const unsigned hc = std::thread::hardware_concurrency();
-  return hc == 0 ? 1 : static_cast<int>(hc);
+  const unsigned hc = std::thread::hardware_concurrency();  // this host's cores, shared by its ranks
+  return std::max(1, static_cast<int>(hc) / dist::local_size());
 }
 
 DType kv_dtype(KvCacheType t) {
@@ -26,13 +29,48 @@ DType kv_dtype(KvCacheType t) {
   return DType::F32;
 }
 
+Result<std::unique_ptr<Model>> load_for_rank(const std::string& path, bool repack) {
+  LoadOptions lo;
+  lo.repack = repack;
+  lo.rank = dist::rank();
+  lo.n_ranks = dist::size();
+  auto m = load_model(path, lo);
+  const Status all = dist::agree(m.ok() ? Status() : Status(m.error()));
+  if (!all) return all.error();
+  return m;
+}
+
+int follower_main() {
+  follow::Words body;
+  follow::Kind kind = follow::receive(body);
+  while (kind == follow::Kind::kLoad) {
+    size_t at = 2;
+    const bool repack = body.at(0) != 0;
+    const int threads = resolve_threads(body.at(1));
+    const std::string path = follow::get_string(body, at);
+    auto m = load_for_rank(path, repack);
+    if (!m) {  // rank 0 reports it
+      kind = follow::receive(body);
+      continue;
+    }
+    ThreadPool pool(threads);
+    kind = follow::follow_steps(**m, pool, body);
+  }
+  MX_CHECK(kind == follow::Kind::kEnd, "follower: unexpected message %d", static_cast<int>(kind));
+  return 0;
+}
+
 Result<std::unique_ptr<EngineCore>> EngineCore::load(const CoreOptions& opts) {
   if (opts.threads < 0) return Error::usage("--threads must be positive");
   if (opts.ctx_size < 0) return Error::usage("--ctx-size must be positive");
   auto core = std::make_unique<EngineCore>();
-  LoadOptions lo;
-  lo.repack = opts.repack;
-  MX_ASSIGN_OR_RETURN(core->model, load_model(opts.model_path, lo));
+  core->threads = resolve_threads(opts.threads);
+  // Under mpirun the other ranks load the same path with the same options (follower_main), each keeping
+  // its own experts; then every rank's outcome is gathered, so a rank that cannot load stops all of them.
+  follow::Words load_msg{opts.repack ? 1 : 0, opts.threads};
+  follow::put_string(load_msg, opts.model_path);
+  follow::send(follow::Kind::kLoad, load_msg);
+  MX_ASSIGN_OR_RETURN(core->model, load_for_rank(opts.model_path, opts.repack));
   const ModelConfig& c = core->model->config;
   if (opts.cache_type == KvCacheType::kQ8_0 && c.head_dim % 32 != 0)
     return Error::usage("--cache-type q8_0 needs a head dimension divisible by 32; this model's is " +
@@ -41,7 +79,6 @@ Result<std::unique_ptr<EngineCore>> EngineCore::load(const CoreOptions& opts) {
   core->kv_type = kv_dtype(opts.cache_type);
   core->ctx =
       opts.ctx_size > 0 ? opts.ctx_size : (c.max_seq_len > 0 ? std::min<int64_t>(c.max_seq_len, 4096) : 4096);
-  core->threads = resolve_threads(opts.threads);
   core->pool = std::make_unique<ThreadPool>(core->threads);
   // BOS and EOS as the model's tokenizer defines them; without a tokenizer, Mistral's ids.
   if (auto tok = Tokenizer::load(opts.model_path); tok.ok()) {

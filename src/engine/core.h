@@ -48,7 +48,13 @@ struct EngineCore {
   int32_t eos_with(const grammar::TokenMasker* masker) const;
 };
 
-int resolve_threads(int threads);  // 0: all cores
+int resolve_threads(int threads);  // 0: all cores (under mpirun: this host's cores / its ranks)
+// Loads a model for this rank (all of it in one process; its experts under mpirun) and gathers every rank's
+// outcome (dist::agree): a failure on any rank is an error on all, naming that rank and its host.
+Result<std::unique_ptr<Model>> load_for_rank(const std::string& path, bool repack);
+// Under mpirun, what ranks other than 0 run instead of the command: they load what rank 0 loads and follow
+// its forward steps (runtime/follow.h) until rank 0 ends. Returns the exit code.
+int follower_main();
 DType kv_dtype(KvCacheType t);
 
 // Sampling settings as the CLI takes them: an out-of-range value is a usage error naming its flag

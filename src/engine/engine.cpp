@@ -284,14 +284,18 @@ double Engine::bytes_per_token() const {
 namespace {
 // The weights one decode step reads (bytes_per_token's count): attention and output whole, and the first
 // top-k experts of each layer, which stand for whichever the router picks (all lie in the same memory).
+// Under mpirun: the first top-k of this rank's experts (fewer when it holds fewer).
 std::vector<ReadRegion> token_regions(const Model& m) {
   std::vector<ReadRegion> out;
   auto add = [&](const TensorView& v) { out.push_back({v.data, v.nbytes()}); };
   for (const LayerWeights& L : m.layers) {
     for (const TensorView* v : {&L.wq, &L.wk, &L.wv, &L.wo}) add(*v);
-    const size_t k = std::min(L.w1.size(), static_cast<size_t>(m.config.n_experts_used));
-    for (size_t e = 0; e < k; ++e)
+    int64_t taken = 0;
+    for (size_t e = 0; e < L.w1.size() && taken < m.config.n_experts_used; ++e) {
+      if (!L.w1[e].data) continue;  // another rank's
       for (const auto* experts : {&L.w1, &L.w3, &L.w2}) add((*experts)[e]);
+      ++taken;
+    }
   }
   add(m.output);
   return out;

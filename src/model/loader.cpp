@@ -534,7 +534,8 @@ Status place_weights(const GgufFile& g, size_t limit, Model& m) {
   for (LayerWeights& L : m.layers) {
     for (TensorView* v : {&L.wq, &L.wk, &L.wv, &L.wo}) all.push_back(v);
     for (auto* experts : {&L.w1, &L.w3, &L.w2})
-      for (TensorView& v : *experts) all.push_back(&v);
+      for (TensorView& v : *experts)
+        if (v.data) all.push_back(&v);  // another rank's experts have none
   }
   if (m.output.data != m.tok_embd.data) all.push_back(&m.output);
   constexpr size_t kAlign = 64;
@@ -582,6 +583,32 @@ Status place_weights(const GgufFile& g, size_t limit, Model& m) {
   return {};
 }
 
+// Places every expert on its rank (expert_rank) and drops the views of the other ranks' experts, so that
+// nothing in this process reads them: their pages are never mapped in.
+Status assign_experts(const LoadOptions& opts, Model& m) {
+  const ModelConfig& c = m.config;
+  if (opts.n_ranks < 1 || opts.rank < 0 || opts.rank >= opts.n_ranks)
+    return Error::usage("rank " + std::to_string(opts.rank) + " of " + std::to_string(opts.n_ranks));
+  if (opts.n_ranks > c.n_experts)
+    return Error::usage(m.path + ": " + std::to_string(opts.n_ranks) + " ranks for " +
+                        std::to_string(c.n_experts) +
+                        " experts per layer: run at most one rank per expert (mpirun -np " +
+                        std::to_string(c.n_experts) + ")");
+  m.rank = opts.rank;
+  m.n_ranks = opts.n_ranks;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    LayerWeights& L = m.layers[static_cast<size_t>(l)];
+    L.expert_rank.resize(static_cast<size_t>(c.n_experts));
+    for (int64_t e = 0; e < c.n_experts; ++e) {
+      const int32_t r = expert_rank(l, e, c.n_experts, opts.n_ranks);
+      L.expert_rank[static_cast<size_t>(e)] = r;
+      if (r == opts.rank) continue;
+      for (auto* w : {&L.w1, &L.w3, &L.w2}) (*w)[static_cast<size_t>(e)].data = nullptr;
+    }
+  }
+  return {};
+}
+
 Result<std::unique_ptr<Model>> load_gguf(const std::string& path, const LoadOptions& opts) {
   MX_ASSIGN_OR_RETURN(GgufFile g, GgufFile::open(path));
   auto gguf = std::make_shared<GgufFile>(std::move(g));
@@ -597,6 +624,7 @@ Result<std::unique_ptr<Model>> load_gguf(const std::string& path, const LoadOpti
     return Error::data(path + ": holds both merged (*_exps) and per-expert expert tensors");
   m->layout = src.legacy() ? Layout::kGgufLegacy : Layout::kGgufMerged;
   MX_TRY_STATUS(build_weights(src, Family::kGguf, *m));
+  MX_TRY_STATUS(assign_experts(opts, *m));
   if (opts.repack) MX_TRY_STATUS(place_weights(*gguf, opts.place_limit, *m));
   MX_ASSIGN_OR_RETURN(auto tokens, gguf->get_string_array("tokenizer.ggml.tokens"));
   if (tokens) m->vocab = std::move(*tokens);
@@ -658,7 +686,7 @@ Result<std::vector<std::string>> safetensors_files(const fs::path& dir, const ch
   return Error::data(dir.string() + ": no " + single + " (or shards) found");
 }
 
-Result<std::unique_ptr<Model>> load_dir(const fs::path& dir, Family family) {
+Result<std::unique_ptr<Model>> load_dir(const fs::path& dir, Family family, const LoadOptions& opts) {
   auto m = std::make_unique<Model>();
   m->path = dir.string();
   std::vector<std::string> files;
@@ -674,6 +702,7 @@ Result<std::unique_ptr<Model>> load_dir(const fs::path& dir, Family family) {
   SourceMap src(family);
   MX_TRY_STATUS(add_safetensors(files, src, *m));
   MX_TRY_STATUS(build_weights(src, family, *m));
+  MX_TRY_STATUS(assign_experts(opts, *m));
   return m;
 }
 
@@ -683,8 +712,8 @@ Result<std::unique_ptr<Model>> load_model(const std::string& path, const LoadOpt
   std::error_code ec;
   const fs::path p(path);
   if (fs::is_directory(p, ec)) {
-    if (fs::exists(p / "config.json")) return load_dir(p, Family::kHf);
-    if (fs::exists(p / "params.json")) return load_dir(p, Family::kConsolidated);
+    if (fs::exists(p / "config.json")) return load_dir(p, Family::kHf, opts);
+    if (fs::exists(p / "params.json")) return load_dir(p, Family::kConsolidated, opts);
     return Error::data(path + ": a directory without config.json (Hugging Face) or params.json (Mistral)");
   }
   if (!fs::exists(p, ec)) return Error::io(path + ": no such file or directory");
@@ -695,8 +724,8 @@ Result<std::unique_ptr<Model>> load_model(const std::string& path, const LoadOpt
   if (has_prefix(d, n, "PK\x03\x04") || (n >= 1 && d[0] == 0x80)) return Error(refuse_pickle(path).error());
   if (p.extension() == ".safetensors") {
     const fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
-    if (fs::exists(dir / "config.json")) return load_dir(dir, Family::kHf);
-    if (fs::exists(dir / "params.json")) return load_dir(dir, Family::kConsolidated);
+    if (fs::exists(dir / "config.json")) return load_dir(dir, Family::kHf, opts);
+    if (fs::exists(dir / "params.json")) return load_dir(dir, Family::kConsolidated, opts);
     return Error::data(path + ": a safetensors file needs config.json or params.json beside it");
   }
   return Error::data(path + ": not a model file (expected a GGUF file or a model directory)");

@@ -25,7 +25,16 @@ struct LayerWeights {
   std::vector<TensorView> w1;    // per expert [ffn_dim, dim]  (gate)
   std::vector<TensorView> w3;    // per expert [ffn_dim, dim]  (up)
   std::vector<TensorView> w2;    // per expert [dim, ffn_dim]  (down)
+  // [n_experts] the rank that computes each expert (expert_rank below). Under mpirun the views of the
+  // other ranks' experts have no data: this process never maps a page of them in.
+  std::vector<int32_t> expert_rank;
 };
+
+// Expert parallelism: which of n_ranks processes holds expert e of layer l. Round robin over (layer,
+// expert), so that with ranks that do not divide the experts the remainder moves from layer to layer.
+inline int32_t expert_rank(int64_t layer, int64_t expert, int64_t n_experts, int n_ranks) {
+  return static_cast<int32_t>((layer * n_experts + expert) % n_ranks);
+}
 
 struct TensorRecord {  // what `info` reports
   std::string name;    // as stored in the file
@@ -47,6 +56,7 @@ struct Model {
   int64_t repacked_tensors = 0;       // matmul weight views rewritten at load (LoadOptions::repack)
   int64_t huge_page_bytes = 0;        // matmul weights moved to huge pages at load (LoadOptions::repack)
   std::string weights_note;           // why the weights stayed where they are, when LoadOptions asked
+  int rank = 0, n_ranks = 1;          // LoadOptions's: this process holds the experts placed on rank
   std::vector<std::shared_ptr<const void>> keep_alive;  // the mapped files behind the views
 };
 
@@ -60,6 +70,9 @@ struct LoadOptions {
   bool repack = false;
   // The most bytes the huge-page buffer may take (0: 90% of MemAvailable at load time).
   size_t place_limit = 0;
+  // Expert parallelism (mpirun): this process is `rank` of n_ranks and keeps only the experts expert_rank
+  // places on it (n_ranks <= n_experts); every other weight is kept by every rank.
+  int rank = 0, n_ranks = 1;
 };
 
 // Loads any supported layout, recognised by content: a GGUF file, a Hugging Face directory

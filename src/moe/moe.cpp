@@ -4,6 +4,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "core/dist.h"
 #include "kernels/kernels.h"
 
 namespace mixtral {
@@ -47,13 +48,30 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
   const int64_t E = c_.n_experts, k = c_.n_experts_used, dim = c_.dim, ffn = c_.ffn_dim;
   route(w, c_, x, n, routing_, pool);
 
-  // Group (token, weight) pairs by expert: a counting sort over the n*k choices.
-  start_.assign(static_cast<size_t>(E + 1), 0);
-  for (int32_t e : routing_.experts) ++start_[static_cast<size_t>(e) + 1];
-  std::partial_sum(start_.begin(), start_.end(), start_.begin());
+  // Group (token, weight) pairs by expert: a counting sort over the n*k choices, the experts taken by rank
+  // (then index), so that each rank's experts' rows form one segment of h_ and ye_.
+  const auto rank_of = [&](int64_t e) { return n_ranks_ == 1 ? 0 : w.expert_rank[static_cast<size_t>(e)]; };
+  order_.resize(static_cast<size_t>(E));
+  std::iota(order_.begin(), order_.end(), 0);
+  if (n_ranks_ > 1)
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](int32_t a, int32_t b) { return rank_of(a) < rank_of(b); });
+  count_.assign(static_cast<size_t>(E), 0);
+  for (int32_t e : routing_.experts) ++count_[static_cast<size_t>(e)];
+  start_.resize(static_cast<size_t>(E));
+  seg_bytes_.assign(static_cast<size_t>(n_ranks_), 0);
+  seg_at_.assign(static_cast<size_t>(n_ranks_), 0);
+  int64_t at = 0;
+  for (int32_t e : order_) {
+    const auto r = static_cast<size_t>(rank_of(e));
+    if (seg_bytes_[r] == 0) seg_at_[r] = sizeof(float) * static_cast<size_t>(at * dim);
+    start_[static_cast<size_t>(e)] = at;
+    at += count_[static_cast<size_t>(e)];
+    seg_bytes_[r] += sizeof(float) * static_cast<size_t>(count_[static_cast<size_t>(e)] * dim);
+  }
   tokens_.resize(static_cast<size_t>(n * k));
   tok_w_.resize(static_cast<size_t>(n * k));
-  std::vector<int64_t> fill(start_.begin(), start_.end() - 1);
+  std::vector<int64_t> fill(start_);
   for (int64_t t = 0; t < n; ++t)
     for (int64_t j = 0; j < k; ++j) {
       const auto e = static_cast<size_t>(routing_.experts[static_cast<size_t>(t * k + j)]);
@@ -63,8 +81,9 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
 
   // The batch input's dot formats are made once and shared by every expert: an expert that takes every
   // token reads the batch input itself, the others gather their rows from it, quantized rows included (so
-  // x is quantized once per call, not once per expert). Then every chosen expert runs in one parallel
-  // region per stage (W1/W3 with SwiGLU; W2), the work split over the threads by (expert, row range).
+  // x is quantized once per call, not once per expert). Then every chosen expert of this rank runs in one
+  // parallel region per stage (W1/W3 with SwiGLU; W2), the work split over the threads by (expert, row
+  // range).
   std::memset(y, 0, sizeof(float) * static_cast<size_t>(n * dim));
   xb_.reset(x, n, dim);
   if (xe_.size() < static_cast<size_t>(E)) xe_.resize(static_cast<size_t>(E));
@@ -73,26 +92,30 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
   ye_.resize(static_cast<size_t>(n * k * dim));
   up_.clear();
   down_.clear();
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t b = start_[static_cast<size_t>(e)], m = start_[static_cast<size_t>(e) + 1] - b;
-    if (m == 0) continue;
-    const TensorView& w1 = w.w1[static_cast<size_t>(e)];
-    const TensorView& w3 = w.w3[static_cast<size_t>(e)];
+  for (int32_t ex : order_) {
+    const auto e = static_cast<size_t>(ex);
+    const int64_t b = start_[e], m = count_[e];
+    if (m == 0 || rank_of(ex) != rank_) continue;
+    const TensorView& w1 = w.w1[e];
+    const TensorView& w3 = w.w3[e];
     kernels::PreparedInput* xin = &xb_;
     if (m != n) {  // gather this expert's tokens (the whole batch is already in token order: no copy)
       xb_.prepare_for(w1, pool);
       xb_.prepare_for(w3, pool);
-      xin = &xe_[static_cast<size_t>(e)];
+      xin = &xe_[e];
       xin->gather(xb_, tokens_.data() + b, m);
     }
     up_.push_back({w1, w3, xin, h_.data() + b * ffn});
-    he_[static_cast<size_t>(e)].reset(h_.data() + b * ffn, m, ffn);
-    down_.push_back({w.w2[static_cast<size_t>(e)], &he_[static_cast<size_t>(e)], ye_.data() + b * dim, dim});
+    he_[e].reset(h_.data() + b * ffn, m, ffn);
+    down_.push_back({w.w2[e], &he_[e], ye_.data() + b * dim, dim});
   }
   kernels::matmul_swiglu_groups(up_.data(), static_cast<int64_t>(up_.size()), pool);
   kernels::matmul_groups(down_.data(), static_cast<int64_t>(down_.size()), pool);  // quantizes each h first
+  // Every rank's expert outputs to every rank: the sum below then runs on the same terms in every process.
+  if (n_ranks_ > 1) dist::allgather_in_place(ye_.data(), seg_bytes_.data(), seg_at_.data());
   for (int64_t e = 0; e < E; ++e) {  // scatter, weighted by the router, experts in index order
-    for (int64_t i = start_[static_cast<size_t>(e)]; i < start_[static_cast<size_t>(e) + 1]; ++i) {
+    const int64_t b = start_[static_cast<size_t>(e)];
+    for (int64_t i = b; i < b + count_[static_cast<size_t>(e)]; ++i) {
       const float wt = tok_w_[static_cast<size_t>(i)];
       float* yt = y + tokens_[static_cast<size_t>(i)] * dim;
       const float* src = ye_.data() + i * dim;
@@ -102,9 +125,10 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
 }
 
 void MoeLayer::observe_inputs(const float* x, int64_t layer, MatmulObserver& obs) const {
+  MX_CHECK(n_ranks_ == 1, "observe_inputs: every expert's inputs are in one process only");
   const int64_t E = c_.n_experts, dim = c_.dim, ffn = c_.ffn_dim;
   for (int64_t e = 0; e < E; ++e) {
-    const int64_t b = start_[static_cast<size_t>(e)], m = start_[static_cast<size_t>(e) + 1] - b;
+    const int64_t b = start_[static_cast<size_t>(e)], m = count_[static_cast<size_t>(e)];
     if (m == 0) continue;
     const auto ex = static_cast<int32_t>(e);
     obs.observe(layer, MatmulWeight::kW1, ex, x, tokens_.data() + b, m, dim);

@@ -40,22 +40,31 @@ void route(const LayerWeights& w, const ModelConfig& c, const float* x, int64_t 
 
 class MoeLayer {
  public:
-  explicit MoeLayer(const ModelConfig& c) : c_(c) {}
+  // Expert parallelism: this process is `rank` of n_ranks (Model::rank, n_ranks) and computes only its
+  // experts (LayerWeights::expert_rank); the ranks exchange the expert outputs before the weighted sum.
+  explicit MoeLayer(const ModelConfig& c, int rank = 0, int n_ranks = 1)
+      : c_(c), rank_(rank), n_ranks_(n_ranks) {}
   // y[t, :] = sum over chosen e of weight(t, e) * W2_e(silu(W1_e x[t]) * W3_e x[t])
   //   x: [n, dim]; y: [n, dim] (overwritten); routing is left in routing() for introspection.
+  // The sum runs in expert index order whichever rank computed each term, so y is bitwise the same as in
+  // one process. Under mpirun every rank calls forward with the same x at the same time.
   void forward(const LayerWeights& w, const float* x, int64_t n, float* y, ThreadPool& pool);
   const Routing& routing() const { return routing_; }
   // After forward(w, x, n, ...): shows obs each chosen expert's matmul inputs, experts in index order: W1
-  // and W3 its tokens' rows of x, W2 its rows of silu(W1 x) * W3 x.
+  // and W3 its tokens' rows of x, W2 its rows of silu(W1 x) * W3 x. One process only (n_ranks 1).
   void observe_inputs(const float* x, int64_t layer, MatmulObserver& obs) const;
 
  private:
   const ModelConfig& c_;
+  int rank_, n_ranks_;
   Routing routing_;
-  std::vector<int64_t> start_;   // [E + 1] expert e's entries of tokens_ are [start_[e], start_[e + 1])
-  std::vector<int32_t> tokens_;  // [n * k] token indices grouped by expert
-  std::vector<float> tok_w_;     // [n * k] matching routing weights
-  kernels::PreparedInput xb_;    // [n, dim] the batch input x and its formats, quantized once
+  std::vector<int32_t> order_;  // [E] the experts by rank, then index (0, 1, ... in one process)
+  std::vector<int64_t> count_;  // [E] entries per expert
+  std::vector<int64_t> start_;  // [E] expert e's entries of tokens_ are [start_[e], start_[e] + count_[e])
+  std::vector<size_t> seg_bytes_, seg_at_;  // [n_ranks] each rank's segment of ye_ (bytes, offset)
+  std::vector<int32_t> tokens_;             // [n * k] token indices grouped by expert, experts in order_
+  std::vector<float> tok_w_;                // [n * k] matching routing weights
+  kernels::PreparedInput xb_;               // [n, dim] the batch input x and its formats, quantized once
   std::vector<kernels::PreparedInput>
       xe_;                // [E] expert e's tokens [m_e, dim], gathered from xb_ with its formats
   std::vector<float> h_;  // [n * k, ffn] silu(W1 x) * W3 x, rows grouped by expert like tokens_

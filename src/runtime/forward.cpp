@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -5,13 +6,14 @@
 
 #include "kernels/kernels.h"
 #include "kernels/paged_attention.h"
+#include "runtime/follow.h"
 #include "runtime/runtime.h"
 #include "tensor/quant.h"
 
 namespace mixtral {
 
 Runtime::Runtime(const Model& m, const RuntimeOptions& opts, ThreadPool& pool)
-    : m_(m), c_(m.config), opts_(opts), pool_(pool), moe_(m.config) {
+    : m_(m), c_(m.config), opts_(opts), pool_(pool), moe_(m.config, m.rank, m.n_ranks) {
   MX_CHECK(opts_.max_batch > 0, "bad runtime options");
   const auto B = static_cast<size_t>(opts_.max_batch);
   const auto dim = static_cast<size_t>(c_.dim), qd = static_cast<size_t>(c_.n_heads * c_.head_dim);
@@ -26,6 +28,34 @@ Runtime::Runtime(const Model& m, const RuntimeOptions& opts, ThreadPool& pool)
   pos_.resize(B);
   slots_.resize(B);
   tables_.resize(B);
+}
+
+// Rank 0 under mpirun: the step for the other ranks (follow.h's step message). Entries of one sequence share
+// its block table: each table goes once, as far as its entries' positions reach.
+void Runtime::announce(const BatchToken* e, int64_t n, PagedKvCache& kv) {
+  const int64_t bs = kv.block_size();
+  follow::Words& w = announce_;
+  w.assign({kv.id(), static_cast<int32_t>(kv.type()), static_cast<int32_t>(kv.n_blocks()),
+            static_cast<int32_t>(bs), static_cast<int32_t>(n)});
+  std::vector<const int32_t*> tables;
+  std::vector<int32_t> reach;  // [tables] blocks each table needs
+  for (int64_t t = 0; t < n; ++t) {
+    const auto it = std::find(tables.begin(), tables.end(), e[t].block_table);
+    const auto i = static_cast<size_t>(it - tables.begin());
+    if (it == tables.end()) {
+      tables.push_back(e[t].block_table);
+      reach.push_back(0);
+    }
+    reach[i] = std::max(reach[i], e[t].pos / static_cast<int32_t>(bs) + 1);
+    w.insert(w.end(), {e[t].token, e[t].pos, static_cast<int32_t>(i)});
+  }
+  w.push_back(static_cast<int32_t>(tables.size()));
+  for (size_t i = 0; i < tables.size(); ++i) {
+    w.push_back(reach[i]);
+    w.insert(w.end(), tables[i], tables[i] + reach[i]);
+  }
+  follow::send(follow::Kind::kStep, w);
+  kv.set_mirrored();
 }
 
 void Runtime::step(const BatchToken* e, int64_t n, PagedKvCache& kv, float* logits) {
@@ -49,6 +79,7 @@ void Runtime::step(const BatchToken* e, int64_t n, PagedKvCache& kv, float* logi
     slots_[i] = static_cast<int64_t>(e[t].block_table[e[t].pos / bs]) * bs + e[t].pos % bs;
     dequantize_row(m_.tok_embd.dtype, m_.tok_embd.row(e[t].token), x + t * dim, dim);
   }
+  if (m_.n_ranks > 1 && m_.rank == 0) announce(e, n, kv);
   const kernels::RopeParams rope_q{c_.n_heads, hd, c_.rope_theta, c_.rope_layout};
   const kernels::RopeParams rope_k{c_.n_kv_heads, hd, c_.rope_theta, c_.rope_layout};
   const kernels::AttentionParams ap{c_.n_heads, c_.n_kv_heads, hd, c_.sliding_window,

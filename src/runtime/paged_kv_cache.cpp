@@ -1,15 +1,22 @@
 #include "runtime/paged_kv_cache.h"
 
 #include <algorithm>
+#include <atomic>
 #include <new>
 #include <string>
 
 #include "core/check.h"
+#include "runtime/follow.h"
 
 namespace mixtral {
 
 namespace {
 constexpr std::align_val_t kAlign{64};  // cache lines, and every vector width the kernels load
+
+int32_t next_id() {
+  static std::atomic<int32_t> next{0};
+  return next++;
+}
 
 uint8_t* alloc_bytes(size_t n) {
   return static_cast<uint8_t*>(::operator new[](n, kAlign));
@@ -29,7 +36,8 @@ PagedKvCache::PagedKvCache(const ModelConfig& c, DType type, int64_t n_blocks, i
       head_dim_(c.head_dim),
       row_bytes_(kernels::kv_row_bytes(type, c.n_kv_heads, c.head_dim)),
       layer_bytes_(static_cast<size_t>(n_blocks * block_size) * row_bytes_),
-      meta_(static_cast<size_t>(n_blocks)) {
+      meta_(static_cast<size_t>(n_blocks)),
+      id_(next_id()) {
   MX_CHECK(kernels::is_kv_type(type), "paged KV cache: %s is not a cache type",
            std::string(dtype_name(type)).c_str());
   MX_CHECK(n_blocks > 0 && n_blocks < (int64_t{1} << 31) && block_size > 0, "bad paged KV cache size");
@@ -37,6 +45,10 @@ PagedKvCache::PagedKvCache(const ModelConfig& c, DType type, int64_t n_blocks, i
   v_.reset(alloc_bytes(layer_bytes_ * static_cast<size_t>(n_layers_)));
   free_.reserve(static_cast<size_t>(n_blocks));
   for (int64_t b = n_blocks - 1; b >= 0; --b) free_.push_back(static_cast<int32_t>(b));
+}
+
+PagedKvCache::~PagedKvCache() {
+  if (mirrored_) follow::send(follow::Kind::kDrop, {id_});
 }
 
 int32_t PagedKvCache::allocate() {

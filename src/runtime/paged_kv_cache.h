@@ -21,6 +21,14 @@ class PagedKvCache {
  public:
   // type: F32, F16 or Q8_0 (Q8_0 needs head_dim % 32 == 0: the engines refuse it first).
   PagedKvCache(const ModelConfig& c, DType type, int64_t n_blocks, int64_t block_size);
+  ~PagedKvCache();  // under mpirun, tells the followers to drop their copy (follow.h)
+  PagedKvCache(const PagedKvCache&) = delete;
+  PagedKvCache& operator=(const PagedKvCache&) = delete;
+
+  // Unique in this process: how rank 0 names the cache to the ranks that follow its steps.
+  int32_t id() const { return id_; }
+  // Runtime::step, on rank 0 under mpirun: the followers hold a copy of this cache from now on.
+  void set_mirrored() { mirrored_ = true; }
 
   DType type() const { return type_; }
   int64_t block_size() const { return block_size_; }
@@ -78,6 +86,8 @@ class PagedKvCache {
   std::list<int32_t> lru_;                       // published, refcount 0, least recently used first
   std::unordered_multimap<uint64_t, int32_t> index_;  // hash -> published block
   int64_t n_in_use_ = 0;
+  int32_t id_;
+  bool mirrored_ = false;
 };
 
 }  // namespace mixtral

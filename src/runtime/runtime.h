@@ -41,6 +41,8 @@ class Runtime {
   // entry order: logits [n_wanted, vocab]. An entry's results depend only on its own sequence (batch
   // invariance): never on the other entries nor on the thread count. The caller validates tokens,
   // positions and block tables.
+  // Under mpirun (a model loaded for several ranks) every rank runs each step together: rank 0 calls step
+  // and sends it to the others first (follow.h), which run it with logits null.
   void step(const BatchToken* entries, int64_t n, PagedKvCache& kv, float* logits);
 
   // When set, step adds each entry's chosen experts: counts [n_layers, n_experts].
@@ -60,6 +62,8 @@ class Runtime {
   RoutingSink routing_sink_;
   std::vector<uint64_t>* expert_counts_ = nullptr;
   MatmulObserver* observer_ = nullptr;
+  void announce(const BatchToken* entries, int64_t n, PagedKvCache& kv);
+  std::vector<int32_t> announce_;  // the step message (follow::Words) of rank 0
   // Scratch, sized for max_batch entries:
   std::vector<float> x_;                // [B, dim] residual stream
   std::vector<float> xn_;               // [B, dim] normalised input of a sublayer
