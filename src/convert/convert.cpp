@@ -45,20 +45,42 @@ struct TargetEntry {
 };
 
 // Plain types are one type everywhere; Q3_K/Q4_K/Q5_K alone are recorded as the _S mix's file type
-// (the nearest llama.cpp has). Q2_K is llama.cpp's Q2_K mix (a pure Q2_K: --pure); IQ4_NL and IQ4_XS are
-// llama.cpp's mixes of those names too (policy_type knows them by their base type).
+// (the nearest llama.cpp has). The rest are llama.cpp's mixes of those names, with its file type numbers
+// and base types (llama_ftype_get_default_type: IQ2_S's base is iq2_xs, IQ2_M's iq2_s, IQ3_XS's and
+// IQ3_M's iq3_s). Q2_K is the mix (a pure Q2_K: --pure).
 constexpr TargetEntry kTargets[] = {
-    {"F32", DType::F32, 0, Mix::kNone},        {"F16", DType::F16, 1, Mix::kNone},
-    {"BF16", DType::BF16, 32, Mix::kNone},     {"Q4_0", DType::Q4_0, 2, Mix::kNone},
-    {"Q4_1", DType::Q4_1, 3, Mix::kNone},      {"Q5_0", DType::Q5_0, 8, Mix::kNone},
-    {"Q5_1", DType::Q5_1, 9, Mix::kNone},      {"Q8_0", DType::Q8_0, 7, Mix::kNone},
-    {"Q2_K", DType::Q2_K, 10, Mix::kQ2_K},     {"Q3_K", DType::Q3_K, 11, Mix::kNone},
-    {"Q4_K", DType::Q4_K, 14, Mix::kNone},     {"Q5_K", DType::Q5_K, 16, Mix::kNone},
-    {"Q6_K", DType::Q6_K, 18, Mix::kNone},     {"Q3_K_S", DType::Q3_K, 11, Mix::kQ3_K_S},
-    {"Q3_K_M", DType::Q3_K, 12, Mix::kQ3_K_M}, {"Q3_K_L", DType::Q3_K, 13, Mix::kQ3_K_L},
-    {"Q4_K_S", DType::Q4_K, 14, Mix::kQ4_K_S}, {"Q4_K_M", DType::Q4_K, 15, Mix::kQ4_K_M},
-    {"Q5_K_S", DType::Q5_K, 16, Mix::kQ5_K_S}, {"Q5_K_M", DType::Q5_K, 17, Mix::kQ5_K_M},
-    {"IQ4_NL", DType::IQ4_NL, 25, Mix::kNone}, {"IQ4_XS", DType::IQ4_XS, 30, Mix::kNone},
+    {"F32", DType::F32, 0, Mix::kNone},
+    {"F16", DType::F16, 1, Mix::kNone},
+    {"BF16", DType::BF16, 32, Mix::kNone},
+    {"Q4_0", DType::Q4_0, 2, Mix::kNone},
+    {"Q4_1", DType::Q4_1, 3, Mix::kNone},
+    {"Q5_0", DType::Q5_0, 8, Mix::kNone},
+    {"Q5_1", DType::Q5_1, 9, Mix::kNone},
+    {"Q8_0", DType::Q8_0, 7, Mix::kNone},
+    {"Q2_K", DType::Q2_K, 10, Mix::kQ2_K},
+    {"Q3_K", DType::Q3_K, 11, Mix::kNone},
+    {"Q4_K", DType::Q4_K, 14, Mix::kNone},
+    {"Q5_K", DType::Q5_K, 16, Mix::kNone},
+    {"Q6_K", DType::Q6_K, 18, Mix::kNone},
+    {"Q3_K_S", DType::Q3_K, 11, Mix::kQ3_K_S},
+    {"Q3_K_M", DType::Q3_K, 12, Mix::kQ3_K_M},
+    {"Q3_K_L", DType::Q3_K, 13, Mix::kQ3_K_L},
+    {"Q4_K_S", DType::Q4_K, 14, Mix::kQ4_K_S},
+    {"Q4_K_M", DType::Q4_K, 15, Mix::kQ4_K_M},
+    {"Q5_K_S", DType::Q5_K, 16, Mix::kQ5_K_S},
+    {"Q5_K_M", DType::Q5_K, 17, Mix::kQ5_K_M},
+    {"IQ4_NL", DType::IQ4_NL, 25, Mix::kIQ4_NL},
+    {"IQ4_XS", DType::IQ4_XS, 30, Mix::kIQ4_XS},
+    {"IQ1_S", DType::IQ1_S, 24, Mix::kIQ1_S},
+    {"IQ1_M", DType::IQ1_M, 31, Mix::kIQ1_M},
+    {"IQ2_XXS", DType::IQ2_XXS, 19, Mix::kIQ2_XXS},
+    {"IQ2_XS", DType::IQ2_XS, 20, Mix::kIQ2_XS},
+    {"IQ2_S", DType::IQ2_XS, 28, Mix::kIQ2_S},
+    {"IQ2_M", DType::IQ2_S, 29, Mix::kIQ2_M},
+    {"IQ3_XXS", DType::IQ3_XXS, 23, Mix::kIQ3_XXS},
+    {"IQ3_XS", DType::IQ3_S, 22, Mix::kIQ3_XS},
+    {"IQ3_S", DType::IQ3_S, 26, Mix::kIQ3_S},
+    {"IQ3_M", DType::IQ3_S, 27, Mix::kIQ3_M},
 };
 
 std::string upper(std::string_view s) {
@@ -89,77 +111,149 @@ bool can_write(DType t) {
   return traits(t).quantizable;
 }
 
-DType policy_type(const Target& t, bool pure, const ModelConfig& c, Role role, int64_t layer) {
+bool requires_imatrix(Role role, DType t) {
+  // llama.cpp's tensor_requires_imatrix (the Q2_K_S case aside: no such mix here).
+  const bool needs = t == DType::IQ1_S || t == DType::IQ1_M || t == DType::IQ2_XXS || t == DType::IQ2_XS ||
+                     t == DType::IQ2_S || t == DType::IQ3_XXS;
+  return role != Role::kTokenEmbd && role != Role::kOutput && needs;
+}
+
+// llama.cpp's llama_tensor_get_type for the llama architecture (Mixtral's), rule by rule. Not carried
+// over: the Falcon and 70B special cases (other architectures and shapes) and the fused attn_qkv
+// (Mixtral has none). llama.cpp counts attn_v and ffn_down tensors to get "layer"; with one such tensor
+// per block (the merged experts this writes) the count is the block index.
+DType policy_type(const PolicyInput& in, const ModelConfig& c, Role role, int64_t layer) {
   if (role == Role::kNorm || role == Role::kRouter) return DType::F32;
-  const bool iq4 = t.base == DType::IQ4_NL || t.base == DType::IQ4_XS;
-  if ((t.mix == Mix::kNone && !iq4) || pure) return t.base;
-  const bool moe = c.n_experts > 1;
-  const int64_t n = c.n_layers;
-  // llama.cpp's use_more_bits: the first and last eighth of the layers and every third in between.
-  const bool more_bits = layer < n / 8 || layer >= 7 * n / 8 || (layer - n / 8) % 3 == 2;
+  const Target& t = in.target;
   const Mix m = t.mix;
+  if (m == Mix::kNone || in.pure) return t.base;
+  const int64_t n = c.n_layers;
+  const bool experts8 = c.n_experts == 8;           // llama.cpp's n_expert == 8 bumps
+  const bool gqa4 = c.n_heads >= 4 * c.n_kv_heads;  // n_gqa() >= 4
+  // use_more_bits: the first and last eighth of the layers and every third in between.
+  const bool more_bits = layer < n / 8 || layer >= 7 * n / 8 || (layer - n / 8) % 3 == 2;
+  auto is = [m](std::initializer_list<Mix> ms) { return std::find(ms.begin(), ms.end(), m) != ms.end(); };
+  // The 1- and 2-bit mixes share one branch; IQ2_S and IQ2_M take iq3_s where the others take q2_k.
+  const bool low = is({Mix::kIQ1_S, Mix::kIQ1_M, Mix::kIQ2_XXS, Mix::kIQ2_XS, Mix::kIQ2_S, Mix::kIQ2_M});
+  const DType low_bump = is({Mix::kIQ2_S, Mix::kIQ2_M}) ? DType::IQ3_S : DType::Q2_K;
+
+  if (role == Role::kOutput) {
+    // Rows (dim) not whole blocks of the base type: q8_0.
+    if (c.dim % traits(t.base).block_size != 0) return DType::Q8_0;
+    return low || m == Mix::kIQ3_XXS ? DType::Q5_K : DType::Q6_K;
+  }
+  if (role == Role::kTokenEmbd) {
+    if (is({Mix::kIQ1_S, Mix::kIQ1_M, Mix::kIQ2_XXS, Mix::kIQ2_XS})) return DType::Q2_K;
+    if (is({Mix::kIQ2_S, Mix::kIQ2_M, Mix::kIQ3_XXS})) return DType::IQ3_S;
+    return t.base;
+  }
+  if (low) {
+    switch (role) {
+      case Role::kAttnV:
+        return gqa4 || c.n_experts >= 4 ? DType::Q4_K : low_bump;
+      case Role::kAttnK:
+        return experts8 ? DType::Q4_K : t.base;
+      case Role::kFfnDown:
+        return layer < n / 8 ? low_bump : t.base;
+      case Role::kAttnOutput:
+        if (experts8) return DType::Q5_K;
+        if (is({Mix::kIQ1_S, Mix::kIQ1_M})) return DType::IQ2_XXS;
+        return is({Mix::kIQ2_S, Mix::kIQ2_M}) ? DType::IQ3_S : t.base;
+      default:
+        return t.base;
+    }
+  }
   switch (role) {
-    case Role::kOutput:
-      return DType::Q6_K;
+    case Role::kAttnV: {
+      DType v = t.base;
+      if (m == Mix::kQ2_K) {
+        v = gqa4 ? DType::Q4_K : DType::Q3_K;
+      } else if (m == Mix::kIQ3_XXS) {
+        v = gqa4 ? DType::Q4_K : !in.imatrix ? DType::IQ3_S : DType::IQ3_XXS;
+      } else if (is({Mix::kIQ3_XS, Mix::kIQ3_S}) && gqa4) {
+        v = DType::Q4_K;
+      } else if (m == Mix::kIQ3_M) {
+        v = DType::Q4_K;
+      } else if (m == Mix::kQ3_K_M) {
+        v = layer < 2 ? DType::Q5_K : DType::Q4_K;
+      } else if (m == Mix::kQ3_K_L) {
+        v = DType::Q5_K;
+      } else if (is({Mix::kIQ4_NL, Mix::kIQ4_XS}) && gqa4) {
+        v = DType::Q5_K;
+      } else if (is({Mix::kQ4_K_M, Mix::kQ5_K_M}) && more_bits) {
+        v = DType::Q6_K;
+      } else if (m == Mix::kQ4_K_S && layer < 4) {
+        v = DType::Q5_K;
+      }
+      return experts8 ? DType::Q8_0 : v;
+    }
     case Role::kAttnK:
-      return moe ? DType::Q8_0 : t.base;
-    case Role::kAttnV:
-      if (moe) return DType::Q8_0;
-      if (iq4) return c.n_heads >= 4 * c.n_kv_heads ? DType::Q5_K : t.base;
-      if (m == Mix::kQ2_K) return c.n_heads >= 4 * c.n_kv_heads ? DType::Q4_K : DType::Q3_K;
-      if (m == Mix::kQ3_K_M) return layer < 2 ? DType::Q5_K : DType::Q4_K;
+      if (experts8) return DType::Q8_0;
+      if (m == Mix::kIQ3_XS) return DType::IQ3_XXS;
+      return m == Mix::kIQ3_XXS ? DType::IQ2_S : t.base;
+    case Role::kAttnQ:
+      if (m == Mix::kIQ3_XS) return DType::IQ3_XXS;
+      return m == Mix::kIQ3_XXS ? DType::IQ2_S : t.base;
+    case Role::kFfnDown:
+      if (m == Mix::kQ2_K) return DType::Q3_K;
+      if (m == Mix::kIQ3_XXS && !in.imatrix) return layer < n / 8 ? DType::Q4_K : DType::Q3_K;
+      if (m == Mix::kQ3_K_M) return layer < n / 16 ? DType::Q5_K : DType::Q4_K;
+      if (m == Mix::kIQ3_M && (layer < n / 8 || (experts8 && more_bits))) return DType::Q4_K;
       if (m == Mix::kQ3_K_L) return DType::Q5_K;
-      if ((m == Mix::kQ4_K_M || m == Mix::kQ5_K_M) && more_bits) return DType::Q6_K;
-      if (m == Mix::kQ4_K_S && layer < 4) return DType::Q5_K;
+      if (m == Mix::kQ4_K_M) return more_bits ? DType::Q6_K : t.base;
+      if (is({Mix::kIQ4_NL, Mix::kIQ4_XS}) && !in.imatrix && layer < n / 8) return DType::Q5_K;
+      if (m == Mix::kQ5_K_M && more_bits) return DType::Q6_K;
+      if (m == Mix::kQ4_K_S && layer < n / 8) return DType::Q5_K;
       return t.base;
     case Role::kAttnOutput:
-      if (moe)
-        return (m == Mix::kQ2_K || m == Mix::kQ3_K_S || m == Mix::kQ3_K_M || m == Mix::kQ4_K_S ||
-                m == Mix::kQ4_K_M || iq4)
+      if (experts8)
+        return is({Mix::kQ2_K, Mix::kIQ3_XS, Mix::kIQ3_XXS, Mix::kQ3_K_S, Mix::kQ3_K_M, Mix::kIQ4_NL,
+                   Mix::kQ4_K_S, Mix::kQ4_K_M, Mix::kIQ3_S, Mix::kIQ3_M, Mix::kIQ4_XS})
                    ? DType::Q5_K
                    : t.base;
       if (m == Mix::kQ2_K) return DType::Q3_K;
-      if (m == Mix::kQ3_K_M) return DType::Q4_K;
-      if (m == Mix::kQ3_K_L) return DType::Q5_K;
-      return t.base;
-    case Role::kFfnDown:
-      if (m == Mix::kQ2_K) return DType::Q3_K;
-      if (m == Mix::kQ3_K_M) return layer < n / 16 ? DType::Q5_K : DType::Q4_K;
-      if (m == Mix::kQ3_K_L) return DType::Q5_K;
-      if (m == Mix::kQ4_K_M) return more_bits ? DType::Q6_K : DType::Q4_K;
-      if (m == Mix::kQ5_K_M) return more_bits ? DType::Q6_K : DType::Q5_K;
-      if (m == Mix::kQ4_K_S) return layer < n / 8 ? DType::Q5_K : DType::Q4_K;
-      return t.base;
+      if (m == Mix::kIQ3_XXS) return DType::IQ3_S;
+      if (m == Mix::kQ3_K_M || m == Mix::kIQ3_M) return DType::Q4_K;
+      return m == Mix::kQ3_K_L ? DType::Q5_K : t.base;
+    case Role::kFfnGate:
+    case Role::kFfnUp:
+      return m == Mix::kIQ3_XS && layer >= n / 8 && layer < 7 * n / 8 ? DType::IQ3_XXS : t.base;
     default:
       return t.base;
   }
 }
 
 DType row_fallback(DType want, int64_t cols) {
-  auto fits = [&](DType t) { return can_write(t) && cols % traits(t).block_size == 0; };
-  if (fits(want)) return want;
-  std::vector<DType> chain;
+  if (cols % traits(want).block_size == 0) return want;
+  DType next = DType::F16;
   switch (want) {
+    case DType::IQ1_S:
+    case DType::IQ1_M:
+    case DType::IQ2_XXS:
+    case DType::IQ2_XS:
+    case DType::IQ2_S:
+    case DType::IQ3_XXS:
+    case DType::IQ3_S:
+    case DType::IQ4_XS:
+      next = DType::IQ4_NL;
+      break;
     case DType::Q2_K:
     case DType::Q3_K:
+      next = DType::Q4_0;
+      break;
     case DType::Q4_K:
-      chain = {DType::Q5_0, DType::Q8_0};
+      next = DType::Q5_0;
       break;
     case DType::Q5_K:
-      chain = {DType::Q5_1, DType::Q8_0};
+      next = DType::Q5_1;
       break;
     case DType::Q6_K:
-      chain = {DType::Q8_0};
-      break;
-    case DType::IQ4_XS:
-      chain = {DType::IQ4_NL};
+      next = DType::Q8_0;
       break;
     default:
       break;
   }
-  for (DType t : chain)
-    if (fits(t)) return t;
-  return DType::F16;  // block size 1: always fits
+  return cols % traits(next).block_size == 0 ? next : DType::F16;  // f16: block size 1
 }
 
 namespace {
@@ -198,8 +292,7 @@ TensorView f32_view(const std::vector<float>& v, int64_t rows, int64_t cols) {
 
 struct Planner {
   const Model& m;
-  const Target& target;
-  bool pure;
+  const PolicyInput& policy;
   std::vector<PlannedTensor> out;
 
   void add(std::string name, Role role, int64_t layer, std::vector<TensorView> parts, bool stacked,
@@ -221,7 +314,7 @@ struct Planner {
       p.rope_heads = rope_heads;
       p.head_dim = m.config.head_dim;
     }
-    p.dtype = policy_type(target, pure, m.config, role, layer);
+    p.dtype = policy_type(policy, m.config, role, layer);
     out.push_back(std::move(p));
   }
 
@@ -253,21 +346,29 @@ struct Planner {
   }
 };
 
-// Applies the row-length fallback and checks every type can be written; notes what changed.
-Status finish_plan(std::vector<PlannedTensor>& plan, const Target& target, const ConvertOptions& o,
-                   const std::function<void(const std::string&)>& note) {
+// Applies the row-length fallback, then refuses a plan that needs an importance matrix when none is
+// given (`missing_imatrix`: the one-line message) and one with a type this build cannot write; only a plan
+// that passes notes its fallbacks.
+Status finish_plan(std::vector<PlannedTensor>& plan, const PolicyInput& in, const ConvertOptions& o,
+                   const std::function<void(const std::string&)>& note, const std::string& missing_imatrix) {
+  std::vector<std::string> notes;
   for (auto& p : plan) {
     const DType want = p.dtype;
-    const int64_t block = traits(want).block_size;
-    if (p.cols() % block == 0 && !can_write(want))
-      return Error::usage(o.output + ": type " + target.name + " needs " + std::string(dtype_name(want)) +
-                          " for tensor '" + p.name + "', which this build cannot write yet");
     p.dtype = row_fallback(want, p.cols());
     if (p.dtype != want)
-      note(p.name + ": row length " + std::to_string(p.cols()) + " is not a multiple of " +
-           std::to_string(block) + " (" + std::string(dtype_name(want)) + " block); written as " +
-           std::string(dtype_name(p.dtype)));
+      notes.push_back(p.name + ": row length " + std::to_string(p.cols()) + " is not a multiple of " +
+                      std::to_string(traits(want).block_size) + " (" + std::string(dtype_name(want)) +
+                      " block); written as " + std::string(dtype_name(p.dtype)));
   }
+  if (!in.imatrix)
+    for (const auto& p : plan)
+      if (requires_imatrix(p.role, p.dtype)) return Error::usage(missing_imatrix);
+  for (const auto& p : plan)
+    if (!can_write(p.dtype))
+      return Error::usage(o.output + ": type " + in.target.name + " needs " +
+                          std::string(dtype_name(p.dtype)) + " for tensor '" + p.name +
+                          "', which this build cannot write yet");
+  for (const auto& n : notes) note(n);
   return {};
 }
 
@@ -310,9 +411,9 @@ Status attach_imatrix(std::vector<PlannedTensor>& plan, const Target& target, co
       return Error::data(where + "no entry for " + quote_name(p.name) + " of " + o.input);
   }
   if (!used)
-    return Error::usage("quantize: --imatrix has no use for type " + target.name +
-                        ": only the K-quants (Q2_K..Q6_K and their mixes), IQ4_NL and IQ4_XS weigh their "
-                        "rounding by it here");
+    return Error::usage(
+        "quantize: --imatrix has no use for type " + target.name +
+        ": none of its tensor types weighs its rounding by it (the K-quants and i-quants do)");
   return {};
 }
 
@@ -482,9 +583,10 @@ std::string quant_policy_text() {
   return "Per-tensor types. Always: norms and the router (ffn_gate_inp) in F32.\n"
          "F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q3_K Q4_K Q5_K Q6_K: every other weight in TYPE.\n"
          "Mixes (llama.cpp's recipes; n = layers, 'more-bits layers' = the first and last n/8 and\n"
-         "every third in between; MoE = expert_count > 1), every other weight in the base type:\n"
-         "  Q2_K (base q2_k)   attn_v q3_k (dense; q4_k if heads >= 4 kv heads), attn_output q3_k\n"
-         "                     (dense) / q5_k (MoE), ffn_down q3_k\n"
+         "every third in between; MoE = 8 experts, dense = any other count; GQA4 = heads >= 4 kv\n"
+         "heads), every weight not listed in the base type:\n"
+         "  Q2_K (base q2_k)   attn_v q3_k (dense; q4_k if GQA4), attn_output q3_k (dense) / q5_k\n"
+         "                     (MoE), ffn_down q3_k\n"
          "  Q3_K_S (q3_k)      attn_output q5_k (MoE)\n"
          "  Q3_K_M (q3_k)      attn_v q5_k in layers 0-1 else q4_k (dense), attn_output q4_k (dense) /\n"
          "                     q5_k (MoE), ffn_down q5_k in the first n/16 layers else q4_k\n"
@@ -495,12 +597,28 @@ std::string quant_policy_text() {
          "                     q6_k in more-bits layers\n"
          "  Q5_K_S (q5_k)      as the base\n"
          "  Q5_K_M (q5_k)      attn_v (dense) and ffn_down q6_k in more-bits layers\n"
-         "  IQ4_NL, IQ4_XS     attn_v q5_k (dense, if heads >= 4 kv heads), attn_output q5_k (MoE),\n"
-         "                     ffn_down q5_k in the first n/8 layers when quantized without --imatrix\n"
-         "  every mix: output.weight (token_embd when tied) q6_k; MoE: attn_k and attn_v q8_0;\n"
-         "  token_embd, attn_q, ffn_gate, ffn_up in the base type. --pure: the base type everywhere.\n"
-         "Rows whose length is not a multiple of the type's block: q2_k/q3_k/q4_k -> q5_0,\n"
-         "q5_k -> q5_1, q6_k -> q8_0, then q8_0; iq4_xs -> iq4_nl; then f16 (said on stderr).\n"
+         "  IQ4_NL, IQ4_XS     attn_v q5_k (dense, GQA4), attn_output q5_k (MoE), ffn_down q5_k in the\n"
+         "                     first n/8 layers without --imatrix\n"
+         "  IQ3_M (iq3_s)      attn_v q4_k (dense), attn_output q5_k (MoE) / q4_k (dense), ffn_down q4_k\n"
+         "                     in the first n/8 layers (MoE: and in more-bits layers)\n"
+         "  IQ3_S (iq3_s)      attn_v q4_k (dense, GQA4), attn_output q5_k (MoE)\n"
+         "  IQ3_XS (iq3_s)     attn_q iq3_xxs, attn_k iq3_xxs (dense), attn_v q4_k (dense, GQA4),\n"
+         "                     attn_output q5_k (MoE), ffn_gate and ffn_up iq3_xxs in layers n/8..7n/8-1\n"
+         "  IQ3_XXS (iq3_xxs)  token_embd iq3_s, output q5_k, attn_q iq2_s, attn_k iq2_s (dense),\n"
+         "                     attn_v q4_k (dense, GQA4), attn_output q5_k (MoE) / iq3_s (dense)\n"
+         "  IQ2_M (iq2_s), IQ2_S (iq2_xs), IQ2_XS (iq2_xs), IQ2_XXS (iq2_xxs), IQ1_M (iq1_m),\n"
+         "  IQ1_S (iq1_s)      output q5_k, attn_k q4_k (MoE), attn_v q4_k (GQA4 or >= 4 experts) else B,\n"
+         "                     attn_output q5_k (MoE) / dense: IQ1_M, IQ1_S iq2_xxs, IQ2_M, IQ2_S B;\n"
+         "                     token_embd and ffn_down in the first n/8 layers B; B = iq3_s for IQ2_M\n"
+         "                     and IQ2_S, q2_k for the others\n"
+         "  Where a line does not say otherwise: output q6_k; MoE: attn_k and attn_v q8_0 (the 1- and\n"
+         "  2-bit mixes excepted). A tied token_embd takes output's type. Output q8_0 when dim is not a\n"
+         "  multiple of the base type's block. --pure: the base type everywhere.\n"
+         "Without --imatrix (llama.cpp's rule) a file whose tensors other than token_embd and output\n"
+         "include iq1_s, iq1_m, iq2_xxs, iq2_xs, iq2_s or iq3_xxs is refused: IQ1_S, IQ1_M, IQ2_XXS,\n"
+         "IQ2_XS, IQ2_S, IQ2_M, IQ3_XXS, IQ3_XS.\n"
+         "Rows whose length is not a multiple of the type's block: q2_k/q3_k -> q4_0, q4_k -> q5_0,\n"
+         "q5_k -> q5_1, q6_k -> q8_0, the i-quants of 256-blocks -> iq4_nl; then f16 (said on stderr).\n"
          "general.file_type: llama.cpp's number of TYPE (Q3_K, Q4_K, Q5_K alone: the _S number).\n";
 }
 
@@ -517,15 +635,11 @@ Status quantize_gguf(const ConvertOptions& o) {
   MX_ASSIGN_OR_RETURN(GgufFile in, GgufFile::open(o.input));
   MX_ASSIGN_OR_RETURN(auto model, load_model(o.input));
 
-  Planner planner{*model, target, o.pure, {}};
+  const PolicyInput policy{target, o.pure, !o.imatrix.empty()};
+  Planner planner{*model, policy, {}};
   planner.build();
-  const bool iq4 = target.base == DType::IQ4_NL || target.base == DType::IQ4_XS;
-  // llama.cpp's IQ4 mixes: without an imatrix, ffn_down of the first eighth of the layers in q5_k.
-  if (iq4 && !o.pure && o.imatrix.empty()) {
-    for (auto& p : planner.out)
-      if (p.role == Role::kFfnDown && p.layer < model->config.n_layers / 8) p.dtype = DType::Q5_K;
-  }
-  MX_TRY_STATUS(finish_plan(planner.out, target, o, note));
+  MX_TRY_STATUS(
+      finish_plan(planner.out, policy, o, note, target.name + " needs an importance matrix: --imatrix FILE"));
   if (!o.imatrix.empty()) MX_TRY_STATUS(attach_imatrix(planner.out, target, o));
   note_requantisation(planner.out, o.input, note);
 
@@ -578,9 +692,13 @@ Status convert_model(const ConvertOptions& o) {
         "to write a GGUF without one (llama.cpp will not load it)");
   }
 
-  Planner planner{*model, target, o.pure, {}};
+  const PolicyInput policy{target, o.pure, false};
+  Planner planner{*model, policy, {}};
   planner.build();
-  MX_TRY_STATUS(finish_plan(planner.out, target, o, note));
+  MX_TRY_STATUS(finish_plan(planner.out, policy, o, note,
+                            target.name +
+                                " needs an importance matrix: convert to F16, then `mixtral quantize "
+                                "--imatrix FILE`"));
 
   GgufWriter w;
   const std::string a = "llama";
