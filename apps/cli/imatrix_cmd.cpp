@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cli_util.h"
+#include "core/dist.h"
 #include "core/progress.h"
 #include "engine/core.h"
 #include "io/imatrix.h"
@@ -148,6 +149,9 @@ class Collector final : public MatmulObserver {
 int cmd_imatrix(const ImatrixArgs& a) {
   if (a.ctx < 0) return fail(Error::usage("imatrix: --ctx must be at least 1"));
   if (a.threads < 0) return fail(Error::usage("imatrix: --threads must be positive"));
+  if (mixtral::dist::active())  // it sees every expert's inputs, so every expert must be in this process
+    return fail(Error::usage("imatrix: runs in one process, not under mpirun -np " +
+                             std::to_string(mixtral::dist::size())));
   {  // refuse an output nobody can write before the long part
     const auto dir = std::filesystem::path(a.out).parent_path();
     std::error_code ec;

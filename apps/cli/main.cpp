@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -231,7 +232,7 @@ int cmd_score(const ModelArgs& ma, const std::string& tokens, const std::string&
   return 0;
 }
 
-int cmd_info(const ModelArgs& ma, int64_t ctx) {
+int cmd_info(const ModelArgs& ma, int64_t ctx, std::optional<int> ranks) {
   mixtral::EngineOptions o = ma.options();
   o.threads = 1;
   o.ctx_size = 1;    // info allocates no real cache
@@ -254,6 +255,11 @@ int cmd_info(const ModelArgs& ma, int64_t ctx) {
       per_type += std::to_string(mixtral::kv_bytes_per_token(c, t));
   }
   std::printf("KV cache bytes per token: %s\n", per_type.c_str());
+  if (ranks) {
+    auto placement = (*engine)->describe_ranks(*ranks);
+    if (!placement) return fail(placement.error());
+    std::fputs(placement->c_str(), stdout);
+  }
   return 0;
 }
 
@@ -445,6 +451,9 @@ int run_command(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "layout, hyper-parameters, tensors and memory of a model");
   info_m.add(info);
   info->add_option("--ctx", info_ctx, "context size for the memory estimate");
+  int info_ranks = 0;
+  info->add_option("--ranks", info_ranks,
+                   "print where mpirun -np N places the experts and the weight bytes of each rank");
 
   // bench
   ModelArgs bench_m;
@@ -544,7 +553,8 @@ int run_command(int argc, char** argv) {
   }
   if (score->parsed()) return cmd_score(score_m, score_tokens, logits_out, one_by_one, routing_out);
   if (serve->parsed()) return mixtral::server::serve(so);
-  if (info->parsed()) return cmd_info(info_m, info_ctx);
+  if (info->parsed())
+    return cmd_info(info_m, info_ctx, info->count("--ranks") ? std::optional<int>(info_ranks) : std::nullopt);
   if (bench->parsed()) {
     bench_o.measure_bandwidth = !bench_no_bw;
     if (bench->count("--parallel") > 0) {

@@ -175,6 +175,9 @@ class Engine {
   // Human-readable report for `mixtral info`: layout, hyper-parameters, tensors by type,
   // memory for a context of ctx positions.
   std::string describe(int64_t ctx) const;
+  // `mixtral info --ranks N`: where `mpirun -np N` puts each layer's experts (round robin over layer and
+  // expert) and the weight bytes each rank holds. N outside [1, experts]: an Error (usage).
+  Result<std::string> describe_ranks(int n_ranks) const;
 
  private:
   struct Impl;

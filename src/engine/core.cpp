@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <thread>
 
 #include "core/dist.h"
@@ -41,6 +42,10 @@ Result<std::unique_ptr<Model>> load_for_rank(const std::string& path, bool repac
 }
 
 int follower_main() {
+  // Ctrl-C reaches every rank through mpirun: rank 0 finishes its command (serve drains) and ends the
+  // followers; were they to die first, rank 0's next step would fail. A rank 0 that dies ends the job.
+  std::signal(SIGINT, SIG_IGN);
+  std::signal(SIGTERM, SIG_IGN);
   follow::Words body;
   follow::Kind kind = follow::receive(body);
   while (kind == follow::Kind::kLoad) {

@@ -266,6 +266,42 @@ std::string Engine::describe(int64_t ctx) const {
   return s.str();
 }
 
+Result<std::string> Engine::describe_ranks(int n_ranks) const {
+  const Model& m = *impl_->core->model;
+  const ModelConfig& c = m.config;
+  if (n_ranks < 1 || n_ranks > c.n_experts)
+    return Error::usage("--ranks must be in [1, " + std::to_string(c.n_experts) +
+                        "] (one rank per expert at most)");
+  size_t all = 0, experts = 0;
+  for (const auto& t : m.tensors) all += t.nbytes;
+  std::vector<size_t> held(static_cast<size_t>(n_ranks), 0);     // [ranks] expert bytes
+  std::vector<std::string> where(static_cast<size_t>(n_ranks));  // [ranks] "layer: experts; ..."
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = m.layers[static_cast<size_t>(l)];
+    std::vector<std::string> list(static_cast<size_t>(n_ranks));
+    for (int64_t e = 0; e < c.n_experts; ++e) {
+      const auto r = static_cast<size_t>(expert_rank(l, e, c.n_experts, n_ranks));
+      const auto i = static_cast<size_t>(e);
+      const size_t b = L.w1[i].nbytes() + L.w3[i].nbytes() + L.w2[i].nbytes();
+      held[r] += b;
+      experts += b;
+      list[r] += (list[r].empty() ? "" : ",") + std::to_string(e);
+    }
+    for (size_t r = 0; r < list.size(); ++r)
+      if (!list[r].empty()) where[r] += (where[r].empty() ? "" : " ") + std::to_string(l) + ":" + list[r];
+  }
+  const size_t shared = all - experts;
+  std::ostringstream s;
+  s << "ranks:        " << n_ranks << " (experts round robin over layer and expert; every rank holds the "
+    << shared << " bytes of shared weights: attention, norms, router, embeddings, output)\n";
+  for (int r = 0; r < n_ranks; ++r) {
+    const auto i = static_cast<size_t>(r);
+    s << "rank " << r << ":       experts " << held[i] << " bytes + shared " << shared
+      << " bytes = " << held[i] + shared << " bytes; layer:experts " << where[i] << "\n";
+  }
+  return s.str();
+}
+
 double Engine::bytes_per_token() const {
   // One decode step reads attention, router and output head, and top-k of n experts per layer.
   const Model& m = *impl_->core->model;
