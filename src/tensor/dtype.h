@@ -53,7 +53,7 @@ struct DTypeTraits {
   int64_t block_size;     // elements per block (1 for plain floats)
   size_t block_bytes;     // bytes per block
   bool supported;         // this build can load and compute with it
-  bool quantizable;       // quantize_row can write it (the i-quants load and compute, not yet written)
+  bool quantizable;       // quantize_row can write it
 };
 
 // Bits per weight of type t: 8 * block_bytes / block_size (4.5 for q4_0, 2.0625 for iq2_xxs).

@@ -374,14 +374,19 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
     case DType::IQ4_XS:
       return detail::quantize_iq4_xs(src, dst, n);
     case DType::IQ2_XXS:
+      return detail::quantize_iq2_xxs(src, dst, n);
     case DType::IQ2_XS:
+      return detail::quantize_iq2_xs(src, dst, n);
     case DType::IQ2_S:
+      return detail::quantize_iq2_s(src, dst, n);
     case DType::IQ3_XXS:
+      return detail::quantize_iq3_xxs(src, dst, n);
     case DType::IQ3_S:
+      return detail::quantize_iq3_s(src, dst, n);
     case DType::IQ1_S:
+      return detail::quantize_iq1_s(src, dst, n);
     case DType::IQ1_M:
-      MX_CHECK(false, "quantize_row: no quantizer for %s yet (this build loads and runs i-quant files only)",
-               std::string(dtype_name(t)).c_str());
+      return detail::quantize_iq1_m(src, dst, n);
     case DType::Q4_0_R16:
     case DType::Q8_0_R16:
       MX_CHECK(false, "quantize_row: %s interleaves 16 rows: quantize to %s, then repack the tensor",
@@ -392,8 +397,39 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
 }
 
 bool uses_importance(DType t) {
-  return t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K ||
-         t == DType::IQ4_NL || t == DType::IQ4_XS;
+  switch (t) {
+    case DType::Q2_K:
+    case DType::Q3_K:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K:
+    case DType::IQ4_NL:
+    case DType::IQ4_XS:
+    case DType::IQ2_XXS:
+    case DType::IQ2_XS:
+    case DType::IQ2_S:
+    case DType::IQ3_XXS:
+    case DType::IQ3_S:
+    case DType::IQ1_S:
+    case DType::IQ1_M:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool needs_importance(DType t) {
+  switch (t) {
+    case DType::IQ1_S:
+    case DType::IQ1_M:
+    case DType::IQ2_XXS:
+    case DType::IQ2_XS:
+    case DType::IQ2_S:
+    case DType::IQ3_XXS:
+      return true;
+    default:
+      return false;
+  }
 }
 
 void quantize_row_weighted(DType t, const float* src, void* dst, int64_t n, const float* qw) {
@@ -405,6 +441,20 @@ void quantize_row_weighted(DType t, const float* src, void* dst, int64_t n, cons
       return detail::quantize_iq4_nl(src, dst, n, qw);
     case DType::IQ4_XS:
       return detail::quantize_iq4_xs(src, dst, n, qw);
+    case DType::IQ2_XXS:
+      return detail::quantize_iq2_xxs(src, dst, n, qw);
+    case DType::IQ2_XS:
+      return detail::quantize_iq2_xs(src, dst, n, qw);
+    case DType::IQ2_S:
+      return detail::quantize_iq2_s(src, dst, n, qw);
+    case DType::IQ3_XXS:
+      return detail::quantize_iq3_xxs(src, dst, n, qw);
+    case DType::IQ3_S:
+      return detail::quantize_iq3_s(src, dst, n, qw);
+    case DType::IQ1_S:
+      return detail::quantize_iq1_s(src, dst, n, qw);
+    case DType::IQ1_M:
+      return detail::quantize_iq1_m(src, dst, n, qw);
     case DType::Q2_K:
       return detail::quantize_q2_k(src, dst, n, qw);
     case DType::Q3_K:

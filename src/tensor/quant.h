@@ -227,15 +227,21 @@ inline void k_scale_min(int j, const uint8_t* q, int* sc, int* mn) {
 // Scalar reference: n elements of row `src` (encoded as t) to floats. n is a multiple of the block size.
 void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 // Scalar reference: floats to the encoding of t (every supported type).
-// F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q8_K round as GGML does; the K-quants, IQ4_NL and IQ4_XS choose
-// (sub-)block scales (and mins) by a weighted least-squares search; the grid i-quants have no quantizer yet.
+// F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q8_K round as GGML does; the K-quants and the i-quants choose
+// (sub-)block scales (and mins) by a weighted least-squares search, the grid i-quants (IQ1_S .. IQ3_S) each
+// group of 8 (or 4) weights' grid entry with it (tensor/quant_iq.h).
 void quantize_row(DType t, const float* src, void* dst, int64_t n);
-// Whether quantize_row_weighted weighs t's rounding by importance weights (the K-quants Q2_K..Q6_K, IQ4_NL,
-// IQ4_XS).
+// Whether quantize_row_weighted weighs t's rounding by importance weights (the K-quants Q2_K..Q6_K and the
+// i-quants).
 bool uses_importance(DType t);
+// Whether t should be written with importance weights only, as llama.cpp's llama-quantize requires
+// (tensor_requires_imatrix: IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS; GGML's own
+// ggml_quantize_requires_imatrix asserts for IQ2_XXS, IQ2_XS and IQ1_S). quantize_row still writes them, with
+// every weight 1.
+bool needs_importance(DType t);
 // quantize_row with importance weights qw [n]: each column's mean squared activation in the matmul (a row of
-// an importance matrix, imatrix_weights), by which the K-quants and IQ4 types weigh their rounding errors. qw
-// null, or a type without uses_importance: quantize_row.
+// an importance matrix, imatrix_weights), by which the K-quants and i-quants weigh their rounding errors.
+// qw null, or a type without uses_importance: quantize_row.
 void quantize_row_weighted(DType t, const float* src, void* dst, int64_t n, const float* qw);
 
 }  // namespace mixtral

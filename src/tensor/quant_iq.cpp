@@ -1,9 +1,14 @@
 #include "tensor/quant_iq.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <mutex>
+#include <vector>
 
+#include "core/check.h"
 #include "tensor/quant.h"
 
 namespace mixtral {
@@ -326,6 +331,462 @@ void quantize_iq4_xs(const float* src, void* dst, int64_t n, const float* qw) {
       b[i].scales_h |= static_cast<uint16_t>((s >> 4) << (2 * g));
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The grid i-quant quantizers (GGML's algorithm, quantize_row_iq2_xxs_impl and its siblings).
+//
+// Every grid type codes a unit of D elements (D = 8, or 4 for IQ3) as one entry of its grid, whose points
+// take L distinct values ("levels": 3 for IQ2 and IQ1, 8 for IQ3). Rounding each element to its nearest
+// level gives a vector of level indices, a key in [0, L^D); keys on the grid map to their entry, and each
+// key off it to a list of the entries nearest to it in level-index distance (the entries in its `kShells`
+// smallest distances). A unit at a given scale is projected by rounding, then (off the grid) by the
+// weighted error of each listed entry.
+namespace {
+
+enum class Grid { kIq2xxs, kIq2xs, kIq2s, kIq3xxs, kIq3s, kIq1s, kCount };
+
+struct GridTables {
+  int dim = 0;                       // elements per entry (8 or 4)
+  int n_levels = 0;                  // distinct point values
+  float level[8] = {};               // [n_levels] the values, ascending
+  float mid[7] = {};                 // [n_levels - 1] midpoints between neighbouring levels
+  std::vector<float> points;         // [n_grid][dim] each entry's point values
+  std::vector<int32_t> map;          // [n_levels^dim] entry index >= 0, or -(offset + 1) into neighbours
+  std::vector<uint16_t> neighbours;  // at each offset: count, then that many entry indices
+};
+
+GridTables build_tables(const void* grid, int n_grid, int dim, bool is_signed, int shells) {
+  GridTables t;
+  t.dim = dim;
+  auto byte_value = [&](int e, int j) {
+    const uint64_t entry =
+        dim == 8 ? static_cast<const uint64_t*>(grid)[e] : static_cast<const uint32_t*>(grid)[e];
+    const auto b = static_cast<uint8_t>(entry >> (8 * j));
+    return is_signed ? static_cast<float>(static_cast<int8_t>(b)) : static_cast<float>(b);
+  };
+  std::vector<float> values;
+  for (int e = 0; e < n_grid; ++e)
+    for (int j = 0; j < dim; ++j) values.push_back(byte_value(e, j));
+  std::sort(values.begin(), values.end());
+  values.erase(std::unique(values.begin(), values.end()), values.end());
+  MX_CHECK(values.size() <= 8, "i-quant grid with %zu levels", values.size());
+  t.n_levels = static_cast<int>(values.size());
+  for (int l = 0; l < t.n_levels; ++l) t.level[l] = values[static_cast<size_t>(l)];
+  for (int l = 0; l + 1 < t.n_levels; ++l) t.mid[l] = 0.5f * (t.level[l] + t.level[l + 1]);
+
+  int n_keys = 1;
+  for (int j = 0; j < dim; ++j) n_keys *= t.n_levels;
+  std::vector<uint8_t> grid_idx(static_cast<size_t>(n_grid) * dim);  // [n_grid][dim] level indices
+  t.points.resize(static_cast<size_t>(n_grid) * dim);
+  t.map.assign(static_cast<size_t>(n_keys), -1);
+  for (int e = 0; e < n_grid; ++e) {
+    int key = 0;
+    for (int j = dim - 1; j >= 0; --j) {
+      const float v = byte_value(e, j);
+      const int l = static_cast<int>(std::find(values.begin(), values.end(), v) - values.begin());
+      grid_idx[static_cast<size_t>(e) * dim + j] = static_cast<uint8_t>(l);
+      t.points[static_cast<size_t>(e) * dim + j] = v;
+      key = key * t.n_levels + l;
+    }
+    t.map[static_cast<size_t>(key)] = e;
+  }
+  std::vector<int> dist(static_cast<size_t>(n_grid));  // [n_grid] squared level-index distances
+  int kidx[8];
+  for (int key = 0; key < n_keys; ++key) {
+    if (t.map[static_cast<size_t>(key)] >= 0) continue;
+    for (int j = 0, k = key; j < dim; ++j, k /= t.n_levels) kidx[j] = k % t.n_levels;
+    for (int e = 0; e < n_grid; ++e) {
+      int d2 = 0;
+      for (int j = 0; j < dim; ++j) {
+        const int diff = kidx[j] - grid_idx[static_cast<size_t>(e) * dim + j];
+        d2 += diff * diff;
+      }
+      dist[static_cast<size_t>(e)] = d2;
+    }
+    std::vector<int> sorted(dist);
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    const int limit = sorted[static_cast<size_t>(std::min<int>(shells, static_cast<int>(sorted.size())) - 1)];
+    t.map[static_cast<size_t>(key)] = -static_cast<int32_t>(t.neighbours.size() + 1);
+    const size_t count_at = t.neighbours.size();
+    t.neighbours.push_back(0);
+    for (int e = 0; e < n_grid; ++e)
+      if (dist[static_cast<size_t>(e)] <= limit) t.neighbours.push_back(static_cast<uint16_t>(e));
+    t.neighbours[count_at] = static_cast<uint16_t>(t.neighbours.size() - count_at - 1);
+  }
+  return t;
+}
+
+// The tables of a grid, built on first use (once, whichever thread asks first).
+const GridTables& tables(Grid g) {
+  static std::once_flag once[static_cast<int>(Grid::kCount)];
+  static GridTables t[static_cast<int>(Grid::kCount)];
+  const int i = static_cast<int>(g);
+  std::call_once(once[i], [&] {
+    switch (g) {  // shells as GGML's nwant
+      case Grid::kIq2xxs:
+        t[i] = build_tables(iq::kIq2xxsGrid, 256, 8, false, 2);
+        break;
+      case Grid::kIq2xs:
+        t[i] = build_tables(iq::kIq2xsGrid, 512, 8, false, 2);
+        break;
+      case Grid::kIq2s:
+        t[i] = build_tables(iq::kIq2sGrid, 1024, 8, false, 1);
+        break;
+      case Grid::kIq3xxs:
+        t[i] = build_tables(iq::kIq3xxsGrid, 256, 4, false, 2);
+        break;
+      case Grid::kIq3s:
+        t[i] = build_tables(iq::kIq3sGrid, 512, 4, false, 3);
+        break;
+      default:
+        t[i] = build_tables(iq::kIq1sGrid, 2048, 8, true, 3);
+        break;
+    }
+  });
+  return t[i];
+}
+
+// The entry for D elements x (weights w) at `scale`, every point shifted by `off` (x ~ scale * (point +
+// off)): the rounded key's own entry if it is on the grid (then the weighted-nearest of all entries, as
+// each element is at its nearest level), else the listed neighbour of least weighted error. q [D]: the
+// entry's point + off. Returns the entry index; *err: its weighted squared error.
+int project(const GridTables& t, const float* x, const float* w, float scale, float off, float* q,
+            float* err) {
+  const float inv = 1.0f / scale;
+  int key = 0;
+  for (int j = t.dim - 1; j >= 0; --j) {
+    const float v = x[j] * inv - off;
+    int l = 0;
+    while (l + 1 < t.n_levels && v > t.mid[l]) ++l;
+    key = key * t.n_levels + l;
+  }
+  int index = t.map[static_cast<size_t>(key)];
+  if (index < 0) {
+    const uint16_t* list = t.neighbours.data() + (-index - 1);
+    float best = std::numeric_limits<float>::infinity();
+    for (int n = 1; n <= list[0]; ++n) {
+      const float* p = t.points.data() + static_cast<size_t>(list[n]) * t.dim;
+      float e = 0.0f;
+      for (int j = 0; j < t.dim; ++j) {
+        const float diff = x[j] - scale * (p[j] + off);
+        e += w[j] * diff * diff;
+      }
+      if (e < best) {
+        best = e;
+        index = list[n];
+      }
+    }
+  }
+  const float* p = t.points.data() + static_cast<size_t>(index) * t.dim;
+  float e = 0.0f;
+  for (int j = 0; j < t.dim; ++j) {
+    q[j] = p[j] + off;
+    const float diff = x[j] - scale * q[j];
+    e += w[j] * diff * diff;
+  }
+  *err = e;
+  return index;
+}
+
+enum class Signs { kParity7, kFull8, kNone };  // kNone: signed points (IQ1), no sign bits
+enum class Delta { kNone, kPerGroup, kPerUnit };
+
+// How one type codes a 256-element block (besides its bit packing).
+struct GridType {
+  Grid grid;
+  int group;  // elements per scale code
+  Signs signs;
+  Delta delta;           // IQ1: the +-delta shift, one per group (IQ1_S) or per unit (IQ1_M)
+  float code_a, code_b;  // a group's scale is d * (code_a + code_b * s), s in [0, n_codes)
+  int n_codes;
+  float lo, hi;  // candidate scales put the group's largest element at lo .. hi times the top
+  int n_try;     // level (1 + delta for IQ1), n_try of them evenly spaced
+};
+
+// Elements per unit and units per block follow from the grid; scale groups from `group`.
+struct BlockCode {
+  float d = 0.0f;
+  uint16_t index[64] = {};  // [units] entry index
+  uint8_t signs[32] = {};   // [32] sign bits of elements 8c .. 8c + 7 (bit j set = negative)
+  uint8_t code[16] = {};    // [groups] scale code
+  bool neg_delta[64] = {};  // [units] delta is -kIq1sDelta
+};
+
+constexpr float kGridEps = 1e-15f;  // a group whose largest |x| is below this gets scale 0
+
+// The error weights of a 256-element block: qw * sqrt(sigma2 + x^2), sigma2 = twice the block's mean square
+// (GGML's weights for the grid types), with qw = 1 without importance weights. (GGML has no default for
+// most of them; x^2, its default for IQ3, gives a 10-25% larger RMS error on Gaussian rows.)
+void grid_weights(const float* x, const float* qw, float* w) {
+  float sigma2 = 0.0f;
+  for (int j = 0; j < kQK_IQ; ++j) sigma2 += x[j] * x[j];
+  sigma2 *= 2.0f / static_cast<float>(kQK_IQ);
+  for (int j = 0; j < kQK_IQ; ++j) w[j] = (qw ? qw[j] : 1.0f) * std::sqrt(sigma2 + x[j] * x[j]);
+}
+
+// Projects the units of one scale group at `scale`: the points (q) and entries chosen, with the deltas
+// (IQ1_M: each unit's better one; IQ1_S: the given neg_delta for the whole group). Returns the error.
+float project_group(const GridType& ty, const GridTables& t, const float* x, const float* w, float scale,
+                    int first_unit, bool group_neg, float* q, uint16_t* index, bool* neg) {
+  float total = 0.0f;
+  const int units = ty.group / t.dim;
+  for (int u = 0; u < units; ++u) {
+    const int o = u * t.dim;
+    float e = 0.0f;
+    if (ty.delta == Delta::kNone) {
+      index[first_unit + u] = static_cast<uint16_t>(project(t, x + o, w + o, scale, 0.0f, q + o, &e));
+    } else if (ty.delta == Delta::kPerGroup) {
+      const float off = group_neg ? -iq::kIq1sDelta : iq::kIq1sDelta;
+      index[first_unit + u] = static_cast<uint16_t>(project(t, x + o, w + o, scale, off, q + o, &e));
+      neg[first_unit + u] = group_neg;
+    } else {
+      float qm[8], em = 0.0f;
+      const int ip = project(t, x + o, w + o, scale, iq::kIq1mDelta, q + o, &e);
+      const int im = project(t, x + o, w + o, scale, -iq::kIq1mDelta, qm, &em);
+      const bool use_neg = em < e;
+      neg[first_unit + u] = use_neg;
+      index[first_unit + u] = static_cast<uint16_t>(use_neg ? im : ip);
+      if (use_neg) {
+        e = em;
+        std::copy(qm, qm + t.dim, q + o);
+      }
+    }
+    total += e;
+  }
+  return total;
+}
+
+// The best scale of one group: at each candidate scale the units' projections, then the weighted
+// least-squares scale of those points, sum(w q x) / sum(w q^2); the candidate that reduces the error most
+// wins, and its points are projected once more at its least-squares scale (kept if that is better still).
+// IQ1_S tries both deltas. Returns the scale, 0 for a (near-)zero group.
+float fit_group(const GridType& ty, const GridTables& t, const float* x, const float* w) {
+  float amax = 0.0f;
+  for (int j = 0; j < ty.group; ++j) amax = std::max(amax, std::fabs(x[j]));
+  if (!(amax >= kGridEps)) return 0.0f;
+  const bool iq1 = ty.delta != Delta::kNone;
+  const float top = t.level[t.n_levels - 1] + (iq1 ? iq::kIq1sDelta : 0.0f);
+  float q[32];       // [group] points (+ delta) of the candidate
+  uint16_t idx[64];  // scratch entries
+  bool neg[64];      // scratch deltas
+  float best = 0.0f, best_scale = amax / top;
+  bool best_neg = false;
+  auto consider = [&](float scale, bool group_neg) {
+    project_group(ty, t, x, w, scale, 0, group_neg, q, idx, neg);
+    float sumqx = 0.0f, sumq2 = 0.0f;
+    for (int j = 0; j < ty.group; ++j) {
+      sumqx += w[j] * q[j] * x[j];
+      sumq2 += w[j] * q[j] * q[j];
+    }
+    if (sumq2 > 0.0f && sumqx > 0.0f && sumqx * sumqx > best * sumq2) {
+      best_scale = sumqx / sumq2;
+      best = best_scale * sumqx;
+      best_neg = group_neg;
+    }
+  };
+  for (int k = 0; k < ty.n_try; ++k) {
+    const float m = ty.lo + (ty.hi - ty.lo) * static_cast<float>(k) / static_cast<float>(ty.n_try - 1);
+    const float scale = amax / (m * top);
+    consider(scale, false);
+    if (ty.delta == Delta::kPerGroup) consider(scale, true);
+  }
+  consider(best_scale, best_neg);
+  return best_scale;
+}
+
+void code_block(const GridType& ty, const float* x, const float* w, BlockCode& c) {
+  const GridTables& t = tables(ty.grid);
+  c = BlockCode{};
+  float xv[kQK_IQ];  // [256] x with the stored signs taken out (sign types), else x
+  if (ty.signs == Signs::kNone) {
+    std::copy(x, x + kQK_IQ, xv);
+  } else {
+    for (int k = 0; k < kQK_IQ / 8; ++k) {
+      unsigned s = 0;
+      for (int j = 0; j < 8; ++j) {
+        xv[8 * k + j] = std::fabs(x[8 * k + j]);
+        if (x[8 * k + j] < 0.0f) s |= 1u << j;
+      }
+      // A 7-bit code stores an even number of negatives: with an odd number, the element of least w x^2
+      // keeps the wrong sign (it is then coded as -|x|, nearest the smallest level).
+      if (ty.signs == Signs::kParity7 && std::popcount(s) % 2) {
+        int jmin = 0;
+        for (int j = 1; j < 8; ++j) {
+          const float* y = x + 8 * k;
+          if (w[8 * k + j] * y[j] * y[j] < w[8 * k + jmin] * y[jmin] * y[jmin]) jmin = j;
+        }
+        xv[8 * k + jmin] = -xv[8 * k + jmin];
+        s ^= 1u << jmin;
+      }
+      c.signs[k] = static_cast<uint8_t>(s);
+    }
+  }
+  const int n_groups = kQK_IQ / ty.group;
+  float scale[16];  // [n_groups] fitted scales
+  float max_scale = 0.0f;
+  for (int g = 0; g < n_groups; ++g) {
+    scale[g] = fit_group(ty, t, xv + g * ty.group, w + g * ty.group);
+    max_scale = std::max(max_scale, scale[g]);
+  }
+  // d puts the largest group scale at the top code; every group then takes its nearest code and its
+  // units are projected again at the scale as stored.
+  const float top_code = ty.code_a + ty.code_b * static_cast<float>(ty.n_codes - 1);
+  c.d = fp16_to_f32(f32_to_fp16(max_scale / top_code));
+  if (!(c.d > 0.0f)) {
+    c = BlockCode{};
+    return;
+  }
+  float q[32];
+  for (int g = 0; g < n_groups; ++g) {
+    const int s = std::clamp(static_cast<int>(std::lround((scale[g] / c.d - ty.code_a) / ty.code_b)), 0,
+                             ty.n_codes - 1);
+    c.code[g] = static_cast<uint8_t>(s);
+    const float stored = c.d * (ty.code_a + ty.code_b * static_cast<float>(s));
+    const int first = g * ty.group / t.dim;
+    const float* xg = xv + g * ty.group;
+    const float* wg = w + g * ty.group;
+    if (ty.delta == Delta::kPerGroup) {  // the delta again, at the stored scale
+      uint16_t idx2[64];
+      bool neg2[64];
+      const float ep = project_group(ty, t, xg, wg, stored, first, false, q, c.index, c.neg_delta);
+      const float em = project_group(ty, t, xg, wg, stored, first, true, q, idx2, neg2);
+      if (em < ep) {
+        std::copy(idx2 + first, idx2 + first + ty.group / t.dim, c.index + first);
+        std::fill(c.neg_delta + first, c.neg_delta + first + ty.group / t.dim, true);
+      }
+    } else {
+      project_group(ty, t, xg, wg, stored, first, false, q, c.index, c.neg_delta);
+    }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// {grid, group, signs, delta, code_a, code_b, n_codes, lo, hi, n_try}
+constexpr GridType kIq2xxs{Grid::kIq2xxs, 32, Signs::kParity7, Delta::kNone, 0.125f, 0.25f, 16, 0.7f,
+                           1.3f,          19};
+constexpr GridType kIq2xs{Grid::kIq2xs, 16, Signs::kParity7, Delta::kNone, 0.125f, 0.25f, 16, 0.7f, 1.3f, 19};
+constexpr GridType kIq2s{Grid::kIq2s, 16, Signs::kFull8, Delta::kNone, 0.125f, 0.25f, 16, 0.7f, 1.3f, 19};
+constexpr GridType kIq3xxs{Grid::kIq3xxs, 32, Signs::kParity7, Delta::kNone, 0.25f, 0.5f, 16, 0.8f, 1.2f, 19};
+constexpr GridType kIq3s{Grid::kIq3s, 32, Signs::kFull8, Delta::kNone, 1.0f, 2.0f, 16, 0.8f, 1.2f, 19};
+constexpr GridType kIq1s{Grid::kIq1s, 32, Signs::kNone, Delta::kPerGroup, 1.0f, 2.0f, 8, 0.8f, 2.6f, 25};
+constexpr GridType kIq1m{Grid::kIq1s, 16, Signs::kNone, Delta::kPerUnit, 1.0f, 2.0f, 8, 0.8f, 2.6f, 25};
+
+// Codes each 256-element block of src and hands it to pack(code, block i).
+template <class Block, class Pack>
+void quantize_grid(const GridType& ty, const float* src, void* dst, int64_t n, const float* qw, Pack pack) {
+  auto* b = static_cast<Block*>(dst);
+  float w[kQK_IQ];  // [256] error weights
+  BlockCode c;
+  for (int64_t i = 0; i < n / kQK_IQ; ++i) {
+    const float* x = src + i * kQK_IQ;
+    grid_weights(x, qw ? qw + i * kQK_IQ : nullptr, w);
+    code_block(ty, x, w, c);
+    std::memset(&b[i], 0, sizeof(Block));
+    pack(c, b[i]);
+  }
+}
+
+}  // namespace
+
+void quantize_iq2_xxs(const float* src, void* dst, int64_t n, const float* qw) {
+  quantize_grid<BlockIQ2_XXS>(kIq2xxs, src, dst, n, qw, [](const BlockCode& c, BlockIQ2_XXS& b) {
+    b.d = f32_to_fp16(c.d);
+    for (int g = 0; g < kQK_IQ / 32; ++g) {
+      uint32_t a = 0, s = static_cast<uint32_t>(c.code[g]) << 28;
+      for (int l = 0; l < 4; ++l) {
+        a |= static_cast<uint32_t>(c.index[4 * g + l]) << (8 * l);
+        s |= static_cast<uint32_t>(c.signs[4 * g + l] & 127) << (7 * l);
+      }
+      b.qs[4 * g] = static_cast<uint16_t>(a);
+      b.qs[4 * g + 1] = static_cast<uint16_t>(a >> 16);
+      b.qs[4 * g + 2] = static_cast<uint16_t>(s);
+      b.qs[4 * g + 3] = static_cast<uint16_t>(s >> 16);
+    }
+  });
+}
+
+void quantize_iq2_xs(const float* src, void* dst, int64_t n, const float* qw) {
+  quantize_grid<BlockIQ2_XS>(kIq2xs, src, dst, n, qw, [](const BlockCode& c, BlockIQ2_XS& b) {
+    b.d = f32_to_fp16(c.d);
+    for (int k = 0; k < kQK_IQ / 8; ++k)
+      b.qs[k] = static_cast<uint16_t>(c.index[k] | (c.signs[k] & 127) << 9);
+    for (int g = 0; g < kQK_IQ / 32; ++g)
+      b.scales[g] = static_cast<uint8_t>(c.code[2 * g] | c.code[2 * g + 1] << 4);
+  });
+}
+
+void quantize_iq2_s(const float* src, void* dst, int64_t n, const float* qw) {
+  quantize_grid<BlockIQ2_S>(kIq2s, src, dst, n, qw, [](const BlockCode& c, BlockIQ2_S& b) {
+    b.d = f32_to_fp16(c.d);
+    for (int k = 0; k < kQK_IQ / 8; ++k) {
+      b.qs[k] = static_cast<uint8_t>(c.index[k]);
+      b.qh[k / 4] = static_cast<uint8_t>(b.qh[k / 4] | (c.index[k] >> 8) << (2 * (k % 4)));
+      b.qs[kQK_IQ / 8 + k] = c.signs[k];
+    }
+    for (int g = 0; g < kQK_IQ / 32; ++g)
+      b.scales[g] = static_cast<uint8_t>(c.code[2 * g] | c.code[2 * g + 1] << 4);
+  });
+}
+
+void quantize_iq3_xxs(const float* src, void* dst, int64_t n, const float* qw) {
+  quantize_grid<BlockIQ3_XXS>(kIq3xxs, src, dst, n, qw, [](const BlockCode& c, BlockIQ3_XXS& b) {
+    b.d = f32_to_fp16(c.d);
+    for (int k = 0; k < kQK_IQ / 4; ++k) b.qs[k] = static_cast<uint8_t>(c.index[k]);
+    for (int g = 0; g < kQK_IQ / 32; ++g) {
+      uint32_t s = static_cast<uint32_t>(c.code[g]) << 28;
+      for (int l = 0; l < 4; ++l) s |= static_cast<uint32_t>(c.signs[4 * g + l] & 127) << (7 * l);
+      std::memcpy(b.qs + kQK_IQ / 4 + 4 * g, &s, 4);
+    }
+  });
+}
+
+void quantize_iq3_s(const float* src, void* dst, int64_t n, const float* qw) {
+  quantize_grid<BlockIQ3_S>(kIq3s, src, dst, n, qw, [](const BlockCode& c, BlockIQ3_S& b) {
+    b.d = f32_to_fp16(c.d);
+    for (int k = 0; k < kQK_IQ / 4; ++k) {
+      b.qs[k] = static_cast<uint8_t>(c.index[k]);
+      b.qh[k / 8] = static_cast<uint8_t>(b.qh[k / 8] | (c.index[k] >> 8) << (k % 8));
+    }
+    std::memcpy(b.signs, c.signs, sizeof(b.signs));
+    for (int g = 0; g < kQK_IQ / 64; ++g)
+      b.scales[g] = static_cast<uint8_t>(c.code[2 * g] | c.code[2 * g + 1] << 4);
+  });
+}
+
+void quantize_iq1_s(const float* src, void* dst, int64_t n, const float* qw) {
+  quantize_grid<BlockIQ1_S>(kIq1s, src, dst, n, qw, [](const BlockCode& c, BlockIQ1_S& b) {
+    b.d = f32_to_fp16(c.d);
+    for (int g = 0; g < kQK_IQ / 32; ++g) {
+      unsigned h = static_cast<unsigned>(c.code[g]) << 12 | (c.neg_delta[4 * g] ? 0x8000u : 0u);
+      for (int l = 0; l < 4; ++l) {
+        b.qs[4 * g + l] = static_cast<uint8_t>(c.index[4 * g + l]);
+        h |= static_cast<unsigned>(c.index[4 * g + l] >> 8) << (3 * l);
+      }
+      b.qh[g] = static_cast<uint16_t>(h);
+    }
+  });
+}
+
+void quantize_iq1_m(const float* src, void* dst, int64_t n, const float* qw) {
+  quantize_grid<BlockIQ1_M>(kIq1m, src, dst, n, qw, [](const BlockCode& c, BlockIQ1_M& b) {
+    const uint16_t d16 = f32_to_fp16(c.d);
+    uint16_t w[4];  // the scale words: 4 codes of 3 bits, then a nibble of d
+    for (int v = 0; v < 4; ++v) {
+      w[v] = static_cast<uint16_t>(((d16 >> (4 * v)) & 0xf) << 12);
+      for (int h = 0; h < 4; ++h) w[v] = static_cast<uint16_t>(w[v] | c.code[4 * v + h] << (3 * h));
+    }
+    std::memcpy(b.scales, w, sizeof(w));
+    for (int k = 0; k < kQK_IQ / 8; ++k) {
+      b.qs[k] = static_cast<uint8_t>(c.index[k]);
+      const unsigned nib = (c.index[k] >> 8) | (c.neg_delta[k] ? 8u : 0u);
+      b.qh[k / 2] = static_cast<uint8_t>(b.qh[k / 2] | nib << (4 * (k % 2)));
+    }
+  });
 }
 
 }  // namespace detail
