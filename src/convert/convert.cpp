@@ -111,11 +111,9 @@ bool can_write(DType t) {
   return traits(t).quantizable;
 }
 
+// llama.cpp's tensor_requires_imatrix (its Q2_K_S case aside: no such mix here).
 bool requires_imatrix(Role role, DType t) {
-  // llama.cpp's tensor_requires_imatrix (the Q2_K_S case aside: no such mix here).
-  const bool needs = t == DType::IQ1_S || t == DType::IQ1_M || t == DType::IQ2_XXS || t == DType::IQ2_XS ||
-                     t == DType::IQ2_S || t == DType::IQ3_XXS;
-  return role != Role::kTokenEmbd && role != Role::kOutput && needs;
+  return role != Role::kTokenEmbd && role != Role::kOutput && needs_importance(t);
 }
 
 // llama.cpp's llama_tensor_get_type for the llama architecture (Mixtral's), rule by rule. Not carried
