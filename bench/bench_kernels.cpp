@@ -200,17 +200,23 @@ constexpr int64_t kQ8 = static_cast<int64_t>(DType::Q8_0), kQ4 = static_cast<int
                   kQ8G8 = static_cast<int64_t>(DType::Q8_0_G8),
                   kQ4R16 = static_cast<int64_t>(DType::Q4_0_R16),
                   kQ8R16 = static_cast<int64_t>(DType::Q8_0_R16),
-                  kIQ4NL = static_cast<int64_t>(DType::IQ4_NL), kIQ4XS = static_cast<int64_t>(DType::IQ4_XS);
+                  kIQ4NL = static_cast<int64_t>(DType::IQ4_NL), kIQ4XS = static_cast<int64_t>(DType::IQ4_XS),
+                  kIQ2XXS = static_cast<int64_t>(DType::IQ2_XXS),
+                  kIQ2XS = static_cast<int64_t>(DType::IQ2_XS), kIQ2S = static_cast<int64_t>(DType::IQ2_S),
+                  kIQ3XXS = static_cast<int64_t>(DType::IQ3_XXS), kIQ3S = static_cast<int64_t>(DType::IQ3_S),
+                  kIQ1S = static_cast<int64_t>(DType::IQ1_S), kIQ1M = static_cast<int64_t>(DType::IQ1_M);
 
 BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 BENCHMARK(BM_MatmulDecode)
     ->ArgNames({"dtype", "rows", "cols", "threads"})
-    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16, kIQ4NL, kIQ4XS},
+    ->ArgsProduct({{kQ8,   kQ8G8,  kQ8R16, kQ4,     kQ4G8,  kQ4R16, kQ4K,    kQ5K,  kQ6K,  kF16,
+                    kBF16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S,  kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {14336},
                    {4096},
                    {1, 2}})
-    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16, kIQ4NL, kIQ4XS},
+    ->ArgsProduct({{kQ8,   kQ8G8,  kQ8R16, kQ4,     kQ4G8,  kQ4R16, kQ4K,    kQ5K,  kQ6K,  kF16,
+                    kBF16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S,  kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {4096},
                    {14336},
                    {1, 2}})
@@ -220,7 +226,8 @@ BENCHMARK(BM_MatmulDecode)
 // can keep up with memory, and by how much.
 BENCHMARK(BM_MatmulDecodeHot)
     ->ArgNames({"dtype", "rows", "cols", "threads"})
-    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ5K, kQ6K, kF16, kBF16, kIQ4NL, kIQ4XS},
+    ->ArgsProduct({{kQ8,   kQ8G8,  kQ8R16, kQ4,     kQ4G8,  kQ4R16, kQ4K,    kQ5K,  kQ6K,  kF16,
+                    kBF16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S,  kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {256},
                    {4096},
                    {1}})
@@ -237,7 +244,8 @@ BENCHMARK(BM_SwigluDecode)
 BENCHMARK(BM_MatmulPrefill)
     ->Name("BM_MatmulSmallBatch")
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kIQ4NL, kIQ4XS},
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S,
+                    kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {14336},
                    {4096},
                    {1, 2, 3, 4, 5, 6, 8, 12, 16},
@@ -246,15 +254,20 @@ BENCHMARK(BM_MatmulPrefill)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatmulHot)
     ->ArgNames({"dtype", "rows", "cols", "n"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kIQ4NL, kIQ4XS},
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S,
+                    kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {512},
                    {4096},
                    {2, 3, 4, 6, 8, 12, 64}})
-    ->ArgsProduct(
-        {{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kQ6K, kIQ4NL, kIQ4XS}, {256, 2048}, {4096}, {1}});
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kQ6K, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS,
+                    kIQ2S, kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
+                   {256, 2048},
+                   {4096},
+                   {1}});
 BENCHMARK(BM_MatmulPrefill)
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ6K, kIQ4NL, kIQ4XS},
+    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ6K, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS,
+                    kIQ2S, kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {14336},
                    {4096},
                    {64, 512},

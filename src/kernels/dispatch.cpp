@@ -484,10 +484,9 @@ PreparedInput& thread_input(const TensorView& w, const float* x, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Fallback for the supported weight types not in kWeightTypes (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, the i-quants
-// but IQ4_NL and IQ4_XS): each thread dequantizes tiles of weight rows to f32 with the scalar dequantize_row
-// and runs the table's f32 tile on them. Correct for every supported type; a type added to kWeightTypes
-// leaves it.
+// Fallback for the supported weight types not in kWeightTypes (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K): each thread
+// dequantizes tiles of weight rows to f32 with the scalar dequantize_row and runs the table's f32 tile on
+// them. Correct for every supported type; a type added to kWeightTypes leaves it.
 namespace fallback {
 
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ldy, ThreadPool& pool) {

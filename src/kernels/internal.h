@@ -50,6 +50,13 @@ constexpr WeightType kWeightTypes[] = {
     {DType::Q8_0_R16, Activations::kQ8_0},  //
     {DType::IQ4_NL, Activations::kQ8_0},    // 32-value blocks, each against one Q8_0 activation block
     {DType::IQ4_XS, Activations::kQ8_0},    // (IQ4_XS: 8 per super-block, x86/iq4.inc says why)
+    {DType::IQ2_XXS, Activations::kQ8_K},   // the grid i-quants: scales per 16 or 32 values inside
+    {DType::IQ2_XS, Activations::kQ8_K},    // 256-value super-blocks (x86/iq_grid.inc)
+    {DType::IQ2_S, Activations::kQ8_K},     //
+    {DType::IQ3_XXS, Activations::kQ8_K},   //
+    {DType::IQ3_S, Activations::kQ8_K},     //
+    {DType::IQ1_S, Activations::kQ8_K},     //
+    {DType::IQ1_M, Activations::kQ8_K},     //
 };
 constexpr int kNumWeightTypes = static_cast<int>(sizeof(kWeightTypes) / sizeof(kWeightTypes[0]));
 

@@ -387,6 +387,14 @@ constexpr MatmulTileFn iq4_matmul =
     tiles<Iq4Tile<Fmt, kPrefetchBytes>::template K, 4, Iq4Tile<Fmt, kTilePrefetchBytes>::template K, 2, 3>;
 
 // ---------------------------------------------------------------------------------------------------
+// The grid i-quants (IQ2_XXS ... IQ1_M): the shared kernels (x86/iq_grid.inc) over Q8_K activations, in
+// 256-bit steps (vpsignb, vpmaddwd); 4 rows in lockstep for one token, else 2 rows against runs of up to 16
+// tokens.
+#define MX_IQG_512 0
+#include "kernels/x86/iq_grid.inc"
+#undef MX_IQG_512
+
+// ---------------------------------------------------------------------------------------------------
 // K-quants: the shared 256-bit kernels (vpmaddwd form).
 #define MX_K_VNNI 0
 #include "kernels/x86/kquant.inc"
@@ -638,6 +646,13 @@ constexpr MatmulKernel kMatmul[] = {
      DType::Q8_0_R16},
     {DType::IQ4_NL, iq4_matmul<Iq4NlRow>, nullptr, DType::IQ4_NL},
     {DType::IQ4_XS, iq4_matmul<Iq4XsRow>, nullptr, DType::IQ4_XS},
+    {DType::IQ2_XXS, iqg_matmul<Iq2xxsFmt, 2>, nullptr, DType::IQ2_XXS},
+    {DType::IQ2_XS, iqg_matmul<Iq2xsFmt, 2>, nullptr, DType::IQ2_XS},
+    {DType::IQ2_S, iqg_matmul<Iq2sFmt, 2>, nullptr, DType::IQ2_S},
+    {DType::IQ3_XXS, iqg_matmul<Iq3xxsFmt, 2>, nullptr, DType::IQ3_XXS},
+    {DType::IQ3_S, iqg_matmul<Iq3sFmt, 2>, nullptr, DType::IQ3_S},
+    {DType::IQ1_S, iqg_matmul<Iq1sFmt, 2>, nullptr, DType::IQ1_S},
+    {DType::IQ1_M, iqg_matmul<Iq1mFmt, 2>, nullptr, DType::IQ1_M},
 };
 static_assert(lists_every_weight_type(kMatmul), "avx2 table: a weight type without its kernel");
 

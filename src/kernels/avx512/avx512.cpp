@@ -580,6 +580,14 @@ constexpr MatmulTileFn iq4_matmul =
     tiles<Iq4Tile<Fmt, kPrefetchBytes>::template K, 4, Iq4Tile<Fmt, kTilePrefetchBytes>::template K, 4, 3>;
 
 // ---------------------------------------------------------------------------------------------------
+// The grid i-quants (IQ2_XXS ... IQ1_M): the shared kernels (x86/iq_grid.inc) over Q8_K activations, in
+// 512-bit steps (byte-masked negation, vpdpwssd); 4 rows in lockstep for one token, else 4 rows against runs
+// of up to 16 tokens.
+#define MX_IQG_512 1
+#include "kernels/x86/iq_grid.inc"
+#undef MX_IQG_512
+
+// ---------------------------------------------------------------------------------------------------
 // K-quants: the shared kernels with 512-bit decode and prefill, vpdpwssd adding the scaled pairs (one
 // instruction instead of vpmaddwd + vpaddd per vector and token).
 #define MX_K_VNNI 1
@@ -861,6 +869,13 @@ constexpr MatmulKernel kMatmul[] = {
     {DType::Q8_0_R16, r16_matmul<R16Q8>, nullptr, DType::Q8_0_R16},
     {DType::IQ4_NL, iq4_matmul<Iq4NlRow>, nullptr, DType::IQ4_NL},
     {DType::IQ4_XS, iq4_matmul<Iq4XsRow>, nullptr, DType::IQ4_XS},
+    {DType::IQ2_XXS, iqg_matmul<Iq2xxsFmt, 4>, nullptr, DType::IQ2_XXS},
+    {DType::IQ2_XS, iqg_matmul<Iq2xsFmt, 4>, nullptr, DType::IQ2_XS},
+    {DType::IQ2_S, iqg_matmul<Iq2sFmt, 4>, nullptr, DType::IQ2_S},
+    {DType::IQ3_XXS, iqg_matmul<Iq3xxsFmt, 4>, nullptr, DType::IQ3_XXS},
+    {DType::IQ3_S, iqg_matmul<Iq3sFmt, 4>, nullptr, DType::IQ3_S},
+    {DType::IQ1_S, iqg_matmul<Iq1sFmt, 4>, nullptr, DType::IQ1_S},
+    {DType::IQ1_M, iqg_matmul<Iq1mFmt, 4>, nullptr, DType::IQ1_M},
 };
 static_assert(lists_every_weight_type(kMatmul), "avx512 table: a weight type without its kernel");
 

@@ -284,6 +284,36 @@ void k_tile(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt,
   }
 }
 
+// The grid i-quants (IQ2_XXS ... IQ1_M) with Q8_K activations: each super-block decoded to f32 by the
+// scalar decoder (tensor/quant_iq.h) once per kT tokens, dotted with each token's integer values and
+// scaled by its d.
+template <DType kType>
+void iq_grid_tile(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y,
+                  int64_t ldy) {
+  const int64_t nb = a.cols / kQK_K;
+  const size_t bytes = traits(kType).block_bytes;
+  float wf[kQK_K];  // [256] one decoded super-block
+  for (int64_t r = 0; r < nr; ++r) {
+    const uint8_t* w = a.w + (r0 + r) * a.w_stride;
+    for (int64_t tt = 0; tt < nt; tt += kT) {
+      const int ct = static_cast<int>(std::min<int64_t>(kT, nt - tt));
+      float acc[kT] = {};
+      for (int64_t b = 0; b < nb; ++b) {
+        dequantize_row(kType, w + static_cast<size_t>(b) * bytes, wf, kQK_K);
+        for (int t = 0; t < ct; ++t) {
+          const BlockQ8_K& x = a.xk[(t0 + tt + t) * nb + b];
+          float s[kL] = {};
+          for (int j = 0; j < kQK_K; ++j) s[j % kL] += wf[j] * static_cast<float>(x.qs[j]);
+          float dot = 0.0f;
+          for (int l = 0; l < kL; ++l) dot += s[l];
+          acc[t] += x.d * dot;
+        }
+      }
+      for (int t = 0; t < ct; ++t) y[(tt + t) * ldy + r] = acc[t];
+    }
+  }
+}
+
 void quantize_q8_k(const float* x, int64_t cols, BlockQ8_K* out) {
   quantize_row(DType::Q8_K, x, out, cols);
 }
@@ -360,6 +390,13 @@ constexpr MatmulKernel kMatmul[] = {
     {DType::Q8_0_R16, r16_tile<DType::Q8_0_R16, quant_tile<unpack_q8>>, nullptr, DType::Q8_0_R16},
     {DType::IQ4_NL, quant_tile<unpack_iq4_nl>, nullptr, DType::IQ4_NL},
     {DType::IQ4_XS, quant_tile<unpack_iq4_xs>, nullptr, DType::IQ4_XS},
+    {DType::IQ2_XXS, iq_grid_tile<DType::IQ2_XXS>, nullptr, DType::IQ2_XXS},
+    {DType::IQ2_XS, iq_grid_tile<DType::IQ2_XS>, nullptr, DType::IQ2_XS},
+    {DType::IQ2_S, iq_grid_tile<DType::IQ2_S>, nullptr, DType::IQ2_S},
+    {DType::IQ3_XXS, iq_grid_tile<DType::IQ3_XXS>, nullptr, DType::IQ3_XXS},
+    {DType::IQ3_S, iq_grid_tile<DType::IQ3_S>, nullptr, DType::IQ3_S},
+    {DType::IQ1_S, iq_grid_tile<DType::IQ1_S>, nullptr, DType::IQ1_S},
+    {DType::IQ1_M, iq_grid_tile<DType::IQ1_M>, nullptr, DType::IQ1_M},
 };
 static_assert(lists_every_weight_type(kMatmul), "scalar table: a weight type without its kernel");
 

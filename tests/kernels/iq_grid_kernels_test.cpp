@@ -1,0 +1,272 @@
+// The grid i-quant matmul kernels (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M: x86/iq_grid.inc and
+// the scalar table's) on each kernel table selected explicitly, from random valid blocks in which every
+// entry of the type's grid is indexed, against two oracles:
+//  - float64 of the decoded weights (tensor/quant_iq.h's scalar decoders) with the Q8_K-decoded activations:
+//    the same dot inputs, so only the f32 scaling and summation of exact int32 sums differ; bound 1e-5
+//    relative to sum |w x| (as KQuantsMatchReference in kernels_test);
+//  - ref::matmul (decoded weights times the f32 activations): differs by the Q8_K rounding of x, at most
+//    half a step per value; bound 2e-2 relative to sum |w x| (kernels_test's bound for Q8_K readers).
+// And batch invariance: each token alone gives the bits it gives inside the batch, at 1 and 2 threads.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "kernels/internal.h"
+#include "kernels/kernels.h"
+#include "tensor/quant.h"
+#include "tensor/quant_iq.h"
+
+namespace mixtral::kernels {
+namespace {
+
+constexpr DType kGridTypes[] = {DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS,
+                                DType::IQ3_S,   DType::IQ1_S,  DType::IQ1_M};
+
+// Entries in t's grid, and the grid points each index covers (8, or 4 for the IQ3 types).
+int grid_size(DType t) {
+  switch (t) {
+    case DType::IQ2_XXS:
+    case DType::IQ3_XXS:
+      return 256;
+    case DType::IQ2_XS:
+    case DType::IQ3_S:
+      return 512;
+    case DType::IQ2_S:
+      return 1024;
+    default:
+      return 2048;  // IQ1_S, IQ1_M
+  }
+}
+int units_per_block(DType t) {
+  return t == DType::IQ3_XXS || t == DType::IQ3_S ? 64 : 32;
+}
+
+// Sets grid index idx for unit k (elements 8k .. 8k + 7, or 4k .. 4k + 3 for IQ3) of one block, keeping its
+// other fields (tensor/quant_iq.h's layouts).
+void set_index(DType t, uint8_t* blk, int k, unsigned idx) {
+  switch (t) {
+    case DType::IQ2_XXS: {
+      auto& b = *reinterpret_cast<BlockIQ2_XXS*>(blk);
+      reinterpret_cast<uint8_t*>(b.qs)[8 * (k / 4) + k % 4] = static_cast<uint8_t>(idx);
+      break;
+    }
+    case DType::IQ2_XS: {
+      auto& b = *reinterpret_cast<BlockIQ2_XS*>(blk);
+      b.qs[k] = static_cast<uint16_t>((b.qs[k] & 0xfe00) | idx);
+      break;
+    }
+    case DType::IQ2_S: {
+      auto& b = *reinterpret_cast<BlockIQ2_S*>(blk);
+      b.qs[k] = static_cast<uint8_t>(idx);
+      const int sh = 2 * (k % 4);
+      b.qh[k / 4] = static_cast<uint8_t>((b.qh[k / 4] & ~(3 << sh)) | (idx >> 8) << sh);
+      break;
+    }
+    case DType::IQ3_XXS:
+      reinterpret_cast<BlockIQ3_XXS*>(blk)->qs[k] = static_cast<uint8_t>(idx);
+      break;
+    case DType::IQ3_S: {
+      auto& b = *reinterpret_cast<BlockIQ3_S*>(blk);
+      b.qs[k] = static_cast<uint8_t>(idx);
+      b.qh[k / 8] = static_cast<uint8_t>((b.qh[k / 8] & ~(1 << (k % 8))) | (idx >> 8) << (k % 8));
+      break;
+    }
+    case DType::IQ1_S: {
+      auto& b = *reinterpret_cast<BlockIQ1_S*>(blk);
+      b.qs[k] = static_cast<uint8_t>(idx);
+      const int sh = 3 * (k % 4);
+      b.qh[k / 4] = static_cast<uint16_t>((b.qh[k / 4] & ~(7 << sh)) | (idx >> 8) << sh);
+      break;
+    }
+    case DType::IQ1_M: {
+      auto& b = *reinterpret_cast<BlockIQ1_M*>(blk);
+      b.qs[k] = static_cast<uint8_t>(idx);
+      const int sh = 4 * (k % 2);
+      b.qh[k / 2] = static_cast<uint8_t>((b.qh[k / 2] & ~(7 << sh)) | (idx >> 8) << sh);
+      break;
+    }
+    default:
+      FAIL() << "not a grid type";
+  }
+}
+
+// Sets a block's fp16 d (IQ1_M: the top nibbles of its four scale words).
+void set_d(DType t, uint8_t* blk, uint16_t d) {
+  if (t != DType::IQ1_M) {
+    std::memcpy(blk, &d, 2);
+    return;
+  }
+  auto& b = *reinterpret_cast<BlockIQ1_M*>(blk);
+  uint16_t w[4];
+  std::memcpy(w, b.scales, sizeof(w));
+  for (int i = 0; i < 4; ++i) w[i] = static_cast<uint16_t>((w[i] & 0x0fff) | ((d >> (4 * i)) & 0xf) << 12);
+  std::memcpy(b.scales, w, sizeof(w));
+}
+
+// [rows, cols] of random blocks (every sign code, scale code and delta), d of either sign and about the size
+// that gives 0.05-scale weights, and the grid indices of consecutive units running through the whole grid
+// (a stride coprime with its size, from a random start), so every entry is used once the matrix has as
+// many units.
+struct GridWeights {
+  std::vector<uint8_t> bytes;
+  TensorView view;
+  std::vector<double> deq;  // [rows, cols]
+};
+GridWeights make_grid_weights(DType t, int64_t rows, int64_t cols, uint32_t seed) {
+  const DTypeTraits& tr = traits(t);
+  GridWeights w;
+  w.bytes.resize(static_cast<size_t>(rows) * row_bytes(t, cols));
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> mag(0.5f, 1.5f);
+  for (auto& b : w.bytes) b = static_cast<uint8_t>(byte(rng));
+  const int size = grid_size(t), units = units_per_block(t);
+  unsigned next = static_cast<unsigned>(byte(rng));
+  const int64_t blocks = rows * cols / kQK_IQ;
+  for (int64_t i = 0; i < blocks; ++i) {
+    uint8_t* blk = w.bytes.data() + i * static_cast<int64_t>(tr.block_bytes);
+    for (int k = 0; k < units; ++k, next += 7) set_index(t, blk, k, next % static_cast<unsigned>(size));
+    set_d(t, blk, f32_to_fp16(0.05f / 64.0f * mag(rng) * (byte(rng) < 128 ? -1.0f : 1.0f)));
+  }
+  std::vector<float> tmp(static_cast<size_t>(rows * cols));
+  dequantize_row(t, w.bytes.data(), tmp.data(), rows * cols);
+  w.deq.assign(tmp.begin(), tmp.end());
+  w.view.data = w.bytes.data();
+  w.view.dtype = t;
+  w.view.ndim = 2;
+  w.view.shape = {rows, cols, 1, 1};
+  return w;
+}
+
+std::vector<float> randn(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// max over tokens of (max_r |a - b| / max_r scale); a, b, scale: [n, ld], `rows` valid columns.
+double norm_err(const float* a, const float* b, const float* scale, int64_t n, int64_t rows, int64_t ld) {
+  double worst = 0.0;
+  for (int64_t t = 0; t < n; ++t) {
+    double num = 0.0, den = 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+      num = std::max(num, std::fabs(static_cast<double>(a[t * ld + r]) - b[t * ld + r]));
+      den = std::max(den, std::fabs(static_cast<double>(scale[t * ld + r])));
+    }
+    worst = std::max(worst, den > 0 ? num / den : num);
+  }
+  return worst;
+}
+
+const detail::KernelTable* table_of(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return &detail::generic_table();
+    case Isa::kAvx2:
+      return detail::avx2_table();
+    case Isa::kAvx512:
+      return detail::avx512_table();
+  }
+  return nullptr;
+}
+
+const char* dname(DType t) {
+  return dtype_name(t).data();
+}
+
+class IqGridKernels : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override {
+    const Isa isa = GetParam();
+    if (static_cast<int>(isa) > static_cast<int>(detect_isa()) || table_of(isa) == nullptr)
+      GTEST_SKIP() << "this CPU (or build) has no " << isa_name(isa)
+                   << ": its grid i-quant kernels are not run";
+    set_isa(isa);
+    if (active_isa() != isa || table_of(isa) != &detail::active_table())
+      detail::set_table_for_testing(isa, table_of(isa));
+  }
+  void TearDown() override { set_isa(detect_isa()); }
+
+  void check(DType t, int64_t rows, int64_t cols, int64_t n) {
+    SCOPED_TRACE(std::string(dname(t)) + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
+                 " n=" + std::to_string(n));
+    const GridWeights w = make_grid_weights(t, rows, cols, static_cast<uint32_t>(rows * 131 + cols * 7 + n));
+    std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 17));  // [n, cols]
+    std::fill(x.begin(), x.begin() + kQK_IQ, 0.0f);                         // an all-zero block: d = 0
+    const int64_t ldy = rows + 1;
+    // x through Q8_K and back: the kernels' dot inputs.
+    std::vector<float> xr(x.size());  // [n, cols]
+    std::vector<BlockQ8_K> xb(static_cast<size_t>(cols / kQK_IQ));
+    for (int64_t tk = 0; tk < n; ++tk) {
+      quantize_row(DType::Q8_K, x.data() + tk * cols, xb.data(), cols);
+      dequantize_row(DType::Q8_K, xb.data(), xr.data() + tk * cols, cols);
+    }
+    std::vector<float> y64(static_cast<size_t>(n * ldy), 0.0f), mag(y64.size(), 0.0f);  // [n, ldy]
+    for (int64_t tk = 0; tk < n; ++tk)
+      for (int64_t r = 0; r < rows; ++r) {
+        double sum = 0.0, m = 0.0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const double p = w.deq[r * cols + c] * static_cast<double>(xr[tk * cols + c]);
+          sum += p;
+          m += std::fabs(w.deq[r * cols + c] * static_cast<double>(x[tk * cols + c]));
+        }
+        y64[tk * ldy + r] = static_cast<float>(sum);
+        mag[tk * ldy + r] = static_cast<float>(m);
+      }
+    std::vector<float> ref(y64.size(), 0.0f);  // [n, ldy]
+    ref::matmul(w.view, x.data(), n, ref.data(), ldy);
+
+    std::vector<float> y1(y64.size(), -7.0f), y2(y1);  // [n, ldy]
+    matmul(w.view, x.data(), n, y1.data(), ldy, pool1_);
+    matmul(w.view, x.data(), n, y2.data(), ldy, pool2_);
+    EXPECT_LE(norm_err(y1.data(), y64.data(), mag.data(), n, rows, ldy), 1e-5)
+        << "vs float64 with the Q8_K activations";
+    EXPECT_LE(norm_err(y1.data(), ref.data(), mag.data(), n, rows, ldy), 2e-2) << "vs ref::matmul";
+    EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float))) << "1 vs 2 threads differ";
+    for (int64_t tk = 0; tk < n; ++tk) ASSERT_EQ(y1[tk * ldy + rows], -7.0f) << "wrote past rows";
+    if (n > 1) {
+      std::vector<float> one(static_cast<size_t>(rows));  // [rows]
+      for (int64_t tk = 0; tk < n; ++tk) {
+        matmul(w.view, x.data() + tk * cols, 1, one.data(), rows, pool1_);
+        ASSERT_EQ(0, std::memcmp(one.data(), y1.data() + tk * ldy, one.size() * sizeof(float)))
+            << "token " << tk << " alone differs from the same token in a batch of " << n;
+      }
+    }
+  }
+
+  ThreadPool pool1_{1};
+  ThreadPool pool2_{2};
+};
+
+// Every token count the brief names (decode, tile widths and remainders, two runs of 16 and one more) on
+// 21 rows (4-row decode parts plus a remainder row; 2- and 4-row tiles plus remainders), 1024 columns
+// (4 super-blocks: 84 blocks, enough units for every grid entry, IQ1's 2048 included).
+TEST_P(IqGridKernels, TokenCountsAgainstReferences) {
+  for (DType t : kGridTypes)
+    for (int64_t n : {1, 2, 3, 5, 8, 16, 33}) check(t, 21, 1024, n);
+}
+
+// A model-width row (4096 columns) and a lone row.
+TEST_P(IqGridKernels, WideAndSingleRows) {
+  for (DType t : kGridTypes) {
+    check(t, 9, 4096, 1);
+    check(t, 9, 4096, 5);
+    check(t, 1, 2048, 3);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tables, IqGridKernels, ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512),
+                         [](const ::testing::TestParamInfo<Isa>& i) {
+                           return std::string(isa_name(i.param));
+                         });
+
+}  // namespace
+}  // namespace mixtral::kernels
