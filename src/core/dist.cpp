@@ -1,8 +1,10 @@
 #include "core/dist.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <climits>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -62,9 +64,17 @@ Status init(int* argc, char*** argv) {
   s.host = this_host();
   if (!launched_by_mpirun()) return {};
 #ifdef MIXTRAL_HAVE_MPI
+  // MPI starts threads of its own: they must never take SIGINT/SIGTERM, which the commands handle (serve
+  // drains on them) or die of on the main thread.
+  sigset_t stop, before;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, &before);
   int provided = 0;
-  if (MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
-    return Error::io("MPI would not start (MPI_Init_thread failed) on " + s.host);
+  const int rc = MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided);
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
+  if (rc != MPI_SUCCESS) return Error::io("MPI would not start (MPI_Init_thread failed) on " + s.host);
   s.mpi = true;
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   if (provided < MPI_THREAD_SERIALIZED)

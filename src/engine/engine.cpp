@@ -285,10 +285,16 @@ Result<std::string> Engine::describe_ranks(int n_ranks) const {
       const size_t b = L.w1[i].nbytes() + L.w3[i].nbytes() + L.w2[i].nbytes();
       held[r] += b;
       experts += b;
-      list[r] += (list[r].empty() ? "" : ",") + std::to_string(e);
+      if (!list[r].empty()) list[r] += ',';
+      list[r] += std::to_string(e);
     }
-    for (size_t r = 0; r < list.size(); ++r)
-      if (!list[r].empty()) where[r] += (where[r].empty() ? "" : " ") + std::to_string(l) + ":" + list[r];
+    for (size_t r = 0; r < list.size(); ++r) {
+      if (list[r].empty()) continue;
+      if (!where[r].empty()) where[r] += ' ';
+      where[r] += std::to_string(l);
+      where[r] += ':';
+      where[r] += list[r];
+    }
   }
   const size_t shared = all - experts;
   std::ostringstream s;

@@ -39,6 +39,11 @@ class MappedFile {
 
 // Writable mapping of a new file of a fixed size (the writers fill tensors in place, so a
 // full-width model is written without holding it in memory).
+// Bytes [p, p + n) of a read-only file mapping that this process will never read (another rank's experts):
+// the whole pages inside lose MADV_HUGEPAGE, so that no huge page mapped for their neighbours brings them
+// in. A hint: nothing fails.
+void advise_unread(const void* p, size_t n);
+
 class OutputMapping {
  public:
   // Creates (or truncates) `path`, reserves `size` bytes on disk (so a full disk is an error here, not

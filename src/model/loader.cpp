@@ -12,6 +12,7 @@
 
 #include "core/huge_pages.h"
 #include "io/gguf.h"
+#include "io/mapped_file.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "model/weights.h"
@@ -603,7 +604,11 @@ Status assign_experts(const LoadOptions& opts, Model& m) {
       const int32_t r = expert_rank(l, e, c.n_experts, opts.n_ranks);
       L.expert_rank[static_cast<size_t>(e)] = r;
       if (r == opts.rank) continue;
-      for (auto* w : {&L.w1, &L.w3, &L.w2}) (*w)[static_cast<size_t>(e)].data = nullptr;
+      for (auto* w : {&L.w1, &L.w3, &L.w2}) {
+        TensorView& v = (*w)[static_cast<size_t>(e)];
+        advise_unread(v.data, v.nbytes());
+        v.data = nullptr;
+      }
     }
   }
   return {};
