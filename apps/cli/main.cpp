@@ -375,6 +375,10 @@ int cmd_bench(const ModelArgs& ma, mixtral::Engine::BenchOptions bo, bool json, 
                 cr.mask_us_p99);
   }
   std::printf("bytes read per generated token: %.1f MB\n", r->bytes_per_token / 1e6);
+  if (r->ranks > 1)
+    std::printf(
+        "mpirun: %d ranks; rank 0 exchanged %.0f bytes of expert outputs per decoded token and layer\n",
+        r->ranks, r->exchange_bytes_per_token_layer);
   if (roofline > 0)
     std::printf("read bandwidth now: %.2f GB/s -> decode roofline %.2f tokens/s; tg is %.1f%% of it\n",
                 r->bandwidth / 1e9, roofline, 100.0 * r->tg_tps / roofline);
@@ -402,13 +406,14 @@ int cmd_bench(const ModelArgs& ma, mixtral::Engine::BenchOptions bo, bool json, 
         "\"n_gen\": %lld, \"n_depth\": %lld, "
         "\"reps\": %d, \"bytes_per_token\": %.0f, \"bandwidth_bytes_per_s\": %.0f, \"roofline_fraction\": "
         "%.4f, \"weights_bandwidth_bytes_per_s\": %.0f, \"weights_roofline_fraction\": %.4f, \"isa\": "
-        "\"%s\", "
+        "\"%s\", \"ranks\": %d, \"exchange_bytes_per_token_layer\": %.0f, "
         "\"pp_tps_reps\": [%s], \"tg_tps_reps\": [%s]%s}\n",
         grammar_json.c_str(), rss, r->pp_tps, r->tg_tps, r->threads, static_cast<long long>(n_prompt),
         static_cast<long long>(n_gen), static_cast<long long>(n_depth), r->reps, r->bytes_per_token,
         r->bandwidth, roofline > 0 ? r->tg_tps / roofline : 0.0, r->weights_bandwidth,
-        weights_roofline > 0 ? r->tg_tps / weights_roofline : 0.0, r->isa,
-        join_rates(r->pp_reps, ", ").c_str(), join_rates(r->tg_reps, ", ").c_str(), parallel_json.c_str());
+        weights_roofline > 0 ? r->tg_tps / weights_roofline : 0.0, r->isa, r->ranks,
+        r->exchange_bytes_per_token_layer, join_rates(r->pp_reps, ", ").c_str(),
+        join_rates(r->tg_reps, ", ").c_str(), parallel_json.c_str());
   return 0;
 }
 

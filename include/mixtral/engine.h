@@ -134,6 +134,10 @@ class Engine {
     double weights_bandwidth = 0;
     const char* isa = "";                  // the kernels' instruction set: scalar, avx2 or avx512
     std::vector<ParallelResult> parallel;  // one per BenchOptions::parallel value, in its order
+    // Under mpirun: the ranks and the expert outputs rank 0 sent and received per decoded token and layer
+    // during the timed decode (bytes; 0 in one process).
+    int ranks = 1;
+    double exchange_bytes_per_token_layer = 0;
   };
   // llama-bench style: a prefill of n_prompt tokens and n_gen single-token decode steps, each after an
   // untimed prefill of n_depth tokens (none: from an empty cache), repeated reps times after an untimed

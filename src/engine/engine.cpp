@@ -8,6 +8,7 @@
 #include <sstream>
 #include <thread>
 
+#include "core/dist.h"
 #include "core/huge_pages.h"
 #include "core/membw.h"
 #include "engine/core.h"
@@ -514,6 +515,7 @@ Result<Engine::BenchResult> Engine::bench(const BenchOptions& o) {
   if (o.n_prompt > 0) MX_TRY_STATUS(I.eval(prompt, o.n_prompt, o.n_depth, logits.data(), false));
   if (o.n_gen > 0 || o.n_prompt == 0) MX_TRY_STATUS(I.eval(prompt, 1, o.n_depth, logits.data(), false));
   double pp = 0, tg = 0;
+  size_t exchanged = 0;  // bytes of the expert exchange during the timed decode
   for (int rep = 0; rep < o.reps; ++rep) {
     if (o.n_prompt > 0) {
       const auto t0 = clock::now();
@@ -524,18 +526,24 @@ Result<Engine::BenchResult> Engine::bench(const BenchOptions& o) {
     }
     if (o.n_gen > 0) {
       int32_t tok = prompt[0];
+      const size_t x0 = dist::bytes_exchanged();
       const auto t0 = clock::now();
       for (int64_t i = 0; i < o.n_gen; ++i) {
         MX_TRY_STATUS(I.eval(&tok, 1, o.n_depth + i, logits.data(), false));
         tok = static_cast<int32_t>((tok + 1) % V);
       }
       const double sec = std::chrono::duration<double>(clock::now() - t0).count();
+      exchanged += dist::bytes_exchanged() - x0;
       tg += sec;
       r.tg_reps.push_back(static_cast<double>(o.n_gen) / sec);
     }
   }
   if (o.n_prompt > 0) r.pp_tps = static_cast<double>(o.n_prompt * o.reps) / pp;
   if (o.n_gen > 0) r.tg_tps = static_cast<double>(o.n_gen * o.reps) / tg;
+  r.ranks = dist::size();
+  if (o.n_gen > 0)
+    r.exchange_bytes_per_token_layer =
+        static_cast<double>(exchanged) / static_cast<double>(o.n_gen * o.reps * config().n_layers);
   if (!o.parallel.empty()) r.parallel = bench_parallel(*I.core, I.runtime->max_batch(), o);
   if (o.measure_bandwidth) {
     r.bandwidth = std::max(r.bandwidth, measure_read_bandwidth_isolated(threads()));
