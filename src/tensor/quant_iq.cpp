@@ -392,6 +392,7 @@ GridTables build_tables(const void* grid, int n_grid, int dim, bool is_signed, i
     t.map[static_cast<size_t>(key)] = e;
   }
   std::vector<int> dist(static_cast<size_t>(n_grid));  // [n_grid] squared level-index distances
+  std::vector<bool> present(static_cast<size_t>(dim * (t.n_levels - 1) * (t.n_levels - 1) + 1));
   int kidx[8];
   for (int key = 0; key < n_keys; ++key) {
     if (t.map[static_cast<size_t>(key)] >= 0) continue;
@@ -404,10 +405,12 @@ GridTables build_tables(const void* grid, int n_grid, int dim, bool is_signed, i
       }
       dist[static_cast<size_t>(e)] = d2;
     }
-    std::vector<int> sorted(dist);
-    std::sort(sorted.begin(), sorted.end());
-    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
-    const int limit = sorted[static_cast<size_t>(std::min<int>(shells, static_cast<int>(sorted.size())) - 1)];
+    // The shells-th smallest distance present (distances are at most dim * (n_levels - 1)^2 <= 196).
+    std::fill(present.begin(), present.end(), false);
+    for (int d2 : dist) present[static_cast<size_t>(d2)] = true;
+    int limit = 0;
+    for (int found = 0; limit < static_cast<int>(present.size()); ++limit)
+      if (present[static_cast<size_t>(limit)] && ++found == shells) break;
     t.map[static_cast<size_t>(key)] = -static_cast<int32_t>(t.neighbours.size() + 1);
     const size_t count_at = t.neighbours.size();
     t.neighbours.push_back(0);
@@ -424,7 +427,7 @@ const GridTables& tables(Grid g) {
   static GridTables t[static_cast<int>(Grid::kCount)];
   const int i = static_cast<int>(g);
   std::call_once(once[i], [&] {
-    switch (g) {  // shells as GGML's nwant
+    switch (g) {  // shells as GGML's nwant, but 2 (not 3) for IQ1: as good on Gaussian rows, 1.7x faster
       case Grid::kIq2xxs:
         t[i] = build_tables(iq::kIq2xxsGrid, 256, 8, false, 2);
         break;
@@ -441,19 +444,37 @@ const GridTables& tables(Grid g) {
         t[i] = build_tables(iq::kIq3sGrid, 512, 4, false, 3);
         break;
       default:
-        t[i] = build_tables(iq::kIq1sGrid, 2048, 8, true, 3);
+        t[i] = build_tables(iq::kIq1sGrid, 2048, 8, true, 2);
         break;
     }
   });
   return t[i];
 }
 
+// The entry of `list` (count, then entries) with the least sum w (y - point)^2.
+template <int D>
+int nearest_listed(const float* points, const uint16_t* list, const float* y, const float* w) {
+  float best = std::numeric_limits<float>::infinity();
+  int index = list[1];
+  for (int n = 1; n <= list[0]; ++n) {
+    const float* p = points + static_cast<size_t>(list[n]) * D;
+    float e = 0.0f;
+    for (int j = 0; j < D; ++j) e += w[j] * (y[j] - p[j]) * (y[j] - p[j]);
+    if (e < best) {
+      best = e;
+      index = list[n];
+    }
+  }
+  return index;
+}
+
 // The entry for D elements x (weights w) at `scale`, every point shifted by `off` (x ~ scale * (point +
-// off)): the rounded key's own entry if it is on the grid (then the weighted-nearest of all entries, as
-// each element is at its nearest level), else the listed neighbour of least weighted error. q [D]: the
-// entry's point + off. Returns the entry index; *err: its weighted squared error.
-int project(const GridTables& t, const float* x, const float* w, float scale, float off, float* q,
-            float* err) {
+// off)), or with on_grid false the rounded levels alone (q only; returns -1): the rounded key's own entry if
+// it is on the grid (then the weighted-nearest of all entries, as each element is at its nearest level), else
+// the listed neighbour of least weighted error. q [D]: the entry's point + off. Returns the entry index;
+// *err: its weighted squared error.
+int project(const GridTables& t, const float* x, const float* w, float scale, float off, bool on_grid,
+            float* q, float* err) {
   const float inv = 1.0f / scale;
   int key = 0;
   for (int j = t.dim - 1; j >= 0; --j) {
@@ -462,22 +483,23 @@ int project(const GridTables& t, const float* x, const float* w, float scale, fl
     while (l + 1 < t.n_levels && v > t.mid[l]) ++l;
     key = key * t.n_levels + l;
   }
+  if (!on_grid) {  // the rounded levels themselves
+    float e = 0.0f;
+    for (int j = 0, k = key; j < t.dim; ++j, k /= t.n_levels) {
+      q[j] = t.level[k % t.n_levels] + off;
+      const float diff = x[j] - scale * q[j];
+      e += w[j] * diff * diff;
+    }
+    *err = e;
+    return -1;
+  }
   int index = t.map[static_cast<size_t>(key)];
   if (index < 0) {
     const uint16_t* list = t.neighbours.data() + (-index - 1);
-    float best = std::numeric_limits<float>::infinity();
-    for (int n = 1; n <= list[0]; ++n) {
-      const float* p = t.points.data() + static_cast<size_t>(list[n]) * t.dim;
-      float e = 0.0f;
-      for (int j = 0; j < t.dim; ++j) {
-        const float diff = x[j] - scale * (p[j] + off);
-        e += w[j] * diff * diff;
-      }
-      if (e < best) {
-        best = e;
-        index = list[n];
-      }
-    }
+    float y[8];  // [D] x / scale - off: the listed entry nearest it in w is nearest x at the scale
+    for (int j = 0; j < t.dim; ++j) y[j] = x[j] * inv - off;
+    index = t.dim == 8 ? nearest_listed<8>(t.points.data(), list, y, w)
+                       : nearest_listed<4>(t.points.data(), list, y, w);
   }
   const float* p = t.points.data() + static_cast<size_t>(index) * t.dim;
   float e = 0.0f;
@@ -503,7 +525,9 @@ struct GridType {
   int n_codes;
   float lo, hi;  // candidate scales put the group's largest element at lo .. hi times the top
   int n_try;     // level (1 + delta for IQ1), n_try of them evenly spaced
+  int n_keep;    // of which the best n_keep by the rounded levels' fit are scored on the grid (<= kMaxKeep)
 };
+constexpr int kMaxKeep = 4;
 
 // Elements per unit and units per block follow from the grid; scale groups from `group`.
 struct BlockCode {
@@ -529,22 +553,23 @@ void grid_weights(const float* x, const float* qw, float* w) {
 // Projects the units of one scale group at `scale`: the points (q) and entries chosen, with the deltas
 // (IQ1_M: each unit's better one; IQ1_S: the given neg_delta for the whole group). Returns the error.
 float project_group(const GridType& ty, const GridTables& t, const float* x, const float* w, float scale,
-                    int first_unit, bool group_neg, float* q, uint16_t* index, bool* neg) {
+                    bool on_grid, int first_unit, bool group_neg, float* q, uint16_t* index, bool* neg) {
   float total = 0.0f;
   const int units = ty.group / t.dim;
   for (int u = 0; u < units; ++u) {
     const int o = u * t.dim;
     float e = 0.0f;
     if (ty.delta == Delta::kNone) {
-      index[first_unit + u] = static_cast<uint16_t>(project(t, x + o, w + o, scale, 0.0f, q + o, &e));
+      index[first_unit + u] =
+          static_cast<uint16_t>(project(t, x + o, w + o, scale, 0.0f, on_grid, q + o, &e));
     } else if (ty.delta == Delta::kPerGroup) {
       const float off = group_neg ? -iq::kIq1sDelta : iq::kIq1sDelta;
-      index[first_unit + u] = static_cast<uint16_t>(project(t, x + o, w + o, scale, off, q + o, &e));
+      index[first_unit + u] = static_cast<uint16_t>(project(t, x + o, w + o, scale, off, on_grid, q + o, &e));
       neg[first_unit + u] = group_neg;
     } else {
       float qm[8], em = 0.0f;
-      const int ip = project(t, x + o, w + o, scale, iq::kIq1mDelta, q + o, &e);
-      const int im = project(t, x + o, w + o, scale, -iq::kIq1mDelta, qm, &em);
+      const int ip = project(t, x + o, w + o, scale, iq::kIq1mDelta, on_grid, q + o, &e);
+      const int im = project(t, x + o, w + o, scale, -iq::kIq1mDelta, on_grid, qm, &em);
       const bool use_neg = em < e;
       neg[first_unit + u] = use_neg;
       index[first_unit + u] = static_cast<uint16_t>(use_neg ? im : ip);
@@ -558,10 +583,11 @@ float project_group(const GridType& ty, const GridTables& t, const float* x, con
   return total;
 }
 
-// The best scale of one group: at each candidate scale the units' projections, then the weighted
-// least-squares scale of those points, sum(w q x) / sum(w q^2); the candidate that reduces the error most
-// wins, and its points are projected once more at its least-squares scale (kept if that is better still).
-// IQ1_S tries both deltas. Returns the scale, 0 for a (near-)zero group.
+// The best scale of one group. Each candidate scale is scored by the weighted least-squares fit of the
+// rounded levels alone (no grid: cheap), sumqx^2 / sumq2, the error it removes; the n_keep best are
+// scored again with the units projected onto the grid, and the best of those, at its least-squares scale
+// sum(w q x) / sum(w q^2), is projected once more at that scale (kept if better still). IQ1_S tries both
+// deltas. Returns the scale, 0 for a (near-)zero group.
 float fit_group(const GridType& ty, const GridTables& t, const float* x, const float* w) {
   float amax = 0.0f;
   for (int j = 0; j < ty.group; ++j) amax = std::max(amax, std::fabs(x[j]));
@@ -571,29 +597,52 @@ float fit_group(const GridType& ty, const GridTables& t, const float* x, const f
   float q[32];       // [group] points (+ delta) of the candidate
   uint16_t idx[64];  // scratch entries
   bool neg[64];      // scratch deltas
-  float best = 0.0f, best_scale = amax / top;
-  bool best_neg = false;
-  auto consider = [&](float scale, bool group_neg) {
-    project_group(ty, t, x, w, scale, 0, group_neg, q, idx, neg);
+  struct Candidate {
+    float score = -1.0f;  // sumqx^2 / sumq2; -1: none
+    float scale = 0.0f;   // the candidate's least-squares scale
+    float tried = 0.0f;   // the scale it was rounded at
+    bool neg = false;
+  };
+  auto score = [&](float scale, bool group_neg, bool on_grid) {
+    project_group(ty, t, x, w, scale, on_grid, 0, group_neg, q, idx, neg);
     float sumqx = 0.0f, sumq2 = 0.0f;
     for (int j = 0; j < ty.group; ++j) {
       sumqx += w[j] * q[j] * x[j];
       sumq2 += w[j] * q[j] * q[j];
     }
-    if (sumq2 > 0.0f && sumqx > 0.0f && sumqx * sumqx > best * sumq2) {
-      best_scale = sumqx / sumq2;
-      best = best_scale * sumqx;
-      best_neg = group_neg;
+    Candidate c;
+    c.tried = scale;
+    c.neg = group_neg;
+    if (sumq2 > 0.0f && sumqx > 0.0f) {
+      c.score = sumqx * sumqx / sumq2;
+      c.scale = sumqx / sumq2;
+    }
+    return c;
+  };
+  Candidate keep[kMaxKeep];  // the best n_keep by the rounded score, best first
+  auto offer = [&](const Candidate& c) {
+    for (int i = 0; i < ty.n_keep; ++i) {
+      if (c.score > keep[i].score) {
+        std::copy_backward(keep + i, keep + ty.n_keep - 1, keep + ty.n_keep);
+        keep[i] = c;
+        return;
+      }
     }
   };
   for (int k = 0; k < ty.n_try; ++k) {
     const float m = ty.lo + (ty.hi - ty.lo) * static_cast<float>(k) / static_cast<float>(ty.n_try - 1);
     const float scale = amax / (m * top);
-    consider(scale, false);
-    if (ty.delta == Delta::kPerGroup) consider(scale, true);
+    offer(score(scale, false, false));
+    if (ty.delta == Delta::kPerGroup) offer(score(scale, true, false));
   }
-  consider(best_scale, best_neg);
-  return best_scale;
+  Candidate best;
+  for (int i = 0; i < ty.n_keep && keep[i].score >= 0.0f; ++i) {
+    const Candidate c = score(keep[i].tried, keep[i].neg, true);
+    if (c.score > best.score) best = c;
+  }
+  if (best.score < 0.0f) return amax / top;
+  const Candidate again = score(best.scale, best.neg, true);
+  return again.score > best.score ? again.scale : best.scale;
 }
 
 void code_block(const GridType& ty, const float* x, const float* w, BlockCode& c) {
@@ -650,14 +699,14 @@ void code_block(const GridType& ty, const float* x, const float* w, BlockCode& c
     if (ty.delta == Delta::kPerGroup) {  // the delta again, at the stored scale
       uint16_t idx2[64];
       bool neg2[64];
-      const float ep = project_group(ty, t, xg, wg, stored, first, false, q, c.index, c.neg_delta);
-      const float em = project_group(ty, t, xg, wg, stored, first, true, q, idx2, neg2);
+      const float ep = project_group(ty, t, xg, wg, stored, true, first, false, q, c.index, c.neg_delta);
+      const float em = project_group(ty, t, xg, wg, stored, true, first, true, q, idx2, neg2);
       if (em < ep) {
         std::copy(idx2 + first, idx2 + first + ty.group / t.dim, c.index + first);
         std::fill(c.neg_delta + first, c.neg_delta + first + ty.group / t.dim, true);
       }
     } else {
-      project_group(ty, t, xg, wg, stored, first, false, q, c.index, c.neg_delta);
+      project_group(ty, t, xg, wg, stored, true, first, false, q, c.index, c.neg_delta);
     }
   }
 }
@@ -667,14 +716,19 @@ void code_block(const GridType& ty, const float* x, const float* w, BlockCode& c
 namespace {
 
 // {grid, group, signs, delta, code_a, code_b, n_codes, lo, hi, n_try}
-constexpr GridType kIq2xxs{Grid::kIq2xxs, 32, Signs::kParity7, Delta::kNone, 0.125f, 0.25f, 16, 0.7f,
-                           1.3f,          19};
-constexpr GridType kIq2xs{Grid::kIq2xs, 16, Signs::kParity7, Delta::kNone, 0.125f, 0.25f, 16, 0.7f, 1.3f, 19};
-constexpr GridType kIq2s{Grid::kIq2s, 16, Signs::kFull8, Delta::kNone, 0.125f, 0.25f, 16, 0.7f, 1.3f, 19};
-constexpr GridType kIq3xxs{Grid::kIq3xxs, 32, Signs::kParity7, Delta::kNone, 0.25f, 0.5f, 16, 0.8f, 1.2f, 19};
-constexpr GridType kIq3s{Grid::kIq3s, 32, Signs::kFull8, Delta::kNone, 1.0f, 2.0f, 16, 0.8f, 1.2f, 19};
-constexpr GridType kIq1s{Grid::kIq1s, 32, Signs::kNone, Delta::kPerGroup, 1.0f, 2.0f, 8, 0.8f, 2.6f, 25};
-constexpr GridType kIq1m{Grid::kIq1s, 16, Signs::kNone, Delta::kPerUnit, 1.0f, 2.0f, 8, 0.8f, 2.6f, 25};
+// clang-format off
+//                        grid          group signs            delta             code_a  code_b codes lo    hi  try keep
+constexpr GridType kIq2xxs{Grid::kIq2xxs, 32, Signs::kParity7, Delta::kNone,     0.125f, 0.25f, 16, 0.7f, 1.3f, 19, 4};
+constexpr GridType kIq2xs {Grid::kIq2xs,  16, Signs::kParity7, Delta::kNone,     0.125f, 0.25f, 16, 0.7f, 1.3f, 19, 4};
+constexpr GridType kIq2s  {Grid::kIq2s,   16, Signs::kFull8,   Delta::kNone,     0.125f, 0.25f, 16, 0.7f, 1.3f, 19, 4};
+constexpr GridType kIq3xxs{Grid::kIq3xxs, 32, Signs::kParity7, Delta::kNone,     0.25f,  0.5f,  16, 0.8f, 1.2f, 19, 4};
+constexpr GridType kIq3s  {Grid::kIq3s,   32, Signs::kFull8,   Delta::kNone,     1.0f,   2.0f,  16, 0.8f, 1.2f, 19, 4};
+constexpr GridType kIq1s  {Grid::kIq1s,   32, Signs::kNone,    Delta::kPerGroup, 1.0f,   2.0f,   8, 0.8f, 2.6f, 25, 3};
+constexpr GridType kIq1m  {Grid::kIq1s,   16, Signs::kNone,    Delta::kPerUnit,  1.0f,   2.0f,   8, 0.8f, 2.6f, 25, 3};
+// clang-format on
+static_assert(kIq2xxs.n_keep <= kMaxKeep && kIq2xs.n_keep <= kMaxKeep && kIq2s.n_keep <= kMaxKeep &&
+              kIq3xxs.n_keep <= kMaxKeep && kIq3s.n_keep <= kMaxKeep && kIq1s.n_keep <= kMaxKeep &&
+              kIq1m.n_keep <= kMaxKeep);
 
 // Codes each 256-element block of src and hands it to pack(code, block i).
 template <class Block, class Pack>
