@@ -149,15 +149,15 @@ void quantize_iq4_xs(const float* src, void* dst, int64_t n, const float* qw = n
 
 // The grid quantizers (GGML's algorithm, quantize_row_iq2_xxs_impl and its siblings). Per scale group (32
 // elements, 16 for IQ2_XS, IQ2_S and IQ1_M) the signs are taken out (a 7-bit sign code keeps an even
-// number of negatives: with an odd number, the element of least w x^2 keeps the wrong sign); then at each
-// of a range of candidate scales every unit of 8 (IQ3: 4) elements is projected onto the grid, and the
-// weighted least-squares scale of those points scores the candidate; the best wins. Projection rounds
-// each element to its nearest grid level: if that vector is a grid entry it is the weighted-nearest
-// entry, else the nearest of the entries listed for it (those closest to it in level steps, built once
-// per grid on first use). IQ1_S chooses its delta sign per group, IQ1_M per unit, by the same error. d
-// puts the largest group scale at the top scale code, each group takes its nearest code, and its units
-// are projected again at that stored scale. qw [n]: importance weights; error weights qw * sqrt(sigma2 +
-// x^2), qw = 1 without.
+// number of negatives: with an odd number, the element of least w x^2 keeps the wrong sign). Candidate
+// scales over a range are scored by the weighted least-squares fit of each element's nearest level; the
+// best few are scored again with every unit of 8 (IQ3: 4) elements projected onto the grid, and the best
+// of those wins at its least-squares scale. Projection rounds each element to its nearest grid level: if
+// that vector is a grid entry it is the weighted-nearest entry, else the nearest of the entries listed
+// for it (those closest to it in level steps, built once per grid on first use). IQ1_S chooses its delta
+// sign per group, IQ1_M per unit, by the same error. d puts the largest group scale at the top scale
+// code, each group takes its nearest code, and its units are projected again at that stored scale.
+// qw [n]: importance weights; error weights qw * sqrt(sigma2 + x^2), qw = 1 without.
 void quantize_iq2_xxs(const float* src, void* dst, int64_t n, const float* qw = nullptr);
 void quantize_iq2_xs(const float* src, void* dst, int64_t n, const float* qw = nullptr);
 void quantize_iq2_s(const float* src, void* dst, int64_t n, const float* qw = nullptr);
