@@ -1,6 +1,7 @@
 #include "core/dist.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <climits>
@@ -45,6 +46,17 @@ bool launched_by_mpirun() {
 }
 
 #ifdef MIXTRAL_HAVE_MPI
+// How long one expert exchange may wait for the other ranks: MIXTRAL_MPI_TIMEOUT seconds, else 60 (a
+// layer's experts over a long prefill chunk on a slow host take seconds, not a minute).
+double exchange_timeout_s() {
+  static const double t = [] {
+    const char* v = std::getenv("MIXTRAL_MPI_TIMEOUT");
+    const double x = v ? std::atof(v) : 0.0;
+    return x > 0 ? x : 60.0;
+  }();
+  return t;
+}
+
 // Every MPI call's result: an error (a peer died, a connection dropped) ends the job with one line.
 void check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
@@ -151,9 +163,24 @@ void allgather_in_place(void* data, const size_t* counts, const size_t* displs) 
     s.exchanged += counts[i];  // received, or sent (size - 1 times) for this rank's own
   }
   s.exchanged += counts[static_cast<size_t>(s.rank)] * static_cast<size_t>(s.size - 2);
-  check(
-      MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, c.data(), d.data(), MPI_BYTE, MPI_COMM_WORLD),
-      "the expert exchange");
+  MPI_Request req;
+  check(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, c.data(), d.data(), MPI_BYTE,
+                        MPI_COMM_WORLD, &req),
+        "the expert exchange");
+  // A rank that stops answering (stopped, or its host or link gone without a reset) would leave the others
+  // waiting here forever: past the deadline the job ends instead.
+  const double deadline = MPI_Wtime() + exchange_timeout_s();
+  for (int done = 0;;) {
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "the expert exchange");
+    if (done) break;
+    if (MPI_Wtime() > deadline)
+      abort(rank_name(s.rank) + ": the expert exchange got no answer from the other ranks for " +
+                std::to_string(static_cast<int>(exchange_timeout_s())) +
+                " s (a rank stopped or lost its connection; MIXTRAL_MPI_TIMEOUT sets the wait); stopping the "
+                "job",
+            1);
+    sched_yield();
+  }
 #else
   (void)data;
   (void)counts;

@@ -8,7 +8,8 @@ forward is itself checked against NumPy and llama.cpp elsewhere).
 2. Greedy decode (`run --temp 0 --ids`) and `perplexity` identical.
 3. Memory: under `mpirun -np 2 serve --no-repack`, each rank's resident pages of the model file's mapping
    (/proc/PID/smaps) hold the shared weights and about half of the experts, and one process all of them.
-4. Faults: a rank killed mid-run ends the job within seconds, non-zero, naming the rank; a model file
+4. Faults: a rank killed mid-run ends the job within seconds, non-zero, naming the rank (mpirun's line); a
+   rank that stops answering ends it after MIXTRAL_MPI_TIMEOUT seconds with our one line; a model file
    missing for one rank (a relative path, each rank in its own directory) is reported naming that rank and
    its host; `info --ranks` and imatrix's refusal.
 5. `serve` under mpirun answering the openai client (tests/server/mpi_serve_test.mjs): 4 concurrent
@@ -215,6 +216,26 @@ def fault_cases(mx, small, work):
     check(p.returncode not in (0, None) and dt < 10 and "rank 1" in err,
           f"rank 1 killed mid-run: the job ended in {dt:.1f} s with exit {p.returncode}, naming rank 1: "
           f"{[l for l in err.splitlines() if 'rank 1' in l][:1]}")
+
+    # A rank that stops answering (SIGSTOP: alive, silent, like a host or link gone without a reset): the
+    # exchange's deadline (MIXTRAL_MPI_TIMEOUT, 3 s here) ends the job with our one line.
+    e = env()
+    e["MIXTRAL_MPI_TIMEOUT"] = "3"
+    p = subprocess.Popen(["mpirun", "--oversubscribe", "-x", "MIXTRAL_MPI_TIMEOUT", "-np", "2", mx, "run", "--model",
+                          big, "--prompt-tokens", "1,5,9", "-n", "4000", "--temp", "1", "--threads", "1",
+                          "--ctx-size", "4096"], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    check(p.stdout.read(1) != b"", "a long run under mpirun -np 2 has begun")
+    os.kill(rank_pids(p.pid, 2)[1], signal.SIGSTOP)
+    t0 = time.time()
+    try:
+        err = p.communicate(timeout=60)[1].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        p.kill()
+        err = "(hung)"
+    dt = time.time() - t0
+    ours = [l for l in err.splitlines() if l.startswith("mixtral:")]
+    check(p.returncode not in (0, None) and dt < 15 and len(ours) == 1 and "no answer" in ours[0],
+          f"rank 1 stopped mid-run: the job ended in {dt:.1f} s with exit {p.returncode} and one line: {ours}")
 
     # A file missing for rank 1 only: a relative path, rank 1 started in a directory without it.
     a, b = os.path.join(work, "dir_a"), os.path.join(work, "dir_b")
