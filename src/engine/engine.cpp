@@ -270,24 +270,32 @@ std::string Engine::describe(int64_t ctx) const {
 Result<std::string> Engine::describe_ranks(int n_ranks) const {
   const Model& m = *impl_->core->model;
   const ModelConfig& c = m.config;
-  if (n_ranks < 1 || n_ranks > c.n_experts)
-    return Error::usage("--ranks must be in [1, " + std::to_string(c.n_experts) +
-                        "] (one rank per expert at most)");
+  const int64_t parts = n_ranks >= 1 ? expert_parts(c, n_ranks) : 0;
+  if (parts == 0)
+    return Error::usage("--ranks must be in [1, " +
+                        std::to_string(c.n_experts * (std::min(c.ffn_dim, c.dim) / kExpertPartRows)) +
+                        "] (experts cut into parts of at least " + std::to_string(kExpertPartRows) +
+                        " rows)");
   size_t all = 0, experts = 0;
   for (const auto& t : m.tensors) all += t.nbytes;
   std::vector<size_t> held(static_cast<size_t>(n_ranks), 0);     // [ranks] expert bytes
-  std::vector<std::string> where(static_cast<size_t>(n_ranks));  // [ranks] "layer: experts; ..."
+  std::vector<std::string> where(static_cast<size_t>(n_ranks));  // [ranks] "layer:experts ..."
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = m.layers[static_cast<size_t>(l)];
     std::vector<std::string> list(static_cast<size_t>(n_ranks));
     for (int64_t e = 0; e < c.n_experts; ++e) {
-      const auto r = static_cast<size_t>(expert_rank(l, e, c.n_experts, n_ranks));
-      const auto i = static_cast<size_t>(e);
-      const size_t b = L.w1[i].nbytes() + L.w3[i].nbytes() + L.w2[i].nbytes();
-      held[r] += b;
-      experts += b;
-      if (!list[r].empty()) list[r] += ',';
-      list[r] += std::to_string(e);
+      experts += expert_bytes(L, e, c, {0, 0, c.ffn_dim, 0, c.dim});
+      for (int64_t p = 0; p < parts; ++p) {
+        const ExpertPart x = expert_part(c, n_ranks, l, e, p);
+        const auto r = static_cast<size_t>(x.rank);
+        held[r] += expert_bytes(L, e, c, x);
+        if (!list[r].empty()) list[r] += ',';
+        list[r] += std::to_string(e);
+        if (parts > 1) {
+          list[r] += '/';
+          list[r] += std::to_string(p);
+        }
+      }
     }
     for (size_t r = 0; r < list.size(); ++r) {
       if (list[r].empty()) continue;
@@ -299,12 +307,16 @@ Result<std::string> Engine::describe_ranks(int n_ranks) const {
   }
   const size_t shared = all - experts;
   std::ostringstream s;
-  s << "ranks:        " << n_ranks << " (experts round robin over layer and expert; every rank holds the "
-    << shared << " bytes of shared weights: attention, norms, router, embeddings, output)\n";
+  s << "ranks:        " << n_ranks << " ("
+    << (parts > 1 ? "experts cut into " + std::to_string(parts) + " parts by rows, the parts"
+                  : std::string("experts"))
+    << " round robin over layer and expert; every rank holds the " << shared
+    << " bytes of shared weights: attention, norms, router, embeddings, output)\n";
   for (int r = 0; r < n_ranks; ++r) {
     const auto i = static_cast<size_t>(r);
-    s << "rank " << r << ":       experts " << held[i] << " bytes + shared " << shared
-      << " bytes = " << held[i] + shared << " bytes; layer:experts " << where[i] << "\n";
+    s << "rank " << r << ": experts " << held[i] << " bytes + shared " << shared
+      << " bytes = " << held[i] + shared << " bytes; layer:experts" << (parts > 1 ? "/part " : " ")
+      << where[i] << "\n";
   }
   return s.str();
 }
@@ -315,8 +327,9 @@ double Engine::bytes_per_token() const {
   const ModelConfig& c = m.config;
   double experts = 0, other = 0;
   for (const auto& L : m.layers) {
-    for (size_t e = 0; e < L.w1.size(); ++e)
-      experts += static_cast<double>(L.w1[e].nbytes() + L.w2[e].nbytes() + L.w3[e].nbytes());
+    for (size_t e = 0; e < L.w1.size(); ++e)  // whole experts, whatever part of them this rank holds
+      experts +=
+          static_cast<double>(expert_bytes(L, static_cast<int64_t>(e), c, {0, 0, c.ffn_dim, 0, c.dim}));
     other += static_cast<double>(L.wq.nbytes() + L.wk.nbytes() + L.wv.nbytes() + L.wo.nbytes() +
                                  4 * L.router.size());
   }

@@ -584,31 +584,51 @@ Status place_weights(const GgufFile& g, size_t limit, Model& m) {
   return {};
 }
 
-// Places every expert on its rank (expert_rank) and drops the views of the other ranks' experts, so that
-// nothing in this process reads them: their pages are never mapped in.
+// Keeps rows [begin, end) of a [rows, cols] view in its file layout; the rows outside lose MADV_HUGEPAGE
+// (advise_unread), since this process never reads them. No rows: the view keeps its shape, without data.
+void keep_rows(TensorView& v, int64_t begin, int64_t end) {
+  advise_unread(v.row(0), static_cast<size_t>(begin) * v.row_stride());
+  advise_unread(v.row(end), static_cast<size_t>(v.rows() - end) * v.row_stride());
+  if (begin == end) {
+    v.data = nullptr;
+    return;
+  }
+  v.data = v.row(begin);
+  v.shape[0] = end - begin;
+}
+
+// Places the experts' parts on the ranks (expert_part) and keeps only this rank's rows of each expert: the
+// views of experts held elsewhere lose their data, so nothing in this process reads them and their pages are
+// never mapped in.
 Status assign_experts(const LoadOptions& opts, Model& m) {
   const ModelConfig& c = m.config;
   if (opts.n_ranks < 1 || opts.rank < 0 || opts.rank >= opts.n_ranks)
     return Error::usage("rank " + std::to_string(opts.rank) + " of " + std::to_string(opts.n_ranks));
-  if (opts.n_ranks > c.n_experts)
-    return Error::usage(m.path + ": " + std::to_string(opts.n_ranks) + " ranks for " +
-                        std::to_string(c.n_experts) +
-                        " experts per layer: run at most one rank per expert (mpirun -np " +
-                        std::to_string(c.n_experts) + ")");
+  const int64_t parts = expert_parts(c, opts.n_ranks);
+  if (parts == 0)
+    return Error::usage(m.path + ": " + std::to_string(opts.n_ranks) + " ranks would cut each of the " +
+                        std::to_string(c.n_experts) + " experts into parts under " +
+                        std::to_string(kExpertPartRows) + " rows (at most " +
+                        std::to_string(c.n_experts * (std::min(c.ffn_dim, c.dim) / kExpertPartRows)) +
+                        " ranks)");
   m.rank = opts.rank;
   m.n_ranks = opts.n_ranks;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     LayerWeights& L = m.layers[static_cast<size_t>(l)];
-    L.expert_rank.resize(static_cast<size_t>(c.n_experts));
+    L.parts_per_expert = parts;
+    L.expert_parts.resize(static_cast<size_t>(c.n_experts * parts));
     for (int64_t e = 0; e < c.n_experts; ++e) {
-      const int32_t r = expert_rank(l, e, c.n_experts, opts.n_ranks);
-      L.expert_rank[static_cast<size_t>(e)] = r;
-      if (r == opts.rank) continue;
-      for (auto* w : {&L.w1, &L.w3, &L.w2}) {
-        TensorView& v = (*w)[static_cast<size_t>(e)];
-        advise_unread(v.data, v.nbytes());
-        v.data = nullptr;
+      const ExpertPart* mine = nullptr;
+      for (int64_t p = 0; p < parts; ++p) {
+        ExpertPart& x = L.expert_parts[static_cast<size_t>(e * parts + p)];
+        x = expert_part(c, opts.n_ranks, l, e, p);
+        if (x.rank == opts.rank) mine = &x;
       }
+      if (opts.n_ranks == 1) continue;
+      const auto i = static_cast<size_t>(e);
+      keep_rows(L.w1[i], mine ? mine->ffn_begin : 0, mine ? mine->ffn_end : 0);
+      keep_rows(L.w3[i], mine ? mine->ffn_begin : 0, mine ? mine->ffn_end : 0);
+      keep_rows(L.w2[i], mine ? mine->dim_begin : 0, mine ? mine->dim_end : 0);
     }
   }
   return {};

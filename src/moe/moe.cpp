@@ -50,7 +50,12 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
 
   // Group (token, weight) pairs by expert: a counting sort over the n*k choices, the experts taken by rank
   // (then index), so that each rank's experts' rows form one segment of h_ and ye_.
-  const auto rank_of = [&](int64_t e) { return n_ranks_ == 1 ? 0 : w.expert_rank[static_cast<size_t>(e)]; };
+  // (Experts cut into parts across ranks, parts_per_expert > 1, exchange through buffers of their own:
+  // forward_parts; their rows here stay in expert order.)
+  const int64_t parts = n_ranks_ == 1 ? 1 : w.parts_per_expert;
+  const auto rank_of = [&](int64_t e) {
+    return parts == 1 && n_ranks_ > 1 ? w.expert_parts[static_cast<size_t>(e)].rank : 0;
+  };
   order_.resize(static_cast<size_t>(E));
   std::iota(order_.begin(), order_.end(), 0);
   if (n_ranks_ > 1)
@@ -92,10 +97,30 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
   ye_.resize(static_cast<size_t>(n * k * dim));
   up_.clear();
   down_.clear();
+  if (parts > 1) {
+    forward_parts(w, n, pool);
+  } else {
+    forward_whole(w, n, pool);
+  }
+  for (int64_t e = 0; e < E; ++e) {  // scatter, weighted by the router, experts in index order
+    const int64_t b = start_[static_cast<size_t>(e)];
+    for (int64_t i = b; i < b + count_[static_cast<size_t>(e)]; ++i) {
+      const float wt = tok_w_[static_cast<size_t>(i)];
+      float* yt = y + tokens_[static_cast<size_t>(i)] * dim;
+      const float* src = ye_.data() + i * dim;
+      for (int64_t d = 0; d < dim; ++d) yt[d] += wt * src[d];
+    }
+  }
+}
+
+// Every expert whole on one rank: this rank's experts' rows of ye_ are one segment (forward's order_), filled
+// by its own experts, then the others' segments by the exchange.
+void MoeLayer::forward_whole(const LayerWeights& w, int64_t n, ThreadPool& pool) {
+  const int64_t ffn = c_.ffn_dim, dim = c_.dim;
   for (int32_t ex : order_) {
     const auto e = static_cast<size_t>(ex);
     const int64_t b = start_[e], m = count_[e];
-    if (m == 0 || rank_of(ex) != rank_) continue;
+    if (m == 0 || (n_ranks_ > 1 && w.expert_parts[e].rank != rank_)) continue;
     const TensorView& w1 = w.w1[e];
     const TensorView& w3 = w.w3[e];
     kernels::PreparedInput* xin = &xb_;
@@ -113,13 +138,92 @@ void MoeLayer::forward(const LayerWeights& w, const float* x, int64_t n, float* 
   kernels::matmul_groups(down_.data(), static_cast<int64_t>(down_.size()), pool);  // quantizes each h first
   // Every rank's expert outputs to every rank: the sum below then runs on the same terms in every process.
   if (n_ranks_ > 1) dist::allgather_in_place(ye_.data(), seg_bytes_.data(), seg_at_.data());
-  for (int64_t e = 0; e < E; ++e) {  // scatter, weighted by the router, experts in index order
-    const int64_t b = start_[static_cast<size_t>(e)];
-    for (int64_t i = b; i < b + count_[static_cast<size_t>(e)]; ++i) {
-      const float wt = tok_w_[static_cast<size_t>(i)];
-      float* yt = y + tokens_[static_cast<size_t>(i)] * dim;
-      const float* src = ye_.data() + i * dim;
-      for (int64_t d = 0; d < dim; ++d) yt[d] += wt * src[d];
+}
+
+// Experts cut into row parts across ranks (more ranks than experts): each rank computes its parts' columns
+// of h for its experts' tokens, the ranks exchange them (hx_), every rank assembles h; then each its parts'
+// columns of the W2 outputs, exchanged the same way (yx_) into ye_. A part's columns are the same arithmetic
+// as the whole expert's, so ye_ is bitwise the one-process one.
+void MoeLayer::forward_parts(const LayerWeights& w, int64_t n, ThreadPool& pool) {
+  const int64_t E = c_.n_experts, P = w.parts_per_expert, ffn = c_.ffn_dim, dim = c_.dim;
+  const auto part = [&](int64_t e, int64_t p) -> const ExpertPart& {
+    return w.expert_parts[static_cast<size_t>(e * P + p)];
+  };
+  // Each exchange buffer holds the (expert, part) blocks [m_e, part columns] rank by rank: offsets in floats.
+  hoff_.assign(static_cast<size_t>(E * P), 0);
+  yoff_.assign(static_cast<size_t>(E * P), 0);
+  seg_bytes_.assign(static_cast<size_t>(n_ranks_), 0);
+  seg_at_.assign(static_cast<size_t>(n_ranks_), 0);
+  hseg_bytes_.assign(static_cast<size_t>(n_ranks_), 0);
+  hseg_at_.assign(static_cast<size_t>(n_ranks_), 0);
+  int64_t hat = 0, yat = 0;
+  for (int r = 0; r < n_ranks_; ++r) {
+    const auto ri = static_cast<size_t>(r);
+    hseg_at_[ri] = sizeof(float) * static_cast<size_t>(hat);
+    seg_at_[ri] = sizeof(float) * static_cast<size_t>(yat);
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t p = 0; p < P; ++p) {
+        const ExpertPart& x = part(e, p);
+        if (x.rank != r) continue;
+        const int64_t m = count_[static_cast<size_t>(e)];
+        hoff_[static_cast<size_t>(e * P + p)] = hat;
+        yoff_[static_cast<size_t>(e * P + p)] = yat;
+        hat += m * (x.ffn_end - x.ffn_begin);
+        yat += m * (x.dim_end - x.dim_begin);
+      }
+    hseg_bytes_[ri] = sizeof(float) * static_cast<size_t>(hat) - hseg_at_[ri];
+    seg_bytes_[ri] = sizeof(float) * static_cast<size_t>(yat) - seg_at_[ri];
+  }
+  hx_.resize(static_cast<size_t>(hat));
+  yx_.resize(static_cast<size_t>(yat));
+
+  for (int64_t e = 0; e < E; ++e) {  // this rank's parts: W1/W3 with SwiGLU
+    const auto i = static_cast<size_t>(e);
+    const int64_t b = start_[i], m = count_[i];
+    if (m == 0 || !w.w1[i].data) continue;
+    kernels::PreparedInput* xin = &xb_;
+    if (m != n) {
+      xb_.prepare_for(w.w1[i], pool);
+      xb_.prepare_for(w.w3[i], pool);
+      xin = &xe_[i];
+      xin->gather(xb_, tokens_.data() + b, m);
+    }
+    for (int64_t p = 0; p < P; ++p)
+      if (part(e, p).rank == rank_) up_.push_back({w.w1[i], w.w3[i], xin, hx_.data() + hoff_[i * P + p]});
+  }
+  kernels::matmul_swiglu_groups(up_.data(), static_cast<int64_t>(up_.size()), pool);
+  dist::allgather_in_place(hx_.data(), hseg_bytes_.data(), hseg_at_.data());
+  for (int64_t e = 0; e < E; ++e) {  // every expert's h [m_e, ffn] from its parts' columns
+    const auto i = static_cast<size_t>(e);
+    for (int64_t p = 0; p < P; ++p) {
+      const ExpertPart& x = part(e, p);
+      const int64_t cols = x.ffn_end - x.ffn_begin;
+      for (int64_t t = 0; t < count_[i]; ++t)
+        std::memcpy(h_.data() + (start_[i] + t) * ffn + x.ffn_begin, hx_.data() + hoff_[i * P + p] + t * cols,
+                    sizeof(float) * static_cast<size_t>(cols));
+    }
+  }
+  for (int64_t e = 0; e < E; ++e) {  // this rank's parts: W2
+    const auto i = static_cast<size_t>(e);
+    const int64_t m = count_[i];
+    if (m == 0 || !w.w2[i].data) continue;
+    he_[i].reset(h_.data() + start_[i] * ffn, m, ffn);
+    for (int64_t p = 0; p < P; ++p) {
+      const ExpertPart& x = part(e, p);
+      if (x.rank == rank_)
+        down_.push_back({w.w2[i], &he_[i], yx_.data() + yoff_[i * P + p], x.dim_end - x.dim_begin});
+    }
+  }
+  kernels::matmul_groups(down_.data(), static_cast<int64_t>(down_.size()), pool);
+  dist::allgather_in_place(yx_.data(), seg_bytes_.data(), seg_at_.data());
+  for (int64_t e = 0; e < E; ++e) {  // every expert's outputs [m_e, dim] from its parts' columns
+    const auto i = static_cast<size_t>(e);
+    for (int64_t p = 0; p < P; ++p) {
+      const ExpertPart& x = part(e, p);
+      const int64_t cols = x.dim_end - x.dim_begin;
+      for (int64_t t = 0; t < count_[i]; ++t)
+        std::memcpy(ye_.data() + (start_[i] + t) * dim + x.dim_begin,
+                    yx_.data() + yoff_[i * P + p] + t * cols, sizeof(float) * static_cast<size_t>(cols));
     }
   }
 }

@@ -41,7 +41,8 @@ void route(const LayerWeights& w, const ModelConfig& c, const float* x, int64_t 
 class MoeLayer {
  public:
   // Expert parallelism: this process is `rank` of n_ranks (Model::rank, n_ranks) and computes only its
-  // experts (LayerWeights::expert_rank); the ranks exchange the expert outputs before the weighted sum.
+  // experts, or its parts of them (LayerWeights::expert_parts); the ranks exchange the expert outputs before
+  // the weighted sum.
   explicit MoeLayer(const ModelConfig& c, int rank = 0, int n_ranks = 1)
       : c_(c), rank_(rank), n_ranks_(n_ranks) {}
   // y[t, :] = sum over chosen e of weight(t, e) * W2_e(silu(W1_e x[t]) * W3_e x[t])
@@ -55,16 +56,25 @@ class MoeLayer {
   void observe_inputs(const float* x, int64_t layer, MatmulObserver& obs) const;
 
  private:
+  void forward_whole(const LayerWeights& w, int64_t n, ThreadPool& pool);
+  void forward_parts(const LayerWeights& w, int64_t n, ThreadPool& pool);
+
   const ModelConfig& c_;
   int rank_, n_ranks_;
   Routing routing_;
   std::vector<int32_t> order_;  // [E] the experts by rank, then index (0, 1, ... in one process)
   std::vector<int64_t> count_;  // [E] entries per expert
   std::vector<int64_t> start_;  // [E] expert e's entries of tokens_ are [start_[e], start_[e] + count_[e])
-  std::vector<size_t> seg_bytes_, seg_at_;  // [n_ranks] each rank's segment of ye_ (bytes, offset)
-  std::vector<int32_t> tokens_;             // [n * k] token indices grouped by expert, experts in order_
-  std::vector<float> tok_w_;                // [n * k] matching routing weights
-  kernels::PreparedInput xb_;               // [n, dim] the batch input x and its formats, quantized once
+  std::vector<size_t> seg_bytes_,
+      seg_at_;  // [n_ranks] each rank's segment of ye_ (yx_ with parts): bytes, offset
+  // Experts cut into parts (forward_parts): the exchange buffers, (expert, part) blocks rank by rank.
+  std::vector<float> hx_;                     // blocks [m_e, part's ffn rows] of h
+  std::vector<float> yx_;                     // blocks [m_e, part's dim rows] of the expert outputs
+  std::vector<int64_t> hoff_, yoff_;          // [E * parts] each block's offset (floats)
+  std::vector<size_t> hseg_bytes_, hseg_at_;  // [n_ranks] each rank's segment of hx_
+  std::vector<int32_t> tokens_;               // [n * k] token indices grouped by expert, experts in order_
+  std::vector<float> tok_w_;                  // [n * k] matching routing weights
+  kernels::PreparedInput xb_;                 // [n, dim] the batch input x and its formats, quantized once
   std::vector<kernels::PreparedInput>
       xe_;                // [E] expert e's tokens [m_e, dim], gathered from xb_ with its formats
   std::vector<float> h_;  // [n * k, ffn] silu(W1 x) * W3 x, rows grouped by expert like tokens_
