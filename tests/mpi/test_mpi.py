@@ -242,8 +242,10 @@ def fault_cases(mx, small, work):
         err = "(hung)"
     dt = time.time() - t0
     ours = [l for l in err.splitlines() if l.startswith("mixtral:")]
-    check(p.returncode not in (0, None) and dt < 15 and len(ours) == 1 and "no answer" in ours[0],
-          f"rank 1 stopped mid-run: the job ended in {dt:.1f} s with exit {p.returncode} and one line: {ours}")
+    # (The stopped rank, resumed by mpirun to be killed, may find its own exchange late too and say so.)
+    check(p.returncode not in (0, None) and dt < 15 and any(l.startswith("mixtral: rank 0 on ") for l in ours)
+          and all("no answer" in l for l in ours),
+          f"rank 1 stopped mid-run: the job ended in {dt:.1f} s with exit {p.returncode}, rank 0 saying: {ours}")
 
     # A file missing for rank 1 only: a relative path, rank 1 started in a directory without it.
     a, b = os.path.join(work, "dir_a"), os.path.join(work, "dir_b")
