@@ -17,8 +17,9 @@ Steps (each cached in WORKDIR, so an interrupted run resumes where it stopped):
 Every perplexity run: --ctx 256 --stride 128 (models/README.md's held-out figures) and an f32 KV cache, so
 only the weights differ from the base. The TYPEs that llama.cpp (and `mixtral quantize`) refuse without an
 importance matrix get a "flat" one instead for the second variant: every column's importance 1 (a legacy
-.dat file), i.e. no column preferred; the others are quantized with none. With --lock FILE each step holds
-an exclusive flock on FILE (the shared machine's CPU lock) and no step runs much over a minute.
+.dat file), i.e. no column preferred; the others are quantized with none. With --lock FILE the imatrix,
+the base and runs of TYPEs (both variants, 15-40 s each on the built-in model; no TYPE starts after 40 s)
+hold an exclusive flock on FILE (the shared machine's CPU lock), so no hold lasts much over 90 s.
 
 Writes WORKDIR/results.json and prints a Markdown table.
 """
@@ -126,25 +127,36 @@ def main():
         results["F16"] = {"perplexity": json.loads(out)["perplexity"], "bytes": os.path.getsize(a.model)}
         json.dump(results, open(results_path, "w"), indent=1)
 
-    for tname in a.types.split(","):
-        no = "flat" if tname in NEEDS_IMATRIX else "none"
-        for variant in ("imatrix", no):
-            key = f"{tname}/{variant}"
-            if key in results:
-                continue
-            path = os.path.join(w, f"{tname}-{variant}.gguf")
-            extra = {"imatrix": ["--imatrix", imatrix], "flat": ["--imatrix", flat], "none": []}[variant]
-            if tname == "Q8_0" and variant == "imatrix":
-                continue  # Q8_0 weighs nothing by an importance matrix (quantize refuses one)
-            run([M, "quantize", a.model, path, tname] + extra + T, a.lock)
-            out = json.loads(run([M, "perplexity", "-m", path, "--text-file", heldout, "--kl-divergence", base,
-                                  "--json"] + PPL_ARGS + T, a.lock))
-            results[key] = {"perplexity": out["perplexity"], "kld_mean": out["kld_mean"],
-                            "kld_stderr": out["kld_stderr"], "same_top_pct": out["same_top_pct"],
-                            "bytes": os.path.getsize(path), "tokens_scored": out["tokens_scored"]}
-            os.remove(path)
-            json.dump(results, open(results_path, "w"), indent=1)
+    todo = a.types.split(",")
+    while todo:
+        with Lock(a.lock):  # TYPEs (both variants, ~15 s each here) until the hold nears a minute
+            start = time.time()
+            while todo and time.time() - start < 40:
+                tname = todo.pop(0)
+                measure(a, tname, "flat" if tname in NEEDS_IMATRIX else "none", imatrix, flat, heldout, base,
+                        results, results_path)
     print_table(results, a.types.split(","))
+
+
+def measure(a, tname, no, imatrix, flat, heldout, base, results, results_path):
+    """Both variants of one TYPE (the caller holds the lock)."""
+    w, M, T = a.workdir, a.mixtral, ["--threads", str(a.threads)]
+    for variant in ("imatrix", no):
+        key = f"{tname}/{variant}"
+        if key in results:
+            continue
+        path = os.path.join(w, f"{tname}-{variant}.gguf")
+        extra = {"imatrix": ["--imatrix", imatrix], "flat": ["--imatrix", flat], "none": []}[variant]
+        if tname == "Q8_0" and variant == "imatrix":
+            continue  # Q8_0 weighs nothing by an importance matrix (quantize refuses one)
+        run([M, "quantize", a.model, path, tname] + extra + T, "")
+        out = json.loads(run([M, "perplexity", "-m", path, "--text-file", heldout, "--kl-divergence", base,
+                              "--json"] + PPL_ARGS + T, ""))
+        results[key] = {"perplexity": out["perplexity"], "kld_mean": out["kld_mean"],
+                        "kld_stderr": out["kld_stderr"], "same_top_pct": out["same_top_pct"],
+                        "bytes": os.path.getsize(path), "tokens_scored": out["tokens_scored"]}
+        os.remove(path)
+        json.dump(results, open(results_path, "w"), indent=1)
 
 
 def print_table(results, types):

@@ -22,8 +22,9 @@ Checks, per mix:
   * without --imatrix: the mixes with tensors of llama.cpp's tensor_requires_imatrix types exit 2 with one
     line, "TYPE needs an importance matrix: --imatrix FILE"; IQ3_M (no such tensors) is written, with the
     same types and other bytes (the importance matrix is used).
-And (with IQ2_XS) the row fallback: a 1-layer model with ffn 288 (ffn_down rows are not whole 256-blocks) quantized to
-IQ2_XS writes ffn_down in iq4_nl (llama.cpp's tensor_type_fallback), which llama.cpp loads and agrees on.
+And (with IQ2_XS) the row fallback: a 1-layer model with ffn 288 (ffn_down rows are not whole 256-blocks)
+quantized to IQ2_XS writes ffn_down in iq4_nl (llama.cpp's tensor_type_fallback), which llama.cpp loads and
+agrees on.
 """
 import argparse
 import os
