@@ -54,13 +54,13 @@ LOW_BIT = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M")
 NEEDS_IMATRIX = ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs")
 
 # Engine on the mix vs engine on the f32 model (both densely routed), every position: the RMS of the
-# difference over the RMS of the f32 logits. Measured (AVX2, the quantizers of this commit): iq2_xxs 0.483,
-# iq2_xs 0.465, iq2_s 0.357, iq2_m 0.316, iq1_s 0.497, iq1_m 0.492, iq3_xxs 0.280, iq3_xs 0.247, iq3_s 0.224,
-# iq3_m 0.221; for scale, the K-quant mixes on the same model and importance matrix: Q2_K 0.411, Q3_K_S
-# 0.227, Q4_K_M 0.111, Q8_0 0.013 (random uniform weights through 8 dense experts are this sensitive).
+# difference over the RMS of the f32 logits. Measured (AVX2, the quantizers as of 03:06 UTC 2026-12-07):
+# iq2_xxs 0.483, iq2_xs 0.468, iq2_s 0.375, iq2_m 0.322, iq1_s 0.498, iq1_m 0.494, iq3_xxs 0.295, iq3_xs 0.263,
+# iq3_s 0.240, iq3_m 0.235; for scale, the K-quant mixes on the same model and importance matrix: Q2_K 0.411,
+# Q3_K_S 0.227, Q4_K_M 0.111, Q8_0 0.013 (random uniform weights through 8 dense experts are this sensitive).
 # Bounds: 1.5x.
-TOL_VS_F32 = dict(IQ2_XXS=0.72, IQ2_XS=0.70, IQ2_S=0.54, IQ2_M=0.47, IQ1_S=0.75, IQ1_M=0.74, IQ3_XXS=0.42,
-                  IQ3_XS=0.37, IQ3_S=0.34, IQ3_M=0.33)
+TOL_VS_F32 = dict(IQ2_XXS=0.72, IQ2_XS=0.70, IQ2_S=0.56, IQ2_M=0.48, IQ1_S=0.75, IQ1_M=0.74, IQ3_XXS=0.44,
+                  IQ3_XS=0.39, IQ3_S=0.36, IQ3_M=0.35)
 
 ARGS = ["--dim", "256", "--ffn", "256", "--layers", "2", "--heads", "8", "--kv-heads", "2", "--head-dim", "32",
         "--experts", "8", "--top-k", "2", "--vocab", "320", "--seed", "18"]
