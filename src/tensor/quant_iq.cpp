@@ -473,11 +473,12 @@ int nearest_listed(const float* points, const uint16_t* list, const float* y, co
 // it is on the grid (then the weighted-nearest of all entries, as each element is at its nearest level), else
 // the listed neighbour of least weighted error. q [D]: the entry's point + off. Returns the entry index;
 // *err: its weighted squared error.
-int project(const GridTables& t, const float* x, const float* w, float scale, float off, bool on_grid,
-            float* q, float* err) {
+template <int D>
+int project_d(const GridTables& t, const float* x, const float* w, float scale, float off, bool on_grid,
+              float* q, float* err) {
   const float inv = 1.0f / scale;
   int key = 0;
-  for (int j = t.dim - 1; j >= 0; --j) {
+  for (int j = D - 1; j >= 0; --j) {
     const float v = x[j] * inv - off;
     int l = 0;
     while (l + 1 < t.n_levels && v > t.mid[l]) ++l;
@@ -485,7 +486,7 @@ int project(const GridTables& t, const float* x, const float* w, float scale, fl
   }
   if (!on_grid) {  // the rounded levels themselves
     float e = 0.0f;
-    for (int j = 0, k = key; j < t.dim; ++j, k /= t.n_levels) {
+    for (int j = 0, k = key; j < D; ++j, k /= t.n_levels) {
       q[j] = t.level[k % t.n_levels] + off;
       const float diff = x[j] - scale * q[j];
       e += w[j] * diff * diff;
@@ -496,20 +497,25 @@ int project(const GridTables& t, const float* x, const float* w, float scale, fl
   int index = t.map[static_cast<size_t>(key)];
   if (index < 0) {
     const uint16_t* list = t.neighbours.data() + (-index - 1);
-    float y[8];  // [D] x / scale - off: the listed entry nearest it in w is nearest x at the scale
-    for (int j = 0; j < t.dim; ++j) y[j] = x[j] * inv - off;
-    index = t.dim == 8 ? nearest_listed<8>(t.points.data(), list, y, w)
-                       : nearest_listed<4>(t.points.data(), list, y, w);
+    float y[D];  // [D] x / scale - off: the listed entry nearest it in w is nearest x at the scale
+    for (int j = 0; j < D; ++j) y[j] = x[j] * inv - off;
+    index = nearest_listed<D>(t.points.data(), list, y, w);
   }
-  const float* p = t.points.data() + static_cast<size_t>(index) * t.dim;
+  const float* p = t.points.data() + static_cast<size_t>(index) * D;
   float e = 0.0f;
-  for (int j = 0; j < t.dim; ++j) {
+  for (int j = 0; j < D; ++j) {
     q[j] = p[j] + off;
     const float diff = x[j] - scale * q[j];
     e += w[j] * diff * diff;
   }
   *err = e;
   return index;
+}
+
+int project(const GridTables& t, const float* x, const float* w, float scale, float off, bool on_grid,
+            float* q, float* err) {
+  return t.dim == 8 ? project_d<8>(t, x, w, scale, off, on_grid, q, err)
+                    : project_d<4>(t, x, w, scale, off, on_grid, q, err);
 }
 
 enum class Signs { kParity7, kFull8, kNone };  // kNone: signed points (IQ1), no sign bits
