@@ -40,7 +40,8 @@ std::function<std::optional<int>()> add_convert_commands(CLI::App& app) {
   st->imatrix_opt = q->add_option(
       "--imatrix", st->imatrix,
       "importance matrix (`mixtral imatrix`, llama-imatrix's GGUF or .dat), matched to the tensors by name: "
-      "the K-quant tensors weigh their rounding errors by it (types without K-quants refuse it)");
+      "the K-quant and i-quant tensors weigh their rounding errors by it; IQ1_*, IQ2_*, IQ3_XXS and IQ3_XS "
+      "need one (types that weigh nothing by it refuse it)");
   q->footer(footer);
   st->quantize_cmd = q;
 

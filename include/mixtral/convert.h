@@ -26,7 +26,8 @@ struct ConvertOptions {
   int threads = 0;             // 0: all cores
   bool progress = true;        // a progress bar when stderr is a terminal
   // quantize: an importance matrix file (`mixtral imatrix`, llama.cpp's GGUF or .dat imatrix; empty: none),
-  // matched to the tensors by name: the K-quant tensors weigh their rounding errors by it.
+  // matched to the tensors by name: the K-quant and i-quant tensors weigh their rounding errors by it; the
+  // TYPEs llama.cpp refuses without one are refused (exit 2).
   std::string imatrix;
   // Notes for the user (fallback types, requantisation, defaults taken); default: stderr lines.
   std::function<void(const std::string&)> note;
