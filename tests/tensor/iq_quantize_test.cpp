@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tensor/quant.h"
@@ -76,6 +77,19 @@ double gaussian_error(DType t) {
     e += r * r;
   }
   return std::sqrt(e / 8.0);
+}
+
+// First use from several threads at once (this test runs first in the binary, so it builds the grids'
+// tables): each thread writes what a later single-threaded call writes.
+TEST(IqQuantize, FirstUseFromManyThreads) {
+  const auto x = gaussian(512, 41);
+  std::vector<std::vector<uint8_t>> out(2 * std::size(kTypes));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < out.size(); ++i)
+    threads.emplace_back([&, i] { out[i] = encode(kTypes[i % std::size(kTypes)], x); });
+  for (auto& th : threads) th.join();
+  for (size_t i = 0; i < out.size(); ++i)
+    EXPECT_EQ(out[i], encode(kTypes[i % std::size(kTypes)], x)) << name(kTypes[i % std::size(kTypes)]);
 }
 
 TEST(IqQuantize, EveryGridTypeIsQuantizable) {
