@@ -681,7 +681,7 @@ Status validate(const TestModelSpec& spec) {
     if (!traits(t).quantizable)
       return Error::usage("make-test-model: types: cannot write type '" + std::string(dtype_name(t)) +
                           "' (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, "
-                          "q8_k, iq4_nl, iq4_xs)");
+                          "q8_k, iq1_s, iq1_m, iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq3_s, iq4_nl, iq4_xs)");
     any_float |= is_float(t);
     const int64_t block = traits(t).block_size;
     if (block > 1) {

@@ -651,8 +651,7 @@ TEST_F(MatmulTest, EveryWeightTypeOnEveryTable) {
       EXPECT_EQ(kernel_of(*k, layout).layout, layout) << "a layout repacked again";
     }
   }
-  // Every type this build computes with and can write (Q8_K: the K-quants' activations only; the i-quants,
-  // which load and compute but have no quantizer yet, are checked from random blocks in tests/tensor).
+  // Every type this build computes with and can write (Q8_K: the K-quants' activations only).
   std::vector<DType> types;
   for (uint32_t id = 0; id < kFirstInternal; ++id)
     if (const auto tr = dtype_traits(id);
