@@ -193,17 +193,23 @@ void MoeLayer::forward_parts(const LayerWeights& w, int64_t n, ThreadPool& pool)
   }
   kernels::matmul_swiglu_groups(up_.data(), static_cast<int64_t>(up_.size()), pool);
   dist::allgather_in_place(hx_.data(), hseg_bytes_.data(), hseg_at_.data());
-  for (int64_t e = 0; e < E; ++e) {  // every expert's h [m_e, ffn] from its parts' columns
-    const auto i = static_cast<size_t>(e);
-    for (int64_t p = 0; p < P; ++p) {
-      const ExpertPart& x = part(e, p);
-      const int64_t cols = x.ffn_end - x.ffn_begin;
-      for (int64_t t = 0; t < count_[i]; ++t)
-        std::memcpy(h_.data() + (start_[i] + t) * ffn + x.ffn_begin, hx_.data() + hoff_[i * P + p] + t * cols,
-                    sizeof(float) * static_cast<size_t>(cols));
+  // Each (expert, part) block [m_e, end - begin] of src (at off[e * P + p]) into columns [begin, end) of the
+  // expert's rows of dst [n * k, ld].
+  const auto unpack = [&](const std::vector<float>& src, const std::vector<int64_t>& off, float* dst,
+                          int64_t ld, int64_t ExpertPart::*begin, int64_t ExpertPart::*end) {
+    for (int64_t e = 0; e < E; ++e) {
+      const auto i = static_cast<size_t>(e);
+      for (int64_t p = 0; p < P; ++p) {
+        const ExpertPart& x = part(e, p);
+        const int64_t cols = x.*end - x.*begin;
+        for (int64_t t = 0; t < count_[i]; ++t)
+          std::memcpy(dst + (start_[i] + t) * ld + x.*begin, src.data() + off[i * P + p] + t * cols,
+                      sizeof(float) * static_cast<size_t>(cols));
+      }
     }
-  }
-  for (int64_t e = 0; e < E; ++e) {  // this rank's parts: W2
+  };
+  unpack(hx_, hoff_, h_.data(), ffn, &ExpertPart::ffn_begin, &ExpertPart::ffn_end);  // every expert's h
+  for (int64_t e = 0; e < E; ++e) {                                                  // this rank's parts: W2
     const auto i = static_cast<size_t>(e);
     const int64_t m = count_[i];
     if (m == 0 || !w.w2[i].data) continue;
@@ -216,16 +222,7 @@ void MoeLayer::forward_parts(const LayerWeights& w, int64_t n, ThreadPool& pool)
   }
   kernels::matmul_groups(down_.data(), static_cast<int64_t>(down_.size()), pool);
   dist::allgather_in_place(yx_.data(), seg_bytes_.data(), seg_at_.data());
-  for (int64_t e = 0; e < E; ++e) {  // every expert's outputs [m_e, dim] from its parts' columns
-    const auto i = static_cast<size_t>(e);
-    for (int64_t p = 0; p < P; ++p) {
-      const ExpertPart& x = part(e, p);
-      const int64_t cols = x.dim_end - x.dim_begin;
-      for (int64_t t = 0; t < count_[i]; ++t)
-        std::memcpy(ye_.data() + (start_[i] + t) * dim + x.dim_begin,
-                    yx_.data() + yoff_[i * P + p] + t * cols, sizeof(float) * static_cast<size_t>(cols));
-    }
-  }
+  unpack(yx_, yoff_, ye_.data(), dim, &ExpertPart::dim_begin, &ExpertPart::dim_end);  // their outputs
 }
 
 void MoeLayer::observe_inputs(const float* x, int64_t layer, MatmulObserver& obs) const {
