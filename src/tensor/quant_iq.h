@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "tensor/dtype.h"
+
 namespace mixtral {
 
 constexpr int kQK_IQ = 256;  // elements per super-block (all but IQ4_NL)
@@ -124,6 +126,25 @@ extern const uint8_t kIqSigns[128];
 extern const int8_t kIq4nlValues[16];
 extern const float kIq1sDelta;  // 0.125: IQ1_S and IQ1_M shift every point by +-delta
 extern const float kIq1mDelta;
+
+// Entries in the grid of grid type t (IQ1_S and IQ1_M share kIq1sGrid).
+constexpr int grid_entries(DType t) {
+  switch (t) {
+    case DType::IQ2_XXS:
+    case DType::IQ3_XXS:
+      return 256;
+    case DType::IQ2_XS:
+    case DType::IQ3_S:
+      return 512;
+    case DType::IQ2_S:
+      return 1024;
+    case DType::IQ1_S:
+    case DType::IQ1_M:
+      return 2048;
+    default:
+      return 0;
+  }
+}
 
 }  // namespace iq
 

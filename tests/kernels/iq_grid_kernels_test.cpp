@@ -28,21 +28,7 @@ namespace {
 constexpr DType kGridTypes[] = {DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ3_XXS,
                                 DType::IQ3_S,   DType::IQ1_S,  DType::IQ1_M};
 
-// Entries in t's grid, and the grid points each index covers (8, or 4 for the IQ3 types).
-int grid_size(DType t) {
-  switch (t) {
-    case DType::IQ2_XXS:
-    case DType::IQ3_XXS:
-      return 256;
-    case DType::IQ2_XS:
-    case DType::IQ3_S:
-      return 512;
-    case DType::IQ2_S:
-      return 1024;
-    default:
-      return 2048;  // IQ1_S, IQ1_M
-  }
-}
+// Grid indices per 256-element block (8 points each; the IQ3 types: 4).
 int units_per_block(DType t) {
   return t == DType::IQ3_XXS || t == DType::IQ3_S ? 64 : 32;
 }
@@ -126,7 +112,7 @@ GridWeights make_grid_weights(DType t, int64_t rows, int64_t cols, uint32_t seed
   std::uniform_int_distribution<int> byte(0, 255);
   std::uniform_real_distribution<float> mag(0.5f, 1.5f);
   for (auto& b : w.bytes) b = static_cast<uint8_t>(byte(rng));
-  const int size = grid_size(t), units = units_per_block(t);
+  const int size = iq::grid_entries(t), units = units_per_block(t);
   unsigned next = static_cast<unsigned>(byte(rng));
   const int64_t blocks = rows * cols / kQK_IQ;
   for (int64_t i = 0; i < blocks; ++i) {

@@ -200,22 +200,7 @@ TEST(IqQuantize, ImportanceWeightsLowerTheWeightedError) {
   }
 }
 
-// The grid index bits of unit k (8 elements; IQ3: 4) in one block, and the grid's size.
-int grid_size(DType t) {
-  switch (t) {
-    case DType::IQ2_XXS:
-    case DType::IQ3_XXS:
-      return 256;
-    case DType::IQ2_XS:
-    case DType::IQ3_S:
-      return 512;
-    case DType::IQ2_S:
-      return 1024;
-    default:
-      return 2048;
-  }
-}
-
+// Sets the grid index of unit k (8 elements; IQ3: 4) in one block.
 void set_index(DType t, uint8_t* block, int k, int index) {
   switch (t) {
     case DType::IQ2_XXS: {  // byte k % 4 of the index word of group k / 4
@@ -294,7 +279,7 @@ TEST(IqQuantize, ChosenEntriesAgainstAnExhaustiveSearch) {
         const double chosen = unit_error(y, k);
         double best = chosen;
         auto trial = q;
-        for (int index = 0; index < grid_size(t); ++index) {
+        for (int index = 0; index < iq::grid_entries(t); ++index) {
           set_index(t, trial.data(), k, index);
           best = std::min(best, unit_error(decode(t, trial, 256), k));
         }
