@@ -6,7 +6,7 @@ forward is itself checked against NumPy and llama.cpp elsewhere).
    q8_0, q4_0 and q4_k (quantized by `mixtral quantize`), merged and legacy GGUF, Hugging Face and
    consolidated directories; -np 10 and 16 (more ranks than the 8 experts: each cut in 2 parts by rows) on
    q8_0 merged and q4_0 legacy; once more with the TCP transport forced (--mca btl tcp,self).
-2. Greedy decode (`run --temp 0 --ids`) and `perplexity` identical.
+2. Greedy decode (`run --temp 0 --ids`), `perplexity`, `chat` (two turns) and `route` identical.
 3. Memory: under `mpirun -np 2 serve --no-repack`, each rank's resident pages of the model file's mapping
    (/proc/PID/smaps) hold the shared weights and about half of the experts, and one process all of them.
 4. Faults: a rank killed mid-run ends the job within seconds, non-zero, naming the rank (mpirun's line); a
@@ -146,6 +146,20 @@ def decode_cases(mx, small, work):
         many = run(mpirun(np_, *gen, tcp=tcp)).stdout.strip().splitlines()[-1]
         check(one == many and len(one) > 40, f"greedy decode under mpirun -np {np_}{' (tcp)' if tcp else ''}: "
               f"the same ids ({many[:40]}...)")
+    # chat (the conversation kept in the KV cache between turns) and route (the routing of every layer).
+    chat = [mx, "chat", "--model", m, "-n", "16", "--temp", "0", "--threads", "1"]
+    turns = "In the beginning\nand the earth\n"
+    one = subprocess.run(chat, input=turns, capture_output=True, text=True, env=env(), timeout=120).stdout
+    many = subprocess.run(mpirun(2, *chat), input=turns, capture_output=True, text=True, env=env(),
+                          timeout=120).stdout
+    check(one == many and len(one) > 10, "chat under mpirun -np 2: the same two turns")
+    pages = []
+    for np_ in (1, 3):
+        page = os.path.join(work, f"route{np_}.html")
+        cmd = [mx, "route", "--model", m, "--prompt", "In the beginning God created", "--html", page]
+        run(mpirun(np_, *cmd) if np_ > 1 else cmd)
+        pages.append(open(page, "rb").read())
+    check(pages[0] == pages[1], "route under mpirun -np 3: the same page")
     text = os.path.join(work, "text.txt")
     with open(text, "w") as f:
         f.write("In the beginning God created the heaven and the earth. And the earth was without form, "
