@@ -1,0 +1,185 @@
+// The IQ4_NL and IQ4_XS matmul kernels (x86/iq4.inc and the scalar table's) on each kernel table selected
+// explicitly, from random blocks (every nibble, and for IQ4_XS every 6-bit scale code), against two oracles:
+//  - float64 of the decoded weights (tensor/quant_iq.h's scalar decoders) with the Q8_0-rounded activations
+//    (quantize_row's rule, the kernels' dot inputs): only the f32 scaling and summation of exact int32 block
+//    dots differ; bound 2e-6 relative to sum |w x| (kernels_test's bound for Q8_0 readers vs ref);
+//  - ref::matmul (decoded weights times the f32 activations): differs by the Q8_0 rounding of x, at most half
+//    a step per value; bound 2e-2 relative to sum |w x|.
+// And batch invariance: each token alone gives the bits it gives inside the batch, at 1 and 2 threads. The
+// shapes run every tile path: decode's rows in lockstep with remainder rows, prefill tiles with remainder
+// rows and tokens, pairs of groups and a lone last group (an odd group count), and for IQ4_NL the blocks
+// after the last full group.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "kernels/internal.h"
+#include "kernels/kernels.h"
+#include "tensor/quant.h"
+#include "tensor/quant_iq.h"
+
+namespace mixtral::kernels {
+namespace {
+
+struct Iq4Weights {
+  std::vector<uint8_t> bytes;
+  TensorView view;
+  std::vector<double> deq;  // [rows, cols]
+};
+
+// [rows, cols] of random bytes with each fp16 d of either sign and about the size that gives 0.05-scale
+// weights.
+Iq4Weights make_weights(DType t, int64_t rows, int64_t cols, uint32_t seed) {
+  const DTypeTraits& tr = traits(t);
+  Iq4Weights w;
+  w.bytes.resize(static_cast<size_t>(rows) * row_bytes(t, cols));
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> mag(0.5f, 1.5f);
+  for (auto& b : w.bytes) b = static_cast<uint8_t>(byte(rng));
+  const float d0 = t == DType::IQ4_XS ? 0.05f / (127.0f * 8.0f) : 0.05f / 64.0f;
+  const int64_t blocks = rows * cols / tr.block_size;
+  for (int64_t i = 0; i < blocks; ++i) {
+    const uint16_t d = f32_to_fp16(d0 * mag(rng) * (byte(rng) < 128 ? -1.0f : 1.0f));
+    std::memcpy(w.bytes.data() + i * static_cast<int64_t>(tr.block_bytes), &d, 2);
+  }
+  std::vector<float> tmp(static_cast<size_t>(rows * cols));
+  dequantize_row(t, w.bytes.data(), tmp.data(), rows * cols);
+  w.deq.assign(tmp.begin(), tmp.end());
+  w.view.data = w.bytes.data();
+  w.view.dtype = t;
+  w.view.ndim = 2;
+  w.view.shape = {rows, cols, 1, 1};
+  return w;
+}
+
+std::vector<float> randn(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// max over tokens of (max_r |a - b| / max_r scale); a, b, scale: [n, ld], `rows` valid columns.
+double norm_err(const float* a, const float* b, const float* scale, int64_t n, int64_t rows, int64_t ld) {
+  double worst = 0.0;
+  for (int64_t t = 0; t < n; ++t) {
+    double num = 0.0, den = 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+      num = std::max(num, std::fabs(static_cast<double>(a[t * ld + r]) - b[t * ld + r]));
+      den = std::max(den, std::fabs(static_cast<double>(scale[t * ld + r])));
+    }
+    worst = std::max(worst, den > 0 ? num / den : num);
+  }
+  return worst;
+}
+
+const detail::KernelTable* table_of(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return &detail::generic_table();
+    case Isa::kAvx2:
+      return detail::avx2_table();
+    case Isa::kAvx512:
+      return detail::avx512_table();
+  }
+  return nullptr;
+}
+
+class Iq4Kernels : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override {
+    const Isa isa = GetParam();
+    if (static_cast<int>(isa) > static_cast<int>(detect_isa()) || table_of(isa) == nullptr)
+      GTEST_SKIP() << "this CPU (or build) has no " << isa_name(isa) << ": its IQ4 kernels are not run";
+    set_isa(isa);
+    if (active_isa() != isa || table_of(isa) != &detail::active_table())
+      detail::set_table_for_testing(isa, table_of(isa));
+  }
+  void TearDown() override { set_isa(detect_isa()); }
+
+  void check(DType t, int64_t rows, int64_t cols, int64_t n) {
+    SCOPED_TRACE(std::string(dtype_name(t)) + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
+                 " n=" + std::to_string(n));
+    const Iq4Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(rows * 131 + cols * 7 + n));
+    std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 17));  // [n, cols]
+    std::fill(x.begin(), x.begin() + kQK8_0, 0.0f);                         // an all-zero block: d = 0
+    const int64_t ldy = rows + 1;
+    // x through Q8_0 and back: the kernels' dot inputs.
+    std::vector<float> xr(x.size());  // [n, cols]
+    std::vector<BlockQ8_0> xb(static_cast<size_t>(cols / kQK8_0));
+    for (int64_t tk = 0; tk < n; ++tk) {
+      quantize_row(DType::Q8_0, x.data() + tk * cols, xb.data(), cols);
+      dequantize_row(DType::Q8_0, xb.data(), xr.data() + tk * cols, cols);
+    }
+    std::vector<float> y64(static_cast<size_t>(n * ldy), 0.0f), mag(y64.size(), 0.0f);  // [n, ldy]
+    for (int64_t tk = 0; tk < n; ++tk)
+      for (int64_t r = 0; r < rows; ++r) {
+        double sum = 0.0, m = 0.0;
+        for (int64_t c = 0; c < cols; ++c) {
+          sum += w.deq[r * cols + c] * static_cast<double>(xr[tk * cols + c]);
+          m += std::fabs(w.deq[r * cols + c] * static_cast<double>(x[tk * cols + c]));
+        }
+        y64[tk * ldy + r] = static_cast<float>(sum);
+        mag[tk * ldy + r] = static_cast<float>(m);
+      }
+    std::vector<float> ref(y64.size(), 0.0f);  // [n, ldy]
+    ref::matmul(w.view, x.data(), n, ref.data(), ldy);
+
+    std::vector<float> y1(y64.size(), -7.0f), y2(y1);  // [n, ldy]
+    matmul(w.view, x.data(), n, y1.data(), ldy, pool1_);
+    matmul(w.view, x.data(), n, y2.data(), ldy, pool2_);
+    EXPECT_LE(norm_err(y1.data(), y64.data(), mag.data(), n, rows, ldy), 2e-6)
+        << "vs float64 with the Q8_0 activations";
+    EXPECT_LE(norm_err(y1.data(), ref.data(), mag.data(), n, rows, ldy), 2e-2) << "vs ref::matmul";
+    EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float))) << "1 vs 2 threads differ";
+    for (int64_t tk = 0; tk < n; ++tk) ASSERT_EQ(y1[tk * ldy + rows], -7.0f) << "wrote past rows";
+    if (n > 1) {
+      std::vector<float> one(static_cast<size_t>(rows));  // [rows]
+      for (int64_t tk = 0; tk < n; ++tk) {
+        matmul(w.view, x.data() + tk * cols, 1, one.data(), rows, pool1_);
+        ASSERT_EQ(0, std::memcmp(one.data(), y1.data() + tk * ldy, one.size() * sizeof(float)))
+            << "token " << tk << " alone differs from the same token in a batch of " << n;
+      }
+    }
+  }
+
+  ThreadPool pool1_{1};
+  ThreadPool pool2_{2};
+};
+
+// Token counts of decode, each tile width and remainder, and a run of several tiles, on row counts that
+// leave remainder rows after 2-, 3- and 4-row tiles and decode parts (23, 22) and a lone row; 768 columns:
+// a pair of groups and a lone group.
+TEST_P(Iq4Kernels, TokenCountsAndRows) {
+  for (DType t : {DType::IQ4_NL, DType::IQ4_XS})
+    for (int64_t rows : {23, 22, 1})
+      for (int64_t n : {1, 2, 3, 4, 5, 7, 13, 17}) check(t, rows, 768, n);
+}
+
+// Column counts: one lone group (256), whole pairs (4096), and for IQ4_NL blocks after the last full group
+// (288: none before them; 800: a pair, then 1 block; 1248: a pair, a lone group, then 7 blocks).
+TEST_P(Iq4Kernels, Columns) {
+  for (int64_t n : {1, 6}) {
+    for (int64_t cols : {256, 4096}) {
+      check(DType::IQ4_NL, 7, cols, n);
+      check(DType::IQ4_XS, 7, cols, n);
+    }
+    for (int64_t cols : {288, 800, 1248}) check(DType::IQ4_NL, 7, cols, n);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tables, Iq4Kernels, ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512),
+                         [](const ::testing::TestParamInfo<Isa>& i) {
+                           return std::string(isa_name(i.param));
+                         });
+
+}  // namespace
+}  // namespace mixtral::kernels
