@@ -4,7 +4,7 @@ and without an importance matrix, the KL divergence of its next-token distributi
 its perplexity, on the model's held-out text (the last five books of the KJV, never seen in training).
 
   tools/iq_quality.py --mixtral build/release/apps/cli/mixtral [--workdir DIR] [--types IQ2_XS,IQ3_M]
-                      [--lock /tmp/cpu.lock] [--threads 2]
+                      [--lock /tmp/cpu.lock] [--threads 2] [--llama-quantize PATH]
 
 Steps (each cached in WORKDIR, so an interrupted run resumes where it stopped):
   1. the corpus: tools/train_tiny/corpus.py (Debian's bible-kjv-text; the training split and the held-out
@@ -13,7 +13,9 @@ Steps (each cached in WORKDIR, so an interrupted run resumes where it stopped):
      (chunks of --ctx tokens);
   3. the base: `mixtral perplexity --kl-divergence-base` of the F16 model on the held-out text;
   4. per TYPE and variant: `mixtral quantize` (with --imatrix; without), then `mixtral perplexity
-     --kl-divergence` against the base.
+     --kl-divergence` against the base. With --llama-quantize PATH, llama.cpp's llama-quantize makes the
+     files instead (same model, mix, importance matrices), still measured by `mixtral perplexity`; those
+     results are keyed "llama/TYPE/variant" and printed as their own table, so one results.json holds both.
 Every perplexity run: --ctx 256 --stride 128 (models/README.md's held-out figures) and an f32 KV cache, so
 only the weights differ from the base. The TYPEs that llama.cpp (and `mixtral quantize`) refuse without an
 importance matrix get a "flat" one instead for the second variant: every column's importance 1 (a legacy
@@ -98,6 +100,7 @@ def main():
     ap.add_argument("--ctx", type=int, default=256, help="imatrix chunk length")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lock", default="", help="hold an exclusive flock on this file during each step")
+    ap.add_argument("--llama-quantize", default="", help="quantize with this llama-quantize binary instead")
     a = ap.parse_args()
     w = a.workdir
     os.makedirs(w, exist_ok=True)
@@ -135,33 +138,41 @@ def main():
                 tname = todo.pop(0)
                 measure(a, tname, "flat" if tname in NEEDS_IMATRIX else "none", imatrix, flat, heldout, base,
                         results, results_path)
-    print_table(results, a.types.split(","))
+    print_table(results, a.types.split(","), "llama/" if a.llama_quantize else "")
 
 
 def measure(a, tname, no, imatrix, flat, heldout, base, results, results_path):
     """Both variants of one TYPE (the caller holds the lock)."""
     w, M, T = a.workdir, a.mixtral, ["--threads", str(a.threads)]
+    prefix = "llama/" if a.llama_quantize else ""
     for variant in ("imatrix", no):
-        key = f"{tname}/{variant}"
+        key = f"{prefix}{tname}/{variant}"
         if key in results:
             continue
         path = os.path.join(w, f"{tname}-{variant}.gguf")
         extra = {"imatrix": ["--imatrix", imatrix], "flat": ["--imatrix", flat], "none": []}[variant]
         if tname == "Q8_0" and variant == "imatrix":
             continue  # Q8_0 weighs nothing by an importance matrix (quantize refuses one)
-        run([M, "quantize", a.model, path, tname] + extra + T, "")
+        t = time.time()
+        if a.llama_quantize:
+            run([a.llama_quantize] + extra + [a.model, path, tname, str(a.threads)], "")
+        else:
+            run([M, "quantize", a.model, path, tname] + extra + T, "")
+        quantize_s = time.time() - t
         out = json.loads(run([M, "perplexity", "-m", path, "--text-file", heldout, "--kl-divergence", base,
                               "--json"] + PPL_ARGS + T, ""))
         results[key] = {"perplexity": out["perplexity"], "kld_mean": out["kld_mean"],
                         "kld_stderr": out["kld_stderr"], "same_top_pct": out["same_top_pct"],
-                        "bytes": os.path.getsize(path), "tokens_scored": out["tokens_scored"]}
+                        "bytes": os.path.getsize(path), "tokens_scored": out["tokens_scored"],
+                        "quantize_s": quantize_s}
         os.remove(path)
         json.dump(results, open(results_path, "w"), indent=1)
 
 
-def print_table(results, types):
+def print_table(results, types, prefix):
     f16 = results["F16"]
-    print(f"\nF16 base: perplexity {f16['perplexity']:.3f}, {f16['bytes'] / 1e6:.2f} MB\n")
+    print(f"\nF16 base: perplexity {f16['perplexity']:.3f}, {f16['bytes'] / 1e6:.2f} MB")
+    print(f"{'llama-quantize' if prefix else 'mixtral quantize'}'s files\n")
     print("| TYPE | MB | imatrix: KL mean | PPL | same top % | without: | KL mean | PPL | same top % |")
     print("|---|---|---|---|---|---|---|---|---|")
     for t in types:
@@ -169,7 +180,7 @@ def print_table(results, types):
         mb = None
         cells = []
         for variant in ("imatrix", "flat" if t in NEEDS_IMATRIX else "none"):
-            r = results.get(f"{t}/{variant}")
+            r = results.get(f"{prefix}{t}/{variant}")
             if r is None:
                 cells += ["—", "—", "—"] if variant == "imatrix" else [variant, "—", "—", "—"]
                 continue
