@@ -200,6 +200,8 @@ constexpr int64_t kQ8 = static_cast<int64_t>(DType::Q8_0), kQ4 = static_cast<int
                   kQ8G8 = static_cast<int64_t>(DType::Q8_0_G8),
                   kQ4R16 = static_cast<int64_t>(DType::Q4_0_R16),
                   kQ8R16 = static_cast<int64_t>(DType::Q8_0_R16),
+                  kQ4KR16 = static_cast<int64_t>(DType::Q4_K_R16),
+                  kQ6KR16 = static_cast<int64_t>(DType::Q6_K_R16),
                   kIQ4NL = static_cast<int64_t>(DType::IQ4_NL), kIQ4XS = static_cast<int64_t>(DType::IQ4_XS),
                   kIQ2XXS = static_cast<int64_t>(DType::IQ2_XXS),
                   kIQ2XS = static_cast<int64_t>(DType::IQ2_XS), kIQ2S = static_cast<int64_t>(DType::IQ2_S),
@@ -210,13 +212,13 @@ BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMil
 
 BENCHMARK(BM_MatmulDecode)
     ->ArgNames({"dtype", "rows", "cols", "threads"})
-    ->ArgsProduct({{kQ8,   kQ8G8,  kQ8R16, kQ4,     kQ4G8,  kQ4R16, kQ4K,    kQ5K,  kQ6K,  kF16,
-                    kBF16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S,  kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
+    ->ArgsProduct({{kQ8,  kQ8G8, kQ8R16, kQ4,    kQ4G8,   kQ4R16, kQ4K,  kQ4KR16, kQ5K,  kQ6K,  kQ6KR16,
+                    kF16, kBF16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S, kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {14336},
                    {4096},
                    {1, 2}})
-    ->ArgsProduct({{kQ8,   kQ8G8,  kQ8R16, kQ4,     kQ4G8,  kQ4R16, kQ4K,    kQ5K,  kQ6K,  kF16,
-                    kBF16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S,  kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
+    ->ArgsProduct({{kQ8,  kQ8G8, kQ8R16, kQ4,    kQ4G8,   kQ4R16, kQ4K,  kQ4KR16, kQ5K,  kQ6K,  kQ6KR16,
+                    kF16, kBF16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S, kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {4096},
                    {14336},
                    {1, 2}})
@@ -226,8 +228,8 @@ BENCHMARK(BM_MatmulDecode)
 // can keep up with memory, and by how much.
 BENCHMARK(BM_MatmulDecodeHot)
     ->ArgNames({"dtype", "rows", "cols", "threads"})
-    ->ArgsProduct({{kQ8,   kQ8G8,  kQ8R16, kQ4,     kQ4G8,  kQ4R16, kQ4K,    kQ5K,  kQ6K,  kF16,
-                    kBF16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S,  kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
+    ->ArgsProduct({{kQ8,  kQ8G8, kQ8R16, kQ4,    kQ4G8,   kQ4R16, kQ4K,  kQ4KR16, kQ5K,  kQ6K,  kQ6KR16,
+                    kF16, kBF16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S, kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {256},
                    {4096},
                    {1}})
@@ -244,12 +246,14 @@ BENCHMARK(BM_SwigluDecode)
 BENCHMARK(BM_MatmulPrefill)
     ->Name("BM_MatmulSmallBatch")
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S,
-                    kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ4KR16, kQ6K, kQ6KR16, kQ8, kQ8G8, kQ8R16, kIQ4NL, kIQ4XS,
+                    kIQ2XXS, kIQ2XS, kIQ2S, kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {14336},
                    {4096},
                    {1, 2, 3, 4, 5, 6, 8, 12, 16},
                    {1, 2}})
+    ->ArgsProduct(
+        {{kQ4K, kQ4KR16, kQ6K, kQ6KR16}, {4096}, {14336}, {1, 2, 3, 4, 5, 6, 8, 12, 16}, {1, 2}})  // W2
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatmulHot)
@@ -266,14 +270,17 @@ BENCHMARK(BM_MatmulHot)
                    {1}});
 BENCHMARK(BM_MatmulPrefill)
     ->ArgNames({"dtype", "rows", "cols", "n", "threads"})
-    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ6K, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS,
-                    kIQ2S, kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
+    ->ArgsProduct({{kQ8, kQ8G8, kQ8R16, kQ4, kQ4G8, kQ4R16, kQ4K, kQ4KR16, kQ6K, kQ6KR16, kIQ4NL, kIQ4XS,
+                    kIQ2XXS, kIQ2XS, kIQ2S, kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {14336},
                    {4096},
                    {64, 512},
                    {1, 2}})
-    ->ArgsProduct(
-        {{kQ4G8, kQ4R16, kQ4K, kQ6K}, {4096}, {14336}, {128}, {1, 2}})  // an expert's W2, its tokens
+    ->ArgsProduct({{kQ4G8, kQ4R16, kQ4K, kQ4KR16, kQ6K, kQ6KR16},
+                   {4096},
+                   {14336},
+                   {128},
+                   {1, 2}})  // an expert's W2, its tokens
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

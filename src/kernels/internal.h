@@ -48,6 +48,8 @@ constexpr WeightType kWeightTypes[] = {
     {DType::Q8_0_G8, Activations::kQ8_0},   // where a table's MatmulKernel::layout asks for them
     {DType::Q4_0_R16, Activations::kQ8_0},  //
     {DType::Q8_0_R16, Activations::kQ8_0},  //
+    {DType::Q4_K_R16, Activations::kQ8_K},  //
+    {DType::Q6_K_R16, Activations::kQ8_K},  //
     {DType::IQ4_NL, Activations::kQ8_0},    // 32-value blocks, each against one Q8_0 activation block
     {DType::IQ4_XS, Activations::kQ8_0},    // (IQ4_XS: 8 per super-block, x86/iq4.inc says why)
     {DType::IQ2_XXS, Activations::kQ8_K},   // the grid i-quants: scales per 16 or 32 values inside
@@ -136,10 +138,10 @@ consteval bool lists_every_weight_type(const MatmulKernel (&k)[N]) {
 // dispatcher need not cut their rows into L2-sized chunks.
 constexpr int kR16TileTokens = 8;
 
-// A MatmulTileFn body for an R16 weight (Q4_0_R16, Q8_0_R16) on a table without kernels for the layout
-// (a model repacked for AVX-512, then run on another table): each row unpacked back to the file type and
-// computed by file_tile, the table's kernel for it, which reads the activations as that kernel's entry
-// does. Rows [r0, r0 + nr) as for any tile.
+// A MatmulTileFn body for an R16 weight (Q4_0_R16, Q8_0_R16, Q4_K_R16, Q6_K_R16) on a table without kernels
+// for the layout (a model repacked for AVX-512, then run on another table): each row unpacked back to the
+// file type and computed by file_tile, the table's kernel for it, which reads the activations as that
+// kernel's entry does. Rows [r0, r0 + nr) as for any tile.
 void r16_by_rows(DType packed, MatmulTileFn file_tile, const MatmulArgs& a, int64_t r0, int64_t nr,
                  int64_t t0, int64_t nt, float* y, int64_t ldy);
 

@@ -15,7 +15,7 @@ struct Entry {
 };
 
 // Block layouts as in GGML (sizes in bytes per block).
-constexpr std::array<Entry, 28> kTable = {{
+constexpr std::array<Entry, 30> kTable = {{
     {0, {"f32", 1, 4, true, true}},
     {1, {"f16", 1, 2, true, true}},
     {2, {"q4_0", 32, 18, true, true}},
@@ -44,6 +44,8 @@ constexpr std::array<Entry, 28> kTable = {{
     {1001, {"q8_0_g8", 256, 272, true, true}},
     {1002, {"q4_0_r16", 32, 18, true, false}},  // sizes per row; 16 rows interleave (tensor/quant.h)
     {1003, {"q8_0_r16", 32, 34, true, false}},
+    {1004, {"q4_k_r16", 256, 144, true, false}},
+    {1005, {"q6_k_r16", 256, 210, true, false}},
 }};
 
 }  // namespace

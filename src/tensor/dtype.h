@@ -42,6 +42,10 @@ enum class DType : uint32_t {
   // Internal: Q4_0 / Q8_0 with 16 rows interleaved block by block (BlockQ4_0R16, BlockQ8_0R16).
   Q4_0_R16 = 1002,
   Q8_0_R16 = 1003,
+  // Internal: Q4_K / Q6_K with 16 rows interleaved super-block by super-block (BlockQ4_KR16,
+  // BlockQ6_KR16).
+  Q4_K_R16 = 1004,
+  Q6_K_R16 = 1005,
 };
 constexpr uint32_t kFirstInternal = 1000;
 inline bool is_internal(DType t) {

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/check.h"
@@ -144,6 +146,46 @@ void interleave16(const void* src, void* dst, int64_t cols, bool to_group) {
   }
 }
 
+// Copies n_words 4-byte words between a row's field and row r's lanes of the group's field (64 bytes per
+// word: tensor/quant.h), to the group or back.
+void lane_words(uint8_t* row_field, uint8_t* group_field, int r, int n_words, bool to_group) {
+  for (int w = 0; w < n_words; ++w) {
+    uint8_t* in_row = row_field + 4 * w;
+    uint8_t* in_group = group_field + 64 * w + 4 * r;
+    if (to_group) std::memcpy(in_group, in_row, 4);
+    if (!to_group) std::memcpy(in_row, in_group, 4);
+  }
+}
+
+// Interleaves the 16 K-quant file rows at src (Block: BlockQ4_K or BlockQ6_K, cols / 256 per row) into
+// one row group at dst (Group: BlockQ4_KR16 or BlockQ6_KR16), or back (to_group false). src and dst may be
+// the same memory: the group goes through a copy.
+template <class Block, class Group>
+void interleave16_k(const void* src, void* dst, int64_t cols, bool to_group) {
+  const int64_t nb = cols / kQK_K;
+  const size_t bytes = static_cast<size_t>(nb) * sizeof(Group);
+  std::vector<uint8_t> copy(static_cast<const uint8_t*>(src), static_cast<const uint8_t*>(src) + bytes);
+  for (int64_t b = 0; b < nb; ++b) {
+    auto* g = reinterpret_cast<Group*>(to_group ? static_cast<uint8_t*>(dst) : copy.data()) + b;
+    for (int r = 0; r < kR16Rows; ++r) {
+      auto* blk = reinterpret_cast<Block*>(to_group ? copy.data() : static_cast<uint8_t*>(dst)) + r * nb + b;
+      if (to_group) g->d[r] = blk->d;
+      if (!to_group) blk->d = g->d[r];
+      if constexpr (std::is_same_v<Block, BlockQ4_K>) {
+        if (to_group) g->dmin[r] = blk->dmin;
+        if (!to_group) blk->dmin = g->dmin[r];
+        lane_words(blk->scales, g->scales, r, kKScaleBytes / 4, to_group);
+        lane_words(blk->qs, g->qs, r, kQK_K / 2 / 4, to_group);
+      } else {
+        lane_words(reinterpret_cast<uint8_t*>(blk->scales), reinterpret_cast<uint8_t*>(g->scales), r,
+                   kQK_K / 16 / 4, to_group);
+        lane_words(blk->ql, g->ql, r, kQK_K / 2 / 4, to_group);
+        lane_words(blk->qh, g->qh, r, kQK_K / 4 / 4, to_group);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 DType file_layout(DType t) {
@@ -154,13 +196,19 @@ DType file_layout(DType t) {
     case DType::Q8_0_G8:
     case DType::Q8_0_R16:
       return DType::Q8_0;
+    case DType::Q4_K_R16:
+      return DType::Q4_K;
+    case DType::Q6_K_R16:
+      return DType::Q6_K;
     default:
       return t;
   }
 }
 
 int64_t row_group(DType t) {
-  return t == DType::Q4_0_R16 || t == DType::Q8_0_R16 ? kR16Rows : 1;
+  return t == DType::Q4_0_R16 || t == DType::Q8_0_R16 || t == DType::Q4_K_R16 || t == DType::Q6_K_R16
+             ? kR16Rows
+             : 1;
 }
 
 void repack(DType from, DType to, const void* src, void* dst, int64_t rows, int64_t cols) {
@@ -169,16 +217,20 @@ void repack(DType from, DType to, const void* src, void* dst, int64_t rows, int6
            "repack: no layout change from %s to %s", std::string(dtype_name(from)).c_str(),
            std::string(dtype_name(to)).c_str());
   const bool pack = packed == to;
-  if (packed == DType::Q4_0_R16 || packed == DType::Q8_0_R16) {
-    MX_CHECK(rows % kR16Rows == 0 && cols % kQK8_0 == 0, "repack: %lld x %lld is not whole %s row groups",
-             static_cast<long long>(rows), static_cast<long long>(cols),
-             std::string(dtype_name(packed)).c_str());
+  if (row_group(packed) == kR16Rows) {
+    MX_CHECK(rows % kR16Rows == 0 && cols % traits(packed).block_size == 0,
+             "repack: %lld x %lld is not whole %s row groups", static_cast<long long>(rows),
+             static_cast<long long>(cols), std::string(dtype_name(packed)).c_str());
     const size_t group_bytes = kR16Rows * row_bytes(file_layout(packed), cols);
     for (int64_t g = 0; g < rows / kR16Rows; ++g) {
       const auto* s = static_cast<const uint8_t*>(src) + static_cast<size_t>(g) * group_bytes;
       auto* d = static_cast<uint8_t*>(dst) + static_cast<size_t>(g) * group_bytes;
       if (packed == DType::Q4_0_R16) {
         interleave16<BlockQ4_0, BlockQ4_0R16, 4, 0>(s, d, cols, pack);
+      } else if (packed == DType::Q4_K_R16) {
+        interleave16_k<BlockQ4_K, BlockQ4_KR16>(s, d, cols, pack);
+      } else if (packed == DType::Q6_K_R16) {
+        interleave16_k<BlockQ6_K, BlockQ6_KR16>(s, d, cols, pack);
       } else {
         interleave16<BlockQ8_0, BlockQ8_0R16, 8, 0x80>(s, d, cols, pack);
       }
@@ -285,7 +337,9 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
     case DType::IQ4_XS:
       return detail::dequantize_iq4_xs(src, dst, n);
     case DType::Q4_0_R16:
-    case DType::Q8_0_R16:  // a row is spread over its group of 16: repack the tensor back to the file type
+    case DType::Q8_0_R16:
+    case DType::Q4_K_R16:
+    case DType::Q6_K_R16:  // a row is spread over its group of 16: repack the tensor back to the file type
       MX_CHECK(false, "dequantize_row: %s rows are interleaved in groups of 16: repack them to %s first",
                std::string(dtype_name(t)).c_str(), std::string(dtype_name(file_layout(t))).c_str());
     default:
@@ -389,6 +443,8 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
       return detail::quantize_iq1_m(src, dst, n);
     case DType::Q4_0_R16:
     case DType::Q8_0_R16:
+    case DType::Q4_K_R16:
+    case DType::Q6_K_R16:
       MX_CHECK(false, "quantize_row: %s interleaves 16 rows: quantize to %s, then repack the tensor",
                std::string(dtype_name(t)).c_str(), std::string(dtype_name(file_layout(t))).c_str());
     default:

@@ -94,13 +94,13 @@ struct BlockQ8_0R16 {
 static_assert(sizeof(BlockQ8_0R16) == kR16Rows * sizeof(BlockQ8_0));
 
 // The file type whose values a repacked layout holds (Q4_0 for Q4_0_G8 and Q4_0_R16, Q8_0 for Q8_0_G8 and
-// Q8_0_R16); t itself for every file type.
+// Q8_0_R16, Q4_K for Q4_K_R16, Q6_K for Q6_K_R16); t itself for every file type.
 DType file_layout(DType t);
 // Rows a repacked layout interleaves (kR16Rows for the R16 layouts, else 1): a tensor in it needs a multiple.
 int64_t row_group(DType t);
 // A [rows, cols] tensor from type `from` to a repacked layout `to` of the same file type or back (Q4_0 <->
-// Q4_0_G8 / Q4_0_R16, Q8_0 <-> Q8_0_G8 / Q8_0_R16; G8: cols a multiple of 256; R16: rows a multiple of 16);
-// src and dst may be the same memory. Any other pair is a checked error.
+// Q4_0_G8 / Q4_0_R16, Q8_0 <-> Q8_0_G8 / Q8_0_R16, Q4_K <-> Q4_K_R16, Q6_K <-> Q6_K_R16; G8: cols a multiple
+// of 256; R16: rows a multiple of 16); src and dst may be the same memory. Any other pair is a checked error.
 void repack(DType from, DType to, const void* src, void* dst, int64_t rows, int64_t cols);
 
 constexpr int kQK4_1 = 32;
@@ -188,6 +188,35 @@ struct BlockQ6_K {
   uint16_t d;  // fp16
 };
 static_assert(sizeof(BlockQ6_K) == 210);
+
+// Q4_K_R16 (internal, made at load for the AVX-512 kernels): 16 consecutive rows interleaved super-block by
+// super-block, as the R16 layouts above (block (g, b) holds rows 16g .. 16g + 15 at super-block column b and
+// starts where row 16g's bytes did), so one 64-byte vector holds 4 bytes of each of the 16 rows (one row
+// per 32-bit lane). In block (g, b), for row r of the group:
+//   d[r], dmin[r]: its fp16 d and dmin;
+//   scales[64w + 4r + i] = byte 4w + i of its 12 packed scale bytes (w = 0..2: the words a, b, c of
+//     k_scale_min);
+//   qs[64k + 4r + i] = byte 4k + i of its qs (k = 0..31): the low nibble value 64(k / 8) + 4(k % 8) + i,
+//     the high nibble that value + 32.
+// The values, scales and offsets are Q4_K's, so every integer dot is that of Q4_K.
+struct BlockQ4_KR16 {
+  uint16_t d[kR16Rows];     // fp16
+  uint16_t dmin[kR16Rows];  // fp16
+  uint8_t scales[kR16Rows * kKScaleBytes];
+  uint8_t qs[kR16Rows * kQK_K / 2];
+};
+static_assert(sizeof(BlockQ4_KR16) == kR16Rows * sizeof(BlockQ4_K));
+
+// Q6_K_R16: Q6_K in the same interleaving. In block (g, b), for row r of the group:
+//   ql[64k + 4r + i] = byte 4k + i of its ql (k = 0..31); qh[64k + 4r + i] = byte 4k + i of its qh
+//   (k = 0..15); scales[64k + 4r + i] = its scale 4k + i (k = 0..3); d[r] its fp16 d.
+struct BlockQ6_KR16 {
+  uint8_t ql[kR16Rows * kQK_K / 2];
+  uint8_t qh[kR16Rows * kQK_K / 4];
+  int8_t scales[kR16Rows * kQK_K / 16];
+  uint16_t d[kR16Rows];  // fp16
+};
+static_assert(sizeof(BlockQ6_KR16) == kR16Rows * sizeof(BlockQ6_K));
 
 // Q8_K: the activation format of the K-quant integer dots. x = d * qs; bsums[g] = sum of qs[16g..16g+15].
 struct BlockQ8_K {

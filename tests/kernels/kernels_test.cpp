@@ -425,15 +425,16 @@ TEST_F(MatmulTest, Iq4SmallTokenCountsAndTails) {
   random_blocks_ = false;
 }
 
-// The row-interleaved layouts (AVX-512's choice for Q4_0 and Q8_0) at every token count of a serving step
-// and a little beyond (n = 1..17: each tile width, a full 8-token tile plus a remainder) on 5 groups of 16
-// rows, so that each tile shape (4, 3 and 2 groups side by side) runs with lone groups after it, and on
-// one group alone.
+// The row-interleaved layouts (AVX-512's choice for Q4_0, Q8_0, Q4_K and Q6_K; the K-quants' on 4096 columns
+// only) at every token count of a serving step and a little beyond (n = 1..17: each tile width, a full
+// 8-token tile plus a remainder) on 5 groups of 16 rows, so that each tile shape (4, 3 and 2 groups side by
+// side) runs with lone groups after it, and on one group alone.
 TEST_F(MatmulTest, RowInterleavedTokenCounts) {
-  for (DType t : {DType::Q4_0_R16, DType::Q8_0_R16})
+  for (DType t : {DType::Q4_0_R16, DType::Q8_0_R16, DType::Q4_K_R16, DType::Q6_K_R16})
     for (int64_t rows : {80, 16})
       for (int64_t cols : {32, 288, 4096})
-        for (int64_t n = 1; n <= 17; ++n) check(t, rows, cols, n);
+        if (cols % traits(t).block_size == 0)
+          for (int64_t n = 1; n <= 17; ++n) check(t, rows, cols, n);
 }
 
 // K-quant weights with Q8_K activations, every ISA vs two oracles:
@@ -657,7 +658,9 @@ TEST_F(MatmulTest, EveryWeightTypeOnEveryTable) {
     if (const auto tr = dtype_traits(id);
         tr && tr->supported && tr->quantizable && static_cast<DType>(id) != DType::Q8_K)
       types.push_back(static_cast<DType>(id));
-  for (DType t : {DType::Q4_0_G8, DType::Q8_0_G8, DType::Q4_0_R16, DType::Q8_0_R16}) types.push_back(t);
+  for (DType t :
+       {DType::Q4_0_G8, DType::Q8_0_G8, DType::Q4_0_R16, DType::Q8_0_R16, DType::Q4_K_R16, DType::Q6_K_R16})
+    types.push_back(t);
   int with_kernels = 0;
   for (DType t : types) {
     with_kernels += weight_type(t) != nullptr;

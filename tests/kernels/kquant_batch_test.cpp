@@ -14,6 +14,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -137,21 +138,25 @@ class KQuantBatchTest : public ::testing::Test {
 
   // Every n in ns for weight type t, [rows, cols]: the model bit for bit at 1 and 2 threads, each token
   // alone the same bits, and ref::matmul within 2e-2 of sum |w x| (the Q8_K rounding of x, as in
-  // kernels_test's KQuantsMatchReference).
-  void check(DType t, int64_t rows, int64_t cols, const std::vector<int64_t>& ns) {
+  // kernels_test's KQuantsMatchReference). With `packed` (a repacked layout of t, e.g. Q4_K_R16), the
+  // matmuls read the weights repacked into it and must still give the model's bits of the file layout.
+  void check(DType t, int64_t rows, int64_t cols, const std::vector<int64_t>& ns, DType packed = DType::F32) {
     const size_t rb = row_bytes(t, cols);
     std::vector<uint8_t> w(rb * static_cast<size_t>(rows));  // [rows, rb]
     const std::vector<float> wf = randn(rows * cols, static_cast<uint32_t>(rows * 7 + cols), 0.05f);
     for (int64_t r = 0; r < rows; ++r) quantize_row(t, wf.data() + r * cols, w.data() + r * rb, cols);
+    const bool repacked = packed != DType::F32;
+    std::vector<uint8_t> wp(w);  // [rows, rb] the weights as the matmuls read them
+    if (repacked) repack(t, packed, w.data(), wp.data(), rows, cols);
     TensorView v;
-    v.data = w.data();
-    v.dtype = t;
+    v.data = wp.data();
+    v.dtype = repacked ? packed : t;
     v.ndim = 2;
     v.shape = {rows, cols, 1, 1};
     std::vector<float> wd(static_cast<size_t>(rows * cols));  // [rows, cols] decoded, for sum |w x|
     for (int64_t r = 0; r < rows; ++r) dequantize_row(t, w.data() + r * rb, wd.data() + r * cols, cols);
     for (int64_t n : ns) {
-      SCOPED_TRACE(std::string(dtype_name(t)) + " rows=" + std::to_string(rows) +
+      SCOPED_TRACE(std::string(dtype_name(v.dtype)) + " rows=" + std::to_string(rows) +
                    " cols=" + std::to_string(cols) + " n=" + std::to_string(n));
       std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n * 13 + cols));  // [n, cols]
       std::fill(x.begin(), x.begin() + kQK_K, 0.0f);  // an all-zero super-block: d_x = 0
@@ -215,6 +220,71 @@ TEST_F(KQuantBatchTest, SpansOfSuperBlocks) {
 TEST_F(KQuantBatchTest, PrefillMatchesTheModel) {
   check(DType::Q4_K, 300, 512, {70});
   check(DType::Q6_K, 21, 512, {65});
+}
+
+// Q4_K_R16 and Q6_K_R16 (AVX-512's layouts for Q4_K and Q6_K: 16 rows interleaved, made at load) give
+// the model's bits of the file layout at every token count of a serving step and beyond (n = 1..17: each
+// token tile, a full 8-token tile plus a remainder), on one group of 16 rows and on several (the decode
+// tiles take groups from 2 parts, then the rest alone), on wide rows, and for a batch of prefill size over
+// several row chunks. Every table runs them (AVX2 and generic row by row, unpacked back).
+TEST_F(KQuantBatchTest, RowInterleavedKQuantsMatchTheModel) {
+  for (const auto& [file, packed] :
+       {std::pair{DType::Q4_K, DType::Q4_K_R16}, {DType::Q6_K, DType::Q6_K_R16}}) {
+    check(file, 48, 768, one_to(17), packed);
+    check(file, 16, 256, {1, 2, 5, 9}, packed);
+    check(file, 16, 40 * kQK_K, {1, 4, 8, 12}, packed);
+    check(file, 304, 512, {70}, packed);
+  }
+}
+
+// The R16 K-quant bytes against their definition (tensor/quant.h): in block (g, b), row 16g + r's fp16
+// fields at index r and every byte field's 4-byte word w at lanes [64w + 4r, 64w + 4r + 4); repacked in
+// place and back, the file bytes again.
+TEST(KQuantLayout, RowInterleavedBytesAsDefined) {
+  const int64_t rows = 32, cols = 3 * kQK_K, nb = cols / kQK_K;
+  const auto lanes = [](const uint8_t* group_field, const uint8_t* row_field, int r, int n) {
+    for (int j = 0; j < n; ++j)
+      if (group_field[64 * (j / 4) + 4 * r + j % 4] != row_field[j]) return j;
+    return -1;
+  };
+  for (DType file : {DType::Q4_K, DType::Q6_K}) {
+    const DType packed = file == DType::Q4_K ? DType::Q4_K_R16 : DType::Q6_K_R16;
+    SCOPED_TRACE(std::string(dtype_name(packed)));
+    const size_t rb = row_bytes(file, cols), bb = traits(file).block_bytes;
+    std::vector<uint8_t> w(rb * static_cast<size_t>(rows));  // [rows, rb]
+    const std::vector<float> wf = randn(rows * cols, 11, 0.05f);
+    for (int64_t r = 0; r < rows; ++r) quantize_row(file, wf.data() + r * cols, w.data() + r * rb, cols);
+    std::vector<uint8_t> p(w);
+    repack(file, packed, p.data(), p.data(), rows, cols);
+    ASSERT_NE(p, w) << "the repack moved nothing";
+    for (int64_t g = 0; g < rows / 16; ++g)
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* out = p.data() + (g * nb + b) * 16 * bb;
+        for (int r = 0; r < 16; ++r) {
+          const uint8_t* in = w.data() + (g * 16 + r) * rb + b * bb;
+          if (file == DType::Q4_K) {
+            const auto& o = *reinterpret_cast<const BlockQ4_KR16*>(out);
+            const auto& i = *reinterpret_cast<const BlockQ4_K*>(in);
+            ASSERT_EQ(o.d[r], i.d) << "row " << r;
+            ASSERT_EQ(o.dmin[r], i.dmin) << "row " << r;
+            ASSERT_EQ(lanes(o.scales, i.scales, r, kKScaleBytes), -1) << "row " << r << " scales";
+            ASSERT_EQ(lanes(o.qs, i.qs, r, kQK_K / 2), -1) << "row " << r << " qs";
+          } else {
+            const auto& o = *reinterpret_cast<const BlockQ6_KR16*>(out);
+            const auto& i = *reinterpret_cast<const BlockQ6_K*>(in);
+            ASSERT_EQ(o.d[r], i.d) << "row " << r;
+            ASSERT_EQ(lanes(reinterpret_cast<const uint8_t*>(o.scales),
+                            reinterpret_cast<const uint8_t*>(i.scales), r, kQK_K / 16),
+                      -1)
+                << "row " << r << " scales";
+            ASSERT_EQ(lanes(o.ql, i.ql, r, kQK_K / 2), -1) << "row " << r << " ql";
+            ASSERT_EQ(lanes(o.qh, i.qh, r, kQK_K / 4), -1) << "row " << r << " qh";
+          }
+        }
+      }
+    repack(packed, file, p.data(), p.data(), rows, cols);
+    EXPECT_EQ(p, w);
+  }
 }
 
 }  // namespace

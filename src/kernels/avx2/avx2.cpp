@@ -644,6 +644,8 @@ constexpr MatmulKernel kMatmul[] = {
     {DType::Q4_0_R16, r16_tile<DType::Q4_0_R16, q4_matmul<Q4FileGroup>>, arrange_q8, DType::Q4_0_R16},
     {DType::Q8_0_R16, r16_tile<DType::Q8_0_R16, tiles<Q8Kernel, 4, Q8Kernel, 2, 3>>, nullptr,
      DType::Q8_0_R16},
+    {DType::Q4_K_R16, r16_tile<DType::Q4_K_R16, k_matmul<Q4KUnpack>>, nullptr, DType::Q4_K_R16},
+    {DType::Q6_K_R16, r16_tile<DType::Q6_K_R16, k_matmul<Q6KUnpack>>, nullptr, DType::Q6_K_R16},
     {DType::IQ4_NL, iq4_matmul<Iq4NlRow>, nullptr, DType::IQ4_NL},
     {DType::IQ4_XS, iq4_matmul<Iq4XsRow>, nullptr, DType::IQ4_XS},
     {DType::IQ2_XXS, iqg_matmul<Iq2xxsFmt, 2>, nullptr, DType::IQ2_XXS},

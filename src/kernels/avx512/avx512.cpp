@@ -595,6 +595,251 @@ constexpr MatmulTileFn iq4_matmul =
 #undef MX_K_VNNI
 
 // ---------------------------------------------------------------------------------------------------
+// Q4_K_R16 (tensor/quant.h): 16 rows in the 16 int32 lanes, as the R16 kernels above. Per super-block the
+// 16 rows' scales and offsets are decoded once for all tokens (a dozen vector instructions for the 16 rows,
+// where the file layout decodes each row's apart), and per token and 64 values 16 vpdpbusd (one activation
+// dword broadcast per instruction, the activations' Q8_K blocks read as they are), 2 vpmulld by the
+// sub-blocks' scales, then per super-block 8 vpdpwssd for the offsets against the 16-value sums and the
+// float step of every K-quant kernel: exact int32 sums sq = sum_j sc[j] (q . x)_j, sm = sum_j mn[j] S_j, then
+//   acc = fma(float(sq), d_x * d, acc);  acc = fnmadd(float(sm), d_x * dm, acc)
+// per super-block in order, so each (row, token) gives the file layout's result bit for bit, whatever the
+// token count.
+
+// The vpshufb mask that widens byte j of each dword (row) to its int32 (pair false) or to the int16 pair
+// (byte j, byte j) (pair true); j and pair are constants where it is used, so the mask is one.
+inline __m512i r16k_pick(int j, bool pair) {
+  const auto word = [&](int q) {
+    const uint32_t b = static_cast<uint32_t>(4 * q + j);
+    return static_cast<int>(pair ? 0x80008000u | b | b << 16 : 0x80808000u | b);
+  };
+  return _mm512_set4_epi32(word(3), word(2), word(1), word(0));
+}
+
+struct R16KHead {  // one super-block of the 16 rows: bytes j = 0..3 of each dword are sub-blocks j, 4 + j
+  __m512i sc_lo, sc_hi;  // the 6-bit scales
+  __m512i mn_lo, mn_hi;  // the 6-bit offsets
+  __m512 d, dm;          // the rows' d and dmin
+};
+// k_scales_mins for the 16 rows at once: a, b, c the packed words of each row (scales[64w .. 64w + 63]).
+inline void r16k_head(const BlockQ4_KR16& w, R16KHead& h) {
+  const __m512i a = _mm512_loadu_si512(w.scales), b = _mm512_loadu_si512(w.scales + 64),
+                c = _mm512_loadu_si512(w.scales + 128);
+  const __m512i m6 = _mm512_set1_epi8(0x3f), m4 = _mm512_set1_epi8(0x0f), hi2 = _mm512_set1_epi8(0x30);
+  h.sc_lo = _mm512_and_si512(a, m6);
+  h.mn_lo = _mm512_and_si512(b, m6);
+  // (c & 15) | (a >> 6) << 4, per byte (bits 6, 7 of a byte shifted by 2 stay in it)
+  h.sc_hi = _mm512_ternarylogic_epi32(_mm512_and_si512(c, m4), _mm512_srli_epi32(a, 2), hi2, 0xf8);
+  h.mn_hi = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi32(c, 4), m4), _mm512_srli_epi32(b, 2),
+                                      hi2, 0xf8);
+  h.d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.d)));
+  h.dm = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.dmin)));
+}
+
+// One super-block of a group of 16 rows (w) x tokens 0 .. T - 1 (token t's Q8_K block at x[t * nb]):
+// acc[t] (one f32 lane per row) takes its float step.
+struct R16Q4K {
+  using Block = BlockQ4_KR16;
+  template <int T>
+  [[gnu::always_inline]] static void block(const Block& w, const BlockQ8_K* x, int64_t nb, __m512* acc) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    R16KHead h;
+    r16k_head(w, h);
+    __m512i sq[T];  // [token] exact sums, one lane per row
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) sq[t] = _mm512_setzero_si512();
+#pragma GCC unroll 1  // one 64-value chunk's 16 vectors at a time (unrolled, GCC interleaves them and spills)
+    for (int j = 0; j < 4; ++j) {
+      __m512i lo[8], hi[8];  // values 64j + 4m .. (sub-block 2j), 64j + 32 + 4m .. (sub-block 2j + 1)
+      MX_UNROLL
+      for (int m = 0; m < 8; ++m) {
+        const __m512i p = _mm512_loadu_si512(w.qs + 64 * (8 * j + m));
+        lo[m] = _mm512_and_si512(p, low4);
+        hi[m] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
+      }
+      const __m512i sc0 = _mm512_shuffle_epi8(j < 2 ? h.sc_lo : h.sc_hi, r16k_pick(2 * j % 4, false)),
+                    sc1 = _mm512_shuffle_epi8(j < 2 ? h.sc_lo : h.sc_hi, r16k_pick(2 * j % 4 + 1, false));
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const auto* xq = reinterpret_cast<const int32_t*>(x[t * nb].qs) + 16 * j;
+        __m512i dl = _mm512_setzero_si512(), dh = _mm512_setzero_si512();
+        MX_UNROLL
+        for (int m = 0; m < 8; ++m) {
+          dl = _mm512_dpbusd_epi32(dl, lo[m], _mm512_set1_epi32(xq[m]));
+          dh = _mm512_dpbusd_epi32(dh, hi[m], _mm512_set1_epi32(xq[8 + m]));
+        }
+        sq[t] = _mm512_add_epi32(sq[t],
+                                 _mm512_add_epi32(_mm512_mullo_epi32(dl, sc0), _mm512_mullo_epi32(dh, sc1)));
+      }
+    }
+    __m512i mn[8];  // [sub-block j] its offset as the pair (m, m) per row
+    MX_UNROLL
+    for (int j = 0; j < 8; ++j)
+      mn[j] = _mm512_shuffle_epi8(j < 4 ? h.mn_lo : h.mn_hi, r16k_pick(j % 4, true));
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) {
+      const BlockQ8_K& xb = x[t * nb];
+      const auto* bs = reinterpret_cast<const int32_t*>(xb.bsums);  // [j] the pair (S_2j, S_2j+1)
+      __m512i sm = _mm512_setzero_si512();
+      MX_UNROLL
+      for (int j = 0; j < 8; ++j) sm = _mm512_dpwssd_epi32(sm, _mm512_set1_epi32(bs[j]), mn[j]);
+      const __m512 xd = _mm512_set1_ps(xb.d);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sq[t]), _mm512_mul_ps(h.d, xd), acc[t]);
+      acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(sm), _mm512_mul_ps(h.dm, xd), acc[t]);
+    }
+  }
+};
+
+// Q6_K_R16: per half h of the super-block and g = 0, 1, the dwords m = 4g .. 4g + 3 of ql at 16h + m and
+// 16h + m + 8 and of qh at 8h + m give 4 vectors for each quarter q of the half (values 128h + 32q + 4m ..,
+// their bits 4, 5 from bits 2q, 2q + 1 of the qh bytes), all under scale 8h + 2q + g; per token 16
+// vpdpbusd and 4 vpmulld by the sign-extended scales. The offsets: sm = 32 sum_s sc[s] bsums[s] (8
+// vpdpwssd on the scales' sign-extended pairs), and d stands for dm, as in every Q6_K kernel.
+struct R16Q6K {
+  using Block = BlockQ6_KR16;
+  // The mask that puts byte j of each dword (row) into byte 3 of its int32 (pair false: then >> 24), or
+  // bytes j, j + 1 into the high bytes of its two int16 (pair true: then >> 8), sign-extending.
+  static __m512i pick(int j, bool pair) {
+    const auto word = [&](int q) {
+      const uint32_t b = static_cast<uint32_t>(4 * q + j);
+      return static_cast<int>(pair ? 0x00800080u | b << 8 | (b + 1) << 24 : 0x00808080u | b << 24);
+    };
+    return _mm512_set4_epi32(word(3), word(2), word(1), word(0));
+  }
+  template <int T>
+  [[gnu::always_inline]] static void block(const Block& w, const BlockQ8_K* x, int64_t nb, __m512* acc) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
+    __m512i sq[T];  // [token] exact sums, one lane per row
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) sq[t] = _mm512_setzero_si512();
+#pragma GCC unroll 1  // one chunk's 16 vectors at a time
+    for (int c = 0; c < 4; ++c) {
+      const int h = c / 2, g = c % 2;
+      __m512i v[4][4];  // [quarter q][i] values 128h + 32q + 4(4g + i) ..
+      MX_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        const int m = 4 * g + i;
+        const __m512i l0 = _mm512_loadu_si512(w.ql + 64 * (16 * h + m)),
+                      l1 = _mm512_loadu_si512(w.ql + 64 * (16 * h + m + 8)),
+                      hb = _mm512_loadu_si512(w.qh + 64 * (8 * h + m));
+        v[0][i] =
+            _mm512_ternarylogic_epi32(_mm512_and_si512(l0, low4), _mm512_slli_epi16(hb, 4), bits45, 0xf8);
+        v[1][i] =
+            _mm512_ternarylogic_epi32(_mm512_and_si512(l1, low4), _mm512_slli_epi16(hb, 2), bits45, 0xf8);
+        v[2][i] =
+            _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(l0, 4), low4), hb, bits45, 0xf8);
+        v[3][i] = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(l1, 4), low4),
+                                            _mm512_srli_epi16(hb, 2), bits45, 0xf8);
+      }
+      __m512i sc[4];  // [q] scale 8h + 2q + g per row, sign-extended
+      MX_UNROLL
+      for (int q = 0; q < 4; ++q) {
+        const int sidx = 8 * h + 2 * q + g;
+        const __m512i sv = _mm512_loadu_si512(w.scales + 64 * (sidx / 4));
+        sc[q] = _mm512_srai_epi32(_mm512_shuffle_epi8(sv, pick(sidx % 4, false)), 24);
+      }
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) {
+        const auto* xq = reinterpret_cast<const int32_t*>(x[t * nb].qs) + 32 * h + 4 * g;
+        MX_UNROLL
+        for (int q = 0; q < 4; ++q) {
+          __m512i d = _mm512_setzero_si512();
+          MX_UNROLL
+          for (int i = 0; i < 4; ++i) d = _mm512_dpbusd_epi32(d, v[q][i], _mm512_set1_epi32(xq[8 * q + i]));
+          sq[t] = _mm512_add_epi32(sq[t], _mm512_mullo_epi32(d, sc[q]));
+        }
+      }
+    }
+    __m512i sp[8];  // [pair p] scales 2p, 2p + 1 per row as sign-extended int16
+    MX_UNROLL
+    for (int p = 0; p < 8; ++p)
+      sp[p] = _mm512_srai_epi16(
+          _mm512_shuffle_epi8(_mm512_loadu_si512(w.scales + 64 * (p / 2)), pick(2 * p % 4, true)), 8);
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.d)));
+    MX_UNROLL
+    for (int t = 0; t < T; ++t) {
+      const BlockQ8_K& xb = x[t * nb];
+      const auto* bs = reinterpret_cast<const int32_t*>(xb.bsums);  // [p] the pair (bsums 2p, 2p + 1)
+      __m512i sm = _mm512_setzero_si512();
+      MX_UNROLL
+      for (int p = 0; p < 8; ++p) sm = _mm512_dpwssd_epi32(sm, _mm512_set1_epi32(bs[p]), sp[p]);
+      const __m512 dd = _mm512_mul_ps(d, _mm512_set1_ps(xb.d));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sq[t]), dd, acc[t]);
+      acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_slli_epi32(sm, 5)), dd, acc[t]);
+    }
+  }
+};
+
+#ifndef MX_R16K_AHEAD
+#define MX_R16K_AHEAD 4608
+#endif
+// G groups of 16 rows, starting at rows r0 + 16 k gstride (k < G), x tokens t0 .. t0 + T - 1, over all
+// super-blocks, the groups a super-block each in turn; y at (t0, r0).
+template <class F, int G, int T>
+struct R16KTile {
+  using Block = typename F::Block;
+  static void run(const MatmulArgs& a, int64_t r0, int64_t gstride, int64_t t0, float* y, int64_t ldy) {
+    constexpr int64_t ahead = T == 1 ? MX_R16K_AHEAD : kTilePrefetchBytes;
+    const int64_t nb = a.cols / kQK_K;
+    const Block* w[G];
+    MX_UNROLL
+    for (int g = 0; g < G; ++g)
+      w[g] = reinterpret_cast<const Block*>(a.w + (r0 + g * gstride * kR16Rows) * a.w_stride);
+    const BlockQ8_K* x = a.xk + t0 * nb;  // [T, nb]
+    __m512 acc[G][T];                     // [group, token] one f32 lane per row
+    MX_UNROLL
+    for (int g = 0; g < G; ++g) {
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) acc[g][t] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      MX_UNROLL
+      for (int g = 0; g < G; ++g) {
+        prefetch_bytes(w[g] + b, ahead, static_cast<int64_t>(sizeof(Block)));
+        F::template block<T>(w[g][b], x + b, nb, acc[g]);
+      }
+    }
+    MX_UNROLL
+    for (int g = 0; g < G; ++g) {
+      MX_UNROLL
+      for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy + g * gstride * kR16Rows, acc[g][t]);
+    }
+  }
+};
+
+#ifndef MX_R16K_DECODE_GROUPS
+#define MX_R16K_DECODE_GROUPS 2
+#endif
+// T tokens over the row groups of [r0, r0 + nr): G groups per tile from G equal parts (decode), else one.
+template <class F, int T>
+void r16k_pass(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  constexpr int G = T == 1 ? MX_R16K_DECODE_GROUPS : 1;
+  const int64_t groups = nr / kR16Rows, part = groups / G;
+  for (int64_t k = 0; k < part; ++k)
+    R16KTile<F, G, T>::run(a, r0 + k * kR16Rows, part, t0, y + k * kR16Rows, ldy);
+  for (int64_t k = G * part; k < groups; ++k)
+    R16KTile<F, 1, T>::run(a, r0 + k * kR16Rows, 0, t0, y + k * kR16Rows, ldy);
+}
+
+template <class F, int T>
+void r16k_tokens(int64_t ct, const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, float* y, int64_t ldy) {
+  if (ct == T) {
+    r16k_pass<F, T>(a, r0, nr, t0, y, ldy);
+  } else if constexpr (T > 1) {
+    r16k_tokens<F, T - 1>(ct, a, r0, nr, t0, y, ldy);
+  }
+}
+
+// MatmulTileFn of Q4_K_R16 and Q6_K_R16: rows in whole groups of 16, tokens in tiles of up to kR16Tokens,
+// rows inner.
+template <class F>
+void r16k_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  for (int64_t tt = 0; tt < nt; tt += kR16Tokens) {
+    const int64_t ct = nt - tt < kR16Tokens ? nt - tt : kR16Tokens;
+    r16k_tokens<F, kR16Tokens>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Float weights: 16 columns per step, weights widened to f32, one FMA per (row, token).
 
 struct LoadF32 {
@@ -860,13 +1105,15 @@ constexpr MatmulKernel kMatmul[] = {
     {DType::BF16, tiles<BF16Kernel, 4, BF16Kernel, 4, 4>, nullptr, DType::BF16},
     {DType::Q8_0, group_matmul<Q8PairUnpack<Q8FileGroup>, true>, arrange_q8_pairs, DType::Q8_0_R16},
     {DType::Q4_0, group_matmul<Q4PairUnpack<Q4FileGroup>, false>, arrange_q8_pairs, DType::Q4_0_R16},
-    {DType::Q4_K, k_matmul<Q4KUnpack>, nullptr, DType::Q4_K},
+    {DType::Q4_K, k_matmul<Q4KUnpack>, nullptr, DType::Q4_K_R16},
     {DType::Q5_K, k_matmul<Q5KUnpack>, nullptr, DType::Q5_K},
-    {DType::Q6_K, k_matmul<Q6KUnpack>, nullptr, DType::Q6_K},
+    {DType::Q6_K, k_matmul<Q6KUnpack>, nullptr, DType::Q6_K_R16},
     {DType::Q4_0_G8, group_matmul<Q4PairUnpack<Q4G8Group>, false>, arrange_q8_pairs, DType::Q4_0_G8},
     {DType::Q8_0_G8, group_matmul<Q8PairUnpack<Q8G8Group>, true>, arrange_q8_pairs, DType::Q8_0_G8},
     {DType::Q4_0_R16, r16_matmul<R16Q4>, nullptr, DType::Q4_0_R16},
     {DType::Q8_0_R16, r16_matmul<R16Q8>, nullptr, DType::Q8_0_R16},
+    {DType::Q4_K_R16, r16k_matmul<R16Q4K>, nullptr, DType::Q4_K_R16},
+    {DType::Q6_K_R16, r16k_matmul<R16Q6K>, nullptr, DType::Q6_K_R16},
     {DType::IQ4_NL, iq4_matmul<Iq4NlRow>, nullptr, DType::IQ4_NL},
     {DType::IQ4_XS, iq4_matmul<Iq4XsRow>, nullptr, DType::IQ4_XS},
     {DType::IQ2_XXS, iqg_matmul<Iq2xxsFmt, 4>, nullptr, DType::IQ2_XXS},

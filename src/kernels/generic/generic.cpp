@@ -388,6 +388,8 @@ constexpr MatmulKernel kMatmul[] = {
     {DType::Q8_0_G8, quant_tile<unpack_g8<DType::Q8_0_G8, BlockQ8_0, unpack_q8>>, nullptr, DType::Q8_0_G8},
     {DType::Q4_0_R16, r16_tile<DType::Q4_0_R16, quant_tile<unpack_q4>>, nullptr, DType::Q4_0_R16},
     {DType::Q8_0_R16, r16_tile<DType::Q8_0_R16, quant_tile<unpack_q8>>, nullptr, DType::Q8_0_R16},
+    {DType::Q4_K_R16, r16_tile<DType::Q4_K_R16, k_tile<BlockQ4_K, unpack_q4_k>>, nullptr, DType::Q4_K_R16},
+    {DType::Q6_K_R16, r16_tile<DType::Q6_K_R16, k_tile<BlockQ6_K, unpack_q6_k>>, nullptr, DType::Q6_K_R16},
     {DType::IQ4_NL, quant_tile<unpack_iq4_nl>, nullptr, DType::IQ4_NL},
     {DType::IQ4_XS, quant_tile<unpack_iq4_xs>, nullptr, DType::IQ4_XS},
     {DType::IQ2_XXS, iq_grid_tile<DType::IQ2_XXS>, nullptr, DType::IQ2_XXS},

@@ -79,7 +79,9 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, int64_t ld
     case DType::Q4_0_G8:
     case DType::Q8_0_G8:
     case DType::Q4_0_R16:
-    case DType::Q8_0_R16: {  // the file type's values in another order: back to it, then as it
+    case DType::Q8_0_R16:
+    case DType::Q4_K_R16:
+    case DType::Q6_K_R16: {  // the file type's values in another order: back to it, then as it
       std::vector<uint8_t> bytes(w.nbytes());  // [rows, row_stride]
       const DType file = file_layout(w.dtype);
       repack(w.dtype, file, w.data, bytes.data(), w.rows(), w.cols());
