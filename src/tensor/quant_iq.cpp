@@ -606,8 +606,7 @@ struct GroupScale {
 // rounded levels alone (no grid: cheap), sumqx^2 / sumq2, the error it removes; the n_keep best are
 // scored again with the units projected onto the grid, and the best of those, at its least-squares scale
 // sum(w q x) / sum(w q^2), is projected once more at that scale (kept if better still). IQ1_S tries both
-// deltas. The units projected at the winner's least-squares scale give the stored scale. Returns zeros for
-// a (near-)zero group.
+// deltas. The winner's units give its stored scale too. Returns zeros for a (near-)zero group.
 GroupScale fit_group(const GridType& ty, const GridTables& t, const float* x, const float* w) {
   float amax = 0.0f;
   for (int j = 0; j < ty.group; ++j) amax = std::max(amax, std::fabs(x[j]));
@@ -621,8 +620,11 @@ GroupScale fit_group(const GridType& ty, const GridTables& t, const float* x, co
     float score = -1.0f;  // sumqx^2 / sumq2; -1: none
     float scale = 0.0f;   // the candidate's least-squares scale
     float tried = 0.0f;   // the scale it was rounded at
+    float stored = 0.0f;  // sum(w x^2) / sum(w q x)
     bool neg = false;
   };
+  float sumx2 = 0.0f;
+  for (int j = 0; j < ty.group; ++j) sumx2 += w[j] * x[j] * x[j];
   auto score = [&](float scale, bool group_neg, bool on_grid) {
     project_group(ty, t, x, w, scale, on_grid, 0, group_neg, q, idx, neg);
     float sumqx = 0.0f, sumq2 = 0.0f;
@@ -636,6 +638,7 @@ GroupScale fit_group(const GridType& ty, const GridTables& t, const float* x, co
     if (sumq2 > 0.0f && sumqx > 0.0f) {
       c.score = sumqx * sumqx / sumq2;
       c.scale = sumqx / sumq2;
+      c.stored = sumx2 / sumqx;
     }
     return c;
   };
@@ -663,13 +666,7 @@ GroupScale fit_group(const GridType& ty, const GridTables& t, const float* x, co
   if (best.score < 0.0f) return {amax / top, amax / top};
   const Candidate again = score(best.scale, best.neg, true);
   const Candidate& fin = again.score > best.score ? again : best;
-  project_group(ty, t, x, w, fin.scale, true, 0, fin.neg, q, idx, neg);
-  float sumqx = 0.0f, sumx2 = 0.0f;
-  for (int j = 0; j < ty.group; ++j) {
-    sumqx += w[j] * q[j] * x[j];
-    sumx2 += w[j] * x[j] * x[j];
-  }
-  return {fin.scale, sumqx > 0.0f ? sumx2 / sumqx : fin.scale};
+  return {fin.scale, fin.stored};
 }
 
 void code_block(const GridType& ty, const float* x, const float* w, BlockCode& c) {

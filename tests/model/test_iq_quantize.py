@@ -54,13 +54,16 @@ LOW_BIT = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M")
 NEEDS_IMATRIX = ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs")
 
 # Engine on the mix vs engine on the f32 model (both densely routed), every position: the RMS of the
-# difference over the RMS of the f32 logits. Measured (AVX2, the quantizers as of 03:06 UTC 2026-12-07):
-# iq2_xxs 0.483, iq2_xs 0.468, iq2_s 0.375, iq2_m 0.322, iq1_s 0.498, iq1_m 0.494, iq3_xxs 0.295, iq3_xs 0.263,
-# iq3_s 0.240, iq3_m 0.235; for scale, the K-quant mixes on the same model and importance matrix: Q2_K 0.411,
-# Q3_K_S 0.227, Q4_K_M 0.111, Q8_0 0.013 (random uniform weights through 8 dense experts are this sensitive).
-# Bounds: 1.5x.
-TOL_VS_F32 = dict(IQ2_XXS=0.72, IQ2_XS=0.70, IQ2_S=0.56, IQ2_M=0.48, IQ1_S=0.75, IQ1_M=0.74, IQ3_XXS=0.44,
-                  IQ3_XS=0.39, IQ3_S=0.36, IQ3_M=0.35)
+# difference over the RMS of the f32 logits. Measured (AVX2, the quantizers as of 06:20 UTC 2026-12-07, each
+# group stored at its unshrunk scale): iq2_xxs 0.510, iq2_xs 0.490, iq2_s 0.402, iq2_m 0.332, iq1_s 0.553,
+# iq1_m 0.542, iq3_xxs 0.301, iq3_xs 0.265, iq3_s 0.242, iq3_m 0.237 (the least-squares scale before gave
+# 0.483 0.468 0.375 0.322 0.498 0.494 0.295 0.263 0.240 0.235: on random weights, which no input lines up
+# with, only the RMS error counts, and it is the larger; on the trained built-in model the KL divergence
+# is the smaller, tools/iq_quality.py); for scale, the K-quant mixes on the same model and importance
+# matrix: Q2_K 0.411, Q3_K_S 0.227, Q4_K_M 0.111, Q8_0 0.013 (random uniform weights through 8 dense
+# experts are this sensitive). Bounds: 1.2x.
+TOL_VS_F32 = dict(IQ2_XXS=0.61, IQ2_XS=0.59, IQ2_S=0.48, IQ2_M=0.40, IQ1_S=0.66, IQ1_M=0.65, IQ3_XXS=0.36,
+                  IQ3_XS=0.32, IQ3_S=0.29, IQ3_M=0.285)
 
 ARGS = ["--dim", "256", "--ffn", "256", "--layers", "2", "--heads", "8", "--kv-heads", "2", "--head-dim", "32",
         "--experts", "8", "--top-k", "2", "--vocab", "320", "--seed", "18"]
