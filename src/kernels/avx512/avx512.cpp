@@ -696,14 +696,23 @@ struct R16Q4K {
 // vpdpwssd on the scales' sign-extended pairs), and d stands for dm, as in every Q6_K kernel.
 struct R16Q6K {
   using Block = BlockQ6_KR16;
-  // The mask that puts byte j of each dword (row) into byte 3 of its int32 (pair false: then >> 24), or
-  // bytes j, j + 1 into the high bytes of its two int16 (pair true: then >> 8), sign-extending.
-  static __m512i pick(int j, bool pair) {
+  // Byte j of each dword (row) as its int32 (pair false), or bytes j, j + 1 as its two int16 (pair true),
+  // sign-extended: zero-extended by vpshufb, then (v ^ 0x80) - 0x80 (SIMDe, which the emulated tests
+  // build this file with, lacks the 512-bit arithmetic shifts).
+  template <bool pair>
+  static __m512i widen(__m512i v, int j) {
     const auto word = [&](int q) {
       const uint32_t b = static_cast<uint32_t>(4 * q + j);
-      return static_cast<int>(pair ? 0x00800080u | b << 8 | (b + 1) << 24 : 0x00808080u | b << 24);
+      return static_cast<int>(pair ? 0x80008000u | b | (b + 1) << 16 : 0x80808000u | b);
     };
-    return _mm512_set4_epi32(word(3), word(2), word(1), word(0));
+    const __m512i z = _mm512_shuffle_epi8(v, _mm512_set4_epi32(word(3), word(2), word(1), word(0)));
+    if constexpr (pair) {
+      const __m512i k = _mm512_set1_epi16(0x80);
+      return _mm512_sub_epi16(_mm512_xor_si512(z, k), k);
+    } else {
+      const __m512i k = _mm512_set1_epi32(0x80);
+      return _mm512_sub_epi32(_mm512_xor_si512(z, k), k);
+    }
   }
   template <int T>
   [[gnu::always_inline]] static void block(const Block& w, const BlockQ8_K* x, int64_t nb, __m512* acc) {
@@ -735,7 +744,7 @@ struct R16Q6K {
       for (int q = 0; q < 4; ++q) {
         const int sidx = 8 * h + 2 * q + g;
         const __m512i sv = _mm512_loadu_si512(w.scales + 64 * (sidx / 4));
-        sc[q] = _mm512_srai_epi32(_mm512_shuffle_epi8(sv, pick(sidx % 4, false)), 24);
+        sc[q] = widen<false>(sv, sidx % 4);
       }
       MX_UNROLL
       for (int t = 0; t < T; ++t) {
@@ -751,9 +760,7 @@ struct R16Q6K {
     }
     __m512i sp[8];  // [pair p] scales 2p, 2p + 1 per row as sign-extended int16
     MX_UNROLL
-    for (int p = 0; p < 8; ++p)
-      sp[p] = _mm512_srai_epi16(
-          _mm512_shuffle_epi8(_mm512_loadu_si512(w.scales + 64 * (p / 2)), pick(2 * p % 4, true)), 8);
+    for (int p = 0; p < 8; ++p) sp[p] = widen<true>(_mm512_loadu_si512(w.scales + 64 * (p / 2)), 2 * p % 4);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.d)));
     MX_UNROLL
     for (int t = 0; t < T; ++t) {
