@@ -54,9 +54,9 @@ LOW_BIT = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M")
 NEEDS_IMATRIX = ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs")
 
 # Engine on the mix vs engine on the f32 model (both densely routed), every position: the RMS of the
-# difference over the RMS of the f32 logits. Measured (AVX2, the quantizers as of 06:20 UTC 2026-12-07, each
-# group stored at its unshrunk scale): iq2_xxs 0.510, iq2_xs 0.490, iq2_s 0.402, iq2_m 0.332, iq1_s 0.553,
-# iq1_m 0.542, iq3_xxs 0.301, iq3_xs 0.265, iq3_s 0.242, iq3_m 0.237 (the least-squares scale before gave
+# difference over the RMS of the f32 logits. Measured (AVX2, the quantizers as of 06:35 UTC 2026-12-07, each
+# group stored at its unshrunk scale): iq2_xxs 0.512, iq2_xs 0.490, iq2_s 0.403, iq2_m 0.332, iq1_s 0.553,
+# iq1_m 0.540, iq3_xxs 0.296, iq3_xs 0.263, iq3_s 0.240, iq3_m 0.236 (the least-squares scale before gave
 # 0.483 0.468 0.375 0.322 0.498 0.494 0.295 0.263 0.240 0.235: on random weights, which no input lines up
 # with, only the RMS error counts, and it is the larger; on the trained built-in model the KL divergence
 # is the smaller, tools/iq_quality.py); for scale, the K-quant mixes on the same model and importance
