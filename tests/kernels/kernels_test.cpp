@@ -407,8 +407,9 @@ TEST_F(MatmulTest, GroupedSmallTokenCountsAndTails) {
 }
 
 // IQ4_NL and IQ4_XS (x86/iq4.inc) at every token count of a serving step and a little beyond (n = 1..17:
-// decode's 4 rows in lockstep, each prefill tile width and remainder) on 21 rows (4-row decode parts plus a
-// remainder row; 2- and 4-row prefill tiles plus remainders), over whole super-blocks (256, 512 and, for a
+// decode's rows in lockstep, each prefill tile width and remainder) on 21 rows (AVX2: 4-row decode parts plus
+// a remainder row, 2-row prefill tiles plus one; AVX-512: 3-row parts and tiles; iq4_kernels_test has
+// remainder rows for both), over whole super-blocks (256, 512 and, for a
 // few token counts, 4096 columns) and, for IQ4_NL, 1..7 blocks after the last 8 (288, 800), from the
 // quantizer and from random blocks (every nibble and scale code).
 TEST_F(MatmulTest, Iq4SmallTokenCountsAndTails) {

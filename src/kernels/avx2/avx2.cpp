@@ -10,7 +10,7 @@
 //   Q4_0 x Q8_0: either layout, over grouped activations (Q4GroupRT for one token, Q4Tile for more):
 //                nibbles . x - 8 sum(x) per block.
 // The K-quants run the kernels shared with the AVX-512 file (x86/kquant.inc) in their 256-bit form, IQ4_NL
-// and IQ4_XS theirs (x86/iq4.inc) in the vpmaddubsw form.
+// and IQ4_XS theirs (x86/iq4.inc) in the vpmaddubsw form, over grouped activations as Q4_0.
 #include "kernels/internal.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -377,14 +377,11 @@ constexpr MatmulTileFn q4_matmul =
     tiles<Q4GroupRT<Load>::template K, 4, Q4Tile<Load>::template K, kQ4TileRows, kQ4TileTokens>;
 
 // ---------------------------------------------------------------------------------------------------
-// IQ4_NL and IQ4_XS: the shared kernels (x86/iq4.inc) in their vpmaddubsw form; 4 rows in lockstep for
-// one token, else tiles of 2 rows x 3 tokens (16 vector registers).
+// IQ4_NL and IQ4_XS: the shared kernels (x86/iq4.inc) in their vpmaddubsw form over grouped activations
+// (arrange_q8, as Q4_0): 4 rows in lockstep for one token, else tiles of 2 rows x 3 tokens.
 #define MX_IQ4_VNNI 0
 #include "kernels/x86/iq4.inc"
 #undef MX_IQ4_VNNI
-template <class Fmt>
-constexpr MatmulTileFn iq4_matmul =
-    tiles<Iq4Tile<Fmt, kPrefetchBytes>::template K, 4, Iq4Tile<Fmt, kTilePrefetchBytes>::template K, 2, 3>;
 
 // ---------------------------------------------------------------------------------------------------
 // The grid i-quants (IQ2_XXS ... IQ1_M): the shared kernels (x86/iq_grid.inc) over Q8_K activations, in
@@ -646,8 +643,8 @@ constexpr MatmulKernel kMatmul[] = {
      DType::Q8_0_R16},
     {DType::Q4_K_R16, r16_tile<DType::Q4_K_R16, k_matmul<Q4KUnpack>>, nullptr, DType::Q4_K_R16},
     {DType::Q6_K_R16, r16_tile<DType::Q6_K_R16, k_matmul<Q6KUnpack>>, nullptr, DType::Q6_K_R16},
-    {DType::IQ4_NL, iq4_matmul<Iq4NlRow>, nullptr, DType::IQ4_NL},
-    {DType::IQ4_XS, iq4_matmul<Iq4XsRow>, nullptr, DType::IQ4_XS},
+    {DType::IQ4_NL, iq4_group_matmul<Iq4NlGroup>, arrange_q8, DType::IQ4_NL},
+    {DType::IQ4_XS, iq4_group_matmul<Iq4XsGroup>, arrange_q8, DType::IQ4_XS},
     {DType::IQ2_XXS, iqg_matmul<Iq2xxsFmt, 2>, nullptr, DType::IQ2_XXS},
     {DType::IQ2_XS, iqg_matmul<Iq2xsFmt, 2>, nullptr, DType::IQ2_XS},
     {DType::IQ2_S, iqg_matmul<Iq2sFmt, 2>, nullptr, DType::IQ2_S},

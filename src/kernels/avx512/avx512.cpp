@@ -4,8 +4,8 @@
 //
 // Quantized matmul: Q4_0 and Q8_0 (either layout) in 512-bit VNNI steps over pairs of grouped activations
 // (see GroupTile), the K-quants in the kernels shared with the AVX2 file (x86/kquant.inc) in their
-// AVX512-VNNI form, IQ4_NL and IQ4_XS likewise (x86/iq4.inc). vpdpbusd multiplies unsigned by signed
-// bytes, so
+// AVX512-VNNI form, IQ4_NL and IQ4_XS over the same pairs as Q4_0 (x86/iq4.inc). vpdpbusd multiplies
+// unsigned by signed bytes, so
 //   Q8_0 x Q8_0: (w + 128) . x - 128 * sum(x) = w . x,
 //   Q4_0 x Q8_0: nibbles (0..15) . x - 8 * sum(x),
 // the second term subtracted per block in int32 before the conversion to f32.
@@ -570,14 +570,11 @@ void r16_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t
 }
 
 // ---------------------------------------------------------------------------------------------------
-// IQ4_NL and IQ4_XS: the shared kernels (x86/iq4.inc) in their vpdpbusd form (512-bit vectors: two blocks
-// per vector); 4 rows in lockstep for one token, else tiles of 4 rows x 3 tokens (32 registers).
+// IQ4_NL and IQ4_XS: the shared kernels (x86/iq4.inc) in their vpdpbusd form over pair-ordered activations
+// (arrange_q8_pairs, as Q4_0 and Q8_0): 3 rows in lockstep for one token, else tiles of 3 rows x 4 tokens.
 #define MX_IQ4_VNNI 1
 #include "kernels/x86/iq4.inc"
 #undef MX_IQ4_VNNI
-template <class Fmt>
-constexpr MatmulTileFn iq4_matmul =
-    tiles<Iq4Tile<Fmt, kPrefetchBytes>::template K, 4, Iq4Tile<Fmt, kTilePrefetchBytes>::template K, 4, 3>;
 
 // ---------------------------------------------------------------------------------------------------
 // The grid i-quants (IQ2_XXS ... IQ1_M): the shared kernels (x86/iq_grid.inc) over Q8_K activations, in
@@ -1123,8 +1120,8 @@ constexpr MatmulKernel kMatmul[] = {
     {DType::Q8_0_R16, r16_matmul<R16Q8>, nullptr, DType::Q8_0_R16},
     {DType::Q4_K_R16, r16k_matmul<R16Q4K>, nullptr, DType::Q4_K_R16},
     {DType::Q6_K_R16, r16k_matmul<R16Q6K>, nullptr, DType::Q6_K_R16},
-    {DType::IQ4_NL, iq4_matmul<Iq4NlRow>, nullptr, DType::IQ4_NL},
-    {DType::IQ4_XS, iq4_matmul<Iq4XsRow>, nullptr, DType::IQ4_XS},
+    {DType::IQ4_NL, iq4_group_matmul<Iq4NlGroup>, arrange_q8_pairs, DType::IQ4_NL},
+    {DType::IQ4_XS, iq4_group_matmul<Iq4XsGroup>, arrange_q8_pairs, DType::IQ4_XS},
     {DType::IQ2_XXS, iqg_matmul<Iq2xxsFmt, 4>, nullptr, DType::IQ2_XXS},
     {DType::IQ2_XS, iqg_matmul<Iq2xsFmt, 4>, nullptr, DType::IQ2_XS},
     {DType::IQ2_S, iqg_matmul<Iq2sFmt, 4>, nullptr, DType::IQ2_S},
