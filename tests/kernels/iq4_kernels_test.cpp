@@ -21,11 +21,15 @@
 #include "core/thread_pool.h"
 #include "kernels/internal.h"
 #include "kernels/kernels.h"
+#include "table_test.h"
 #include "tensor/quant.h"
 #include "tensor/quant_iq.h"
 
 namespace mixtral::kernels {
 namespace {
+
+using test::norm_err;
+using test::randn;
 
 struct Iq4Weights {
   std::vector<uint8_t> bytes;
@@ -59,55 +63,11 @@ Iq4Weights make_weights(DType t, int64_t rows, int64_t cols, uint32_t seed) {
   return w;
 }
 
-std::vector<float> randn(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
-
-// max over tokens of (max_r |a - b| / max_r scale); a, b, scale: [n, ld], `rows` valid columns.
-double norm_err(const float* a, const float* b, const float* scale, int64_t n, int64_t rows, int64_t ld) {
-  double worst = 0.0;
-  for (int64_t t = 0; t < n; ++t) {
-    double num = 0.0, den = 0.0;
-    for (int64_t r = 0; r < rows; ++r) {
-      num = std::max(num, std::fabs(static_cast<double>(a[t * ld + r]) - b[t * ld + r]));
-      den = std::max(den, std::fabs(static_cast<double>(scale[t * ld + r])));
-    }
-    worst = std::max(worst, den > 0 ? num / den : num);
-  }
-  return worst;
-}
-
-const detail::KernelTable* table_of(Isa isa) {
-  switch (isa) {
-    case Isa::kScalar:
-      return &detail::generic_table();
-    case Isa::kAvx2:
-      return detail::avx2_table();
-    case Isa::kAvx512:
-      return detail::avx512_table();
-  }
-  return nullptr;
-}
-
-class Iq4Kernels : public ::testing::TestWithParam<Isa> {
+class Iq4Kernels : public test::TableTest {
  protected:
-  void SetUp() override {
-    const Isa isa = GetParam();
-    if (static_cast<int>(isa) > static_cast<int>(detect_isa()) || table_of(isa) == nullptr)
-      GTEST_SKIP() << "this CPU (or build) has no " << isa_name(isa) << ": its IQ4 kernels are not run";
-    set_isa(isa);
-    if (active_isa() != isa || table_of(isa) != &detail::active_table())
-      detail::set_table_for_testing(isa, table_of(isa));
-  }
-  void TearDown() override { set_isa(detect_isa()); }
-
   void check(DType t, int64_t rows, int64_t cols, int64_t n) {
-    SCOPED_TRACE(std::string(dtype_name(t)) + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
-                 " n=" + std::to_string(n));
+    SCOPED_TRACE(std::string(dtype_name(t)) + " rows=" + std::to_string(rows) +
+                 " cols=" + std::to_string(cols) + " n=" + std::to_string(n));
     const Iq4Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(rows * 131 + cols * 7 + n));
     std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 17));  // [n, cols]
     std::fill(x.begin(), x.begin() + kQK8_0, 0.0f);                         // an all-zero block: d = 0
