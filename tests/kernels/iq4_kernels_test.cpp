@@ -69,50 +69,8 @@ class Iq4Kernels : public test::TableTest {
     SCOPED_TRACE(std::string(dtype_name(t)) + " rows=" + std::to_string(rows) +
                  " cols=" + std::to_string(cols) + " n=" + std::to_string(n));
     const Iq4Weights w = make_weights(t, rows, cols, static_cast<uint32_t>(rows * 131 + cols * 7 + n));
-    std::vector<float> x = randn(n * cols, static_cast<uint32_t>(n + 17));  // [n, cols]
-    std::fill(x.begin(), x.begin() + kQK8_0, 0.0f);                         // an all-zero block: d = 0
-    const int64_t ldy = rows + 1;
-    // x through Q8_0 and back: the kernels' dot inputs.
-    std::vector<float> xr(x.size());  // [n, cols]
-    std::vector<BlockQ8_0> xb(static_cast<size_t>(cols / kQK8_0));
-    for (int64_t tk = 0; tk < n; ++tk) {
-      quantize_row(DType::Q8_0, x.data() + tk * cols, xb.data(), cols);
-      dequantize_row(DType::Q8_0, xb.data(), xr.data() + tk * cols, cols);
-    }
-    std::vector<float> y64(static_cast<size_t>(n * ldy), 0.0f), mag(y64.size(), 0.0f);  // [n, ldy]
-    for (int64_t tk = 0; tk < n; ++tk)
-      for (int64_t r = 0; r < rows; ++r) {
-        double sum = 0.0, m = 0.0;
-        for (int64_t c = 0; c < cols; ++c) {
-          sum += w.deq[r * cols + c] * static_cast<double>(xr[tk * cols + c]);
-          m += std::fabs(w.deq[r * cols + c] * static_cast<double>(x[tk * cols + c]));
-        }
-        y64[tk * ldy + r] = static_cast<float>(sum);
-        mag[tk * ldy + r] = static_cast<float>(m);
-      }
-    std::vector<float> ref(y64.size(), 0.0f);  // [n, ldy]
-    ref::matmul(w.view, x.data(), n, ref.data(), ldy);
-
-    std::vector<float> y1(y64.size(), -7.0f), y2(y1);  // [n, ldy]
-    matmul(w.view, x.data(), n, y1.data(), ldy, pool1_);
-    matmul(w.view, x.data(), n, y2.data(), ldy, pool2_);
-    EXPECT_LE(norm_err(y1.data(), y64.data(), mag.data(), n, rows, ldy), 2e-6)
-        << "vs float64 with the Q8_0 activations";
-    EXPECT_LE(norm_err(y1.data(), ref.data(), mag.data(), n, rows, ldy), 2e-2) << "vs ref::matmul";
-    EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float))) << "1 vs 2 threads differ";
-    for (int64_t tk = 0; tk < n; ++tk) ASSERT_EQ(y1[tk * ldy + rows], -7.0f) << "wrote past rows";
-    if (n > 1) {
-      std::vector<float> one(static_cast<size_t>(rows));  // [rows]
-      for (int64_t tk = 0; tk < n; ++tk) {
-        matmul(w.view, x.data() + tk * cols, 1, one.data(), rows, pool1_);
-        ASSERT_EQ(0, std::memcmp(one.data(), y1.data() + tk * ldy, one.size() * sizeof(float)))
-            << "token " << tk << " alone differs from the same token in a batch of " << n;
-      }
-    }
+    check_matmul(w.view, w.deq, DType::Q8_0, rows, cols, n, 2e-6);
   }
-
-  ThreadPool pool1_{1};
-  ThreadPool pool2_{2};
 };
 
 // Token counts of decode, each tile width and remainder, and a run of several tiles, on row counts that
