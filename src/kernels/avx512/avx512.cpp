@@ -436,50 +436,43 @@ void group_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64
 // 4 products for each of the 16 rows and one token, from 4 activation bytes broadcast (the activations in
 // column order: no arrangement), and no horizontal sum is left at the end. Per block and token: 8 vpdpbusd
 // starting from -c sum(x) (c = 8 for Q4_0's nibbles, 128 for Q8_0's values stored + 128), exact in int32,
-// then one conversion, one multiply by the 16 rows' scales times the token's, one FMA. The unpacked block
-// (8 vectors) serves T tokens; G row groups run side by side as independent chains, each group taken from
-// its own part of the rows so that each is one long sequential stream. Every (row, token) runs the same
-// operations whatever G and T, so decode and prefill are bit-identical.
+// then one conversion, one multiply by the 16 rows' scales times the token's, one FMA. G row groups run
+// side by side, each taken from its own part of the rows so that each is one long sequential stream, and
+// the G x T sums of a block are all live at once: the block's vectors come in pairs (values 4m .., 16 + 4m
+// ..), each pair unpacked once and used by every token before the next, so the T x G chains of vpdpbusd
+// interleave. The int32 sums are exact in any order, and every (row, token) runs the same float steps
+// whatever G and T, so decode and prefill are bit-identical.
 //
-// Measured on the Zen 5 VM, 1 thread, Q4_0 (prototype of this kernel against the G8 tiles above),
-// 512 x 4096 weights in L2, us per call at 2 / 4 / 8 / 64 tokens: 21 / 27 / 54 / 437 against 33 / 59 / 90 /
-// 645; 14336 x 4096 cold, ms at 2 / 4 / 8 / 16 tokens: 1.21 / 1.28 / 1.92 / 3.86 against 1.53 / 1.72 /
-// 2.71 / 5.16. One group alone (a single chain) was 1.3-1.5x slower than two.
+// Measured on the Zen 5 VM, 1 thread, Q4_0, 14336 x 4096 cold (8 copies in turn), us per call against the
+// earlier tiles (each token's 8 vpdpbusd in a row over the block's 8 unpacked vectors; 2 groups, 3 for 2
+// tokens), same minutes: 2 tokens 1196-1226 against 1254-1278, 3: 1140-1189 / 1309-1323, 4: 1141-1204 /
+// 1356-1385, 5: 1290-1383 / 1636, 6: 1409-1505 / 1765-1774, 7: 1702-1767 / 1945, 8: 1826-2005 / 2148-2172,
+// 1 token (4 groups, unchanged) 916-1169. More groups than 4 read slower (6 for 4 tokens: 1242 against
+// 1141, 8: 1684), and from 6 tokens on they spill the sums: 3 groups for 6 and 7 tokens, 2 for 8.
 struct R16Q4 {  // nibbles 0..15
   using Block = BlockQ4_0R16;
   static constexpr int kShift = 3;
-  static void load(const Block& b, __m512i v[8]) {
+  // Vectors m and 4 + m of the block (values 4m .. 4m + 3 and 16 + 4m .. of each row), m = 0..3.
+  static void pair(const Block& b, int m, __m512i& lo, __m512i& hi) {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    MX_UNROLL
-    for (int m = 0; m < 4; ++m) {
-      const __m512i p = _mm512_loadu_si512(b.qs + 64 * m);
-      v[m] = _mm512_and_si512(p, m4);                            // values 4m .. 4m + 3
-      v[m + 4] = _mm512_and_si512(_mm512_srli_epi16(p, 4), m4);  // values 16 + 4m .. 16 + 4m + 3
-    }
+    const __m512i p = _mm512_loadu_si512(b.qs + 64 * m);
+    lo = _mm512_and_si512(p, m4);
+    hi = _mm512_and_si512(_mm512_srli_epi16(p, 4), m4);
   }
 };
 struct R16Q8 {  // values + 128, stored so
   using Block = BlockQ8_0R16;
   static constexpr int kShift = 7;
-  static void load(const Block& b, __m512i v[8]) {
-    MX_UNROLL
-    for (int m = 0; m < 8; ++m) v[m] = _mm512_loadu_si512(b.qs + 64 * m);  // values 4m .. 4m + 3
+  static void pair(const Block& b, int m, __m512i& lo, __m512i& hi) {
+    lo = _mm512_loadu_si512(b.qs + 64 * m);
+    hi = _mm512_loadu_si512(b.qs + 64 * (m + 4));
   }
 };
 
-// Row groups per tile by token count (overridable for measurements), and how far ahead they prefetch.
-#ifndef MX_R16_DECODE_GROUPS
-#define MX_R16_DECODE_GROUPS 4
-#endif
-#ifndef MX_R16_PAIR_GROUPS
-#define MX_R16_PAIR_GROUPS 3
-#endif
-#ifndef MX_R16_GROUPS
-#define MX_R16_GROUPS 2
-#endif
+// Row groups per tile by token count, and how far ahead they prefetch.
 constexpr int kR16Tokens = kR16TileTokens;  // tokens per tile at most (internal.h)
 constexpr int r16_groups(int t) {
-  return t == 1 ? MX_R16_DECODE_GROUPS : t == 2 ? MX_R16_PAIR_GROUPS : MX_R16_GROUPS;
+  return t <= 5 ? 4 : t <= 7 ? 3 : 2;
 }
 
 template <class U, int G, int T>
@@ -503,32 +496,40 @@ struct R16Tile {
       for (int t = 0; t < T; ++t) acc[g][t] = _mm512_setzero_ps();
     }
     for (int64_t b = 0; b < nb; ++b) {
-      __m512i v[G][8];  // [G, 8] the groups' block, unsigned
-      __m512 dw[G];     // [G] their 16 rows' scales
-      MX_UNROLL
-      for (int g = 0; g < G; ++g) {
-        prefetch_bytes(w[g] + b, ahead, sizeof(Block));
-        dw[g] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[g][b].d)));
-        U::load(w[g][b], v[g]);
-      }
+      __m512i s[G][T];  // [G, T] int32 dots u . x - c sum(x), one lane per row
       MX_UNROLL
       for (int t = 0; t < T; ++t) {
-        const int8_t* xp = xq + t * cols + b * kQK8_0;
-        __m512i s[G];  // [G] int32 dots u . x - c sum(x), one lane per row
+        const __m512i c = _mm512_set1_epi32(-(xs[t * nb + b] << U::kShift));
         MX_UNROLL
-        for (int g = 0; g < G; ++g) s[g] = _mm512_set1_epi32(-(xs[t * nb + b] << U::kShift));
+        for (int g = 0; g < G; ++g) s[g][t] = c;
+      }
+      MX_UNROLL
+      for (int g = 0; g < G; ++g) prefetch_bytes(w[g] + b, ahead, sizeof(Block));
+      MX_UNROLL
+      for (int m = 0; m < 4; ++m) {
+        __m512i lo[G], hi[G];  // [G] the groups' vectors m and 4 + m, unsigned
         MX_UNROLL
-        for (int k = 0; k < 8; ++k) {
-          int32_t four;  // activation bytes 4k .. 4k + 3 of the block
-          __builtin_memcpy(&four, xp + 4 * k, 4);
-          const __m512i xb = _mm512_set1_epi32(four);
+        for (int g = 0; g < G; ++g) U::pair(w[g][b], m, lo[g], hi[g]);
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) {
+          int32_t four[2];  // activation bytes 4m .. 4m + 3 and 16 + 4m .. 16 + 4m + 3 of the block
+          __builtin_memcpy(&four[0], xq + t * cols + b * kQK8_0 + 4 * m, 4);
+          __builtin_memcpy(&four[1], xq + t * cols + b * kQK8_0 + 16 + 4 * m, 4);
+          const __m512i x0 = _mm512_set1_epi32(four[0]), x1 = _mm512_set1_epi32(four[1]);
           MX_UNROLL
-          for (int g = 0; g < G; ++g) s[g] = _mm512_dpbusd_epi32(s[g], v[g][k], xb);
+          for (int g = 0; g < G; ++g) {
+            s[g][t] = _mm512_dpbusd_epi32(s[g][t], lo[g], x0);
+            s[g][t] = _mm512_dpbusd_epi32(s[g][t], hi[g], x1);
+          }
         }
-        const __m512 xdt = _mm512_set1_ps(xd[t * nb + b]);
+      }
+      MX_UNROLL
+      for (int g = 0; g < G; ++g) {
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[g][b].d)));
         MX_UNROLL
-        for (int g = 0; g < G; ++g)
-          acc[g][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g]), _mm512_mul_ps(dw[g], xdt), acc[g][t]);
+        for (int t = 0; t < T; ++t)
+          acc[g][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g][t]),
+                                      _mm512_mul_ps(dw, _mm512_set1_ps(xd[t * nb + b])), acc[g][t]);
       }
     }
     MX_UNROLL
