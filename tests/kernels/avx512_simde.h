@@ -115,6 +115,13 @@ inline simde__m512 mm512_shuffle_f32x4(simde__m512 a, simde__m512 b, int imm) {
   return simde_mm512_loadu_ps(r);
 }
 
+inline simde__m512i mm512_srai_epi32(simde__m512i v, int imm) {
+  int32_t t[16];
+  simde_mm512_storeu_si512(t, v);
+  for (int i = 0; i < 16; ++i) t[i] >>= imm;  // arithmetic: C++20 defines >> on negative values so
+  return simde_mm512_loadu_si512(t);
+}
+
 }  // namespace mx_simde_shim
 
 #define _mm512_maskz_loadu_ps mx_simde_shim::mm512_maskz_loadu_ps
@@ -129,6 +136,8 @@ inline simde__m512 mm512_shuffle_f32x4(simde__m512 a, simde__m512 b, int imm) {
 #define _mm512_cvtepi32_epi8 mx_simde_shim::mm512_cvtepi32_epi8
 #define _mm256_cvtepi32_epi16 mx_simde_shim::mm256_cvtepi32_epi16
 #define _mm512_cvttps_epi32 mx_simde_shim::mm512_cvttps_epi32
+#undef _mm512_srai_epi32
+#define _mm512_srai_epi32 mx_simde_shim::mm512_srai_epi32
 #undef _mm512_roundscale_ps
 #define _mm512_roundscale_ps mx_simde_shim::mm512_roundscale_ps
 #undef _mm512_shuffle_f32x4

@@ -642,6 +642,10 @@ struct R16Q4K {
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     R16KHead h;
     r16k_head(w, h);
+    // The scale picks of chunk j: bytes 2j % 4 and 2j % 4 + 1 of sc_lo (j < 2) or sc_hi, as constants (the
+    // loop below is not unrolled: built from j in it, they cost more than the chunk's scaling).
+    const __m512i pick[4] = {r16k_pick(0, false), r16k_pick(1, false), r16k_pick(2, false),
+                             r16k_pick(3, false)};
     __m512i sq[T];  // [token] exact sums, one lane per row
     MX_UNROLL
     for (int t = 0; t < T; ++t) sq[t] = _mm512_setzero_si512();
@@ -654,8 +658,9 @@ struct R16Q4K {
         lo[m] = _mm512_and_si512(p, low4);
         hi[m] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
       }
-      const __m512i sc0 = _mm512_shuffle_epi8(j < 2 ? h.sc_lo : h.sc_hi, r16k_pick(2 * j % 4, false)),
-                    sc1 = _mm512_shuffle_epi8(j < 2 ? h.sc_lo : h.sc_hi, r16k_pick(2 * j % 4 + 1, false));
+      const __m512i src = j < 2 ? h.sc_lo : h.sc_hi;
+      const __m512i sc0 = _mm512_shuffle_epi8(src, pick[2 * j % 4]),
+                    sc1 = _mm512_shuffle_epi8(src, pick[2 * j % 4 + 1]);
       MX_UNROLL
       for (int t = 0; t < T; ++t) {
         const auto* xq = reinterpret_cast<const int32_t*>(x[t * nb].qs) + 16 * j;
@@ -690,31 +695,28 @@ struct R16Q4K {
 // Q6_K_R16: per half h of the super-block and g = 0, 1, the dwords m = 4g .. 4g + 3 of ql at 16h + m and
 // 16h + m + 8 and of qh at 8h + m give 4 vectors for each quarter q of the half (values 128h + 32q + 4m ..,
 // their bits 4, 5 from bits 2q, 2q + 1 of the qh bytes), all under scale 8h + 2q + g; per token 16
-// vpdpbusd and 4 vpmulld by the sign-extended scales. The offsets: sm = 32 sum_s sc[s] bsums[s] (8
-// vpdpwssd on the scales' sign-extended pairs), and d stands for dm, as in every Q6_K kernel.
+// vpdpbusd and 4 vpmulld by the sign-extended scales (vpshufb to the dwords' top bytes, then an arithmetic
+// shift down). The offsets: sm = 32 sum_s sc[s] bsums[s] (8 vpdpwssd on the scales' pairs, sign-extended
+// the same way), and d stands for dm, as in every Q6_K kernel. The masks are constants: built from the
+// chunk index inside the loop (which is not unrolled) they took more instructions than the scaling itself,
+// and one token ran 1.2-1.4x slower than the file layout's kernel from L2 (256 x 4096: 16.4-17.1 us against
+// 14.9-16.0), where it now runs 12.6-14.5; Q4_K_R16 the same way, 14.2-15.9 us to 10.8-11.4.
 struct R16Q6K {
   using Block = BlockQ6_KR16;
-  // Byte j of each dword (row) as its int32 (pair false), or bytes j, j + 1 as its two int16 (pair true),
-  // sign-extended: zero-extended by vpshufb, then (v ^ 0x80) - 0x80 (SIMDe, which the emulated tests
-  // build this file with, lacks the 512-bit arithmetic shifts).
-  template <bool pair>
-  static __m512i widen(__m512i v, int j) {
+  // vpshufb mask that moves byte j of each dword (row) to the dword's top byte (pair false), or bytes j,
+  // j + 1 to the top bytes of its two words (pair true), the other bytes zero: an arithmetic shift right
+  // then sign-extends them.
+  static __m512i top_mask(int j, bool pair) {
     const auto word = [&](int q) {
       const uint32_t b = static_cast<uint32_t>(4 * q + j);
-      return static_cast<int>(pair ? 0x80008000u | b | (b + 1) << 16 : 0x80808000u | b);
+      return static_cast<int>(pair ? (b + 1) << 24 | 0x800000u | b << 8 | 0x80u : b << 24 | 0x808080u);
     };
-    const __m512i z = _mm512_shuffle_epi8(v, _mm512_set4_epi32(word(3), word(2), word(1), word(0)));
-    if constexpr (pair) {
-      const __m512i k = _mm512_set1_epi16(0x80);
-      return _mm512_sub_epi16(_mm512_xor_si512(z, k), k);
-    } else {
-      const __m512i k = _mm512_set1_epi32(0x80);
-      return _mm512_sub_epi32(_mm512_xor_si512(z, k), k);
-    }
+    return _mm512_set4_epi32(word(3), word(2), word(1), word(0));
   }
   template <int T>
   [[gnu::always_inline]] static void block(const Block& w, const BlockQ8_K* x, int64_t nb, __m512* acc) {
     const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
+    const __m512i top0 = top_mask(0, false), top2 = top_mask(2, false);
     __m512i sq[T];  // [token] exact sums, one lane per row
     MX_UNROLL
     for (int t = 0; t < T; ++t) sq[t] = _mm512_setzero_si512();
@@ -737,12 +739,15 @@ struct R16Q6K {
         v[3][i] = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(l1, 4), low4),
                                             _mm512_srli_epi16(hb, 2), bits45, 0xf8);
       }
-      __m512i sc[4];  // [q] scale 8h + 2q + g per row, sign-extended
+      // [q] scale 8h + 2q + g per row, sign-extended: byte 2 (q % 2) + g of each dword of scale vector
+      // 2h + q / 2, its mask that of byte 2 (q % 2) plus g in the top byte.
+      const __m512i gtop = _mm512_set1_epi32(g << 24);
+      const __m512i pick[2] = {_mm512_add_epi32(top0, gtop), _mm512_add_epi32(top2, gtop)};
+      __m512i sc[4];
       MX_UNROLL
       for (int q = 0; q < 4; ++q) {
-        const int sidx = 8 * h + 2 * q + g;
-        const __m512i sv = _mm512_loadu_si512(w.scales + 64 * (sidx / 4));
-        sc[q] = widen<false>(sv, sidx % 4);
+        const __m512i sv = _mm512_loadu_si512(w.scales + 64 * (2 * h + q / 2));
+        sc[q] = _mm512_srai_epi32(_mm512_shuffle_epi8(sv, pick[q % 2]), 24);
       }
       MX_UNROLL
       for (int t = 0; t < T; ++t) {
@@ -758,7 +763,9 @@ struct R16Q6K {
     }
     __m512i sp[8];  // [pair p] scales 2p, 2p + 1 per row as sign-extended int16
     MX_UNROLL
-    for (int p = 0; p < 8; ++p) sp[p] = widen<true>(_mm512_loadu_si512(w.scales + 64 * (p / 2)), 2 * p % 4);
+    for (int p = 0; p < 8; ++p)
+      sp[p] = _mm512_srai_epi16(
+          _mm512_shuffle_epi8(_mm512_loadu_si512(w.scales + 64 * (p / 2)), top_mask(2 * p % 4, true)), 8);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.d)));
     MX_UNROLL
     for (int t = 0; t < T; ++t) {
@@ -1112,9 +1119,7 @@ constexpr MatmulKernel kMatmul[] = {
     {DType::Q4_0, group_matmul<Q4PairUnpack<Q4FileGroup>, false>, arrange_q8_pairs, DType::Q4_0_R16},
     {DType::Q4_K, k_matmul<Q4KUnpack>, nullptr, DType::Q4_K_R16},
     {DType::Q5_K, k_matmul<Q5KUnpack>, nullptr, DType::Q5_K},
-    // Q6_K stays as stored: Q6_K_R16 runs 4-8 tokens 1.3x faster, but 1 token 1.3-1.5x slower (its 6-bit
-    // values take a dozen instructions per 64 bytes to build), and single-stream decode must not lose.
-    {DType::Q6_K, k_matmul<Q6KUnpack>, nullptr, DType::Q6_K},
+    {DType::Q6_K, k_matmul<Q6KUnpack>, nullptr, DType::Q6_K_R16},
     {DType::Q4_0_G8, group_matmul<Q4PairUnpack<Q4G8Group>, false>, arrange_q8_pairs, DType::Q4_0_G8},
     {DType::Q8_0_G8, group_matmul<Q8PairUnpack<Q8G8Group>, true>, arrange_q8_pairs, DType::Q8_0_G8},
     {DType::Q4_0_R16, r16_matmul<R16Q4>, nullptr, DType::Q4_0_R16},
