@@ -590,6 +590,7 @@ void r16_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t
 // instruction instead of vpmaddwd + vpaddd per vector and token).
 #define MX_K_VNNI 1
 #include "kernels/x86/kquant.inc"
+constexpr int64_t kKTilesMinTokens = MX_K_TOKENS8_MIN;  // from this many tokens on, the 8-token tiles
 #undef MX_K_VNNI
 
 // ---------------------------------------------------------------------------------------------------
@@ -637,6 +638,7 @@ inline void r16k_head(const BlockQ4_KR16& w, R16KHead& h) {
 // acc[t] (one f32 lane per row) takes its float step.
 struct R16Q4K {
   using Block = BlockQ4_KR16;
+  static constexpr bool kPanels = false;  // prefill: its own tiles (measured: faster than the panels)
   template <int T>
   [[gnu::always_inline]] static void block(const Block& w, const BlockQ8_K* x, int64_t nb, __m512* acc) {
     const __m512i low4 = _mm512_set1_epi8(0x0f);
@@ -703,6 +705,8 @@ struct R16Q4K {
 // 14.9-16.0), where it now runs 12.6-14.5; Q4_K_R16 the same way, 14.2-15.9 us to 10.8-11.4.
 struct R16Q6K {
   using Block = BlockQ6_KR16;
+  using File = Q6KUnpack;                // prefill: the file layout's 8-token tiles, over
+  static constexpr bool kPanels = true;  // panels made by r16k_panel
   // vpshufb mask that moves byte j of each dword (row) to the dword's top byte (pair false), or bytes j,
   // j + 1 to the top bytes of its two words (pair true), the other bytes zero: an arithmetic shift right
   // then sign-extends them.
@@ -781,6 +785,50 @@ struct R16Q6K {
   }
 };
 
+// Prefill: one super-block of the 16 rows as the 8-token tiles' panel (KPanel, kquant.inc). The rows
+// already lie in the lanes, so no transposition: the values as R16Q6K::block builds them (quarter q of
+// chunk (h, g), vector i: dword 32h + 8q + 4g + i), the 16 scales sign-extended, the offsets' pairs
+// 32 (sc[2p], sc[2p + 1]), and d for dm.
+inline void r16k_panel(const BlockQ6_KR16& w, KPanel& p) {
+  const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
+  MX_UNROLL
+  for (int c = 0; c < 4; ++c) {
+    const int h = c / 2, g = c % 2;
+    MX_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int m = 4 * g + i, k = 32 * h + 4 * g + i;
+      const __m512i l0 = _mm512_loadu_si512(w.ql + 64 * (16 * h + m)),
+                    l1 = _mm512_loadu_si512(w.ql + 64 * (16 * h + m + 8)),
+                    hb = _mm512_loadu_si512(w.qh + 64 * (8 * h + m));
+      _mm512_store_si512(p.q[k], _mm512_ternarylogic_epi32(_mm512_and_si512(l0, low4),
+                                                           _mm512_slli_epi16(hb, 4), bits45, 0xf8));
+      _mm512_store_si512(p.q[k + 8], _mm512_ternarylogic_epi32(_mm512_and_si512(l1, low4),
+                                                               _mm512_slli_epi16(hb, 2), bits45, 0xf8));
+      _mm512_store_si512(
+          p.q[k + 16],
+          _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(l0, 4), low4), hb, bits45, 0xf8));
+      _mm512_store_si512(p.q[k + 24],
+                         _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(l1, 4), low4),
+                                                   _mm512_srli_epi16(hb, 2), bits45, 0xf8));
+    }
+  }
+  MX_UNROLL
+  for (int sidx = 0; sidx < 16; ++sidx) {
+    const __m512i sv = _mm512_loadu_si512(w.scales + 64 * (sidx / 4));
+    _mm512_store_si512(p.sc[sidx],
+                       _mm512_srai_epi32(_mm512_shuffle_epi8(sv, R16Q6K::top_mask(sidx % 4, false)), 24));
+  }
+  MX_UNROLL
+  for (int q = 0; q < 8; ++q) {
+    const __m512i sv = _mm512_loadu_si512(w.scales + 64 * (q / 2));
+    const __m512i pair = _mm512_srai_epi16(_mm512_shuffle_epi8(sv, R16Q6K::top_mask(2 * q % 4, true)), 8);
+    _mm512_store_si512(p.mi[q], _mm512_slli_epi16(pair, 5));
+  }
+  const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.d)));
+  _mm512_store_ps(p.d, d);
+  _mm512_store_ps(p.dm, d);
+}
+
 #ifndef MX_R16K_AHEAD
 #define MX_R16K_AHEAD 4608
 #endif
@@ -841,10 +889,45 @@ void r16k_tokens(int64_t ct, const MatmulArgs& a, int64_t r0, int64_t nr, int64_
   }
 }
 
-// MatmulTileFn of Q4_K_R16 and Q6_K_R16: rows in whole groups of 16, tokens in tiles of up to kR16Tokens,
-// rows inner.
+// Prefill of Q6_K_R16: group [r0, r0 + 16) for tokens [t0, t0 + nt) (t0 % 8 == 0) through the 8-token tiles
+// of the file layouts (k_panel_tile), as k_lanes_panel runs them, with panels made from the R16 blocks: the
+// values are unpacked once per panel and 64 tokens, where the R16 tiles above unpack them for every 8
+// tokens (a dozen instructions per 64 values). Measured on the Zen 5 VM, 1 thread, 14336 x 4096, ms at 64
+// / 512 tokens, alternating: 16.9-17.1 / 127 against the R16 tiles' 17.0-17.3 / 142 (the file layout's
+// panels 17.4-18.4 / 132-133). Q4_K_R16's own tiles beat the panels (116-121 / 14.6-14.9 against 121-123
+// / 15.8-16.0): its nibbles take two instructions per 64 values.
+template <class F>
+void r16k_lanes(const MatmulArgs& a, int64_t r0, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  using Block = typename F::Block;
+  const int64_t nb = a.cols / kQK_K;
+  const Block* w = reinterpret_cast<const Block*>(a.w + r0 * a.w_stride);  // [nb] the group's super-blocks
+  KPanel s[kKChunkBlocks];                                                 // [chunk] unpacked
+  alignas(64) float acc[kKBlockTiles][kQ8KTokens][kKLanes];  // [tiles, tokens, rows] running sums
+  for (int64_t tb = 0; tb < nt; tb += kKBlockTiles * kQ8KTokens) {
+    const int64_t nbt = nt - tb < kKBlockTiles * kQ8KTokens ? nt - tb : kKBlockTiles * kQ8KTokens;
+    const int64_t tiles = (nbt + kQ8KTokens - 1) / kQ8KTokens;
+    const BlockQ8_KX8* x = a.xk8 + (t0 + tb) / kQ8KTokens * nb;  // [tiles, nb]
+    for (int64_t c0 = 0; c0 < nb; c0 += kKChunkBlocks) {
+      const int64_t nc = nb - c0 < kKChunkBlocks ? nb - c0 : kKChunkBlocks;
+      for (int64_t b = 0; b < nc; ++b) r16k_panel(w[c0 + b], s[b]);
+      for (int64_t j = 0; j < tiles; ++j)
+        k_panel_tile<typename F::File>(s, nc, x + j * nb + c0, acc[j], c0 == 0);
+    }
+    for (int64_t t = 0; t < nbt; ++t)
+      for (int64_t r = 0; r < kKLanes; ++r) y[(tb + t) * ldy + r] = acc[t / kQ8KTokens][t % kQ8KTokens][r];
+  }
+}
+
+// MatmulTileFn of Q4_K_R16 and Q6_K_R16: rows in whole groups of 16; Q6_K_R16 from kKTilesMinTokens tokens
+// on in the panels above (as k_matmul), else tokens in tiles of up to kR16Tokens, rows inner.
 template <class F>
 void r16k_matmul(const MatmulArgs& a, int64_t r0, int64_t nr, int64_t t0, int64_t nt, float* y, int64_t ldy) {
+  if constexpr (F::kPanels) {
+    if (a.xk8 != nullptr && nt >= kKTilesMinTokens && t0 % kQ8KTokens == 0) {
+      for (int64_t r = r0; r < r0 + nr; r += kR16Rows) r16k_lanes<F>(a, r, t0, nt, y + (r - r0), ldy);
+      return;
+    }
+  }
   for (int64_t tt = 0; tt < nt; tt += kR16Tokens) {
     const int64_t ct = nt - tt < kR16Tokens ? nt - tt : kR16Tokens;
     r16k_tokens<F, kR16Tokens>(ct, a, r0, nr, t0 + tt, y + tt * ldy, ldy);
