@@ -376,13 +376,17 @@ void swiglu_rows(const SwigluArgs& s, int64_t r0, int64_t nr) {
   }
 }
 
-// Estimated cost of a weight row read for n tokens, relative to one token's (a memory-bound stream).
-// Measured per 8x7B Q4_0 expert at 2 threads (W1 + W3 + W2): 1.9, 3.0, 4.5, 6.4 ms for 1, 2, 4, 8 tokens,
-// i.e. about n^0.6; past 8 tokens the token tiles' arithmetic dominates and grows about linearly.
-double token_cost(int64_t n) {
+// Estimated cost of a weight row read for n tokens, relative to one token's (a memory-bound stream), for
+// kernels that take `pass` tokens in one pass over the weights. Measured per 8x7B Q4_0 expert at 2 threads
+// (W1 + W3 + W2) on the one-row-at-a-time kernels (pass 1): 1.9, 3.0, 4.5, 6.4 ms for 1, 2, 4, 8 tokens, i.e.
+// about n^0.6; past 8 tokens the token tiles' arithmetic dominates and grows about linearly. The R16 tiles
+// (pass 8) read the weights once for up to 8 tokens: 14336 x 4096 at 2 threads, Q4_0_R16 0.47, 0.55, 0.58,
+// 0.57, 0.67, 0.76, 0.94 ms for 1 .. 6 and 8 tokens, Q4_K_R16 0.44 .. 0.98 alike, about 1 + 0.14 (n - 1).
+double token_cost(int64_t n, int64_t pass) {
+  const auto x = static_cast<double>(n);
+  if (pass > 1) return n <= 8 ? 1.0 + 0.14 * (x - 1.0) : 1.98 * x / 8.0;
   const double n8 = std::pow(8.0, 0.6);
-  return n <= 8 ? std::pow(static_cast<double>(n), 0.6)
-                : n8 * (1.0 + 0.8 * (static_cast<double>(n) / 8.0 - 1.0));
+  return n <= 8 ? std::pow(x, 0.6) : n8 * (1.0 + 0.8 * (x / 8.0 - 1.0));
 }
 
 // One group of a grouped region, as run_groups sees it.
@@ -391,7 +395,7 @@ struct GroupShape {
   int64_t n = 0;          // tokens
   size_t row_bytes = 0;   // bytes of one row of the largest weight (chunking, as run_rows)
   int64_t pass = 1;       // tokens its kernels take in one pass (pass_tokens; the smaller of two weights')
-  double block_cost = 0;  // estimated cost of kRowAlign rows: all weights' bytes x token_cost(n)
+  double block_cost = 0;  // estimated cost of kRowAlign rows: all weights' bytes x token_cost(n, pass)
 };
 
 // Runs fn(g, r0, nr) over every group's rows [0, rows_g) in ONE pool.run. The groups' kRowAlign-row blocks,
@@ -708,7 +712,8 @@ void matmul_groups(const MatmulGroup* g, int64_t n_groups, ThreadPool& pool) {
     shapes[j].n = gj.x->n();
     shapes[j].row_bytes = args[j].w_stride;
     shapes[j].pass = pass_tokens(gj.w.dtype);
-    shapes[j].block_cost = static_cast<double>(kRowAlign * args[j].w_stride) * token_cost(shapes[j].n);
+    shapes[j].block_cost =
+        static_cast<double>(kRowAlign * args[j].w_stride) * token_cost(shapes[j].n, shapes[j].pass);
   }
   run_groups(pool, shapes, [&](int64_t j, int64_t r0, int64_t nr) {
     const MatmulGroup& gj = g[run[static_cast<size_t>(j)]];
@@ -754,8 +759,8 @@ void matmul_swiglu_groups(const SwigluGroup* g, int64_t n_groups, ThreadPool& po
     shapes[j].n = gj.x->n();
     shapes[j].row_bytes = std::max(a1.w_stride, a3.w_stride);
     shapes[j].pass = std::min(pass_tokens(gj.w1.dtype), pass_tokens(gj.w3.dtype));
-    shapes[j].block_cost =
-        static_cast<double>(kRowAlign * (a1.w_stride + a3.w_stride)) * token_cost(shapes[j].n);
+    shapes[j].block_cost = static_cast<double>(kRowAlign * (a1.w_stride + a3.w_stride)) *
+                           token_cost(shapes[j].n, shapes[j].pass);
   }
   run_groups(pool, shapes, [&](int64_t j, int64_t r0, int64_t nr) { swiglu_rows(args[j], r0, nr); });
 }
