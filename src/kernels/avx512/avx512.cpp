@@ -469,7 +469,7 @@ struct R16Q8 {  // values + 128, stored so
   }
 };
 
-// Row groups per tile by token count, and how far ahead they prefetch.
+// Tokens per tile, and row groups per tile by token count (measured above).
 constexpr int kR16Tokens = kR16TileTokens;  // tokens per tile at most (internal.h)
 constexpr int r16_groups(int t) {
   return t <= 5 ? 4 : t <= 7 ? 3 : 2;
