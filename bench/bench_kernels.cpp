@@ -258,8 +258,8 @@ BENCHMARK(BM_MatmulPrefill)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatmulHot)
     ->ArgNames({"dtype", "rows", "cols", "n"})
-    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ8, kQ8G8, kQ8R16, kIQ4NL, kIQ4XS, kIQ2XXS, kIQ2XS, kIQ2S,
-                    kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
+    ->ArgsProduct({{kQ4, kQ4G8, kQ4R16, kQ4K, kQ4KR16, kQ6K, kQ6KR16, kQ8, kQ8G8, kQ8R16, kIQ4NL, kIQ4XS,
+                    kIQ2XXS, kIQ2XS, kIQ2S, kIQ3XXS, kIQ3S, kIQ1S, kIQ1M},
                    {512},
                    {4096},
                    {2, 3, 4, 6, 8, 12, 64}})
