@@ -651,30 +651,32 @@ struct R16Q4K {
     __m512i sq[T];  // [token] exact sums, one lane per row
     MX_UNROLL
     for (int t = 0; t < T; ++t) sq[t] = _mm512_setzero_si512();
-#pragma GCC unroll 1  // one 64-value chunk's 16 vectors at a time (unrolled, GCC interleaves them and spills)
+#pragma GCC unroll 1  // one 64-value chunk at a time
     for (int j = 0; j < 4; ++j) {
-      __m512i lo[8], hi[8];  // values 64j + 4m .. (sub-block 2j), 64j + 32 + 4m .. (sub-block 2j + 1)
+      // Each vector's two nibble halves serve every token before the next vector is unpacked, so the 2T
+      // dot chains advance side by side (measured from L2: 3-9% faster for 2-8 tokens than a token's 16
+      // vpdpbusd after another's over the chunk's 16 unpacked vectors).
+      __m512i dl[T], dh[T];  // [token] sub-blocks 2j and 2j + 1: q . x over their 32 values, per row
       MX_UNROLL
-      for (int m = 0; m < 8; ++m) {
+      for (int t = 0; t < T; ++t) dl[t] = dh[t] = _mm512_setzero_si512();
+      MX_UNROLL
+      for (int m = 0; m < 8; ++m) {  // values 64j + 4m .. (lo) and 64j + 32 + 4m .. (hi)
         const __m512i p = _mm512_loadu_si512(w.qs + 64 * (8 * j + m));
-        lo[m] = _mm512_and_si512(p, low4);
-        hi[m] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
+        const __m512i lo = _mm512_and_si512(p, low4), hi = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
+        MX_UNROLL
+        for (int t = 0; t < T; ++t) {
+          const auto* xq = reinterpret_cast<const int32_t*>(x[t * nb].qs) + 16 * j;
+          dl[t] = _mm512_dpbusd_epi32(dl[t], lo, _mm512_set1_epi32(xq[m]));
+          dh[t] = _mm512_dpbusd_epi32(dh[t], hi, _mm512_set1_epi32(xq[8 + m]));
+        }
       }
       const __m512i src = j < 2 ? h.sc_lo : h.sc_hi;
       const __m512i sc0 = _mm512_shuffle_epi8(src, pick[2 * j % 4]),
                     sc1 = _mm512_shuffle_epi8(src, pick[2 * j % 4 + 1]);
       MX_UNROLL
-      for (int t = 0; t < T; ++t) {
-        const auto* xq = reinterpret_cast<const int32_t*>(x[t * nb].qs) + 16 * j;
-        __m512i dl = _mm512_setzero_si512(), dh = _mm512_setzero_si512();
-        MX_UNROLL
-        for (int m = 0; m < 8; ++m) {
-          dl = _mm512_dpbusd_epi32(dl, lo[m], _mm512_set1_epi32(xq[m]));
-          dh = _mm512_dpbusd_epi32(dh, hi[m], _mm512_set1_epi32(xq[8 + m]));
-        }
-        sq[t] = _mm512_add_epi32(sq[t],
-                                 _mm512_add_epi32(_mm512_mullo_epi32(dl, sc0), _mm512_mullo_epi32(dh, sc1)));
-      }
+      for (int t = 0; t < T; ++t)
+        sq[t] = _mm512_add_epi32(
+            sq[t], _mm512_add_epi32(_mm512_mullo_epi32(dl[t], sc0), _mm512_mullo_epi32(dh[t], sc1)));
     }
     __m512i mn[8];  // [sub-block j] its offset as the pair (m, m) per row
     MX_UNROLL
