@@ -225,5 +225,42 @@ TEST_F(MatmulGroupsTest, SwigluMatchesPerGroupAndReference) {
   }
 }
 
+// Regions large enough that the threads take many runs of rows as they ask (decode and small batches:
+// long runs first, then shorter ones down to about 256 KiB of weights): every row is computed once, by
+// whichever thread, with the same bits as one thread gives, plain matmul and grouped, SwiGLU included.
+TEST_F(MatmulGroupsTest, GuidedRunsCoverEveryRowOnce) {
+  const int64_t rows = 4144, cols = 512;  // 259 blocks of 16 rows, 4.6 KiB each in Q4_K: dozens of runs
+  for (DType t : {DType::Q4_K_R16, DType::Q4_0_G8}) {
+    SCOPED_TRACE(std::string(dtype_name(t)));
+    const Weights w0 = make_weights(t, rows, cols, 11), w1 = make_weights(t, rows, cols, 12);
+    for (int64_t n : {1, 2, 5}) {
+      SCOPED_TRACE("tokens " + std::to_string(n));
+      const std::vector<float> x = randn(n * cols, 13, 1.0f);  // [n, cols]
+      std::vector<float> want0(static_cast<size_t>(n * rows)), want1(want0.size()),
+          swiglu(want0.size());  // [n, rows]
+      matmul(w0.view, x.data(), n, want0.data(), rows, pool1_);
+      matmul(w1.view, x.data(), n, want1.data(), rows, pool1_);
+      matmul_swiglu(w0.view, w1.view, x.data(), n, swiglu.data(), pool1_);
+      for (int threads : {2, 3}) {
+        SCOPED_TRACE("threads " + std::to_string(threads));
+        ThreadPool pool(threads);
+        std::vector<float> got0(want0.size(), -1.0f), got1(want0.size(), -1.0f), got_s(want0.size(), -1.0f);
+        matmul(w0.view, x.data(), n, got0.data(), rows, pool);
+        EXPECT_TRUE(same_bits(got0, want0)) << "matmul";
+        PreparedInput in;
+        in.reset(x.data(), n, cols);
+        std::fill(got0.begin(), got0.end(), -1.0f);
+        const MatmulGroup groups[] = {{w0.view, &in, got0.data(), rows}, {w1.view, &in, got1.data(), rows}};
+        matmul_groups(groups, 2, pool);
+        EXPECT_TRUE(same_bits(got0, want0)) << "group 0";
+        EXPECT_TRUE(same_bits(got1, want1)) << "group 1";
+        const SwigluGroup sg[] = {{w0.view, w1.view, &in, got_s.data()}};
+        matmul_swiglu_groups(sg, 1, pool);
+        EXPECT_TRUE(same_bits(got_s, swiglu)) << "swiglu";
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mixtral::kernels
