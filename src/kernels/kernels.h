@@ -121,9 +121,10 @@ void matmul_swiglu(const TensorView& w1, const TensorView& w3, const float* x, i
 
 // Several independent matmuls run as one parallel region (the experts of an MoE step): every group's
 // input format is made first (on the calling thread, or one region over the distinct inputs), then one
-// pool.run hands each thread a contiguous run of (group, 16-row range) work of equal estimated cost
-// (weight bytes x a factor growing with the group's token count), so a thread may span several groups and
-// none idles on an unbalanced one. Each (token, row) output runs the same tile code as matmul /
+// pool.run hands the threads runs of (group, 16-row range) work by estimated cost (weight bytes x a
+// factor growing with the group's token count): guided runs as they ask where every group streams its
+// weights once, else one contiguous run of equal cost each; a run may span several groups and no thread
+// idles on an unbalanced one. Each (token, row) output runs the same tile code as matmul /
 // matmul_swiglu on that group alone: bit-identical to them, whatever the grouping and thread count.
 // Groups of the fallback types (no table kernel) run one after another through matmul / matmul_swiglu.
 // Inputs may be shared between groups; outputs must not overlap.
