@@ -343,7 +343,7 @@ void walk_rows(int64_t b, int64_t e, size_t row_bytes, int64_t n, int64_t pass, 
 //   they ask, each about 1 / (2 nth) of the cost still unclaimed and at least min_blocks, so long
 //   sequential runs come first, short ones last, and the threads finish together even when the host slows
 //   one of them. (A static split left a thread idle 7-10% of a Q4_K_M decode at 2 threads, under 1.5%
-//   so: 4.9% more tokens/s on Q4_K_M, 6.1% on Q4_0, means of 10 alternating runs each, measured.)
+//   so: 4.9% more tokens/s on Q4_K_M, 6.1% on Q4_0, means over 10 alternating pairs each, measured.)
 // - else (prefill, whose tiles re-read L2-sized chunks): one contiguous run of equal cost per thread.
 template <class CostBefore, class Cut, class Walk>
 void run_split(ThreadPool& pool, int64_t blocks, bool guided, int64_t min_blocks,
